@@ -1,0 +1,170 @@
+"""`python -m explorer {list,train,sample,eval,bench}`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+
+def _add_train(sub):
+    from explorer.train import TrainConfig
+
+    p = sub.add_parser("train", help="train a model (resumable)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (saving state) after this wall time")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    kinds = {"int": int, "float": float, "int | None": int}
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "family":
+            p.add_argument(flag, required=True, choices=["ar", "mdlm"])
+        else:
+            p.add_argument(flag, type=kinds.get(f.type, str), default=f.default)
+    return p
+
+
+def cmd_train(args):
+    import torch
+
+    from explorer.train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    out = train(cfg, args.out, resume=args.resume, max_minutes=args.max_minutes)
+    print(f"saved {out}")
+
+
+def _add_sample(sub):
+    from explorer.sampling import MASKED_SAMPLERS, RECORD_LEVELS
+
+    p = sub.add_parser("sample", help="generate text, optionally writing the trace")
+    p.add_argument("--checkpoint", required=True, help="shipped name (python -m explorer list) or folder")
+    p.add_argument("--prompt", default="", help="text to continue (empty: unconditional)")
+    p.add_argument("--gen-length", type=int, default=64)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: gen-length)")
+    p.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default: gen-length)")
+    p.add_argument("--sampler", default=None, help=f"mdlm: {', '.join(MASKED_SAMPLERS)}; ar: ar")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--cfg-scale", type=float, default=0.0)
+    p.add_argument("--threshold", type=float, default=None, help="Fast-dLLM confidence threshold in (0, 1]")
+    p.add_argument("--factor", type=float, default=None, help="Fast-dLLM factor rule")
+    p.add_argument("--pin", action="append", default=[], metavar="POS:TEXT", help="pin text at a generated position")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--record", default="tokens", choices=RECORD_LEVELS)
+    p.add_argument("--trace", default=None, help="write the trace JSON here")
+    p.add_argument("--no-animation", action="store_true", help="print only the final text")
+
+
+def _parse_pins(pins: list[str]) -> dict[int, str]:
+    out = {}
+    for pin in pins:
+        pos, sep, text = pin.partition(":")
+        if not sep or not pos.strip().isdigit():
+            raise ValueError(f"--pin must look like POS:TEXT (e.g. 5:upon), got {pin!r}")
+        out[int(pos)] = text
+    return out
+
+
+def cmd_sample(args):
+    import time
+
+    import explorer
+    from explorer.sampling import build_trace, encode_prompt, stream
+
+    model = explorer.load(args.checkpoint)
+    animate = sys.stdout.isatty() and not args.no_animation
+    record = "tokens" if animate and args.record == "none" else args.record
+    knobs = dict(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
+                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale,
+                 threshold=args.threshold, factor=args.factor, pinned=_parse_pins(args.pin))
+    description, frames_iter = stream(model, args.prompt, args.sampler, args.seed, record, **knobs)
+    frames, started = [], time.perf_counter()
+    for frame in frames_iter:
+        frames.append(frame)
+        if animate and frame.tokens is not None:
+            shown = "".join("\u2591" if t == model.mask_id else model.tokenizer.decode([t]) for t in frame.tokens)
+            sys.stdout.write(f"\x1b[H\x1b[J{args.prompt}{shown}\n[step {frame.step} · nfe {frame.nfe}]\n")
+            sys.stdout.flush()
+    trace = build_trace(model, encode_prompt(model, args.prompt), description, frames, time.perf_counter() - started)
+    if animate:
+        sys.stdout.write("\x1b[H\x1b[J")
+    print(args.prompt + trace.text)
+    print(f"[{model.name} · {description['name']} · nfe {trace.stats['nfe']} · {trace.stats['wall_s']:.2f}s]",
+          file=sys.stderr)
+    if args.trace:
+        print(f"trace written to {trace.save(args.trace)}", file=sys.stderr)
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="perplexity (a bound for diffusion models) on a held-out split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--n-t", type=int, default=8, help="mask rates per window for the diffusion bound")
+    p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
+    p.add_argument("--corpus", default=None, help="a .txt file or folder instead of the shipped corpus")
+    p.add_argument("--json", default=None, help="write the result here")
+
+
+def cmd_eval(args):
+    import explorer
+    from explorer.eval import evaluate
+
+    result = evaluate(explorer.load(args.checkpoint), args.split, corpus=args.corpus, n_t=args.n_t,
+                      max_windows=args.max_windows)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+
+
+def cmd_list(args):
+    from explorer.hub import describe, shipped
+
+    rows = [describe(path) for path in shipped().values()]
+    if not rows:
+        print("no shipped checkpoints found")
+        return
+    print(f"{'name':<16}{'family':<8}{'steps':>8}{'tokens seen':>14}{'test ppl':>12}")
+    for r in rows:
+        ppl = r["metrics"].get("test", {}).get("ppl", "")
+        print(f"{r['name']:<16}{r['family']:<8}{r['steps'] or '':>8}{r['tokens_seen'] or '':>14,}{ppl:>12}")
+
+
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="benchmarks, written as JSON and a markdown table")
+    p.add_argument("suite", choices=["sampling"])
+    p.add_argument("--checkpoint", default="mdlm-tiny")
+    p.add_argument("--judge", default="ar-tiny", help="AR checkpoint judging generative perplexity")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", default="bench_results/sampling.json")
+
+
+def cmd_bench(args):
+    from explorer.bench import run_sampling_bench
+
+    run_sampling_bench(args.checkpoint, args.judge, args.repeats, args.json)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m explorer", description="diffusion-LM explorer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_sample(sub)
+    _add_eval(sub)
+    _add_bench(sub)
+    sub.add_parser("list", help="the shipped checkpoints")
+    args = parser.parse_args(argv)
+    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench}
+    try:
+        commands[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,46 @@
+"""Checkpoint names -> folders: shipped checkpoints under `checkpoints/`, or any local folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from explorer.models import FAMILIES
+from explorer.models.base import load_folder, read_config
+
+CHECKPOINT_DIR = Path(os.environ.get("EXPLORER_CHECKPOINTS", Path(__file__).resolve().parents[1] / "checkpoints"))
+
+
+def shipped() -> dict[str, Path]:
+    """{name: folder} of the shipped checkpoints (folders with config.json and model.safetensors)."""
+    if not CHECKPOINT_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(CHECKPOINT_DIR.iterdir())
+            if (p / "config.json").is_file() and (p / "model.safetensors").is_file()}
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    known = shipped()
+    if str(name_or_path) in known:
+        return known[str(name_or_path)]
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    raise ValueError(f"unknown checkpoint {str(name_or_path)!r}; shipped checkpoints: {sorted(known)} "
+                     "(or pass a checkpoint folder)")
+
+
+def load(name_or_path: str | Path, device: str | None = None):
+    """Load a shipped checkpoint by name, or a checkpoint folder, as an eval-mode model in float32."""
+    path = resolve(name_or_path)
+    model = load_folder(path, FAMILIES)
+    model.checkpoint_path = str(path)
+    return model.to(device) if device else model
+
+
+def describe(path: Path) -> dict:
+    config = read_config(path)
+    training = config.get("training", {})
+    return {"name": path.name, "family": config.get("family"), "steps": training.get("steps_done"),
+            "tokens_seen": training.get("tokens_seen"), "wall_s": training.get("wall_s"),
+            "metrics": config.get("metrics", {})}

@@ -1,0 +1,69 @@
+"""Masked diffusion (MDLM / LLaDA): log-linear schedule, 1/t weighting, SUBS parameterization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from explorer.models.base import LanguageModel
+from explorer.nn import TransformerConfig
+
+
+@dataclass(frozen=True)
+class MDLMConfig:
+    backbone: TransformerConfig = field(
+        default_factory=lambda: TransformerConfig(attention="bidirectional")
+    )  # bidirectional, no time conditioning (MDLM: not needed)
+    eps: float = 1e-3  # smallest mask rate drawn in training: t = (1 - eps) u + eps
+
+    def __post_init__(self):
+        if self.backbone.attention != "bidirectional":
+            raise ValueError("the mdlm family needs attention='bidirectional'")
+
+
+def low_discrepancy_t(batch_size: int, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,) mask rates t_i = (1 - eps) ((u0 + i / B) mod 1) + eps: one random u0, evenly spread."""
+    u0 = torch.rand(1, generator=generator)
+    u = (u0 + torch.arange(batch_size) / batch_size) % 1.0
+    return (1 - eps) * u + eps
+
+
+def mask_tokens(x0: torch.Tensor, t: torch.Tensor, mask_id: int, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward process: each token of row i becomes [MASK] with probability t_i. Returns (x_t, masked)."""
+    masked = torch.rand(x0.shape, generator=generator) < t[:, None]  # (B, L)
+    masked = masked.to(x0.device)
+    return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
+
+
+class MDLMModel(LanguageModel):
+    family = "mdlm"
+    config_class = MDLMConfig
+
+    def denoiser_logits(self, x_t: torch.Tensor, return_hidden: bool = False):
+        """Logits (B, L, V) of x0 with the mask token excluded (its logit is -inf)."""
+        logits, hidden = self.backbone(x_t, return_hidden=True)
+        logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
+        return (logits, hidden) if return_hidden else logits
+
+    def forward(self, x_t: torch.Tensor, return_hidden: bool = False):
+        """SUBS logits (B, L, V): masked positions get the denoiser's logits; unmasked ones carry over
+        (logit 0 for the input token, -inf elsewhere)."""
+        logits, hidden = self.denoiser_logits(x_t, return_hidden=True)
+        unmasked = (x_t != self.mask_id)[..., None]  # (B, L, 1)
+        carry = torch.full_like(logits, float("-inf")).scatter(-1, x_t[..., None], 0.0)
+        logits = torch.where(unmasked, carry, logits)
+        return (logits, hidden) if return_hidden else logits
+
+    def loss(self, batch: torch.Tensor, generator: torch.Generator | None = None, t: torch.Tensor | None = None) -> dict:
+        """Continuous-time NELBO: CE on masked tokens weighted 1/t, summed, divided by all B * L tokens."""
+        B, L = batch.shape
+        if t is None:
+            t = low_discrepancy_t(B, self.config.eps, generator)
+        t = t.to(batch.device)
+        x_t, masked = mask_tokens(batch, t, self.mask_id, generator)
+        logits = self.denoiser_logits(x_t)  # (B, L, V)
+        ce = F.cross_entropy(logits.flatten(0, 1), batch.flatten(), reduction="none").view(B, L)
+        weighted = (ce * masked / t[:, None]).sum()
+        return {"loss": weighted / (B * L), "nll_sum": weighted.detach(), "tokens": B * L}

@@ -1,0 +1,121 @@
+"""Samplers are generators yielding one Frame per step; `run` collects them into a Trace."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import torch
+
+from explorer.data.tokenizer import display_string
+from explorer.sampling.autoregressive import ARParams, autoregressive
+from explorer.sampling.masked import REMASKING_RULES, AncestralParams, MaskedParams, ancestral, masked_diffusion
+from explorer.sampling.trace import RECORD_LEVELS, SCHEMA, Frame, Trace
+
+# sampler name -> (family, builder of (params, frames function)); the defaults each name implies.
+MASKED_SAMPLERS = REMASKING_RULES + ("threshold", "factor", "ancestral")
+AR_SAMPLERS = ("ar",)
+SAMPLERS = {"mdlm": MASKED_SAMPLERS, "ar": AR_SAMPLERS}
+
+
+def build_sampler(family: str, sampler: str | None, *, gen_length: int = 64, steps: int | None = None,
+                  block_length: int | None = None, temperature: float | None = None, top_k=None, top_p=None,
+                  cfg_scale: float = 0.0, threshold: float | None = None, factor: float | None = None,
+                  pinned: dict[int, int] | None = None):
+    """Return (params, frames_fn) for a family and sampler name; raises ValueError naming bad knobs."""
+    names = SAMPLERS.get(family)
+    if names is None:
+        raise ValueError(f"no samplers for family {family!r}; known families: {sorted(SAMPLERS)}")
+    sampler = sampler or names[0]
+    if sampler not in names:
+        raise ValueError(f"sampler must be one of {names} for family {family!r}, got {sampler!r}")
+    pinned = dict(pinned or {})
+    if family == "ar":
+        if pinned:
+            raise ValueError("pinned tokens need a masked-diffusion model; the ar family generates left to right")
+        temp = 1.0 if temperature is None else temperature
+        return ARParams(gen_length, temp, top_k, top_p), autoregressive
+    steps = gen_length if steps is None else steps
+    if sampler == "ancestral":
+        temp = 1.0 if temperature is None else temperature
+        return AncestralParams(gen_length, steps, block_length, temp, top_k, top_p, pinned), ancestral
+    rule = sampler if sampler in REMASKING_RULES else "low_confidence"
+    if sampler == "threshold" and threshold is None:
+        threshold = 0.9
+    if sampler == "factor" and factor is None:
+        factor = 1.0
+    temp = 0.0 if temperature is None else temperature
+    params = MaskedParams(gen_length, steps, block_length, rule, temp, top_k, top_p, cfg_scale, threshold, factor,
+                          pinned)
+    return params, masked_diffusion
+
+
+def encode_prompt(model, prompt: str | list[int]) -> list[int]:
+    if isinstance(prompt, str):
+        return model.tokenizer.encode(prompt).ids if prompt else []
+    return [int(t) for t in prompt]
+
+
+def encode_pinned(model, pinned: dict[int, int | str] | None) -> dict[int, int]:
+    """{position: token id or text}; text fills consecutive positions with its tokens."""
+    ids: dict[int, int] = {}
+    for pos, value in (pinned or {}).items():
+        toks = model.tokenizer.encode(value).ids if isinstance(value, str) else [int(value)]
+        for k, tok in enumerate(toks):
+            ids[int(pos) + k] = tok
+    return ids
+
+
+def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed: int = 0, record: str = "tokens",
+           **knobs) -> tuple[dict, Iterator[Frame]]:
+    """(sampler description, frame generator): the building block of live viewers."""
+    if record not in RECORD_LEVELS:
+        raise ValueError(f"record must be one of {RECORD_LEVELS}, got {record!r}")
+    prompt_ids = encode_prompt(model, prompt)
+    knobs["pinned"] = encode_pinned(model, knobs.get("pinned"))
+    params, frames_fn = build_sampler(model.family, sampler, **knobs)
+    generator = torch.Generator().manual_seed(int(seed))
+    description = {"name": sampler or SAMPLERS[model.family][0], "seed": int(seed), "record": record,
+                   **{k: v for k, v in vars(params).items()}}
+    description["pinned"] = {str(k): v for k, v in params.pinned.items()} if hasattr(params, "pinned") else {}
+    return description, frames_fn(model, prompt_ids, params, generator, record)
+
+
+@torch.no_grad()
+def generate(model, prompt: str | list[int] = "", sampler: str | None = None, seed: int = 0, record: str = "tokens",
+             **knobs) -> Trace:
+    """Run a sampler to the end and return its Trace. Knobs: gen_length, steps, block_length, temperature,
+    top_k, top_p, cfg_scale, threshold, factor, pinned ({position: token id or text})."""
+    description, frames_iter = stream(model, prompt, sampler, seed, record, **knobs)
+    started = time.perf_counter()
+    frames = list(frames_iter)
+    wall = time.perf_counter() - started
+    return build_trace(model, encode_prompt(model, prompt), description, frames, wall)
+
+
+def build_trace(model, prompt_ids: list[int], description: dict, frames: list[Frame], wall_s: float) -> Trace:
+    final = frames[-1].tokens
+    ids = set(prompt_ids) | set(final)
+    for frame in frames:
+        ids.update(frame.tokens or [])
+        ids.update(frame.proposal or [])
+    tok = model.tokenizer
+    text = tok.decode([t for t in final if t != model.mask_id], skip_special_tokens=True)
+    gen = len(final)
+    return Trace(
+        model={"name": model.name, "family": model.family, "params": model.num_parameters(),
+               "checkpoint": getattr(model, "checkpoint_path", None)},
+        sampler=description,
+        prompt_ids=list(prompt_ids),
+        frames=frames,
+        text=text,
+        token_strings={i: display_string(tok, i) for i in sorted(ids)},
+        stats={"nfe": frames[-1].nfe, "wall_s": round(wall_s, 4), "tokens_per_s": round(gen / max(wall_s, 1e-9), 2),
+               "steps": frames[-1].step, "gen_length": gen},
+        prompt_text=tok.decode(list(prompt_ids), skip_special_tokens=False) if prompt_ids else "",
+        mask_id=model.mask_id,
+    )
+
+
+__all__ = ["AR_SAMPLERS", "MASKED_SAMPLERS", "RECORD_LEVELS", "SAMPLERS", "SCHEMA", "Frame", "Trace",
+           "build_sampler", "generate", "stream", "build_trace"]

@@ -1,0 +1,62 @@
+"""Autoregressive sampling with a KV cache: temperature, top-k, top-p; left-to-right or right-to-left."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+import kernels
+from explorer.sampling.common import check_range, check_sampling_knobs, make_frame, step_seed
+from explorer.sampling.trace import Frame
+
+
+@dataclass(frozen=True)
+class ARParams:
+    gen_length: int = 64  # tokens to generate
+    temperature: float = 1.0  # softmax temperature (0 = greedy)
+    top_k: int | None = None  # keep the k most likely tokens
+    top_p: float | None = None  # nucleus mass kept, in (0, 1]
+
+    def validate(self) -> None:
+        check_range("gen_length", self.gen_length, 1)
+        check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")
+
+
+@torch.no_grad()
+def autoregressive(model, prompt_ids: list[int], params: ARParams, generator: torch.Generator,
+                   record: str = "tokens") -> Iterator[Frame]:
+    """Yield the empty canvas, then one Frame per generated token.
+
+    For a right-to-left model the prompt is the *end* of the text and the canvas fills from its
+    last position backwards; frames always index positions in reading order.
+    """
+    params.validate()
+    G = params.gen_length
+    if 1 + len(prompt_ids) + G > model.max_seq_len:
+        raise ValueError(
+            f"<bos> + prompt ({len(prompt_ids)} tokens) + gen_length ({G}) exceeds the model's context of "
+            f"{model.max_seq_len} tokens"
+        )
+    backwards = model.config.direction == "r2l"
+    context = [model.bos_id] + (prompt_ids[::-1] if backwards else list(prompt_ids))
+    canvas = torch.full((G,), model.mask_id, dtype=torch.long)  # reading order
+    confidence = torch.full((G,), float("nan"))
+    first = make_frame(record, False, 0, canvas, [], 0, proposal=canvas, confidence=confidence)
+    if first is not None:
+        yield first
+    cache = model.new_cache(1)
+    logits = model(torch.tensor([context], device=model.device), cache=cache)[0, -1:]  # (1, V)
+    for i in range(G):
+        tokens, prob, _, _ = kernels.sample_and_score(
+            logits.float(), params.temperature, params.top_k, params.top_p, seed=step_seed(generator)
+        )
+        pos = G - 1 - i if backwards else i
+        canvas[pos] = int(tokens[0])
+        confidence[pos] = float(prob[0])
+        frame = make_frame(record, i == G - 1, i + 1, canvas, [pos], i + 1, proposal=canvas, confidence=confidence)
+        if frame is not None:
+            yield frame
+        if i < G - 1:
+            logits = model(tokens.view(1, 1).to(model.device), cache=cache)[0, -1:]

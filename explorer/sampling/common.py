@@ -1,0 +1,55 @@
+"""Pieces every sampler shares: knob validation, per-step noise seeds, frame building."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from explorer.sampling.trace import RECORD_LEVELS, Frame
+
+
+def check_range(knob: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
+    """Raise ValueError naming the knob, the value and the allowed range."""
+    bad = (low is not None and (value < low or (low_open and value == low))) or (
+        high is not None and (value > high or (high_open and value == high))
+    )
+    if bad:
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        rng = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ValueError(f"{knob} must be in {rng}, got {value}")
+
+
+def check_sampling_knobs(temperature: float, top_k: int | None, top_p: float | None, record: str) -> None:
+    check_range("temperature", temperature, 0)
+    if top_k is not None:
+        check_range("top_k", top_k, 1)
+    if top_p is not None:
+        check_range("top_p", top_p, 0, 1, low_open=True)
+    if record not in RECORD_LEVELS:
+        raise ValueError(f"record must be one of {RECORD_LEVELS}, got {record!r}")
+
+
+def step_seed(generator: torch.Generator) -> int:
+    """A fresh 31-bit seed for the counter-based noise of one step, drawn from the sampler's generator."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def make_frame(record: str, final: bool, step: int, canvas: torch.Tensor, committed, nfe: int, *,
+               t=None, block=None, proposal=None, confidence=None, remasked=()) -> Frame | None:
+    """A Frame with what the recording level asks for; None at level 'none' except for the final frame."""
+    if record == "none" and not final:
+        return None
+    full = record == "full"
+    return Frame(
+        step=step,
+        tokens=canvas.tolist(),
+        committed=sorted(int(p) for p in committed),
+        remasked=sorted(int(p) for p in remasked),
+        nfe=nfe,
+        t=t,
+        block=block,
+        proposal=proposal.tolist() if full and proposal is not None else None,
+        confidence=[None if math.isnan(c) else c for c in confidence.tolist()] if full and confidence is not None else None,
+    )

@@ -1,0 +1,230 @@
+"""Masked-diffusion samplers (LLaDA / MDLM / Fast-dLLM) as generators that yield one Frame per step.
+
+`MaskedDiffusion` is LLaDA's semi-autoregressive loop: a canvas of `gen_length` masks after the
+prompt, split into blocks; each step runs the model once, proposes x0 by Gumbel-max at
+`temperature`, scores every masked position by the remasking rule and commits the best ones of the
+current block (a fixed count per step, or Fast-dLLM's `threshold` / `factor` rules).
+`Ancestral` is MDLM's sampler: each masked token unmasks with probability (t - s) / t, and a step
+whose canvas did not change reuses the previous logits (no network call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+import kernels
+from explorer.sampling.common import check_range, check_sampling_knobs, make_frame, step_seed
+from explorer.sampling.trace import Frame
+
+REMASKING_RULES = ("low_confidence", "random", "margin", "entropy")
+
+
+@dataclass(frozen=True)
+class MaskedParams:
+    gen_length: int = 64  # tokens to generate after the prompt
+    steps: int = 64  # network evaluations for the fixed schedule (split evenly over blocks)
+    block_length: int | None = None  # semi-autoregressive block size; None = gen_length (one block)
+    remasking: str = "low_confidence"  # which masked positions to commit: see REMASKING_RULES
+    temperature: float = 0.0  # Gumbel-max temperature of the proposal (0 = argmax)
+    top_k: int | None = None  # keep the k most likely tokens before sampling
+    top_p: float | None = None  # nucleus mass kept before sampling, in (0, 1]
+    cfg_scale: float = 0.0  # classifier-free guidance: uncond + (s + 1)(cond - uncond), uncond masks the prompt
+    threshold: float | None = None  # Fast-dLLM: commit every masked token with confidence >= threshold
+    factor: float | None = None  # Fast-dLLM factor rule: longest prefix with c_n >= 1 - factor / (n + 1)
+    pinned: dict[int, int] = field(default_factory=dict)  # generated position -> token id fixed from the start
+
+    @property
+    def blocks(self) -> int:
+        return self.gen_length // (self.block_length or self.gen_length)
+
+    def validate(self, vocab_size: int) -> None:
+        check_range("gen_length", self.gen_length, 1)
+        check_range("steps", self.steps, 1)
+        block = self.block_length or self.gen_length
+        check_range("block_length", block, 1, self.gen_length)
+        if self.gen_length % block:
+            raise ValueError(f"gen_length ({self.gen_length}) must be a multiple of block_length ({block})")
+        if self.steps % self.blocks:
+            raise ValueError(f"steps ({self.steps}) must be divisible by the number of blocks ({self.blocks})")
+        if self.remasking not in REMASKING_RULES:
+            raise ValueError(f"remasking must be one of {REMASKING_RULES}, got {self.remasking!r}")
+        check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")
+        check_range("cfg_scale", self.cfg_scale, 0)
+        if self.threshold is not None:
+            check_range("threshold", self.threshold, 0, 1, low_open=True)
+        if self.factor is not None:
+            check_range("factor", self.factor, 0, low_open=True)
+        if self.threshold is not None and self.factor is not None:
+            raise ValueError("threshold and factor are alternative rules; set at most one")
+        for pos, tok in self.pinned.items():
+            check_range("pinned position", pos, 0, self.gen_length - 1)
+            check_range("pinned token id", tok, 0, vocab_size - 1)
+
+
+@dataclass(frozen=True)
+class AncestralParams:
+    gen_length: int = 64  # tokens to generate after the prompt
+    steps: int = 64  # time steps from t = 1 to t = 0 (split evenly over blocks)
+    block_length: int | None = None  # semi-autoregressive block size; None = gen_length
+    temperature: float = 1.0  # temperature of the x0 proposal (0 = argmax)
+    top_k: int | None = None  # keep the k most likely tokens before sampling
+    top_p: float | None = None  # nucleus mass kept before sampling
+    pinned: dict[int, int] = field(default_factory=dict)  # generated position -> token id fixed from the start
+
+    blocks = MaskedParams.blocks
+
+    def validate(self, vocab_size: int) -> None:
+        MaskedParams(self.gen_length, self.steps, self.block_length, pinned=self.pinned).validate(vocab_size)
+        check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")
+
+
+def schedule_counts(masked: int, steps: int) -> list[int]:
+    """LLaDA's per-step commit counts: masked // steps each, the remainder spread over the first steps."""
+    base, extra = divmod(masked, steps)
+    return [base + (1 if i < extra else 0) for i in range(steps)]
+
+
+def _guided_rows(model, canvas: torch.Tensor, rows: torch.Tensor, prompt_len: int, cfg_scale: float):
+    """Logits (M, V) at the canvas positions `rows` with the mask token excluded, guided if cfg_scale > 0."""
+    mask_id = model.mask_id
+    logits = model(canvas[None])[0, rows].float()  # (M, V)
+    nfe = 1
+    if cfg_scale > 0 and prompt_len > 0:
+        uncond_canvas = canvas.clone()
+        uncond_canvas[:prompt_len] = mask_id
+        uncond = model(uncond_canvas[None])[0, rows].float()
+        logits[:, mask_id] = 0.0
+        uncond[:, mask_id] = 0.0
+        logits = uncond + (cfg_scale + 1) * (logits - uncond)
+        nfe = 2
+    logits[:, mask_id] = float("-inf")
+    return logits, nfe
+
+
+def _rule_scores(rule: str, prob, margin, entropy, seed: int, rows: torch.Tensor) -> torch.Tensor:
+    if rule == "low_confidence":
+        return prob
+    if rule == "margin":
+        return margin
+    if rule == "entropy":
+        return -entropy  # higher = surer
+    return kernels.counter_uniform(rows.long(), seed ^ 0x5BD1E995)  # random
+
+
+def select_commits(scores: torch.Tensor, eligible: torch.Tensor, count: int, threshold, factor) -> torch.Tensor:
+    """Indices (into scores) to commit among eligible ones: top-`count`, or Fast-dLLM's threshold / factor rule."""
+    candidates = eligible.nonzero().squeeze(-1)
+    if len(candidates) == 0:
+        return candidates
+    ranked = candidates[scores[candidates].argsort(descending=True, stable=True)]
+    if threshold is not None:
+        keep = (scores[ranked] >= threshold).sum().clamp(min=1)  # always at least the most confident
+        return ranked[:keep]
+    if factor is not None:
+        n = torch.arange(1, len(ranked) + 1, device=scores.device)
+        ok = scores[ranked] >= 1 - factor / (n + 1)
+        ok[0] = True
+        prefix = int(ok.long().cumprod(0).sum())
+        return ranked[:prefix]
+    return ranked[:count]
+
+
+def masked_diffusion(model, prompt_ids: list[int], params: MaskedParams, generator: torch.Generator,
+                     record: str = "tokens") -> Iterator[Frame]:
+    """LLaDA / Fast-dLLM sampling loop; yields the initial canvas, then one Frame per network step."""
+    return _masked_loop(model, prompt_ids, params, generator, record, ancestral=False)
+
+
+def ancestral(model, prompt_ids: list[int], params: AncestralParams, generator: torch.Generator,
+              record: str = "tokens") -> Iterator[Frame]:
+    """MDLM's ancestral sampler with the cached step; yields one Frame per time step."""
+    return _masked_loop(model, prompt_ids, params, generator, record, ancestral=True)
+
+
+def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool) -> Iterator[Frame]:
+    params.validate(model.tokenizer.get_vocab_size())
+    mask_id, P, G = model.mask_id, len(prompt_ids), params.gen_length
+    if P + G > model.max_seq_len:
+        raise ValueError(
+            f"prompt ({P} tokens) + gen_length ({G}) exceeds the model's context of {model.max_seq_len} tokens"
+        )
+    device = model.device
+    canvas = torch.full((P + G,), mask_id, dtype=torch.long, device=device)  # (P + G,)
+    canvas[:P] = torch.tensor(prompt_ids, dtype=torch.long)
+    for pos, tok in params.pinned.items():
+        canvas[P + pos] = tok
+    confidence = torch.full((G,), float("nan"))  # commit-time probability per generated position
+    proposal = canvas[P:].clone().cpu()
+    block_len = params.block_length or G
+    steps_per_block = params.steps // params.blocks
+    nfe, step = 0, 0
+    nothing_to_do = not bool((canvas[P:] == mask_id).any())
+    first = make_frame(record, nothing_to_do, 0, canvas[P:], [], 0, t=_mask_rate(canvas[P:], mask_id), block=0,
+                       proposal=proposal, confidence=confidence)
+    if first is not None:
+        yield first
+    cached_logits, cached_canvas = None, None
+    for block in range(params.blocks):
+        lo, hi = P + block * block_len, P + (block + 1) * block_len
+        in_block = torch.zeros(P + G, dtype=torch.bool, device=device)
+        in_block[lo:hi] = True
+        counts = schedule_counts(int((canvas[lo:hi] == mask_id).sum()), steps_per_block)
+        times = torch.linspace(1.0, 0.0, steps_per_block + 1).tolist()
+        block_step = 0
+        while bool((canvas[lo:hi] == mask_id).any()):
+            rows = (canvas == mask_id).nonzero().squeeze(-1)  # masked canvas positions, (M,)
+            if ancestral:
+                if block_step >= steps_per_block:
+                    break  # unreachable: the last step (s = 0) unmasks everything left
+                t, s = times[block_step], times[block_step + 1]
+            elif params.threshold is None and params.factor is None:
+                if block_step >= steps_per_block:
+                    break
+                if counts[block_step] == 0:  # LLaDA would spend a forward pass committing nothing
+                    block_step += 1
+                    continue
+            if ancestral and cached_canvas is not None and torch.equal(cached_canvas, canvas):
+                logits = cached_logits  # no time conditioning: same canvas, same logits
+            else:
+                logits, used = _guided_rows(model, canvas, rows, P, getattr(params, "cfg_scale", 0.0))
+                nfe += used
+                cached_logits, cached_canvas = logits, canvas.clone()
+            seed = step_seed(generator)
+            tokens, prob, margin, entropy = kernels.sample_and_score(
+                logits, params.temperature, params.top_k, params.top_p, seed=seed
+            )  # each (M,)
+            eligible = in_block[rows]
+            if ancestral:
+                unmask_prob = 1.0 if s == 0 else (t - s) / t
+                u = kernels.counter_uniform(rows.long(), seed ^ 0x68E31DA4)
+                chosen = (eligible & (u < unmask_prob)).nonzero().squeeze(-1)
+            else:
+                scores = _rule_scores(params.remasking, prob, margin, entropy, seed, rows)
+                count = counts[block_step] if block_step < len(counts) else 1
+                chosen = select_commits(scores, eligible, count, params.threshold, params.factor)
+            committed = rows[chosen]
+            canvas[committed] = tokens[chosen]
+            gen_pos = (committed - P).cpu()
+            confidence[gen_pos] = prob[chosen].cpu()
+            if record == "full":
+                proposal = canvas[P:].clone().cpu()
+                proposal[(rows - P).cpu()] = tokens.cpu()
+                step_conf = confidence.clone()
+                step_conf[(rows - P).cpu()] = prob.cpu()
+            else:
+                step_conf = None
+            block_step += 1
+            step += 1
+            done = block == params.blocks - 1 and not bool((canvas[lo:hi] == mask_id).any())
+            frame = make_frame(record, done, step, canvas[P:], gen_pos.tolist(), nfe,
+                               t=_mask_rate(canvas[P:], mask_id), block=block, proposal=proposal,
+                               confidence=step_conf)
+            if frame is not None:
+                yield frame
+
+
+def _mask_rate(region: torch.Tensor, mask_id: int) -> float:
+    return round(float((region == mask_id).float().mean()), 6)

@@ -1,0 +1,222 @@
+"""Training loop shared by all families: AdamW, warmup + cosine, clipping, JSONL log, atomic resumable state.
+
+    python -m explorer train --family mdlm --preset tiny --out checkpoints/mdlm-tiny --steps 20000
+
+Every step's batch and dropout noise derive from (seed, step), so a run killed and resumed with
+`--resume` continues exactly where an uninterrupted run would be. The resumable state lives in
+`OUT/train_state/` (fp32 weights and AdamW moments as safetensors, the rest as JSON: no pickles).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from explorer.data import TokenStream, load_corpus, load_tokenizer, split_works, train_tokenizer
+from explorer.data.corpus import DATA_DIR
+from explorer.models import FAMILIES, ARConfig, MDLMConfig
+from explorer.models.base import _atomic
+from explorer.nn import preset
+
+SHIPPED_TOKENIZER = DATA_DIR / "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    family: str  # "ar" or "mdlm"
+    preset: str = "tiny"  # backbone preset from explorer.nn.PRESETS
+    steps: int = 10000  # length of the learning-rate schedule (total optimizer steps)
+    batch_size: int = 16  # windows per step
+    seq_len: int = 128  # tokens per window (<= the preset's max_seq_len)
+    lr: float = 2e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup: int = 200  # linear warmup steps
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
+    grad_clip: float = 1.0  # max global gradient norm
+    dropout: float = 0.1  # backbone dropout
+    seed: int = 0  # model init, batches and dropout all derive from it
+    direction: str = "l2r"  # ar only: "r2l" trains right-to-left
+    d_model: int | None = None  # override the preset's width (tests use tiny models)
+    n_layers: int | None = None  # override the preset's depth
+    eval_every: int = 500  # steps between validation estimates
+    save_every: int = 250  # steps between resumable checkpoints
+    corpus: str | None = None  # a .txt file or folder; None = the shipped Shakespeare corpus
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {self.family!r}")
+        for knob in ("steps", "batch_size", "seq_len", "save_every", "eval_every"):
+            if getattr(self, knob) < 1:
+                raise ValueError(f"{knob} must be >= 1, got {getattr(self, knob)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def build_model(cfg: TrainConfig, tokenizer):
+    overrides = {"vocab_size": tokenizer.get_vocab_size(), "dropout": cfg.dropout}
+    if cfg.d_model:
+        overrides |= {"d_model": cfg.d_model, "d_ff": int(cfg.d_model * 8 / 3 // 8 * 8)}
+    if cfg.n_layers:
+        overrides["n_layers"] = cfg.n_layers
+    if cfg.family == "ar":
+        config = ARConfig(backbone=preset(cfg.preset, attention="causal", **overrides), direction=cfg.direction)
+    else:
+        config = MDLMConfig(backbone=preset(cfg.preset, attention="bidirectional", **overrides))
+    if cfg.seq_len > config.backbone.max_seq_len:
+        raise ValueError(f"seq_len must be <= {config.backbone.max_seq_len} for preset {cfg.preset}, got {cfg.seq_len}")
+    torch.manual_seed(cfg.seed)
+    return FAMILIES[cfg.family](config, tokenizer)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def tokenizer_for(cfg: TrainConfig, works: dict[str, str]):
+    if cfg.corpus is None and SHIPPED_TOKENIZER.is_file():
+        return load_tokenizer(SHIPPED_TOKENIZER)
+    return train_tokenizer(list(split_works(works, "train").values()))
+
+
+@torch.no_grad()
+def estimate_loss(model, stream: TokenStream, cfg: TrainConfig, batches: int = 8) -> float:
+    """Mean loss over fixed validation windows (same windows and noise at every evaluation)."""
+    model.eval()
+    generator = torch.Generator().manual_seed(1234)
+    windows = stream.windows(cfg.seq_len)[: batches * cfg.batch_size]
+    total, tokens = 0.0, 0
+    for batch in windows.split(cfg.batch_size):
+        out = model.loss(batch, generator=generator)
+        total, tokens = total + float(out["nll_sum"]), tokens + out["tokens"]
+    model.train()
+    return total / tokens
+
+
+# --- resumable state --------------------------------------------------------------------------
+
+def save_state(state_dir: Path, model, optimizer, step: int, extra: dict) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    weights.pop("backbone.head.weight", None) if model.config.backbone.tie_embeddings else None
+    moments = {}
+    for index, param in enumerate(model.parameters()):
+        for name, value in optimizer.state.get(param, {}).items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                moments[f"{index}.{name}"] = value.contiguous()
+    opt_steps = {str(i): float(optimizer.state[p]["step"]) for i, p in enumerate(model.parameters()) if p in optimizer.state}
+    _atomic(state_dir / "weights.safetensors", lambda tmp: save_file(weights, str(tmp)))
+    _atomic(state_dir / "optimizer.safetensors", lambda tmp: save_file(moments, str(tmp)))
+    meta = {"step": step, "optimizer_steps": opt_steps} | extra
+    _atomic(state_dir / "state.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))  # written last
+
+
+def load_state(state_dir: Path, model, optimizer) -> dict:
+    meta = json.loads((state_dir / "state.json").read_text())
+    weights = load_file(str(state_dir / "weights.safetensors"))
+    if model.config.backbone.tie_embeddings:
+        weights["backbone.head.weight"] = weights["backbone.embed.weight"]
+    model.load_state_dict(weights)
+    moments = load_file(str(state_dir / "optimizer.safetensors"))
+    for index, param in enumerate(model.parameters()):
+        if str(index) in meta["optimizer_steps"]:
+            optimizer.state[param] = {
+                "step": torch.tensor(meta["optimizer_steps"][str(index)]),
+                "exp_avg": moments[f"{index}.exp_avg"],
+                "exp_avg_sq": moments[f"{index}.exp_avg_sq"],
+            }
+    return meta
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: float | None = None,
+          progress: bool = True) -> Path:
+    """Train until `cfg.steps` (or `max_minutes` of wall time, then save for `--resume`)."""
+    out = Path(out)
+    state_dir = out / "train_state"
+    log_path = out / "train_log.jsonl"
+    if resume:
+        if not (state_dir / "state.json").is_file():
+            raise FileNotFoundError(f"--resume: no training state in {state_dir}")
+        saved = json.loads((state_dir / "state.json").read_text())
+        if saved["train_config"] != asdict(cfg):
+            changed = {k for k in asdict(cfg) if saved["train_config"].get(k) != asdict(cfg)[k]}
+            raise ValueError(f"--resume: settings differ from the saved run: {sorted(changed)}")
+    elif (state_dir / "state.json").is_file():
+        raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it or pick another --out")
+
+    works = load_corpus(cfg.corpus)
+    tokenizer = load_tokenizer(out) if resume else tokenizer_for(cfg, works)
+    train_stream = TokenStream(works, "train", tokenizer)
+    val_stream = TokenStream(works, "val", tokenizer)
+    model = build_model(cfg, tokenizer).train()
+    optimizer = make_optimizer(model, cfg)
+    step, tokens_seen, wall = 0, 0, 0.0
+    if resume:
+        meta = load_state(state_dir, model, optimizer)
+        step, tokens_seen, wall = meta["step"], meta["tokens_seen"], meta["wall_s"]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(str(out / "tokenizer.json"))
+        log_path.write_text("")
+
+    def checkpoint():
+        extra = {"tokens_seen": tokens_seen, "wall_s": round(wall, 1), "train_config": asdict(cfg)}
+        save_state(state_dir, model, optimizer, step, extra)
+        model.save_pretrained(out, extra={"training": extra | {"steps_done": step}})
+
+    started = time.time()
+    budget_end = started + max_minutes * 60 if max_minutes else None
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.family}", disable=not progress, unit="step")
+    with open(log_path, "a") as log:
+        while step < cfg.steps:
+            t0 = time.time()
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout noise of this step
+            batch = train_stream.random_batch(cfg.batch_size, cfg.seq_len, generator)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, step)
+            out_loss = model.loss(batch, generator=generator)
+            optimizer.zero_grad(set_to_none=True)
+            out_loss["loss"].backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            tokens_seen += batch.numel()
+            wall += time.time() - t0
+            record = {"step": step, "loss": round(float(out_loss["loss"]), 5), "lr": lr_at(cfg, step - 1),
+                      "grad_norm": round(float(grad_norm), 4), "tokens_seen": tokens_seen, "wall_s": round(wall, 2)}
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                record["val_loss"] = round(estimate_loss(model, val_stream, cfg), 5)
+                bar.set_postfix(val=record["val_loss"])
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=record["loss"], refresh=False)
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                checkpoint()
+            if budget_end and time.time() > budget_end:
+                checkpoint()
+                bar.write(f"stopped at step {step} after --max-minutes {max_minutes}; continue with --resume")
+                break
+    bar.close()
+    return out

@@ -1,0 +1,47 @@
+"""Plotly figures of a trace: confidence per position over steps, with the commit step of each token."""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+
+from explorer.sampling.trace import Trace
+from explorer.viz.tokens import COLORSCALE
+
+
+def confidence_matrix(trace: Trace, upto: int = -1) -> list[list[float | None]]:
+    """(steps, positions): confidence of each position's proposal at each recorded step (None = unknown)."""
+    rows = []
+    for frame in trace.frames[: upto % len(trace.frames) + 1]:
+        conf = frame.confidence or [None] * len(frame.tokens or [])
+        rows.append([None if c is None or (isinstance(c, float) and math.isnan(c)) else c for c in conf])
+    return rows
+
+
+def confidence_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
+    """Heatmap of confidence (position x step) with a marker where each token was committed.
+
+    Needs a trace recorded at level "full" for the confidences; the commit markers need "tokens".
+    """
+    frames = trace.frames[: upto % len(trace.frames) + 1]
+    steps = [f.step for f in frames]
+    fig = go.Figure()
+    fig.add_trace(go.Heatmap(
+        z=confidence_matrix(trace, upto), y=steps, colorscale=COLORSCALE, zmin=0, zmax=1,
+        colorbar={"title": "confidence"}, hovertemplate="position %{x}<br>step %{y}<br>confidence %{z:.3f}<extra></extra>",
+    ))
+    commits = trace.commit_steps(upto)
+    xs = [pos for pos, s in enumerate(commits) if s is not None]
+    fig.add_trace(go.Scatter(
+        x=xs, y=[commits[p] for p in xs], mode="markers", name="committed",
+        marker={"symbol": "x", "size": 6, "color": "#d62728"},
+        text=[trace.token_strings.get(frames[-1].tokens[p], "") for p in xs],
+        hovertemplate="position %{x} committed at step %{y}: %{text}<extra></extra>",
+    ))
+    fig.update_layout(
+        xaxis_title="position", yaxis_title="step", yaxis_autorange="reversed", height=360,
+        margin={"l": 50, "r": 20, "t": 30, "b": 40}, legend={"orientation": "h", "y": 1.08},
+        title={"text": f"{trace.model.get('name')} · {trace.sampler.get('name')}", "font": {"size": 13}},
+    )
+    return fig

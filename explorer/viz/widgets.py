@@ -1,0 +1,54 @@
+"""ipywidgets controls for notebooks: a step scrubber over a trace, and sliders that re-run a sampler."""
+
+from __future__ import annotations
+
+from explorer.sampling.trace import Trace
+from explorer.viz.plots import confidence_heatmap
+from explorer.viz.tokens import COLOR_MODES, tokens_html
+
+
+def scrubber(trace: Trace, color_by: str = "confidence"):
+    """A step slider and a colour toggle over a recorded trace; replays without the model."""
+    import ipywidgets as w
+
+    step = w.IntSlider(value=len(trace.frames) - 1, min=0, max=len(trace.frames) - 1, description="step",
+                       continuous_update=True)
+    mode = w.ToggleButtons(options=list(COLOR_MODES), value=color_by, description="colour by")
+    view = w.HTML(tokens_html(trace, step.value, mode.value))
+
+    def redraw(_=None):
+        view.value = tokens_html(trace, step.value, mode.value)
+
+    step.observe(redraw, "value")
+    mode.observe(redraw, "value")
+    return w.VBox([w.HBox([step, mode]), view])
+
+
+def sampler_controls(model, prompt: str = "", sampler: str | None = None, **knobs):
+    """Steps and temperature sliders that re-run the sampler on release, with a scrubber and heatmap."""
+    import ipywidgets as w
+
+    from explorer.sampling import generate
+
+    gen_length = knobs.pop("gen_length", 64)
+    steps = w.IntSlider(value=knobs.pop("steps", gen_length), min=1, max=gen_length, description="steps",
+                        continuous_update=False)
+    temperature = w.FloatSlider(value=knobs.pop("temperature", 0.0), min=0.0, max=2.0, step=0.05,
+                                description="temperature", continuous_update=False)
+    out = w.Output()
+    holder = w.VBox()
+
+    def rerun(_=None):
+        trace = generate(model, prompt, sampler, gen_length=gen_length, steps=steps.value,
+                         temperature=temperature.value, record="full", **knobs)
+        out.clear_output()
+        with out:
+            from IPython.display import display
+
+            display(confidence_heatmap(trace))
+        holder.children = [scrubber(trace), out]
+
+    steps.observe(rerun, "value")
+    temperature.observe(rerun, "value")
+    rerun()
+    return w.VBox([w.HBox([steps, temperature]), holder])
