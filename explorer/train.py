@@ -26,6 +26,8 @@ from explorer.models.base import _atomic
 from explorer.nn import preset
 
 SHIPPED_TOKENIZER = DATA_DIR / "tokenizer.json"
+# Knobs a resumed run may change: the schedule length (to extend or shorten a run) and bookkeeping.
+RESUMABLE_CHANGES = {"steps", "eval_every", "save_every"}
 
 
 @dataclass(frozen=True)
@@ -158,9 +160,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: 
         if not (state_dir / "state.json").is_file():
             raise FileNotFoundError(f"--resume: no training state in {state_dir}")
         saved = json.loads((state_dir / "state.json").read_text())
-        if saved["train_config"] != asdict(cfg):
-            changed = {k for k in asdict(cfg) if saved["train_config"].get(k) != asdict(cfg)[k]}
-            raise ValueError(f"--resume: settings differ from the saved run: {sorted(changed)}")
+        changed = {k for k in asdict(cfg) if saved["train_config"].get(k) != asdict(cfg)[k]} - RESUMABLE_CHANGES
+        if changed:
+            raise ValueError(f"--resume: settings differ from the saved run: {sorted(changed)} "
+                             f"(only {sorted(RESUMABLE_CHANGES)} may change on resume)")
     elif (state_dir / "state.json").is_file():
         raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it or pick another --out")
 
@@ -203,7 +206,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: 
             step += 1
             tokens_seen += batch.numel()
             wall += time.time() - t0
-            record = {"step": step, "loss": round(float(out_loss["loss"]), 5), "lr": lr_at(cfg, step - 1),
+            record = {"step": step, "loss": round(out_loss["loss"].item(), 5), "lr": lr_at(cfg, step - 1),
                       "grad_norm": round(float(grad_norm), 4), "tokens_seen": tokens_seen, "wall_s": round(wall, 2)}
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 record["val_loss"] = round(estimate_loss(model, val_stream, cfg), 5)

@@ -39,3 +39,40 @@ def tiny_ar(tokenizer):
 def tiny_ar_r2l(tokenizer):
     torch.manual_seed(0)
     return ARModel(ARConfig(backbone=tiny_backbone("causal"), direction="r2l"), tokenizer).eval()
+
+
+class MockDenoiser:
+    """A stand-in model with the sampler-facing interface: fixed logits per call, counts its calls.
+
+    `peak` > 0 puts that much extra logit on token (position % 50 + 10), so confidences are high.
+    """
+
+    family = "mdlm"
+    name = "mock"
+    max_seq_len = 128
+    device = torch.device("cpu")
+
+    def __init__(self, tokenizer, peak: float = 0.0, family: str = "mdlm"):
+        self.tokenizer = tokenizer
+        self.peak = peak
+        self.family = family
+        self.calls = 0
+        self.mask_id = tokenizer.token_to_id("[MASK]")
+        self.bos_id = tokenizer.token_to_id("<bos>")
+
+    def __call__(self, x: torch.Tensor, **_):
+        self.calls += 1
+        B, L = x.shape
+        logits = torch.zeros(B, L, self.tokenizer.get_vocab_size())
+        if self.peak:
+            pos = torch.arange(L)
+            logits[:, pos, pos % 50 + 10] = self.peak
+        return logits
+
+    def num_parameters(self) -> int:
+        return 0
+
+
+@pytest.fixture
+def mock_model(tokenizer):
+    return MockDenoiser(tokenizer)

@@ -1,0 +1,179 @@
+"""The explorer page: pick a checkpoint and a sampler, watch the canvas denoise step by step, replay any step.
+
+Thin Gradio wiring: models come from `explorer.hub`, generation from `explorer.sampling.stream`, and every
+picture from `explorer.viz`. Run `python app.py` and open http://127.0.0.1:7860.
+API endpoints (gradio_client): `/generate` (streams; `.predict` returns the final outputs) and `/replay`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import time
+
+import gradio as gr
+import torch
+
+import explorer
+from explorer.hub import describe
+from explorer.sampling import SAMPLERS, build_trace, encode_prompt, stream
+from explorer.viz import COLOR_MODES, confidence_heatmap, tokens_html
+
+MAX_LENGTH = 128  # context of the shipped tiny checkpoints; longer requests get the sampler's own error
+PLOT_EVERY_S = 0.5  # redraw the heatmap at most this often while streaming (the token view updates every step)
+_models: dict[str, tuple[int, object]] = {}  # name -> (mtime of its weights, model): reload when retrained
+
+
+def family_of(name: str | None) -> str | None:
+    path = explorer.shipped().get(name or "")
+    return describe(path)["family"] if path else None
+
+
+def sampler_choices(name: str | None) -> list[str]:
+    return list(SAMPLERS.get(family_of(name), ()))
+
+
+def get_model(name: str):
+    path = explorer.shipped().get(name or "")
+    if path is None:
+        raise ValueError(f"checkpoint must be one of {sorted(explorer.shipped())}, got {name!r}")
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    if name in _models and _models[name][0] == stamp:
+        return _models[name][1]
+    for attempt in range(3):  # a training run may be rewriting the checkpoint right now
+        try:
+            model = explorer.load(name).eval()
+            break
+        except (OSError, RuntimeError, KeyError) as err:
+            if attempt == 2:
+                raise ValueError(f"could not load checkpoint {name!r}: {err}") from None
+            time.sleep(1.0)
+    _models[name] = (stamp, model)
+    return model
+
+
+def error_box(message: str) -> str:
+    return ('<div class="dlm-error" style="border:1px solid #d62728;background:#fdecea;color:#8a1c1c;'
+            f'padding:8px 12px;border-radius:6px"><b>Cannot generate:</b> {html.escape(message)}</div>')
+
+
+def stats_line(trace, running: bool) -> str:
+    s = trace.stats
+    if running:
+        return f"step {s['steps']} · nfe {s['nfe']} · {s['wall_s']:.2f} s so far …"
+    return (f"**nfe** {s['nfe']} · **wall** {s['wall_s']:.2f} s · **{s['tokens_per_s']:.1f} tokens/s** · "
+            f"{len(trace.frames)} frames · {trace.model['name']} ({trace.model['family']}), sampler "
+            f"{trace.sampler['name']}")
+
+
+def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, temperature, threshold, seed,
+             color_by):
+    """Stream a generation: one update of the token view per sampler step, the heatmap every PLOT_EVERY_S."""
+    knobs = {"gen_length": int(gen_length), "steps": int(steps), "block_length": int(block_length),
+             "temperature": float(temperature)}
+    if sampler == "threshold":
+        knobs["threshold"] = float(threshold)
+    frames, busy, last_plot = [], 0.0, 0.0
+    try:
+        model = get_model(checkpoint)
+        description, frames_iter = stream(model, prompt or "", sampler, int(seed or 0), record="full", **knobs)
+        prompt_ids = encode_prompt(model, prompt or "")
+        while True:
+            started = time.perf_counter()
+            with torch.no_grad():  # grad mode is per thread and Gradio may resume us on another one
+                frame = next(frames_iter, None)
+            busy += time.perf_counter() - started
+            if frame is None:
+                break
+            frames.append(frame)
+            trace = build_trace(model, prompt_ids, description, frames, busy)
+            plot = gr.skip()
+            if time.perf_counter() - last_plot > PLOT_EVERY_S:
+                plot, last_plot = confidence_heatmap(trace), time.perf_counter()
+            yield (tokens_html(trace, -1, color_by), stats_line(trace, True), "", plot, gr.skip(), gr.skip())
+        if not frames:
+            raise ValueError("the sampler produced no frames")
+    except ValueError as err:  # samplers name the bad knob, its value and the allowed range
+        gr.Warning(str(err))
+        yield gr.skip(), "", error_box(str(err)), gr.skip(), gr.skip(), gr.skip()
+        return
+    last = len(frames) - 1
+    yield (tokens_html(trace, -1, color_by), stats_line(trace, False), "", confidence_heatmap(trace),
+           gr.update(maximum=max(last, 1), value=last, interactive=True), trace)
+
+
+def replay(trace, step, color_by):
+    """Redraw a stored frame from the trace in the session state; the model is not run."""
+    if trace is None:
+        return "<i>Generate first; then the step slider replays the recorded frames.</i>", gr.skip()
+    index = min(max(int(step), 0), len(trace.frames) - 1)
+    return tokens_html(trace, index, color_by), confidence_heatmap(trace, index)
+
+
+def on_checkpoint(name):
+    choices = sampler_choices(name)
+    return gr.update(choices=choices, value=choices[0] if choices else None)
+
+
+def build_demo() -> gr.Blocks:
+    names = list(explorer.shipped())
+    default = "mdlm-tiny" if "mdlm-tiny" in names else (names[0] if names else None)
+    samplers = sampler_choices(default)
+    every_sampler = [name for family in SAMPLERS.values() for name in family]  # what the API accepts
+    with gr.Blocks(title="diffusion-LM explorer") as demo:
+        gr.Markdown("# diffusion-LM explorer\nPick a checkpoint and a sampler, press **Generate**, and watch the "
+                    "canvas fill in step by step; then scrub the step slider to replay any step.")
+        trace_state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                checkpoint = gr.Dropdown(names, value=default, label="checkpoint", elem_id="checkpoint")
+                prompt = gr.Textbox("ROMEO:", label="prompt", lines=2, elem_id="prompt")
+                sampler = gr.Radio(every_sampler, value=samplers[0] if samplers else None, label="sampler",
+                                   info="masked diffusion: remasking rule, Fast-dLLM threshold / factor, MDLM "
+                                        "ancestral; ar: left to right", elem_id="sampler")
+                gen_length = gr.Slider(1, MAX_LENGTH, 64, step=1, label="gen length", elem_id="gen_length")
+                steps = gr.Slider(1, 2 * MAX_LENGTH, 64, step=1, label="steps", elem_id="steps",
+                                  info="network evaluations, split evenly over the blocks")
+                block_length = gr.Slider(1, MAX_LENGTH, 64, step=1, label="block length", elem_id="block_length",
+                                         info="semi-autoregressive blocks; gen length must be a multiple")
+                temperature = gr.Slider(0, 2, 0, step=0.05, label="temperature", elem_id="temperature",
+                                        info="0 = argmax")
+                threshold = gr.Slider(0.05, 1, 0.9, step=0.05, label="threshold", elem_id="threshold",
+                                      info="threshold sampler: commit every token at least this confident")
+                seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
+                run = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=2):
+                error = gr.HTML("", elem_id="error")
+                gr.Markdown("**Canvas.** The prompt in light grey, then the generated tokens coloured by the "
+                            "model's confidence when each was committed (or by the step that committed it); grey "
+                            "dots are still masked.")
+                view = gr.HTML("<i>Press Generate.</i>", elem_id="tokens")
+                with gr.Row():
+                    step = gr.Slider(0, 1, 0, step=1, label="step (replays recorded frames)", interactive=False,
+                                     elem_id="step")
+                    color_by = gr.Radio(list(COLOR_MODES), value=COLOR_MODES[0], label="colour by",
+                                        elem_id="color_by")
+                stats = gr.Markdown("", elem_id="stats")
+                gr.Markdown("**Heatmap.** Confidence of the model's proposal at every position (x) and step (y); "
+                            "red crosses mark the step at which each token was committed.")
+                plot = gr.Plot(elem_id="heatmap", show_label=False)
+        checkpoint.change(on_checkpoint, checkpoint, sampler, api_name=False)
+        demo.load(on_checkpoint, checkpoint, sampler, api_name=False)  # the page shows the family's samplers only
+        run.click(generate, [checkpoint, prompt, sampler, gen_length, steps, block_length, temperature, threshold,
+                             seed, color_by], [view, stats, error, plot, step, trace_state], api_name="generate")
+        step.change(replay, [trace_state, step, color_by], [view, plot], api_name="replay")
+        color_by.change(replay, [trace_state, step, color_by], [view, plot], api_name=False)
+    return demo.queue(default_concurrency_limit=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve the diffusion-LM explorer page.")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    args = parser.parse_args(argv)
+    build_demo().launch(server_name=args.host, server_port=args.port, share=args.share)
+
+
+if __name__ == "__main__":
+    main()

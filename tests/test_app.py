@@ -1,0 +1,68 @@
+"""The explorer page's API, driven by gradio_client against a server started in this process."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import explorer  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not {"mdlm-tiny", "ar-tiny"} <= set(explorer.shipped()),
+                                reason="needs the shipped checkpoints mdlm-tiny and ar-tiny")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from gradio_client import Client
+
+    from app import build_demo
+
+    demo = build_demo()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+
+
+def call(client, checkpoint="mdlm-tiny", sampler="low_confidence", gen_length=16, steps=16, block_length=16,
+         temperature=0.0, threshold=0.9, seed=0, color_by="confidence"):
+    return client.predict(checkpoint, "ROMEO:", sampler, gen_length, steps, block_length, temperature, threshold,
+                          seed, color_by, api_name="/generate")
+
+
+def test_generate_mdlm_streams_to_coloured_tokens(client):
+    view, stats, error, plot, *_ = call(client)
+    assert view.count('class="dlm-token"') >= 8, view
+    assert "background:rgb" in view
+    assert 'class="dlm-mask"' not in view  # the final frame has every position committed
+    assert "nfe" in stats and "tokens/s" in stats
+    assert not error
+
+
+def test_replay_redraws_a_stored_frame(client):
+    call(client, gen_length=16, steps=16, block_length=16)
+    view, _plot = client.predict(4, "commit_step", api_name="/replay")
+    assert view.count('class="dlm-token"') == 4 and view.count('class="dlm-mask"') == 12, view
+
+
+def test_bad_knob_shows_a_message_naming_it(client):
+    _view, _stats, error, *_ = call(client, gen_length=30, steps=30, block_length=7)
+    assert "dlm-error" in error and "block_length" in error, error
+
+
+def test_generate_ar(client):
+    view, stats, error, *_ = call(client, checkpoint="ar-tiny", sampler="ar")
+    assert view.count('class="dlm-token"') == 16, view
+    assert "nfe" in stats and not error

@@ -1,0 +1,93 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from explorer.train import TrainConfig, lr_at, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    lines = [f"{'Ay' if i % 3 else 'Nay'}, my lord, the {i % 7}th watch is {'cold' if i % 2 else 'late'}.\n"
+             for i in range(3000)]
+    (folder / "play.txt").write_text("".join(lines))
+    return folder / "play.txt"
+
+
+def tiny_args(corpus, out, steps):
+    return ["--family", "ar", "--out", str(out), "--steps", str(steps), "--d-model", "32", "--n-layers", "1",
+            "--batch-size", "4", "--seq-len", "32", "--save-every", "10", "--eval-every", "50", "--warmup", "5",
+            "--corpus", str(corpus)]
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = TrainConfig(family="ar", steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
+    assert lr_at(cfg, 0) == pytest.approx(1e-4)
+    assert lr_at(cfg, 9) == pytest.approx(1e-3)
+    assert lr_at(cfg, 55) < lr_at(cfg, 20)
+    assert lr_at(cfg, 100) == pytest.approx(1e-4)
+
+
+def test_killed_run_resumes_exactly_where_an_uninterrupted_run_would_be(corpus, tmp_path):
+    steps = 300
+    killed = tmp_path / "killed"
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "explorer", "train", *tiny_args(corpus, killed, steps), "--threads", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "train_state" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if state.is_file() and json.loads(state.read_text())["step"] >= 20:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = json.loads(state.read_text())["step"]
+    assert 20 <= stopped_at < steps, "the run should have been killed mid-way"
+
+    resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(state.read_text())["step"] == steps
+
+    torch.set_num_threads(1)
+    cfg = TrainConfig(family="ar", steps=steps, d_model=32, n_layers=1, batch_size=4, seq_len=32, save_every=10,
+                      eval_every=50, warmup=5, corpus=str(corpus))
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    a = load_file(str(killed / "train_state" / "weights.safetensors"))
+    b = load_file(str(straight / "train_state" / "weights.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    log = [json.loads(line) for line in (killed / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == steps and log[-1]["loss"] < log[0]["loss"]
+
+
+def test_training_refuses_to_overwrite_and_checks_resume_settings(corpus, tmp_path):
+    cfg = TrainConfig(family="ar", steps=10, d_model=32, n_layers=1, batch_size=2, seq_len=16, save_every=5,
+                      corpus=str(corpus))
+    train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="settings differ .*lr"):
+        train(TrainConfig(**{**cfg.__dict__, "lr": 1.0}), tmp_path / "run", resume=True, progress=False)
+    longer = train(TrainConfig(**{**cfg.__dict__, "steps": 15}), tmp_path / "run", resume=True, progress=False)
+    assert json.loads((longer / "train_state" / "state.json").read_text())["step"] == 15
+    with pytest.raises(FileNotFoundError, match="no training state"):
+        train(cfg, tmp_path / "elsewhere", resume=True, progress=False)
+
+
+def test_bad_training_knobs():
+    with pytest.raises(ValueError, match="family must be one of"):
+        TrainConfig(family="gan")
+    with pytest.raises(ValueError, match="dropout must be in"):
+        TrainConfig(family="ar", dropout=1.5)
