@@ -44,7 +44,7 @@ def get_model(name: str):
         try:
             model = explorer.load(name).eval()
             break
-        except (OSError, RuntimeError, KeyError) as err:
+        except Exception as err:  # noqa: BLE001 (a half-written file fails in many ways)
             if attempt == 2:
                 raise ValueError(f"could not load checkpoint {name!r}: {err}") from None
             time.sleep(1.0)
@@ -90,7 +90,8 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
             plot = gr.skip()
             if time.perf_counter() - last_plot > PLOT_EVERY_S:
                 plot, last_plot = confidence_heatmap(trace), time.perf_counter()
-            yield (tokens_html(trace, -1, color_by), stats_line(trace, True), "", plot, gr.skip(), gr.skip())
+            lock = gr.update(interactive=False) if len(frames) == 1 else gr.skip()  # no scrubbing mid-run
+            yield tokens_html(trace, -1, color_by), stats_line(trace, True), "", plot, lock, gr.skip()
         if not frames:
             raise ValueError("the sampler produced no frames")
     except ValueError as err:  # samplers name the bad knob, its value and the allowed range

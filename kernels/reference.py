@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_ELEMENTS = 1 << 22  # about 16 MB of float32 per intermediate
+CHUNK_ELEMENTS = 1 << 20  # about 4 MB of float32 per intermediate
 _MASK32 = 0xFFFFFFFF
 
 
+def _as_int32(value: int) -> int:
+    """The signed int32 with the same 32 bits as `value` (torch has no uint32 arithmetic on CPU)."""
+    value &= _MASK32
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 def counter_uniform(index: torch.Tensor, seed: int) -> torch.Tensor:
-    """Uniform floats in (0, 1) from int64 counters: a 32-bit integer hash (lowbias32) of seed and counter."""
-    x = (index * 0x9E3779B1 + (seed & _MASK32) * 0x85EBCA77 + 0x27D4EB2F) & _MASK32
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK32
-    x = x ^ (x >> 16)
-    return ((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # 24 random bits, never 0 or 1
+    """Uniform floats in (0, 1) from integer counters: the lowbias32 hash of (counter * golden + seed mix).
+
+    Arithmetic is on int32, which wraps like uint32; `>>` on int32 is arithmetic, so each logical
+    shift is followed by a mask. Bit-identical to the same hash on uint32 (the Triton kernels use it).
+    """
+    x = index.to(torch.int32).mul_(_as_int32(0x9E3779B1)).add_(_as_int32(seed * 0x85EBCA77 + 0x27D4EB2F))
+    x.bitwise_xor_((x >> 16) & 0xFFFF).mul_(_as_int32(0x7FEB352D))
+    x.bitwise_xor_((x >> 15) & 0x1FFFF).mul_(_as_int32(0x846CA68B))
+    x.bitwise_xor_((x >> 16) & 0xFFFF)
+    return ((x >> 8) & 0xFFFFFF).to(torch.float32).add_(0.5).mul_(1.0 / (1 << 24))  # 24 bits, never 0 or 1
 
 
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -46,39 +54,43 @@ def sample_and_score(
     top_p: float | None = None,
     seed: int = 0,
     offset: int = 0,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gumbel-max sample per position from logits (..., V), with scores of the model's distribution.
 
-    Returns (tokens, prob, margin, entropy), each of shape logits.shape[:-1]:
+    Returns (tokens, prob, margin, entropy), each of shape logits.shape[:-1] (or (len(rows),)):
     tokens  - argmax(logits / T + Gumbel) after top-k / top-p filtering (T = 0: argmax)
     prob    - softmax(logits)[token], the untempered probability of the chosen token
     margin  - top-1 minus top-2 probability of softmax(logits)
     entropy - entropy (nats) of softmax(logits)
+    `rows` (optional, int64) selects rows of the flattened (N, V) logits to process, without copying
+    the others; the noise of a row depends only on its index, so a subset gets the same samples.
     """
     vocab = logits.shape[-1]
-    rows = logits.reshape(-1, vocab)
-    n = rows.shape[0]
+    flat = logits.reshape(-1, vocab)
+    index = torch.arange(flat.shape[0], device=logits.device) if rows is None else rows.to(logits.device)
+    n = index.shape[0]
     tokens = torch.empty(n, dtype=torch.long, device=logits.device)
     prob = torch.empty(n, dtype=torch.float32, device=logits.device)
     margin = torch.empty_like(prob)
     entropy = torch.empty_like(prob)
     step = max(1, CHUNK_ELEMENTS // vocab)
     for start in range(0, n, step):
-        chunk = rows[start : start + step].float()  # (c, V)
+        chunk_rows = index[start : start + step]
+        chunk = (flat[chunk_rows] if rows is not None else flat[start : start + step]).float()  # (c, V)
         if temperature == 0:
             choice = chunk.argmax(-1)
         else:
-            filtered = _filter_top_k_top_p(chunk, top_k, top_p) / temperature
-            counters = torch.arange(start * vocab, (start + chunk.shape[0]) * vocab, device=chunk.device)
-            u = counter_uniform(counters + offset, seed).view_as(chunk)
-            filtered.sub_(torch.log(-torch.log(u)))  # + Gumbel(0, 1)
-            choice = filtered.argmax(-1)
-        log_p = chunk.log_softmax(-1)
-        p = log_p.exp()
-        top2 = p.topk(2, dim=-1).values if vocab > 1 else torch.cat([p, torch.zeros_like(p)], -1)
-        tokens[start : start + step] = choice
-        prob[start : start + step] = p.gather(-1, choice[:, None]).squeeze(-1)
-        margin[start : start + step] = top2[:, 0] - top2[:, 1]
-        entropy[start : start + step] = -(p * log_p.nan_to_num(neginf=0.0)).sum(-1)
-    shape = logits.shape[:-1]
+            noisy = _filter_top_k_top_p(chunk, top_k, top_p) / temperature
+            counters = (chunk_rows[:, None] * vocab + torch.arange(vocab, device=chunk.device)).view(-1)
+            gumbel = counter_uniform(counters + offset, seed).log_().neg_().log_().neg_()  # -log(-log u)
+            choice = noisy.add_(gumbel.view_as(noisy)).argmax(-1)
+        p = chunk.softmax(-1)
+        top2 = p.topk(min(2, vocab), dim=-1).values
+        sl = slice(start, start + len(chunk_rows))
+        tokens[sl] = choice
+        prob[sl] = p.gather(-1, choice[:, None]).squeeze(-1)
+        margin[sl] = top2[:, 0] - (top2[:, 1] if vocab > 1 else 0.0)
+        entropy[sl] = torch.special.entr(p).sum(-1)
+    shape = logits.shape[:-1] if rows is None else index.shape
     return tokens.view(shape), prob.view(shape), margin.view(shape), entropy.view(shape)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # app.py lives at the top level, outside the installed package
 
 import explorer  # noqa: E402
 
@@ -51,6 +56,15 @@ def test_generate_mdlm_streams_to_coloured_tokens(client):
     assert not error
 
 
+def test_generate_streams_one_update_per_step(client):
+    job = client.submit("mdlm-tiny", "ROMEO:", "low_confidence", 8, 8, 8, 0.0, 0.9, 0, "confidence",
+                        api_name="/generate")
+    job.result()
+    views = [out[0] for out in job.outputs() if isinstance(out[0], str)]
+    assert len(views) >= 5, len(views)  # intermediate canvases arrived before the final one
+    assert any('class="dlm-mask"' in v for v in views[:-1])
+
+
 def test_replay_redraws_a_stored_frame(client):
     call(client, gen_length=16, steps=16, block_length=16)
     view, _plot = client.predict(4, "commit_step", api_name="/replay")
@@ -60,6 +74,11 @@ def test_replay_redraws_a_stored_frame(client):
 def test_bad_knob_shows_a_message_naming_it(client):
     _view, _stats, error, *_ = call(client, gen_length=30, steps=30, block_length=7)
     assert "dlm-error" in error and "block_length" in error, error
+
+
+def test_sampler_of_another_family_is_an_error(client):
+    _view, _stats, error, *_ = call(client, checkpoint="mdlm-tiny", sampler="ar")
+    assert "sampler" in error, error
 
 
 def test_generate_ar(client):

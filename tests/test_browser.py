@@ -7,23 +7,28 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # app.py lives at the top level, outside the installed package
 
 import explorer  # noqa: E402
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif("mdlm-tiny" not in explorer.shipped(), reason="needs the shipped checkpoint mdlm-tiny"),
+    pytest.mark.skipif(not {"mdlm-tiny", "ar-tiny"} <= set(explorer.shipped()),
+                       reason="needs the shipped checkpoints mdlm-tiny and ar-tiny"),
 ]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "screenshot.png"
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
 COLOURED = "#tokens span.dlm-token[style*='background:rgb']"
 
 
@@ -102,6 +107,17 @@ def test_bad_knob_shows_an_error_box(page, url):
     page.click("#generate")
     page.wait_for_selector("#error .dlm-error")
     assert "block_length" in page.locator("#error").inner_text()
+
+
+def test_switching_to_ar_updates_the_samplers(page, url):
+    open_page(page, url)
+    page.locator("#checkpoint input").click()
+    page.get_by_role("option", name="ar-tiny").click()
+    page.wait_for_function("document.querySelectorAll('#sampler input[type=radio]').length === 1")
+    assert page.locator("#sampler input[type=radio]").get_attribute("value") == "ar"
+    set_number(page, "gen_length", 16)
+    generate(page)
+    assert page.locator(COLOURED).count() == 16
 
 
 def test_readme_screenshot(page, url):

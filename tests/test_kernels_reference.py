@@ -62,3 +62,23 @@ def test_counter_uniform_is_uniform_in_the_open_interval(seed):
     u = kernels.counter_uniform(torch.arange(200000), seed)
     assert 0 < float(u.min()) and float(u.max()) < 1
     assert abs(float(u.mean()) - 0.5) < 0.005 and abs(float(u.var()) - 1 / 12) < 0.002
+
+
+def lowbias32_python(counter: int, seed: int) -> float:
+    """The same hash in plain Python integers (uint32 semantics), as an independent definition."""
+    m = 0xFFFFFFFF
+    x = (counter * 0x9E3779B1 + seed * 0x85EBCA77 + 0x27D4EB2F) & m
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & m
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & m
+    x ^= x >> 16
+    return ((x >> 8) + 0.5) / (1 << 24)
+
+
+def test_counter_uniform_matches_a_uint32_definition():
+    counters = [0, 1, 2, 12345, 2**31 - 1, 2**31 + 5, 2**33 + 7]
+    for seed in (0, 7, 2**31 - 2):
+        ours = kernels.counter_uniform(torch.tensor(counters), seed)
+        expected = torch.tensor([lowbias32_python(c, seed) for c in counters], dtype=torch.float32)
+        assert torch.equal(ours, expected)

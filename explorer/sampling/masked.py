@@ -87,19 +87,20 @@ def schedule_counts(masked: int, steps: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(steps)]
 
 
-def _guided_rows(model, canvas: torch.Tensor, rows: torch.Tensor, prompt_len: int, cfg_scale: float):
-    """Logits (M, V) at the canvas positions `rows` with the mask token excluded, guided if cfg_scale > 0."""
+def _guided_logits(model, canvas: torch.Tensor, prompt_len: int, cfg_scale: float) -> tuple[torch.Tensor, int]:
+    """Logits (L, V) of the canvas with the mask token excluded, guided if cfg_scale > 0; and the NFE used."""
     mask_id = model.mask_id
-    logits = model(canvas[None])[0, rows].float()  # (M, V)
-    nfe = 1
+    logits = model(canvas[None])[0]  # (L, V)
     if cfg_scale > 0 and prompt_len > 0:
         uncond_canvas = canvas.clone()
         uncond_canvas[:prompt_len] = mask_id
-        uncond = model(uncond_canvas[None])[0, rows].float()
+        uncond = model(uncond_canvas[None])[0]
         logits[:, mask_id] = 0.0
         uncond[:, mask_id] = 0.0
-        logits = uncond + (cfg_scale + 1) * (logits - uncond)
+        logits = uncond.lerp_(logits, cfg_scale + 1)  # uncond + (s + 1)(cond - uncond)
         nfe = 2
+    else:
+        nfe = 1
     logits[:, mask_id] = float("-inf")
     return logits, nfe
 
@@ -175,7 +176,10 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool) 
         times = torch.linspace(1.0, 0.0, steps_per_block + 1).tolist()
         block_step = 0
         while bool((canvas[lo:hi] == mask_id).any()):
-            rows = (canvas == mask_id).nonzero().squeeze(-1)  # masked canvas positions, (M,)
+            masked_now = canvas == mask_id
+            # Positions to sample: the current block's masked ones (all masked ones when recording proposals).
+            # Noise is indexed by position, so both choices give the same tokens inside the block.
+            rows = (masked_now if record == "full" else masked_now & in_block).nonzero().squeeze(-1)  # (M,)
             if ancestral:
                 if block_step >= steps_per_block:
                     break  # unreachable: the last step (s = 0) unmasks everything left
@@ -189,12 +193,12 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool) 
             if ancestral and cached_canvas is not None and torch.equal(cached_canvas, canvas):
                 logits = cached_logits  # no time conditioning: same canvas, same logits
             else:
-                logits, used = _guided_rows(model, canvas, rows, P, getattr(params, "cfg_scale", 0.0))
+                logits, used = _guided_logits(model, canvas, P, getattr(params, "cfg_scale", 0.0))
                 nfe += used
                 cached_logits, cached_canvas = logits, canvas.clone()
             seed = step_seed(generator)
             tokens, prob, margin, entropy = kernels.sample_and_score(
-                logits, params.temperature, params.top_k, params.top_p, seed=seed
+                logits, params.temperature, params.top_k, params.top_p, seed=seed, rows=rows
             )  # each (M,)
             eligible = in_block[rows]
             if ancestral:

@@ -1,0 +1,239 @@
+"""`python -m explorer bench sampling`: the masked-diffusion sampler measured side by side.
+
+1. Overhead of the sampler over the bare forward passes it makes, at each recording level.
+2. Our `low_confidence` sampler against a plain re-implementation of LLaDA's reference loop
+   (full recompute, float64 Gumbel noise over the whole (B, L, V) tensor): identical tokens at
+   temperature 0; wall time at temperature 0.7; peak memory of one sampling step, on the model's
+   logits and on synthetic logits with LLaDA's 126,464-entry vocabulary.
+3. Fast-dLLM `threshold` 0.9 against the fixed schedule: network evaluations and generative
+   perplexity of the samples judged by an AR checkpoint.
+
+Results go to JSON and a markdown table beside it. Ratios come from runs interleaved in one process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import kernels
+from explorer.data import TokenStream, load_corpus
+from explorer.hub import load
+from explorer.sampling import generate
+from explorer.sampling.masked import schedule_counts
+
+LLADA_VOCAB = 126_464
+
+
+# --- LLaDA's reference loop, re-implemented plainly for comparison -----------------------------
+
+def llada_gumbel(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """LLaDA's `add_gumbel_noise`: float64 over the whole tensor (argmax of this = Gumbel-max sample)."""
+    if temperature == 0:
+        return logits
+    logits = logits.to(torch.float64)
+    noise = torch.rand(logits.shape, dtype=torch.float64, generator=generator)
+    gumbel_noise = (-torch.log(noise)) ** temperature
+    return logits.exp() / gumbel_noise
+
+
+def llada_step(logits: torch.Tensor, x: torch.Tensor, mask_id: int, block_end: int, count: int,
+               temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """One step of LLaDA's generate(): sample all positions, score by softmax, commit the top `count`."""
+    x0 = torch.argmax(llada_gumbel(logits, temperature, generator), dim=-1)  # (B, L)
+    p = F.softmax(logits, dim=-1)  # (B, L, V)
+    x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)
+    x0_p[:, block_end:] = -math.inf
+    masked = x == mask_id
+    x0 = torch.where(masked, x0, x)
+    confidence = torch.where(masked, x0_p, torch.full_like(x0_p, -math.inf))
+    chosen = confidence[0].topk(count).indices
+    x = x.clone()
+    x[0, chosen] = x0[0, chosen]
+    return x
+
+
+@torch.no_grad()
+def llada_generate(model, prompt_ids, gen_length, steps, block_length, temperature, seed) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    P = len(prompt_ids)
+    x = torch.full((1, P + gen_length), model.mask_id, dtype=torch.long)
+    x[0, :P] = torch.tensor(prompt_ids)
+    blocks = gen_length // block_length
+    for b in range(blocks):
+        end = P + (b + 1) * block_length
+        counts = schedule_counts(int((x[0, P + b * block_length : end] == model.mask_id).sum()), steps // blocks)
+        for count in counts:
+            logits = model(x)
+            logits[..., model.mask_id] = -math.inf
+            x = llada_step(logits, x, model.mask_id, end, count, temperature, generator)
+    return x[0, P:].tolist()
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+def _timed(fn, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+@torch.no_grad()
+def bare_forwards(model, length: int, n: int) -> None:
+    x = torch.full((1, length), model.mask_id, dtype=torch.long)
+    for _ in range(n):
+        model(x)
+
+
+def _peak_rss_child(kind: str, batch: int, length: int, vocab: int, temperature: float) -> int:
+    """Peak extra memory (bytes) of one sampling step, measured in a fresh process (ru_maxrss - baseline)."""
+    code = f"""
+import resource, torch, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from explorer.bench import _sampling_step
+logits = torch.randn({batch}, {length}, {vocab})
+x = torch.full(({batch}, {length}), 3, dtype=torch.long)
+_sampling_step({kind!r}, logits[:, :2], x[:, :2], {temperature})  # warm up code paths on a tiny slice
+base = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()
+_sampling_step({kind!r}, logits, x, {temperature})
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(max(0, peak - base))  # conservative: an earlier high-water mark above base counts against the step
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=os.environ | {"OMP_NUM_THREADS": "1"})
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def _sampling_step(kind: str, logits: torch.Tensor, x: torch.Tensor, temperature: float) -> None:
+    """One sampling step over logits (B, L, V) with every position masked: ours or LLaDA's."""
+    if kind == "llada":
+        llada_step(logits, x, 3, x.shape[1], 1, temperature, torch.Generator().manual_seed(0))
+    else:
+        rows = (x[0] == 3).nonzero().squeeze(-1)
+        kernels.sample_and_score(logits[0], temperature, seed=0, rows=rows)
+
+
+@torch.no_grad()
+def generative_ppl(judge, prompts: list[list[int]], outputs: list[list[int]]) -> float:
+    """Perplexity the AR judge assigns to the generated tokens given <bos> + prompt."""
+    nll, count = 0.0, 0
+    for prompt, out in zip(prompts, outputs):
+        ids = torch.tensor([[judge.bos_id] + prompt + out])
+        logp = judge(ids[:, :-1]).log_softmax(-1)[0]
+        targets = ids[0, 1:]
+        token_logp = logp.gather(-1, targets[:, None]).squeeze(-1)[len(prompt):]
+        nll -= float(token_logp.sum())
+        count += len(out)
+    return math.exp(nll / count)
+
+
+def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny", repeats: int = 3,
+                       json_path: str | Path = "bench_results/sampling.json", gen_length: int = 128,
+                       synthetic_length: int = 256, samples: int = 8) -> dict:
+    torch.manual_seed(0)
+    model = load(checkpoint)
+    results: dict = {"checkpoint": checkpoint, "gen_length": gen_length, "repeats": repeats,
+                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    steps = gen_length
+    progress = tqdm(total=5, desc="bench sampling")
+
+    # 1. recording overhead: sampler wall time / bare forward passes of the same count and shape
+    rows = []
+    for record in ("none", "tokens", "full"):
+        kwargs = dict(gen_length=gen_length, steps=steps, temperature=0.7, seed=0, record=record)
+        generate(model, "", "low_confidence", **kwargs)  # warm-up
+        sampler_s, trace = _timed(lambda: generate(model, "", "low_confidence", **kwargs), repeats)
+        bare_s, _ = _timed(lambda: bare_forwards(model, gen_length, trace.stats["nfe"]), repeats)
+        rows.append({"record": record, "sampler_s": round(sampler_s, 4), "bare_forward_s": round(bare_s, 4),
+                     "nfe": trace.stats["nfe"], "overhead_pct": round(100 * (sampler_s / bare_s - 1), 1)})
+    results["overhead"] = rows
+    progress.update()
+
+    # 2a. identical tokens at temperature 0; 2b. wall time at 0.7
+    prompt = model.tokenizer.encode("ROMEO:").ids
+    g = gen_length - len(prompt) - (gen_length - len(prompt)) % 32
+    ours = generate(model, prompt, "low_confidence", gen_length=g, steps=g, block_length=32, temperature=0.0)
+    theirs = llada_generate(model, prompt, g, g, 32, 0.0, 0)
+    kw = dict(gen_length=g, steps=g, block_length=32, temperature=0.7, seed=0, record="none")
+    ours_s, _ = _timed(lambda: generate(model, prompt, "low_confidence", **kw), repeats)
+    theirs_s, _ = _timed(lambda: llada_generate(model, prompt, g, g, 32, 0.7, 0), repeats)
+    results["vs_llada"] = {"gen_length": g, "identical_tokens_at_T0": ours.final_tokens == theirs,
+                           "ours_s_T0.7": round(ours_s, 4), "llada_s_T0.7": round(theirs_s, 4),
+                           "speedup": round(theirs_s / ours_s, 2)}
+    progress.update()
+
+    # 2c. peak memory of one sampling step, model vocabulary and LLaDA's vocabulary
+    memory = []
+    for vocab, length in ((model.tokenizer.get_vocab_size(), gen_length), (LLADA_VOCAB, synthetic_length)):
+        ours_b = _peak_rss_child("ours", 1, length, vocab, 0.7)
+        llada_b = _peak_rss_child("llada", 1, length, vocab, 0.7)
+        memory.append({"vocab": vocab, "length": length, "logits_mb": round(length * vocab * 4 / 2**20, 1),
+                       "ours_mb": round(ours_b / 2**20, 1), "llada_mb": round(llada_b / 2**20, 1),
+                       "ratio": round(ours_b / max(llada_b, 1), 4)})
+    results["step_memory"] = memory
+    progress.update()
+
+    # 3. threshold vs fixed schedule, judged by the AR model on prompts from the validation split
+    judge = load(judge_name)
+    windows = TokenStream(load_corpus(), "val", model.tokenizer).windows(16)
+    picks = torch.linspace(0, len(windows) - 1, samples).long()
+    prompts = [windows[i].tolist() for i in picks]
+    gen = 96
+    compare = {}
+    for name, extra in (("fixed", {}), ("threshold_0.9", {"threshold": 0.9})):
+        outs, nfes = [], []
+        for i, p in enumerate(prompts):
+            trace = generate(model, p, "low_confidence", gen_length=gen, steps=gen, block_length=32,
+                             temperature=0.0, seed=i, record="none", **extra)
+            outs.append(trace.final_tokens)
+            nfes.append(trace.stats["nfe"])
+        compare[name] = {"nfe_mean": statistics.mean(nfes), "gen_ppl": round(generative_ppl(judge, prompts, outs), 2)}
+        progress.update()
+    compare["nfe_reduction"] = round(compare["fixed"]["nfe_mean"] / compare["threshold_0.9"]["nfe_mean"], 2)
+    compare["gen_ppl_change_pct"] = round(
+        100 * (compare["threshold_0.9"]["gen_ppl"] / compare["fixed"]["gen_ppl"] - 1), 1)
+    results["threshold"] = compare | {"judge": judge_name, "samples": samples, "gen_length": gen}
+    progress.close()
+
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    markdown = sampling_table(results)
+    json_path.with_suffix(".md").write_text(markdown)
+    print(markdown)
+    return results
+
+
+def sampling_table(r: dict) -> str:
+    lines = [f"Sampling benchmark on `{r['checkpoint']}` ({r['gen_length']} tokens, median of {r['repeats']}, "
+             f"{r['torch_threads']} threads, torch {r['torch']})", "",
+             "| measurement | value |", "|---|---|"]
+    for row in r["overhead"]:
+        lines.append(f"| sampler overhead over bare forwards, record `{row['record']}` | {row['overhead_pct']:+.1f}% "
+                     f"({row['sampler_s']:.3f}s vs {row['bare_forward_s']:.3f}s, {row['nfe']} NFE) |")
+    v = r["vs_llada"]
+    lines.append(f"| identical tokens to LLaDA's loop at T=0 | {v['identical_tokens_at_T0']} |")
+    lines.append(f"| speed-up over LLaDA's loop at T=0.7 | {v['speedup']:.2f}x ({v['ours_s_T0.7']:.3f}s vs "
+                 f"{v['llada_s_T0.7']:.3f}s) |")
+    for m in r["step_memory"]:
+        lines.append(f"| sampling-step peak memory, V={m['vocab']:,}, L={m['length']} | {m['ours_mb']} MB vs "
+                     f"{m['llada_mb']} MB (ratio {m['ratio']:.3f}) |")
+    t = r["threshold"]
+    lines.append(f"| threshold 0.9 vs fixed schedule: NFE | {t['threshold_0.9']['nfe_mean']:.1f} vs "
+                 f"{t['fixed']['nfe_mean']:.1f} ({t['nfe_reduction']:.2f}x fewer) |")
+    lines.append(f"| threshold 0.9 vs fixed: generative PPL ({t['judge']}) | {t['threshold_0.9']['gen_ppl']} vs "
+                 f"{t['fixed']['gen_ppl']} ({t['gen_ppl_change_pct']:+.1f}%) |")
+    return "\n".join(lines) + "\n"
