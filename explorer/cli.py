@@ -124,6 +124,12 @@ def cmd_eval(args):
             f.write(text + "\n")
 
 
+def cmd_card(args):
+    from explorer.cards import write_card
+
+    print(f"wrote {write_card(args.checkpoint, n_t=args.n_t)}")
+
+
 def cmd_list(args):
     from explorer.hub import describe, shipped
 
@@ -160,8 +166,11 @@ def main(argv=None) -> int:
     _add_eval(sub)
     _add_bench(sub)
     sub.add_parser("list", help="the shipped checkpoints")
+    card = sub.add_parser("card", help="evaluate a checkpoint and write its model card")
+    card.add_argument("--checkpoint", required=True)
+    card.add_argument("--n-t", type=int, default=8, help="mask rates per window for the diffusion bound")
     args = parser.parse_args(argv)
-    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench}
+    commands = {"card": cmd_card, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench}
     try:
         commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

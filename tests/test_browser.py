@@ -17,13 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # app.py lives at the top level, outside the installed package
 
-import explorer  # noqa: E402
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not {"mdlm-tiny", "ar-tiny"} <= set(explorer.shipped()),
-                       reason="needs the shipped checkpoints mdlm-tiny and ar-tiny"),
-]
+pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",

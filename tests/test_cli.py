@@ -1,0 +1,68 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import explorer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, check=True):
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "explorer", *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_list_prints_the_shipped_checkpoints():
+    out = cli("list").stdout
+    assert "ar-tiny" in out and "mdlm-tiny" in out
+
+
+def test_sample_prints_text_and_writes_a_trace(tmp_path):
+    trace_path = tmp_path / "t.json"
+    result = cli("sample", "--checkpoint", "mdlm-tiny", "--prompt", "ROMEO:", "--gen-length", "32", "--steps", "16",
+                 "--block-length", "16", "--sampler", "low_confidence", "--temperature", "0", "--seed", "0",
+                 "--record", "full", "--trace", str(trace_path))
+    trace = explorer.Trace.load(trace_path)
+    assert result.stdout.startswith("ROMEO:") and trace.text in result.stdout
+    assert len(trace.frames) == 17 and trace.frames[5].confidence is not None
+    assert trace.sampler["block_length"] == 16 and trace.stats["nfe"] == 16
+
+
+def test_sample_ar_and_pins(tmp_path):
+    result = cli("sample", "--checkpoint", "ar-tiny", "--prompt", "KING:", "--gen-length", "16", "--temperature",
+                 "0.8", "--seed", "3")
+    assert result.stdout.startswith("KING:")
+    result = cli("sample", "--checkpoint", "mdlm-tiny", "--gen-length", "16", "--steps", "16", "--pin", "4: love")
+    assert " love" in result.stdout
+
+
+def test_eval_writes_the_documented_keys(tmp_path):
+    out = tmp_path / "e.json"
+    cli("eval", "--checkpoint", "ar-tiny", "--split", "val", "--max-windows", "8", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert {"family", "split", "tokens", "nll_per_token", "ppl"} <= set(result)
+    assert result["family"] == "ar" and result["split"] == "val" and result["tokens"] == 8 * 128
+
+
+def test_bad_input_exits_2_with_a_message_naming_the_knob():
+    result = cli("sample", "--checkpoint", "mdlm-tiny", "--gen-length", "30", "--block-length", "7", check=False)
+    assert result.returncode == 2 and "block_length" in result.stderr and "Traceback" not in result.stderr
+    result = cli("sample", "--checkpoint", "mdlm-tiny", "--sampler", "threshold", "--threshold", "1.5", check=False)
+    assert result.returncode == 2 and "threshold must be in (0, 1]" in result.stderr
+    result = cli("sample", "--checkpoint", "nope", check=False)
+    assert result.returncode == 2 and "ar-tiny" in result.stderr
+    result = cli("sample", "--checkpoint", "mdlm-tiny", "--pin", "five:x", check=False)
+    assert result.returncode == 2 and "--pin" in result.stderr
+
+
+def test_train_with_a_bad_corpus_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe\x00\x00")
+    result = cli("train", "--family", "ar", "--out", str(tmp_path / "o"), "--corpus", str(bad), check=False)
+    assert result.returncode == 2 and "binary" in result.stderr
