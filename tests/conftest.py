@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,6 +16,10 @@ from explorer.nn import TransformerConfig
 from explorer.train import SHIPPED_TOKENIZER
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # app.py lives at the top level, outside the installed package
 
 
 def tiny_backbone(attention: str) -> TransformerConfig:
@@ -76,3 +85,19 @@ class MockDenoiser:
 @pytest.fixture
 def mock_model(tokenizer):
     return MockDenoiser(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """The explorer page served in this process on a free 127.0.0.1 port, shut down after the session."""
+    from app import build_demo
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = build_demo()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()

@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
-from pathlib import Path
-
 import pytest
-
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # app.py lives at the top level, outside the installed package
-
-
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(app_url):
     from gradio_client import Client
 
-    from app import build_demo
-
-    demo = build_demo()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
+    return Client(app_url, verbose=False)
 
 
 def call(client, checkpoint="mdlm-tiny", sampler="low_confidence", gen_length=16, steps=16, block_length=16,

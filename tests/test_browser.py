@@ -5,18 +5,11 @@ Needs /usr/bin/chromium: run `scripts/install_chromium.sh` (Debian package, no P
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # app.py lives at the top level, outside the installed package
-
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.browser
 
@@ -27,23 +20,9 @@ SCREENSHOT = ROOT / "docs" / "screenshot.png"
 COLOURED = "#tokens span.dlm-token[style*='background:rgb']"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def url():
-    from app import build_demo
-
-    demo = build_demo()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+def url(app_url):
+    return app_url
 
 
 @pytest.fixture(scope="module")
