@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +25,7 @@ from tqdm.auto import tqdm
 import kernels
 from explorer.data import TokenStream, load_corpus
 from explorer.hub import load
+from explorer.measure import in_fresh_process, peak_extra_bytes, timed
 from explorer.sampling import generate
 from explorer.sampling.masked import schedule_counts
 
@@ -82,15 +79,6 @@ def llada_generate(model, prompt_ids, gen_length, steps, block_length, temperatu
 
 # --- measurements --------------------------------------------------------------------------------
 
-def _timed(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
 @torch.no_grad()
 def bare_forwards(model, length: int, n: int) -> None:
     x = torch.full((1, length), model.mask_id, dtype=torch.long)
@@ -98,23 +86,12 @@ def bare_forwards(model, length: int, n: int) -> None:
         model(x)
 
 
-def _peak_rss_child(kind: str, batch: int, length: int, vocab: int, temperature: float) -> int:
-    """Peak extra memory (bytes) of one sampling step, measured in a fresh process (ru_maxrss - baseline)."""
-    code = f"""
-import resource, torch, sys
-sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from explorer.bench import _sampling_step
-logits = torch.randn({batch}, {length}, {vocab})
-x = torch.full(({batch}, {length}), 3, dtype=torch.long)
-_sampling_step({kind!r}, logits[:, :2], x[:, :2], {temperature})  # warm up code paths on a tiny slice
-base = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()
-_sampling_step({kind!r}, logits, x, {temperature})
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(max(0, peak - base))  # conservative: an earlier high-water mark above base counts against the step
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=os.environ | {"OMP_NUM_THREADS": "1"})
-    return int(out.stdout.strip().splitlines()[-1])
+def step_memory(kind: str, batch: int, length: int, vocab: int, temperature: float) -> int:
+    """Peak extra bytes of one sampling step on fresh random logits (run it in a fresh process)."""
+    logits = torch.randn(batch, length, vocab)
+    x = torch.full((batch, length), 3, dtype=torch.long)
+    _sampling_step(kind, logits[:, :2], x[:, :2], temperature)  # warm up code paths on a tiny slice
+    return peak_extra_bytes(lambda: _sampling_step(kind, logits, x, temperature))
 
 
 def _sampling_step(kind: str, logits: torch.Tensor, x: torch.Tensor, temperature: float) -> None:
@@ -156,8 +133,8 @@ def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny
         for record in ("none", "tokens", "full"):
             kwargs = dict(gen_length=gen_length, steps=steps, temperature=temperature, seed=0, record=record)
             generate(model, "", "low_confidence", **kwargs)  # warm-up
-            sampler_s, trace = _timed(lambda: generate(model, "", "low_confidence", **kwargs), repeats)
-            bare_s, _ = _timed(lambda: bare_forwards(model, gen_length, trace.stats["nfe"]), repeats)
+            sampler_s, trace = timed(lambda: generate(model, "", "low_confidence", **kwargs), repeats)
+            bare_s, _ = timed(lambda: bare_forwards(model, gen_length, trace.stats["nfe"]), repeats)
             rows.append({"record": record, "temperature": temperature, "sampler_s": round(sampler_s, 4),
                          "bare_forward_s": round(bare_s, 4), "nfe": trace.stats["nfe"],
                          "overhead_pct": round(100 * (sampler_s / bare_s - 1), 1)})
@@ -171,8 +148,8 @@ def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny
     ours = generate(model, prompt, "low_confidence", gen_length=g, steps=g, block_length=block, temperature=0.0)
     theirs = llada_generate(model, prompt, g, g, block, 0.0, 0)
     kw = dict(gen_length=g, steps=g, block_length=block, temperature=0.7, seed=0, record="none")
-    ours_s, _ = _timed(lambda: generate(model, prompt, "low_confidence", **kw), repeats)
-    theirs_s, _ = _timed(lambda: llada_generate(model, prompt, g, g, block, 0.7, 0), repeats)
+    ours_s, _ = timed(lambda: generate(model, prompt, "low_confidence", **kw), repeats)
+    theirs_s, _ = timed(lambda: llada_generate(model, prompt, g, g, block, 0.7, 0), repeats)
     results["vs_llada"] = {"gen_length": g, "block_length": block, "identical_tokens_at_T0": ours.final_tokens == theirs,
                            "ours_s_T0.7": round(ours_s, 4), "llada_s_T0.7": round(theirs_s, 4),
                            "speedup": round(theirs_s / ours_s, 2)}
@@ -181,8 +158,9 @@ def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny
     # 2c. peak memory of one sampling step, model vocabulary and LLaDA's vocabulary
     memory = []
     for vocab, length in ((model.tokenizer.get_vocab_size(), gen_length), (LLADA_VOCAB, synthetic_length)):
-        ours_b = _peak_rss_child("ours", 1, length, vocab, 0.7)
-        llada_b = _peak_rss_child("llada", 1, length, vocab, 0.7)
+        sizes = dict(batch=1, length=length, vocab=vocab, temperature=0.7)
+        ours_b = in_fresh_process("explorer.bench:step_memory", kind="ours", **sizes)
+        llada_b = in_fresh_process("explorer.bench:step_memory", kind="llada", **sizes)
         memory.append({"vocab": vocab, "length": length, "logits_mb": round(length * vocab * 4 / 2**20, 1),
                        "ours_mb": round(ours_b / 2**20, 1), "llada_mb": round(llada_b / 2**20, 1),
                        "ratio": round(ours_b / max(llada_b, 1), 4)})

@@ -145,17 +145,26 @@ def cmd_list(args):
 
 def _add_bench(sub):
     p = sub.add_parser("bench", help="benchmarks, written as JSON and a markdown table")
-    p.add_argument("suite", choices=["sampling"])
+    p.add_argument("suite", choices=["sampling", "kernels"])
     p.add_argument("--checkpoint", default="mdlm-tiny")
     p.add_argument("--judge", default="ar-tiny", help="AR checkpoint judging generative perplexity")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json", default="bench_results/sampling.json")
+    p.add_argument("--json", default=None, help="output (default bench_results/<suite>.json)")
+    p.add_argument("--length", type=int, default=1024, help="kernels: positions L (B = 1)")
+    p.add_argument("--vocab", type=int, default=126_464, help="kernels: vocabulary V (LLaDA's by default)")
+    p.add_argument("--d", type=int, default=512, help="kernels: hidden / embedding width")
 
 
 def cmd_bench(args):
+    json_path = args.json or f"bench_results/{args.suite}.json"
+    if args.suite == "kernels":
+        from explorer.bench_kernels import run_kernels_bench
+
+        run_kernels_bench(json_path, args.repeats, length=args.length, vocab=args.vocab, d=args.d)
+        return
     from explorer.bench import run_sampling_bench
 
-    run_sampling_bench(args.checkpoint, args.judge, args.repeats, args.json)
+    run_sampling_bench(args.checkpoint, args.judge, args.repeats, json_path)
 
 
 def main(argv=None) -> int:

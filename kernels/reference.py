@@ -94,3 +94,115 @@ def sample_and_score(
         entropy[sl] = torch.special.entr(p).sum(-1)
     shape = logits.shape[:-1] if rows is None else index.shape
     return tokens.view(shape), prob.view(shape), margin.view(shape), entropy.view(shape)
+
+
+# --- the other hot spots: fused head + sample, expected embedding, energy score -----------------
+
+def head_sample_and_score(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`sample_and_score(hidden @ weight.T, ...)` without materialising the (..., V) logits.
+
+    Positions are taken in chunks of `c` rows with c * V <= CHUNK_ELEMENTS; the (c, V) float32
+    logits of a chunk are filled vocabulary slice by vocabulary slice (so a half-precision weight is
+    never converted to float32 whole), then scored by `sample_and_score` with the noise offset moved
+    by start * V, so that every position draws the noise it would draw in the unchunked call.
+    """
+    d = hidden.shape[-1]
+    vocab = weight.shape[0]
+    flat = hidden.reshape(-1, d)
+    n = flat.shape[0]
+    out = [torch.empty(n, dtype=dt, device=hidden.device) for dt in (torch.long,) + (torch.float32,) * 3]
+    step = max(1, min(n, CHUNK_ELEMENTS // vocab))
+    vstep = vocab if weight.dtype == torch.float32 else max(1, CHUNK_ELEMENTS // max(d, 1))
+    buf = torch.empty(step, vocab, dtype=torch.float32, device=hidden.device)
+    for start in range(0, n, step):
+        h = flat[start : start + step].float()
+        logits = buf[: h.shape[0]]
+        if vstep >= vocab:
+            torch.matmul(h, weight.T, out=logits)
+        else:
+            for vs in range(0, vocab, vstep):
+                logits[:, vs : vs + vstep] = h @ weight[vs : vs + vstep].float().T
+        results = sample_and_score(logits, temperature, top_k, top_p, seed=seed, offset=offset + start * vocab)
+        for o, r in zip(out, results):
+            o[start : start + h.shape[0]] = r
+    shape = hidden.shape[:-1]
+    return tuple(o.view(shape) for o in out)
+
+
+def _online_softmax_step(x, m, s, h):
+    """Merge a tile x (c, v) of (tempered) logits into the running max m, sum s = sum exp(x - m), and
+    h = sum exp(x - m) * (x - m) of each row; returns (m, s, h, e, alpha) with e = exp(x - new m)
+    and alpha = exp(old m - new m), the factor by which earlier sums (and accumulators) shrink.
+    -inf logits contribute nothing; a row that is all -inf so far keeps s = h = 0."""
+    m_new = torch.maximum(m, x.max(-1).values)
+    shift_new = torch.where(m_new == float("-inf"), 0.0, m_new)
+    shift_old = torch.where(m == float("-inf"), shift_new, m)
+    alpha = torch.exp(shift_old - shift_new)
+    z = x - shift_new[:, None]
+    e = torch.exp(z)
+    h = alpha * (h + (shift_old - shift_new) * s) + torch.where(e > 0, e * z, 0.0).sum(-1)
+    s = alpha * s + e.sum(-1)
+    return m_new, s, h, e, alpha
+
+
+def expected_embedding(
+    logits: torch.Tensor, embedding: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`softmax(logits / T) @ embedding` (..., d) and the entropy (nats) of softmax(logits / T) (...).
+
+    Streamed over the vocabulary like flash attention: per chunk of rows, a running max, sum of
+    exponentials and a (rows, d) accumulator that is rescaled whenever the max grows. No
+    intermediate exceeds about CHUNK_ELEMENTS floats besides the output. T = 0 gives the embedding
+    of the argmax and entropy 0.
+    """
+    vocab = logits.shape[-1]
+    d = embedding.shape[1]
+    flat = logits.reshape(-1, vocab)
+    n = flat.shape[0]
+    shape = logits.shape[:-1]
+    if temperature == 0:
+        index = torch.cat([flat[s : s + 4096].argmax(-1) for s in range(0, n, 4096)]) if n else \
+            torch.empty(0, dtype=torch.long, device=logits.device)
+        return embedding[index].float().view(*shape, d), torch.zeros(shape, device=logits.device)
+    mean = torch.empty(n, d, dtype=torch.float32, device=logits.device)
+    entropy = torch.empty(n, dtype=torch.float32, device=logits.device)
+    vstep = max(1, min(vocab, CHUNK_ELEMENTS // max(d, 1), 8192))
+    step = max(1, min(n, CHUNK_ELEMENTS // max(vstep, d)))
+    for start in range(0, n, step):
+        rows = flat[start : start + step]
+        c = rows.shape[0]
+        m = torch.full((c,), float("-inf"), device=logits.device)
+        s = torch.zeros(c, device=logits.device)
+        h = torch.zeros(c, device=logits.device)
+        acc = mean[start : start + c].zero_()
+        for vs in range(0, vocab, vstep):
+            x = rows[:, vs : vs + vstep].float() / temperature
+            m, s, h, e, alpha = _online_softmax_step(x, m, s, h)
+            acc.mul_(alpha[:, None]).addmm_(e, embedding[vs : vs + vstep].float())
+        acc.div_(s[:, None])
+        entropy[start : start + c] = s.log() - h / s
+    return mean.view(*shape, d), entropy.view(shape)
+
+
+def energy_score(samples: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row energy loss (B,): 2/(N M) sum_ij ||x_i - y_j|| - 1/(N (N-1)) sum_{i != j} ||x_i - x_j||.
+
+    samples (B, N, l) from the model (N >= 2), targets (B, M, l). Differentiable (autograd through
+    torch.cdist in its exact, non-matmul mode: zero self-distances get a zero gradient). Float16 /
+    bfloat16 inputs are computed in float32; float64 stays float64.
+    """
+    x = samples if samples.dtype == torch.float64 else samples.float()
+    y = targets if targets.dtype == torch.float64 else targets.float()
+    n, m = x.shape[1], y.shape[1]
+    exact = "donot_use_mm_for_euclid_dist"
+    cross = torch.cdist(x, y, compute_mode=exact).sum((1, 2))
+    within = torch.cdist(x, x, compute_mode=exact).sum((1, 2))
+    return 2.0 * cross / (n * m) - within / (n * (n - 1))

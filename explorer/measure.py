@@ -1,0 +1,63 @@
+"""Measurement helpers shared by the benchmarks: median wall time and peak memory in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, repeats: int, sync=lambda: None) -> tuple[float, object]:
+    """(median seconds over `repeats` calls, the last result)."""
+    times, result = [], None
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        result = fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def _status_kb(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_extra_bytes(run) -> int:
+    """Peak resident memory (bytes) that `run()` adds on top of what is resident when it starts.
+
+    Uses VmHWM, not ru_maxrss: on Linux ru_maxrss of an exec'd child starts from the parent's
+    resident size at fork, which would hide the call. The high-water mark is reset just before the
+    call (/proc/self/clear_refs, mode 5) so that making the inputs does not count against it.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # older kernels: earlier high-water marks stay in (conservative)
+        pass
+    base = _status_kb("VmRSS")
+    run()
+    return max(0, _status_kb("VmHWM") - base) * 1024
+
+
+def in_fresh_process(function: str, **kwargs) -> int:
+    """Run `module:function(**kwargs)` (which returns an int) in a new single-threaded Python process."""
+    module, name = function.split(":")
+    code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); import {module} as m; "
+            f"print(m.{name}(**json.loads({json.dumps(json.dumps(kwargs))})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=os.environ | {"OMP_NUM_THREADS": "1"})
+    if out.returncode:
+        raise RuntimeError(f"{function} failed in a fresh process:\n{out.stderr[-2000:]}")
+    return int(out.stdout.strip().splitlines()[-1])
+
+

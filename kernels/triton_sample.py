@@ -1,0 +1,248 @@
+"""Triton kernels for `sample_and_score` and the fused `head_sample_and_score`.
+
+One program handles BLOCK_R rows (positions) and streams over the vocabulary in tiles of BLOCK_V
+columns, keeping per row a small running state (see `_update`):
+
+    m, s, h   online softmax of the raw logits: max, sum exp(x - m), sum exp(x - m) * (x - m)
+    t2        second-largest logit (for the top-1 / top-2 margin; t1 is m)
+    i1        index of the first maximum (the T = 0 choice)
+    best, bi  running Gumbel-max: max of x / T + gumbel and its (first) index
+    bx        raw logit of the current Gumbel-max choice (for its probability)
+
+Noise is the lowbias32 hash of reference.counter_uniform on the counter row * V + v + offset, so
+the sampled token is the reference's (bit-identical on the interpreter; on a GPU `tl.log` may differ
+from torch's by an ulp, which can only matter for exact near-ties). Nothing of size (rows, V) is
+ever written. top-p needs the sorted distribution, which one streaming pass cannot give: those calls
+fall back to the reference (which runs on CUDA tensors too); top-k uses a per-row k-th largest logit
+computed beforehand with torch.topk in row chunks, then the single pass.
+
+These wrappers assume validated arguments (kernels/__init__.py validates); they take CPU tensors
+under TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import reference
+from kernels.reference import _as_int32
+from kernels.triton_embedding import _precision
+
+NEG_INF = float("-inf")
+
+
+@triton.jit
+def _gumbel(counter, seedmix):
+    """-log(-log u) for int64 counters; u = the lowbias32 uniform of reference.counter_uniform."""
+    x = counter.to(tl.uint32) * tl.full((), 0x9E3779B1, tl.uint32) + seedmix.to(tl.uint32, bitcast=True)
+    x = x ^ (x >> 16)
+    x = x * tl.full((), 0x7FEB352D, tl.uint32)
+    x = x ^ (x >> 15)
+    x = x * tl.full((), 0x846CA68B, tl.uint32)
+    x = x ^ (x >> 16)
+    u = ((x >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    return -tl.log(-tl.log(u))
+
+
+@triton.jit
+def _update(x, start, row, V, offset, seedmix, temperature, kth,
+            m, s, h, t2, i1, best, bi, bx,
+            SAMPLE: tl.constexpr, HAS_TOPK: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Merge a tile x (BLOCK_R, BLOCK_V) of float32 logits (columns start.., -inf padding) into the state."""
+    local = tl.arange(0, BLOCK_V)
+    # top-1 / top-2 of the raw logits; ties: the first index wins, and a repeated max is also the second
+    tm = tl.max(x, axis=1)
+    ti = tl.argmax(x, axis=1)
+    is_top = x == tm[:, None]
+    count = tl.sum(is_top.to(tl.int32), axis=1)
+    second = tl.max(tl.where(is_top, NEG_INF, x), axis=1)
+    tt2 = tl.where(count >= 2, tm, second)
+    t2 = tl.maximum(tl.minimum(m, tm), tl.maximum(t2, tt2))
+    i1 = tl.where(tm > m, ti + start, i1)
+    # online softmax with entropy; shifts are 0 while a row is all -inf (so no inf - inf)
+    m_new = tl.maximum(m, tm)
+    shift_new = tl.where(m_new == NEG_INF, 0.0, m_new)
+    shift_old = tl.where(m == NEG_INF, shift_new, m)
+    alpha = tl.exp(shift_old - shift_new)
+    z = x - shift_new[:, None]
+    e = tl.exp(z)
+    h = alpha * (h + (shift_old - shift_new) * s) + tl.sum(tl.where(e > 0, e * z, 0.0), axis=1)
+    s = alpha * s + tl.sum(e, axis=1)
+    m = m_new
+    if SAMPLE:
+        cols = start + local
+        counter = row[:, None] * V + cols[None, :] + offset
+        xf = x
+        if HAS_TOPK:
+            xf = tl.where(x < kth[:, None], NEG_INF, x)
+        y = xf / temperature + _gumbel(counter, seedmix)
+        y = tl.where(x == NEG_INF, NEG_INF, y)  # padding and -inf logits (a gumbel is finite anyway)
+        yb = tl.max(y, axis=1)
+        yi = tl.argmax(y, axis=1)
+        xb = tl.max(tl.where(local[None, :] == yi[:, None], x, NEG_INF), axis=1)
+        take = yb > best
+        best = tl.where(take, yb, best)
+        bi = tl.where(take, yi + start, bi)
+        bx = tl.where(take, xb, bx)
+    return m, s, h, t2, i1, best, bi, bx
+
+
+@triton.jit
+def _finish(r, r_ok, m, s, h, t2, i1, bi, bx, tok_ptr, prob_ptr, margin_ptr, ent_ptr, SAMPLE: tl.constexpr):
+    shift = tl.where(m == NEG_INF, 0.0, m)
+    if SAMPLE:
+        token = bi
+        chosen = bx
+    else:
+        token = i1
+        chosen = m
+    tl.store(tok_ptr + r, token.to(tl.int64), mask=r_ok)
+    tl.store(prob_ptr + r, tl.exp(chosen - shift) / s, mask=r_ok)
+    tl.store(margin_ptr + r, (tl.exp(m - shift) - tl.exp(t2 - shift)) / s, mask=r_ok)
+    tl.store(ent_ptr + r, tl.log(s) - h / s, mask=r_ok)
+
+
+@triton.jit
+def _sample_kernel(logits_ptr, stride_row, rows_ptr, kth_ptr, n_rows, V, offset, seedmix, temperature,
+                   tok_ptr, prob_ptr, margin_ptr, ent_ptr,
+                   SAMPLE: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_TOPK: tl.constexpr,
+                   BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = r < n_rows
+    if HAS_ROWS:
+        row = tl.load(rows_ptr + r, mask=r_ok, other=0).to(tl.int64)
+    else:
+        row = r.to(tl.int64)
+    kth = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    if HAS_TOPK:
+        kth = tl.load(kth_ptr + r, mask=r_ok, other=NEG_INF)
+    m = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    s = tl.zeros((BLOCK_R,), tl.float32)
+    h = tl.zeros((BLOCK_R,), tl.float32)
+    t2 = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    i1 = tl.zeros((BLOCK_R,), tl.int32)
+    best = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    bi = tl.zeros((BLOCK_R,), tl.int32)
+    bx = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    base = logits_ptr + row * stride_row
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        ok = r_ok[:, None] & (cols[None, :] < V)
+        x = tl.load(base[:, None] + cols[None, :], mask=ok, other=NEG_INF).to(tl.float32)
+        m, s, h, t2, i1, best, bi, bx = _update(x, start, row, V, offset, seedmix, temperature, kth,
+                                                m, s, h, t2, i1, best, bi, bx, SAMPLE, HAS_TOPK, BLOCK_V)
+    _finish(r, r_ok, m, s, h, t2, i1, bi, bx, tok_ptr, prob_ptr, margin_ptr, ent_ptr, SAMPLE)
+
+
+@triton.jit
+def _head_kernel(h_ptr, stride_h, w_ptr, stride_w, n_rows, V, D, offset, seedmix, temperature,
+                 tok_ptr, prob_ptr, margin_ptr, ent_ptr,
+                 SAMPLE: tl.constexpr, PRECISION: tl.constexpr,
+                 BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = r < n_rows
+    row = r.to(tl.int64)
+    kth = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    m = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    s = tl.zeros((BLOCK_R,), tl.float32)
+    h = tl.zeros((BLOCK_R,), tl.float32)
+    t2 = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    i1 = tl.zeros((BLOCK_R,), tl.int32)
+    best = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    bi = tl.zeros((BLOCK_R,), tl.int32)
+    bx = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        col_ok = cols < V
+        acc = tl.zeros((BLOCK_R, BLOCK_V), tl.float32)
+        for k in range(0, D, BLOCK_D):
+            kk = k + tl.arange(0, BLOCK_D)
+            k_ok = kk < D
+            a = tl.load(h_ptr + row[:, None] * stride_h + kk[None, :], mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + cols[None, :].to(tl.int64) * stride_w + kk[:, None],
+                        mask=col_ok[None, :] & k_ok[:, None], other=0.0)  # (BLOCK_D, BLOCK_V) = W^T tile
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PRECISION)
+        x = tl.where(r_ok[:, None] & col_ok[None, :], acc, NEG_INF)
+        m, s, h, t2, i1, best, bi, bx = _update(x, start, row, V, offset, seedmix, temperature, kth,
+                                                m, s, h, t2, i1, best, bi, bx, SAMPLE, False, BLOCK_V)
+    _finish(r, r_ok, m, s, h, t2, i1, bi, bx, tok_ptr, prob_ptr, margin_ptr, ent_ptr, SAMPLE)
+
+
+def _seedmix(seed: int) -> int:
+    return _as_int32(seed * 0x85EBCA77 + 0x27D4EB2F)
+
+
+def _outputs(n: int, device) -> list[torch.Tensor]:
+    return [torch.empty(n, dtype=torch.long, device=device)] + [
+        torch.empty(n, dtype=torch.float32, device=device) for _ in range(3)]
+
+
+def _kth_largest(flat: torch.Tensor, index: torch.Tensor | None, k: int) -> torch.Tensor:
+    """The k-th largest logit of each processed row (float32), computed in row chunks."""
+    n = flat.shape[0] if index is None else index.shape[0]
+    out = torch.empty(n, dtype=torch.float32, device=flat.device)
+    step = max(1, reference.CHUNK_ELEMENTS // flat.shape[1])
+    for start in range(0, n, step):
+        chunk = flat[start : start + step] if index is None else flat[index[start : start + step]]
+        out[start : start + chunk.shape[0]] = chunk.float().topk(k, dim=-1).values[:, -1]
+    return out
+
+
+def sample_and_score(logits, temperature=1.0, top_k=None, top_p=None, seed=0, offset=0, rows=None,
+                     block_rows: int = 4, block_v: int | None = None):
+    """Triton version of reference.sample_and_score (same arguments and results)."""
+    vocab = logits.shape[-1]
+    if top_p is not None and top_p < 1.0 and temperature != 0:
+        return reference.sample_and_score(logits, temperature, top_k, top_p, seed=seed, offset=offset, rows=rows)
+    flat = logits.reshape(-1, vocab)
+    if flat.stride(1) != 1:
+        flat = flat.contiguous()
+    index = None if rows is None else rows.to(device=logits.device, dtype=torch.long).contiguous()
+    n = flat.shape[0] if index is None else index.shape[0]
+    sample = temperature != 0
+    has_topk = sample and top_k is not None and top_k < vocab
+    kth = _kth_largest(flat, index, top_k) if has_topk else None
+    out = _outputs(n, logits.device)
+    block_v = block_v or min(triton.next_power_of_2(vocab), 2048)
+    if n:
+        grid = (triton.cdiv(n, block_rows),)
+        _sample_kernel[grid](flat, flat.stride(0), index, kth, n, vocab, offset, _seedmix(seed),
+                             float(temperature) if sample else 1.0, *out,
+                             SAMPLE=sample, HAS_ROWS=index is not None, HAS_TOPK=has_topk,
+                             BLOCK_R=block_rows, BLOCK_V=block_v)
+    shape = logits.shape[:-1] if rows is None else (n,)
+    return tuple(o.view(shape) for o in out)
+
+
+def head_sample_and_score(hidden, weight, temperature=1.0, top_k=None, top_p=None, seed=0, offset=0,
+                          block_rows: int = 16, block_v: int = 64, block_d: int = 32):
+    """Triton version of reference.head_sample_and_score: the matmul tile feeds the streaming state.
+
+    top-k / top-p calls use the reference (it needs the k-th largest logit or the sorted nucleus first).
+    float32 inputs multiply in IEEE float32 (no TF32); half inputs in TF32, which holds their values
+    exactly (as a half-precision tensor-core dot would), float32 sums.
+    """
+    vocab, d = weight.shape
+    if (top_k is not None and top_k < vocab) or (top_p is not None and top_p < 1.0):
+        if temperature != 0:
+            return reference.head_sample_and_score(hidden, weight, temperature, top_k, top_p, seed, offset)
+    flat = hidden.reshape(-1, d)
+    if flat.stride(1) != 1:
+        flat = flat.contiguous()
+    if weight.stride(1) != 1:
+        weight = weight.contiguous()
+    if flat.dtype != weight.dtype:
+        common = torch.promote_types(flat.dtype, weight.dtype)
+        flat, weight = flat.to(common), weight.to(common)
+    n = flat.shape[0]
+    sample = temperature != 0
+    out = _outputs(n, hidden.device)
+    if n:
+        grid = (triton.cdiv(n, block_rows),)
+        _head_kernel[grid](flat, flat.stride(0), weight, weight.stride(0), n, vocab, d, offset, _seedmix(seed),
+                           float(temperature) if sample else 1.0, *out,
+                           SAMPLE=sample, PRECISION=_precision(flat.dtype),
+                           BLOCK_R=block_rows, BLOCK_V=block_v, BLOCK_D=block_d)
+    return tuple(o.view(hidden.shape[:-1]) for o in out)
