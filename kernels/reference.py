@@ -85,13 +85,16 @@ def sample_and_score(
             counters = (chunk_rows[:, None] * vocab + torch.arange(vocab, device=chunk.device)).view(-1)
             gumbel = counter_uniform(counters + offset, seed).log_().neg_().log_().neg_()  # -log(-log u)
             choice = noisy.add_(gumbel.view_as(noisy)).argmax(-1)
-        p = chunk.softmax(-1)
+        shifted = (chunk - chunk.amax(-1, keepdim=True)).clamp_(min=-1e4)  # -inf logits: exp 0, finite products
+        exp = shifted.exp()
+        total = exp.sum(-1, keepdim=True)
+        p = exp.div_(total)  # softmax(logits)
         top2 = p.topk(min(2, vocab), dim=-1).values
         sl = slice(start, start + len(chunk_rows))
         tokens[sl] = choice
         prob[sl] = p.gather(-1, choice[:, None]).squeeze(-1)
         margin[sl] = top2[:, 0] - (top2[:, 1] if vocab > 1 else 0.0)
-        entropy[sl] = torch.special.entr(p).sum(-1)
+        entropy[sl] = total.squeeze(-1).log() - (p * shifted).sum(-1)  # -sum p log p, without a log per entry
     shape = logits.shape[:-1] if rows is None else index.shape
     return tokens.view(shape), prob.view(shape), margin.view(shape), entropy.view(shape)
 

@@ -29,4 +29,5 @@ def test_sampling_bench_runs_end_to_end_and_writes_json_and_markdown(tmp_path):
     assert saved["vs_llada"]["identical_tokens_at_T0"] is True
     assert all(m["ours_mb"] < m["llada_mb"] for m in saved["step_memory"] if m["vocab"] > 100_000)
     assert saved["threshold"]["fixed"]["nfe_mean"] == 32
+    assert all(saved["threshold"][f"threshold_{tau}"]["nfe_mean"] <= 32 for tau in (0.9, 0.7, 0.5, 0.3))
     assert out.with_suffix(".md").read_text() == sampling_table(saved)
