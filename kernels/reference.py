@@ -11,6 +11,9 @@ from __future__ import annotations
 import torch
 
 CHUNK_ELEMENTS = 1 << 20  # about 4 MB of float32 per intermediate
+# The fused head keeps one (rows, V) logits block: more rows per block means fewer passes over the
+# (V, d) weight, which is what bounds a thin matmul's speed (32 MB of float32 here).
+HEAD_CHUNK_ELEMENTS = 1 << 23
 _MASK32 = 0xFFFFFFFF
 
 
@@ -112,7 +115,7 @@ def head_sample_and_score(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`sample_and_score(hidden @ weight.T, ...)` without materialising the (..., V) logits.
 
-    Positions are taken in chunks of `c` rows with c * V <= CHUNK_ELEMENTS; the (c, V) float32
+    Positions are taken in chunks of `c` rows with c * V <= HEAD_CHUNK_ELEMENTS; the (c, V) float32
     logits of a chunk are filled vocabulary slice by vocabulary slice (so a half-precision weight is
     never converted to float32 whole), then scored by `sample_and_score` with the noise offset moved
     by start * V, so that every position draws the noise it would draw in the unchunked call.
@@ -122,7 +125,7 @@ def head_sample_and_score(
     flat = hidden.reshape(-1, d)
     n = flat.shape[0]
     out = [torch.empty(n, dtype=dt, device=hidden.device) for dt in (torch.long,) + (torch.float32,) * 3]
-    step = max(1, min(n, CHUNK_ELEMENTS // vocab))
+    step = max(1, min(n, HEAD_CHUNK_ELEMENTS // vocab))
     vstep = vocab if weight.dtype == torch.float32 else max(1, CHUNK_ELEMENTS // max(d, 1))
     buf = torch.empty(step, vocab, dtype=torch.float32, device=hidden.device)
     for start in range(0, n, step):

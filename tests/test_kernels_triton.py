@@ -231,7 +231,7 @@ def test_head_sample_matches_sample_on_materialised_logits(monkeypatch):
         direct = reference.sample_and_score(logits, temperature, seed=4, offset=9)
         assert_same(TS.head_sample_and_score(hidden, weight, temperature, seed=4, offset=9, block_v=64),
                     direct, atol=1e-5)
-        monkeypatch.setattr(reference, "CHUNK_ELEMENTS", 301 * 4)  # 4 positions per chunk, 5 chunks
+        monkeypatch.setattr(reference, "HEAD_CHUNK_ELEMENTS", 301 * 4)  # 4 positions per chunk, 5 chunks
         assert_same(reference.head_sample_and_score(hidden, weight, temperature, seed=4, offset=9), direct, atol=1e-5)
         monkeypatch.undo()
     # top-k / top-p go through the reference, also in the Triton entry point
