@@ -15,14 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-NEG_INF = float("-inf")
-
-
-def _precision(dtype: torch.dtype) -> str:
-    """tl.dot precision: IEEE float32 for float32/64 data; TF32 for half data, whose values TF32 holds
-    exactly (so products match a half-precision tensor-core dot with float32 sums). The inputs are
-    upcast to float32 first because bfloat16 tl.dot is wrong under the Triton 3.9 interpreter."""
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+from kernels.triton_common import NEG_INF, dot_precision, softmax_merge
 
 
 @triton.jit
@@ -43,15 +36,7 @@ def _expected_embedding_kernel(logits_ptr, stride_row, emb_ptr, stride_emb, mean
         c_ok = cols < V
         x = tl.load(logits_ptr + row[:, None] * stride_row + cols[None, :], mask=r_ok[:, None] & c_ok[None, :],
                     other=NEG_INF).to(tl.float32) / temperature
-        m_new = tl.maximum(m, tl.max(x, axis=1))
-        shift_new = tl.where(m_new == NEG_INF, 0.0, m_new)
-        shift_old = tl.where(m == NEG_INF, shift_new, m)
-        alpha = tl.exp(shift_old - shift_new)
-        z = x - shift_new[:, None]
-        e = tl.exp(z)
-        h = alpha * (h + (shift_old - shift_new) * s) + tl.sum(tl.where(e > 0, e * z, 0.0), axis=1)
-        s = alpha * s + tl.sum(e, axis=1)
-        m = m_new
+        m, s, h, alpha, e = softmax_merge(x, tl.max(x, axis=1), m, s, h)
         emb = tl.load(emb_ptr + cols[:, None].to(tl.int64) * stride_emb + dcol[None, :],
                       mask=c_ok[:, None] & d_ok[None, :], other=0.0)
         acc = tl.dot(e, emb.to(tl.float32), acc * alpha[:, None], input_precision=PRECISION)
@@ -86,6 +71,6 @@ def expected_embedding(logits, embedding, temperature=1.0,
         grid = (triton.cdiv(n, block_rows), triton.cdiv(d, block_d))
         _expected_embedding_kernel[grid](flat, flat.stride(0), embedding, embedding.stride(0), mean, entropy,
                                          n, vocab, d, float(temperature),
-                                         PRECISION=_precision(embedding.dtype),
+                                         PRECISION=dot_precision(embedding.dtype),
                                          BLOCK_R=block_rows, BLOCK_V=block_v, BLOCK_D=block_d)
     return mean.view(*shape, d), entropy.view(shape)

@@ -28,9 +28,8 @@ import triton.language as tl
 
 from kernels import reference
 from kernels.reference import _as_int32
-from kernels.triton_embedding import _precision
+from kernels.triton_common import NEG_INF, dot_precision, softmax_merge
 
-NEG_INF = float("-inf")
 
 
 @triton.jit
@@ -44,6 +43,20 @@ def _gumbel(counter, seedmix):
     x = x ^ (x >> 16)
     u = ((x >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
     return -tl.log(-tl.log(u))
+
+
+@triton.jit
+def _init_state(BLOCK_R: tl.constexpr):
+    """Per-row streaming state: m, s, h (softmax), t2, i1 (top-2), best, bi, bx (Gumbel-max)."""
+    m = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    s = tl.zeros((BLOCK_R,), tl.float32)
+    h = tl.zeros((BLOCK_R,), tl.float32)
+    t2 = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    i1 = tl.zeros((BLOCK_R,), tl.int32)
+    best = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    bi = tl.zeros((BLOCK_R,), tl.int32)
+    bx = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    return m, s, h, t2, i1, best, bi, bx
 
 
 @triton.jit
@@ -61,16 +74,7 @@ def _update(x, start, row, V, offset, seedmix, temperature, kth,
     tt2 = tl.where(count >= 2, tm, second)
     t2 = tl.maximum(tl.minimum(m, tm), tl.maximum(t2, tt2))
     i1 = tl.where(tm > m, ti + start, i1)
-    # online softmax with entropy; shifts are 0 while a row is all -inf (so no inf - inf)
-    m_new = tl.maximum(m, tm)
-    shift_new = tl.where(m_new == NEG_INF, 0.0, m_new)
-    shift_old = tl.where(m == NEG_INF, shift_new, m)
-    alpha = tl.exp(shift_old - shift_new)
-    z = x - shift_new[:, None]
-    e = tl.exp(z)
-    h = alpha * (h + (shift_old - shift_new) * s) + tl.sum(tl.where(e > 0, e * z, 0.0), axis=1)
-    s = alpha * s + tl.sum(e, axis=1)
-    m = m_new
+    m, s, h, _, _ = softmax_merge(x, tm, m, s, h)
     if SAMPLE:
         cols = start + local
         counter = row[:, None] * V + cols[None, :] + offset
@@ -118,14 +122,7 @@ def _sample_kernel(logits_ptr, stride_row, rows_ptr, kth_ptr, n_rows, V, offset,
     kth = tl.full((BLOCK_R,), NEG_INF, tl.float32)
     if HAS_TOPK:
         kth = tl.load(kth_ptr + r, mask=r_ok, other=NEG_INF)
-    m = tl.full((BLOCK_R,), NEG_INF, tl.float32)
-    s = tl.zeros((BLOCK_R,), tl.float32)
-    h = tl.zeros((BLOCK_R,), tl.float32)
-    t2 = tl.full((BLOCK_R,), NEG_INF, tl.float32)
-    i1 = tl.zeros((BLOCK_R,), tl.int32)
-    best = tl.full((BLOCK_R,), NEG_INF, tl.float32)
-    bi = tl.zeros((BLOCK_R,), tl.int32)
-    bx = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    m, s, h, t2, i1, best, bi, bx = _init_state(BLOCK_R)
     base = logits_ptr + row * stride_row
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
@@ -145,14 +142,7 @@ def _head_kernel(h_ptr, stride_h, w_ptr, stride_w, n_rows, V, D, offset, seedmix
     r_ok = r < n_rows
     row = r.to(tl.int64)
     kth = tl.full((BLOCK_R,), NEG_INF, tl.float32)
-    m = tl.full((BLOCK_R,), NEG_INF, tl.float32)
-    s = tl.zeros((BLOCK_R,), tl.float32)
-    h = tl.zeros((BLOCK_R,), tl.float32)
-    t2 = tl.full((BLOCK_R,), NEG_INF, tl.float32)
-    i1 = tl.zeros((BLOCK_R,), tl.int32)
-    best = tl.full((BLOCK_R,), NEG_INF, tl.float32)
-    bi = tl.zeros((BLOCK_R,), tl.int32)
-    bx = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    m, s, h, t2, i1, best, bi, bx = _init_state(BLOCK_R)
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         col_ok = cols < V
@@ -243,6 +233,6 @@ def head_sample_and_score(hidden, weight, temperature=1.0, top_k=None, top_p=Non
         grid = (triton.cdiv(n, block_rows),)
         _head_kernel[grid](flat, flat.stride(0), weight, weight.stride(0), n, vocab, d, offset, _seedmix(seed),
                            float(temperature) if sample else 1.0, *out,
-                           SAMPLE=sample, PRECISION=_precision(flat.dtype),
+                           SAMPLE=sample, PRECISION=dot_precision(flat.dtype),
                            BLOCK_R=block_rows, BLOCK_V=block_v, BLOCK_D=block_d)
     return tuple(o.view(hidden.shape[:-1]) for o in out)

@@ -37,7 +37,8 @@ def _import_interpreted():
                 for name in [n for n in sys.modules if n == "triton" or n.startswith("triton.")]:
                     del sys.modules[name]
         pytest.importorskip("triton")
-        for name in ("kernels.triton_embedding", "kernels.triton_sample", "kernels.triton_energy"):
+        for name in ("kernels.triton_common", "kernels.triton_embedding", "kernels.triton_sample",
+                     "kernels.triton_energy"):
             sys.modules.pop(name, None)  # re-decorate in interpreter mode even if imported before
         return [importlib.import_module(n) for n in ("kernels.triton_sample", "kernels.triton_embedding",
                                                      "kernels.triton_energy")]
