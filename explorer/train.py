@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from explorer.data import TokenStream, load_corpus, load_tokenizer, split_works, train_tokenizer
 from explorer.data.corpus import DATA_DIR
 from explorer.models import FAMILIES, ARConfig, MDLMConfig
-from explorer.models.base import _atomic
+from explorer.models.base import atomic_write
 from explorer.nn import preset
 
 SHIPPED_TOKENIZER = DATA_DIR / "tokenizer.json"
@@ -117,26 +117,22 @@ def estimate_loss(model, stream: TokenStream, cfg: TrainConfig, batches: int = 8
 
 def save_state(state_dir: Path, model, optimizer, step: int, extra: dict) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    weights.pop("backbone.head.weight", None) if model.config.backbone.tie_embeddings else None
+    weights = model.storable_state()  # float32, the resumable copy
     moments = {}
     for index, param in enumerate(model.parameters()):
         for name, value in optimizer.state.get(param, {}).items():
             if torch.is_tensor(value) and value.dim() > 0:
                 moments[f"{index}.{name}"] = value.contiguous()
     opt_steps = {str(i): float(optimizer.state[p]["step"]) for i, p in enumerate(model.parameters()) if p in optimizer.state}
-    _atomic(state_dir / "weights.safetensors", lambda tmp: save_file(weights, str(tmp)))
-    _atomic(state_dir / "optimizer.safetensors", lambda tmp: save_file(moments, str(tmp)))
+    atomic_write(state_dir / "weights.safetensors", lambda tmp: save_file(weights, str(tmp)))
+    atomic_write(state_dir / "optimizer.safetensors", lambda tmp: save_file(moments, str(tmp)))
     meta = {"step": step, "optimizer_steps": opt_steps} | extra
-    _atomic(state_dir / "state.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))  # written last
+    atomic_write(state_dir / "state.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))  # written last
 
 
 def load_state(state_dir: Path, model, optimizer) -> dict:
     meta = json.loads((state_dir / "state.json").read_text())
-    weights = load_file(str(state_dir / "weights.safetensors"))
-    if model.config.backbone.tie_embeddings:
-        weights["backbone.head.weight"] = weights["backbone.embed.weight"]
-    model.load_state_dict(weights)
+    model.load_state_dict(model.with_tied_head(load_file(str(state_dir / "weights.safetensors"))))
     moments = load_file(str(state_dir / "optimizer.safetensors"))
     for index, param in enumerate(model.parameters()):
         if str(index) in meta["optimizer_steps"]:

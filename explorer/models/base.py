@@ -16,6 +16,7 @@ from explorer.data.tokenizer import BOS, EOS, MASK, PAD, load_tokenizer
 from explorer.nn import Transformer, TransformerConfig
 
 WEIGHTS = "model.safetensors"
+TIED_HEAD = "backbone.head.weight"  # shares the embedding matrix when tie_embeddings; stored once
 CONFIG = "config.json"
 
 
@@ -66,17 +67,28 @@ class LanguageModel(nn.Module):
     def config_dict(self) -> dict:
         return {"family": self.family, "model": asdict(self.config)}
 
+    def storable_state(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """State dict for safetensors: contiguous CPU tensors (cast to dtype), a tied head left out."""
+        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
+        if self.config.backbone.tie_embeddings:
+            state.pop(TIED_HEAD)
+        return state
+
+    def with_tied_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The inverse of `storable_state` for the key layout: put the tied head back."""
+        if self.config.backbone.tie_embeddings and "backbone.embed.weight" in state:
+            state.setdefault(TIED_HEAD, state["backbone.embed.weight"])
+        return state
+
     def save_pretrained(self, path: str | Path, extra: dict | None = None, dtype=torch.float16) -> Path:
         """Write config.json, model.safetensors (half precision by default) and tokenizer.json atomically."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
-        if self.config.backbone.tie_embeddings:
-            state.pop("backbone.head.weight")  # shared with the embedding; safetensors stores it once
-        _atomic(path / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+        state = self.storable_state(dtype)
+        atomic_write(path / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
         config = self.config_dict() | (extra or {})
-        _atomic(path / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
-        _atomic(path / "tokenizer.json", lambda tmp: self.tokenizer.save(str(tmp)))
+        atomic_write(path / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
+        atomic_write(path / "tokenizer.json", lambda tmp: self.tokenizer.save(str(tmp)))
         return path
 
     @classmethod
@@ -94,8 +106,7 @@ class LanguageModel(nn.Module):
             state = load_file(str(file))
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"{file}: corrupt or truncated safetensors file ({err})") from None
-        if self.config.backbone.tie_embeddings:
-            state.setdefault("backbone.head.weight", state.get("backbone.embed.weight"))
+        state = self.with_tied_head(state)
         expected = self.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
@@ -107,7 +118,7 @@ class LanguageModel(nn.Module):
         self.load_state_dict({k: v.float() for k, v in state.items()})
 
 
-def _atomic(target: Path, write) -> None:
+def atomic_write(target: Path, write) -> None:
     tmp = target.with_name(target.name + ".tmp")
     write(tmp)
     tmp.replace(target)
