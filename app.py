@@ -16,7 +16,7 @@ import torch
 
 import explorer
 from explorer.hub import describe
-from explorer.sampling import SAMPLERS, build_trace, encode_prompt, stream
+from explorer.sampling import SAMPLERS, build_trace, stream
 from explorer.viz import COLOR_MODES, confidence_heatmap, tokens_html
 
 MAX_LENGTH = 128  # context of the shipped tiny checkpoints; longer requests get the sampler's own error
@@ -76,8 +76,8 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
     frames, busy, last_plot = [], 0.0, 0.0
     try:
         model = get_model(checkpoint)
-        description, frames_iter = stream(model, prompt or "", sampler, int(seed or 0), record="full", **knobs)
-        prompt_ids = encode_prompt(model, prompt or "")
+        description, prompt_ids, frames_iter = stream(model, prompt or "", sampler, int(seed or 0), record="full",
+                                                      **knobs)
         while True:
             started = time.perf_counter()
             with torch.no_grad():  # grad mode is per thread and Gradio may resume us on another one

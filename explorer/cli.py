@@ -75,7 +75,7 @@ def cmd_sample(args):
     import time
 
     import explorer
-    from explorer.sampling import build_trace, encode_prompt, stream
+    from explorer.sampling import build_trace, stream
 
     model = explorer.load(args.checkpoint)
     animate = sys.stdout.isatty() and not args.no_animation
@@ -83,7 +83,7 @@ def cmd_sample(args):
     knobs = dict(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale,
                  threshold=args.threshold, factor=args.factor, pinned=_parse_pins(args.pin))
-    description, frames_iter = stream(model, args.prompt, args.sampler, args.seed, record, **knobs)
+    description, prompt_ids, frames_iter = stream(model, args.prompt, args.sampler, args.seed, record, **knobs)
     frames, started = [], time.perf_counter()
     for frame in frames_iter:
         frames.append(frame)
@@ -91,7 +91,7 @@ def cmd_sample(args):
             shown = "".join("\u2591" if t == model.mask_id else model.tokenizer.decode([t]) for t in frame.tokens)
             sys.stdout.write(f"\x1b[H\x1b[J{args.prompt}{shown}\n[step {frame.step} · nfe {frame.nfe}]\n")
             sys.stdout.flush()
-    trace = build_trace(model, encode_prompt(model, args.prompt), description, frames, time.perf_counter() - started)
+    trace = build_trace(model, prompt_ids, description, frames, time.perf_counter() - started)
     if animate:
         sys.stdout.write("\x1b[H\x1b[J")
     print(args.prompt + trace.text)

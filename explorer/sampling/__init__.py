@@ -67,8 +67,8 @@ def encode_pinned(model, pinned: dict[int, int | str] | None) -> dict[int, int]:
 
 
 def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed: int = 0, record: str = "tokens",
-           **knobs) -> tuple[dict, Iterator[Frame]]:
-    """(sampler description, frame generator): the building block of live viewers."""
+           **knobs) -> tuple[dict, list[int], Iterator[Frame]]:
+    """(sampler description, prompt ids, frame generator): the building block of live viewers."""
     if record not in RECORD_LEVELS:
         raise ValueError(f"record must be one of {RECORD_LEVELS}, got {record!r}")
     prompt_ids = encode_prompt(model, prompt)
@@ -78,7 +78,7 @@ def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed
     description = {"name": sampler or SAMPLERS[model.family][0], "seed": int(seed), "record": record,
                    **{k: v for k, v in vars(params).items()}}
     description["pinned"] = {str(k): v for k, v in params.pinned.items()} if hasattr(params, "pinned") else {}
-    return description, frames_fn(model, prompt_ids, params, generator, record)
+    return description, prompt_ids, frames_fn(model, prompt_ids, params, generator, record)
 
 
 @torch.no_grad()
@@ -86,11 +86,11 @@ def generate(model, prompt: str | list[int] = "", sampler: str | None = None, se
              **knobs) -> Trace:
     """Run a sampler to the end and return its Trace. Knobs: gen_length, steps, block_length, temperature,
     top_k, top_p, cfg_scale, threshold, factor, pinned ({position: token id or text})."""
-    description, frames_iter = stream(model, prompt, sampler, seed, record, **knobs)
+    description, prompt_ids, frames_iter = stream(model, prompt, sampler, seed, record, **knobs)
     started = time.perf_counter()
     frames = list(frames_iter)
     wall = time.perf_counter() - started
-    return build_trace(model, encode_prompt(model, prompt), description, frames, wall)
+    return build_trace(model, prompt_ids, description, frames, wall)
 
 
 def build_trace(model, prompt_ids: list[int], description: dict, frames: list[Frame], wall_s: float) -> Trace:
