@@ -9,6 +9,7 @@ from dataclasses import fields
 
 
 def _add_train(sub):
+    from explorer.models import FAMILIES
     from explorer.train import TrainConfig
 
     p = sub.add_parser("train", help="train a model (resumable)")
@@ -20,7 +21,7 @@ def _add_train(sub):
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "family":
-            p.add_argument(flag, required=True, choices=["ar", "mdlm"])
+            p.add_argument(flag, required=True, choices=sorted(FAMILIES))
         else:
             p.add_argument(flag, type=kinds.get(f.type, str), default=f.default)
     return p

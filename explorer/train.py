@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 
 from explorer.data import TokenStream, load_corpus, load_tokenizer, split_works, train_tokenizer
 from explorer.data.corpus import DATA_DIR
-from explorer.models import FAMILIES, ARConfig, MDLMConfig
-from explorer.models.base import atomic_write
+from explorer.models import FAMILIES, ARConfig, BD3LMConfig, MDLMConfig
+from explorer.models.base import atomic_write, load_folder
+from explorer.models.bd3lm import PUBLISHED_CLIP, check_clip, clip_variance
 from explorer.nn import preset
 
 SHIPPED_TOKENIZER = DATA_DIR / "tokenizer.json"
@@ -32,7 +33,7 @@ RESUMABLE_CHANGES = {"steps", "eval_every", "save_every"}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    family: str  # "ar" or "mdlm"
+    family: str  # "ar", "mdlm" or "bd3lm"
     preset: str = "tiny"  # backbone preset from explorer.nn.PRESETS
     steps: int = 10000  # length of the learning-rate schedule (total optimizer steps)
     batch_size: int = 16  # windows per step
@@ -50,6 +51,9 @@ class TrainConfig:
     eval_every: int = 500  # steps between validation estimates
     save_every: int = 250  # steps between resumable checkpoints
     corpus: str | None = None  # a .txt file or folder; None = the shipped Shakespeare corpus
+    init: str | None = None  # start from this checkpoint's weights (name or folder), e.g. bd3lm from mdlm-tiny
+    block_size: int = 16  # bd3lm only: tokens per block L'
+    clip: str = "published"  # bd3lm only: mask-rate window: "published", "search", "none" or "beta,omega"
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -61,6 +65,21 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.family == "bd3lm":
+            parse_clip(self.clip, self.block_size)
+
+
+def parse_clip(clip: str, block_size: int) -> tuple[float, float] | None | str:
+    """The training clip window: a (beta, omega) pair, None (unclipped) or "search" (decided at step 0)."""
+    if clip == "published":
+        return PUBLISHED_CLIP.get(block_size)
+    if clip in ("none", "search"):
+        return None if clip == "none" else clip
+    try:
+        lo, hi = (float(x) for x in clip.split(","))
+    except ValueError:
+        raise ValueError(f"clip must be 'published', 'search', 'none' or 'beta,omega', got {clip!r}") from None
+    return check_clip((lo, hi))
 
 
 def build_model(cfg: TrainConfig, tokenizer):
@@ -71,12 +90,31 @@ def build_model(cfg: TrainConfig, tokenizer):
         overrides["n_layers"] = cfg.n_layers
     if cfg.family == "ar":
         config = ARConfig(backbone=preset(cfg.preset, attention="causal", **overrides), direction=cfg.direction)
+    elif cfg.family == "bd3lm":
+        config = BD3LMConfig(backbone=preset(cfg.preset, attention="block_causal", **overrides),
+                             block_size=cfg.block_size)
+        if cfg.seq_len % cfg.block_size:
+            raise ValueError(f"seq_len ({cfg.seq_len}) must be a multiple of block_size ({cfg.block_size})")
     else:
         config = MDLMConfig(backbone=preset(cfg.preset, attention="bidirectional", **overrides))
     if cfg.seq_len > config.backbone.max_seq_len:
         raise ValueError(f"seq_len must be <= {config.backbone.max_seq_len} for preset {cfg.preset}, got {cfg.seq_len}")
     torch.manual_seed(cfg.seed)
-    return FAMILIES[cfg.family](config, tokenizer)
+    model = FAMILIES[cfg.family](config, tokenizer)
+    if cfg.init:
+        init_from(model, cfg.init)
+    return model
+
+
+def init_from(model, checkpoint: str) -> None:
+    """Copy the backbone weights of another checkpoint (same shapes; the attention mode may differ)."""
+    from explorer.hub import resolve
+
+    source = load_folder(resolve(checkpoint), FAMILIES)
+    mine, theirs = model.backbone.state_dict(), source.backbone.state_dict()
+    if {k: v.shape for k, v in mine.items()} != {k: v.shape for k, v in theirs.items()}:
+        raise ValueError(f"init: {checkpoint} has a different backbone shape than this run")
+    model.backbone.load_state_dict(theirs)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -111,6 +149,18 @@ def estimate_loss(model, stream: TokenStream, cfg: TrainConfig, batches: int = 8
         total, tokens = total + float(out["nll_sum"]), tokens + out["tokens"]
     model.train()
     return total / tokens
+
+
+def choose_clip(model, cfg: TrainConfig, val_stream: TokenStream) -> dict:
+    """The bd3lm training window; with clip="search", the candidate with the lowest loss variance on
+    validation batches (the variances are kept for the model card)."""
+    choice = parse_clip(cfg.clip, cfg.block_size)
+    if choice != "search":
+        return {"mode": cfg.clip, "window": list(choice) if choice else None}
+    windows = val_stream.windows(cfg.seq_len)[: 4 * cfg.batch_size].split(cfg.batch_size)
+    variances = clip_variance(model, list(windows))
+    best = min(variances, key=variances.get)
+    return {"mode": "search", "window": [float(x) for x in best.split(",")], "variance": variances}
 
 
 # --- resumable state --------------------------------------------------------------------------
@@ -170,16 +220,23 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: 
     model = build_model(cfg, tokenizer).train()
     optimizer = make_optimizer(model, cfg)
     step, tokens_seen, wall = 0, 0, 0.0
+    clip_info: dict = {}
     if resume:
         meta = load_state(state_dir, model, optimizer)
         step, tokens_seen, wall = meta["step"], meta["tokens_seen"], meta["wall_s"]
+        clip_info = meta.get("clip", {})
     else:
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(str(out / "tokenizer.json"))
         log_path.write_text("")
+        if cfg.family == "bd3lm":
+            clip_info = choose_clip(model, cfg, val_stream)
+    loss_kwargs = {"clip": tuple(clip_info["window"]) if clip_info.get("window") else None} if cfg.family == "bd3lm" else {}
 
     def checkpoint():
         extra = {"tokens_seen": tokens_seen, "wall_s": round(wall, 1), "train_config": asdict(cfg)}
+        if clip_info:
+            extra["clip"] = clip_info
         save_state(state_dir, model, optimizer, step, extra)
         model.save_pretrained(out, extra={"training": extra | {"steps_done": step}})
 
@@ -194,7 +251,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: 
             batch = train_stream.random_batch(cfg.batch_size, cfg.seq_len, generator)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
-            out_loss = model.loss(batch, generator=generator)
+            out_loss = model.loss(batch, generator=generator, **loss_kwargs)
             optimizer.zero_grad(set_to_none=True)
             out_loss["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

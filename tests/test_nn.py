@@ -32,7 +32,7 @@ def test_kv_cache_matches_full_forward_in_chunks():
     torch.manual_seed(0)
     model = Transformer(small("causal")).eval()
     x = torch.randint(0, 100, (2, 20))
-    cache = KVCache(model.config, 2)
+    cache = KVCache(model.config.n_layers)
     pieces = [model(x[:, a:b], cache=cache) for a, b in ((0, 7), (7, 12), (12, 13), (13, 20))]
     assert torch.allclose(torch.cat(pieces, 1), model(x), atol=1e-5)
     assert cache.length == 20

@@ -2,8 +2,9 @@
 
 from explorer.models.ar import ARConfig, ARModel
 from explorer.models.base import LanguageModel
+from explorer.models.bd3lm import BD3LMConfig, BD3LMModel
 from explorer.models.mdlm import MDLMConfig, MDLMModel
 
-FAMILIES: dict[str, type[LanguageModel]] = {"ar": ARModel, "mdlm": MDLMModel}
+FAMILIES: dict[str, type[LanguageModel]] = {"ar": ARModel, "mdlm": MDLMModel, "bd3lm": BD3LMModel}
 
-__all__ = ["FAMILIES", "ARConfig", "ARModel", "LanguageModel", "MDLMConfig", "MDLMModel"]
+__all__ = ["FAMILIES", "ARConfig", "ARModel", "BD3LMConfig", "BD3LMModel", "LanguageModel", "MDLMConfig", "MDLMModel"]

@@ -1,19 +1,23 @@
 """The one Transformer every family shares: RMSNorm, rotary positions, SwiGLU, SDPA with mask modes.
 
 Families differ in objective and sampler, not in backbone: `ar` uses `attention="causal"` (with a
-KV cache when decoding), `mdlm` uses `attention="bidirectional"`.
+KV cache when decoding), `mdlm` uses `attention="bidirectional"`, `bd3lm` uses `"block_causal"` and
+passes its own mask (a boolean tensor or a FlexAttention `BlockMask`, see `explorer.nn.masks`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-ATTENTION_MODES = ("causal", "bidirectional")
+ATTENTION_MODES = ("causal", "bidirectional", "block_causal")
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,7 @@ class TransformerConfig:
     n_heads: int = 4  # attention heads (head dim = d_model / n_heads)
     d_ff: int = 688  # SwiGLU hidden width (about 8/3 d_model)
     max_seq_len: int = 128  # longest sequence the rotary table and KV cache hold
-    attention: str = "causal"  # mask mode: "causal" or "bidirectional"
+    attention: str = "causal"  # mask mode: "causal", "bidirectional" or "block_causal" (mask passed per call)
     rope_theta: float = 10000.0  # rotary base frequency
     norm_eps: float = 1e-5  # RMSNorm epsilon
     dropout: float = 0.0  # dropout on attention output and MLP output during training
@@ -65,7 +69,7 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding on (B, H, L, Dh) tensors, starting at an absolute offset."""
+    """Rotary position embedding on (B, H, L, Dh) tensors at the given (L,) absolute positions."""
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float):
         super().__init__()
@@ -74,57 +78,86 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        length = x.shape[-2]
-        if offset + length > self.cos.shape[0]:
-            raise ValueError(f"sequence of {offset + length} tokens exceeds max_seq_len {self.cos.shape[0]}")
-        cos, sin = self.cos[offset : offset + length], self.sin[offset : offset + length]
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        cos, sin = self.cos[positions], self.sin[positions]  # (L, Dh/2)
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
 
 class KVCache:
-    """Keys and values of every layer for causal decoding, preallocated to `max_len` positions."""
+    """Keys and values of every layer for positions [0, length), built by concatenation (autograd-safe).
 
-    def __init__(self, config: TransformerConfig, batch_size: int, device=None, dtype=torch.float32):
-        head_dim = config.d_model // config.n_heads
-        shape = (batch_size, config.n_heads, config.max_seq_len, head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.length = 0  # positions filled so far (all layers)
+    A forward pass over a window of new positions starting at `start` attends to the cached keys
+    before the window, its own keys, and (Fast-dLLM's dual cache) the cached keys after it. `store`
+    new positions (from the window start) are written back: all of them when decoding
+    autoregressively, the finished clean block for block diffusion, none for an approximate cache
+    that is only refreshed once per block.
+    """
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append (B, H, l, Dh) keys/values of this layer; return all keys/values so far."""
-        end = self.length + k.shape[2]
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+    def __init__(self, n_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_layers  # each (B, H, length, Dh)
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.length = 0  # cached positions
+
+    def attend(self, layer: int, k, v, start: int, store: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """All keys/values a window's queries see (window keys at [start, start + l)); store a prefix of them."""
+        end = start + k.shape[2]
+        if self.keys[layer] is None:
+            full_k, full_v = k, v
+        else:
+            past_k, past_v = self.keys[layer], self.values[layer]
+            full_k = torch.cat([past_k[:, :, :start], k, past_k[:, :, end:]], dim=2)
+            full_v = torch.cat([past_v[:, :, :start], v, past_v[:, :, end:]], dim=2)
+        if store:
+            keep = max(self.length, start + store)
+            self.keys[layer], self.values[layer] = full_k[:, :, :keep], full_v[:, :, :keep]
+        return full_k, full_v
+
+    def crop(self, length: int) -> None:
+        """Forget every position from `length` on."""
+        self.length = min(self.length, length)
+        self.keys = [None if k is None else k[:, :, :length] for k in self.keys]
+        self.values = [None if v is None else v[:, :, :length] for v in self.values]
 
 
 class Attention(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.n_heads = config.n_heads
-        self.causal = config.attention == "causal"
+        self.mode = config.attention
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rotary: Rotary, layer: int, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x, rotary: Rotary, positions, layer: int, cache: KVCache | None, start: int, store: int,
+                mask=None) -> torch.Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, Dh)
-        offset = cache.length if cache is not None else 0
-        q, k = rotary(q, offset), rotary(k, offset)
+        q, k = rotary(q, positions), rotary(k, positions)
         if cache is not None:
-            k, v = cache.update(layer, k, v)
-        mask, is_causal = None, False
-        if self.causal and L > 1:
-            if k.shape[2] == L:
-                is_causal = True
-            else:  # a chunk of new queries after cached positions: query i sees keys <= offset + i
-                mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=x.device).tril(offset)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, L, Dh)
+            k, v = cache.attend(layer, k, v, start, store)
+        if isinstance(mask, BlockMask):
+            y = flex_attention_fn(q.device)(q, k, v, block_mask=mask)
+        else:
+            is_causal = False
+            if mask is None and self.mode == "block_causal":
+                raise ValueError("block_causal attention needs an explicit mask (see explorer.nn.masks)")
+            if mask is None and self.mode == "causal" and L > 1:
+                if k.shape[2] == L:
+                    is_causal = True
+                else:  # a window of new queries after cached positions: query i sees keys <= start + i
+                    mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=x.device).tril(start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, L, Dh)
         return self.dropout(self.out(y.transpose(1, 2).reshape(B, L, D)))
+
+
+@functools.cache
+def flex_attention_fn(device: torch.device):
+    """FlexAttention compiled on CUDA (where it is fast); eager elsewhere (CPU tests of the backend)."""
+    if device.type == "cuda":
+        return torch.compile(flex_attention, dynamic=False)
+    warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+    return flex_attention
 
 
 class SwiGLU(nn.Module):
@@ -147,8 +180,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x, rotary, layer, cache):
-        x = x + self.attn(self.attn_norm(x), rotary, layer, cache)
+    def forward(self, x, rotary, positions, layer, cache, start, store, mask):
+        x = x + self.attn(self.attn_norm(x), rotary, positions, layer, cache, start, store, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -175,12 +208,26 @@ class Transformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False):
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False,
+                mask=None, positions: torch.Tensor | None = None, start: int | None = None,
+                store: int | None = None):
+        """`mask`: None (the config's mode), a boolean (Lq, Lk) tensor (True = may attend) or a BlockMask.
+        `positions`: (L,) rotary positions, default start..start+L. With a cache, the window starts at
+        `start` (default: after the cached positions) and its first `store` positions (default all)
+        are written back to the cache."""
+        B, L = input_ids.shape
+        if start is None:
+            start = cache.length if cache is not None else 0
+        store = L if store is None else store
+        if positions is None:
+            if start + L > self.config.max_seq_len:
+                raise ValueError(f"sequence of {start + L} tokens exceeds max_seq_len {self.config.max_seq_len}")
+            positions = torch.arange(start, start + L, device=input_ids.device)
         x = self.embed(input_ids)  # (B, L, d)
         for i, block in enumerate(self.blocks):
-            x = block(x, self.rotary, i, cache)
-        if cache is not None:
-            cache.length += input_ids.shape[1]
+            x = block(x, self.rotary, positions, i, cache, start, store, mask)
+        if cache is not None and store:
+            cache.length = max(cache.length, start + store)
         hidden = self.norm(x)  # (B, L, d)
         logits = self.head(hidden)  # (B, L, V)
         return (logits, hidden) if return_hidden else logits

@@ -46,7 +46,7 @@ def autoregressive(model, prompt_ids: list[int], params: ARParams, generator: to
     first = make_frame(record, False, 0, canvas, [], 0, proposal=canvas, confidence=confidence)
     if first is not None:
         yield first
-    cache = model.new_cache(1)
+    cache = model.new_cache()
     logits = model(torch.tensor([context], device=model.device), cache=cache)[0, -1:]  # (1, V)
     for i in range(G):
         tokens, prob, _, _ = kernels.sample_and_score(
