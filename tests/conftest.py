@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from explorer.data import load_tokenizer
-from explorer.models import ARConfig, ARModel, MDLMConfig, MDLMModel
+from explorer.models import ARConfig, ARModel, BD3LMConfig, BD3LMModel, MDLMConfig, MDLMModel
 from explorer.nn import TransformerConfig
 from explorer.train import SHIPPED_TOKENIZER
 
@@ -48,6 +48,14 @@ def tiny_ar(tokenizer):
 def tiny_ar_r2l(tokenizer):
     torch.manual_seed(0)
     return ARModel(ARConfig(backbone=tiny_backbone("causal"), direction="r2l"), tokenizer).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_bd3lm(tokenizer):
+    """Block size 8 on a 32-token context, so sliding-window generation is cheap to test."""
+    torch.manual_seed(0)
+    backbone = tiny_backbone("block_causal").with_(max_seq_len=32)
+    return BD3LMModel(BD3LMConfig(backbone=backbone, block_size=8), tokenizer).eval()
 
 
 class MockDenoiser:

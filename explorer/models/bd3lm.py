@@ -74,8 +74,8 @@ class BD3LMModel(LanguageModel):
 
     def block_rates(self, batch_size: int, n_blocks: int, clip=None, generator=None) -> torch.Tensor:
         """(B, n_blocks) mask rates: low-discrepancy over all blocks of the batch, mapped into the clip window."""
-        u = (low_discrepancy_t(batch_size * n_blocks, 0.0, generator)).view(batch_size, n_blocks)
-        u = u[:, torch.randperm(n_blocks, generator=generator)] if n_blocks > 1 else u
+        u = low_discrepancy_t(batch_size * n_blocks, 0.0, generator)  # evenly spread over [0, 1)
+        u = u[torch.randperm(len(u), generator=generator)].view(batch_size, n_blocks)  # strata dealt at random
         lo, hi = check_clip(clip) if clip is not None else (0.0, 1.0)
         lo = max(lo, self.config.eps)
         return lo + (hi - lo) * u
@@ -148,8 +148,12 @@ class BD3LMModel(LanguageModel):
         keys or, without a cache, `window` must start at 0) with block-causal attention."""
         block_size = block_size or self.block_size
         device = window.device
-        q_pos = torch.arange(start, start + window.shape[1], device=device)
-        mask = block_causal_mask(q_pos, torch.arange(start + window.shape[1], device=device), block_size)
+        end = start + window.shape[1]
+        if start // block_size == (end - 1) // block_size:
+            mask = None  # one block of queries sees every key before its end: no mask needed
+        else:
+            mask = block_causal_mask(torch.arange(start, end, device=device), torch.arange(end, device=device),
+                                     block_size)
         logits = self.backbone(window, cache=cache, mask=mask, start=start, store=store)
         return self._exclude_mask(logits)
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from explorer.models.base import LanguageModel
-from explorer.nn import TransformerConfig
+from explorer.nn import KVCache, TransformerConfig
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,15 @@ class MDLMModel(LanguageModel):
     family = "mdlm"
     config_class = MDLMConfig
 
-    def denoiser_logits(self, x_t: torch.Tensor, return_hidden: bool = False):
-        """Logits (B, L, V) of x0 with the mask token excluded (its logit is -inf)."""
-        logits, hidden = self.backbone(x_t, return_hidden=True)
+    def denoiser_logits(self, x_t: torch.Tensor, return_hidden: bool = False, **cache_args):
+        """Logits (B, L, V) of x0 with the mask token excluded (its logit is -inf). `cache_args`
+        (cache, start, store) run a window of positions against cached keys (Fast-dLLM's caches)."""
+        logits, hidden = self.backbone(x_t, return_hidden=True, **cache_args)
         logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
         return (logits, hidden) if return_hidden else logits
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.backbone.n_layers)
 
     def forward(self, x_t: torch.Tensor, return_hidden: bool = False):
         """SUBS logits (B, L, V): masked positions get the denoiser's logits; unmasked ones carry over

@@ -28,7 +28,7 @@ class TransformerConfig:
     n_heads: int = 4  # attention heads (head dim = d_model / n_heads)
     d_ff: int = 688  # SwiGLU hidden width (about 8/3 d_model)
     max_seq_len: int = 128  # longest sequence the rotary table and KV cache hold
-    attention: str = "causal"  # mask mode: "causal", "bidirectional" or "block_causal" (mask passed per call)
+    attention: str = "causal"  # "causal", "bidirectional" or "block_causal" (the caller passes the mask; none = all keys)
     rope_theta: float = 10000.0  # rotary base frequency
     norm_eps: float = 1e-5  # RMSNorm epsilon
     dropout: float = 0.0  # dropout on attention output and MLP output during training
@@ -140,8 +140,6 @@ class Attention(nn.Module):
             y = flex_attention_fn(q.device)(q, k, v, block_mask=mask)
         else:
             is_causal = False
-            if mask is None and self.mode == "block_causal":
-                raise ValueError("block_causal attention needs an explicit mask (see explorer.nn.masks)")
             if mask is None and self.mode == "causal" and L > 1:
                 if k.shape[2] == L:
                     is_causal = True

@@ -9,19 +9,25 @@ import torch
 
 from explorer.data.tokenizer import display_string
 from explorer.sampling.autoregressive import ARParams, autoregressive
+from explorer.sampling.block import BlockParams, block_diffusion
+from explorer.sampling.refine import RefineParams, draft_and_refine
 from explorer.sampling.masked import REMASKING_RULES, AncestralParams, MaskedParams, ancestral, masked_diffusion
 from explorer.sampling.trace import RECORD_LEVELS, SCHEMA, Frame, Trace
 
 # sampler name -> (family, builder of (params, frames function)); the defaults each name implies.
-MASKED_SAMPLERS = REMASKING_RULES + ("threshold", "factor", "ancestral")
+MASKED_SAMPLERS = REMASKING_RULES + ("threshold", "factor", "ancestral", "draft_refine")
 AR_SAMPLERS = ("ar",)
-SAMPLERS = {"mdlm": MASKED_SAMPLERS, "ar": AR_SAMPLERS}
+# bd3lm: "first_hitting" is BD3-LM's sampler (one random masked token per step, nucleus 0.9).
+BLOCK_SAMPLERS = ("first_hitting",) + tuple(r for r in REMASKING_RULES if r != "random") + ("threshold",)
+SAMPLERS = {"mdlm": MASKED_SAMPLERS, "ar": AR_SAMPLERS, "bd3lm": BLOCK_SAMPLERS}
 
 
-def build_sampler(family: str, sampler: str | None, *, gen_length: int = 64, steps: int | None = None,
+def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = None, steps: int | None = None,
                   block_length: int | None = None, temperature: float | None = None, top_k=None, top_p=None,
                   cfg_scale: float = 0.0, threshold: float | None = None, factor: float | None = None,
-                  pinned: dict[int, int] | None = None):
+                  pinned: dict[int, int] | None = None, cache: str = "none", kv_cache: bool | None = None,
+                  stop_at_eos: bool = True, entropy_window: int = 256, min_entropy: float = 4.0,
+                  drafter: str = "ar-tiny", rounds: int = 2, fraction: float = 0.25):
     """Return (params, frames_fn) for a family and sampler name; raises ValueError naming bad knobs."""
     names = SAMPLERS.get(family)
     if names is None:
@@ -30,11 +36,35 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int = 64, ste
     if sampler not in names:
         raise ValueError(f"sampler must be one of {names} for family {family!r}, got {sampler!r}")
     pinned = dict(pinned or {})
+    if kv_cache is not None and family != "bd3lm":
+        raise ValueError(f"kv_cache applies to the bd3lm family only (exact cache of finished blocks); the {family} "
+                         "family " + ("always caches" if family == "ar" else "has Fast-dLLM's cache='prefix'|'dual'"))
+    if cache != "none" and family != "mdlm":
+        raise ValueError(f"cache={cache!r} (Fast-dLLM's approximate cache) applies to the mdlm family only"
+                         + ("; use kv_cache=True|False" if family == "bd3lm" else ""))
+    if family == "bd3lm":
+        if pinned:
+            raise ValueError("pinned tokens are not supported by block diffusion sampling; use an mdlm checkpoint")
+        if factor is not None or cfg_scale:
+            raise ValueError("factor and cfg_scale are mdlm knobs; bd3lm supports threshold")
+        if sampler == "threshold" and threshold is None:
+            threshold = 0.9
+        rule = "random" if sampler == "first_hitting" else ("low_confidence" if sampler == "threshold" else sampler)
+        temp = 1.0 if temperature is None else temperature
+        nucleus = 0.9 if top_p is None and top_k is None else top_p
+        params = BlockParams(256 if gen_length is None else gen_length, block_length, steps, rule, temp, top_k,
+                             nucleus, threshold, True if kv_cache is None else kv_cache, stop_at_eos,
+                             entropy_window, min_entropy)
+        return params, block_diffusion
+    gen_length = 64 if gen_length is None else gen_length
     if family == "ar":
         if pinned:
             raise ValueError("pinned tokens need a masked-diffusion model; the ar family generates left to right")
         temp = 1.0 if temperature is None else temperature
         return ARParams(gen_length, temp, top_k, top_p), autoregressive
+    if sampler == "draft_refine":
+        temp = 1.0 if temperature is None else temperature
+        return RefineParams(gen_length, drafter, rounds, fraction, steps, temp, top_k, top_p), draft_and_refine
     steps = gen_length if steps is None else steps
     if sampler == "ancestral":
         temp = 1.0 if temperature is None else temperature
@@ -46,7 +76,7 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int = 64, ste
         factor = 1.0
     temp = 0.0 if temperature is None else temperature
     params = MaskedParams(gen_length, steps, block_length, rule, temp, top_k, top_p, cfg_scale, threshold, factor,
-                          pinned)
+                          pinned, cache)
     return params, masked_diffusion
 
 
@@ -85,7 +115,8 @@ def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed
 def generate(model, prompt: str | list[int] = "", sampler: str | None = None, seed: int = 0, record: str = "tokens",
              **knobs) -> Trace:
     """Run a sampler to the end and return its Trace. Knobs: gen_length, steps, block_length, temperature,
-    top_k, top_p, cfg_scale, threshold, factor, pinned ({position: token id or text})."""
+    top_k, top_p, cfg_scale, threshold, factor, pinned ({position: token id or text}); mdlm: cache
+    ("none" | "prefix" | "dual"); bd3lm: kv_cache, stop_at_eos, entropy_window, min_entropy."""
     description, prompt_ids, frames_iter = stream(model, prompt, sampler, seed, record, **knobs)
     started = time.perf_counter()
     frames = list(frames_iter)
@@ -111,11 +142,11 @@ def build_trace(model, prompt_ids: list[int], description: dict, frames: list[Fr
         text=text,
         token_strings={i: display_string(tok, i) for i in sorted(ids)},
         stats={"nfe": frames[-1].nfe, "wall_s": round(wall_s, 4), "tokens_per_s": round(gen / max(wall_s, 1e-9), 2),
-               "steps": frames[-1].step, "gen_length": gen},
+               "steps": frames[-1].step, "gen_length": gen, **({"stop": frames[-1].stop} if frames[-1].stop else {})},
         prompt_text=tok.decode(list(prompt_ids), skip_special_tokens=False) if prompt_ids else "",
         mask_id=model.mask_id,
     )
 
 
-__all__ = ["AR_SAMPLERS", "MASKED_SAMPLERS", "RECORD_LEVELS", "SAMPLERS", "SCHEMA", "Frame", "Trace",
+__all__ = ["AR_SAMPLERS", "BLOCK_SAMPLERS", "MASKED_SAMPLERS", "RECORD_LEVELS", "SAMPLERS", "SCHEMA", "Frame", "Trace",
            "build_sampler", "generate", "stream", "build_trace"]

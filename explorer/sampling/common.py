@@ -37,7 +37,8 @@ def step_seed(generator: torch.Generator) -> int:
 
 
 def make_frame(record: str, final: bool, step: int, canvas: torch.Tensor, committed, nfe: int, *,
-               t=None, block=None, proposal=None, confidence=None, remasked=()) -> Frame | None:
+               t=None, block=None, proposal=None, confidence=None, remasked=(), cache=None, stop=None,
+               revised=None) -> Frame | None:
     """A Frame with what the recording level asks for; None at level 'none' except for the final frame."""
     if record == "none" and not final:
         return None
@@ -52,4 +53,7 @@ def make_frame(record: str, final: bool, step: int, canvas: torch.Tensor, commit
         block=block,
         proposal=proposal.tolist() if full and proposal is not None else None,
         confidence=[None if math.isnan(c) else c for c in confidence.tolist()] if full and confidence is not None else None,
+        cache=cache,
+        stop=stop,
+        revised=sorted(int(p) for p in revised) if revised is not None else None,
     )

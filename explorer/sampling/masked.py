@@ -4,6 +4,9 @@
 prompt, split into blocks; each step runs the model once, proposes x0 by Gumbel-max at
 `temperature`, scores every masked position by the remasking rule and commits the best ones of the
 current block (a fixed count per step, or Fast-dLLM's `threshold` / `factor` rules).
+Fast-dLLM's approximate caches (`cache="prefix"` or `"dual"`) run one full pass at each block start
+and keep its keys/values; the other steps of the block recompute only the block (dual) or the block
+and everything after it (prefix).
 `Ancestral` is MDLM's sampler: each masked token unmasks with probability (t - s) / t, and a step
 whose canvas did not change reuses the previous logits (no network call).
 """
@@ -20,6 +23,7 @@ from explorer.sampling.common import check_range, check_sampling_knobs, make_fra
 from explorer.sampling.trace import Frame
 
 REMASKING_RULES = ("low_confidence", "random", "margin", "entropy")
+CACHE_MODES = ("none", "prefix", "dual")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class MaskedParams:
     threshold: float | None = None  # Fast-dLLM: commit every masked token with confidence >= threshold
     factor: float | None = None  # Fast-dLLM factor rule: longest prefix with c_n >= 1 - factor / (n + 1)
     pinned: dict[int, int] = field(default_factory=dict)  # generated position -> token id fixed from the start
+    cache: str = "none"  # Fast-dLLM approximate cache refreshed once per block: "none", "prefix" or "dual"
 
     @property
     def blocks(self) -> int:
@@ -62,6 +67,10 @@ class MaskedParams:
         for pos, tok in self.pinned.items():
             check_range("pinned position", pos, 0, self.gen_length - 1)
             check_range("pinned token id", tok, 0, vocab_size - 1)
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+        if self.cache != "none" and self.cfg_scale > 0:
+            raise ValueError("cache='prefix'/'dual' cannot be combined with cfg_scale > 0 (the guided pass has no cache)")
 
 
 @dataclass(frozen=True)
@@ -105,7 +114,18 @@ def _guided_logits(model, canvas: torch.Tensor, prompt_len: int, cfg_scale: floa
     return logits, nfe
 
 
-def _rule_scores(rule: str, prob, margin, entropy, seed: int, rows: torch.Tensor) -> torch.Tensor:
+def _cached_logits(model, canvas: torch.Tensor, cache, refresh: bool, mode: str, lo: int, hi: int):
+    """Fast-dLLM: (logits (l, V), offset of the window, cache label). A refresh is one full pass whose
+    keys/values are kept; later steps recompute [lo, end) (prefix) or [lo, hi) (dual) against them."""
+    if refresh:
+        cache.crop(0)
+        return model.denoiser_logits(canvas[None], cache=cache, start=0)[0], 0, "refresh"
+    end = len(canvas) if mode == "prefix" else hi
+    logits = model.denoiser_logits(canvas[None, lo:end], cache=cache, start=lo, store=0)[0]
+    return logits, lo, mode
+
+
+def rule_scores(rule: str, prob, margin, entropy, seed: int, rows: torch.Tensor) -> torch.Tensor:
     if rule == "low_confidence":
         return prob
     if rule == "margin":
@@ -168,6 +188,8 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool) 
     if first is not None:
         yield first
     cached_logits, cached_canvas = None, None
+    cache_mode = getattr(params, "cache", "none")
+    kv = model.new_cache() if cache_mode != "none" else None
     for block in range(params.blocks):
         lo, hi = P + block * block_len, P + (block + 1) * block_len
         in_block = torch.zeros(P + G, dtype=torch.bool, device=device)
@@ -177,9 +199,6 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool) 
         block_step = 0
         while bool((canvas[lo:hi] == mask_id).any()):
             masked_now = canvas == mask_id
-            # Positions to sample: the current block's masked ones (all masked ones when recording proposals).
-            # Noise is indexed by position, so both choices give the same tokens inside the block.
-            rows = (masked_now if record == "full" else masked_now & in_block).nonzero().squeeze(-1)  # (M,)
             if ancestral:
                 if block_step >= steps_per_block:
                     break  # unreachable: the last step (s = 0) unmasks everything left
@@ -190,23 +209,33 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool) 
                 if counts[block_step] == 0:  # LLaDA would spend a forward pass committing nothing
                     block_step += 1
                     continue
+            cache_label = None
             if ancestral and cached_canvas is not None and torch.equal(cached_canvas, canvas):
                 logits = cached_logits  # no time conditioning: same canvas, same logits
+            elif kv is not None:
+                logits, offset, cache_label = _cached_logits(model, canvas, kv, block_step == 0, cache_mode, lo, hi)
+                nfe += 1
             else:
                 logits, used = _guided_logits(model, canvas, P, getattr(params, "cfg_scale", 0.0))
                 nfe += used
-                cached_logits, cached_canvas = logits, canvas.clone()
+                cached_logits, cached_canvas, offset = logits, canvas.clone(), 0
+            # Positions to sample: the current block's masked ones (all masked ones in the window when
+            # recording proposals). Noise is indexed by position, so both give the same tokens in the block.
+            in_window = torch.zeros_like(masked_now)
+            in_window[offset : offset + len(logits)] = True
+            rows = (masked_now & (in_window if record == "full" else in_block)).nonzero().squeeze(-1)  # (M,)
             seed = step_seed(generator)
             tokens, prob, margin, entropy = kernels.sample_and_score(
-                logits, params.temperature, params.top_k, params.top_p, seed=seed, rows=rows
-            )  # each (M,)
+                logits, params.temperature, params.top_k, params.top_p, seed=seed,
+                offset=offset * logits.shape[-1], rows=rows - offset,
+            )  # each (M,); noise indexed by absolute position
             eligible = in_block[rows]
             if ancestral:
                 unmask_prob = 1.0 if s == 0 else (t - s) / t
                 u = kernels.counter_uniform(rows.long(), seed ^ 0x68E31DA4)
                 chosen = (eligible & (u < unmask_prob)).nonzero().squeeze(-1)
             else:
-                scores = _rule_scores(params.remasking, prob, margin, entropy, seed, rows)
+                scores = rule_scores(params.remasking, prob, margin, entropy, seed, rows)
                 count = counts[block_step] if block_step < len(counts) else 1
                 chosen = select_commits(scores, eligible, count, params.threshold, params.factor)
             committed = rows[chosen]
@@ -225,7 +254,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool) 
             done = block == params.blocks - 1 and not bool((canvas[lo:hi] == mask_id).any())
             frame = make_frame(record, done, step, canvas[P:], gen_pos.tolist(), nfe,
                                t=_mask_rate(canvas[P:], mask_id), block=block, proposal=proposal,
-                               confidence=step_conf)
+                               confidence=step_conf, cache=cache_label)
             if frame is not None:
                 yield frame
 

@@ -25,6 +25,9 @@ class Frame:
     proposal: list[int] | None = None  # level "full": the model's x0 guess at every position
     confidence: list[float | None] | None = None  # level "full": score of the proposal (commit-time score once fixed)
     latent: list[list[float]] | None = None  # level "full": continuous state per position, where the family has one
+    cache: str | None = None  # cache behind this step's network call: "kv" (exact), "prefix"/"dual" (approximate), "refresh"
+    stop: str | None = None  # final frame of variable-length sampling: "eos", "entropy" or "length"
+    revised: list[int] | None = None  # draft-and-refine: positions whose token now differs from the draft
 
 
 @dataclass

@@ -1,0 +1,157 @@
+"""Block diffusion sampling (BD3-LM): blocks left to right, masked diffusion inside each block.
+
+A finished block is clean and never attends forward, so the keys/values of finished blocks are
+exact: with `kv_cache=True` each step runs only the current block (plus, at the first step of a
+block, the block finished just before it, whose keys are then stored); with `kv_cache=False`
+every step recomputes the whole visible prefix. Both give identical tokens.
+
+Generation may run past the model's context with a sliding window: when the next block would not
+fit, the window start moves forward by half the context (whole blocks) and the cache is rebuilt
+from the blocks still visible. It stops early at `<eos>` or when the unigram entropy of the last
+`entropy_window` tokens falls below `min_entropy` (BD3-LM: 256 tokens, 4 nats).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+import kernels
+from explorer.sampling.common import check_range, check_sampling_knobs, make_frame, step_seed
+from explorer.sampling.masked import REMASKING_RULES, rule_scores, schedule_counts, select_commits
+from explorer.sampling.trace import Frame
+
+
+@dataclass(frozen=True)
+class BlockParams:
+    gen_length: int = 256  # most tokens to generate (fewer when a stop rule fires)
+    block_length: int | None = None  # tokens per block; None = the checkpoint's training block size
+    steps: int | None = None  # network steps per block; None = block_length (one token per step)
+    remasking: str = "random"  # which masked positions to commit (random + one per step = first-hitting)
+    temperature: float = 1.0  # Gumbel-max temperature of the proposal (0 = argmax)
+    top_k: int | None = None  # keep the k most likely tokens before sampling
+    top_p: float | None = 0.9  # nucleus mass kept before sampling (BD3-LM samples with p = 0.9)
+    threshold: float | None = None  # Fast-dLLM rule inside a block: commit every token with confidence >= threshold
+    kv_cache: bool = True  # reuse the exact keys/values of finished blocks (False recomputes the prefix)
+    stop_at_eos: bool = True  # stop after the block that produced <eos> (the text ends before it)
+    entropy_window: int = 256  # tokens of the recent window for the entropy stop rule
+    min_entropy: float = 4.0  # stop when the window's unigram entropy (nats) is below this; 0 disables
+
+    def validate(self, model) -> int:
+        """Check the knobs against the model; return the block length in use."""
+        check_range("gen_length", self.gen_length, 1)
+        block = self.block_length or model.block_size
+        context = model.max_seq_len
+        check_range("block_length", block, 1, context)
+        if context % block:
+            raise ValueError(f"block_length ({block}) must divide the model's context of {context} tokens")
+        if self.steps is not None:
+            check_range("steps", self.steps, 1)
+        if self.remasking not in REMASKING_RULES:
+            raise ValueError(f"remasking must be one of {REMASKING_RULES}, got {self.remasking!r}")
+        check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")
+        if self.threshold is not None:
+            check_range("threshold", self.threshold, 0, 1, low_open=True)
+        check_range("entropy_window", self.entropy_window, 1)
+        check_range("min_entropy", self.min_entropy, 0)
+        if block != model.block_size:
+            warnings.warn(f"block_length {block} differs from the block size this checkpoint was trained with "
+                          f"({model.block_size}); quality may suffer", stacklevel=3)
+        return block
+
+
+def unigram_entropy(tokens: torch.Tensor) -> float:
+    """Entropy (nats) of the empirical token distribution of a 1-D tensor."""
+    counts = torch.bincount(tokens).float()
+    p = counts[counts > 0] / len(tokens)
+    return float(-(p * p.log()).sum())
+
+
+def stop_reason(sequence: torch.Tensor, generated: torch.Tensor, params: BlockParams, eos_id: int) -> str | None:
+    if params.stop_at_eos and bool((generated == eos_id).any()):
+        return "eos"
+    if params.min_entropy > 0 and len(sequence) >= params.entropy_window:
+        if unigram_entropy(sequence[-params.entropy_window :]) < params.min_entropy:
+            return "entropy"
+    return None
+
+
+@torch.no_grad()
+def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator: torch.Generator,
+                    record: str = "tokens") -> Iterator[Frame]:
+    """Yield the initial canvas, then one Frame per network step (block index and cache use recorded)."""
+    block = params.validate(model)
+    mask_id, device = model.mask_id, model.device
+    P, G, context = len(prompt_ids), params.gen_length, model.max_seq_len
+    stride = max(block, context // 2 // block * block)  # how far the sliding window moves
+    sequence = torch.full((P + G,), mask_id, dtype=torch.long, device=device)  # prompt + generated, absolute positions
+    sequence[:P] = torch.tensor(prompt_ids, dtype=torch.long)
+    confidence = torch.full((G,), float("nan"))
+    proposal = torch.full((G,), mask_id, dtype=torch.long)
+    cache = model.new_cache() if params.kv_cache else None
+    cache_label = "kv" if params.kv_cache else None
+    window_start, cached_upto = 0, 0  # absolute: first visible position, end of the cached clean tokens
+    nfe = step = 0
+    first = make_frame(record, False, 0, sequence[P:].cpu(), [], 0, t=1.0, block=0, proposal=proposal,
+                       confidence=confidence)
+    if first is not None:
+        yield first
+    first_block, last_block = P // block, (P + G - 1) // block
+    for index, block_no in enumerate(range(first_block, last_block + 1)):
+        lo, hi = block_no * block, min((block_no + 1) * block, P + G)
+        if hi - window_start > context:
+            while hi - window_start > context:
+                window_start += stride
+            if cache is not None:  # positions restart at the window: rebuild the cache from the visible blocks
+                cache, cached_upto = model.new_cache(), window_start
+        counts = schedule_counts(int((sequence[lo:hi] == mask_id).sum()), params.steps or (hi - max(lo, P)))
+        block_step = 0
+        while bool((sequence[lo:hi] == mask_id).any()):
+            count = counts[block_step] if block_step < len(counts) else 1
+            if params.threshold is None and count == 0:  # more steps than tokens: skip, no network call
+                block_step += 1
+                continue
+            if cache is not None:  # the clean tokens not yet cached (finished blocks) ride along and are stored
+                window = sequence[cached_upto:hi]
+                logits = model.window_logits(window[None], cached_upto - window_start, cache, store=lo - cached_upto,
+                                             block_size=block)[0]
+                logits, cached_upto = logits[lo - cached_upto :], lo
+            else:
+                logits = model.window_logits(sequence[None, window_start:hi], 0, None, 0, block_size=block)[0]
+                logits = logits[lo - window_start :]  # (hi - lo, V)
+            nfe += 1
+            rows = (sequence[lo:hi] == mask_id).nonzero().squeeze(-1)  # (M,) within the block
+            seed = step_seed(generator)
+            tokens, prob, margin, entropy = kernels.sample_and_score(
+                logits, params.temperature, params.top_k, params.top_p, seed=seed, offset=lo * logits.shape[-1],
+                rows=rows,
+            )  # each (M,); noise indexed by absolute position
+            scores = rule_scores(params.remasking, prob, margin, entropy, seed, rows + lo)
+            chosen = select_commits(scores, torch.ones_like(scores, dtype=torch.bool), count, params.threshold, None)
+            committed = rows[chosen] + lo
+            sequence[committed] = tokens[chosen]
+            gen_pos = (committed - P).cpu()
+            confidence[gen_pos] = prob[chosen].cpu()
+            proposal[(rows + lo - P).cpu()] = tokens.cpu()
+            proposal[gen_pos] = tokens[chosen].cpu()
+            block_step += 1
+            step += 1
+            block_done = not bool((sequence[lo:hi] == mask_id).any())
+            reason = stop_reason(sequence[:hi], sequence[P:hi], params, model.eos_id) if block_done else None
+            final = block_done and (reason is not None or block_no == last_block)
+            shown = sequence[P:].cpu()
+            if reason == "eos":
+                shown = shown[: int((sequence[P:hi] == model.eos_id).nonzero()[0])]
+            elif reason == "entropy":
+                shown = shown[: hi - P]
+            frame = make_frame(record, final, step, shown, gen_pos.tolist(), nfe,
+                               t=round(float((shown == mask_id).float().mean()) if len(shown) else 0.0, 6),
+                               block=index, proposal=proposal[: len(shown)], confidence=confidence[: len(shown)],
+                               cache=cache_label, stop=(reason or "length") if final else None)
+            if frame is not None:
+                yield frame
+            if final:
+                return

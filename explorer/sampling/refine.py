@@ -1,0 +1,102 @@
+"""Draft-and-refine: autoregression for structure, diffusion for refinement.
+
+A drafter (`ar-tiny`, or a block-diffusion checkpoint) writes the whole continuation; then for
+`rounds` rounds the masked-diffusion model remasks the `fraction` of draft tokens with the lowest
+confidence (the drafter's probability of the token it chose, or the refiner's commit probability
+once a token has been re-denoised) and re-denoises them, one token per step by default. Frames
+record the draft steps, the remasking of each round, and which tokens now differ from the draft.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import torch
+
+from explorer.sampling.common import check_range, check_sampling_knobs
+from explorer.sampling.masked import MaskedParams, masked_diffusion
+from explorer.sampling.trace import Frame
+
+
+@dataclass(frozen=True)
+class RefineParams:
+    gen_length: int = 64  # tokens to generate
+    drafter: str = "ar-tiny"  # checkpoint (name or folder) of the ar or bd3lm model that drafts
+    rounds: int = 2  # refinement rounds R
+    fraction: float = 0.25  # share of the draft remasked in each round (lowest confidence first)
+    steps_per_round: int | None = None  # denoising steps per round; None = one token per step
+    temperature: float = 1.0  # drafter temperature
+    top_k: int | None = None  # drafter top-k
+    top_p: float | None = None  # drafter nucleus
+    refine_temperature: float = 0.0  # temperature of the re-denoising proposals (0 = argmax)
+
+    def validate(self) -> None:
+        check_range("gen_length", self.gen_length, 1)
+        check_range("rounds", self.rounds, 0)
+        check_range("fraction", self.fraction, 0, 1, low_open=True)
+        if self.steps_per_round is not None:
+            check_range("steps_per_round", self.steps_per_round, 1)
+        check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")
+        check_range("refine_temperature", self.refine_temperature, 0)
+
+    @property
+    def remask_count(self) -> int:
+        return max(1, round(self.fraction * self.gen_length))
+
+
+def load_drafter(name: str, refiner):
+    from explorer.hub import load  # late import: hub imports the models, sampling must not import hub at load
+
+    drafter = load(name, device=str(refiner.device))
+    if drafter.family not in ("ar", "bd3lm"):
+        raise ValueError(f"drafter must be an ar or bd3lm checkpoint, {name!r} is {drafter.family}")
+    if drafter.tokenizer.get_vocab() != refiner.tokenizer.get_vocab():
+        raise ValueError(f"drafter {name!r} uses a different tokenizer than the refiner {refiner.name!r}")
+    return drafter
+
+
+@torch.no_grad()
+def draft_and_refine(model, prompt_ids: list[int], params: RefineParams, generator: torch.Generator,
+                     record: str = "tokens") -> Iterator[Frame]:
+    """Yield the drafter's frames, then each round's remasked canvas and re-denoising steps."""
+    from explorer.sampling import build_sampler  # the registry lives in the package
+
+    params.validate()
+    drafter = load_drafter(params.drafter, model)
+    knobs = dict(gen_length=params.gen_length, temperature=params.temperature, top_k=params.top_k,
+                 top_p=params.top_p)
+    if drafter.family == "bd3lm":
+        knobs |= dict(stop_at_eos=False, min_entropy=0.0)
+    draft_params, draft_fn = build_sampler(drafter.family, None, **knobs)
+    frame = None
+    for frame in draft_fn(drafter, prompt_ids, draft_params, generator, "full"):
+        if record != "none":
+            yield _at_level(frame, record)
+    draft = list(frame.tokens)
+    confidence = torch.tensor([1.0 if c is None else c for c in frame.confidence])  # (G,)
+    last = frame
+    count = min(params.remask_count, len(draft))
+    for round_no in range(params.rounds):
+        remask = set(confidence.argsort(stable=True)[:count].tolist())  # lowest confidence first
+        pinned = {i: t for i, t in enumerate(last.tokens) if i not in remask}
+        inner = MaskedParams(len(draft), params.steps_per_round or count, temperature=params.refine_temperature,
+                             pinned=pinned)
+        start_step, start_nfe = last.step, last.nfe
+        for inner_frame in masked_diffusion(model, prompt_ids, inner, generator, "full"):
+            for pos in inner_frame.committed:
+                confidence[pos] = inner_frame.confidence[pos]
+            revised = [i for i, (now, was) in enumerate(zip(inner_frame.tokens, draft))
+                       if now != was and now != model.mask_id]
+            last = replace(inner_frame, step=start_step + inner_frame.step + 1,
+                           nfe=start_nfe + inner_frame.nfe, block=round_no,
+                           remasked=sorted(remask) if inner_frame.step == 0 else [], revised=revised)
+            if record != "none":
+                yield _at_level(last, record)
+    if record == "none":
+        yield _at_level(last, "tokens")
+
+
+def _at_level(frame: Frame, record: str) -> Frame:
+    """The frame with what `record` keeps (proposals and confidences only at level "full")."""
+    return frame if record == "full" else replace(frame, proposal=None, confidence=None, latent=None)
