@@ -16,10 +16,13 @@ import torch
 
 import explorer
 from explorer.hub import describe
+from explorer.models.base import read_config
 from explorer.sampling import SAMPLERS, build_trace, stream
 from explorer.viz import COLOR_MODES, confidence_heatmap, tokens_html
 
-MAX_LENGTH = 128  # context of the shipped tiny checkpoints; longer requests get the sampler's own error
+MAX_LENGTH = 256  # bd3lm slides its window past the 128-token context; other families' samplers refuse clearly
+CACHES = {"mdlm": ["none", "prefix", "dual"], "bd3lm": ["kv", "none"], "ar": ["kv"]}  # the first is the default
+EVERY_CACHE = ["none", "prefix", "dual", "kv"]
 PLOT_EVERY_S = 0.5  # redraw the heatmap at most this often while streaming (the token view updates every step)
 _models: dict[str, tuple[int, object]] = {}  # name -> (mtime of its weights, model): reload when retrained
 
@@ -61,21 +64,38 @@ def stats_line(trace, running: bool) -> str:
     s = trace.stats
     if running:
         return f"step {s['steps']} · nfe {s['nfe']} · {s['wall_s']:.2f} s so far …"
+    caches = sorted({f.cache for f in trace.frames if f.cache})
+    extra = (f" · cache {'/'.join(caches)}" if caches else "") + (f" · stopped: {s['stop']}" if "stop" in s else "")
     return (f"**nfe** {s['nfe']} · **wall** {s['wall_s']:.2f} s · **{s['tokens_per_s']:.1f} tokens/s** · "
             f"{len(trace.frames)} frames · {trace.model['name']} ({trace.model['family']}), sampler "
-            f"{trace.sampler['name']}")
+            f"{trace.sampler['name']}{extra}")
 
 
-def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, temperature, threshold, seed,
-             color_by):
-    """Stream a generation: one update of the token view per sampler step, the heatmap every PLOT_EVERY_S."""
+def sampler_knobs(family: str | None, sampler, gen_length, steps, block_length, temperature, threshold,
+                  cache) -> dict:
+    """The page's controls as sampler knobs; `cache` means Fast-dLLM's cache for mdlm, the exact KV cache for bd3lm."""
     knobs = {"gen_length": int(gen_length), "steps": int(steps), "block_length": int(block_length),
              "temperature": float(temperature)}
     if sampler == "threshold":
         knobs["threshold"] = float(threshold)
+    allowed = CACHES.get(family, ["none"])
+    cache = cache or allowed[0]
+    if cache not in allowed:
+        raise ValueError(f"cache must be one of {allowed} for the {family} family, got {cache!r}")
+    if family == "mdlm":
+        knobs["cache"] = cache
+    elif family == "bd3lm":
+        knobs["kv_cache"] = cache == "kv"
+    return knobs
+
+
+def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, temperature, threshold, seed,
+             color_by, cache=None):
+    """Stream a generation: one update of the token view per sampler step, the heatmap every PLOT_EVERY_S."""
     frames, busy, last_plot = [], 0.0, 0.0
     try:
         model = get_model(checkpoint)
+        knobs = sampler_knobs(model.family, sampler, gen_length, steps, block_length, temperature, threshold, cache)
         description, prompt_ids, frames_iter = stream(model, prompt or "", sampler, int(seed or 0), record="full",
                                                       **knobs)
         while True:
@@ -112,15 +132,22 @@ def replay(trace, step, color_by):
 
 
 def on_checkpoint(name):
+    """Show the family's samplers and caches; a block-diffusion checkpoint sets the block size it was trained with."""
     choices = sampler_choices(name)
-    return gr.update(choices=choices, value=choices[0] if choices else None)
+    family = family_of(name)
+    block, steps = gr.skip(), gr.skip()
+    if family == "bd3lm":
+        block_size = read_config(explorer.shipped()[name])["model"]["block_size"]
+        block, steps = gr.update(value=block_size), gr.update(value=block_size)
+    return (gr.update(choices=choices, value=choices[0] if choices else None),
+            gr.update(value=CACHES.get(family, ["none"])[0]), block, steps)
 
 
 def build_demo() -> gr.Blocks:
     names = list(explorer.shipped())
     default = "mdlm-tiny" if "mdlm-tiny" in names else (names[0] if names else None)
     samplers = sampler_choices(default)
-    every_sampler = [name for family in SAMPLERS.values() for name in family]  # what the API accepts
+    every_sampler = list(dict.fromkeys(name for family in SAMPLERS.values() for name in family))  # the API accepts all
     with gr.Blocks(title="diffusion-LM explorer") as demo:
         gr.Markdown("# diffusion-LM explorer\nPick a checkpoint and a sampler, press **Generate**, and watch the "
                     "canvas fill in step by step; then scrub the step slider to replay any step.")
@@ -131,12 +158,18 @@ def build_demo() -> gr.Blocks:
                 prompt = gr.Textbox("ROMEO:", label="prompt", lines=2, elem_id="prompt")
                 sampler = gr.Radio(every_sampler, value=samplers[0] if samplers else None, label="sampler",
                                    info="masked diffusion: remasking rule, Fast-dLLM threshold / factor, MDLM "
-                                        "ancestral; ar: left to right", elem_id="sampler")
+                                        "ancestral, draft_refine (ar-tiny drafts, the masked model revises); "
+                                        "block diffusion: first_hitting (one random token per step) or a rule "
+                                        "inside each block; ar: left to right", elem_id="sampler")
                 gen_length = gr.Slider(1, MAX_LENGTH, 64, step=1, label="gen length", elem_id="gen_length")
                 steps = gr.Slider(1, 2 * MAX_LENGTH, 64, step=1, label="steps", elem_id="steps",
-                                  info="network evaluations, split evenly over the blocks")
-                block_length = gr.Slider(1, MAX_LENGTH, 64, step=1, label="block length", elem_id="block_length",
-                                         info="semi-autoregressive blocks; gen length must be a multiple")
+                                  info="network evaluations, split evenly over the blocks (block diffusion: per block)")
+                block_length = gr.Slider(1, 128, 64, step=1, label="block size", elem_id="block_length",
+                                         info="masked diffusion: semi-autoregressive blocks (gen length a multiple); "
+                                              "block diffusion: tokens per block, must divide the context")
+                cache = gr.Radio(EVERY_CACHE, value="none", label="cache", elem_id="cache",
+                                 info="masked diffusion: Fast-dLLM prefix / dual cache (approximate, refreshed per "
+                                      "block); block diffusion: exact KV cache of finished blocks or recompute")
                 temperature = gr.Slider(0, 2, 0, step=0.05, label="temperature", elem_id="temperature",
                                         info="0 = argmax")
                 threshold = gr.Slider(0.05, 1, 0.9, step=0.05, label="threshold", elem_id="threshold",
@@ -158,10 +191,11 @@ def build_demo() -> gr.Blocks:
                 gr.Markdown("**Heatmap.** Confidence of the model's proposal at every position (x) and step (y); "
                             "red crosses mark the step at which each token was committed.")
                 plot = gr.Plot(elem_id="heatmap", show_label=False)
-        checkpoint.change(on_checkpoint, checkpoint, sampler, api_name=False)
-        demo.load(on_checkpoint, checkpoint, sampler, api_name=False)  # the page shows the family's samplers only
+        family_controls = [sampler, cache, block_length, steps]
+        checkpoint.change(on_checkpoint, checkpoint, family_controls, api_name=False)
+        demo.load(on_checkpoint, checkpoint, family_controls, api_name=False)  # the family's samplers only
         run.click(generate, [checkpoint, prompt, sampler, gen_length, steps, block_length, temperature, threshold,
-                             seed, color_by], [view, stats, error, plot, step, trace_state], api_name="generate")
+                             seed, color_by, cache], [view, stats, error, plot, step, trace_state], api_name="generate")
         step.change(replay, [trace_state, step, color_by], [view, plot], api_name="replay")
         color_by.change(replay, [trace_state, step, color_by], [view, plot], api_name=False)
     return demo.queue(default_concurrency_limit=1)

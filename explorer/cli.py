@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 
 def _add_train(sub):
@@ -40,21 +41,31 @@ def cmd_train(args):
 
 
 def _add_sample(sub):
-    from explorer.sampling import MASKED_SAMPLERS, RECORD_LEVELS
+    from explorer.sampling import BLOCK_SAMPLERS, MASKED_SAMPLERS, RECORD_LEVELS
 
     p = sub.add_parser("sample", help="generate text, optionally writing the trace")
     p.add_argument("--checkpoint", required=True, help="shipped name (python -m explorer list) or folder")
     p.add_argument("--prompt", default="", help="text to continue (empty: unconditional)")
     p.add_argument("--gen-length", type=int, default=64)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: gen-length)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: gen-length; bd3lm: steps per block, default the block length)")
     p.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default: gen-length)")
-    p.add_argument("--sampler", default=None, help=f"mdlm: {', '.join(MASKED_SAMPLERS)}; ar: ar")
+    p.add_argument("--sampler", default=None,
+                   help=f"mdlm: {', '.join(MASKED_SAMPLERS)}; bd3lm: {', '.join(BLOCK_SAMPLERS)}; ar: ar")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--cfg-scale", type=float, default=0.0)
     p.add_argument("--threshold", type=float, default=None, help="Fast-dLLM confidence threshold in (0, 1]")
     p.add_argument("--factor", type=float, default=None, help="Fast-dLLM factor rule")
+    p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
+                   help="mdlm: Fast-dLLM approximate cache, refreshed once per block")
+    p.add_argument("--no-kv-cache", action="store_true", help="bd3lm: recompute the prefix at every step")
+    p.add_argument("--min-entropy", type=float, default=4.0, help="bd3lm: stop when the last 256 tokens' "
+                   "unigram entropy (nats) falls below this; 0 disables")
+    p.add_argument("--drafter", default="ar-tiny", help="draft_refine: the ar or bd3lm checkpoint that drafts")
+    p.add_argument("--rounds", type=int, default=2, help="draft_refine: refinement rounds")
+    p.add_argument("--fraction", type=float, default=0.25, help="draft_refine: share of the draft remasked per round")
     p.add_argument("--pin", action="append", default=[], metavar="POS:TEXT", help="pin text at a generated position")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", default="tokens", choices=RECORD_LEVELS)
@@ -84,6 +95,12 @@ def cmd_sample(args):
     knobs = dict(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale,
                  threshold=args.threshold, factor=args.factor, pinned=_parse_pins(args.pin))
+    if model.family == "mdlm":
+        knobs |= dict(cache=args.cache)
+        if args.sampler == "draft_refine":
+            knobs |= dict(drafter=args.drafter, rounds=args.rounds, fraction=args.fraction)
+    if model.family == "bd3lm":
+        knobs |= dict(kv_cache=not args.no_kv_cache, min_entropy=args.min_entropy)
     description, prompt_ids, frames_iter = stream(model, args.prompt, args.sampler, args.seed, record, **knobs)
     frames, started = [], time.perf_counter()
     for frame in frames_iter:
@@ -104,7 +121,8 @@ def cmd_sample(args):
 
 def _add_eval(sub):
     p = sub.add_parser("eval", help="perplexity (a bound for diffusion models) on a held-out split")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, nargs="+", help="one checkpoint, or several with --table")
+    p.add_argument("--table", default=None, help="compare the checkpoints: write this JSON (+ .md table, .png plot)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--n-t", type=int, default=8, help="mask rates per window for the diffusion bound")
     p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
@@ -116,7 +134,15 @@ def cmd_eval(args):
     import explorer
     from explorer.eval import evaluate
 
-    result = evaluate(explorer.load(args.checkpoint), args.split, corpus=args.corpus, n_t=args.n_t,
+    if args.table:
+        from explorer.eval import compare
+
+        result = compare(args.checkpoint, args.table, args.split, args.n_t, args.max_windows)
+        print(Path(args.table).with_suffix(".md").read_text())
+        return
+    if len(args.checkpoint) > 1:
+        raise ValueError("several --checkpoint values need --table OUT.json")
+    result = evaluate(explorer.load(args.checkpoint[0]), args.split, corpus=args.corpus, n_t=args.n_t,
                       max_windows=args.max_windows)
     text = json.dumps(result, indent=2)
     print(text)
@@ -146,8 +172,9 @@ def cmd_list(args):
 
 def _add_bench(sub):
     p = sub.add_parser("bench", help="benchmarks, written as JSON and a markdown table")
-    p.add_argument("suite", choices=["sampling", "kernels"])
-    p.add_argument("--checkpoint", default="mdlm-tiny")
+    p.add_argument("suite", choices=["sampling", "kernels", "block"])
+    p.add_argument("--checkpoint", default="mdlm-tiny", help="masked-diffusion checkpoint")
+    p.add_argument("--block-checkpoint", default="bd3lm-tiny-b16", help="block: the block-diffusion checkpoint")
     p.add_argument("--judge", default="ar-tiny", help="AR checkpoint judging generative perplexity")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="output (default bench_results/<suite>.json)")
@@ -162,6 +189,11 @@ def cmd_bench(args):
         from explorer.bench_kernels import run_kernels_bench
 
         run_kernels_bench(json_path, args.repeats, length=args.length, vocab=args.vocab, d=args.d)
+        return
+    if args.suite == "block":
+        from explorer.bench_block import run_block_bench
+
+        run_block_bench(args.block_checkpoint, args.checkpoint, args.judge, args.repeats, json_path=json_path)
         return
     from explorer.bench import run_sampling_bench
 

@@ -1,4 +1,4 @@
-"""Perplexity on a held-out split: exact for `ar`, the NELBO bound for `mdlm`.
+"""Perplexity on a held-out split: exact for `ar`, the NELBO bound for `mdlm` and `bd3lm`.
 
 Both families score exactly the same tokens: the split cut into consecutive windows of the
 model's context length. The diffusion bound averages the continuous-time NELBO over `n_t`
@@ -7,7 +7,9 @@ low-discrepancy mask rates per window and is token-weighted over the whole split
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -40,3 +42,76 @@ def evaluate(model, split: str = "test", corpus: str | None = None, n_t: int = 8
             "ppl": round(math.exp(nll), 3), "bound": model.family != "ar",
             "n_t": n_t if model.family != "ar" else None, "checkpoint": getattr(model, "name", None),
             "window": model.max_seq_len}
+
+
+def compare(checkpoints: list[str], out: str | Path, split: str = "test", n_t: int = 8,
+            max_windows: int | None = None, variance_batches: int = 4) -> dict:
+    """The block-size table: perplexity (bounds for diffusion) of several checkpoints on one split, and
+    for block-diffusion checkpoints the NELBO variance of each clip window on validation batches.
+    Writes OUT (JSON), OUT with .md (table) and .png (plot)."""
+    from explorer.hub import load
+    from explorer.models.bd3lm import clip_variance
+
+    rows = []
+    for name in tqdm(checkpoints, desc="compare"):
+        model = load(name)
+        row = evaluate(model, split, n_t=n_t, max_windows=max_windows)
+        row["block_size"] = getattr(model, "block_size", None)
+        if model.family == "bd3lm":
+            val = TokenStream(load_corpus(), "val", model.tokenizer).windows(model.max_seq_len)
+            row["clip_variance"] = clip_variance(model, list(val[: 16 * variance_batches].split(16)))
+        rows.append(row)
+    result = {"split": split, "n_t": n_t, "max_windows": max_windows, "rows": rows}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(compare_table(result))
+    plot_compare(result, out.with_suffix(".png"))
+    return result
+
+
+def compare_table(result: dict) -> str:
+    windows = sorted({w for r in result["rows"] for w in r.get("clip_variance", {})},
+                     key=lambda w: tuple(float(x) for x in w.split(",")))
+    head = "| checkpoint | family | L' | test PPL | " + " | ".join(f"var [{w}]" for w in windows) + " |"
+    lines = [head, "|" + "---|" * (4 + len(windows))]
+    for r in result["rows"]:
+        ppl = f"{'<= ' if r['bound'] else ''}{r['ppl']:.2f}"
+        variances = [f"{r['clip_variance'][w]:.4f}" if w in r.get("clip_variance", {}) else "" for w in windows]
+        lines.append(f"| {r['checkpoint']} | {r['family']} | {r['block_size'] or ''} | {ppl} | "
+                     + " | ".join(variances) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_compare(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    with_var = [r for r in rows if "clip_variance" in r]
+    fig, axes = plt.subplots(1, 2 if with_var else 1, figsize=(10 if with_var else 5.5, 3.8), dpi=110, squeeze=False)
+    ax = axes[0, 0]
+    colors = {"ar": "#0072B2", "bd3lm": "#009E73", "mdlm": "#D55E00"}
+    bars = ax.bar([r["checkpoint"] for r in rows], [r["ppl"] for r in rows],
+                  color=[colors.get(r["family"], "#999999") for r in rows])
+    ax.bar_label(bars, labels=[f"{'≤' if r['bound'] else ''}{r['ppl']:.1f}" for r in rows])
+    ax.set_ylabel(f"{result['split']} perplexity (diffusion: upper bound)")
+    ax.set_title("AR < BD3 L'=4 < L'=16 < MDLM?")
+    ax.tick_params(axis="x", rotation=15)
+    if with_var:
+        ax = axes[0, 1]
+        for r, marker in zip(with_var, "osD^"):
+            windows = list(r["clip_variance"])
+            ax.plot(windows, list(r["clip_variance"].values()), marker=marker, label=r["checkpoint"])
+        ax.set_yscale("log")
+        ax.set_xlabel("clip window [beta, omega] of the mask rate")
+        ax.set_ylabel("variance of the NELBO estimate")
+        ax.set_title("Training-loss variance per clip window")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
