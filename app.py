@@ -80,6 +80,8 @@ def sampler_knobs(family: str | None, sampler, gen_length, steps, block_length, 
         knobs["threshold"] = float(threshold)
     allowed = CACHES.get(family, ["none"])
     cache = cache or allowed[0]
+    if family == "ar":
+        return knobs  # AR decoding always uses its KV cache
     if cache not in allowed:
         raise ValueError(f"cache must be one of {allowed} for the {family} family, got {cache!r}")
     if family == "mdlm":

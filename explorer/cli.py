@@ -123,6 +123,8 @@ def _add_eval(sub):
     p = sub.add_parser("eval", help="perplexity (a bound for diffusion models) on a held-out split")
     p.add_argument("--checkpoint", required=True, nargs="+", help="one checkpoint, or several with --table")
     p.add_argument("--table", default=None, help="compare the checkpoints: write this JSON (+ .md table, .png plot)")
+    p.add_argument("--variance-batches", type=int, default=4,
+                   help="--table: validation batches (of 16 windows) for the clip-window variance of bd3lm; 0 skips it")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--n-t", type=int, default=8, help="mask rates per window for the diffusion bound")
     p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
@@ -137,7 +139,7 @@ def cmd_eval(args):
     if args.table:
         from explorer.eval import compare
 
-        result = compare(args.checkpoint, args.table, args.split, args.n_t, args.max_windows)
+        result = compare(args.checkpoint, args.table, args.split, args.n_t, args.max_windows, args.variance_batches)
         print(Path(args.table).with_suffix(".md").read_text())
         return
     if len(args.checkpoint) > 1:

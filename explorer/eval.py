@@ -57,7 +57,7 @@ def compare(checkpoints: list[str], out: str | Path, split: str = "test", n_t: i
         model = load(name)
         row = evaluate(model, split, n_t=n_t, max_windows=max_windows)
         row["block_size"] = getattr(model, "block_size", None)
-        if model.family == "bd3lm":
+        if model.family == "bd3lm" and variance_batches > 0:
             val = TokenStream(load_corpus(), "val", model.tokenizer).windows(model.max_seq_len)
             row["clip_variance"] = clip_variance(model, list(val[: 16 * variance_batches].split(16)))
         rows.append(row)

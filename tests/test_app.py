@@ -56,3 +56,23 @@ def test_generate_ar(client):
     view, stats, error, *_ = call(client, checkpoint="ar-tiny", sampler="ar")
     assert view.count('class="dlm-token"') == 16, view
     assert "nfe" in stats and not error
+
+
+def test_generate_block_diffusion_with_and_without_kv_cache(client):
+    views = []
+    for cache in ("kv", "none"):
+        view, stats, error, *_ = client.predict("bd3lm-tiny-b4", "ROMEO:", "first_hitting", 24, 4, 4, 1.0, 0.9, 0,
+                                                "confidence", cache, api_name="/generate")
+        assert not error and view.count('class="dlm-token"') == 24, error or view
+        assert ("cache kv" in stats) == (cache == "kv"), stats
+        views.append(view)
+    assert views[0] == views[1]  # the exact cache changes the cost, not the tokens
+
+
+def test_fast_dllm_cache_and_wrong_cache_for_the_family(client):
+    _view, stats, error, *_ = client.predict("mdlm-tiny", "ROMEO:", "low_confidence", 32, 32, 16, 0.0, 0.9, 0,
+                                             "confidence", "dual", api_name="/generate")
+    assert not error and "cache dual/refresh" in stats, stats
+    _view, _stats, error, *_ = client.predict("mdlm-tiny", "ROMEO:", "low_confidence", 32, 32, 16, 0.0, 0.9, 0,
+                                              "confidence", "kv", api_name="/generate")
+    assert "cache must be one of" in error, error

@@ -66,3 +66,42 @@ def test_train_with_a_bad_corpus_is_a_clear_error(tmp_path):
     bad.write_bytes(b"\xff\xfe\x00\x00")
     result = cli("train", "--family", "ar", "--out", str(tmp_path / "o"), "--corpus", str(bad), check=False)
     assert result.returncode == 2 and "binary" in result.stderr
+
+
+def test_eval_table_compares_checkpoints_with_clip_variances(tmp_path):
+    out = tmp_path / "table.json"
+    result = cli("eval", "--checkpoint", "ar-tiny", "bd3lm-tiny-b4", "--split", "val", "--max-windows", "4",
+                 "--n-t", "1", "--variance-batches", "1", "--table", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["family"] for r in rows] == ["ar", "bd3lm"]
+    assert rows[1]["block_size"] == 4 and len(rows[1]["clip_variance"]) == 5
+    assert "| bd3lm-tiny-b4 | bd3lm | 4 | <= " in result.stdout
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    result = cli("eval", "--checkpoint", "ar-tiny", "mdlm-tiny", check=False)
+    assert result.returncode == 2 and "--table" in result.stderr
+
+
+def test_sample_block_diffusion_with_and_without_the_kv_cache(tmp_path):
+    texts = []
+    for flag in ([], ["--no-kv-cache"]):
+        trace_path = tmp_path / f"t{len(flag)}.json"
+        result = cli("sample", "--checkpoint", "bd3lm-tiny-b16", "--prompt", "KING:", "--gen-length", "48",
+                     "--trace", str(trace_path), *flag)
+        trace = json.loads(trace_path.read_text())
+        assert trace["model"]["family"] == "bd3lm" and {f["cache"] for f in trace["frames"][1:]} == (
+            {None} if flag else {"kv"})
+        texts.append(result.stdout)
+    assert texts[0] == texts[1]
+
+
+def test_train_bd3lm_from_an_init_checkpoint_with_a_clip_search(tmp_path):
+    out = tmp_path / "b4"
+    cli("train", "--family", "bd3lm", "--init", "mdlm-tiny", "--block-size", "4", "--clip", "search", "--steps", "2",
+        "--batch-size", "2", "--seq-len", "32", "--eval-every", "2", "--out", str(out))
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["block_size"] == 4 and config["training"]["clip"]["mode"] == "search"
+    assert len(config["training"]["clip"]["variance"]) == 5
+    result = cli("train", "--family", "bd3lm", "--block-size", "5", "--out", str(tmp_path / "bad"), check=False)
+    assert result.returncode == 2 and "block_size" in result.stderr
+    result = cli("train", "--family", "bd3lm", "--clip", "0.9,0.2", "--out", str(tmp_path / "bad"), check=False)
+    assert result.returncode == 2 and "clip window" in result.stderr

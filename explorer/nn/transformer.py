@@ -69,7 +69,7 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding on (B, H, L, Dh) tensors at the given (L,) absolute positions."""
+    """Rotary position embedding: `angles(positions)` once per forward, `rotate` on (B, H, L, Dh) tensors."""
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float):
         super().__init__()
@@ -78,8 +78,12 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        cos, sin = self.cos[positions], self.sin[positions]  # (L, Dh/2)
+    def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[positions], self.sin[positions]  # (L, Dh/2) each
+
+    @staticmethod
+    def rotate(x: torch.Tensor, angles: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        cos, sin = angles
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
@@ -129,11 +133,11 @@ class Attention(nn.Module):
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rotary: Rotary, positions, layer: int, cache: KVCache | None, start: int, store: int,
+    def forward(self, x, angles, layer: int, cache: KVCache | None, start: int, store: int,
                 mask=None) -> torch.Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, Dh)
-        q, k = rotary(q, positions), rotary(k, positions)
+        q, k = Rotary.rotate(q, angles), Rotary.rotate(k, angles)
         if cache is not None:
             k, v = cache.attend(layer, k, v, start, store)
         if isinstance(mask, BlockMask):
@@ -178,8 +182,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x, rotary, positions, layer, cache, start, store, mask):
-        x = x + self.attn(self.attn_norm(x), rotary, positions, layer, cache, start, store, mask)
+    def forward(self, x, angles, layer, cache, start, store, mask):
+        x = x + self.attn(self.attn_norm(x), angles, layer, cache, start, store, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -221,9 +225,10 @@ class Transformer(nn.Module):
             if start + L > self.config.max_seq_len:
                 raise ValueError(f"sequence of {start + L} tokens exceeds max_seq_len {self.config.max_seq_len}")
             positions = torch.arange(start, start + L, device=input_ids.device)
+        angles = self.rotary.angles(positions)
         x = self.embed(input_ids)  # (B, L, d)
         for i, block in enumerate(self.blocks):
-            x = block(x, self.rotary, positions, i, cache, start, store, mask)
+            x = block(x, angles, i, cache, start, store, mask)
         if cache is not None and store:
             cache.length = max(cache.length, start + store)
         hidden = self.norm(x)  # (B, L, d)
