@@ -13,7 +13,6 @@ Results go to JSON and a markdown table beside it. Ratios come from runs interle
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 import kernels
 from explorer.data import TokenStream, load_corpus
 from explorer.hub import load
-from explorer.measure import in_fresh_process, peak_extra_bytes, timed
+from explorer.measure import in_fresh_process, peak_extra_bytes, timed, write_results
 from explorer.sampling import generate
 from explorer.sampling.masked import schedule_counts
 
@@ -194,12 +193,7 @@ def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny
     results["threshold"] = compare | {"judge": judge_name, "samples": samples, "gen_length": gen}
     progress.close()
 
-    json_path = Path(json_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    markdown = sampling_table(results)
-    json_path.with_suffix(".md").write_text(markdown)
-    print(markdown)
+    write_results(json_path, results, sampling_table(results))
     return results
 
 

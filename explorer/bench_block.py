@@ -11,7 +11,6 @@ Every ratio comes from runs interleaved in one process (pairs alternate, the med
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from explorer.bench import generative_ppl
 from explorer.data import TokenStream, load_corpus
 from explorer.hub import load
-from explorer.measure import timed
+from explorer.measure import timed, write_results
 from explorer.sampling import generate
 from explorer.sampling.block import unigram_entropy
 
@@ -130,12 +129,7 @@ def run_block_bench(block_checkpoint: str = "bd3lm-tiny-b16", masked_checkpoint:
         progress.update()
         results["draft_refine"] = draft_refine(masked, judge, prompts, judge_name)
         progress.update()
-    json_path = Path(json_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    markdown = block_table(results)
-    json_path.with_suffix(".md").write_text(markdown)
-    print(markdown)
+    write_results(json_path, results, block_table(results))
     return results
 
 

@@ -15,7 +15,6 @@ Results go to JSON and a markdown table beside it.
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 import kernels
-from explorer.measure import in_fresh_process, peak_extra_bytes, timed
+from explorer.measure import in_fresh_process, peak_extra_bytes, timed, write_results
 
 LLADA_VOCAB = 126_464
 CASES = ("sample_and_score", "head_sample_and_score", "expected_embedding", "energy_score")
@@ -136,12 +135,7 @@ def run_kernels_bench(json_path: str | Path = "bench_results/kernels.json", repe
     if torch.cuda.is_available() and kernels._triton_available():
         results["cuda_device"] = torch.cuda.get_device_name()
         results["cuda_rows"] = _cuda_rows(sizes, repeats, cases)
-    json_path = Path(json_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=2))
-    markdown = kernels_table(results)
-    json_path.with_suffix(".md").write_text(markdown)
-    print(markdown)
+    write_results(json_path, results, kernels_table(results))
     return results
 
 
@@ -180,7 +174,7 @@ def _cuda_rows(sizes: dict, repeats: int, cases) -> list[dict]:
 
 def kernels_table(results: dict) -> str:
     s = results["sizes"]
-    lines = [f"# `python -m explorer bench kernels`",
+    lines = ["# `python -m explorer bench kernels`",
              "",
              f"B={s['batch']}, L={s['length']}, V={s['vocab']}, d={s['d']}; energy: {s['batch'] * s['length']} rows, "
              f"N={s['n']}, M={s['m']}, l={s['latent']}; T={results['temperature']}; torch {results['torch']}, "

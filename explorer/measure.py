@@ -61,3 +61,12 @@ def in_fresh_process(function: str, **kwargs) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+
+
+def write_results(json_path: str | Path, results: dict, markdown: str) -> None:
+    """Write a benchmark's JSON and its markdown table beside it (same name, .md), and print the table."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    json_path.with_suffix(".md").write_text(markdown)
+    print(markdown)

@@ -7,7 +7,7 @@ from kernels import reference
 
 def naive(logits, temperature, seed):
     """Whole-tensor float64 definition of the same Gumbel-max sample and scores."""
-    V = logits.shape[-1]
+    logits.shape[-1]
     counters = torch.arange(logits.numel()).view(logits.shape)
     u = kernels.counter_uniform(counters, seed).double()
     scaled = logits.double() / temperature - torch.log(-torch.log(u))
