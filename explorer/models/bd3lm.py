@@ -143,9 +143,9 @@ class BD3LMModel(LanguageModel):
         return KVCache(self.config.backbone.n_layers)
 
     def window_logits(self, window: torch.Tensor, start: int, cache: KVCache | None, store: int,
-                      block_size: int | None = None) -> torch.Tensor:
-        """Logits (B, l, V) of tokens at positions start..start+l that see everything before them (cached
-        keys or, without a cache, `window` must start at 0) with block-causal attention."""
+                      block_size: int | None = None, logits_from: int = 0) -> torch.Tensor:
+        """Logits (B, l - logits_from, V) of the tokens at positions start + logits_from .. start + l, which see
+        everything before them (cached keys or, without a cache, `window` must start at 0), block-causally."""
         block_size = block_size or self.block_size
         device = window.device
         end = start + window.shape[1]
@@ -154,7 +154,7 @@ class BD3LMModel(LanguageModel):
         else:
             mask = block_causal_mask(torch.arange(start, end, device=device), torch.arange(end, device=device),
                                      block_size)
-        logits = self.backbone(window, cache=cache, mask=mask, start=start, store=store)
+        logits = self.backbone(window, cache=cache, mask=mask, start=start, store=store, logits_from=logits_from)
         return self._exclude_mask(logits)
 
 

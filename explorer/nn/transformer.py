@@ -212,11 +212,11 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False,
                 mask=None, positions: torch.Tensor | None = None, start: int | None = None,
-                store: int | None = None):
+                store: int | None = None, logits_from: int = 0):
         """`mask`: None (the config's mode), a boolean (Lq, Lk) tensor (True = may attend) or a BlockMask.
         `positions`: (L,) rotary positions, default start..start+L. With a cache, the window starts at
         `start` (default: after the cached positions) and its first `store` positions (default all)
-        are written back to the cache."""
+        are written back to the cache. `logits_from`: skip the head for the window's first positions."""
         B, L = input_ids.shape
         if start is None:
             start = cache.length if cache is not None else 0
@@ -232,7 +232,7 @@ class Transformer(nn.Module):
         if cache is not None and store:
             cache.length = max(cache.length, start + store)
         hidden = self.norm(x)  # (B, L, d)
-        logits = self.head(hidden)  # (B, L, V)
+        logits = self.head(hidden[:, logits_from:])  # (B, L - logits_from, V)
         return (logits, hidden) if return_hidden else logits
 
     def num_parameters(self) -> int:

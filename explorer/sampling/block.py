@@ -117,11 +117,11 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
             if cache is not None:  # the clean tokens not yet cached (finished blocks) ride along and are stored
                 window = sequence[cached_upto:hi]
                 logits = model.window_logits(window[None], cached_upto - window_start, cache, store=lo - cached_upto,
-                                             block_size=block)[0]
-                logits, cached_upto = logits[lo - cached_upto :], lo
+                                             block_size=block, logits_from=lo - cached_upto)[0]  # (hi - lo, V)
+                cached_upto = lo
             else:
-                logits = model.window_logits(sequence[None, window_start:hi], 0, None, 0, block_size=block)[0]
-                logits = logits[lo - window_start :]  # (hi - lo, V)
+                logits = model.window_logits(sequence[None, window_start:hi], 0, None, 0, block_size=block,
+                                             logits_from=lo - window_start)[0]  # (hi - lo, V)
             nfe += 1
             rows = (sequence[lo:hi] == mask_id).nonzero().squeeze(-1)  # (M,) within the block
             seed = step_seed(generator)
