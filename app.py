@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import html
 import time
+import warnings
 
 import gradio as gr
 import torch
@@ -60,6 +61,15 @@ def error_box(message: str) -> str:
             f'padding:8px 12px;border-radius:6px"><b>Cannot generate:</b> {html.escape(message)}</div>')
 
 
+def notice_box(messages: list[str]) -> str:
+    """Warnings that do not stop a run (e.g. a block size the checkpoint was not trained with)."""
+    if not messages:
+        return ""
+    return ('<div class="dlm-warning" style="border:1px solid #b8860b;background:#fff8e1;color:#5c4400;'
+            'padding:8px 12px;border-radius:6px"><b>Note:</b> '
+            + "<br>".join(html.escape(m) for m in messages) + "</div>")
+
+
 def stats_line(trace, running: bool) -> str:
     s = trace.stats
     if running:
@@ -94,7 +104,7 @@ def sampler_knobs(family: str | None, sampler, gen_length, steps, block_length, 
 def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, temperature, threshold, seed,
              color_by, cache=None):
     """Stream a generation: one update of the token view per sampler step, the heatmap every PLOT_EVERY_S."""
-    frames, busy, last_plot = [], 0.0, 0.0
+    frames, busy, last_plot, notices = [], 0.0, 0.0, []
     try:
         model = get_model(checkpoint)
         knobs = sampler_knobs(model.family, sampler, gen_length, steps, block_length, temperature, threshold, cache)
@@ -102,9 +112,13 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
                                                       **knobs)
         while True:
             started = time.perf_counter()
-            with torch.no_grad():  # grad mode is per thread and Gradio may resume us on another one
+            with torch.no_grad(), warnings.catch_warnings(record=True) as caught:  # grad mode is per thread
+                warnings.simplefilter("always")  # and Gradio may resume us on another one
                 frame = next(frames_iter, None)
             busy += time.perf_counter() - started
+            for warning in caught:
+                notices.append(str(warning.message))
+                gr.Warning(str(warning.message))
             if frame is None:
                 break
             frames.append(frame)
@@ -113,7 +127,7 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
             if time.perf_counter() - last_plot > PLOT_EVERY_S:
                 plot, last_plot = confidence_heatmap(trace), time.perf_counter()
             lock = gr.update(interactive=False) if len(frames) == 1 else gr.skip()  # no scrubbing mid-run
-            yield tokens_html(trace, -1, color_by), stats_line(trace, True), "", plot, lock, gr.skip()
+            yield tokens_html(trace, -1, color_by), stats_line(trace, True), notice_box(notices), plot, lock, gr.skip()
         if not frames:
             raise ValueError("the sampler produced no frames")
     except ValueError as err:  # samplers name the bad knob, its value and the allowed range
@@ -121,7 +135,7 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
         yield gr.skip(), "", error_box(str(err)), gr.skip(), gr.skip(), gr.skip()
         return
     last = len(frames) - 1
-    yield (tokens_html(trace, -1, color_by), stats_line(trace, False), "", confidence_heatmap(trace),
+    yield (tokens_html(trace, -1, color_by), stats_line(trace, False), notice_box(notices), confidence_heatmap(trace),
            gr.update(maximum=max(last, 1), value=last, interactive=True), trace)
 
 

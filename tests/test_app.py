@@ -76,3 +76,10 @@ def test_fast_dllm_cache_and_wrong_cache_for_the_family(client):
     _view, _stats, error, *_ = client.predict("mdlm-tiny", "ROMEO:", "low_confidence", 32, 32, 16, 0.0, 0.9, 0,
                                               "confidence", "kv", api_name="/generate")
     assert "cache must be one of" in error, error
+
+
+def test_untrained_block_size_runs_with_a_visible_note(client):
+    view, _stats, note, *_ = client.predict("bd3lm-tiny-b16", "ROMEO:", "first_hitting", 16, 8, 8, 1.0, 0.9, 0,
+                                            "confidence", "kv", api_name="/generate")
+    assert view.count('class="dlm-token"') == 16
+    assert "dlm-warning" in note and "block_length 8 differs" in note, note

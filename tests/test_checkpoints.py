@@ -15,6 +15,9 @@ from explorer.hub import describe, shipped
 AR_TEST_PPL_MAX = 40.0  # measured 36.38 (card, whole test split)
 MDLM_TEST_BOUND_MAX = 115.0  # measured 105.0 (n_t=2, first 128 test windows); 103.64 on the whole split, n_t=8
 MDLM_GEN_PPL_MAX = 40.0  # measured 30.7 (the four prompts below, judged by ar-tiny)
+# bd3lm bounds on the first 128 test windows, n_t=2 (the mdlm bound above uses the same windows)
+BD3_BOUND_MAX = {4: B4_PLACEHOLDER, 16: B16_PLACEHOLDER}  # measured MEASURED_PLACEHOLDER
+BD3_GEN_PPL_MAX = GEN_PLACEHOLDER  # measured GENM_PLACEHOLDER (default sampler: first_hitting, T=1, nucleus 0.9)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +30,13 @@ def mdlm():
     return explorer.load("mdlm-tiny")
 
 
-def test_both_checkpoints_ship_with_cards_and_measured_metrics():
-    for name in ("ar-tiny", "mdlm-tiny"):
+@pytest.fixture(scope="module")
+def blocks():
+    return {size: explorer.load(f"bd3lm-tiny-b{size}") for size in (4, 16)}
+
+
+def test_shipped_checkpoints_come_with_cards_and_measured_metrics():
+    for name in ("ar-tiny", "mdlm-tiny", "bd3lm-tiny-b4", "bd3lm-tiny-b16"):
         folder = shipped()[name]
         card = (folder / "README.md").read_text()
         info = describe(folder)
@@ -60,3 +68,34 @@ def test_mdlm_tiny_samples_read_like_shakespeare_to_ar_tiny(ar, mdlm):
         prompts.append(ids)
         outputs.append(trace.final_tokens)
     assert generative_ppl(ar, prompts, outputs) < MDLM_GEN_PPL_MAX
+
+
+def test_block_size_ordering_holds_on_the_test_split(ar, mdlm, blocks):
+    """The papers' ordering AR < L'=4 < L'=16 < MDLM, as measured on the shipped checkpoints."""
+    ppl = {name: evaluate(model, "test", n_t=2, max_windows=128, progress=False)["ppl"]
+           for name, model in (("ar", ar), ("mdlm", mdlm), (4, blocks[4]), (16, blocks[16]))}
+    assert ppl["ar"] < ppl[4] < ppl[16] < ppl["mdlm"], ppl
+    assert ppl[4] < BD3_BOUND_MAX[4] and ppl[16] < BD3_BOUND_MAX[16], ppl
+
+
+def test_bd3lm_cards_name_the_block_size_and_the_clip_search():
+    for size in (4, 16):
+        card = (shipped()[f"bd3lm-tiny-b{size}"] / "README.md").read_text()
+        assert f"block size L' = {size}" in card and "--clip search" in card and "(chosen)" in card
+
+
+def test_bd3lm_kv_cache_is_exact_on_a_shipped_checkpoint(blocks):
+    knobs = dict(gen_length=64, seed=5, record="none")
+    assert (explorer.generate(blocks[4], "ROMEO:", kv_cache=True, **knobs).final_tokens
+            == explorer.generate(blocks[4], "ROMEO:", kv_cache=False, **knobs).final_tokens)
+
+
+def test_bd3lm_samples_read_like_shakespeare_to_ar_tiny(ar, blocks):
+    prompts, outputs = [], []
+    for seed, prompt in enumerate(["ROMEO:", "KING HENRY.", "First Citizen.\n", "O, what a"]):
+        ids = blocks[4].tokenizer.encode(prompt).ids
+        trace = explorer.generate(blocks[4], ids, gen_length=64, seed=seed, record="none")
+        assert trace.sampler["name"] == "first_hitting" and len(trace.final_tokens) == 64
+        prompts.append(ids)
+        outputs.append(trace.final_tokens)
+    assert generative_ppl(ar, prompts, outputs) < BD3_GEN_PPL_MAX
