@@ -136,7 +136,6 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
             gen_pos = (committed - P).cpu()
             confidence[gen_pos] = prob[chosen].cpu()
             proposal[(rows + lo - P).cpu()] = tokens.cpu()
-            proposal[gen_pos] = tokens[chosen].cpu()
             block_step += 1
             step += 1
             block_done = not bool((sequence[lo:hi] == mask_id).any())
