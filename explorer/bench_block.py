@@ -4,7 +4,7 @@
 2. Vectorized training step (one pass over x_t (+) x0) vs two forward passes.
 3. Fast-dLLM prefix and dual cache on a masked-diffusion checkpoint with 32-token blocks, alone and
    with threshold 0.9: wall time and generative perplexity judged by an AR checkpoint.
-4. Draft-and-refine vs plain AR and plain masked diffusion at equal network evaluations.
+4. Draft-and-refine vs plain AR and plain masked diffusion given the same budget of network evaluations.
 
 Every ratio comes from runs interleaved in one process (pairs alternate, the median ratio is kept).
 """
@@ -150,9 +150,11 @@ def block_table(r: dict) -> str:
                      f"{fd['block_length']}, {fd['samples']} prompts) | **{row['speedup']:.2f}x**, "
                      f"{row['nfe_mean']:.0f} vs {base['nfe_mean']:.0f} NFE; gen. PPL ({fd['judge']}) "
                      f"{row['gen_ppl']} vs {base['gen_ppl']} ({row['gen_ppl_change_pct']:+.1f}%) |")
-    lines += ["", f"Draft-and-refine at about equal network evaluations ({dr['gen_length']} tokens, "
-              f"{dr['samples']} prompts, judged by `{dr['judge']}`; unigram entropy in nats guards against "
-              "repetitive text scoring well):", "", "| method | NFE | gen. PPL | unigram entropy |", "|---|---|---|---|"]
+    lines += ["", f"Draft-and-refine against plain AR and plain masked diffusion given the same budget of network "
+              f"evaluations ({dr['gen_length']} tokens, {dr['samples']} prompts, judged by `{dr['judge']}`; AR and "
+              "masked diffusion cannot spend more than one evaluation per token, the NFE column shows what each "
+              "used; unigram entropy in nats guards against repetitive text scoring well):", "",
+              "| method | NFE | gen. PPL | unigram entropy |", "|---|---|---|---|"]
     for name, row in dr["methods"].items():
         lines.append(f"| {name} | {row['nfe_mean']:.0f} | {row['gen_ppl']} | {row['unigram_entropy']} |")
     return "\n".join(lines) + "\n"

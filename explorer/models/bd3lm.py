@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from explorer.models.base import LanguageModel
 from explorer.models.mdlm import low_discrepancy_t
-from explorer.nn import KVCache, TransformerConfig, bd3_dense_mask, bd3_flex_mask, block_causal_mask
-from explorer.nn.masks import two_pass_noisy_mask
+from explorer.nn import KVCache, TransformerConfig, bd3_flex_mask, block_causal_mask
+from explorer.nn.masks import bd3_split_mask, two_pass_noisy_mask
 
 BACKENDS = ("auto", "flex", "sdpa")
 # Published best clip windows [beta, omega] per block size (BD3-LM, Table 4 / Sec. 5).
@@ -33,7 +33,7 @@ class BD3LMConfig:
     )  # block-causal; masks are passed per call
     block_size: int = 16  # L': tokens per block (1 = autoregressive, max_seq_len = MDLM)
     eps: float = 1e-3  # smallest mask rate of the unclipped schedule
-    attention_backend: str = "auto"  # training pass: "flex", "sdpa" (dense mask), "auto" = flex on CUDA
+    attention_backend: str = "auto"  # training pass: "flex", "sdpa" (dense masks), "auto" = flex on CUDA
 
     def __post_init__(self):
         if self.backbone.attention != "block_causal":
@@ -109,11 +109,13 @@ class BD3LMModel(LanguageModel):
             if self._backend(device) == "flex":
                 mask = bd3_flex_mask(L, self.block_size, str(device))
             else:
-                mask = bd3_dense_mask(L, self.block_size, str(device))
-            logits = self.backbone(torch.cat([x_t, x0], dim=1), mask=mask, positions=positions.repeat(2))
-            return self._exclude_mask(logits[:, :L])
+                mask = bd3_split_mask(L, self.block_size, str(device))
+            logits = self.backbone(torch.cat([x_t, x0], dim=1), mask=mask, positions=positions.repeat(2),
+                                   logits_for=slice(0, L))
+            return self._exclude_mask(logits)
         cache = KVCache(self.config.backbone.n_layers)
-        self.backbone(x0, cache=cache, mask=block_causal_mask(positions, positions, self.block_size))
+        self.backbone(x0, cache=cache, mask=block_causal_mask(positions, positions, self.block_size),
+                      logits_for=slice(0, 0))  # only the keys/values of the clean pass are needed
         logits = self.backbone(x_t, cache=cache, start=L, store=0, positions=positions,
                                mask=two_pass_noisy_mask(L, self.block_size, str(device)))
         return self._exclude_mask(logits)
@@ -154,7 +156,8 @@ class BD3LMModel(LanguageModel):
         else:
             mask = block_causal_mask(torch.arange(start, end, device=device), torch.arange(end, device=device),
                                      block_size)
-        logits = self.backbone(window, cache=cache, mask=mask, start=start, store=store, logits_from=logits_from)
+        logits = self.backbone(window, cache=cache, mask=mask, start=start, store=store,
+                               logits_for=slice(logits_from, None))
         return self._exclude_mask(logits)
 
 

@@ -45,6 +45,15 @@ def bd3_dense_mask(seq_len: int, block_size: int, device: str = "cpu") -> torch.
 
 
 @functools.lru_cache(maxsize=16)
+def bd3_split_mask(seq_len: int, block_size: int, device: str = "cpu"):
+    """The same mask as two dense pieces (noisy queries over all keys; clean over clean), for SDPA."""
+    from explorer.nn.transformer import SplitMask
+
+    dense = bd3_dense_mask(seq_len, block_size, device)
+    return SplitMask(noisy=dense[:seq_len], clean=dense[seq_len:, seq_len:])
+
+
+@functools.lru_cache(maxsize=16)
 def bd3_flex_mask(seq_len: int, block_size: int, device: str = "cpu") -> BlockMask:
     """The same mask as a FlexAttention BlockMask (skips fully masked tiles on GPU)."""
     return create_block_mask(bd3_mask_mod(seq_len, block_size), None, None, 2 * seq_len, 2 * seq_len, device=device)

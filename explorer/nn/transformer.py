@@ -124,6 +124,15 @@ class KVCache:
         self.values = [None if v is None else v[:, :, :length] for v in self.values]
 
 
+@dataclass(frozen=True)
+class SplitMask:
+    """A mask over [first n queries | the rest] where the rest attend only to the rest (BD3-LM's
+    vectorized pass: clean tokens never see noisy ones), computed as two dense attention calls."""
+
+    noisy: torch.Tensor  # (n, Lk) boolean: the first n queries over all keys
+    clean: torch.Tensor  # (Lq - n, Lk - n) boolean: the other queries over the other keys
+
+
 class Attention(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -142,6 +151,11 @@ class Attention(nn.Module):
             k, v = cache.attend(layer, k, v, start, store)
         if isinstance(mask, BlockMask):
             y = flex_attention_fn(q.device)(q, k, v, block_mask=mask)
+        elif isinstance(mask, SplitMask):  # two dense calls that skip the empty clean -> noisy quadrant
+            n = mask.noisy.shape[0]
+            noisy = F.scaled_dot_product_attention(q[:, :, :n], k, v, attn_mask=mask.noisy)
+            clean = F.scaled_dot_product_attention(q[:, :, n:], k[:, :, n:], v[:, :, n:], attn_mask=mask.clean)
+            y = torch.cat([noisy, clean], dim=2)  # (B, H, L, Dh)
         else:
             is_causal = False
             if mask is None and self.mode == "causal" and L > 1:
@@ -212,11 +226,11 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False,
                 mask=None, positions: torch.Tensor | None = None, start: int | None = None,
-                store: int | None = None, logits_from: int = 0):
-        """`mask`: None (the config's mode), a boolean (Lq, Lk) tensor (True = may attend) or a BlockMask.
+                store: int | None = None, logits_for: slice = slice(None)):
+        """`mask`: None (the config's mode), a boolean (Lq, Lk) tensor (True = may attend), a SplitMask or a BlockMask.
         `positions`: (L,) rotary positions, default start..start+L. With a cache, the window starts at
         `start` (default: after the cached positions) and its first `store` positions (default all)
-        are written back to the cache. `logits_from`: skip the head for the window's first positions."""
+        are written back to the cache. `logits_for`: the positions that need logits (the head is skipped elsewhere)."""
         B, L = input_ids.shape
         if start is None:
             start = cache.length if cache is not None else 0
@@ -232,7 +246,7 @@ class Transformer(nn.Module):
         if cache is not None and store:
             cache.length = max(cache.length, start + store)
         hidden = self.norm(x)  # (B, L, d)
-        logits = self.head(hidden[:, logits_from:])  # (B, L - logits_from, V)
+        logits = self.head(hidden[:, logits_for])  # (B, positions in logits_for, V)
         return (logits, hidden) if return_hidden else logits
 
     def num_parameters(self) -> int:
