@@ -33,8 +33,6 @@ class ARModel(LanguageModel):
         """(B, L) ids in model order -> logits (B, L, V) for the next token at each position."""
         return self.backbone(input_ids, cache=cache, return_hidden=return_hidden)
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.config.backbone.n_layers)
 
     def to_model_order(self, ids: torch.Tensor) -> torch.Tensor:
         return ids.flip(-1) if self.config.direction == "r2l" else ids

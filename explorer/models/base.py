@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from explorer.data.tokenizer import BOS, EOS, MASK, PAD, load_tokenizer
-from explorer.nn import Transformer, TransformerConfig
+from explorer.nn import KVCache, Transformer, TransformerConfig
 
 WEIGHTS = "model.safetensors"
 TIED_HEAD = "backbone.head.weight"  # shares the embedding matrix when tie_embeddings; stored once
@@ -63,6 +63,10 @@ class LanguageModel(nn.Module):
 
     def num_parameters(self) -> int:
         return self.backbone.num_parameters()
+
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for this backbone (exact for ar and bd3lm, approximate for mdlm)."""
+        return KVCache(self.config.backbone.n_layers)
 
     def config_dict(self) -> dict:
         return {"family": self.family, "model": asdict(self.config)}

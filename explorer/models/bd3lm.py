@@ -113,7 +113,7 @@ class BD3LMModel(LanguageModel):
             logits = self.backbone(torch.cat([x_t, x0], dim=1), mask=mask, positions=positions.repeat(2),
                                    logits_for=slice(0, L))
             return self._exclude_mask(logits)
-        cache = KVCache(self.config.backbone.n_layers)
+        cache = self.new_cache()
         self.backbone(x0, cache=cache, mask=block_causal_mask(positions, positions, self.block_size),
                       logits_for=slice(0, 0))  # only the keys/values of the clean pass are needed
         logits = self.backbone(x_t, cache=cache, start=L, store=0, positions=positions,
@@ -141,8 +141,6 @@ class BD3LMModel(LanguageModel):
 
     # --- sampling -------------------------------------------------------------------------------
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.config.backbone.n_layers)
 
     def window_logits(self, window: torch.Tensor, start: int, cache: KVCache | None, store: int,
                       block_size: int | None = None, logits_from: int = 0) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from explorer.models.base import LanguageModel
-from explorer.nn import KVCache, TransformerConfig
+from explorer.nn import TransformerConfig
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,6 @@ class MDLMModel(LanguageModel):
         logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
         return (logits, hidden) if return_hidden else logits
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.config.backbone.n_layers)
 
     def forward(self, x_t: torch.Tensor, return_hidden: bool = False):
         """SUBS logits (B, L, V): masked positions get the denoiser's logits; unmasked ones carry over
