@@ -18,11 +18,14 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (saving state) after this wall time")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cpu or cuda")
     kinds = {"int": int, "float": float, "int | None": int}
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "family":
             p.add_argument(flag, required=True, choices=sorted(FAMILIES))
+        elif f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             p.add_argument(flag, type=kinds.get(f.type, str), default=f.default)
     return p
@@ -36,7 +39,7 @@ def cmd_train(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    out = train(cfg, args.out, resume=args.resume, max_minutes=args.max_minutes)
+    out = train(cfg, args.out, resume=args.resume, max_minutes=args.max_minutes, device=args.device)
     print(f"saved {out}")
 
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from explorer.data import TokenStream, load_corpus, load_tokenizer, split_works, train_tokenizer
 from explorer.data.corpus import DATA_DIR
-from explorer.models import FAMILIES, ARConfig, BD3LMConfig, MDLMConfig
+from explorer.models import FAMILIES, ARConfig, BD3LMConfig, CDCDConfig, MDLMConfig
 from explorer.models.base import atomic_write, load_folder
 from explorer.models.bd3lm import PUBLISHED_CLIP, check_clip, clip_variance
 from explorer.nn import preset
@@ -33,7 +33,7 @@ RESUMABLE_CHANGES = {"steps", "eval_every", "save_every"}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    family: str  # "ar", "mdlm" or "bd3lm"
+    family: str  # "ar", "mdlm", "bd3lm" or "cdcd"
     preset: str = "tiny"  # backbone preset from explorer.nn.PRESETS
     steps: int = 10000  # length of the learning-rate schedule (total optimizer steps)
     batch_size: int = 16  # windows per step
@@ -54,6 +54,9 @@ class TrainConfig:
     init: str | None = None  # start from this checkpoint's weights (name or folder), e.g. bd3lm from mdlm-tiny
     block_size: int = 16  # bd3lm only: tokens per block L'
     clip: str = "published"  # bd3lm only: mask-rate window: "published", "search", "none" or "beta,omega"
+    time_warping: bool = True  # cdcd only: draw noise levels through the learned loss CDF (False: uniform in log t)
+    t_min: float = 1.0  # cdcd only: smallest noise scale
+    t_max: float = 300.0  # cdcd only: largest noise scale
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -67,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.family == "bd3lm":
             parse_clip(self.clip, self.block_size)
+        if not 0 < self.t_min < self.t_max:
+            raise ValueError(f"t_min must be > 0 and < t_max, got t_min={self.t_min}, t_max={self.t_max}")
 
 
 def parse_clip(clip: str, block_size: int) -> tuple[float, float] | None | str:
@@ -95,6 +100,9 @@ def build_model(cfg: TrainConfig, tokenizer):
                              block_size=cfg.block_size)
         if cfg.seq_len % cfg.block_size:
             raise ValueError(f"seq_len ({cfg.seq_len}) must be a multiple of block_size ({cfg.block_size})")
+    elif cfg.family == "cdcd":
+        config = CDCDConfig(backbone=preset(cfg.preset, attention="bidirectional", time_conditioning=True, **overrides),
+                            t_min=cfg.t_min, t_max=cfg.t_max, time_warping=cfg.time_warping)
     else:
         config = MDLMConfig(backbone=preset(cfg.preset, attention="bidirectional", **overrides))
     if cfg.seq_len > config.backbone.max_seq_len:
@@ -145,7 +153,7 @@ def estimate_loss(model, stream: TokenStream, cfg: TrainConfig, batches: int = 8
     windows = stream.windows(cfg.seq_len)[: batches * cfg.batch_size]
     total, tokens = 0.0, 0
     for batch in windows.split(cfg.batch_size):
-        out = model.loss(batch, generator=generator)
+        out = model.loss(batch.to(model.device), generator=generator)
         total, tokens = total + float(out["nll_sum"]), tokens + out["tokens"]
     model.train()
     return total / tokens
@@ -172,7 +180,7 @@ def save_state(state_dir: Path, model, optimizer, step: int, extra: dict) -> Non
     for index, param in enumerate(model.parameters()):
         for name, value in optimizer.state.get(param, {}).items():
             if torch.is_tensor(value) and value.dim() > 0:
-                moments[f"{index}.{name}"] = value.contiguous()
+                moments[f"{index}.{name}"] = value.detach().cpu().contiguous()
     opt_steps = {str(i): float(optimizer.state[p]["step"]) for i, p in enumerate(model.parameters()) if p in optimizer.state}
     atomic_write(state_dir / "weights.safetensors", lambda tmp: save_file(weights, str(tmp)))
     atomic_write(state_dir / "optimizer.safetensors", lambda tmp: save_file(moments, str(tmp)))
@@ -182,8 +190,9 @@ def save_state(state_dir: Path, model, optimizer, step: int, extra: dict) -> Non
 
 def load_state(state_dir: Path, model, optimizer) -> dict:
     meta = json.loads((state_dir / "state.json").read_text())
+    device = model.device
     model.load_state_dict(model.with_tied_head(load_file(str(state_dir / "weights.safetensors"))))
-    moments = load_file(str(state_dir / "optimizer.safetensors"))
+    moments = load_file(str(state_dir / "optimizer.safetensors"), device=str(device))
     for index, param in enumerate(model.parameters()):
         if str(index) in meta["optimizer_steps"]:
             optimizer.state[param] = {
@@ -197,8 +206,8 @@ def load_state(state_dir: Path, model, optimizer) -> dict:
 # --- the loop --------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: float | None = None,
-          progress: bool = True) -> Path:
-    """Train until `cfg.steps` (or `max_minutes` of wall time, then save for `--resume`)."""
+          progress: bool = True, device: str = "cpu") -> Path:
+    """Train until `cfg.steps` (or `max_minutes` of wall time, then save for `--resume`) on `device`."""
     out = Path(out)
     state_dir = out / "train_state"
     log_path = out / "train_log.jsonl"
@@ -217,7 +226,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: 
     tokenizer = load_tokenizer(out) if resume else tokenizer_for(cfg, works)
     train_stream = TokenStream(works, "train", tokenizer)
     val_stream = TokenStream(works, "val", tokenizer)
-    model = build_model(cfg, tokenizer).train()
+    model = build_model(cfg, tokenizer).to(device).train()
     optimizer = make_optimizer(model, cfg)
     step, tokens_seen, wall = 0, 0, 0.0
     clip_info: dict = {}
@@ -248,7 +257,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: 
             t0 = time.time()
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout noise of this step
-            batch = train_stream.random_batch(cfg.batch_size, cfg.seq_len, generator)
+            batch = train_stream.random_batch(cfg.batch_size, cfg.seq_len, generator).to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
             out_loss = model.loss(batch, generator=generator, **loss_kwargs)
@@ -261,6 +270,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: 
             wall += time.time() - t0
             record = {"step": step, "loss": round(out_loss["loss"].item(), 5), "lr": lr_at(cfg, step - 1),
                       "grad_norm": round(float(grad_norm), 4), "tokens_seen": tokens_seen, "wall_s": round(wall, 2)}
+            if "warp_loss" in out_loss:
+                record["warp_loss"] = round(out_loss["warp_loss"].item(), 5)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 record["val_loss"] = round(estimate_loss(model, val_stream, cfg), 5)
                 bar.set_postfix(val=record["val_loss"])

@@ -62,7 +62,7 @@ class LanguageModel(nn.Module):
         return self.backbone.embed.weight.device
 
     def num_parameters(self) -> int:
-        return self.backbone.num_parameters()
+        return sum(p.numel() for p in self.parameters())
 
     def new_cache(self) -> KVCache:
         """An empty key/value cache for this backbone (exact for ar and bd3lm, approximate for mdlm)."""

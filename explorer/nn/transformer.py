@@ -33,6 +33,7 @@ class TransformerConfig:
     norm_eps: float = 1e-5  # RMSNorm epsilon
     dropout: float = 0.0  # dropout on attention output and MLP output during training
     tie_embeddings: bool = True  # output head shares the token embedding matrix
+    time_conditioning: bool = False  # adaptive norms driven by a noise level per row (cdcd only)
 
     def __post_init__(self):
         if self.attention not in ATTENTION_MODES:
@@ -176,6 +177,24 @@ def flex_attention_fn(device: torch.device):
     return flex_attention
 
 
+class TimeEmbedding(nn.Module):
+    """A noise feature per row (B,) -> a conditioning vector (B, d): sinusoids, then a small MLP."""
+
+    def __init__(self, d_model: int, n_frequencies: int = 64):
+        super().__init__()
+        # periods from 2*pi to about 2*pi / 1000 over the feature's range (log(t) / 4 is within [0, 1.5])
+        self.register_buffer("frequencies", torch.logspace(0, 3, n_frequencies), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * n_frequencies, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        angles = feature.float()[:, None] * self.frequencies  # (B, F)
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))  # (B, d)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
 class SwiGLU(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -195,10 +214,17 @@ class Block(nn.Module):
         self.attn = Attention(config)
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config)
+        # adaptive norm (DiT's adaLN, with gates 1 + g): zero-initialised, so at init the block is the plain one
+        self.modulation = nn.Linear(config.d_model, 6 * config.d_model) if config.time_conditioning else None
 
-    def forward(self, x, angles, layer, cache, start, store, mask):
-        x = x + self.attn(self.attn_norm(x), angles, layer, cache, start, store, mask)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x, angles, layer, cache, start, store, mask, condition=None):
+        if self.modulation is None:
+            x = x + self.attn(self.attn_norm(x), angles, layer, cache, start, store, mask)
+            return x + self.mlp(self.mlp_norm(x))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(condition))[:, None].chunk(6, dim=-1)
+        h = self.attn(modulate(self.attn_norm(x), shift1, scale1), angles, layer, cache, start, store, mask)
+        x = x + (1 + gate1) * h
+        return x + (1 + gate2) * self.mlp(modulate(self.mlp_norm(x), shift2, scale2))
 
 
 class Transformer(nn.Module):
@@ -214,10 +240,17 @@ class Transformer(nn.Module):
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
+        if config.time_conditioning:
+            self.time_embedding = TimeEmbedding(config.d_model)
+            self.final_modulation = nn.Linear(config.d_model, 2 * config.d_model)  # shift, scale of the last norm
         self.apply(self._init_weights)
         for block in self.blocks:  # scale residual projections by depth (GPT-2)
             for proj in (block.attn.out, block.mlp.down):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * config.n_layers))
+        if config.time_conditioning:
+            for layer in [block.modulation for block in self.blocks] + [self.final_modulation]:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     @staticmethod
     def _init_weights(module: nn.Module):
@@ -226,26 +259,36 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False,
                 mask=None, positions: torch.Tensor | None = None, start: int | None = None,
-                store: int | None = None, logits_for: slice = slice(None)):
-        """`mask`: None (the config's mode), a boolean (Lq, Lk) tensor (True = may attend), a SplitMask or a BlockMask.
+                store: int | None = None, logits_for: slice = slice(None), embeds: torch.Tensor | None = None,
+                noise_feature: torch.Tensor | None = None):
+        """`input_ids` (B, L), or `embeds` (B, L, d) given instead (continuous inputs; pass input_ids=None).
+        `noise_feature` (B,): the noise level per row, required by (and only by) time-conditioned configs.
+        `mask`: None (the config's mode), a boolean (Lq, Lk) tensor (True = may attend), a SplitMask or a BlockMask.
         `positions`: (L,) rotary positions, default start..start+L. With a cache, the window starts at
         `start` (default: after the cached positions) and its first `store` positions (default all)
         are written back to the cache. `logits_for`: the positions that need logits (the head is skipped elsewhere)."""
-        B, L = input_ids.shape
+        B, L = input_ids.shape if embeds is None else embeds.shape[:2]
+        device = (input_ids if embeds is None else embeds).device
+        if (noise_feature is None) == self.config.time_conditioning:
+            raise ValueError("noise_feature (B,) is required by time-conditioned backbones and accepted only by them")
         if start is None:
             start = cache.length if cache is not None else 0
         store = L if store is None else store
         if positions is None:
             if start + L > self.config.max_seq_len:
                 raise ValueError(f"sequence of {start + L} tokens exceeds max_seq_len {self.config.max_seq_len}")
-            positions = torch.arange(start, start + L, device=input_ids.device)
+            positions = torch.arange(start, start + L, device=device)
         angles = self.rotary.angles(positions)
-        x = self.embed(input_ids)  # (B, L, d)
+        x = self.embed(input_ids) if embeds is None else embeds  # (B, L, d)
+        condition = None if noise_feature is None else self.time_embedding(noise_feature)  # (B, d)
         for i, block in enumerate(self.blocks):
-            x = block(x, angles, i, cache, start, store, mask)
+            x = block(x, angles, i, cache, start, store, mask, condition)
         if cache is not None and store:
             cache.length = max(cache.length, start + store)
         hidden = self.norm(x)  # (B, L, d)
+        if condition is not None:
+            shift, scale = self.final_modulation(F.silu(condition))[:, None].chunk(2, dim=-1)
+            hidden = modulate(hidden, shift, scale)
         logits = self.head(hidden[:, logits_for])  # (B, positions in logits_for, V)
         return (logits, hidden) if return_hidden else logits
 
