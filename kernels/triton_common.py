@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-NEG_INF = float("-inf")
+NEG_INF = tl.constexpr(float("-inf"))  # compiled kernels may read only constexpr globals
 
 
 def dot_precision(dtype: torch.dtype) -> str:

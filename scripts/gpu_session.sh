@@ -12,10 +12,11 @@ for v in time-warping no-time-warping; do
     --eval-every 1000 --save-every 1000 --$v > /tmp/probe-$v.log 2>&1 &
 done
 wait $(jobs -p | grep -v "^$checks$")
+tail -c 1500 /tmp/probe-time-warping.log
 tail -2 /tmp/probe-time-warping/train_log.jsonl
 rate=$(python3 -c "
 import json; r=[json.loads(l) for l in open('/tmp/probe-time-warping/train_log.jsonl')]
-print((r[-1]['step']-r[19]['step'])/(r[-1]['wall_s']-r[19]['wall_s']))")
+print((r[-1]['step']-r[19]['step'])/(r[-1]['wall_s']-r[19]['wall_s']))") || exit 1
 steps=$(python3 -c "print(int($rate * ${TRAIN_SECONDS:-320} * 0.93 // 100 * 100))")
 echo "rate $rate steps/s -> $steps steps"
 for v in time-warping no-time-warping; do

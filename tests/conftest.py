@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from explorer.data import load_tokenizer
-from explorer.models import ARConfig, ARModel, BD3LMConfig, BD3LMModel, MDLMConfig, MDLMModel
+from explorer.models import ARConfig, ARModel, BD3LMConfig, BD3LMModel, CDCDConfig, CDCDModel, MDLMConfig, MDLMModel
 from explorer.nn import TransformerConfig
 from explorer.train import SHIPPED_TOKENIZER
 
@@ -56,6 +56,13 @@ def tiny_bd3lm(tokenizer):
     torch.manual_seed(0)
     backbone = tiny_backbone("block_causal").with_(max_seq_len=32)
     return BD3LMModel(BD3LMConfig(backbone=backbone, block_size=8), tokenizer).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_cdcd(tokenizer):
+    torch.manual_seed(0)
+    backbone = tiny_backbone("bidirectional").with_(time_conditioning=True, max_seq_len=48)
+    return CDCDModel(CDCDConfig(backbone=backbone, embed_dim=16, warp_bins=20), tokenizer).eval()
 
 
 class MockDenoiser:

@@ -83,7 +83,7 @@ class BD3LMModel(LanguageModel):
     def mask_blocks(self, x0: torch.Tensor, rates: torch.Tensor, clip=None, generator=None):
         """Mask each block at its rate; with a clip window, redraw blocks whose masked fraction falls outside it."""
         B, L = x0.shape
-        per_token = rates.repeat_interleave(self.block_size, dim=1)  # (B, L)
+        per_token = rates.cpu().repeat_interleave(self.block_size, dim=1)  # (B, L), drawn on the CPU generator
         masked = torch.rand(x0.shape, generator=generator) < per_token
         if clip is not None:
             lo, hi = clip

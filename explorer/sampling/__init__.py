@@ -10,6 +10,7 @@ import torch
 from explorer.data.tokenizer import display_string
 from explorer.sampling.autoregressive import ARParams, autoregressive
 from explorer.sampling.block import BlockParams, block_diffusion
+from explorer.sampling.continuous import ContinuousParams, continuous_diffusion
 from explorer.sampling.refine import RefineParams, draft_and_refine
 from explorer.sampling.masked import REMASKING_RULES, AncestralParams, MaskedParams, ancestral, masked_diffusion
 from explorer.sampling.trace import RECORD_LEVELS, SCHEMA, Frame, Trace
@@ -19,7 +20,8 @@ MASKED_SAMPLERS = REMASKING_RULES + ("threshold", "factor", "ancestral", "draft_
 AR_SAMPLERS = ("ar",)
 # bd3lm: "first_hitting" is BD3-LM's sampler (one random masked token per step, nucleus 0.9).
 BLOCK_SAMPLERS = ("first_hitting",) + tuple(r for r in REMASKING_RULES if r != "random") + ("threshold",)
-SAMPLERS = {"mdlm": MASKED_SAMPLERS, "ar": AR_SAMPLERS, "bd3lm": BLOCK_SAMPLERS}
+CONTINUOUS_SAMPLERS = ("euler",)  # cdcd: Euler steps of the ODE with score interpolation
+SAMPLERS = {"mdlm": MASKED_SAMPLERS, "ar": AR_SAMPLERS, "bd3lm": BLOCK_SAMPLERS, "cdcd": CONTINUOUS_SAMPLERS}
 
 
 def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = None, steps: int | None = None,
@@ -27,7 +29,8 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
                   cfg_scale: float = 0.0, threshold: float | None = None, factor: float | None = None,
                   pinned: dict[int, int] | None = None, cache: str = "none", kv_cache: bool | None = None,
                   stop_at_eos: bool = True, entropy_window: int = 256, min_entropy: float = 4.0,
-                  drafter: str = "ar-tiny", rounds: int = 2, fraction: float = 0.25):
+                  drafter: str = "ar-tiny", rounds: int = 2, fraction: float = 0.25, schedule: str = "auto",
+                  churn: float = 0.0, clamp: bool = False):
     """Return (params, frames_fn) for a family and sampler name; raises ValueError naming bad knobs."""
     names = SAMPLERS.get(family)
     if names is None:
@@ -42,6 +45,18 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
     if cache != "none" and family != "mdlm":
         raise ValueError(f"cache={cache!r} (Fast-dLLM's approximate cache) applies to the mdlm family only"
                          + ("; use kv_cache=True|False" if family == "bd3lm" else ""))
+    if family != "cdcd" and (schedule != "auto" or churn or clamp):
+        raise ValueError("schedule, churn and clamp are knobs of continuous diffusion (the cdcd family)")
+    if family == "cdcd":
+        unsupported = {"block_length": block_length, "top_k": top_k, "top_p": top_p, "threshold": threshold,
+                       "factor": factor}
+        given = [k for k, v in unsupported.items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} do not apply to continuous diffusion (cdcd); its knobs are steps, "
+                             "schedule, temperature, churn, cfg_scale, clamp and pinned")
+        params = ContinuousParams(64 if gen_length is None else gen_length, 200 if steps is None else steps, schedule,
+                                  1.0 if temperature is None else temperature, churn, cfg_scale, clamp, pinned)
+        return params, continuous_diffusion
     if family == "bd3lm":
         if pinned:
             raise ValueError("pinned tokens are not supported by block diffusion sampling; use an mdlm checkpoint")

@@ -27,7 +27,9 @@ class Frame:
     latent: list[list[float]] | None = None  # level "full": continuous state per position, where the family has one
     cache: str | None = None  # cache behind this step's network call: "kv" (exact), "prefix"/"dual" (approximate), "refresh"
     stop: str | None = None  # final frame of variable-length sampling: "eos", "entropy" or "length"
-    revised: list[int] | None = None  # draft-and-refine: positions whose token now differs from the draft
+    revised: list[int] | None = None  # positions whose token changed (draft-and-refine: vs the draft; cdcd: vs the last step)
+    noise: float | None = None  # cdcd: the Gaussian noise scale sigma of the state after this step (0 = clean)
+    entropy: list[float] | None = None  # level "full", cdcd: entropy (nats) of the model's softmax per position
 
 
 @dataclass

@@ -70,3 +70,81 @@ def project(points, method: str = "pca", seed: int = 0, n_neighbors: int = 15, m
     if parts is not None:
         coords = np.split(coords, np.cumsum([len(p) for p in parts])[:-1])
     return Projection(method=method, coords=coords, params=params, note=note)
+
+
+def _as_traces(traces) -> list:
+    return list(traces) if isinstance(traces, (list, tuple)) else [traces]
+
+
+def trajectory_points(trace, position: int) -> np.ndarray:
+    """(frames, De) states of one generated position as the network sees them: x_t / sqrt(1 + sigma^2).
+
+    The raw state's scale grows with the noise (sigma up to t_max); the network's input scaling puts
+    every step on the scale of the embeddings, so noise and tokens share one picture.
+    """
+    rows = []
+    for frame in trace.frames:
+        if frame.latent is None:
+            raise ValueError("the trace has no latents; record it at level 'full' (record='full')")
+        sigma = frame.noise or 0.0
+        rows.append(np.asarray(frame.latent[position], dtype=np.float64) / np.sqrt(1.0 + sigma**2))
+    return np.stack(rows)
+
+
+def latent_trajectories(traces, embeddings, vocab_strings: list[str], positions: list[int] | None = None,
+                        method: str = "pca", seed: int = 0, max_positions: int = 8):
+    """Plotly figure: the vocabulary's embedding cloud and the paths of chosen positions from noise to tokens.
+
+    `traces`: one cdcd Trace recorded at level "full", or a list (compared runs share the axes).
+    `embeddings` (V, De): the model's token points (`model.embeddings()`); `vocab_strings[i]` labels token i.
+    One projection (`project`) is fitted over the cloud and every plotted step; its method and
+    parameters are stored in `fig.layout.meta` so the picture can be reproduced elsewhere.
+    """
+    import plotly.graph_objects as go
+
+    from explorer.viz.tokens import COLORSCALE
+
+    traces = _as_traces(traces)
+    cloud = np.asarray(embeddings, dtype=np.float64)
+    generated = len(traces[0].frames[-1].tokens)
+    positions = list(range(min(generated, max_positions))) if positions is None else list(positions)
+    for p in positions:
+        if not 0 <= p < generated:
+            raise ValueError(f"positions must be in [0, {generated - 1}], got {p}")
+    paths = [(r, p, trajectory_points(trace, p)) for r, trace in enumerate(traces) for p in positions]
+    projection = project([cloud] + [path for _, _, path in paths], method=method, seed=seed)
+    cloud_xy, path_xy = projection.coords[0], projection.coords[1:]
+    fig = go.Figure()
+    fig.add_trace(go.Scattergl(
+        x=cloud_xy[:, 0], y=cloud_xy[:, 1], mode="markers", name="vocabulary", text=vocab_strings,
+        marker={"size": 4, "color": "#b0b0b0", "opacity": 0.5},
+        hovertemplate="token %{text}<extra>vocabulary</extra>",
+    ))
+    symbols = ("circle", "diamond", "square", "triangle-up")
+    for (run, pos, _), xy in zip(paths, path_xy):
+        trace = traces[run]
+        steps = [f.step for f in trace.frames]
+        guesses = [trace.token_strings.get(f.tokens[pos], str(f.tokens[pos])) for f in trace.frames]
+        label = f"pos {pos}" + (f" · run {run + 1}" if len(traces) > 1 else "")
+        fig.add_trace(go.Scatter(
+            x=xy[:, 0], y=xy[:, 1], mode="lines+markers", name=label, line={"width": 1, "color": "#888888"},
+            marker={"size": 6, "color": steps, "colorscale": COLORSCALE, "cmin": 0, "cmax": max(steps),
+                    "symbol": symbols[run % len(symbols)], "showscale": (run, pos) == paths[0][:2],
+                    "colorbar": {"title": "step"}},
+            customdata=np.stack([steps, [f.noise or 0.0 for f in trace.frames]], axis=1), text=guesses,
+            hovertemplate=f"{label}<br>step %{{customdata[0]}} (sigma %{{customdata[1]:.3g}})"
+                          "<br>nearest token %{text}<extra></extra>",
+        ))
+        fig.add_annotation(x=xy[-1, 0], y=xy[-1, 1], text=guesses[-1], showarrow=False, yshift=10, font={"size": 11})
+    fig.update_layout(
+        title={"text": f"{method.upper()} of the embedding space: paths from noise to tokens"
+                       + (f" ({projection.note})" if projection.note else ""), "font": {"size": 13}},
+        xaxis_title="component 1", yaxis_title="component 2", height=520, showlegend=True,
+        margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        meta={"method": projection.method, "params": _jsonable(projection.params)},
+    )
+    return fig
+
+
+def _jsonable(params: dict) -> dict:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in params.items()}

@@ -10,13 +10,18 @@ from explorer.sampling.trace import Trace
 from explorer.viz.tokens import COLORSCALE
 
 
-def confidence_matrix(trace: Trace, upto: int = -1) -> list[list[float | None]]:
-    """(steps, positions): confidence of each position's proposal at each recorded step (None = unknown)."""
+def step_matrix(trace: Trace, field: str = "confidence", upto: int = -1) -> list[list[float | None]]:
+    """(steps, positions): a per-position frame field ("confidence" or "entropy") at each recorded step (None = unknown)."""
     rows = []
     for frame in trace.frames[: upto % len(trace.frames) + 1]:
-        conf = frame.confidence or [None] * len(frame.tokens or [])
-        rows.append([None if c is None or (isinstance(c, float) and math.isnan(c)) else c for c in conf])
+        values = getattr(frame, field) or [None] * len(frame.tokens or [])
+        rows.append([None if c is None or (isinstance(c, float) and math.isnan(c)) else c for c in values])
     return rows
+
+
+def confidence_matrix(trace: Trace, upto: int = -1) -> list[list[float | None]]:
+    """(steps, positions): confidence of each position's proposal at each recorded step (None = unknown)."""
+    return step_matrix(trace, "confidence", upto)
 
 
 def confidence_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
@@ -43,5 +48,27 @@ def confidence_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
         xaxis_title="position", yaxis_title="step", yaxis_autorange="reversed", height=360,
         margin={"l": 50, "r": 20, "t": 30, "b": 40}, legend={"orientation": "h", "y": 1.08},
         title={"text": f"{trace.model.get('name')} · {trace.sampler.get('name')}", "font": {"size": 13}},
+    )
+    return fig
+
+
+def entropy_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
+    """Heatmap of the softmax entropy (nats) per position over steps: the superposition of tokens collapsing.
+
+    Needs a continuous-diffusion trace recorded at level "full" (frames carry `entropy`).
+    """
+    frames = trace.frames[: upto % len(trace.frames) + 1]
+    if not any(f.entropy for f in frames):
+        raise ValueError("the trace has no entropies; record a cdcd run at level 'full'")
+    fig = go.Figure(go.Heatmap(
+        z=step_matrix(trace, "entropy", upto), y=[f.step for f in frames], colorscale=COLORSCALE, zmin=0,
+        reversescale=True, colorbar={"title": "entropy (nats)"},
+        customdata=[[f.noise or 0.0] * len(f.tokens) for f in frames],
+        hovertemplate="position %{x}<br>step %{y} (sigma %{customdata:.3g})<br>entropy %{z:.2f} nats<extra></extra>",
+    ))
+    fig.update_layout(
+        xaxis_title="position", yaxis_title="step", yaxis_autorange="reversed", height=360,
+        margin={"l": 50, "r": 20, "t": 30, "b": 40},
+        title={"text": f"{trace.model.get('name')} · entropy of the softmax per position", "font": {"size": 13}},
     )
     return fig
