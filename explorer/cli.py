@@ -45,6 +45,7 @@ def cmd_train(args):
 
 def _add_sample(sub):
     from explorer.sampling import BLOCK_SAMPLERS, MASKED_SAMPLERS, RECORD_LEVELS
+    from explorer.sampling.continuous import SCHEDULES
 
     p = sub.add_parser("sample", help="generate text, optionally writing the trace")
     p.add_argument("--checkpoint", required=True, help="shipped name (python -m explorer list) or folder")
@@ -54,7 +55,7 @@ def _add_sample(sub):
                    help="denoising steps (default: gen-length; bd3lm: steps per block, default the block length)")
     p.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default: gen-length)")
     p.add_argument("--sampler", default=None,
-                   help=f"mdlm: {', '.join(MASKED_SAMPLERS)}; bd3lm: {', '.join(BLOCK_SAMPLERS)}; ar: ar")
+                   help=f"mdlm: {', '.join(MASKED_SAMPLERS)}; bd3lm: {', '.join(BLOCK_SAMPLERS)}; ar: ar; cdcd: euler")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -69,6 +70,10 @@ def _add_sample(sub):
     p.add_argument("--drafter", default="ar-tiny", help="draft_refine: the ar or bd3lm checkpoint that drafts")
     p.add_argument("--rounds", type=int, default=2, help="draft_refine: refinement rounds")
     p.add_argument("--fraction", type=float, default=0.25, help="draft_refine: share of the draft remasked per round")
+    p.add_argument("--schedule", default="auto", choices=SCHEDULES,
+                   help="cdcd: Euler step placement (warped = the learned time warping, log = even in log t)")
+    p.add_argument("--churn", type=float, default=0.0, help="cdcd: stochastic churn (0 = the deterministic ODE)")
+    p.add_argument("--clamp", action="store_true", help="cdcd: Diffusion-LM clamping (snap E[x0] to a token)")
     p.add_argument("--pin", action="append", default=[], metavar="POS:TEXT", help="pin text at a generated position")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", default="tokens", choices=RECORD_LEVELS)
@@ -104,6 +109,8 @@ def cmd_sample(args):
             knobs |= dict(drafter=args.drafter, rounds=args.rounds, fraction=args.fraction)
     if model.family == "bd3lm":
         knobs |= dict(kv_cache=not args.no_kv_cache, min_entropy=args.min_entropy)
+    if model.family == "cdcd":
+        knobs |= dict(schedule=args.schedule, churn=args.churn, clamp=args.clamp)
     description, prompt_ids, frames_iter = stream(model, args.prompt, args.sampler, args.seed, record, **knobs)
     frames, started = [], time.perf_counter()
     for frame in frames_iter:
@@ -177,9 +184,11 @@ def cmd_list(args):
 
 def _add_bench(sub):
     p = sub.add_parser("bench", help="benchmarks, written as JSON and a markdown table")
-    p.add_argument("suite", choices=["sampling", "kernels", "block"])
+    p.add_argument("suite", choices=["sampling", "kernels", "block", "continuous"])
     p.add_argument("--checkpoint", default="mdlm-tiny", help="masked-diffusion checkpoint")
     p.add_argument("--block-checkpoint", default="bd3lm-tiny-b16", help="block: the block-diffusion checkpoint")
+    p.add_argument("--continuous-checkpoint", nargs="+", default=["cdcd-tiny", "cdcd-tiny-nowarp"],
+                   help="continuous: cdcd checkpoints (the first is the main one; the others are compared with it)")
     p.add_argument("--judge", default="ar-tiny", help="AR checkpoint judging generative perplexity")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="output (default bench_results/<suite>.json)")
@@ -199,6 +208,11 @@ def cmd_bench(args):
         from explorer.bench_block import run_block_bench
 
         run_block_bench(args.block_checkpoint, args.checkpoint, args.judge, args.repeats, json_path=json_path)
+        return
+    if args.suite == "continuous":
+        from explorer.bench_continuous import run_continuous_bench
+
+        run_continuous_bench(args.continuous_checkpoint, args.checkpoint, args.judge, json_path=json_path)
         return
     from explorer.bench import run_sampling_bench
 

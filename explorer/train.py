@@ -125,6 +125,13 @@ def init_from(model, checkpoint: str) -> None:
     model.backbone.load_state_dict(theirs)
 
 
+def device_name(device: str) -> str:
+    """What trained the model, for the card: the GPU's name, or the CPU with its torch threads."""
+    if torch.device(device).type == "cuda":
+        return f"one {torch.cuda.get_device_name(device)} GPU"
+    return f"a CPU ({torch.get_num_threads()} torch threads)"
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -243,7 +250,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: 
     loss_kwargs = {"clip": tuple(clip_info["window"]) if clip_info.get("window") else None} if cfg.family == "bd3lm" else {}
 
     def checkpoint():
-        extra = {"tokens_seen": tokens_seen, "wall_s": round(wall, 1), "train_config": asdict(cfg)}
+        extra = {"tokens_seen": tokens_seen, "wall_s": round(wall, 1), "train_config": asdict(cfg),
+                 "device": device_name(device)}
         if clip_info:
             extra["clip"] = clip_info
         save_state(state_dir, model, optimizer, step, extra)

@@ -38,7 +38,7 @@ def test_generate_streams_one_update_per_step(client):
 
 def test_replay_redraws_a_stored_frame(client):
     call(client, gen_length=16, steps=16, block_length=16)
-    view, _plot = client.predict(4, "commit_step", api_name="/replay")
+    view, _plot, _latent = client.predict(4, "commit_step", api_name="/replay")
     assert view.count('class="dlm-token"') == 4 and view.count('class="dlm-mask"') == 12, view
 
 

@@ -92,13 +92,14 @@ def trajectory_points(trace, position: int) -> np.ndarray:
 
 
 def latent_trajectories(traces, embeddings, vocab_strings: list[str], positions: list[int] | None = None,
-                        method: str = "pca", seed: int = 0, max_positions: int = 8):
+                        method: str = "pca", seed: int = 0, max_positions: int = 8, upto: int = -1):
     """Plotly figure: the vocabulary's embedding cloud and the paths of chosen positions from noise to tokens.
 
     `traces`: one cdcd Trace recorded at level "full", or a list (compared runs share the axes).
     `embeddings` (V, De): the model's token points (`model.embeddings()`); `vocab_strings[i]` labels token i.
     One projection (`project`) is fitted over the cloud and every plotted step; its method and
-    parameters are stored in `fig.layout.meta` so the picture can be reproduced elsewhere.
+    parameters are stored in `fig.layout.meta` so the picture can be reproduced elsewhere. `upto` draws the
+    paths up to that frame index only (the fit still covers every step, so the axes stay put while scrubbing).
     """
     import plotly.graph_objects as go
 
@@ -123,15 +124,17 @@ def latent_trajectories(traces, embeddings, vocab_strings: list[str], positions:
     symbols = ("circle", "diamond", "square", "triangle-up")
     for (run, pos, _), xy in zip(paths, path_xy):
         trace = traces[run]
-        steps = [f.step for f in trace.frames]
-        guesses = [trace.token_strings.get(f.tokens[pos], str(f.tokens[pos])) for f in trace.frames]
+        shown = trace.frames[: upto % len(trace.frames) + 1]
+        xy = xy[: len(shown)]
+        steps = [f.step for f in shown]
+        guesses = [trace.token_strings.get(f.tokens[pos], str(f.tokens[pos])) for f in shown]
         label = f"pos {pos}" + (f" · run {run + 1}" if len(traces) > 1 else "")
         fig.add_trace(go.Scatter(
             x=xy[:, 0], y=xy[:, 1], mode="lines+markers", name=label, line={"width": 1, "color": "#888888"},
-            marker={"size": 6, "color": steps, "colorscale": COLORSCALE, "cmin": 0, "cmax": max(steps),
+            marker={"size": 6, "color": steps, "colorscale": COLORSCALE, "cmin": 0, "cmax": trace.frames[-1].step,
                     "symbol": symbols[run % len(symbols)], "showscale": (run, pos) == paths[0][:2],
                     "colorbar": {"title": "step"}},
-            customdata=np.stack([steps, [f.noise or 0.0 for f in trace.frames]], axis=1), text=guesses,
+            customdata=np.stack([steps, [f.noise or 0.0 for f in shown]], axis=1), text=guesses,
             hovertemplate=f"{label}<br>step %{{customdata[0]}} (sigma %{{customdata[1]:.3g}})"
                           "<br>nearest token %{text}<extra></extra>",
         ))

@@ -72,3 +72,10 @@ def entropy_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
         title={"text": f"{trace.model.get('name')} · entropy of the softmax per position", "font": {"size": 13}},
     )
     return fig
+
+
+def step_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
+    """The per-step heatmap a viewer shows: softmax entropy for continuous diffusion, confidence otherwise."""
+    if any(f.entropy for f in trace.frames):
+        return entropy_heatmap(trace, upto)
+    return confidence_heatmap(trace, upto)
