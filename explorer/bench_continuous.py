@@ -4,7 +4,8 @@ For each step count (10 to 200) the cdcd checkpoints generate the same prompts (
 prompt tokens from the validation split); an AR checkpoint judges the outputs (generative perplexity,
 lower is better, with the unigram entropy beside it: repetitive text scores well on perplexity
 alone). Rows: the main checkpoint with its own schedule (warped when it learned a warp) and with
-steps even in log t, every other checkpoint given (e.g. the one trained without warping), and
+steps even in log t, every other checkpoint given (e.g. the one trained without warping), each
+also with Diffusion-LM's clamping, and
 masked diffusion (`mdlm-tiny`, MDLM's ancestral sampler at T = 1) at the same network evaluations
 (it cannot use more than one per token). Wall time is measured per configuration in this process.
 """
@@ -42,12 +43,12 @@ def run_continuous_bench(checkpoints: list[str], masked_checkpoint: str = "mdlm-
     masked, judge = load(masked_checkpoint), load(judge_name)
     prompts = prompts_from_val(judge.tokenizer, samples)
     configs = {}
-    main = models[0]
-    configs[f"{main.name} ({'warped' if main.warp is not None else 'log'} schedule)"] = (main, "cdcd", {})
-    if main.warp is not None:
-        configs[f"{main.name} (log schedule)"] = (main, "cdcd", {"schedule": "log"})
-    for other in models[1:]:
-        configs[f"{other.name} ({'warped' if other.warp is not None else 'log'} schedule)"] = (other, "cdcd", {})
+    for index, model in enumerate(models):
+        own = "warped" if model.warp is not None else "log"
+        configs[f"{model.name} ({own} schedule)"] = (model, "cdcd", {})
+        if index == 0 and model.warp is not None:
+            configs[f"{model.name} (log schedule)"] = (model, "cdcd", {"schedule": "log"})
+        configs[f"{model.name} ({own} schedule, clamping)"] = (model, "cdcd", {"clamp": True})
     configs[f"{masked.name} (ancestral, T=1)"] = (masked, "mdlm", {})
     results = {"judge": judge.name, "samples": samples, "gen_length": gen_length, "prompt_length": len(prompts[0]),
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "steps": list(steps),

@@ -108,12 +108,13 @@ def _bytes_read(case: str, inputs: tuple) -> int:
 
 def run_kernels_bench(json_path: str | Path = "bench_results/kernels.json", repeats: int = 3, batch: int = 1,
                       length: int = 1024, vocab: int = LLADA_VOCAB, d: int = 512, n: int = 8, m: int = 100,
-                      latent: int = 128, cases=CASES, memory: bool = True) -> dict:
+                      latent: int = 128, cases=CASES, memory: bool = True, cpu: bool = True) -> dict:
+    """`cpu=False` skips the CPU rows (on a GPU machine, to time only the Triton kernels)."""
     sizes = {"batch": batch, "length": length, "vocab": vocab, "d": d, "n": n, "m": m, "latent": latent}
     results: dict = {"sizes": sizes, "repeats": repeats, "temperature": TEMPERATURE, "torch": torch.__version__,
                      "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                      "cpu_rows": [], "cuda_rows": []}
-    for case in cases:
+    for case in cases if cpu else ():
         inputs = make_inputs(case, sizes)
         for impl in ("kernels", "naive"):
             call(case, impl, _tiny(case, inputs))  # warm-up

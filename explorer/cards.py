@@ -183,11 +183,13 @@ def cdcd_metrics(model, judge, windows: int = 64, levels: int = 12, samples: int
     from explorer.models.cdcd import ce_per_noise_level
     from explorer.sampling import generate
     from explorer.sampling.block import unigram_entropy
+    from tqdm.auto import tqdm
 
     test = TokenStream(load_corpus(), "test", model.tokenizer).windows(model.max_seq_len)[:windows]
-    curve = ce_per_noise_level(model, test, levels=levels)
+    curve = ce_per_noise_level(model, test, levels=levels, progress=True)
     prompts = prompts_from_val(model.tokenizer, samples)
-    traces = [generate(model, p, gen_length=64, steps=steps, seed=i, record="none") for i, p in enumerate(prompts)]
+    traces = [generate(model, p, gen_length=64, steps=steps, seed=i, record="none")
+              for i, p in enumerate(tqdm(prompts, desc="samples", leave=False))]
     outs = [t.final_tokens for t in traces]
     return {"ce_per_noise_level": curve | {"split": "test", "windows": int(len(test))},
             "ce_mean_over_levels": round(statistics.mean(curve["ce"]), 4),

@@ -195,6 +195,7 @@ def _add_bench(sub):
     p.add_argument("--length", type=int, default=1024, help="kernels: positions L (B = 1)")
     p.add_argument("--vocab", type=int, default=126_464, help="kernels: vocabulary V (LLaDA's by default)")
     p.add_argument("--d", type=int, default=512, help="kernels: hidden / embedding width")
+    p.add_argument("--no-cpu", action="store_true", help="kernels: skip the CPU rows (time only the CUDA kernels)")
 
 
 def cmd_bench(args):
@@ -202,7 +203,7 @@ def cmd_bench(args):
     if args.suite == "kernels":
         from explorer.bench_kernels import run_kernels_bench
 
-        run_kernels_bench(json_path, args.repeats, length=args.length, vocab=args.vocab, d=args.d)
+        run_kernels_bench(json_path, args.repeats, length=args.length, vocab=args.vocab, d=args.d, cpu=not args.no_cpu)
         return
     if args.suite == "block":
         from explorer.bench_block import run_block_bench

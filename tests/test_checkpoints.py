@@ -11,6 +11,7 @@ import explorer
 from explorer.bench import generative_ppl
 from explorer.eval import evaluate
 from explorer.hub import describe, shipped
+from explorer.models.base import read_config
 
 AR_TEST_PPL_MAX = 40.0  # measured 36.38 (card, whole test split)
 MDLM_TEST_BOUND_MAX = 115.0  # measured 105.0 (n_t=2, first 128 test windows); 103.64 on the whole split, n_t=8
@@ -18,6 +19,9 @@ MDLM_GEN_PPL_MAX = 40.0  # measured 30.7 (the four prompts below, judged by ar-t
 # bd3lm bounds on the first 128 test windows, n_t=2 (the mdlm bound above uses the same windows)
 BD3_BOUND_MAX = {4: 81.0, 16: 91.0}  # measured 73.55 and 82.52 (ar-tiny 31.28, mdlm-tiny 105.0 there)
 BD3_GEN_PPL_MAX = 130.0  # measured 117.3 (default sampler: first_hitting, T=1, nucleus 0.9)
+# cdcd: 4 validation prompts, 64 tokens, 100 Euler steps, judged by ar-tiny (an untrained model: thousands)
+CDCD_GEN_PPL_MAX = 200.0  # measured 175.97 for cdcd-tiny (cdcd-tiny-nowarp: 403.5)
+CDCD_CLAMPED_GEN_PPL_MAX = 30.0  # measured 24.96 with Diffusion-LM clamping
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +103,40 @@ def test_bd3lm_samples_read_like_shakespeare_to_ar_tiny(ar, blocks):
         prompts.append(ids)
         outputs.append(trace.final_tokens)
     assert generative_ppl(ar, prompts, outputs) < BD3_GEN_PPL_MAX
+
+
+def test_cdcd_cards_report_noise_levels_samples_and_the_warping_ablation():
+    for name in ("cdcd-tiny", "cdcd-tiny-nowarp"):
+        folder = shipped()[name]
+        card, info = (folder / "README.md").read_text(), describe(folder)
+        metrics = read_config(folder)["metrics"]
+        assert len(metrics["ce_per_noise_level"]["ce"]) == 12 and info["tokens_seen"] > 1_000_000
+        assert f"**{metrics['generation']['gen_ppl']}**" in card
+        assert (folder / "ce_per_noise_level.png").is_file() and (folder / "training_curve.png").is_file()
+    assert "Ablation: time warping off" in (shipped()["cdcd-tiny"] / "README.md").read_text()
+
+
+def test_cdcd_denoiser_reads_tokens_at_low_noise_and_falls_back_to_unigrams_at_high_noise():
+    from explorer.data import TokenStream, load_corpus
+    from explorer.models.cdcd import ce_per_noise_level
+
+    model = explorer.load("cdcd-tiny")
+    windows = TokenStream(load_corpus(), "test", model.tokenizer).windows(model.max_seq_len)[:16]
+    ce = ce_per_noise_level(model, windows, levels=4)["ce"]  # t = 1, 6.7, 44.8, 300; measured 0.0004 .. 6.26
+    assert ce[0] < 0.05 and ce[0] < ce[1] < ce[2]
+    assert 5.0 < ce[3] < 7.0  # about the unigram entropy, well below uniform over 2,048 tokens (7.62)
+
+
+def test_cdcd_samples_read_like_shakespeare_to_ar_tiny_and_warping_helps(ar):
+    from explorer.bench_block import prompts_from_val
+
+    prompts = prompts_from_val(ar.tokenizer, 4)
+    gen_ppl = {}
+    for name, knobs in (("cdcd-tiny", {}), ("cdcd-tiny-nowarp", {}), ("cdcd-tiny", {"clamp": True})):
+        model = explorer.load(name)
+        outputs = [explorer.generate(model, p, gen_length=64, steps=100, seed=i, record="none", **knobs).final_tokens
+                   for i, p in enumerate(prompts)]
+        gen_ppl[(name, bool(knobs))] = generative_ppl(ar, prompts, outputs)
+    assert gen_ppl[("cdcd-tiny", False)] < CDCD_GEN_PPL_MAX, gen_ppl
+    assert gen_ppl[("cdcd-tiny", False)] < gen_ppl[("cdcd-tiny-nowarp", False)], gen_ppl
+    assert gen_ppl[("cdcd-tiny", True)] < CDCD_CLAMPED_GEN_PPL_MAX, gen_ppl

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from explorer.models.base import LanguageModel
 from explorer.models.mdlm import low_discrepancy_t
@@ -231,7 +232,7 @@ class CDCDModel(LanguageModel):
 
 @torch.no_grad()
 def ce_per_noise_level(model: CDCDModel, windows: torch.Tensor, levels: int = 16, batch_size: int = 32,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, progress: bool = False) -> dict:
     """Cross-entropy (nats/token) of the unconditional denoiser at `levels` noise scales evenly spaced in log t,
     with self-conditioning as the sampler uses it. Returns {"t": [...], "ce": [...]}."""
     was_training = model.training
@@ -239,7 +240,7 @@ def ce_per_noise_level(model: CDCDModel, windows: torch.Tensor, levels: int = 16
     generator = torch.Generator().manual_seed(seed)
     s_grid = torch.linspace(0, 1, levels)
     ces = []
-    for s in s_grid:
+    for s in tqdm(s_grid, desc="cross-entropy per noise level", disable=not progress, leave=False):
         total, count = 0.0, 0
         for batch in windows.split(batch_size):
             B, L = batch.shape
