@@ -66,3 +66,14 @@ def test_widgets_build(trace, tiny_mdlm):
     steps_slider = controls.children[0].children[0]
     steps_slider.value = 4  # re-runs the sampler
     assert "dlm-token" in controls.children[1].children[0].children[1].value
+
+
+def test_widgets_drive_continuous_diffusion(tiny_cdcd):
+    from explorer.viz.widgets import sampler_controls
+
+    controls = sampler_controls(tiny_cdcd, "ROMEO:", gen_length=6, steps=3)
+    steps_slider, temperature_slider = controls.children[0].children
+    assert steps_slider.max == 400 and temperature_slider.value == 1.0
+    steps_slider.value = 5  # re-runs the sampler: 5 Euler steps -> 6 frames
+    scrubber_box = controls.children[1].children[0]
+    assert scrubber_box.children[0].children[0].max == 5

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from explorer.sampling.trace import Trace
-from explorer.viz.plots import confidence_heatmap
+from explorer.viz.plots import step_heatmap
 from explorer.viz.tokens import COLOR_MODES, tokens_html
 
 
@@ -25,15 +25,18 @@ def scrubber(trace: Trace, color_by: str = "confidence"):
 
 
 def sampler_controls(model, prompt: str = "", sampler: str | None = None, **knobs):
-    """Steps and temperature sliders that re-run the sampler on release, with a scrubber and heatmap."""
+    """Steps and temperature sliders that re-run the sampler on release, with a scrubber and heatmap
+    (confidence; entropy for continuous diffusion)."""
     import ipywidgets as w
 
     from explorer.sampling import generate
 
     gen_length = knobs.pop("gen_length", 64)
-    steps = w.IntSlider(value=knobs.pop("steps", gen_length), min=1, max=gen_length, description="steps",
-                        continuous_update=False)
-    temperature = w.FloatSlider(value=knobs.pop("temperature", 0.0), min=0.0, max=2.0, step=0.05,
+    most = 400 if model.family == "cdcd" else gen_length  # ODE steps are not bounded by the tokens
+    steps = w.IntSlider(value=knobs.pop("steps", 200 if model.family == "cdcd" else gen_length), min=1, max=most,
+                        description="steps", continuous_update=False)
+    default_temperature = 1.0 if model.family == "cdcd" else 0.0  # cdcd: the model's own softmax inside E[x0]
+    temperature = w.FloatSlider(value=knobs.pop("temperature", default_temperature), min=0.0, max=2.0, step=0.05,
                                 description="temperature", continuous_update=False)
     out = w.Output()
     holder = w.VBox()
@@ -45,7 +48,7 @@ def sampler_controls(model, prompt: str = "", sampler: str | None = None, **knob
         with out:
             from IPython.display import display
 
-            display(confidence_heatmap(trace))
+            display(step_heatmap(trace))
         holder.children = [scrubber(trace), out]
 
     steps.observe(rerun, "value")
