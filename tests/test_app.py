@@ -83,3 +83,16 @@ def test_untrained_block_size_runs_with_a_visible_note(client):
                                             "confidence", "kv", api_name="/generate")
     assert view.count('class="dlm-token"') == 16
     assert "dlm-warning" in note and "block_length 8 differs" in note, note
+
+
+def test_continuous_diffusion_shows_entropy_and_latent_paths_and_replays(client):
+    view, stats, error, plot, _step, latent = client.predict(  # the trace state stays on the server
+        "cdcd-tiny", "ROMEO:", "euler", 12, 10, 16, 1.0, 0.9, 0, "confidence", "none", api_name="/generate")
+    assert not error and view.count('class="dlm-token"') == 12, error or view
+    assert "**nfe** 10 " in stats and "11 frames" in stats, stats
+    assert "entropy" in str(plot) and "vocabulary" in str(latent), str(latent)[:300]
+    _view, _plot, replayed = client.predict(3, "confidence", api_name="/replay")
+    assert "vocabulary" in str(replayed)  # the paths up to step 3, drawn without the model
+    _view, _stats, error, *_ = client.predict("cdcd-tiny", "ROMEO:", "euler", 200, 10, 16, 1.0, 0.9, 0,
+                                              "confidence", "none", api_name="/generate")
+    assert "gen_length (200) exceeds the model" in error, error
