@@ -6,8 +6,8 @@ lower is better, with the unigram entropy beside it: repetitive text scores well
 alone). Rows: the main checkpoint with its own schedule (warped when it learned a warp) and with
 steps even in log t, every other checkpoint given (e.g. the one trained without warping), each
 also with Diffusion-LM's clamping, and
-masked diffusion (`mdlm-tiny`, MDLM's ancestral sampler at T = 1) at the same network evaluations
-(it cannot use more than one per token). Wall time is measured per configuration in this process.
+masked diffusion (`mdlm-tiny`: MDLM's ancestral sampler at T = 1, and LLaDA's low-confidence rule at
+T = 0) at the same network evaluations (it cannot use more than one per token). Wall time is measured per configuration in this process.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def run_continuous_bench(checkpoints: list[str], masked_checkpoint: str = "mdlm-
         if index == 0 and model.warp is not None:
             configs[f"{model.name} (log schedule)"] = (model, "cdcd", {"schedule": "log"})
         configs[f"{model.name} ({own} schedule, clamping)"] = (model, "cdcd", {"clamp": True})
-    configs[f"{masked.name} (ancestral, T=1)"] = (masked, "mdlm", {})
+    configs[f"{masked.name} (ancestral, T=1)"] = (masked, "mdlm", {"sampler": "ancestral"})
+    configs[f"{masked.name} (low_confidence, T=0)"] = (masked, "mdlm", {"sampler": "low_confidence"})
     results = {"judge": judge.name, "samples": samples, "gen_length": gen_length, "prompt_length": len(prompts[0]),
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "steps": list(steps),
                "rows": {name: {} for name in configs}}
@@ -59,7 +60,7 @@ def run_continuous_bench(checkpoints: list[str], masked_checkpoint: str = "mdlm-
                 if family == "cdcd":
                     knobs = dict(steps=n, **extra)
                 else:  # the masked sampler stops once every position is unmasked: at most gen_length evaluations
-                    knobs = dict(sampler="ancestral", steps=min(n, gen_length))
+                    knobs = dict(steps=min(n, gen_length), **extra)
 
                 def run():
                     return [generate(model, p, gen_length=gen_length, seed=i, record="none", **knobs)
@@ -94,9 +95,10 @@ def plot_continuous(r: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_ppl, ax_time) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
-    colors = ("#0072B2", "#56B4E9", "#E69F00", "#009E73", "#CC79A7", "#D55E00")
-    for (name, row), color in zip(r["rows"].items(), colors):
+    fig, (ax_ppl, ax_time) = plt.subplots(1, 2, figsize=(10, 4.8), dpi=110)
+    colors = ("#0072B2", "#56B4E9", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#000000", "#F0E442")  # Okabe-Ito
+    for index, (name, row) in enumerate(r["rows"].items()):
+        color = colors[index % len(colors)]
         nfe = [row[str(n)]["nfe_mean"] for n in r["steps"]]
         ax_ppl.plot(nfe, [row[str(n)]["gen_ppl"] for n in r["steps"]], "o-", color=color, label=name)
         ax_time.plot(nfe, [row[str(n)]["wall_s"] for n in r["steps"]], "o-", color=color, label=name)
@@ -106,9 +108,9 @@ def plot_continuous(r: dict, path: Path) -> Path:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     ax_ppl.set_yscale("log")
-    ax_ppl.legend(fontsize=8)
+    fig.legend(*ax_ppl.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
     fig.suptitle("Euler steps vs quality: continuous diffusion and masked diffusion", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path

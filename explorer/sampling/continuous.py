@@ -105,8 +105,9 @@ def continuous_diffusion(model, prompt_ids: list[int], params: ContinuousParams,
         t_row = torch.tensor([t], device=device)
         logits = model(x[None], t_row, clean[None], None if self_cond is None else self_cond[None])[0]  # (L, V)
         nfe += 1
-        if params.cfg_scale > 0:
-            uncond = model(x[None], t_row, torch.zeros_like(clean)[None],
+        if params.cfg_scale > 0:  # the unconditional pass sees the prompt noised to level t like everything else
+            x_uncond = torch.where(clean[:, None], E[ids] + t * noise, x)
+            uncond = model(x_uncond[None], t_row, torch.zeros_like(clean)[None],
                            None if self_cond is None else self_cond[None])[0]
             nfe += 1
             finite = torch.isfinite(logits)  # the mask token is -inf in both passes: keep it out of the lerp

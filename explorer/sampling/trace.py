@@ -20,7 +20,7 @@ class Frame:
     committed: list[int] = field(default_factory=list)  # positions that became fixed at this step
     remasked: list[int] = field(default_factory=list)  # positions un-fixed at this step
     nfe: int = 0  # network evaluations so far
-    t: float | None = None  # noise level in [0, 1] (1 = all masked); None for ar
+    t: float | None = None  # noise level in [0, 1] (1 = all masked; cdcd: log t normalised, 1 = t_max); None for ar
     block: int | None = None  # current block of semi-autoregressive sampling
     proposal: list[int] | None = None  # level "full": the model's x0 guess at every position
     confidence: list[float | None] | None = None  # level "full": score of the proposal (commit-time score once fixed)
