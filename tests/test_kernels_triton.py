@@ -370,7 +370,10 @@ def test_bench_cli_has_a_kernels_suite(monkeypatch):
     monkeypatch.setattr(explorer.bench_kernels, "run_kernels_bench", lambda path, repeats, **kw: seen.update(
         path=path, repeats=repeats, **kw))
     main(["bench", "kernels", "--repeats", "2", "--length", "16"])
-    assert seen == {"path": "bench_results/kernels.json", "repeats": 2, "length": 16, "vocab": 126_464, "d": 512}
+    assert seen == {"path": "bench_results/kernels.json", "repeats": 2, "length": 16, "vocab": 126_464, "d": 512,
+                    "cpu": True}
+    main(["bench", "kernels", "--no-cpu"])
+    assert seen["cpu"] is False
 
 
 def test_naive_bench_paths_agree_with_the_kernels():
