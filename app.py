@@ -23,7 +23,8 @@ from explorer.models.cdcd import vocabulary_points
 from explorer.viz import COLOR_MODES, latent_trajectories, step_heatmap, tokens_html
 
 MAX_LENGTH = 256  # bd3lm slides its window past the 128-token context; other families' samplers refuse clearly
-CACHES = {"mdlm": ["none", "prefix", "dual"], "bd3lm": ["kv", "none"], "ar": ["kv"], "cdcd": ["none"]}  # first = default
+CACHES = {"mdlm": ["none", "prefix", "dual"], "bd3lm": ["kv", "none"], "ar": ["kv"], "cdcd": ["none"],
+          "calm": ["kv"]}  # the first is the default
 EVERY_CACHE = ["none", "prefix", "dual", "kv"]
 PLOT_EVERY_S = 0.5  # redraw the heatmap at most this often while streaming (the token view updates every step)
 _models: dict[str, tuple[int, object]] = {}  # name -> (mtime of its weights, model): reload when retrained
@@ -93,6 +94,8 @@ def sampler_knobs(family: str | None, sampler, gen_length, steps, block_length, 
     cache = cache or allowed[0]
     if family == "ar":
         return knobs  # AR decoding always uses its KV cache
+    if family == "calm":  # one chunk per step with a KV cache; temperature in (0, 1] without likelihoods
+        return {k: knobs[k] for k in ("gen_length", "temperature")}
     if family == "cdcd":  # Euler steps of the ODE: no blocks, no commit rule, no cache
         return {k: knobs[k] for k in ("gen_length", "steps", "temperature")}
     if cache not in allowed:
@@ -170,6 +173,8 @@ def on_checkpoint(name):
         block, steps = gr.update(value=block_size), gr.update(value=block_size)
     if family == "cdcd":  # CDCD's ~200 Euler steps; temperature 1 = the model's own softmax in E[x0]
         steps, temperature = gr.update(value=200), gr.update(value=1.0)
+    if family == "calm":  # temperature 1 decodes one head sample per chunk
+        temperature = gr.update(value=1.0)
     return (gr.update(choices=choices, value=choices[0] if choices else None),
             gr.update(value=CACHES.get(family, ["none"])[0]), block, steps, temperature)
 

@@ -83,6 +83,8 @@ def plot_training(folder: Path) -> Path:
 
 def write_card(name: str, n_t: int = 8) -> Path:
     folder = resolve(name)
+    if read_config(folder).get("family") == "calm-autoencoder":
+        return write_autoencoder_card(folder)
     model = load(folder)
     if model.family == "cdcd":
         return write_cdcd_card(folder, model)
@@ -326,6 +328,80 @@ python -m explorer card --checkpoint {folder.name}
 
 The full training settings are in `config.json` under `training.train_config`; the per-step log is
 `train_log.jsonl`.
+"""
+    card = folder / "README.md"
+    card.write_text(text)
+    return card
+
+
+# --- CALM autoencoders: reconstruction, robustness to noise on the latent, collapsed dimensions ------------------
+
+def write_autoencoder_card(folder: Path) -> Path:
+    """Measure a CALM autoencoder on the validation split (stored in config.json) and write its card with a plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from explorer.data import TokenStream, load_corpus, load_tokenizer
+    from explorer.models.calm import Autoencoder
+    from explorer.train import SHIPPED_TOKENIZER
+    from explorer.train_autoencoder import robustness
+
+    autoencoder = Autoencoder.from_pretrained(folder)
+    K = autoencoder.config.chunk
+    chunks = TokenStream(load_corpus(), "val", load_tokenizer(SHIPPED_TOKENIZER)).windows(128)[:256].reshape(-1, K)
+    metrics = robustness(autoencoder, chunks)
+    config = read_config(folder)
+    config["metrics"] = {"val": metrics}
+    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    curve = metrics["accuracy_under_noise"]
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), dpi=110)
+    ax.plot([float(s) for s in curve], [100 * v for v in curve.values()], "o-", color="#0072B2")
+    ax.axhline(99.9, color="#D55E00", ls=":", label="99.9%")
+    ax.set_xlabel("sigma of Gaussian noise added to the latent mean")
+    ax.set_ylabel("token accuracy (%)")
+    ax.set_title(f"{folder.name}: K={K}, l={autoencoder.config.latent_dim}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "robustness.png")
+    plt.close(fig)
+    training = config.get("training", {})
+    c = autoencoder.config
+    rows = "\n".join(f"| {s} | {100 * v:.3f}% |" for s, v in curve.items())
+    text = f"""# {folder.name}
+
+CALM's autoencoder for K = {K}: {K} token(s) <-> one {c.latent_dim}-dimensional vector. MLP only (embedding
+width {c.d_model}, one residual SwiGLU layer per token, squeeze, one more layer, RMSNorm, mean and log-std; the
+decoder mirrors it and its head is the token embedding), {sum(p.numel() for p in autoencoder.parameters()):,}
+parameters. Trained with DropToken {c.drop_token}, DropLatent {c.drop_latent} and a KL term clipped per dimension
+at {c.kl_clip} nats (weight {c.kl_weight}) for {training.get('steps_done')} steps on {training.get('device')}
+({training.get('wall_s', 0) / 60:.1f} minutes).
+
+## Measured on the validation split ({metrics['chunks']:,} chunks)
+
+- Token reconstruction accuracy from the posterior mean: **{100 * metrics['accuracy']:.3f}%**
+- Collapsed latent dimensions (mean KL to the prior below 0.01 nats): **{metrics['collapsed_dims']}** of {c.latent_dim}
+
+Accuracy when Gaussian noise of scale sigma is added to the latent (the language model's predictions
+are never exact, so the decoder must forgive them):
+
+| sigma | token accuracy |
+|---|---|
+{rows}
+
+![accuracy under noise](robustness.png)
+
+Command: `python -m explorer card --checkpoint {folder}` (measures the numbers above and writes this card).
+
+## Reproduce
+
+```
+python -m explorer train-autoencoder --chunk {K} --latent-dim {c.latent_dim} --steps {training.get('train_config', {}).get('steps')} \\
+    --batch-size {training.get('train_config', {}).get('batch_size')} --lr {training.get('train_config', {}).get('lr')} --out {folder}
+python -m explorer card --checkpoint {folder}
+```
 """
     card = folder / "README.md"
     card.write_text(text)

@@ -43,6 +43,29 @@ def cmd_train(args):
     print(f"saved {out}")
 
 
+def _add_train_autoencoder(sub):
+    from explorer.train_autoencoder import AutoencoderTrainConfig
+
+    p = sub.add_parser("train-autoencoder", help="train CALM's autoencoder (K tokens <-> one vector)")
+    p.add_argument("--out", required=True, help="folder to write (e.g. checkpoints/autoencoders/calm-ae-k4)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    for f in fields(AutoencoderTrainConfig):
+        p.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float, default=f.default)
+
+
+def cmd_train_autoencoder(args):
+    import torch
+
+    from explorer.train_autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = AutoencoderTrainConfig(**{f.name: getattr(args, f.name) for f in fields(AutoencoderTrainConfig)})
+    print(f"saved {train_autoencoder(cfg, args.out, device=args.device, resume=args.resume)}")
+
+
 def _add_sample(sub):
     from explorer.sampling import BLOCK_SAMPLERS, MASKED_SAMPLERS, RECORD_LEVELS
     from explorer.sampling.continuous import SCHEDULES
@@ -55,7 +78,7 @@ def _add_sample(sub):
                    help="denoising steps (default: gen-length; bd3lm: steps per block, default the block length)")
     p.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default: gen-length)")
     p.add_argument("--sampler", default=None,
-                   help=f"mdlm: {', '.join(MASKED_SAMPLERS)}; bd3lm: {', '.join(BLOCK_SAMPLERS)}; ar: ar; cdcd: euler")
+                   help=f"mdlm: {', '.join(MASKED_SAMPLERS)}; bd3lm: {', '.join(BLOCK_SAMPLERS)}; ar: ar; cdcd: euler; calm: exact, batch")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -74,6 +97,8 @@ def _add_sample(sub):
                    help="cdcd: Euler step placement (warped = the learned time warping, log = even in log t)")
     p.add_argument("--churn", type=float, default=0.0, help="cdcd: stochastic churn (0 = the deterministic ODE)")
     p.add_argument("--clamp", action="store_true", help="cdcd: Diffusion-LM clamping (snap E[x0] to a token)")
+    p.add_argument("--n-candidates", type=int, default=200, help="calm, sampler batch: N head samples per chunk")
+    p.add_argument("--max-draws", type=int, default=2000, help="calm, sampler exact: head samples per chunk at most")
     p.add_argument("--pin", action="append", default=[], metavar="POS:TEXT", help="pin text at a generated position")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", default="tokens", choices=RECORD_LEVELS)
@@ -111,6 +136,8 @@ def cmd_sample(args):
         knobs |= dict(kv_cache=not args.no_kv_cache, min_entropy=args.min_entropy)
     if model.family == "cdcd":
         knobs |= dict(schedule=args.schedule, churn=args.churn, clamp=args.clamp)
+    if model.family == "calm":
+        knobs |= dict(n_candidates=args.n_candidates, max_draws=args.max_draws)
     description, prompt_ids, frames_iter = stream(model, args.prompt, args.sampler, args.seed, record, **knobs)
     frames, started = [], time.perf_counter()
     for frame in frames_iter:
@@ -140,12 +167,35 @@ def _add_eval(sub):
     p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
     p.add_argument("--corpus", default=None, help="a .txt file or folder instead of the shipped corpus")
     p.add_argument("--json", default=None, help="write the result here")
+    p.add_argument("--metric", default="ppl", choices=["ppl", "brier"],
+                   help="ppl: perplexity or its diffusion bound; brier: BrierLM (any family; likelihood-free)")
+    p.add_argument("--estimator", default="sample", choices=["sample", "exact"],
+                   help="brier: two-sample estimate (every family) or exact probabilities (ar)")
+    p.add_argument("--context", type=int, default=64, help="brier: prefix tokens before the 4 scored tokens")
+    p.add_argument("--stride", type=int, default=8, help="brier: a scored position every STRIDE tokens of the split")
 
 
 def cmd_eval(args):
     import explorer
     from explorer.eval import evaluate
 
+    if args.metric == "brier":
+        from explorer.brier import brier_lm
+
+        if args.table:  # several ar checkpoints: does BrierLM track their cross-entropy?
+            from explorer.brier import brier_vs_cross_entropy
+
+            brier_vs_cross_entropy(args.checkpoint, args.table, args.split, args.context, args.stride)
+            return
+        if len(args.checkpoint) > 1:
+            raise ValueError("several --checkpoint values need --table OUT.json")
+        result = brier_lm(explorer.load(args.checkpoint[0]), args.split, args.context, args.max_windows,
+                          estimator=args.estimator, stride=args.stride, corpus=args.corpus)
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(text + "\n")
+        return
     if args.table:
         from explorer.eval import compare
 
@@ -224,6 +274,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m explorer", description="diffusion-LM explorer")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_train_autoencoder(sub)
     _add_sample(sub)
     _add_eval(sub)
     _add_bench(sub)
@@ -232,7 +283,8 @@ def main(argv=None) -> int:
     card.add_argument("--checkpoint", required=True)
     card.add_argument("--n-t", type=int, default=8, help="mask rates per window for the diffusion bound")
     args = parser.parse_args(argv)
-    commands = {"card": cmd_card, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench}
+    commands = {"card": cmd_card, "train": cmd_train, "train-autoencoder": cmd_train_autoencoder, "sample": cmd_sample,
+                "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench}
     try:
         commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

@@ -21,19 +21,19 @@ from tqdm.auto import tqdm
 
 from explorer.data import TokenStream, load_corpus, load_tokenizer, split_works, train_tokenizer
 from explorer.data.corpus import DATA_DIR
-from explorer.models import FAMILIES, ARConfig, BD3LMConfig, CDCDConfig, MDLMConfig
+from explorer.models import FAMILIES, ARConfig, BD3LMConfig, CALMConfig, CDCDConfig, MDLMConfig
 from explorer.models.base import atomic_write, load_folder
 from explorer.models.bd3lm import PUBLISHED_CLIP, check_clip, clip_variance
 from explorer.nn import preset
 
 SHIPPED_TOKENIZER = DATA_DIR / "tokenizer.json"
 # Knobs a resumed run may change: the schedule length (to extend or shorten a run) and bookkeeping.
-RESUMABLE_CHANGES = {"steps", "eval_every", "save_every"}
+RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "snapshot_every"}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    family: str  # "ar", "mdlm", "bd3lm" or "cdcd"
+    family: str  # "ar", "mdlm", "bd3lm", "cdcd" or "calm"
     preset: str = "tiny"  # backbone preset from explorer.nn.PRESETS
     steps: int = 10000  # length of the learning-rate schedule (total optimizer steps)
     batch_size: int = 16  # windows per step
@@ -50,6 +50,7 @@ class TrainConfig:
     n_layers: int | None = None  # override the preset's depth
     eval_every: int = 500  # steps between validation estimates
     save_every: int = 250  # steps between resumable checkpoints
+    snapshot_every: int = 0  # also keep the weights every N steps in OUT/snapshots/step-N (0 = never)
     corpus: str | None = None  # a .txt file or folder; None = the shipped Shakespeare corpus
     init: str | None = None  # start from this checkpoint's weights (name or folder), e.g. bd3lm from mdlm-tiny
     block_size: int = 16  # bd3lm only: tokens per block L'
@@ -57,6 +58,8 @@ class TrainConfig:
     time_warping: bool = True  # cdcd only: draw noise levels through the learned loss CDF (False: uniform in log t)
     t_min: float = 1.0  # cdcd only: smallest noise scale
     t_max: float = 300.0  # cdcd only: largest noise scale
+    chunk: int = 4  # calm only: tokens per latent vector (K); must match the autoencoder
+    autoencoder: str | None = None  # calm only: folder of the trained autoencoder (python -m explorer train-autoencoder)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -100,18 +103,40 @@ def build_model(cfg: TrainConfig, tokenizer):
                              block_size=cfg.block_size)
         if cfg.seq_len % cfg.block_size:
             raise ValueError(f"seq_len ({cfg.seq_len}) must be a multiple of block_size ({cfg.block_size})")
+    elif cfg.family == "calm":
+        autoencoder = load_autoencoder(cfg)
+        base = preset(cfg.preset, attention="causal", **overrides)
+        config = CALMConfig(backbone=base.with_(max_seq_len=base.max_seq_len // cfg.chunk), autoencoder=autoencoder.config)
     elif cfg.family == "cdcd":
         config = CDCDConfig(backbone=preset(cfg.preset, attention="bidirectional", time_conditioning=True, **overrides),
                             t_min=cfg.t_min, t_max=cfg.t_max, time_warping=cfg.time_warping)
     else:
         config = MDLMConfig(backbone=preset(cfg.preset, attention="bidirectional", **overrides))
-    if cfg.seq_len > config.backbone.max_seq_len:
-        raise ValueError(f"seq_len must be <= {config.backbone.max_seq_len} for preset {cfg.preset}, got {cfg.seq_len}")
+    context = config.backbone.max_seq_len * (cfg.chunk if cfg.family == "calm" else 1)
+    if cfg.seq_len > context:
+        raise ValueError(f"seq_len must be <= {context} for preset {cfg.preset}, got {cfg.seq_len}")
     torch.manual_seed(cfg.seed)
     model = FAMILIES[cfg.family](config, tokenizer)
+    if cfg.family == "calm":
+        model.autoencoder.load_state_dict(autoencoder.state_dict())
     if cfg.init:
         init_from(model, cfg.init)
     return model
+
+
+def load_autoencoder(cfg: TrainConfig):
+    """The frozen autoencoder a calm run trains against; its chunk size must be the run's."""
+    from explorer.models.calm import Autoencoder
+
+    if not cfg.autoencoder:
+        raise ValueError("the calm family needs --autoencoder FOLDER (train one with python -m explorer "
+                         "train-autoencoder --chunk K)")
+    autoencoder = Autoencoder.from_pretrained(cfg.autoencoder)
+    if autoencoder.config.chunk != cfg.chunk:
+        raise ValueError(f"chunk ({cfg.chunk}) must match the autoencoder's K={autoencoder.config.chunk}")
+    if cfg.seq_len % cfg.chunk:
+        raise ValueError(f"seq_len ({cfg.seq_len}) must be a multiple of chunk ({cfg.chunk})")
+    return autoencoder
 
 
 def init_from(model, checkpoint: str) -> None:
@@ -289,6 +314,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: 
             bar.set_postfix(loss=record["loss"], refresh=False)
             if step % cfg.save_every == 0 or step == cfg.steps:
                 checkpoint()
+            if cfg.snapshot_every and step % cfg.snapshot_every == 0:  # e.g. for metric-vs-training studies
+                model.save_pretrained(out / "snapshots" / f"step-{step}", extra={"training": {
+                    "steps_done": step, "tokens_seen": tokens_seen, "wall_s": round(wall, 1), "train_config": asdict(cfg)}})
             if budget_end and time.time() > budget_end:
                 checkpoint()
                 bar.write(f"stopped at step {step} after --max-minutes {max_minutes}; continue with --resume")

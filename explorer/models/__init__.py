@@ -3,9 +3,10 @@
 from explorer.models.ar import ARConfig, ARModel
 from explorer.models.base import LanguageModel
 from explorer.models.bd3lm import BD3LMConfig, BD3LMModel
+from explorer.models.calm import CALMConfig, CALMModel
 from explorer.models.cdcd import CDCDConfig, CDCDModel
 from explorer.models.mdlm import MDLMConfig, MDLMModel
 
-FAMILIES: dict[str, type[LanguageModel]] = {"ar": ARModel, "mdlm": MDLMModel, "bd3lm": BD3LMModel, "cdcd": CDCDModel}
+FAMILIES: dict[str, type[LanguageModel]] = {"ar": ARModel, "mdlm": MDLMModel, "bd3lm": BD3LMModel, "cdcd": CDCDModel, "calm": CALMModel}
 
-__all__ = ["FAMILIES", "ARConfig", "ARModel", "BD3LMConfig", "BD3LMModel", "CDCDConfig", "CDCDModel", "LanguageModel", "MDLMConfig", "MDLMModel"]
+__all__ = ["FAMILIES", "ARConfig", "ARModel", "BD3LMConfig", "BD3LMModel", "CALMConfig", "CALMModel", "CDCDConfig", "CDCDModel", "LanguageModel", "MDLMConfig", "MDLMModel"]

@@ -10,6 +10,7 @@ import torch
 from explorer.data.tokenizer import display_string
 from explorer.sampling.autoregressive import ARParams, autoregressive
 from explorer.sampling.block import BlockParams, block_diffusion
+from explorer.sampling.chunks import ALGORITHMS, CALMParams, calm_sampler
 from explorer.sampling.continuous import ContinuousParams, continuous_diffusion
 from explorer.sampling.refine import RefineParams, draft_and_refine
 from explorer.sampling.masked import REMASKING_RULES, AncestralParams, MaskedParams, ancestral, masked_diffusion
@@ -21,7 +22,9 @@ AR_SAMPLERS = ("ar",)
 # bd3lm: "first_hitting" is BD3-LM's sampler (one random masked token per step, nucleus 0.9).
 BLOCK_SAMPLERS = ("first_hitting",) + tuple(r for r in REMASKING_RULES if r != "random") + ("threshold",)
 CONTINUOUS_SAMPLERS = ("euler",)  # cdcd: Euler steps of the ODE with score interpolation
-SAMPLERS = {"mdlm": MASKED_SAMPLERS, "ar": AR_SAMPLERS, "bd3lm": BLOCK_SAMPLERS, "cdcd": CONTINUOUS_SAMPLERS}
+CALM_SAMPLERS = ALGORITHMS  # calm: the temperature algorithm ("exact" = CALM's Alg. 1, "batch" = N candidates)
+SAMPLERS = {"mdlm": MASKED_SAMPLERS, "ar": AR_SAMPLERS, "bd3lm": BLOCK_SAMPLERS, "cdcd": CONTINUOUS_SAMPLERS,
+            "calm": CALM_SAMPLERS}
 
 
 def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = None, steps: int | None = None,
@@ -30,7 +33,7 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
                   pinned: dict[int, int] | None = None, cache: str = "none", kv_cache: bool | None = None,
                   stop_at_eos: bool = True, entropy_window: int = 256, min_entropy: float = 4.0,
                   drafter: str = "ar-tiny", rounds: int = 2, fraction: float = 0.25, schedule: str = "auto",
-                  churn: float = 0.0, clamp: bool = False):
+                  churn: float = 0.0, clamp: bool = False, n_candidates: int = 200, max_draws: int = 2000):
     """Return (params, frames_fn) for a family and sampler name; raises ValueError naming bad knobs."""
     names = SAMPLERS.get(family)
     if names is None:
@@ -47,6 +50,17 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
                          + ("; use kv_cache=True|False" if family == "bd3lm" else ""))
     if family != "cdcd" and (schedule != "auto" or churn or clamp):
         raise ValueError("schedule, churn and clamp are knobs of continuous diffusion (the cdcd family)")
+    if family == "calm":
+        unsupported = {"steps": steps, "block_length": block_length, "top_k": top_k, "top_p": top_p,
+                       "threshold": threshold, "factor": factor}
+        given = [k for k, v in unsupported.items() if v is not None] + (["cfg_scale"] if cfg_scale else []) + (
+            ["pinned"] if pinned else [])
+        if given:
+            raise ValueError(f"{', '.join(given)} do not apply to CALM; its knobs are gen_length, temperature, "
+                             "n_candidates (N) and max_draws")
+        params = CALMParams(64 if gen_length is None else gen_length, 1.0 if temperature is None else temperature,
+                            sampler, n_candidates, max_draws)
+        return params, calm_sampler
     if family == "cdcd":
         unsupported = {"block_length": block_length, "top_k": top_k, "top_p": top_p, "threshold": threshold,
                        "factor": factor}

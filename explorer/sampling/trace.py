@@ -30,6 +30,7 @@ class Frame:
     revised: list[int] | None = None  # positions whose token changed (draft-and-refine: vs the draft; cdcd: vs the last step)
     noise: float | None = None  # cdcd: the Gaussian noise scale sigma of the state after this step (0 = clean)
     entropy: list[float] | None = None  # level "full", cdcd: entropy (nats) of the model's softmax per position
+    samples: list[list[float]] | None = None  # level "full", calm: energy-head samples for this chunk (its predictive spread)
 
 
 @dataclass

@@ -1,0 +1,215 @@
+"""CALM: the autoencoder, the energy-head language model, its sampler, and temperature without likelihoods."""
+
+import math
+import random
+
+import pytest
+import torch
+
+import explorer
+from explorer.data.tokenizer import MASK
+from explorer.models import CALMConfig, CALMModel
+from explorer.models.calm import Autoencoder, AutoencoderConfig, collapsed_dimensions, reconstruction_accuracy
+from explorer.nn import TransformerConfig
+from explorer.sampling.chunks import (batch_temperature_sample, check_temperature, exact_temperature_sample,
+                                      temperature_parts)
+
+TOY = [0.5, 0.25, 0.15, 0.07, 0.03]  # a base distribution P over 5 outcomes
+CRITICAL_4DF = 23.51  # chi-square, 4 degrees of freedom, upper 1e-4 tail
+
+
+def toy_draw(rng: random.Random):
+    return lambda k: rng.choices(range(len(TOY)), weights=TOY, k=k)
+
+
+def tempered(temperature: float) -> list[float]:
+    powered = [p ** (1 / temperature) for p in TOY]
+    return [p / sum(powered) for p in powered]
+
+
+def chi_square(samples: list[int], probs: list[float]) -> float:
+    n = len(samples)
+    counts = [samples.count(i) for i in range(len(probs))]
+    return sum((c - n * p) ** 2 / (n * p) for c, p in zip(counts, probs))
+
+
+def test_temperature_parts():
+    assert temperature_parts(1.0) == (1, 0.0)
+    assert temperature_parts(0.5) == (2, 0.0)
+    n, alpha = temperature_parts(0.7)
+    assert n == 1 and alpha == pytest.approx(1 / 0.7 - 1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 0.7, 0.4])
+def test_exact_algorithm_samples_p_to_the_one_over_t(temperature):
+    rng = random.Random(0)
+    draw = toy_draw(random.Random(1))
+    samples = [exact_temperature_sample(draw, temperature, rng)[0] for _ in range(12000)]
+    assert chi_square(samples, tempered(temperature)) < CRITICAL_4DF
+    if temperature < 1:  # and it is not the base distribution
+        assert chi_square(samples, TOY) > 10 * CRITICAL_4DF
+
+
+def test_exact_algorithm_cost_grows_as_t_falls_and_is_capped():
+    costs = {}
+    for temperature in (1.0, 0.5, 0.25):
+        rng, draw = random.Random(0), toy_draw(random.Random(1))
+        costs[temperature] = sum(exact_temperature_sample(draw, temperature, rng)[1] for _ in range(2000)) / 2000
+    assert costs[1.0] == 1 and costs[0.5] < costs[0.25]
+    outcome, used = exact_temperature_sample(toy_draw(random.Random(2)), 0.05, random.Random(0), max_draws=50)
+    assert used <= 50 + 20 and (outcome is None or outcome in range(5))
+
+
+def test_batch_approximation_converges_as_n_grows_and_is_biased_at_small_n():
+    """Total-variation distance to P^(1/T) at T = 1/2: large with N = 4 (pulled toward P), small with N = 400."""
+    target = tempered(0.5)
+
+    def tv(n_candidates: int) -> float:
+        rng, base = random.Random(0), random.Random(1)
+        picks = [batch_temperature_sample(base.choices(range(5), weights=TOY, k=n_candidates), 0.5, rng)
+                 for _ in range(6000)]
+        return 0.5 * sum(abs(picks.count(i) / len(picks) - target[i]) for i in range(5))
+
+    small, large = tv(4), tv(400)
+    assert large < 0.03 and small > 2 * large, (small, large)
+
+
+def test_temperatures_each_algorithm_can_represent():
+    check_temperature(0.7, "exact", 200)
+    check_temperature(0.25, "batch", 200)
+    with pytest.raises(ValueError, match="temperature must be in \\(0, 1\\]"):
+        check_temperature(1.5, "exact", 200)
+    with pytest.raises(ValueError, match="temperature must be in"):
+        check_temperature(0.0, "batch", 200)
+    with pytest.raises(ValueError, match="1/2, 1/3"):
+        check_temperature(0.7, "batch", 200)
+    with pytest.raises(ValueError, match="n_candidates"):
+        check_temperature(0.5, "batch", 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_autoencoder():
+    torch.manual_seed(0)
+    return Autoencoder(AutoencoderConfig(chunk=4, d_model=32, d_ff=64, latent_dim=8))
+
+
+def test_autoencoder_round_trip_shapes_and_loss(tiny_autoencoder, tokenizer):
+    tokens = torch.randint(10, 2000, (6, 4), generator=torch.Generator().manual_seed(0))
+    mean, log_std = tiny_autoencoder.encode(tokens)
+    assert mean.shape == (6, 8) and log_std.shape == (6, 8)
+    assert tiny_autoencoder.decode(mean).shape == (6, 4, 2048)
+    tiny_autoencoder.train()
+    out = tiny_autoencoder.loss(tokens, tokenizer.token_to_id(MASK), torch.Generator().manual_seed(1))
+    out["loss"].backward()
+    tiny_autoencoder.zero_grad(set_to_none=True)
+    tiny_autoencoder.eval()
+    assert torch.isfinite(out["loss"]) and 0 <= float(out["accuracy"]) <= 1
+    assert 0 <= reconstruction_accuracy(tiny_autoencoder, tokens, 0.3) <= 1
+    assert 0 <= collapsed_dimensions(tiny_autoencoder, tokens) <= 8
+
+
+def test_autoencoder_learns_to_reconstruct_a_small_set(tokenizer):
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(chunk=2, d_model=32, d_ff=64, latent_dim=8, drop_token=0.0, drop_latent=0.0))
+    tokens = torch.randint(10, 2000, (64, 2), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(ae.parameters(), lr=3e-3)
+    ae.train()
+    for step in range(300):
+        loss = ae.loss(tokens, tokenizer.token_to_id(MASK), torch.Generator().manual_seed(step))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert reconstruction_accuracy(ae, tokens) > 0.95
+
+
+def test_autoencoder_save_load_round_trip(tiny_autoencoder, tmp_path):
+    tiny_autoencoder.save_pretrained(tmp_path / "ae")
+    loaded = Autoencoder.from_pretrained(tmp_path / "ae")
+    tokens = torch.randint(10, 2000, (3, 4))
+    torch.testing.assert_close(loaded.encode(tokens)[0], tiny_autoencoder.encode(tokens)[0])
+
+
+@pytest.fixture(scope="module")
+def tiny_calm(tokenizer, tiny_autoencoder):
+    torch.manual_seed(0)
+    backbone = TransformerConfig(vocab_size=2048, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=16)
+    config = CALMConfig(backbone=backbone, autoencoder=tiny_autoencoder.config, head_layers=2, head_noise_dim=8,
+                        n_samples=4, n_targets=10)
+    model = CALMModel(config, tokenizer)
+    model.autoencoder.load_state_dict(tiny_autoencoder.state_dict())
+    torch.nn.init.normal_(model.head.out.weight, std=1.0)  # spread the head's samples (it starts at a point)
+    return model.eval()
+
+
+def test_calm_loss_trains_the_backbone_and_head_not_the_autoencoder(tiny_calm):
+    batch = torch.randint(10, 2000, (2, 32), generator=torch.Generator().manual_seed(0))
+    tiny_calm.train()
+    out = tiny_calm.loss(batch, generator=torch.Generator().manual_seed(1))
+    out["loss"].backward()
+    assert out["tokens"] == 2 * 8  # one energy score per chunk position
+    assert tiny_calm.head.out.weight.grad is not None and tiny_calm.backbone.blocks[0].attn.qkv.weight.grad is not None
+    assert all(p.grad is None for p in tiny_calm.autoencoder.parameters())
+    tiny_calm.zero_grad(set_to_none=True)
+    tiny_calm.eval()
+    with pytest.raises(ValueError, match="multiple of the chunk size"):
+        tiny_calm.loss(batch[:, :30])
+
+
+def test_energy_head_starts_at_zero_and_draws_differ_per_noise(tiny_calm):
+    hidden = torch.randn(3, 32)
+    fresh = CALMModel(tiny_calm.config, tiny_calm.tokenizer)
+    with torch.no_grad():
+        assert float(fresh.sample_latents(hidden, 2).abs().max()) == 0  # zero-initialised output layer
+    torch.nn.init.normal_(fresh.head.out.weight, std=0.1)
+    draws = fresh.sample_latents(hidden, 5, torch.Generator().manual_seed(0))
+    assert draws.shape == (3, 5, 8) and not torch.allclose(draws[:, 0], draws[:, 1])
+
+
+def test_calm_sampler_frames_chunks_and_determinism(tiny_calm):
+    trace = explorer.generate(tiny_calm, prompt=[5, 6, 7], gen_length=12, record="full", seed=0)
+    assert [f.step for f in trace.frames] == [0, 1, 2, 3]  # one frame per chunk of K = 4
+    assert trace.frames[2].committed == [4, 5, 6, 7] and trace.frames[2].block == 1
+    last = trace.frames[-1]
+    assert len(last.latent) == 1 and len(last.latent[0]) == 8 and len(last.samples) == 16
+    assert all(0 < c <= 1 for c in last.confidence)
+    assert trace.stats["nfe"] == 3
+    again = explorer.generate(tiny_calm, prompt=[5, 6, 7], gen_length=12, record="none", seed=0)
+    assert again.final_tokens == last.tokens  # the scatter draws never shift the sampled tokens
+
+
+def test_calm_temperature_algorithms_run_and_warn_when_the_exact_cap_is_hit(tiny_calm):
+    batch = explorer.generate(tiny_calm, gen_length=8, sampler="batch", temperature=0.5, n_candidates=20, seed=0)
+    assert len(batch.final_tokens) == 8
+    with pytest.warns(UserWarning, match="max_draws"):
+        explorer.generate(tiny_calm, gen_length=8, sampler="exact", temperature=0.05, max_draws=3, seed=0)
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"gen_length": 6}, "multiple of the chunk size K=4"),
+    ({"temperature": 1.5}, "temperature must be in"),
+    ({"temperature": 0.7, "sampler": "batch"}, "not representable by the batch approximation"),
+    ({"sampler": "batch", "n_candidates": 1, "temperature": 0.5}, "n_candidates"),
+    ({"steps": 5}, "steps do not apply to CALM"),
+    ({"gen_length": 68}, "exceeds the model.s context"),
+])
+def test_bad_calm_knobs(tiny_calm, knobs, message):
+    with pytest.raises(ValueError, match=message):
+        explorer.generate(tiny_calm, **knobs)
+
+
+def test_calm_save_load_keeps_the_autoencoder(tiny_calm, tmp_path):
+    tiny_calm.save_pretrained(tmp_path / "calm", dtype=torch.float32)
+    loaded = explorer.load(tmp_path / "calm")
+    torch.testing.assert_close(loaded.autoencoder.embed.weight, tiny_calm.autoencoder.embed.weight)
+    assert (explorer.generate(loaded, gen_length=8, seed=1).final_tokens
+            == explorer.generate(tiny_calm, gen_length=8, seed=1).final_tokens)
+    assert math.isclose(loaded.max_seq_len, 64)
+
+
+def test_brier_lm_for_calm_uses_chunk_aligned_prefixes(tiny_calm):
+    from explorer.brier import brier_lm
+
+    result = brier_lm(tiny_calm, "val", context=16, max_windows=4, batch_size=2, progress=False)
+    assert result["family"] == "calm" and result["windows"] == 4
+    with pytest.raises(ValueError, match="multiple of K=4"):
+        brier_lm(tiny_calm, "val", context=18, max_windows=2, progress=False)
