@@ -17,7 +17,6 @@ causal Transformer; the energy head turns the hidden state and uniform noise int
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
