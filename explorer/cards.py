@@ -48,6 +48,11 @@ ABOUT = {
             "stay clean (prompts, infilling) and 10% of rows keep nothing clean (for classifier-free guidance). "
             "Sampling: Euler steps of the ODE with score interpolation E[x0] = softmax(logits) @ E, then rounding "
             "to the nearest embedding.",
+    "calm": "CALM (continuous autoregressive language model): a frozen MLP autoencoder packs K tokens into one "
+            "latent vector; a causal Transformer reads the previous chunk's tokens (embedded, concatenated, "
+            "compressed) and an energy head turns its hidden state and uniform noise into a sample of the next "
+            "latent (one head pass per sample), trained with the energy score against samples of the autoencoder's "
+            "posterior. There are no token probabilities: quality is measured with BrierLM.",
 }
 
 
@@ -88,6 +93,8 @@ def write_card(name: str, n_t: int = 8) -> Path:
     model = load(folder)
     if model.family == "cdcd":
         return write_cdcd_card(folder, model)
+    if model.family == "calm":
+        return write_calm_card(folder, model)
     metrics = {split: evaluate(model, split, n_t=n_t) for split in ("val", "test")}
     config = read_config(folder)
     config["metrics"] = {split: {k: m[k] for k in ("tokens", "nll_per_token", "ppl", "bound", "n_t")}
@@ -370,6 +377,11 @@ def write_autoencoder_card(folder: Path) -> Path:
     training = config.get("training", {})
     c = autoencoder.config
     rows = "\n".join(f"| {s} | {100 * v:.3f}% |" for s, v in curve.items())
+    tc = training.get("train_config", {})
+    commands = "\n".join(
+        f"python -m explorer train-autoencoder --chunk {K} --latent-dim {c.latent_dim} --steps {run['steps']} "
+        f"--batch-size {tc.get('batch_size')} --lr {tc.get('lr')} --out {folder}{' --resume' if run['resume'] else ''}"
+        for run in training.get("runs", [{"steps": tc.get("steps"), "resume": False}]))
     text = f"""# {folder.name}
 
 CALM's autoencoder for K = {K}: {K} token(s) <-> one {c.latent_dim}-dimensional vector. MLP only (embedding
@@ -398,9 +410,59 @@ Command: `python -m explorer card --checkpoint {folder}` (measures the numbers a
 ## Reproduce
 
 ```
-python -m explorer train-autoencoder --chunk {K} --latent-dim {c.latent_dim} --steps {training.get('train_config', {}).get('steps')} \\
-    --batch-size {training.get('train_config', {}).get('batch_size')} --lr {training.get('train_config', {}).get('lr')} --out {folder}
+{commands}
 python -m explorer card --checkpoint {folder}
+```
+"""
+    card = folder / "README.md"
+    card.write_text(text)
+    return card
+
+
+def write_calm_card(folder: Path, model) -> Path:
+    """A CALM language model: BrierLM (two-sample estimator) on the test split, its autoencoder, training."""
+    from explorer.brier import brier_lm
+    from explorer.data import TokenStream, load_corpus
+    from explorer.train_autoencoder import robustness
+
+    config = read_config(folder)
+    K = model.chunk
+    score = brier_lm(model, "test", context=64, stride=8)
+    chunks = TokenStream(load_corpus(), "val", model.tokenizer).windows(128)[:256].reshape(-1, K)
+    ae = robustness(model.autoencoder, chunks)
+    config["metrics"] = {"test": {"brierlm": score}, "autoencoder_val": ae}
+    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    plot_training(folder)
+    training = config.get("training", {})
+    backbone = config["model"]["backbone"]
+    b = score["brier"]
+    text = f"""# {folder.name}
+
+{ABOUT['calm']}
+
+- K = {K} tokens per vector; latent l = {model.config.autoencoder.latent_dim}; parameters: {model.num_parameters():,}
+  (backbone d_model {backbone['d_model']}, {backbone['n_layers']} layers over {backbone['max_seq_len']} chunk positions
+  = {model.max_seq_len} tokens; energy head {model.config.head_layers} blocks; the frozen autoencoder included).
+- Training: {training.get('steps_done')} steps, {training.get('tokens_seen', 0):,} tokens seen,
+  {training.get('wall_s', 0) / 60:.1f} minutes on {training.get('device')}; energy loss with N =
+  {model.config.n_samples} head samples and M = {model.config.n_targets} posterior targets.
+
+## Measured
+
+- BrierLM on the test split (two-sample estimator, {score['windows']:,} positions, context 64, chunk-aligned):
+  **{score['brierlm']}** (Brier-1 {b['1']:.4f}, Brier-2 {b['2']:.4f}, Brier-3 {b['3']:.4f}, Brier-4 {b['4']:.5f}).
+- Its autoencoder on the validation split: token accuracy {100 * ae['accuracy']:.3f}%, {100 *
+ae['accuracy_under_noise']['0.3']:.2f}% under noise sigma 0.3, {ae['collapsed_dims']} collapsed dimensions.
+
+Command: `python -m explorer card --checkpoint {folder.name}`.
+
+![training curve](training_curve.png)
+
+## Reproduce
+
+```
+{REPRODUCE.get(folder.name, 'python -m explorer train --family calm ... (see config.json: training.train_config)')}
+python -m explorer card --checkpoint {folder.name}
 ```
 """
     card = folder / "README.md"

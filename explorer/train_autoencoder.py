@@ -5,7 +5,7 @@
 Batches are random 128-token windows of the train split cut into chunks of K tokens (so chunk
 boundaries fall anywhere in words, as in the language model's inputs). The run is short (minutes);
 it saves atomically every `save_every` steps, and `--resume` continues from the last save (the batch
-of each step derives from the seed and the step). The card numbers (accuracy, accuracy under noise,
+of each step derives from the seed and the step; `--steps` may grow on resume to train longer). The card numbers (accuracy, accuracy under noise,
 collapsed dimensions) are measured on the validation split at the end and stored in config.json.
 """
 
@@ -69,20 +69,23 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, out: str | Path, device: str 
                                           d_model=cfg.d_model, d_ff=2 * cfg.d_model,
                                           latent_dim=cfg.latent_dim)).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    step, wall = 0, 0.0
+    step, wall, runs = 0, 0.0, []
     state_file = out / "train_state.safetensors"
     if resume:
         meta = json.loads((out / "config.json").read_text())["training"]
-        if meta["train_config"] != asdict(cfg):
-            raise ValueError("--resume: settings differ from the saved autoencoder run")
+        changed = {k for k, v in asdict(cfg).items() if meta["train_config"].get(k) != v} - {"steps", "save_every"}
+        if changed:
+            raise ValueError(f"--resume: settings differ from the saved autoencoder run: {sorted(changed)} (only "
+                             "steps and save_every may change)")
         model.load_state_dict(load_file(str(out / "autoencoder.safetensors"), device=str(device)))
         moments = load_file(str(state_file), device=str(device))
         for i, p in enumerate(model.parameters()):
             optimizer.state[p] = {"step": torch.tensor(float(meta["steps_done"])), "exp_avg": moments[f"{i}.m"],
                                   "exp_avg_sq": moments[f"{i}.v"]}
-        step, wall = meta["steps_done"], meta["wall_s"]
+        step, wall, runs = meta["steps_done"], meta["wall_s"], meta.get("runs", [])
     elif (out / "config.json").is_file():
         raise FileExistsError(f"{out} already holds an autoencoder; pass --resume or pick another --out")
+    runs = runs + [{"steps": cfg.steps, "resume": resume}]  # every invocation, so the card can list them all
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "train_log.jsonl", "a" if resume else "w")
 
@@ -92,7 +95,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, out: str | Path, device: str 
                    for name, k in (("exp_avg", "m"), ("exp_avg_sq", "v"))}
         atomic_write(state_file, lambda tmp: save_file(moments, str(tmp)))
         training = {"train_config": asdict(cfg), "steps_done": step, "wall_s": round(wall, 1),
-                    "tokens_seen": step * cfg.batch_size * 128, "device": device_name(device)}
+                    "tokens_seen": step * cfg.batch_size * 128, "device": device_name(device), "runs": runs}
         model.save_pretrained(out, extra={"training": training} | (extra or {}))
 
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train autoencoder K={cfg.chunk}", disable=not progress)
