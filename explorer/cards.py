@@ -132,16 +132,19 @@ Command: `python -m explorer card --checkpoint {folder.name}` (runs `python -m e
 
 ![training curve](training_curve.png)
 
-## Reproduce
-
-```
-{REPRODUCE.get(folder.name, 'python -m explorer train ... (see config.json: training.train_config)')}
-python -m explorer card --checkpoint {folder.name}
-```
-
-The full training settings are in `config.json` under `training.train_config`; the per-step log is
-`train_log.jsonl`.
 """
+    return save_card(folder, text + reproduce_section(folder))
+
+
+def reproduce_section(folder: Path) -> str:
+    """The card's closing section: the training command (REPRODUCE) and the card command."""
+    command = REPRODUCE.get(folder.name, "python -m explorer train ... (see config.json: training.train_config)")
+    return (f"## Reproduce\n\n```\n{command}\npython -m explorer card --checkpoint {folder.name}\n```\n\n"
+            "The full training settings are in `config.json` under `training.train_config`; the per-step log is\n"
+            "`train_log.jsonl`.\n")
+
+
+def save_card(folder: Path, text: str) -> Path:
     card = folder / "README.md"
     card.write_text(text)
     return card
@@ -326,19 +329,8 @@ Command: `python -m explorer card --checkpoint {folder.name}` (computes every nu
 
 ![training curve](training_curve.png)
 
-## Reproduce
-
-```
-{REPRODUCE.get(folder.name, 'python -m explorer train ... (see config.json: training.train_config)')}
-python -m explorer card --checkpoint {folder.name}
-```
-
-The full training settings are in `config.json` under `training.train_config`; the per-step log is
-`train_log.jsonl`.
 """
-    card = folder / "README.md"
-    card.write_text(text)
-    return card
+    return save_card(folder, text + reproduce_section(folder))
 
 
 # --- CALM autoencoders: reconstruction, robustness to noise on the latent, collapsed dimensions ------------------
@@ -414,9 +406,7 @@ Command: `python -m explorer card --checkpoint {folder}` (measures the numbers a
 python -m explorer card --checkpoint {folder}
 ```
 """
-    card = folder / "README.md"
-    card.write_text(text)
-    return card
+    return save_card(folder, text)
 
 
 def write_calm_card(folder: Path, model) -> Path:
@@ -458,13 +448,5 @@ Command: `python -m explorer card --checkpoint {folder.name}`.
 
 ![training curve](training_curve.png)
 
-## Reproduce
-
-```
-{REPRODUCE.get(folder.name, 'python -m explorer train --family calm ... (see config.json: training.train_config)')}
-python -m explorer card --checkpoint {folder.name}
-```
 """
-    card = folder / "README.md"
-    card.write_text(text)
-    return card
+    return save_card(folder, text + reproduce_section(folder))
