@@ -123,15 +123,15 @@ def continuous_diffusion(model, prompt_ids: list[int], params: ContinuousParams,
         previous = tokens
         tokens = torch.where(clean, ids, proposal)  # at the last step x = E[x0], so this is the rounding of x
         final = k == params.steps - 1
-        prob = None
-        if record == "full":
-            _, prob, _, _ = kernels.sample_and_score(logits[gen], temperature=0.0)
-        frame = _frame(record, final, k + 1, tokens[gen], x[gen], t_next, nfe, model,
-                       proposal=logits[gen].argmax(-1), confidence=prob, entropy=entropy[gen],
-                       revised=(tokens[gen] != previous[gen]).nonzero().squeeze(-1).tolist(),
-                       committed=range(G) if final else ())
-        if frame is not None:
-            yield frame
+        if record == "none" and not final:
+            continue  # the fast path builds no frame
+        mode, prob = None, None
+        if record == "full":  # the softmax's argmax and its probability, in one pass over the vocabulary
+            mode, prob, _, _ = kernels.sample_and_score(logits[gen], temperature=0.0)
+        yield _frame(record, final, k + 1, tokens[gen], x[gen], t_next, nfe, model, proposal=mode,
+                     confidence=prob, entropy=entropy[gen],
+                     revised=(tokens[gen] != previous[gen]).nonzero().squeeze(-1).tolist(),
+                     committed=range(G) if final else ())
 
 
 def _frame(record: str, final: bool, step: int, tokens, x, t: float, nfe: int, model, *, proposal=None,
