@@ -16,16 +16,20 @@ import gradio as gr
 import torch
 
 import explorer
+from explorer.data.tokenizer import display_string
 from explorer.hub import describe
 from explorer.models.base import read_config
 from explorer.sampling import SAMPLERS, build_trace, stream
 from explorer.models.cdcd import vocabulary_points
-from explorer.viz import COLOR_MODES, latent_trajectories, step_heatmap, tokens_html
+from explorer.viz import COLOR_MODES, head_samples, latent_trajectories, step_heatmap, tokens_html
 
 MAX_LENGTH = 256  # bd3lm slides its window past the 128-token context; other families' samplers refuse clearly
 CACHES = {"mdlm": ["none", "prefix", "dual"], "bd3lm": ["kv", "none"], "ar": ["kv"], "cdcd": ["none"],
           "calm": ["kv"]}  # the first is the default
 EVERY_CACHE = ["none", "prefix", "dual", "kv"]
+TEMPERATURE_INFO = "0 = argmax (continuous diffusion: the softmax inside E[x0])"
+CALM_TEMPERATURE_INFO = ("CALM: in (0, 1], sharpening the distribution of decoded chunks by sampling; exact: any "
+                         "value, batch: 1/n for n <= N only (1, 0.5, 0.25, 0.2, 0.1, 0.05)")
 PLOT_EVERY_S = 0.5  # redraw the heatmap at most this often while streaming (the token view updates every step)
 _models: dict[str, tuple[int, object]] = {}  # name -> (mtime of its weights, model): reload when retrained
 
@@ -37,6 +41,12 @@ def family_of(name: str | None) -> str | None:
 
 def sampler_choices(name: str | None) -> list[str]:
     return list(SAMPLERS.get(family_of(name), ()))
+
+
+def calm_chunk_sizes() -> dict[str, int]:
+    """{name: K} of the calm checkpoints: tokens packed into each latent vector."""
+    configs = {name: read_config(path) for name, path in explorer.shipped().items()}
+    return {name: c["model"]["autoencoder"]["chunk"] for name, c in configs.items() if c.get("family") == "calm"}
 
 
 def get_model(name: str):
@@ -84,8 +94,9 @@ def stats_line(trace, running: bool) -> str:
 
 
 def sampler_knobs(family: str | None, sampler, gen_length, steps, block_length, temperature, threshold,
-                  cache) -> dict:
-    """The page's controls as sampler knobs; `cache` means Fast-dLLM's cache for mdlm, the exact KV cache for bd3lm."""
+                  cache, n_candidates=200) -> dict:
+    """The page's controls as sampler knobs; `cache` means Fast-dLLM's cache for mdlm, the exact KV cache for bd3lm;
+    for calm the sampler is the temperature algorithm and `n_candidates` its N."""
     knobs = {"gen_length": int(gen_length), "steps": int(steps), "block_length": int(block_length),
              "temperature": float(temperature)}
     if sampler == "threshold":
@@ -95,7 +106,8 @@ def sampler_knobs(family: str | None, sampler, gen_length, steps, block_length, 
     if family == "ar":
         return knobs  # AR decoding always uses its KV cache
     if family == "calm":  # one chunk per step with a KV cache; temperature in (0, 1] without likelihoods
-        return {k: knobs[k] for k in ("gen_length", "temperature")}
+        return {"gen_length": knobs["gen_length"], "temperature": knobs["temperature"],
+                "n_candidates": int(n_candidates)}
     if family == "cdcd":  # Euler steps of the ODE: no blocks, no commit rule, no cache
         return {k: knobs[k] for k in ("gen_length", "steps", "temperature")}
     if cache not in allowed:
@@ -108,12 +120,13 @@ def sampler_knobs(family: str | None, sampler, gen_length, steps, block_length, 
 
 
 def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, temperature, threshold, seed,
-             color_by, cache=None):
+             color_by, cache=None, n_candidates=200):
     """Stream a generation: one update of the token view per sampler step, the heatmap every PLOT_EVERY_S."""
     frames, busy, last_plot, notices = [], 0.0, 0.0, []
     try:
         model = get_model(checkpoint)
-        knobs = sampler_knobs(model.family, sampler, gen_length, steps, block_length, temperature, threshold, cache)
+        knobs = sampler_knobs(model.family, sampler, gen_length, steps, block_length, temperature, threshold, cache,
+                              n_candidates)
         description, prompt_ids, frames_iter = stream(model, prompt or "", sampler, int(seed or 0), record="full",
                                                       **knobs)
         while True:
@@ -147,16 +160,32 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
 
 
 def latent_view(trace, upto: int):
-    """Continuous diffusion: paths of the first positions through the embedding space up to frame `upto`
-    (one PCA fitted over the whole run, so scrubbing keeps the axes); other families: nothing."""
-    if trace.model["family"] != "cdcd" or trace.frames[-1].latent is None:
+    """Continuous diffusion: paths of the first positions through the embedding space up to frame `upto`;
+    CALM: the energy head's samples for the chunk of frame `upto` around the chosen latent (each one PCA fitted
+    over the whole run, so scrubbing keeps the axes); other families: nothing."""
+    family = trace.model["family"]
+    if family == "calm" and trace.frames[-1].samples:
+        return gr.update(value=head_samples(trace, upto, decoded_samples(trace, upto)), visible=True)
+    if family != "cdcd" or trace.frames[-1].latent is None:
         return gr.update(value=None, visible=False)
     points, strings = vocabulary_points(get_model(trace.model["name"]))
     return gr.update(value=latent_trajectories(trace, points, strings, upto=upto), visible=True)
 
 
+def decoded_samples(trace, upto: int) -> list[str] | None:
+    """The chunk each head sample of frame `upto` decodes to (the autoencoder's argmax, as the sampler decodes)."""
+    samples = trace.frames[upto].samples
+    if not samples:
+        return None
+    model = get_model(trace.model["name"])
+    with torch.no_grad():
+        chunks = model.autoencoder.decode(torch.tensor(samples, device=model.device)).argmax(-1)  # (n, K)
+    return ["".join(display_string(model.tokenizer, t) for t in chunk) for chunk in chunks.tolist()]
+
+
 def replay(trace, step, color_by):
-    """Redraw a stored frame from the trace in the session state; the model is not run."""
+    """Redraw a stored frame from the trace in the session state; the model is not run (calm: only its
+    autoencoder, to label the head samples with the chunks they decode to)."""
     if trace is None:
         return "<i>Generate first; then the step slider replays the recorded frames.</i>", gr.skip(), gr.skip()
     index = min(max(int(step), 0), len(trace.frames) - 1)
@@ -164,19 +193,34 @@ def replay(trace, step, color_by):
 
 
 def on_checkpoint(name):
-    """Show the family's samplers and caches; a block-diffusion checkpoint sets the block size it was trained with."""
+    """Show the family's samplers and knobs (calm: K, the algorithm, N and a temperature in (0, 1] instead of
+    steps, blocks, cache and threshold); a block-diffusion checkpoint sets the block size it was trained with."""
     choices = sampler_choices(name)
     family = family_of(name)
-    block, steps, temperature = gr.skip(), gr.skip(), gr.skip()
+    calm = family == "calm"
+    block, steps, temperature = {}, {}, {"minimum": 0, "maximum": 2, "info": TEMPERATURE_INFO}
     if family == "bd3lm":
         block_size = read_config(explorer.shipped()[name])["model"]["block_size"]
-        block, steps = gr.update(value=block_size), gr.update(value=block_size)
+        block, steps = {"value": block_size}, {"value": block_size}
     if family == "cdcd":  # CDCD's ~200 Euler steps; temperature 1 = the model's own softmax in E[x0]
-        steps, temperature = gr.update(value=200), gr.update(value=1.0)
-    if family == "calm":  # temperature 1 decodes one head sample per chunk
-        temperature = gr.update(value=1.0)
-    return (gr.update(choices=choices, value=choices[0] if choices else None),
-            gr.update(value=CACHES.get(family, ["none"])[0]), block, steps, temperature)
+        steps, temperature["value"] = {"value": 200}, 1.0
+    if calm:  # temperature 1 decodes one head sample per chunk
+        temperature = {"value": 1.0, "minimum": 0.05, "maximum": 1, "info": CALM_TEMPERATURE_INFO}
+    chunk_sizes = calm_chunk_sizes()
+    return (gr.update(choices=choices, value=choices[0] if choices else None,
+                      label="algorithm (temperature below 1)" if calm else "sampler"),
+            gr.update(value=CACHES.get(family, ["none"])[0], visible=not calm),
+            gr.update(visible=not calm, **block), gr.update(visible=not calm, **steps), gr.update(**temperature),
+            gr.update(visible=not calm), gr.update(visible=calm),
+            gr.update(choices=sorted(set(chunk_sizes.values())), value=chunk_sizes.get(name), visible=calm))
+
+
+def on_chunk_size(chunk_size, name):
+    """Switch to the calm checkpoint that packs `chunk_size` tokens per vector (the current one if it does)."""
+    chunk_sizes = calm_chunk_sizes()
+    if chunk_sizes.get(name) == chunk_size:
+        return gr.skip()
+    return gr.update(value=next(n for n, k in chunk_sizes.items() if k == chunk_size))
 
 
 def build_demo() -> gr.Blocks:
@@ -197,7 +241,11 @@ def build_demo() -> gr.Blocks:
                                         "ancestral, draft_refine (ar-tiny drafts, the masked model revises); "
                                         "block diffusion: first_hitting (one random token per step) or a rule "
                                         "inside each block; ar: left to right; continuous diffusion: euler (ODE "
-                                        "steps with score interpolation)", elem_id="sampler")
+                                        "steps with score interpolation); CALM: the temperature algorithm, exact "
+                                        "(Alg. 1, any T) or batch (N candidates, T = 1/n)", elem_id="sampler")
+                chunk_size = gr.Radio([], label="K (tokens per vector)", elem_id="chunk_size", visible=False,
+                                      info="CALM: tokens the autoencoder packs into one latent vector; switches to "
+                                           "the checkpoint trained with that K")
                 gen_length = gr.Slider(1, MAX_LENGTH, 64, step=1, label="gen length", elem_id="gen_length")
                 steps = gr.Slider(1, 2 * MAX_LENGTH, 64, step=1, label="steps", elem_id="steps",
                                   info="network evaluations, split evenly over the blocks (block diffusion: per block)")
@@ -208,9 +256,12 @@ def build_demo() -> gr.Blocks:
                                  info="masked diffusion: Fast-dLLM prefix / dual cache (approximate, refreshed per "
                                       "block); block diffusion: exact KV cache of finished blocks or recompute")
                 temperature = gr.Slider(0, 2, 0, step=0.05, label="temperature", elem_id="temperature",
-                                        info="0 = argmax (continuous diffusion: the softmax inside E[x0])")
+                                        info=TEMPERATURE_INFO)
                 threshold = gr.Slider(0.05, 1, 0.9, step=0.05, label="threshold", elem_id="threshold",
                                       info="threshold sampler: commit every token at least this confident")
+                n_candidates = gr.Slider(2, 500, 200, step=1, label="N (candidates)", elem_id="n_candidates",
+                                         visible=False, info="CALM batch algorithm: head samples drawn per chunk; "
+                                                             "the exact one falls back to it past max_draws")
                 seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
@@ -230,12 +281,13 @@ def build_demo() -> gr.Blocks:
                             "shows the entropy of the softmax instead: the superposition of tokens collapsing.")
                 plot = gr.Plot(elem_id="heatmap", show_label=False)
                 latent = gr.Plot(elem_id="latent", show_label=False, visible=False)
-        family_controls = [sampler, cache, block_length, steps, temperature]
+        family_controls = [sampler, cache, block_length, steps, temperature, threshold, n_candidates, chunk_size]
         checkpoint.change(on_checkpoint, checkpoint, family_controls, api_name=False)
         demo.load(on_checkpoint, checkpoint, family_controls, api_name=False)  # the family's samplers only
+        chunk_size.input(on_chunk_size, [chunk_size, checkpoint], checkpoint, api_name=False)  # user picks only
         run.click(generate, [checkpoint, prompt, sampler, gen_length, steps, block_length, temperature, threshold,
-                             seed, color_by, cache], [view, stats, error, plot, step, trace_state, latent],
-                  api_name="generate")
+                             seed, color_by, cache, n_candidates],
+                  [view, stats, error, plot, step, trace_state, latent], api_name="generate")
         step.change(replay, [trace_state, step, color_by], [view, plot, latent], api_name="replay")
         color_by.change(replay, [trace_state, step, color_by], [view, plot, latent], api_name=False)
     return demo.queue(default_concurrency_limit=1)

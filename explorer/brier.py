@@ -45,14 +45,14 @@ def brier_windows(tokenizer, split: str, context: int, max_windows: int | None, 
 
 
 @torch.no_grad()
-def ar_continuations(model, prefixes: torch.Tensor, length: int, seed: int) -> torch.Tensor:
-    """(B, length) tokens sampled at T = 1 after <bos> + each prefix (B, P), with a KV cache."""
+def ar_continuations(model, prefixes: torch.Tensor, length: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
+    """(B, length) tokens sampled at `temperature` after <bos> + each prefix (B, P), with a KV cache."""
     cache = model.new_cache()
     bos = torch.full((len(prefixes), 1), model.bos_id, dtype=torch.long)
     logits = model(torch.cat([bos, prefixes], 1).to(model.device), cache=cache)[:, -1]  # (B, V)
     out = []
     for step in range(length):
-        tokens = kernels.sample_and_score(logits.float(), 1.0, seed=seed, offset=step * logits.numel())[0]
+        tokens = kernels.sample_and_score(logits.float(), temperature, seed=seed, offset=step * logits.numel())[0]
         out.append(tokens.cpu())
         if step < length - 1:
             logits = model(tokens[:, None], cache=cache)[:, -1]
@@ -69,15 +69,21 @@ def ar_logprobs(model, prefixes: torch.Tensor, continuation: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def calm_continuations(model, prefixes: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
-    """(B, length) tokens: whole chunks decoded from one head sample each, after chunk-aligned prefixes."""
+def calm_prefix_states(model, prefixes: torch.Tensor, cache=None) -> torch.Tensor:
+    """(B, d) backbone states predicting the chunk after each chunk-aligned prefix (B, P)."""
     K = model.chunk
     if prefixes.shape[1] % K:
-        raise ValueError(f"the BrierLM context ({prefixes.shape[1]}) must be a multiple of K={K} for calm")
-    cache = model.new_cache()
+        raise ValueError(f"the prefix length ({prefixes.shape[1]}) must be a multiple of K={K} for calm")
     inputs = model.chunk_inputs(prefixes.to(model.device))
     inputs = torch.cat([inputs, prefixes.to(model.device).view(len(prefixes), -1, K)[:, -1:]], 1)
-    hidden = model.hidden_states(inputs, cache=cache)[:, -1]  # (B, d)
+    return model.hidden_states(inputs, cache=cache)[:, -1]
+
+
+@torch.no_grad()
+def calm_continuations(model, prefixes: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, length) tokens: whole chunks decoded from one head sample each, after chunk-aligned prefixes."""
+    cache = model.new_cache()
+    hidden = calm_prefix_states(model, prefixes, cache)
     out = []
     while sum(c.shape[1] for c in out) < length:
         z = model.sample_latents(hidden, 1, generator)[:, 0]  # (B, l)

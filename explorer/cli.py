@@ -234,12 +234,14 @@ def cmd_list(args):
 
 def _add_bench(sub):
     p = sub.add_parser("bench", help="benchmarks, written as JSON and a markdown table")
-    p.add_argument("suite", choices=["sampling", "kernels", "block", "continuous"])
+    p.add_argument("suite", choices=["sampling", "kernels", "block", "continuous", "calm"])
     p.add_argument("--checkpoint", default="mdlm-tiny", help="masked-diffusion checkpoint")
     p.add_argument("--block-checkpoint", default="bd3lm-tiny-b16", help="block: the block-diffusion checkpoint")
     p.add_argument("--continuous-checkpoint", nargs="+", default=["cdcd-tiny", "cdcd-tiny-nowarp"],
                    help="continuous: cdcd checkpoints (the first is the main one; the others are compared with it)")
-    p.add_argument("--judge", default="ar-tiny", help="AR checkpoint judging generative perplexity")
+    p.add_argument("--calm-checkpoint", nargs="+", default=["calm-tiny-k1", "calm-tiny-k2", "calm-tiny-k4", "calm-tiny-k8"],
+                   help="calm: the CALM checkpoints of the K trade-off (compared with --judge as the AR baseline)")
+    p.add_argument("--judge", default="ar-tiny", help="AR checkpoint judging generative perplexity (calm: the baseline)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="output (default bench_results/<suite>.json)")
     p.add_argument("--length", type=int, default=1024, help="kernels: positions L (B = 1)")
@@ -264,6 +266,11 @@ def cmd_bench(args):
         from explorer.bench_continuous import run_continuous_bench
 
         run_continuous_bench(args.continuous_checkpoint, args.checkpoint, args.judge, json_path=json_path)
+        return
+    if args.suite == "calm":
+        from explorer.bench_calm import run_calm_bench
+
+        run_calm_bench(args.calm_checkpoint, args.judge, repeats=args.repeats, json_path=json_path)
         return
     from explorer.bench import run_sampling_bench
 

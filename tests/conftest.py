@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from explorer.data import load_tokenizer
-from explorer.models import ARConfig, ARModel, BD3LMConfig, BD3LMModel, CDCDConfig, CDCDModel, MDLMConfig, MDLMModel
+from explorer.models import (ARConfig, ARModel, BD3LMConfig, BD3LMModel, CALMConfig, CALMModel, CDCDConfig,
+                              CDCDModel, MDLMConfig, MDLMModel)
+from explorer.models.calm import AutoencoderConfig
 from explorer.nn import TransformerConfig
 from explorer.train import SHIPPED_TOKENIZER
 
@@ -63,6 +65,21 @@ def tiny_cdcd(tokenizer):
     torch.manual_seed(0)
     backbone = tiny_backbone("bidirectional").with_(time_conditioning=True, max_seq_len=48)
     return CDCDModel(CDCDConfig(backbone=backbone, embed_dim=16, warp_bins=20), tokenizer).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_calm_checkpoints(tokenizer, tmp_path_factory):
+    """A checkpoint folder with random CALM models `calm-tiny-k2` and `calm-tiny-k4` (K tokens per latent vector)."""
+    folder = tmp_path_factory.mktemp("calm-checkpoints")
+    for chunk in (2, 4):
+        torch.manual_seed(0)
+        config = CALMConfig(backbone=tiny_backbone("causal").with_(max_seq_len=16),
+                            autoencoder=AutoencoderConfig(chunk=chunk, d_model=32, d_ff=64, latent_dim=8),
+                            head_layers=2, head_noise_dim=8, n_samples=4, n_targets=10)
+        model = CALMModel(config, tokenizer)
+        torch.nn.init.normal_(model.head.out.weight, std=1.0)  # spread the head's samples (it starts at a point)
+        model.save_pretrained(folder / f"calm-tiny-k{chunk}", dtype=torch.float32)
+    return folder
 
 
 class MockDenoiser:

@@ -96,3 +96,59 @@ def test_continuous_diffusion_shows_entropy_and_latent_paths_and_replays(client)
     _view, _stats, error, *_ = client.predict("cdcd-tiny", "ROMEO:", "euler", 200, 10, 16, 1.0, 0.9, 0,
                                               "confidence", "none", api_name="/generate")
     assert "gen_length (200) exceeds the model" in error, error
+
+
+@pytest.fixture
+def calm_hub(tiny_calm_checkpoints, monkeypatch):
+    """The app's checkpoint list is two random CALM models, K = 2 and K = 4."""
+    import explorer.hub
+
+    monkeypatch.setattr(explorer.hub, "CHECKPOINT_DIR", tiny_calm_checkpoints)
+
+
+def run_calm(algorithm, temperature, n_candidates, gen_length=12):
+    """The page's generate for calm-tiny-k4; returns its last outputs."""
+    from app import generate
+
+    *_, last = generate("calm-tiny-k4", "ROMEO:", algorithm, gen_length, 64, 64, temperature, 0.9, 0, "confidence",
+                        "kv", n_candidates)
+    return last
+
+
+def test_calm_checkpoint_shows_k_algorithm_and_n_instead_of_the_other_knobs(calm_hub):
+    from app import on_checkpoint, on_chunk_size
+
+    sampler, cache, block, steps, temperature, threshold, n_candidates, chunk_size = on_checkpoint("calm-tiny-k4")
+    assert sampler["choices"] == ["exact", "batch"] and sampler["label"].startswith("algorithm")
+    assert not any(u["visible"] for u in (cache, block, steps, threshold)) and n_candidates["visible"]
+    assert temperature["value"] == 1.0 and temperature["maximum"] == 1
+    assert chunk_size["choices"] == [2, 4] and chunk_size["value"] == 4 and chunk_size["visible"]
+    assert on_chunk_size(2, "calm-tiny-k4")["value"] == "calm-tiny-k2"  # K switches the checkpoint
+    assert "value" not in on_chunk_size(4, "calm-tiny-k4")  # already there
+
+
+def test_other_families_hide_the_calm_knobs():
+    from app import on_checkpoint
+
+    sampler, cache, *_, n_candidates, chunk_size = on_checkpoint("mdlm-tiny")
+    assert sampler["label"] == "sampler" and cache["visible"]
+    assert not n_candidates["visible"] and not chunk_size["visible"]
+
+
+@pytest.mark.parametrize("algorithm", ["exact", "batch"])
+def test_calm_knobs_reach_the_sampler_and_the_head_scatter_replays(calm_hub, algorithm):
+    from app import replay
+
+    view, _stats, error, _plot, _step, trace, latent = run_calm(algorithm, 0.5, 7)
+    assert not error and view.count('class="dlm-token"') == 12, error or view
+    assert trace.sampler["algorithm"] == algorithm and trace.sampler["n_candidates"] == 7
+    assert latent["visible"] and [len(d.x) for d in latent["value"].data] == [2, 16, 1]  # earlier, samples, chosen
+    _view, _plot, replayed = replay(trace, 1, "confidence")
+    assert [len(d.x) for d in replayed["value"].data] == [0, 16, 1]
+    assert all(text.startswith("'") for text in replayed["value"].data[1].text)  # samples decoded to their chunks
+
+
+def test_unrepresentable_batch_temperature_shows_the_error_box(calm_hub):
+    with pytest.warns(UserWarning, match="not representable"):
+        _view, _stats, error, *_ = run_calm("batch", 0.7, 7)
+    assert "dlm-error" in error and "not representable by the batch approximation with N=7" in error, error

@@ -1,5 +1,6 @@
 """CALM: the autoencoder, the energy-head language model, its sampler, and temperature without likelihoods."""
 
+import json
 import math
 import random
 
@@ -213,3 +214,53 @@ def test_brier_lm_for_calm_uses_chunk_aligned_prefixes(tiny_calm):
     assert result["family"] == "calm" and result["windows"] == 4
     with pytest.raises(ValueError, match="multiple of K=4"):
         brier_lm(tiny_calm, "val", context=18, max_windows=2, progress=False)
+
+
+def test_equivalent_temperature_interpolates_the_ar_collision_curve():
+    from explorer.bench_calm import equivalent_temperature
+
+    ar = [{"temperature": 1.0, "collision": 0.2}, {"temperature": 0.8, "collision": 0.3},
+          {"temperature": 0.6, "collision": 0.5}]
+    assert equivalent_temperature(0.3, ar) == 0.8
+    assert equivalent_temperature(0.4, ar) == pytest.approx(0.7)
+    assert equivalent_temperature(0.1, ar) is None and equivalent_temperature(0.9, ar) is None
+
+
+def test_calm_bench_end_to_end_on_tiny_models(tiny_calm, tiny_ar, tmp_path):
+    from explorer.bench_calm import calm_table, run_calm_bench
+
+    torch.manual_seed(0)
+    ae2 = Autoencoder(AutoencoderConfig(chunk=2, d_model=32, d_ff=64, latent_dim=8))
+    backbone = TransformerConfig(vocab_size=2048, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=64)
+    k2 = CALMModel(CALMConfig(backbone=backbone, autoencoder=ae2.config, head_layers=2, head_noise_dim=8), tiny_ar.tokenizer)
+    k2.autoencoder.load_state_dict(ae2.state_dict())
+    k4 = CALMModel(tiny_calm.config.__class__(**{**tiny_calm.config.__dict__,
+                                                  "backbone": tiny_calm.config.backbone.with_(max_seq_len=32)}),
+                   tiny_ar.tokenizer)
+    k4.load_state_dict(tiny_calm.state_dict(), strict=False)
+    for name, model in (("ar", tiny_ar), ("k2", k2), ("k4", k4)):
+        model.save_pretrained(tmp_path / name, dtype=torch.float32)
+    out = tmp_path / "calm.json"
+    results = run_calm_bench([str(tmp_path / "k2"), str(tmp_path / "k4")], str(tmp_path / "ar"), repeats=1, samples=1,
+                             gen_length=8, brier_stride=4000, temperature_prefixes=6, batch_n=(2, 4),
+                             exact_temperatures=(0.5,), json_path=out)
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert out.with_suffix(".md").read_text() == calm_table(saved) and out.with_suffix(".png").stat().st_size > 0
+    ar_row, k2_row, k4_row = saved["tradeoff"]
+    assert [r["K"] for r in saved["tradeoff"]] == [1, 2, 4]
+    assert (ar_row["backbone_passes"], k2_row["backbone_passes"], k4_row["backbone_passes"]) == (1.0, 0.5, 0.25)
+    assert "exact" in ar_row["brierlm"] and "exact" not in k4_row["brierlm"]
+    c = tiny_ar.backbone.config  # FLOPs from the config: blocks, attention over 16 + 8/2 tokens, tied head
+    macs = c.n_layers * (4 * c.d_model**2 + 3 * c.d_model * c.d_ff) + 2 * c.n_layers * c.d_model * 20 + c.d_model * 2048
+    assert ar_row["flops"] == 2 * macs and ar_row["speedup"] == 1.0
+    temperature = saved["temperature"]
+    assert temperature["checkpoint"] == "k4" and len(temperature["ar"]) == 8
+    batch = [r for r in temperature["calm"] if r["algorithm"] == "batch"]
+    assert [(round(1 / r["temperature"]), r["N"]) for r in batch] == [(2, 2), (2, 4), (3, 4)]
+    assert all(r["head_samples_per_chunk"] == r["N"] for r in batch)
+    exact = [r for r in temperature["calm"] if r["algorithm"] == "exact"]
+    assert exact[0]["temperature"] == 1.0 and exact[0]["head_samples_per_chunk"] == 1.0
+    assert exact[1]["head_samples_per_chunk"] >= 2  # T = 1/2 needs two equal draws at least
+    for row in temperature["ar"] + temperature["calm"]:
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["collision"] <= 1

@@ -1,11 +1,14 @@
-"""2-D projections of continuous states: reproducible PCA, shared axes, UMAP opt-in with a PCA fallback."""
+"""2-D projections of continuous states: reproducible PCA, shared axes, UMAP opt-in with a PCA fallback; the
+scatter of CALM's energy-head samples."""
 
 import builtins
+import html
 
 import numpy as np
 import pytest
 
-from explorer.viz import project
+import explorer
+from explorer.viz import head_samples, project
 
 
 def cloud(seed=0, n=50, d=8):
@@ -62,3 +65,34 @@ def test_bad_input_names_the_problem():
         proj = project(cloud())
         proj.method = "umap"
         proj.transform(cloud())
+
+
+@pytest.fixture(scope="module")
+def calm_trace(tiny_calm_checkpoints):
+    model = explorer.load(tiny_calm_checkpoints / "calm-tiny-k4")
+    return explorer.generate(model, "ROMEO:", gen_length=12, record="full", seed=0)
+
+
+def test_head_samples_draw_one_chunk_on_axes_fitted_over_the_run(calm_trace):
+    counts = [[len(d.x) for d in head_samples(calm_trace, upto).data] for upto in (0, 1, 2, -1)]
+    assert counts == [[0, 0, 0], [0, 16, 1], [1, 16, 1], [2, 16, 1]]  # earlier chunks, head samples, chosen latent
+    first, last = head_samples(calm_trace, 1), head_samples(calm_trace, -1)
+    assert first.layout.xaxis.range == last.layout.xaxis.range and first.layout.meta == last.layout.meta
+    mean, components = (np.asarray(last.layout.meta["params"][k]) for k in ("mean", "components"))
+    chosen = (np.asarray(calm_trace.frames[-1].latent[0]) - mean) @ components.T
+    assert np.allclose([last.data[2].x[0], last.data[2].y[0]], chosen)
+    assert not np.allclose(first.data[1].x, last.data[1].x)  # the samples move with the step
+    text = "".join(calm_trace.token_strings[t] for t in calm_trace.final_tokens[8:])  # the last chunk's tokens
+    assert last.data[2].text[0] == html.escape(repr(text), quote=False)  # on the chosen latent's hover
+
+
+def test_head_samples_labels_and_bad_input(calm_trace, tiny_cdcd):
+    fig = head_samples(calm_trace, 1, [f"chunk <{j}>" for j in range(16)])
+    assert fig.data[1].text[3] == "'chunk &lt;3&gt;'" and "16 distinct chunks" in fig.layout.title.text
+    with pytest.raises(ValueError, match="labels for the 16 head samples"):
+        head_samples(calm_trace, 1, ["one"])
+    plain = explorer.generate(explorer.load(calm_trace.model["checkpoint"]), gen_length=8, record="tokens")
+    with pytest.raises(ValueError, match="record='full'"):
+        head_samples(plain, -1)
+    with pytest.raises(ValueError, match="calm traces"):
+        head_samples(explorer.generate(tiny_cdcd, gen_length=4, steps=2, record="full"), -1)

@@ -147,7 +147,7 @@ def calm_sampler(model, prompt_ids: list[int], params: CALMParams, generator: to
     hidden = model.hidden_states(inputs, cache=cache)[0, -1]  # (d,)
     nfe = 1
     for step in range(G // K):
-        chunk, z, probs = _next_chunk(model, hidden, params, generator, rng)
+        chunk, z, probs, _ = next_chunk(model, hidden, params, generator, rng)
         lo = step * K
         canvas[lo : lo + K] = chunk
         confidence[lo : lo + K] = probs
@@ -166,11 +166,15 @@ def calm_sampler(model, prompt_ids: list[int], params: CALMParams, generator: to
             nfe += 1
 
 
-def _next_chunk(model, hidden: torch.Tensor, params: CALMParams, generator, rng) -> tuple:
-    """(tokens (K,), the chosen latent (l,), decoder confidence (K,)) of the next chunk."""
+def next_chunk(model, hidden: torch.Tensor, params: CALMParams, generator, rng) -> tuple:
+    """(tokens (K,), the chosen latent (l,), decoder confidence (K,), head samples drawn) of the next chunk
+    after the backbone state `hidden` (d,)."""
     decoded: dict[tuple, tuple] = {}
+    drawn = 0
 
     def draw(count: int) -> list[tuple]:
+        nonlocal drawn
+        drawn += count
         z = model.sample_latents(hidden, count, generator)  # (count, l)
         probs = model.autoencoder.decode(z).softmax(-1)  # (count, K, V)
         conf, toks = probs.max(-1)
@@ -190,4 +194,4 @@ def _next_chunk(model, hidden: torch.Tensor, params: CALMParams, generator, rng)
     else:
         key = batch_temperature_sample(draw(params.n_candidates), params.temperature, rng)
     z, conf = decoded[key]
-    return torch.tensor(key), z, conf
+    return torch.tensor(key), z, conf, drawn

@@ -9,6 +9,7 @@ the projection falls back to PCA and says so in `note`.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,6 +148,79 @@ def latent_trajectories(traces, embeddings, vocab_strings: list[str], positions:
         meta={"method": projection.method, "params": _jsonable(projection.params)},
     )
     return fig
+
+
+def head_samples(trace, upto: int = -1, sample_texts: list[str] | None = None):
+    """Plotly figure: the energy head's predictive spread at the CALM chunk generated at frame `upto`.
+
+    `trace`: a calm Trace recorded at level "full". Draws that frame's head samples (`Frame.samples`), the
+    latent the sampler chose (a star, labelled with its tokens) and, in grey, the chunks chosen before it.
+    One PCA is fitted over every sample and chosen latent of the run and the axis ranges cover them all,
+    so the axes stay put while scrubbing. `sample_texts` labels the samples (e.g. each decoded by the
+    model's autoencoder); without it they are labelled by index. Frame 0 (no chunk yet) has no samples.
+    """
+    import plotly.graph_objects as go
+
+    if trace.model["family"] != "calm":
+        raise ValueError(f"head_samples draws calm traces, got the {trace.model['family']} family")
+    chunks = [i for i, f in enumerate(trace.frames) if f.latent is not None]  # frame index of each chunk
+    if not chunks or not all(trace.frames[i].samples for i in chunks):
+        raise ValueError("the trace has no head samples; record it at level 'full' (record='full')")
+    projection = project([trace.frames[i].samples for i in chunks] + [[trace.frames[i].latent[0] for i in chunks]])
+    *samples_xy, chosen_xy = projection.coords
+    index = upto % len(trace.frames)
+    current = [chunks.index(index)] if index in chunks else []
+    earlier = [k for k, i in enumerate(chunks) if i < index]
+    texts = [_chunk_text(trace, trace.frames[i]) for i in chunks]
+    xy = samples_xy[current[0]] if current else np.zeros((0, 2))
+    labels = [f"sample {j}" for j in range(len(xy))] if sample_texts is None else [_quoted(t) for t in sample_texts]
+    if len(labels) != len(xy):
+        raise ValueError(f"sample_texts has {len(labels)} labels for the {len(xy)} head samples of frame {index}")
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=chosen_xy[earlier, 0], y=chosen_xy[earlier, 1], mode="lines+markers", name="earlier chunks",
+        text=[f"step {trace.frames[chunks[k]].step}: {_quoted(texts[k])}" for k in earlier],
+        line={"width": 1, "color": "#cccccc"}, marker={"size": 6, "color": "#a0a0a0"},
+        hovertemplate="%{text}<extra>chosen earlier</extra>",
+    ))
+    fig.add_trace(go.Scatter(
+        x=xy[:, 0], y=xy[:, 1], mode="markers", name="head samples", text=labels,
+        marker={"size": 8, "color": "#1f77b4", "opacity": 0.7}, hovertemplate="%{text}<extra>head sample</extra>",
+    ))
+    fig.add_trace(go.Scatter(
+        x=chosen_xy[current, 0], y=chosen_xy[current, 1], mode="markers", name="chosen latent",
+        text=[_quoted(texts[k]) for k in current], marker={"size": 16, "color": "#d62728", "symbol": "star"},
+        hovertemplate="%{text}<extra>chosen</extra>",
+    ))
+    if current:
+        k = current[0]
+        fig.add_annotation(x=chosen_xy[k, 0], y=chosen_xy[k, 1], text=_quoted(texts[k]), showarrow=False, yshift=14,
+                           font={"size": 12, "color": "#d62728"})
+        distinct = f" ({len(set(sample_texts))} distinct chunks)" if sample_texts is not None else ""
+        title = f"Energy head at step {trace.frames[index].step}: {len(xy)} samples{distinct} and the chosen latent"
+    else:
+        title = "Energy head: no chunk generated yet at step 0"
+    every = np.concatenate(samples_xy + [chosen_xy])
+    low, high = every.min(axis=0), every.max(axis=0)
+    pad = 0.08 * np.maximum(high - low, 1e-6)
+    fig.update_layout(
+        title={"text": f"{title}; PCA of every latent of the run", "font": {"size": 13}},
+        xaxis={"title": {"text": "component 1"}, "range": [low[0] - pad[0], high[0] + pad[0]]},
+        yaxis={"title": {"text": "component 2"}, "range": [low[1] - pad[1], high[1] + pad[1]]},
+        height=480, showlegend=True, margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        meta={"method": projection.method, "params": _jsonable(projection.params)},
+    )
+    return fig
+
+
+def _chunk_text(trace, frame) -> str:
+    """The tokens a calm frame committed, as text."""
+    return "".join(trace.token_strings.get(frame.tokens[p], str(frame.tokens[p])) for p in frame.committed)
+
+
+def _quoted(text: str) -> str:
+    """A chunk's text for plotly labels: quoted (spaces and newlines show) and with its < > & escaped."""
+    return html.escape(repr(text), quote=False)
 
 
 def _jsonable(params: dict) -> dict:
