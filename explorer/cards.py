@@ -8,6 +8,7 @@ Every number in a card comes from this command (and the training run it reads th
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from explorer.eval import evaluate
@@ -30,6 +31,10 @@ for _name, _warp in (("cdcd-tiny", "--time-warping"), ("cdcd-tiny-nowarp", "--no
     # trained side by side on one H200 GPU (scripts/gpu_session.sh); on a CPU drop --device (about 60x slower)
     REPRODUCE[_name] = (f"python -m explorer train --family cdcd {_warp} --device cuda --out checkpoints/{_name} "
                         "--steps 8000 --batch-size 64 --eval-every 400 --save-every 8000")
+for _k, _steps in {1: 1400, 2: 2400, 4: 2400, 8: 2400}.items():
+    REPRODUCE[f"calm-tiny-k{_k}"] = (
+        f"python -m explorer train --family calm --chunk {_k} --autoencoder checkpoints/autoencoders/calm-ae-k{_k} "
+        f"--out checkpoints/calm-tiny-k{_k} --steps {_steps} --warmup 100 --threads 1")
 ABOUT = {
     "ar": "Autoregressive baseline: a causal Transformer trained on next-token prediction (each 128-token window "
           "read after `<bos>`). Perplexity is exact.",
@@ -371,7 +376,7 @@ def write_autoencoder_card(folder: Path) -> Path:
     rows = "\n".join(f"| {s} | {100 * v:.3f}% |" for s, v in curve.items())
     tc = training.get("train_config", {})
     commands = "\n".join(
-        f"python -m explorer train-autoencoder --chunk {K} --latent-dim {c.latent_dim} --steps {run['steps']} "
+        f"python -m explorer train-autoencoder --chunk {K} --latent-dim {c.latent_dim} --d-model {c.d_model} --steps {run['steps']} "
         f"--batch-size {tc.get('batch_size')} --lr {tc.get('lr')} --out {folder}{' --resume' if run['resume'] else ''}"
         for run in training.get("runs", [{"steps": tc.get("steps"), "resume": False}]))
     text = f"""# {folder.name}
@@ -409,6 +414,22 @@ python -m explorer card --checkpoint {folder}
     return save_card(folder, text)
 
 
+def _calm_samples(model) -> str:
+    """A markdown list of samples at temperature 1 and at 1/2 (both algorithms)."""
+    from explorer.sampling import generate
+
+    settings = [("T = 1", dict(sampler="exact", temperature=1.0)),
+                ("T = 1/2, batch approximation, N = 200", dict(sampler="batch", temperature=0.5, n_candidates=200)),
+                ("T = 1/2, exact algorithm", dict(sampler="exact", temperature=0.5))]
+    lines = []
+    for label, knobs in settings:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exact algorithm's max_draws fallback is reported in the trace stats
+            text = generate(model, "ROMEO:", gen_length=64, seed=0, record="none", **knobs).text
+        lines.append(f"- {label}: `{' '.join(text.split())}`")
+    return "\n".join(lines)
+
+
 def write_calm_card(folder: Path, model) -> Path:
     """A CALM language model: BrierLM (two-sample estimator) on the test split, its autoencoder, training."""
     from explorer.brier import brier_lm
@@ -443,6 +464,14 @@ def write_calm_card(folder: Path, model) -> Path:
   **{score['brierlm']}** (Brier-1 {b['1']:.4f}, Brier-2 {b['2']:.4f}, Brier-3 {b['3']:.4f}, Brier-4 {b['4']:.5f}).
 - Its autoencoder on the validation split: token accuracy {100 * ae['accuracy']:.3f}%, {100 *
 ae['accuracy_under_noise']['0.3']:.2f}% under noise sigma 0.3, {ae['collapsed_dims']} collapsed dimensions.
+- The K trade-off against `ar-tiny` (BrierLM, passes and FLOPs per token, tokens/s side by side):
+  `python -m explorer bench calm`, in `bench_results/calm.md`.
+
+## Samples
+
+After the prompt "ROMEO:" (seed 0, 64 tokens):
+
+{_calm_samples(model)}
 
 Command: `python -m explorer card --checkpoint {folder.name}`.
 

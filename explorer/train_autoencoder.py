@@ -112,7 +112,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, out: str | Path, device: str 
         optimizer.step()
         step += 1
         wall += time.time() - t0
-        log.write(json.dumps({"step": step, "loss": round(float(result["loss"]), 5), "ce": round(float(result["ce"]), 5),
+        log.write(json.dumps({"step": step, "loss": round(float(result["loss"].detach()), 5), "ce": round(float(result["ce"]), 5),
                               "kl": round(float(result["kl"]), 4), "accuracy": round(float(result["accuracy"]), 5),
                               "wall_s": round(wall, 2)}) + "\n")
         bar.update(1)

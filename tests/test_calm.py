@@ -264,3 +264,28 @@ def test_calm_bench_end_to_end_on_tiny_models(tiny_calm, tiny_ar, tmp_path):
     assert exact[1]["head_samples_per_chunk"] >= 2  # T = 1/2 needs two equal draws at least
     for row in temperature["ar"] + temperature["calm"]:
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["collision"] <= 1
+
+
+def test_autoencoder_then_calm_training_then_cards(tmp_path):
+    """The whole CALM pipeline at toy size: train-autoencoder, train --family calm on it, both cards."""
+    from explorer.cards import write_card
+    from explorer.train import TrainConfig, train
+    from explorer.train_autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    torch.set_num_threads(1)
+    ae_dir = train_autoencoder(AutoencoderTrainConfig(chunk=4, steps=20, batch_size=2, latent_dim=8, d_model=32),
+                               tmp_path / "ae", progress=False)
+    ae_card = write_card(str(ae_dir)).read_text()
+    assert "robustness.png" in ae_card and "train-autoencoder --chunk 4 --latent-dim 8 --d-model 32 --steps 20" in ae_card
+    with pytest.raises(ValueError, match="K=4"):
+        train(TrainConfig(family="calm", chunk=2, autoencoder=str(ae_dir), steps=2), tmp_path / "bad", progress=False)
+    cfg = TrainConfig(family="calm", chunk=4, autoencoder=str(ae_dir), steps=3, batch_size=2, seq_len=32, d_model=32,
+                      n_layers=1, warmup=1, eval_every=3, save_every=3)
+    lm_dir = train(cfg, tmp_path / "calm-tiny-test", progress=False)
+    model = explorer.load(str(lm_dir))
+    assert model.family == "calm" and model.chunk == 4
+    torch.testing.assert_close(model.autoencoder.decode(torch.zeros(1, 8)),
+                               Autoencoder.from_pretrained(ae_dir).decode(torch.zeros(1, 8)), atol=1e-3, rtol=0)
+    card = write_card(str(lm_dir)).read_text()
+    assert "BrierLM on the test split" in card and "T = 1/2, batch approximation, N = 200" in card
+    assert json.loads((lm_dir / "config.json").read_text())["metrics"]["test"]["brierlm"]["brierlm"] >= 0
