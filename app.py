@@ -17,7 +17,7 @@ import torch
 
 import explorer
 from explorer.data.tokenizer import display_string
-from explorer.hub import describe
+from explorer.hub import calm_chunk_sizes, calm_for_chunk, describe
 from explorer.models.base import read_config
 from explorer.sampling import SAMPLERS, build_trace, stream
 from explorer.models.cdcd import vocabulary_points
@@ -41,12 +41,6 @@ def family_of(name: str | None) -> str | None:
 
 def sampler_choices(name: str | None) -> list[str]:
     return list(SAMPLERS.get(family_of(name), ()))
-
-
-def calm_chunk_sizes() -> dict[str, int]:
-    """{name: K} of the calm checkpoints: tokens packed into each latent vector."""
-    configs = {name: read_config(path) for name, path in explorer.shipped().items()}
-    return {name: c["model"]["autoencoder"]["chunk"] for name, c in configs.items() if c.get("family") == "calm"}
 
 
 def get_model(name: str):
@@ -217,10 +211,9 @@ def on_checkpoint(name):
 
 def on_chunk_size(chunk_size, name):
     """Switch to the calm checkpoint that packs `chunk_size` tokens per vector (the current one if it does)."""
-    chunk_sizes = calm_chunk_sizes()
-    if chunk_sizes.get(name) == chunk_size:
+    if calm_chunk_sizes().get(name) == chunk_size:
         return gr.skip()
-    return gr.update(value=next(n for n, k in chunk_sizes.items() if k == chunk_size))
+    return gr.update(value=calm_for_chunk(int(chunk_size)))
 
 
 def build_demo() -> gr.Blocks:

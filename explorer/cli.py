@@ -71,7 +71,9 @@ def _add_sample(sub):
     from explorer.sampling.continuous import SCHEDULES
 
     p = sub.add_parser("sample", help="generate text, optionally writing the trace")
-    p.add_argument("--checkpoint", required=True, help="shipped name (python -m explorer list) or folder")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="shipped name (python -m explorer list) or folder")
+    which.add_argument("--chunk", type=int, help="calm: the shipped checkpoint trained with K = CHUNK tokens per vector")
     p.add_argument("--prompt", default="", help="text to continue (empty: unconditional)")
     p.add_argument("--gen-length", type=int, default=64)
     p.add_argument("--steps", type=int, default=None,
@@ -122,7 +124,7 @@ def cmd_sample(args):
     import explorer
     from explorer.sampling import build_trace, stream
 
-    model = explorer.load(args.checkpoint)
+    model = explorer.load(args.checkpoint or explorer.hub.calm_for_chunk(args.chunk))
     animate = sys.stdout.isatty() and not args.no_animation
     record = "tokens" if animate and args.record == "none" else args.record
     knobs = dict(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,

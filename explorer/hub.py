@@ -38,6 +38,22 @@ def load(name_or_path: str | Path, device: str | None = None):
     return model.to(device) if device else model
 
 
+def calm_chunk_sizes() -> dict[str, int]:
+    """{name: K} of the shipped calm checkpoints: tokens packed into each latent vector."""
+    configs = {name: read_config(path) for name, path in shipped().items()}
+    return {name: c["model"]["autoencoder"]["chunk"] for name, c in configs.items() if c.get("family") == "calm"}
+
+
+def calm_for_chunk(chunk: int) -> str:
+    """The shipped calm checkpoint trained with K = `chunk` tokens per vector."""
+    sizes = calm_chunk_sizes()
+    for name, K in sorted(sizes.items()):
+        if K == chunk:
+            return name
+    raise ValueError(f"K={chunk} has no trained calm checkpoint; trained K values: {sorted(set(sizes.values()))} "
+                     f"({', '.join(sorted(sizes)) or 'none shipped'})")
+
+
 def describe(path: Path) -> dict:
     config = read_config(path)
     training = config.get("training", {})

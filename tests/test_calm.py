@@ -289,3 +289,16 @@ def test_autoencoder_then_calm_training_then_cards(tmp_path):
     card = write_card(str(lm_dir)).read_text()
     assert "BrierLM on the test split" in card and "T = 1/2, batch approximation, N = 200" in card
     assert json.loads((lm_dir / "config.json").read_text())["metrics"]["test"]["brierlm"]["brierlm"] >= 0
+
+
+def test_choosing_a_calm_model_by_k_lists_the_trained_values(tiny_calm_checkpoints, monkeypatch, capsys):
+    from explorer.cli import main
+
+    monkeypatch.setattr(explorer.hub, "CHECKPOINT_DIR", tiny_calm_checkpoints)
+    assert explorer.hub.calm_chunk_sizes() == {"calm-tiny-k2": 2, "calm-tiny-k4": 4}
+    assert explorer.hub.calm_for_chunk(4) == "calm-tiny-k4"
+    with pytest.raises(ValueError, match=r"K=3 has no trained calm checkpoint; trained K values: \[2, 4\]"):
+        explorer.hub.calm_for_chunk(3)
+    assert main(["sample", "--chunk", "2", "--gen-length", "8", "--no-animation"]) == 0
+    assert main(["sample", "--chunk", "3", "--no-animation"]) != 0
+    assert "trained K values: [2, 4]" in capsys.readouterr().err
