@@ -67,8 +67,9 @@ def cost_per_token(model, attended_tokens: float, head_samples: float = 1.0) -> 
         macs = backbone_macs(model.backbone, attended_tokens) + c.d_model * c.vocab_size
         return {"backbone_passes": 1.0, "head_passes": 0.0, "flops": 2 * macs}
     K = model.chunk
-    per_chunk = (linear_macs(model.compress) + backbone_macs(model.backbone, attended_tokens / K)
-                 + head_samples * (linear_macs(model.head) + decoder_macs(model.autoencoder)))
+    conditions = sum(linear_macs(block.condition) for block in model.head.blocks)  # once per chunk, not per sample
+    per_chunk = (linear_macs(model.compress) + backbone_macs(model.backbone, attended_tokens / K) + conditions
+                 + head_samples * (linear_macs(model.head) - conditions + decoder_macs(model.autoencoder)))
     return {"backbone_passes": 1 / K, "head_passes": head_samples / K, "flops": 2 * per_chunk / K}
 
 

@@ -302,3 +302,10 @@ def test_choosing_a_calm_model_by_k_lists_the_trained_values(tiny_calm_checkpoin
     assert main(["sample", "--chunk", "2", "--gen-length", "8", "--no-animation"]) == 0
     assert main(["sample", "--chunk", "3", "--no-animation"]) != 0
     assert "trained K values: [2, 4]" in capsys.readouterr().err
+
+
+def test_energy_head_projects_the_condition_once_for_all_samples(tiny_calm):
+    hidden = torch.randn(3, 32)
+    noise = torch.rand(3, 5, 8) - 0.5
+    expanded = tiny_calm.head(hidden[:, None, :].expand(3, 5, 32), noise)
+    torch.testing.assert_close(tiny_calm.head(hidden[:, None, :], noise), expanded)

@@ -211,7 +211,10 @@ class GatedBlock(nn.Module):
 
 
 class EnergyHead(nn.Module):
-    """Hidden state (..., d) and uniform noise (..., n) -> one latent sample (..., l) per noise draw."""
+    """Hidden state (..., d) and uniform noise (..., n) -> one latent sample (..., l) per noise draw.
+
+    The hidden state may have size 1 where the noise has several samples: each block projects the condition
+    once and broadcasts it, so N samples cost N passes of everything but the condition projections."""
 
     def __init__(self, d: int, latent_dim: int, noise_dim: int, layers: int, eps: float):
         super().__init__()
@@ -274,8 +277,7 @@ class CALMModel(LanguageModel):
     def sample_latents(self, hidden: torch.Tensor, samples: int, generator=None) -> torch.Tensor:
         """hidden (..., d) -> (..., samples, l): one head pass per sample, uniform noise from the generator."""
         noise = torch.rand(*hidden.shape[:-1], samples, self.config.head_noise_dim, generator=generator) - 0.5
-        return self.head(hidden[..., None, :].expand(*hidden.shape[:-1], samples, hidden.shape[-1]),
-                         noise.to(hidden.device))
+        return self.head(hidden[..., None, :], noise.to(hidden.device))  # the condition broadcasts over samples
 
     def loss(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """Energy score of N head samples against M posterior samples of each target chunk's latent."""
