@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,10 +34,11 @@ from explorer.sampling import generate
 from explorer.sampling.chunks import CALMParams, next_chunk
 
 CALM_CHECKPOINTS = ("calm-tiny-k1", "calm-tiny-k2", "calm-tiny-k4", "calm-tiny-k8")
-AR_TEMPERATURES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+AR_TEMPERATURES = (1.5, 1.3, 1.2, 1.1, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)  # above 1 too: a weak CALM is flatter
 BATCH_N = (2, 4, 8, 16, 32, 64, 128, 200)
-BATCH_TEMPERATURES = (1 / 2, 1 / 3)
-EXACT_TEMPERATURES = (0.9, 0.8, 0.7, 0.6, 0.5)
+BATCH_TEMPERATURES = (1 / 2,)
+EXACT_TEMPERATURES = (0.9, 0.7, 0.5)
+EXACT_MAX_DRAWS = 256  # the exact algorithm's head samples per chunk before it falls back to the batch rule
 SPAN = 4  # tokens sampled after each prefix in the temperature study
 
 
@@ -104,7 +106,8 @@ def k_tradeoff(baseline, calms: list, prompts, gen_length: int, repeats: int, br
     attended = len(prompts[0]) + gen_length / 2
     rows = []
     for model in [baseline] + calms:
-        brier = {"sample": brier_lm(model, "test", stride=brier_stride, progress=False)["brierlm"]}
+        sample = brier_lm(model, "test", stride=brier_stride, progress=False)
+        brier = {"sample": sample["brierlm"], "brier_n": sample["brier"]}
         if model.family == "ar":
             brier["exact"] = brier_lm(model, "test", stride=brier_stride, estimator="exact", progress=False)["brierlm"]
         cost = cost_per_token(model, attended)
@@ -128,8 +131,9 @@ def agreement(x1: torch.Tensor, x2: torch.Tensor, truth: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def calm_samples(model, prefixes: torch.Tensor, params: CALMParams, seed: int) -> tuple[torch.Tensor, float]:
-    """(B, SPAN) tokens: whole chunks at the params' temperature after each prefix; mean head samples per chunk."""
+def calm_samples(model, prefixes: torch.Tensor, params: CALMParams, seed: int) -> tuple[torch.Tensor, list[int]]:
+    """(B, SPAN) tokens: whole chunks at the params' temperature after each prefix; head samples used per chunk
+    (above params.max_draws: the exact algorithm gave up and the batch rule picked the chunk)."""
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     rows, draws = [], []
@@ -138,13 +142,15 @@ def calm_samples(model, prefixes: torch.Tensor, params: CALMParams, seed: int) -
         hidden = calm_prefix_states(model, prefix[None], cache)[0]
         tokens = []
         while len(tokens) < SPAN:
-            chunk, _, _, used = next_chunk(model, hidden, params, generator, rng)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the give-ups are counted instead
+                chunk, _, _, used = next_chunk(model, hidden, params, generator, rng)
             tokens += chunk.tolist()
             draws.append(used)
             if len(tokens) < SPAN:
                 hidden = model.hidden_states(chunk.view(1, 1, -1).to(model.device), cache=cache)[0, -1]
         rows.append(tokens[:SPAN])
-    return torch.tensor(rows), statistics.mean(draws)
+    return torch.tensor(rows), draws
 
 
 def equivalent_temperature(collision: float, ar_rows: list[dict]) -> float | None:
@@ -168,21 +174,25 @@ def temperature_study(baseline, calm, windows: torch.Tensor, batch_n: tuple[int,
     settings = [("batch", T, n) for T in BATCH_TEMPERATURES for n in batch_n if round(1 / T) <= n]
     settings += [("exact", T, None) for T in (1.0,) + tuple(exact_temperatures)]
     for algorithm, T, n in settings:
-        params = CALMParams(gen_length=calm.chunk, temperature=T, algorithm=algorithm, n_candidates=n or 200)
+        params = CALMParams(gen_length=calm.chunk, temperature=T, algorithm=algorithm, n_candidates=n or 200,
+                            max_draws=EXACT_MAX_DRAWS)
         (x1, d1), (x2, d2) = (calm_samples(calm, prefixes, params, seed) for seed in (1, 2))
         row = {"algorithm": algorithm, "temperature": round(T, 4), "N": n, **agreement(x1, x2, truth),
-               "head_samples_per_chunk": round((d1 + d2) / 2, 1)}
+               "head_samples_per_chunk": round(statistics.mean(d1 + d2), 1)}
+        if algorithm == "exact":
+            row["gave_up_share"] = round(sum(d > EXACT_MAX_DRAWS for d in d1 + d2) / len(d1 + d2), 4)
         row["equivalent_ar_temperature"] = equivalent_temperature(row["collision"], ar_rows)
         calm_rows.append(row)
         progress.update()
-    return {"checkpoint": calm.name, "prefixes": len(prefixes), "span": SPAN, "ar": ar_rows, "calm": calm_rows}
+    return {"checkpoint": calm.name, "prefixes": len(prefixes), "span": SPAN, "exact_max_draws": EXACT_MAX_DRAWS,
+            "ar": ar_rows, "calm": calm_rows}
 
 
 # --- the whole bench -----------------------------------------------------------------------------------------
 
 def run_calm_bench(checkpoints: list[str] = CALM_CHECKPOINTS, baseline_name: str = "ar-tiny",
                    temperature_checkpoint: str | None = None, repeats: int = 3, samples: int = 4,
-                   gen_length: int = 96, brier_stride: int = 16, temperature_prefixes: int = 512,
+                   gen_length: int = 96, brier_stride: int = 8, temperature_prefixes: int = 512,
                    batch_n: tuple[int, ...] = BATCH_N, exact_temperatures: tuple[float, ...] = EXACT_TEMPERATURES,
                    json_path: str | Path = "bench_results/calm.json") -> dict:
     torch.manual_seed(0)
@@ -222,31 +232,35 @@ def calm_table(r: dict) -> str:
              f"{r['prompt_length'] + r['gen_length'] // 2} tokens; tokens/s: median of {r['repeats']} interleaved rounds "
              f"of {r['prompts']} prompts x {r['gen_length']} tokens, batch 1, {r['torch_threads']} threads, "
              f"torch {r['torch']}.", "",
-             "| checkpoint | K | params | training tokens | BrierLM | backbone passes / token | head passes / token | "
-             "MFLOPs / token | FLOPs vs AR | tokens/s | speed vs AR |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| checkpoint | K | params | training tokens | BrierLM | Brier-1 | backbone passes / token | "
+             "head passes / token | MFLOPs / token | FLOPs vs AR | tokens/s | speed vs AR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["tradeoff"]:
         b = row["brierlm"]
         brier = f"{b['sample']:.3f}" + (f" ({b['exact']:.3f})" if "exact" in b else "")
         tokens = f"{row['training_tokens'] / 1e6:.1f}M" if row["training_tokens"] else "?"
         lines.append(f"| {row['checkpoint']} | {row['K']} | {row['params'] / 1e6:.2f}M | {tokens} | {brier} | "
+                     f"{b['brier_n']['1']:.4f} | "
                      f"{row['backbone_passes']:.3f} | {row['head_passes']:.3f} | {row['flops'] / 1e6:.2f} | "
                      f"{row['flops_ratio']:.2f}x | {row['tokens_per_s']:.0f} | {row['speedup']:.2f}x |")
     t = r["temperature"]
     lines += ["", f"Temperature without likelihoods (`{t['checkpoint']}`, {t['prefixes']} test prefixes, the next "
               f"{t['span']} tokens sampled twice): accuracy = sampled tokens equal to the truth, collision = tokens on "
-              "which the two samples agree.", "",
-              "| sampler | setting | accuracy | collision | head samples / chunk | equivalent AR temperature |",
-              "|---|---|---|---|---|---|"]
+              f"which the two samples agree. The exact algorithm gives up after {t['exact_max_draws']} head samples for a "
+              "chunk and lets the batch rule (N = 200) pick it.", "",
+              "| sampler | setting | accuracy | collision | head samples / chunk | exact gave up | equivalent AR temperature |",
+              "|---|---|---|---|---|---|---|"]
     for row in t["ar"]:
-        lines.append(f"| AR softmax | T = {row['temperature']} | {row['accuracy']:.4f} | {row['collision']:.4f} | - | "
+        lines.append(f"| AR softmax | T = {row['temperature']} | {row['accuracy']:.4f} | {row['collision']:.4f} | - | - | "
                      f"{row['temperature']} |")
     for row in t["calm"]:
         setting = (f"T = 1/{round(1 / row['temperature'])}, N = {row['N']}" if row["algorithm"] == "batch"
                    else f"T = {row['temperature']}")
         equivalent = row["equivalent_ar_temperature"]
+        gave_up = f"{100 * row['gave_up_share']:.0f}% of chunks" if "gave_up_share" in row else "-"
         lines.append(f"| CALM {row['algorithm']} | {setting} | {row['accuracy']:.4f} | {row['collision']:.4f} | "
-                     f"{row['head_samples_per_chunk']} | {'outside the AR range' if equivalent is None else equivalent} |")
+                     f"{row['head_samples_per_chunk']} | {gave_up} | "
+                     f"{'outside the AR range' if equivalent is None else equivalent} |")
     return "\n".join(lines) + "\n"
 
 
@@ -259,23 +273,26 @@ def plot_calm_bench(r: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     rows = r["tradeoff"]
     ar, calm = rows[0], rows[1:]
-    left.plot([c["flops"] / 1e6 for c in calm], [c["brierlm"]["sample"] for c in calm], "o-", color="#D55E00",
-              label="CALM (K = 1, 2, 4, 8)")
-    left.plot([ar["flops"] / 1e6], [ar["brierlm"]["sample"]], "s", color="#0072B2", markersize=8, label=ar["checkpoint"])
-    for row in rows:
+    flops = lambda rs: [r["flops"] / 1e6 for r in rs]
+    brier1 = lambda rs: [100 * r["brierlm"]["brier_n"]["1"] for r in rs]
+    left.plot(flops(calm), [c["brierlm"]["sample"] for c in calm], "o-", color="#D55E00", label="CALM: BrierLM")
+    left.plot(flops(calm), brier1(calm), "o--", color="#D55E00", alpha=0.5, label="CALM: 100 x Brier-1")
+    left.plot(flops([ar]), [ar["brierlm"]["sample"]], "s", color="#0072B2", markersize=8, label=f"{ar['checkpoint']}: BrierLM")
+    left.plot(flops([ar]), brier1([ar]), "s", color="#0072B2", alpha=0.5, markersize=8,
+              label=f"{ar['checkpoint']}: 100 x Brier-1")
+    for row, y in zip(rows, brier1(rows)):
         left.annotate(f"K={row['K']}, {row['speedup']:.1f}x tok/s" if row is not ar else "AR, 1.0x tok/s",
-                      (row["flops"] / 1e6, row["brierlm"]["sample"]), textcoords="offset points", xytext=(5, 4),
-                      fontsize=8)
+                      (row["flops"] / 1e6, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     left.set_xscale("log")
     left.set_xlabel("inference MFLOPs per generated token (log)")
-    left.set_ylabel("BrierLM (test, higher is better)")
+    left.set_ylabel("test score (sample estimator, higher is better)")
     left.set_title("K trade-off: quality against compute", fontsize=10)
     left.grid(alpha=0.3)
     left.legend(fontsize=8)
 
     t = r["temperature"]
     right.plot([x["collision"] for x in t["ar"]], [x["accuracy"] for x in t["ar"]], "s-", color="#0072B2",
-               label=f"{r['baseline']}, T = 1 ... {t['ar'][-1]['temperature']}")
+               label=f"{r['baseline']}, T = {t['ar'][0]['temperature']} ... {t['ar'][-1]['temperature']}")
     for x in t["ar"]:
         right.annotate(f"T={x['temperature']}", (x["collision"], x["accuracy"]), textcoords="offset points",
                        xytext=(4, -10), fontsize=7, color="#0072B2")

@@ -31,6 +31,7 @@ from explorer.sampling.common import check_range, make_frame
 from explorer.sampling.trace import Frame
 
 ALGORITHMS = ("exact", "batch")
+EXACT_DRAW_BLOCK = 64  # head samples computed per pass while the exact algorithm runs
 
 
 def temperature_parts(temperature: float) -> tuple[int, float]:
@@ -167,14 +168,13 @@ def calm_sampler(model, prompt_ids: list[int], params: CALMParams, generator: to
 
 
 def next_chunk(model, hidden: torch.Tensor, params: CALMParams, generator, rng) -> tuple:
-    """(tokens (K,), the chosen latent (l,), decoder confidence (K,), head samples drawn) of the next chunk
-    after the backbone state `hidden` (d,)."""
+    """(tokens (K,), the chosen latent (l,), decoder confidence (K,), head samples the algorithm consumed) of
+    the next chunk after the backbone state `hidden` (d,)."""
     decoded: dict[tuple, tuple] = {}
     drawn = 0
+    pending: list[tuple] = []  # exact algorithm: samples computed in a block, not yet consumed
 
-    def draw(count: int) -> list[tuple]:
-        nonlocal drawn
-        drawn += count
+    def decode_samples(count: int) -> list[tuple]:
         z = model.sample_latents(hidden, count, generator)  # (count, l)
         probs = model.autoencoder.decode(z).softmax(-1)  # (count, K, V)
         conf, toks = probs.max(-1)
@@ -183,10 +183,26 @@ def next_chunk(model, hidden: torch.Tensor, params: CALMParams, generator, rng) 
             decoded.setdefault(key, (zi.cpu(), ci.cpu()))
         return keys
 
+    def draw(count: int) -> list[tuple]:
+        nonlocal drawn
+        drawn += count
+        return decode_samples(count)
+
+    def draw_from_blocks(count: int) -> list[tuple]:
+        """The exact algorithm consumes samples one or n at a time; i.i.d. samples computed EXACT_DRAW_BLOCK at a
+        time give the same distribution for one head pass per block instead of one per sample."""
+        nonlocal drawn
+        while len(pending) < count:
+            pending.extend(decode_samples(max(count, EXACT_DRAW_BLOCK)))
+        drawn += count
+        taken = pending[:count]
+        del pending[:count]
+        return taken
+
     if params.temperature == 1:
         key = draw(1)[0]
     elif params.algorithm == "exact":
-        key, _ = exact_temperature_sample(draw, params.temperature, rng, params.max_draws)
+        key, _ = exact_temperature_sample(draw_from_blocks, params.temperature, rng, params.max_draws)
         if key is None:
             warnings.warn(f"exact temperature sampling needed more than max_draws={params.max_draws} head samples "
                           "for a chunk; that chunk used the batch rule (raise max_draws or temperature)")
