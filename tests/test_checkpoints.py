@@ -168,3 +168,30 @@ def autoencoder_tokenizer():
     from explorer.train import SHIPPED_TOKENIZER
 
     return load_tokenizer(SHIPPED_TOKENIZER)
+
+
+# CALM language models: two-sample Brier-1 / Brier-2 on every 32nd test position (context 64, seed 0); an
+# untrained model decodes the same chunk every time and scores about -1
+CALM_BRIER_MIN = {4: (0.06, 0.012),  # measured 0.0790 / 0.0213
+                  8: (0.03, 0.002)}  # measured 0.0434 / 0.0044
+
+
+def test_calm_language_models_predict_the_next_tokens():
+    from explorer.brier import brier_lm
+
+    torch.manual_seed(0)
+    for K, (brier1_min, brier2_min) in CALM_BRIER_MIN.items():
+        model = explorer.load(f"calm-tiny-k{K}")
+        assert model.chunk == K
+        brier = brier_lm(model, "test", stride=32, progress=False)["brier"]
+        assert brier["1"] >= brier1_min and brier["2"] >= brier2_min, (K, brier)
+
+
+def test_calm_cards_report_brierlm_the_autoencoder_samples_and_the_commands():
+    for K in (1, 2, 4, 8):
+        folder = shipped()[f"calm-tiny-k{K}"]
+        card, info = (folder / "README.md").read_text(), describe(folder)
+        assert info["tokens_seen"] > 1_000_000 and f"K = {K} tokens per vector" in card
+        assert f"**{info['metrics']['test']['brierlm']['brierlm']}**" in card
+        assert "T = 1/2, batch approximation, N = 200" in card and "## Reproduce" in card
+        assert f"--autoencoder checkpoints/autoencoders/calm-ae-k{K}" in card
