@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from explorer.bench_block import prompts_from_val
-from explorer.brier import ar_continuations, brier_lm, brier_windows, calm_prefix_states
+from explorer.brier import ar_continuations, brier_lm, brier_windows
 from explorer.hub import load
 from explorer.measure import write_results
 from explorer.sampling import generate
@@ -139,7 +139,7 @@ def calm_samples(model, prefixes: torch.Tensor, params: CALMParams, seed: int) -
     rows, draws = [], []
     for prefix in prefixes:
         cache = model.new_cache()
-        hidden = calm_prefix_states(model, prefix[None], cache)[0]
+        hidden = model.prefix_state(prefix[None], cache)[0]
         tokens = []
         while len(tokens) < SPAN:
             with warnings.catch_warnings():

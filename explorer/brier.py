@@ -69,21 +69,10 @@ def ar_logprobs(model, prefixes: torch.Tensor, continuation: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def calm_prefix_states(model, prefixes: torch.Tensor, cache=None) -> torch.Tensor:
-    """(B, d) backbone states predicting the chunk after each chunk-aligned prefix (B, P)."""
-    K = model.chunk
-    if prefixes.shape[1] % K:
-        raise ValueError(f"the prefix length ({prefixes.shape[1]}) must be a multiple of K={K} for calm")
-    inputs = model.chunk_inputs(prefixes.to(model.device))
-    inputs = torch.cat([inputs, prefixes.to(model.device).view(len(prefixes), -1, K)[:, -1:]], 1)
-    return model.hidden_states(inputs, cache=cache)[:, -1]
-
-
-@torch.no_grad()
 def calm_continuations(model, prefixes: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
     """(B, length) tokens: whole chunks decoded from one head sample each, after chunk-aligned prefixes."""
     cache = model.new_cache()
-    hidden = calm_prefix_states(model, prefixes, cache)
+    hidden = model.prefix_state(prefixes, cache)  # (B, d)
     out = []
     while sum(c.shape[1] for c in out) < length:
         z = model.sample_latents(hidden, 1, generator)[:, 0]  # (B, l)

@@ -274,6 +274,16 @@ class CALMModel(LanguageModel):
         _, hidden = self.backbone(None, embeds=x, cache=cache, return_hidden=True, logits_for=slice(0, 0))
         return hidden
 
+    def prefix_state(self, tokens: torch.Tensor, cache=None) -> torch.Tensor:
+        """tokens (B, C*K), C >= 0 whole chunks -> (B, d): the backbone state that predicts chunk C + 1 (every
+        chunk position reads the previous chunk, so the last prefix chunk is read once more at the end)."""
+        K = self.chunk
+        if tokens.shape[1] % K:
+            raise ValueError(f"the prefix length ({tokens.shape[1]}) must be a multiple of K={K} for calm")
+        tokens = tokens.to(self.device)
+        inputs = torch.cat([self.chunk_inputs(tokens), tokens.view(len(tokens), -1, K)[:, -1:]], dim=1)
+        return self.hidden_states(inputs, cache=cache)[:, -1]
+
     def sample_latents(self, hidden: torch.Tensor, samples: int, generator=None) -> torch.Tensor:
         """hidden (..., d) -> (..., samples, l): one head pass per sample, uniform noise from the generator."""
         noise = torch.rand(*hidden.shape[:-1], samples, self.config.head_noise_dim, generator=generator) - 0.5

@@ -141,11 +141,7 @@ def calm_sampler(model, prompt_ids: list[int], params: CALMParams, generator: to
     if first is not None:
         yield first
     cache = model.new_cache()
-    tokens = torch.tensor([context], dtype=torch.long, device=model.device)
-    inputs = model.chunk_inputs(tokens) if context else torch.full((1, 1, K), model.bos_id, device=model.device)
-    if context:  # the input after the last prompt chunk is that chunk itself
-        inputs = torch.cat([inputs, tokens.view(1, -1, K)[:, -1:]], dim=1)
-    hidden = model.hidden_states(inputs, cache=cache)[0, -1]  # (d,)
+    hidden = model.prefix_state(torch.tensor([context], dtype=torch.long), cache=cache)[0]  # (d,)
     nfe = 1
     for step in range(G // K):
         chunk, z, probs, _ = next_chunk(model, hidden, params, generator, rng)
