@@ -1,4 +1,4 @@
-"""`python -m explorer {list,train,sample,eval,bench}`."""
+"""`python -m explorer {list,train,sample,eval,bench,export}`."""
 
 from __future__ import annotations
 
@@ -279,6 +279,42 @@ def cmd_bench(args):
     run_sampling_bench(args.checkpoint, args.judge, args.repeats, json_path)
 
 
+def _add_export(sub):
+    from explorer.viz.tokens import COLOR_MODES
+
+    p = sub.add_parser("export", help="a trace JSON (sample --trace) as an offline HTML replay and/or an animated GIF")
+    p.add_argument("trace", help="trace JSON written by `sample --trace FILE`")
+    p.add_argument("--html", default=None, help="write the standalone HTML replay here")
+    p.add_argument("--gif", default=None, help="write the animated GIF here")
+    p.add_argument("--color-by", default="confidence", choices=COLOR_MODES)
+    p.add_argument("--fps", type=float, default=4.0, help="frames per second of playback")
+    p.add_argument("--width", type=int, default=900, help="gif: image width in pixels (>= 300)")
+    p.add_argument("--max-frames", type=int, default=120, help="gif: at most this many frames, evenly sampled (>= 2)")
+
+
+def cmd_export(args):
+    from explorer.sampling.trace import Trace
+    from explorer.viz.export import trace_animation_html, trace_gif
+
+    if not (args.html or args.gif):
+        raise ValueError("export needs --html OUT.html and/or --gif OUT.gif")
+    if not Path(args.trace).is_file():
+        raise FileNotFoundError(f"trace file {args.trace} does not exist")
+    try:
+        trace = Trace.load(args.trace)
+    except KeyError as err:
+        raise ValueError(f"{args.trace} is not a trace JSON file: no {err} field") from None
+    except (TypeError, AttributeError) as err:
+        raise ValueError(f"{args.trace} is not a trace JSON file: {err}") from None
+    if args.html:
+        page = trace_animation_html(trace, args.color_by, args.fps)
+        tmp = Path(args.html + ".tmp")
+        tmp.write_text(page, encoding="utf-8")
+        print(f"wrote {tmp.replace(args.html)}")
+    if args.gif:
+        print(f"wrote {trace_gif(trace, args.gif, args.color_by, args.fps, args.width, args.max_frames)}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m explorer", description="diffusion-LM explorer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,13 +323,14 @@ def main(argv=None) -> int:
     _add_sample(sub)
     _add_eval(sub)
     _add_bench(sub)
+    _add_export(sub)
     sub.add_parser("list", help="the shipped checkpoints")
     card = sub.add_parser("card", help="evaluate a checkpoint and write its model card")
     card.add_argument("--checkpoint", required=True)
     card.add_argument("--n-t", type=int, default=8, help="mask rates per window for the diffusion bound")
     args = parser.parse_args(argv)
     commands = {"card": cmd_card, "train": cmd_train, "train-autoencoder": cmd_train_autoencoder, "sample": cmd_sample,
-                "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench}
+                "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench, "export": cmd_export}
     try:
         commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

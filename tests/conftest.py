@@ -122,13 +122,14 @@ def mock_model(tokenizer):
 @pytest.fixture(scope="session")
 def app_url():
     """The explorer page served in this process on a free 127.0.0.1 port, shut down after the session."""
-    from app import build_demo
+    from app import build_demo, launch_options
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     demo = build_demo()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_options())
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

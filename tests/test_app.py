@@ -1,8 +1,20 @@
-"""The explorer page's API, driven by gradio_client against a server started in this process."""
+"""The explorer page's API, driven by gradio_client against a server started in this process (one client per test
+module session; a second client is a second user)."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
+
+GENERATE = dict(checkpoint="mdlm-tiny", prompt="ROMEO:", sampler="low_confidence", gen_length=16, steps=16,
+                block_length=16, temperature=0.0, threshold=0.9, seed=0, color_by="confidence", cache="none", n=1,
+                cfg_scale=0.0, constraints="")
+
+
+def args(**changes) -> list:
+    return list((GENERATE | changes).values())
 
 
 @pytest.fixture(scope="module")
@@ -12,91 +24,244 @@ def client(app_url):
     return Client(app_url, verbose=False)
 
 
-def call(client, checkpoint="mdlm-tiny", sampler="low_confidence", gen_length=16, steps=16, block_length=16,
-         temperature=0.0, threshold=0.9, seed=0, color_by="confidence"):
-    return client.predict(checkpoint, "ROMEO:", sampler, gen_length, steps, block_length, temperature, threshold,
-                          seed, color_by, api_name="/generate")
+def call(client, **changes):
+    """/generate's final outputs: view, stats, error, plot, step, multiples, latent view, latent step, latent, edit."""
+    return client.predict(*args(**changes), api_name="/generate")
 
 
-def test_generate_mdlm_streams_to_coloured_tokens(client):
-    view, stats, error, plot, *_ = call(client)
-    assert view.count('class="dlm-token"') >= 8, view
-    assert "background:rgb" in view
-    assert 'class="dlm-mask"' not in view  # the final frame has every position committed
-    assert "nfe" in stats and "tokens/s" in stats
-    assert not error
+def without_scores(view: str) -> str:
+    return re.sub(r'(data-value|title|style)="[^"]*"', "", view)
 
 
-def test_generate_streams_one_update_per_step(client):
-    job = client.submit("mdlm-tiny", "ROMEO:", "low_confidence", 8, 8, 8, 0.0, 0.9, 0, "confidence",
-                        api_name="/generate")
+def masks(view: str) -> int:
+    return view.count('class="dlm-mask"')
+
+
+def test_generate_streams_frames_in_order_to_coloured_tokens(client):
+    job = client.submit(*args(gen_length=8, steps=8, block_length=8), api_name="/generate")
+    view, stats, error, *_ = job.result()
+    streamed = [out[0] for out in job.outputs() if isinstance(out[0], str) and "dlm-tokens" in out[0]]
+    assert len(streamed) >= 5, len(streamed)  # intermediate canvases arrived before the final one
+    counts = [masks(v) for v in streamed]
+    assert counts == sorted(counts, reverse=True) and counts[0] > 0 and counts[-1] == 0, counts
+    assert view.count('class="dlm-token"') == 8 and "background:rgb" in view
+    assert "nfe" in stats and "tokens/s" in stats and not error
+
+
+def test_n_runs_show_as_small_multiples_with_their_diversity(client):
+    outputs = call(client, n=3, temperature=1.0, sampler="random")
+    multiples = outputs[5]
+    assert multiples.count('class="dlm-multiple"') == 3 and "distinct outputs" in multiples, multiples[:300]
+    assert "3 runs" in outputs[1]
+
+
+def test_replay_step_buttons_and_play_redraw_stored_frames(client, monkeypatch):
+    import app
+
+    call(client)
+    monkeypatch.setattr(app.page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
+    view, *_ = client.predict(4, "commit_step", "pca", "this run", api_name="/replay")
+    assert view.count('class="dlm-token"') == 4 and masks(view) == 12, view
+    view, _plot, step, *_ = client.predict(4, "confidence", "pca", "this run", api_name="/step_back")
+    assert masks(view) == 13 and step == 3
+    view, _plot, step, *_ = client.predict(4, "confidence", "pca", "this run", api_name="/step_forward")
+    assert masks(view) == 11 and step == 5
+    job = client.submit(10, "confidence", 20, "pca", "this run", api_name="/play")
     job.result()
-    views = [out[0] for out in job.outputs() if isinstance(out[0], str)]
-    assert len(views) >= 5, len(views)  # intermediate canvases arrived before the final one
-    assert any('class="dlm-mask"' in v for v in views[:-1])
+    steps = [out[2] for out in job.outputs()]
+    assert steps == list(range(11, 17)), steps  # from the next frame to the last, in order
 
 
-def test_replay_redraws_a_stored_frame(client):
-    call(client, gen_length=16, steps=16, block_length=16)
-    view, _plot, _latent = client.predict(4, "commit_step", api_name="/replay")
-    assert view.count('class="dlm-token"') == 4 and view.count('class="dlm-mask"') == 12, view
-
-
-def test_bad_knob_shows_a_message_naming_it(client):
-    _view, _stats, error, *_ = call(client, gen_length=30, steps=30, block_length=7)
+def test_bad_knob_shows_a_message_naming_it_and_the_page_stays_usable(client):
+    error = call(client, gen_length=30, steps=30, block_length=7)[2]
     assert "dlm-error" in error and "block_length" in error, error
+    view, _stats, error, *_ = call(client)
+    assert not error and masks(view) == 0
 
 
-def test_sampler_of_another_family_is_an_error(client):
-    _view, _stats, error, *_ = call(client, checkpoint="mdlm-tiny", sampler="ar")
-    assert "sampler" in error, error
+@pytest.mark.parametrize("changes, message", [
+    (dict(gen_length=256, steps=512), "request too large: gen_length 256 x steps 512 x N 1 runs = 131,072"),
+    (dict(sampler="ar"), "sampler must be one of"),
+    (dict(cache="kv"), "cache must be one of"),
+    (dict(checkpoint="/etc"), "outside the allowed roots"),
+    (dict(checkpoint="../../etc"), "outside the allowed roots"),
+    (dict(constraints="five:upon"), "word constraints must look like"),
+    (dict(checkpoint="ar-tiny", sampler="ar", constraints="3:upon"), "word constraints need a masked-diffusion"),
+])
+def test_bad_requests_name_the_knob(client, changes, message):
+    error = call(client, **changes)[2]
+    assert "dlm-error" in error and message in error, error
 
 
-def test_generate_ar(client):
-    view, stats, error, *_ = call(client, checkpoint="ar-tiny", sampler="ar")
-    assert view.count('class="dlm-token"') == 16, view
-    assert "nfe" in stats and not error
+def test_word_constraints_pin_words(client):
+    view = call(client, constraints="0:Once, 5:upon")[0]
+    fixed = re.findall(r'title="position (\d+): fixed"[^>]*>([^<]*)<', view)
+    assert fixed == [("0", "O"), ("1", "nce"), ("5", "&nbsp;upon")], fixed  # "Once" is two tokens
 
 
-def test_generate_block_diffusion_with_and_without_kv_cache(client):
+def test_generate_ar_and_block_diffusion_with_and_without_kv_cache(client):
+    view, stats, error, *_ = call(client, checkpoint="ar-tiny", sampler="ar", cache="kv")
+    assert view.count('class="dlm-token"') == 16 and not error
     views = []
     for cache in ("kv", "none"):
-        view, stats, error, *_ = client.predict("bd3lm-tiny-b4", "ROMEO:", "first_hitting", 24, 4, 4, 1.0, 0.9, 0,
-                                                "confidence", cache, api_name="/generate")
+        view, stats, error, *_ = call(client, checkpoint="bd3lm-tiny-b4", sampler="first_hitting", gen_length=24,
+                                      steps=4, block_length=4, temperature=1.0, cache=cache)
         assert not error and view.count('class="dlm-token"') == 24, error or view
         assert ("cache kv" in stats) == (cache == "kv"), stats
         views.append(view)
     assert views[0] == views[1]  # the exact cache changes the cost, not the tokens
 
 
-def test_fast_dllm_cache_and_wrong_cache_for_the_family(client):
-    _view, stats, error, *_ = client.predict("mdlm-tiny", "ROMEO:", "low_confidence", 32, 32, 16, 0.0, 0.9, 0,
-                                             "confidence", "dual", api_name="/generate")
-    assert not error and "cache dual/refresh" in stats, stats
-    _view, _stats, error, *_ = client.predict("mdlm-tiny", "ROMEO:", "low_confidence", 32, 32, 16, 0.0, 0.9, 0,
-                                              "confidence", "kv", api_name="/generate")
-    assert "cache must be one of" in error, error
-
-
 def test_untrained_block_size_runs_with_a_visible_note(client):
-    view, _stats, note, *_ = client.predict("bd3lm-tiny-b16", "ROMEO:", "first_hitting", 16, 8, 8, 1.0, 0.9, 0,
-                                            "confidence", "kv", api_name="/generate")
+    view, _stats, note, *_ = call(client, checkpoint="bd3lm-tiny-b16", sampler="first_hitting", steps=8,
+                                  block_length=8, temperature=1.0, cache="kv")
     assert view.count('class="dlm-token"') == 16
     assert "dlm-warning" in note and "block_length 8 differs" in note, note
 
 
-def test_continuous_diffusion_shows_entropy_and_latent_paths_and_replays(client):
-    view, stats, error, plot, _step, latent = client.predict(  # the trace state stays on the server
-        "cdcd-tiny", "ROMEO:", "euler", 12, 10, 16, 1.0, 0.9, 0, "confidence", "none", api_name="/generate")
+def test_continuous_diffusion_shows_entropy_and_latent_paths(client, monkeypatch):
+    import app
+
+    view, stats, error, plot, *_ = call(client, checkpoint="cdcd-tiny", sampler="euler", gen_length=12, steps=10,
+                                        temperature=1.0)
     assert not error and view.count('class="dlm-token"') == 12, error or view
     assert "**nfe** 10 " in stats and "11 frames" in stats, stats
-    assert "entropy" in str(plot) and "vocabulary" in str(latent), str(latent)[:300]
-    _view, _plot, replayed = client.predict(3, "confidence", api_name="/replay")
-    assert "vocabulary" in str(replayed)  # the paths up to step 3, drawn without the model
-    _view, _stats, error, *_ = client.predict("cdcd-tiny", "ROMEO:", "euler", 200, 10, 16, 1.0, 0.9, 0,
-                                              "confidence", "none", api_name="/generate")
+    assert "entropy" in plot["plot"]
+    monkeypatch.setattr(app.page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
+    figure = client.predict(3, "pca", "this run", api_name="/latent")
+    assert "vocabulary" in figure["plot"]  # the paths up to step 3 over the embedding cloud, without the model
+    monkeypatch.undo()
+    error = call(client, checkpoint="cdcd-tiny", sampler="euler", gen_length=200, steps=10)[2]
     assert "gen_length (200) exceeds the model" in error, error
 
+
+def test_two_users_never_see_each_others_runs(app_url, client):
+    from gradio_client import Client
+
+    other = Client(app_url, verbose=False)
+    call(client, gen_length=16)
+    other.predict(*args(checkpoint="ar-tiny", sampler="ar", gen_length=8, cache="kv"), api_name="/generate")
+    mine = client.predict(16, "confidence", "pca", "this run", api_name="/replay")[0]
+    theirs = other.predict(8, "confidence", "pca", "this run", api_name="/replay")[0]
+    assert mine.count('class="dlm-token"') == 16 and theirs.count('class="dlm-token"') == 8
+
+
+def test_stop_cancels_a_run_and_frees_the_users_slot(app_url):
+    import time
+
+    from gradio_client import Client
+
+    user = Client(app_url, verbose=False)
+    job = user.submit(*args(gen_length=96, steps=512, block_length=96), api_name="/generate")
+    deadline = time.monotonic() + 60
+    while not any(isinstance(out[0], str) and "dlm-tokens" in out[0] for out in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), job.outputs()
+        time.sleep(0.05)  # the run has started streaming
+    busy = user.predict(*args(), api_name="/generate")[2]
+    assert "a run of yours is still going" in busy, busy  # one run per user at a time
+    assert "run stopped" in user.predict(api_name="/stop")
+    job.cancel()
+    time.sleep(0.5)
+    view, _stats, error, *_ = user.predict(*args(), api_name="/generate")
+    assert not error and masks(view) == 0
+
+
+def test_compare_runs_side_by_side_on_a_shared_progress_timeline(client, monkeypatch):
+    import app
+
+    slots = ["ar-tiny", "ar", "mdlm-tiny", "low_confidence", "bd3lm-tiny-b16", "first_hitting"]
+    inputs = ["ROMEO:", 16, 8, 0.0, 0, "confidence"]
+    for k in range(4):
+        inputs += [k < 3, *(slots[2 * k : 2 * k + 2] if k < 3 else ["calm-tiny-k4", "batch"])]
+    job = client.submit(*inputs, api_name="/compare")
+    side, plot, table, error = job.result()
+    assert not error and side.count('class="dlm-panel"') == 3, error or side
+    assert len(job.outputs()) > 3  # the panels filled in while the runs went
+    assert table.count("\n") == 4 and "ar-tiny · ar" in table  # header, rule, three runs
+    monkeypatch.setattr(app.page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
+    side, plot = client.predict(0.5, "confidence", api_name="/compare_view")
+    frames = [int(part.split('"')[0]) for part in side.split('data-frame="')[1:]]
+    assert frames == [8, 4, 8], frames  # ar: 17 frames, mdlm 8 steps: 9 frames, bd3lm 16 steps: 17 frames
+    assert len(plot["plot"]) > 100 and "progress" in plot["plot"]
+    error = client.predict(*inputs[:6], True, "ar-tiny", "ar", *([False, None, None] * 3), api_name="/compare")[3]
+    assert "compare needs 2 to 4" in error, error
+
+
+def test_latent_plot_and_a_click_jump_replay_without_the_model(client, monkeypatch):
+    import app
+
+    call(client)
+    monkeypatch.setattr(app.page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
+    figure = json.loads(client.predict(5, "pca", "this run", api_name="/latent")["plot"])
+    indices = {point[0] for trace in figure["data"] for point in trace.get("customdata") or []}
+    assert indices == set(range(1, 6)), indices  # every marker names its frame (frame 0 has no state yet), up to 5
+    view, _plot, step, *_ = client.predict("7|1234", "confidence", "pca", "this run", api_name="/jump")
+    assert step == 7 and masks(view) == 9
+
+
+def test_edit_a_paused_run_then_rewind(client):
+    original = call(client, gen_length=16, steps=16)[0]
+    update, error = client.predict(6, 10, api_name="/candidates")
+    assert not error and len(update["choices"]) == 8
+    label, token = update["choices"][1]  # the second likeliest token at position 10
+    edited = client.predict(6, 10, token, "confidence", api_name="/resume")[0]
+    assert masks(edited) == 0 and 'data-pos="10"' in edited
+    spans = {int(s.split('"')[0]): s for s in edited.split('data-pos="')[1:]}
+    shown = label.split("  p=")[0].strip("'").replace(" ", "&nbsp;")
+    assert shown in spans[10], (label, spans[10])
+    assert client.predict("confidence", api_name="/rewind")[0] == original
+    assert "nothing to rewind" in client.predict("confidence", api_name="/rewind")[2]
+    error = client.predict(6, 99, api_name="/candidates")[1]
+    assert "position" in error, error
+
+
+def test_export_json_html_gif_and_load_back(client, tmp_path):
+    from gradio_client import handle_file
+
+    view = call(client, gen_length=8, steps=8, block_length=8)[0]
+    path, error = client.predict("confidence", api_name="/export_json")
+    assert not error and json.loads(open(path).read())["schema"] == 1
+    html_path, _ = client.predict("confidence", api_name="/export_html")
+    assert "<html" in open(html_path).read().lower()
+    gif_path, _ = client.predict("confidence", api_name="/export_gif")
+    assert open(gif_path, "rb").read(6) == b"GIF89a"
+    call(client, checkpoint="ar-tiny", sampler="ar", cache="kv")
+    loaded = client.predict(handle_file(path), "confidence", api_name="/load_trace")[0]
+    assert without_scores(loaded) == without_scores(view)  # the same canvas, drawn from the file (scores rounded)
+
+
+def test_load_a_trace_written_by_the_cli_and_a_bad_file(client, tmp_path):
+    from gradio_client import handle_file
+
+    from explorer.cli import main
+
+    trace = tmp_path / "cli.json"
+    main(["sample", "--checkpoint", "mdlm-tiny", "--prompt", "ROMEO:", "--gen-length", "12", "--steps", "6",
+          "--record", "full", "--trace", str(trace), "--no-animation"])
+    view, stats, error, *_ = client.predict(handle_file(str(trace)), "confidence", api_name="/load_trace")
+    assert not error and view.count('class="dlm-token"') == 12 and "nfe** 6" in stats
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": 99}')
+    error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")[2]
+    assert "could not load the trace" in error and "schema" in error, error
+
+
+def test_first_paint_is_a_precomputed_example_that_matches_its_checkpoint():
+    import explorer
+    from app import first_paint
+    from explorer.sampling import generate
+    from explorer.webapp import EXAMPLE_PROMPT, EXAMPLE_RUNS, load_examples
+
+    examples = load_examples()
+    assert set(examples) == set(EXAMPLE_RUNS)
+    session, compared = first_paint(examples)
+    assert session.trace.model["name"] == "mdlm-tiny" and len(compared) == 4
+    checkpoint, sampler, knobs = EXAMPLE_RUNS["mdlm-tiny"]
+    again = generate(explorer.load(checkpoint), EXAMPLE_PROMPT, sampler, 0, record="tokens", **knobs)
+    assert again.final_tokens == examples["mdlm-tiny"].final_tokens  # rerun `python -m explorer examples` if not
+
+
+# --- in-process: the CALM controls ----------------------------------------------------------------------------
 
 @pytest.fixture
 def calm_hub(tiny_calm_checkpoints, monkeypatch):
@@ -107,7 +272,7 @@ def calm_hub(tiny_calm_checkpoints, monkeypatch):
 
 
 def run_calm(algorithm, temperature, n_candidates, gen_length=12):
-    """The page's generate for calm-tiny-k4; returns its last outputs."""
+    """The page's generate for calm-tiny-k4 (called in process); returns its last outputs."""
     from app import generate
 
     *_, last = generate("calm-tiny-k4", "ROMEO:", algorithm, gen_length, 64, 64, temperature, 0.9, 0, "confidence",
@@ -116,36 +281,41 @@ def run_calm(algorithm, temperature, n_candidates, gen_length=12):
 
 
 def test_calm_checkpoint_shows_k_algorithm_and_n_instead_of_the_other_knobs(calm_hub):
-    from app import on_checkpoint, on_chunk_size
+    from app import family_controls, on_chunk_size
 
-    sampler, cache, block, steps, temperature, threshold, n_candidates, chunk_size = on_checkpoint("calm-tiny-k4")
+    sampler, cache, block, steps, temperature, threshold, n, chunk_size, cfg, pins = family_controls("calm-tiny-k4")
     assert sampler["choices"] == ["exact", "batch"] and sampler["label"].startswith("algorithm")
-    assert not any(u["visible"] for u in (cache, block, steps, threshold)) and n_candidates["visible"]
+    assert not any(u["visible"] for u in (cache, block, steps, threshold, cfg, pins))
+    assert n["label"].startswith("N (head samples") and n["maximum"] == 500
     assert temperature["value"] == 1.0 and temperature["maximum"] == 1
     assert chunk_size["choices"] == [2, 4] and chunk_size["value"] == 4 and chunk_size["visible"]
     assert on_chunk_size(2, "calm-tiny-k4")["value"] == "calm-tiny-k2"  # K switches the checkpoint
     assert "value" not in on_chunk_size(4, "calm-tiny-k4")  # already there
 
 
-def test_other_families_hide_the_calm_knobs():
-    from app import on_checkpoint
+def test_other_families_show_their_own_knobs():
+    from app import family_controls
 
-    sampler, cache, *_, n_candidates, chunk_size = on_checkpoint("mdlm-tiny")
-    assert sampler["label"] == "sampler" and cache["visible"]
-    assert not n_candidates["visible"] and not chunk_size["visible"]
+    sampler, cache, block, *_, n, chunk_size, cfg, pins = family_controls("mdlm-tiny")
+    assert sampler["label"].startswith("sampler") and cache["visible"] and block["visible"] and cfg["visible"]
+    assert n["label"].startswith("N (runs") and not chunk_size["visible"]
+    _sampler, _cache, block, steps, *_ = family_controls("bd3lm-tiny-b4")
+    assert block["value"] == steps["value"] == 4  # the block size it was trained with
 
 
 @pytest.mark.parametrize("algorithm", ["exact", "batch"])
 def test_calm_knobs_reach_the_sampler_and_the_head_scatter_replays(calm_hub, algorithm):
-    from app import replay
+    from app import latent_figure
 
-    view, _stats, error, _plot, _step, trace, latent = run_calm(algorithm, 0.5, 7)
+    view, _stats, error, _plot, _step, session, *_ = run_calm(algorithm, 0.5, 7)
     assert not error and view.count('class="dlm-token"') == 12, error or view
+    trace = session.trace
     assert trace.sampler["algorithm"] == algorithm and trace.sampler["n_candidates"] == 7
-    assert latent["visible"] and [len(d.x) for d in latent["value"].data] == [2, 16, 1]  # earlier, samples, chosen
-    _view, _plot, replayed = replay(trace, 1, "confidence")
-    assert [len(d.x) for d in replayed["value"].data] == [0, 16, 1]
-    assert all(text.startswith("'") for text in replayed["value"].data[1].text)  # samples decoded to their chunks
+    figure = latent_figure(session, -1, "pca")
+    assert [len(d.x) for d in figure.data] == [2, 16, 1]  # earlier, samples, chosen
+    replayed = latent_figure(session, 1, "pca")
+    assert [len(d.x) for d in replayed.data] == [0, 16, 1]
+    assert all(text.startswith("'") for text in replayed.data[1].text)  # samples decoded to their chunks
 
 
 def test_unrepresentable_batch_temperature_shows_the_error_box(calm_hub):

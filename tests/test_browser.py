@@ -1,5 +1,6 @@
-"""The explorer page in a real browser: Debian chromium driven by Playwright. Writes docs/screenshot.png.
+"""The explorer page in a real browser: Debian chromium driven by Playwright, one test per tab.
 
+Screenshots of each view are saved as test artefacts in runs/screenshots/ (the README's pictures are copies).
 Needs /usr/bin/chromium: run `scripts/install_chromium.sh` (Debian package, no Playwright browser download).
 """
 
@@ -16,17 +17,12 @@ pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOT = ROOT / "docs" / "screenshot.png"
+ARTIFACTS = ROOT / "runs" / "screenshots"
 COLOURED = "#tokens span.dlm-token[style*='background:rgb']"
 
 
 @pytest.fixture(scope="module")
-def url(app_url):
-    return app_url
-
-
-@pytest.fixture(scope="module")
-def page(url):
+def browser():
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"{CHROMIUM} is missing: run `scripts/install_chromium.sh` (installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
@@ -34,75 +30,175 @@ def page(url):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(60_000)
-            yield page
+            yield browser
         finally:
             browser.close()
 
 
+@pytest.fixture
+def page(browser, app_url):
+    """A fresh page (a new user session) at projector-like size, opened on the explorer."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+    page.set_default_timeout(60_000)
+    page.goto(app_url)
+    page.wait_for_selector("#generate")
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.wait_for_timeout(400)  # let plotly finish drawing
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 20_000
+    return path
+
+
 def set_number(page, elem_id: str, value) -> None:
-    """Type into the number box of a Gradio slider and commit it."""
+    """Type into the number box of a Gradio slider or number and commit it."""
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
     box.blur()
 
 
-def open_page(page, url) -> None:
-    page.goto(url)
-    page.wait_for_selector("#generate")
-    page.wait_for_selector("#sampler input[value='low_confidence']")
+def masks(page, where: str = "#tokens") -> int:
+    return page.locator(f"{where} span.dlm-mask").count()
 
 
 def generate(page) -> None:
+    """Press Generate and wait for the finished run's stats (the first paint already shows the example's)."""
+    before = page.locator("#stats").inner_text()
     page.click("#generate")
-    page.wait_for_function("document.querySelector('#stats') && "
-                           "document.querySelector('#stats').innerText.includes('tokens/s')")
+    page.wait_for_function("([before]) => { const s = document.querySelector('#stats').innerText;"
+                           " return s !== before && s.includes('tokens/s') && !s.includes('so far'); }", arg=[before])
 
 
-def test_small_run_colours_tokens_and_replays(page, url):
-    open_page(page, url)
-    for elem_id in ("gen_length", "steps", "block_length"):
-        set_number(page, elem_id, 16)
-    generate(page)
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_first_paint_shows_the_example_before_any_model_runs(page):
     page.wait_for_selector(COLOURED)
-    assert page.locator(COLOURED).count() == 16
-    assert page.locator("#tokens span.dlm-mask").count() == 0
+    assert page.locator(COLOURED).count() == 64 and masks(page) == 0
+    assert "mdlm-tiny" in page.locator("#stats").inner_text()
+    page.wait_for_selector("#heatmap .js-plotly-plot")
+
+
+def test_denoise_streams_colours_scrubs_plays_and_steps_by_keyboard(page):
+    for elem_id, value in (("gen_length", 16), ("steps", 16), ("block_length", 16)):
+        set_number(page, elem_id, value)
+    page.click("#generate")
+    page.wait_for_function("document.querySelectorAll('#tokens span.dlm-mask').length > 0")  # a streamed canvas
+    page.wait_for_function("document.querySelector('#stats').innerText.includes('16 frames') || "
+                           "document.querySelector('#stats').innerText.includes('17 frames')")
+    assert page.locator(COLOURED).count() == 16 and masks(page) == 0
     set_number(page, "step", 4)  # replay frame 4: four tokens committed, twelve still masked
     page.wait_for_function("document.querySelectorAll('#tokens span.dlm-mask').length === 12")
-    assert page.locator(COLOURED).count() == 4
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("document.querySelectorAll('#tokens span.dlm-mask').length === 11")
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function("document.querySelectorAll('#tokens span.dlm-mask').length === 12")
+    page.click("#play")  # replays to the end without the model
+    page.wait_for_function("document.querySelectorAll('#tokens span.dlm-mask').length === 0")
+    page.get_by_label("commit_step").check()
+    page.wait_for_function("document.querySelector('#tokens span.dlm-token').title.includes('commit_step')")
+    screenshot(page, "denoise")
 
 
-def test_bad_knob_shows_an_error_box(page, url):
-    open_page(page, url)
+def test_n_runs_show_small_multiples(page):
+    for elem_id, value in (("gen_length", 16), ("steps", 16), ("block_length", 16), ("n_runs", 3)):
+        set_number(page, elem_id, value)
+    set_number(page, "temperature", 1)
+    generate(page)
+    page.wait_for_selector("#multiples .dlm-multiple")
+    assert page.locator("#multiples .dlm-multiple").count() == 3
+    assert "distinct outputs" in page.locator("#multiples").inner_text()
+
+
+def test_bad_input_shows_its_message_and_the_page_stays_usable(page):
     set_number(page, "gen_length", 30)
     set_number(page, "block_length", 7)
     page.click("#generate")
     page.wait_for_selector("#error .dlm-error")
     assert "block_length" in page.locator("#error").inner_text()
-
-
-def test_switching_to_ar_updates_the_samplers(page, url):
-    open_page(page, url)
-    page.locator("#checkpoint input").click()
-    page.get_by_role("option", name="ar-tiny").click()
-    page.wait_for_function("document.querySelectorAll('#sampler input[type=radio]').length === 1")
-    assert page.locator("#sampler input[type=radio]").get_attribute("value") == "ar"
-    set_number(page, "gen_length", 16)
+    screenshot(page, "error")
+    set_number(page, "block_length", 30)
     generate(page)
-    assert page.locator(COLOURED).count() == 16
+    assert page.locator("#error .dlm-error").count() == 0 and page.locator(COLOURED).count() == 30
 
 
-def test_readme_screenshot(page, url):
-    """A default run (mdlm-tiny, gen length 64, 64 steps), scrubbed back to a step where some tokens are masked."""
-    open_page(page, url)
+def test_compare_tab_runs_side_by_side_and_the_progress_slider_moves_all(page):
+    open_tab(page, "Compare")
+    page.wait_for_selector("#side_by_side .dlm-panel")  # the precomputed example comparison
+    before = page.locator("#c_table").inner_text()
+    set_number(page, "c_length", 16)
+    set_number(page, "c_steps", 16)
+    page.click("#c_run")
+    page.wait_for_function("([before]) => document.querySelector('#c_table').innerText !== before", arg=[before])
+    assert page.locator("#side_by_side .dlm-panel").count() == 3
+    set_number(page, "progress", 0.5)
+    page.wait_for_function("document.querySelectorAll('#side_by_side span.dlm-mask').length > 0")
+    page.wait_for_selector("#progress_plot .js-plotly-plot")
+    screenshot(page, "compare")
+
+
+def test_latent_tab_renders_and_a_click_jumps_the_scrubber(page):
+    for elem_id, value in (("gen_length", 16), ("steps", 16), ("block_length", 16)):
+        set_number(page, elem_id, value)
     generate(page)
-    page.wait_for_selector("#heatmap .js-plotly-plot")
-    assert page.locator(COLOURED).count() == 64
-    set_number(page, "step", 48)
-    page.wait_for_function("document.querySelectorAll('#tokens span.dlm-mask').length === 16")
-    page.wait_for_timeout(500)  # let plotly finish redrawing the heatmap
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
-    assert SCREENSHOT.stat().st_size > 20_000
+    open_tab(page, "Latent space")
+    page.wait_for_selector("#latent .js-plotly-plot .scatterlayer .point")
+    assert page.locator("#latent_step input[type=number]").input_value() == "16"
+    point = page.locator("#latent .scatterlayer .trace").nth(0).locator(".point").nth(1)
+    box = point.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("#latent .hoverlayer .hovertext")  # the step's text previews on hover
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function("document.querySelector('#latent_step input[type=number]').value !== '16'")
+    assert masks(page, "#latent_tokens") > 0  # the canvas of an earlier step
+    screenshot(page, "latent")
+
+
+def test_edit_tab_picks_a_candidate_and_continues(page):
+    for elem_id, value in (("gen_length", 16), ("steps", 16), ("block_length", 16)):
+        set_number(page, elem_id, value)
+    generate(page)
+    set_number(page, "step", 6)
+    page.wait_for_function("document.querySelectorAll('#tokens span.dlm-mask').length === 10")
+    open_tab(page, "Edit and infill")
+    set_number(page, "position", 12)
+    page.click("#show_candidates")
+    page.wait_for_selector("#candidates input[type=radio]")
+    page.locator("#candidates input[type=radio]").nth(2).check()
+    page.click("#resume")
+    page.wait_for_function("document.querySelector('#edit_tokens') && "
+                           "document.querySelectorAll('#edit_tokens span.dlm-mask').length === 0 && "
+                           "document.querySelectorAll('#edit_tokens span.dlm-token').length === 16")
+    screenshot(page, "edit")
+    page.click("#rewind")
+    page.wait_for_timeout(300)
+    assert page.locator("#edit_error .dlm-error").count() == 0
+
+
+def test_export_tab_downloads_a_trace_and_loads_it_back(page, tmp_path):
+    for elem_id, value in (("gen_length", 8), ("steps", 8), ("block_length", 8)):
+        set_number(page, elem_id, value)
+    generate(page)
+    open_tab(page, "Export")
+    page.click("#export_json")
+    link = page.locator("#download a").first
+    link.wait_for()
+    with page.expect_download() as info:
+        link.click()
+    target = tmp_path / "trace.json"
+    info.value.save_as(target)
+    assert '"schema": 1' in target.read_text()
+    page.set_input_files("#upload input[type=file]", str(target))
+    page.wait_for_function("document.querySelector('#stats').innerText.includes('9 frames')")
+    screenshot(page, "export")
+

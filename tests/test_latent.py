@@ -3,12 +3,14 @@ scatter of CALM's energy-head samples."""
 
 import builtins
 import html
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 import explorer
-from explorer.viz import head_samples, project
+from explorer.models.cdcd import vocabulary_points
+from explorer.viz import head_samples, hidden_state_paths, latent_trajectories, project, step_preview
 
 
 def cloud(seed=0, n=50, d=8):
@@ -96,3 +98,84 @@ def test_head_samples_labels_and_bad_input(calm_trace, tiny_cdcd):
         head_samples(plain, -1)
     with pytest.raises(ValueError, match="calm traces"):
         head_samples(explorer.generate(tiny_cdcd, gen_length=4, steps=2, record="full"), -1)
+
+
+def test_head_samples_markers_carry_their_frame_index_and_the_step_text(calm_trace):
+    fig = head_samples(calm_trace, 2)
+    earlier, samples, chosen = fig.data
+    assert [c[0] for c in earlier.customdata] == [1] and {c[0] for c in samples.customdata} == {2}
+    assert chosen.customdata[0][0] == 2 and chosen.customdata[0][1] == step_preview(calm_trace, 2)
+
+
+def test_latent_trajectory_markers_carry_their_frame_index_and_the_step_text(tiny_cdcd):
+    trace = explorer.generate(tiny_cdcd, steps=4, gen_length=6, record="full", seed=0)
+    points, strings = vocabulary_points(tiny_cdcd)
+    path = latent_trajectories(trace, points, strings, positions=[2], upto=3).data[1]
+    assert [c[0] for c in path.customdata] == [0, 1, 2, 3]
+    assert [c[3] for c in path.customdata] == [step_preview(trace, i) for i in range(4)]
+
+
+# --- hidden states of discrete families -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mdlm_runs(tiny_mdlm):
+    return [explorer.generate(tiny_mdlm, "ROMEO:", gen_length=12, steps=6, temperature=1.0, record="full", seed=s)
+            for s in (0, 1)]
+
+
+def marker_traces(fig):
+    return [d for d in fig.data if d.mode == "markers"]
+
+
+def test_hidden_state_paths_share_axes_while_scrubbing_and_across_runs(mdlm_runs):
+    first, last = hidden_state_paths(mdlm_runs, upto=1), hidden_state_paths(mdlm_runs, upto=[-1, 6])
+    assert first.layout.xaxis.range == last.layout.xaxis.range and first.layout.yaxis.range == last.layout.yaxis.range
+    assert first.layout.meta == last.layout.meta
+    assert sum(len(d.x) for d in marker_traces(first)) < sum(len(d.x) for d in marker_traces(last))
+    mean, components = (np.asarray(last.layout.meta["params"][k]) for k in ("mean", "components"))
+    paths, now = marker_traces(last)[2:4]  # the second run: its path points, its current states
+    i, pos = paths.customdata[5][:2]
+    expected = (np.asarray(mdlm_runs[1].frames[i].hidden[pos]) - mean) @ components.T
+    assert np.allclose([paths.x[5], paths.y[5]], expected)
+    assert len(now.x) == 12 and paths.marker.color != marker_traces(last)[0].marker.color  # coloured by run
+    names = [d.name for d in marker_traces(last)]
+    assert names[0] == "mdlm · low_confidence (run 1)" and names[2] == "mdlm · low_confidence (run 2)"
+    labelled = hidden_state_paths(mdlm_runs, labels=["a <1>", "b"])
+    assert marker_traces(labelled)[0].name == "a <1>"
+
+
+def test_hidden_state_paths_customdata_jumps_to_frames_with_a_text_preview(mdlm_runs):
+    trace = mdlm_runs[0]
+    fig = hidden_state_paths(trace, upto=[3])
+    paths, now = marker_traces(fig)
+    assert {c[0] for c in paths.customdata} == {1, 2, 3}  # frame 0 has no state yet; mdlm recomputes every step
+    assert all(c[0] == 3 for c in now.customdata) and [c[1] for c in now.customdata] == list(range(12))
+    for index, pos, step, preview in paths.customdata:
+        assert step == trace.frames[index].step and preview == step_preview(trace, index)
+    assert "·" in step_preview(trace, 1) and "·" not in step_preview(trace, -1)
+    assert paths.marker.colorscale is not None  # one run: coloured by step
+
+
+def test_step_preview_masks_escapes_and_truncates(mdlm_runs):
+    trace = replace(mdlm_runs[0], token_strings=mdlm_runs[0].token_strings | {7: "<b>&\n"})
+    frame = replace(trace.frames[0], tokens=[trace.mask_id, 7] + [7] * 40)
+    trace = replace(trace, frames=[frame])
+    preview = step_preview(trace, 0)
+    assert preview.startswith("·&lt;b&gt;&amp;↵") and html.unescape(preview).endswith("…")
+    assert len(html.unescape(preview)) == 80
+
+
+def test_hidden_state_paths_bad_input(mdlm_runs, tiny_mdlm, tiny_ar):
+    plain = explorer.generate(tiny_mdlm, "ROMEO:", gen_length=8, steps=4, record="tokens")
+    with pytest.raises(ValueError, match="record it at level 'full'"):
+        hidden_state_paths(plain)
+    smaller = replace(mdlm_runs[1], frames=[replace(f, hidden=[None if r is None else r[:16] for r in f.hidden])
+                                             for f in mdlm_runs[1].frames])
+    with pytest.raises(ValueError, match=r"hidden sizes differ between traces: 32 .*, 16 "):
+        hidden_state_paths([mdlm_runs[0], smaller])
+    with pytest.raises(ValueError, match="upto has 1 frame indices for 2 traces"):
+        hidden_state_paths(mdlm_runs, upto=[1])
+    with pytest.raises(ValueError, match="labels has 1 entries"):
+        hidden_state_paths(mdlm_runs, labels=["one"])
+    ar = explorer.generate(tiny_ar, "ROMEO:", gen_length=6, record="full")  # one point per position (never revised)
+    assert [len(d.x) for d in marker_traces(hidden_state_paths(ar))] == [6, 6]

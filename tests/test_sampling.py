@@ -188,3 +188,111 @@ def test_text_decodes_from_the_whole_sequence(tiny_mdlm):
     tok = tiny_mdlm.tokenizer
     assert trace.text == tok.decode(trace.final_tokens, skip_special_tokens=True)
     assert all(isinstance(trace.token_strings[t], str) for t in trace.final_tokens)
+
+
+# --- hidden states (level "full") -------------------------------------------------------------
+
+DISCRETE_RUNS = {  # id: (model fixture, knobs); every discrete sampler and cache path
+    "ar": ("tiny_ar", dict(gen_length=10)),
+    "ar_r2l": ("tiny_ar_r2l", dict(gen_length=6)),
+    "llada": ("tiny_mdlm", dict(sampler="low_confidence", gen_length=16, steps=8, block_length=8, temperature=1.0)),
+    "threshold": ("tiny_mdlm", dict(sampler="threshold", threshold=0.01, gen_length=12, steps=12)),
+    "cfg": ("tiny_mdlm", dict(gen_length=8, steps=4, cfg_scale=1.0, temperature=1.0)),
+    "ancestral": ("tiny_mdlm", dict(sampler="ancestral", gen_length=12, steps=24)),
+    "prefix": ("tiny_mdlm", dict(gen_length=16, steps=8, block_length=8, cache="prefix", temperature=1.0)),
+    "dual": ("tiny_mdlm", dict(gen_length=16, steps=8, block_length=8, cache="dual", temperature=1.0)),
+    "bd3lm": ("tiny_bd3lm", dict(gen_length=40, min_entropy=0.0, stop_at_eos=False)),  # slides past the context
+    "bd3lm_fresh": ("tiny_bd3lm", dict(gen_length=20, kv_cache=False, min_entropy=0.0, stop_at_eos=False)),
+    "draft_refine": ("tiny_mdlm", dict(sampler="draft_refine", gen_length=12, rounds=2)),
+}
+
+
+@pytest.fixture(scope="module")
+def drafter_folder(tiny_ar, tmp_path_factory):
+    return str(tiny_ar.save_pretrained(tmp_path_factory.mktemp("drafter") / "drafter"))
+
+
+def discrete_run(request, run: str):
+    fixture, knobs = DISCRETE_RUNS[run]
+    if run == "draft_refine":
+        knobs = knobs | {"drafter": request.getfixturevalue("drafter_folder")}
+    return request.getfixturevalue(fixture), knobs
+
+
+@pytest.mark.parametrize("run", DISCRETE_RUNS)
+def test_hidden_states_are_recorded_at_level_full_only_and_never_change_the_tokens(request, run):
+    model, knobs = discrete_run(request, run)
+    full = generate(model, PROMPT, record="full", seed=2, **knobs)
+    tokens = generate(model, PROMPT, record="tokens", seed=2, **knobs)
+    none = generate(model, PROMPT, record="none", seed=2, **knobs)
+    assert [f.tokens for f in full.frames] == [f.tokens for f in tokens.frames]
+    assert full.final_tokens == none.final_tokens
+    assert all(f.hidden is None for f in tokens.frames + none.frames)
+    d = model.config.backbone.d_model
+    for frame in full.frames:
+        assert len(frame.hidden) == len(frame.tokens)  # (gen_length, d_model), None rows where never computed
+        assert all(row is None or len(row) == d for row in frame.hidden)
+    assert all(row is not None for row in full.frames[-1].hidden)
+
+
+def test_ar_hidden_state_is_the_one_that_predicted_the_token(tiny_ar):
+    trace = generate(tiny_ar, PROMPT, gen_length=6, temperature=0.0, record="full")
+    ids = [tiny_ar.bos_id] + trace.prompt_ids + trace.final_tokens
+    with torch.no_grad():
+        _, hidden = tiny_ar(torch.tensor([ids]), return_hidden=True)  # (1, L, d)
+    start = len(trace.prompt_ids)  # index of the last prompt token (after <bos>), whose state predicts token 0
+    assert torch.allclose(torch.tensor(trace.frames[-1].hidden), hidden[0, start : start + 6], atol=1e-5)
+    assert [sum(row is not None for row in f.hidden) for f in trace.frames] == list(range(7))
+
+
+def test_mdlm_hidden_states_come_from_the_pass_of_their_step(tiny_mdlm):
+    trace = generate(tiny_mdlm, PROMPT, gen_length=12, steps=6, temperature=1.0, record="full", seed=0)
+    P = len(trace.prompt_ids)
+    before = torch.tensor(trace.prompt_ids + trace.frames[2].tokens)  # the canvas step 3's pass saw
+    with torch.no_grad():
+        _, hidden = tiny_mdlm.denoiser_logits(before[None], return_hidden=True)
+    assert torch.allclose(torch.tensor(trace.frames[3].hidden), hidden[0, P:], atol=1e-5)
+
+
+def test_dual_cache_keeps_the_refresh_state_outside_the_block(tiny_mdlm):
+    trace = generate(tiny_mdlm, PROMPT, gen_length=16, steps=8, block_length=8, cache="dual", temperature=1.0,
+                     record="full")
+    refresh, step = trace.frames[1], trace.frames[2]  # block 0: refresh, then the block alone
+    assert (refresh.cache, step.cache) == ("refresh", "dual")
+    assert step.hidden[8:] == refresh.hidden[8:] and step.hidden[:8] != refresh.hidden[:8]
+
+
+def test_bd3lm_hidden_states_agree_with_and_without_the_kv_cache(tiny_bd3lm):
+    knobs = dict(gen_length=40, seed=1, min_entropy=0.0, stop_at_eos=False, record="full")
+    cached = generate(tiny_bd3lm, PROMPT, kv_cache=True, **knobs)
+    fresh = generate(tiny_bd3lm, PROMPT, kv_cache=False, **knobs)
+    zeros = [0.0] * tiny_bd3lm.config.backbone.d_model
+    for a, b in zip(cached.frames, fresh.frames):
+        assert [row is None for row in a.hidden] == [row is None for row in b.hidden]
+        a_rows, b_rows = ([zeros if row is None else row for row in f.hidden] for f in (a, b))
+        assert torch.allclose(torch.tensor(a_rows), torch.tensor(b_rows), atol=1e-4)
+    P = len(cached.prompt_ids)
+    first_block_end = (P // 8 + 1) * 8 - P  # generated positions of the first block
+    assert all(row is None for row in cached.frames[1].hidden[first_block_end:])  # future blocks: never computed
+
+
+def test_draft_frames_have_no_refiner_states(tiny_mdlm, drafter_folder):
+    trace = generate(tiny_mdlm, PROMPT, sampler="draft_refine", drafter=drafter_folder, gen_length=8, rounds=1,
+                     record="full")
+    draft = [f for f in trace.frames if f.block is None]
+    assert all(row is None for f in draft for row in f.hidden)
+    remasked = next(f for f in trace.frames if f.remasked)
+    assert all(row is None for row in remasked.hidden)  # the round's first canvas, before any refiner pass
+    assert all(row is not None for row in trace.frames[-1].hidden)
+
+
+def test_trace_with_hidden_states_round_trips_rounded_and_old_traces_load(tiny_mdlm, tmp_path):
+    trace = generate(tiny_mdlm, PROMPT, gen_length=8, steps=4, temperature=1.0, record="full")
+    loaded = explorer.Trace.load(trace.save(tmp_path / "t.json"))
+    assert loaded.to_dict() == trace.to_dict()
+    row = trace.frames[-1].hidden[0]
+    assert loaded.frames[-1].hidden[0] == [round(v, 4) for v in row] and loaded.frames[0].hidden == [None] * 8
+    old = trace.to_dict()
+    for frame in old["frames"]:
+        del frame["hidden"]  # a trace written before hidden states were recorded
+    assert all(f.hidden is None for f in Trace.from_dict(old).frames)

@@ -143,9 +143,10 @@ class BD3LMModel(LanguageModel):
 
 
     def window_logits(self, window: torch.Tensor, start: int, cache: KVCache | None, store: int,
-                      block_size: int | None = None, logits_from: int = 0) -> torch.Tensor:
+                      block_size: int | None = None, logits_from: int = 0, return_hidden: bool = False):
         """Logits (B, l - logits_from, V) of the tokens at positions start + logits_from .. start + l, which see
-        everything before them (cached keys or, without a cache, `window` must start at 0), block-causally."""
+        everything before them (cached keys or, without a cache, `window` must start at 0), block-causally;
+        with `return_hidden` also the final hidden states (B, l, d) of the whole window."""
         block_size = block_size or self.block_size
         device = window.device
         end = start + window.shape[1]
@@ -154,9 +155,10 @@ class BD3LMModel(LanguageModel):
         else:
             mask = block_causal_mask(torch.arange(start, end, device=device), torch.arange(end, device=device),
                                      block_size)
-        logits = self.backbone(window, cache=cache, mask=mask, start=start, store=store,
-                               logits_for=slice(logits_from, None))
-        return self._exclude_mask(logits)
+        logits, hidden = self.backbone(window, cache=cache, mask=mask, start=start, store=store,
+                                       logits_for=slice(logits_from, None), return_hidden=True)
+        logits = self._exclude_mask(logits)
+        return (logits, hidden) if return_hidden else logits
 
 
 @torch.no_grad()

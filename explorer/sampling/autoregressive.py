@@ -8,7 +8,7 @@ from typing import Iterator
 import torch
 
 import kernels
-from explorer.sampling.common import check_range, check_sampling_knobs, make_frame, step_seed
+from explorer.sampling.common import check_range, check_sampling_knobs, make_frame, record_hidden, step_seed
 from explorer.sampling.trace import Frame
 
 
@@ -26,11 +26,12 @@ class ARParams:
 
 @torch.no_grad()
 def autoregressive(model, prompt_ids: list[int], params: ARParams, generator: torch.Generator,
-                   record: str = "tokens") -> Iterator[Frame]:
+                   record: str = "tokens", *, hidden: bool | None = None) -> Iterator[Frame]:
     """Yield the empty canvas, then one Frame per generated token.
 
     For a right-to-left model the prompt is the *end* of the text and the canvas fills from its
-    last position backwards; frames always index positions in reading order.
+    last position backwards; frames always index positions in reading order. `hidden`: record hidden
+    states (None = at level "full"); a position's state is the one the head read to predict its token.
     """
     params.validate()
     G = params.gen_length
@@ -43,11 +44,14 @@ def autoregressive(model, prompt_ids: list[int], params: ARParams, generator: to
     context = [model.bos_id] + (prompt_ids[::-1] if backwards else list(prompt_ids))
     canvas = torch.full((G,), model.mask_id, dtype=torch.long)  # reading order
     confidence = torch.full((G,), float("nan"))
-    first = make_frame(record, False, 0, canvas, [], 0, proposal=canvas, confidence=confidence)
+    # (G, d) hidden state that predicted each position's token (NaN = not generated yet), when recorded
+    states = torch.full((G, model.config.backbone.d_model), float("nan")) if record_hidden(record, hidden) else None
+    first = make_frame(record, False, 0, canvas, [], 0, proposal=canvas, confidence=confidence, hidden=states)
     if first is not None:
         yield first
     cache = model.new_cache()
-    logits = model(torch.tensor([context], device=model.device), cache=cache)[0, -1:]  # (1, V)
+    logits, state = model(torch.tensor([context], device=model.device), cache=cache, return_hidden=True)
+    logits, state = logits[0, -1:], state[0, -1]  # (1, V), (d,): the backbone computes the state anyway
     for i in range(G):
         tokens, prob, _, _ = kernels.sample_and_score(
             logits.float(), params.temperature, params.top_k, params.top_p, seed=step_seed(generator)
@@ -55,8 +59,12 @@ def autoregressive(model, prompt_ids: list[int], params: ARParams, generator: to
         pos = G - 1 - i if backwards else i
         canvas[pos] = int(tokens[0])
         confidence[pos] = float(prob[0])
-        frame = make_frame(record, i == G - 1, i + 1, canvas, [pos], i + 1, proposal=canvas, confidence=confidence)
+        if states is not None:
+            states[pos] = state.float().cpu()
+        frame = make_frame(record, i == G - 1, i + 1, canvas, [pos], i + 1, proposal=canvas, confidence=confidence,
+                           hidden=states)
         if frame is not None:
             yield frame
         if i < G - 1:
-            logits = model(tokens.view(1, 1).to(model.device), cache=cache)[0, -1:]
+            logits, state = model(tokens.view(1, 1).to(model.device), cache=cache, return_hidden=True)
+            logits, state = logits[0, -1:], state[0, -1]

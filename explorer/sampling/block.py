@@ -20,7 +20,8 @@ from typing import Iterator
 import torch
 
 import kernels
-from explorer.sampling.common import check_range, check_sampling_knobs, make_frame, step_seed
+from explorer.sampling.common import (check_range, check_sampling_knobs, keep_states, make_frame, record_hidden,
+                                     step_seed)
 from explorer.sampling.masked import REMASKING_RULES, rule_scores, schedule_counts, select_commits
 from explorer.sampling.trace import Frame
 
@@ -81,8 +82,9 @@ def stop_reason(sequence: torch.Tensor, generated: torch.Tensor, params: BlockPa
 
 @torch.no_grad()
 def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator: torch.Generator,
-                    record: str = "tokens") -> Iterator[Frame]:
-    """Yield the initial canvas, then one Frame per network step (block index and cache use recorded)."""
+                    record: str = "tokens", *, hidden: bool | None = None) -> Iterator[Frame]:
+    """Yield the initial canvas, then one Frame per network step (block index and cache use recorded).
+    `hidden`: record hidden states (None = at level "full"): each step updates the positions its pass ran."""
     block = params.validate(model)
     mask_id, device = model.mask_id, model.device
     P, G, context = len(prompt_ids), params.gen_length, model.max_seq_len
@@ -95,8 +97,10 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
     cache_label = "kv" if params.kv_cache else None
     window_start, cached_upto = 0, 0  # absolute: first visible position, end of the cached clean tokens
     nfe = step = 0
+    # (G, d) latest hidden state per generated position (NaN = never computed), when recorded
+    states = torch.full((G, model.config.backbone.d_model), float("nan")) if record_hidden(record, hidden) else None
     first = make_frame(record, False, 0, sequence[P:].cpu(), [], 0, t=1.0, block=0, proposal=proposal,
-                       confidence=confidence)
+                       confidence=confidence, hidden=states)
     if first is not None:
         yield first
     first_block, last_block = P // block, (P + G - 1) // block
@@ -115,13 +119,18 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
                 block_step += 1
                 continue
             if cache is not None:  # the clean tokens not yet cached (finished blocks) ride along and are stored
-                window = sequence[cached_upto:hi]
-                logits = model.window_logits(window[None], cached_upto - window_start, cache, store=lo - cached_upto,
-                                             block_size=block, logits_from=lo - cached_upto)[0]  # (hi - lo, V)
+                ran_from = cached_upto
+                logits, ran = model.window_logits(sequence[None, cached_upto:hi], cached_upto - window_start, cache,
+                                                  store=lo - cached_upto, block_size=block,
+                                                  logits_from=lo - cached_upto, return_hidden=True)
                 cached_upto = lo
             else:
-                logits = model.window_logits(sequence[None, window_start:hi], 0, None, 0, block_size=block,
-                                             logits_from=lo - window_start)[0]  # (hi - lo, V)
+                ran_from = window_start
+                logits, ran = model.window_logits(sequence[None, window_start:hi], 0, None, 0, block_size=block,
+                                                  logits_from=lo - window_start, return_hidden=True)
+            logits = logits[0]  # (hi - lo, V); ran: (1, hi - ran_from, d), the backbone computes it anyway
+            if states is not None:
+                keep_states(states, ran[0], ran_from, P)
             nfe += 1
             rows = (sequence[lo:hi] == mask_id).nonzero().squeeze(-1)  # (M,) within the block
             seed = step_seed(generator)
@@ -149,7 +158,8 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
             frame = make_frame(record, final, step, shown, gen_pos.tolist(), nfe,
                                t=round(float((shown == mask_id).float().mean()) if len(shown) else 0.0, 6),
                                block=index, proposal=proposal[: len(shown)], confidence=confidence[: len(shown)],
-                               cache=cache_label, stop=(reason or "length") if final else None)
+                               cache=cache_label, stop=(reason or "length") if final else None,
+                               hidden=None if states is None else states[: len(shown)])
             if frame is not None:
                 yield frame
             if final:

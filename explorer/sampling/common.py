@@ -36,10 +36,25 @@ def step_seed(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
 
+def record_hidden(record: str, hidden: bool | None) -> bool:
+    """Whether a discrete sampler records hidden states: `hidden` if given, else at level "full" only."""
+    return record == "full" if hidden is None else hidden
+
+
+def keep_states(states: torch.Tensor, hidden: torch.Tensor, start: int, prompt_len: int) -> None:
+    """Write one pass's hidden states (l, d) of absolute positions start .. start + l into `states` (G, d), the
+    latest state of each generated position; prompt positions are skipped."""
+    skip = max(prompt_len - start, 0)
+    first = start + skip - prompt_len
+    rows = hidden[skip : skip + len(states) - first]  # (<= l, d)
+    states[first : first + len(rows)] = rows.float().cpu()
+
+
 def make_frame(record: str, final: bool, step: int, canvas: torch.Tensor, committed, nfe: int, *,
                t=None, block=None, proposal=None, confidence=None, remasked=(), cache=None, stop=None,
-               revised=None) -> Frame | None:
-    """A Frame with what the recording level asks for; None at level 'none' except for the final frame."""
+               revised=None, hidden=None) -> Frame | None:
+    """A Frame with what the recording level asks for; None at level 'none' except for the final frame.
+    `hidden` (G, d): latest hidden state per position, NaN rows where never computed (stored as None rows)."""
     if record == "none" and not final:
         return None
     full = record == "full"
@@ -56,4 +71,10 @@ def make_frame(record: str, final: bool, step: int, canvas: torch.Tensor, commit
         cache=cache,
         stop=stop,
         revised=sorted(int(p) for p in revised) if revised is not None else None,
+        hidden=_state_rows(hidden) if hidden is not None else None,
     )
+
+
+def _state_rows(states: torch.Tensor) -> list[list[float] | None]:
+    known = (~states.isnan().any(-1)).tolist()
+    return [row if ok else None for row, ok in zip(states.tolist(), known)]

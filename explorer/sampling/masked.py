@@ -19,7 +19,8 @@ from typing import Iterator
 import torch
 
 import kernels
-from explorer.sampling.common import check_range, check_sampling_knobs, make_frame, step_seed
+from explorer.sampling.common import (check_range, check_sampling_knobs, keep_states, make_frame, record_hidden,
+                                     step_seed)
 from explorer.sampling.trace import Frame
 
 REMASKING_RULES = ("low_confidence", "random", "margin", "entropy")
@@ -96,10 +97,15 @@ def schedule_counts(masked: int, steps: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(steps)]
 
 
-def _guided_logits(model, canvas: torch.Tensor, prompt_len: int, cfg_scale: float) -> tuple[torch.Tensor, int]:
-    """Logits (L, V) of the canvas with the mask token excluded, guided if cfg_scale > 0; and the NFE used."""
+def _guided_logits(model, canvas: torch.Tensor, prompt_len: int, cfg_scale: float, return_hidden: bool = False):
+    """Logits (L, V) of the canvas with the mask token excluded, guided if cfg_scale > 0; the NFE used; and with
+    `return_hidden` the conditional pass's hidden states (L, d) (else None)."""
     mask_id = model.mask_id
-    logits = model(canvas[None])[0]  # (L, V)
+    if return_hidden:
+        logits, hidden = model(canvas[None], return_hidden=True)
+        logits, hidden = logits[0], hidden[0]  # (L, V), (L, d)
+    else:
+        logits, hidden = model(canvas[None])[0], None  # (L, V)
     if cfg_scale > 0 and prompt_len > 0:
         uncond_canvas = canvas.clone()
         uncond_canvas[:prompt_len] = mask_id
@@ -111,18 +117,25 @@ def _guided_logits(model, canvas: torch.Tensor, prompt_len: int, cfg_scale: floa
     else:
         nfe = 1
     logits[:, mask_id] = float("-inf")
-    return logits, nfe
+    return logits, nfe, hidden
 
 
-def _cached_logits(model, canvas: torch.Tensor, cache, refresh: bool, mode: str, lo: int, hi: int):
-    """Fast-dLLM: (logits (l, V), offset of the window, cache label). A refresh is one full pass whose
-    keys/values are kept; later steps recompute [lo, end) (prefix) or [lo, hi) (dual) against them."""
+def _cached_logits(model, canvas: torch.Tensor, cache, refresh: bool, mode: str, lo: int, hi: int,
+                   return_hidden: bool = False):
+    """Fast-dLLM: (logits (l, V), offset of the window, cache label), plus the window's hidden states (l, d) with
+    `return_hidden`. A refresh is one full pass whose keys/values are kept; later steps recompute [lo, end)
+    (prefix) or [lo, hi) (dual) against them."""
     if refresh:
         cache.crop(0)
-        return model.denoiser_logits(canvas[None], cache=cache, start=0)[0], 0, "refresh"
-    end = len(canvas) if mode == "prefix" else hi
-    logits = model.denoiser_logits(canvas[None, lo:end], cache=cache, start=lo, store=0)[0]
-    return logits, lo, mode
+        offset, label, window = 0, "refresh", dict(start=0)
+    else:
+        end = len(canvas) if mode == "prefix" else hi
+        offset, label, window = lo, mode, dict(start=lo, store=0)
+        canvas = canvas[lo:end]
+    logits, hidden = model.denoiser_logits(canvas[None], return_hidden=True, cache=cache, **window)
+    if return_hidden:
+        return logits[0], offset, label, hidden[0]
+    return logits[0], offset, label
 
 
 def rule_scores(rule: str, prob, margin, entropy, seed: int, rows: torch.Tensor) -> torch.Tensor:
@@ -154,18 +167,20 @@ def select_commits(scores: torch.Tensor, eligible: torch.Tensor, count: int, thr
 
 
 def masked_diffusion(model, prompt_ids: list[int], params: MaskedParams, generator: torch.Generator,
-                     record: str = "tokens") -> Iterator[Frame]:
-    """LLaDA / Fast-dLLM sampling loop; yields the initial canvas, then one Frame per network step."""
-    return _masked_loop(model, prompt_ids, params, generator, record, ancestral=False)
+                     record: str = "tokens", *, hidden: bool | None = None) -> Iterator[Frame]:
+    """LLaDA / Fast-dLLM sampling loop; yields the initial canvas, then one Frame per network step.
+    `hidden`: record hidden states (None = at level "full"); with cfg_scale > 0, those of the conditional pass."""
+    return _masked_loop(model, prompt_ids, params, generator, record, ancestral=False, hidden=hidden)
 
 
 def ancestral(model, prompt_ids: list[int], params: AncestralParams, generator: torch.Generator,
-              record: str = "tokens") -> Iterator[Frame]:
+              record: str = "tokens", *, hidden: bool | None = None) -> Iterator[Frame]:
     """MDLM's ancestral sampler with the cached step; yields one Frame per time step."""
-    return _masked_loop(model, prompt_ids, params, generator, record, ancestral=True)
+    return _masked_loop(model, prompt_ids, params, generator, record, ancestral=True, hidden=hidden)
 
 
-def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool) -> Iterator[Frame]:
+def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, hidden: bool | None
+                 ) -> Iterator[Frame]:
     params.validate(model.tokenizer.get_vocab_size())
     mask_id, P, G = model.mask_id, len(prompt_ids), params.gen_length
     if P + G > model.max_seq_len:
@@ -182,12 +197,14 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool) 
     block_len = params.block_length or G
     steps_per_block = params.steps // params.blocks
     nfe, step = 0, 0
+    # (G, d) latest hidden state per generated position (NaN = never computed), when recorded
+    states = torch.full((G, model.config.backbone.d_model), float("nan")) if record_hidden(record, hidden) else None
     nothing_to_do = not bool((canvas[P:] == mask_id).any())
     first = make_frame(record, nothing_to_do, 0, canvas[P:], [], 0, t=_mask_rate(canvas[P:], mask_id), block=0,
-                       proposal=proposal, confidence=confidence)
+                       proposal=proposal, confidence=confidence, hidden=states)
     if first is not None:
         yield first
-    cached_logits, cached_canvas = None, None
+    cached_logits, cached_canvas, cached_hidden = None, None, None
     cache_mode = getattr(params, "cache", "none")
     kv = model.new_cache() if cache_mode != "none" else None
     for block in range(params.blocks):
@@ -209,16 +226,20 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool) 
                 if counts[block_step] == 0:  # LLaDA would spend a forward pass committing nothing
                     block_step += 1
                     continue
-            cache_label = None
+            cache_label, pass_hidden = None, None
             if ancestral and cached_canvas is not None and torch.equal(cached_canvas, canvas):
-                logits = cached_logits  # no time conditioning: same canvas, same logits
+                logits, pass_hidden = cached_logits, cached_hidden  # no time conditioning: same canvas, same logits
             elif kv is not None:
-                logits, offset, cache_label = _cached_logits(model, canvas, kv, block_step == 0, cache_mode, lo, hi)
+                logits, offset, cache_label, pass_hidden = _cached_logits(
+                    model, canvas, kv, block_step == 0, cache_mode, lo, hi, return_hidden=True)  # hidden: no extra cost
                 nfe += 1
             else:
-                logits, used = _guided_logits(model, canvas, P, getattr(params, "cfg_scale", 0.0))
+                logits, used, pass_hidden = _guided_logits(model, canvas, P, getattr(params, "cfg_scale", 0.0),
+                                                           return_hidden=states is not None)
                 nfe += used
-                cached_logits, cached_canvas, offset = logits, canvas.clone(), 0
+                cached_logits, cached_canvas, cached_hidden, offset = logits, canvas.clone(), pass_hidden, 0
+            if states is not None:
+                keep_states(states, pass_hidden, offset, P)
             # Positions to sample: the current block's masked ones (all masked ones in the window when
             # recording proposals). Noise is indexed by position, so both give the same tokens in the block.
             in_window = torch.zeros_like(masked_now)
@@ -254,7 +275,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool) 
             done = block == params.blocks - 1 and not bool((canvas[lo:hi] == mask_id).any())
             frame = make_frame(record, done, step, canvas[P:], gen_pos.tolist(), nfe,
                                t=_mask_rate(canvas[P:], mask_id), block=block, proposal=proposal,
-                               confidence=step_conf, cache=cache_label)
+                               confidence=step_conf, cache=cache_label, hidden=states)
             if frame is not None:
                 yield frame
 

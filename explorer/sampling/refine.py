@@ -5,6 +5,8 @@ A drafter (`ar-tiny`, or a block-diffusion checkpoint) writes the whole continua
 confidence (the drafter's probability of the token it chose, or the refiner's commit probability
 once a token has been re-denoised) and re-denoises them, one token per step by default. Frames
 record the draft steps, the remasking of each round, and which tokens now differ from the draft.
+Hidden states (level "full") are the refiner's: the draft frames have None rows (the drafter's
+space is another model's), and each round starts from the states of the round before.
 """
 
 from __future__ import annotations
@@ -70,9 +72,10 @@ def draft_and_refine(model, prompt_ids: list[int], params: RefineParams, generat
         knobs |= dict(stop_at_eos=False, min_entropy=0.0)
     draft_params, draft_fn = build_sampler(drafter.family, None, **knobs)
     frame = None
-    for frame in draft_fn(drafter, prompt_ids, draft_params, generator, "full"):
+    known = [None] * params.gen_length if record == "full" else None  # the refiner's latest state per position
+    for frame in draft_fn(drafter, prompt_ids, draft_params, generator, "full", hidden=False):
         if record != "none":
-            yield _at_level(frame, record)
+            yield _at_level(replace(frame, hidden=known), record)
     draft = list(frame.tokens)
     confidence = torch.tensor([1.0 if c is None else c for c in frame.confidence])  # (G,)
     last = frame
@@ -83,14 +86,16 @@ def draft_and_refine(model, prompt_ids: list[int], params: RefineParams, generat
         inner = MaskedParams(len(draft), params.steps_per_round or count, temperature=params.refine_temperature,
                              pinned=pinned)
         start_step, start_nfe = last.step, last.nfe
-        for inner_frame in masked_diffusion(model, prompt_ids, inner, generator, "full"):
+        for inner_frame in masked_diffusion(model, prompt_ids, inner, generator, "full", hidden=record == "full"):
             for pos in inner_frame.committed:
                 confidence[pos] = inner_frame.confidence[pos]
             revised = [i for i, (now, was) in enumerate(zip(inner_frame.tokens, draft))
                        if now != was and now != model.mask_id]
+            if known is not None:
+                known = [was if now is None else now for now, was in zip(inner_frame.hidden, known)]
             last = replace(inner_frame, step=start_step + inner_frame.step + 1,
                            nfe=start_nfe + inner_frame.nfe, block=round_no,
-                           remasked=sorted(remask) if inner_frame.step == 0 else [], revised=revised)
+                           remasked=sorted(remask) if inner_frame.step == 0 else [], revised=revised, hidden=known)
             if record != "none":
                 yield _at_level(last, record)
     if record == "none":
@@ -98,5 +103,5 @@ def draft_and_refine(model, prompt_ids: list[int], params: RefineParams, generat
 
 
 def _at_level(frame: Frame, record: str) -> Frame:
-    """The frame with what `record` keeps (proposals and confidences only at level "full")."""
-    return frame if record == "full" else replace(frame, proposal=None, confidence=None, latent=None)
+    """The frame with what `record` keeps (proposals, confidences and hidden states only at level "full")."""
+    return frame if record == "full" else replace(frame, proposal=None, confidence=None, latent=None, hidden=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 SCHEMA = 1
@@ -31,6 +31,12 @@ class Frame:
     noise: float | None = None  # cdcd: the Gaussian noise scale sigma of the state after this step (0 = clean)
     entropy: list[float] | None = None  # level "full", cdcd: entropy (nats) of the model's softmax per position
     samples: list[list[float]] | None = None  # level "full", calm: energy-head samples for this chunk (its predictive spread)
+    # level "full", discrete families (ar, mdlm, bd3lm): each position's last-layer hidden state after the final
+    # norm (what the LM head reads; ar: the state that predicted the position's token) as known after this step.
+    # A position this step's pass did not compute (bd3lm's finished blocks, Fast-dLLM's cached positions) keeps
+    # its latest state; a None row was never computed (ar's future tokens, bd3lm's future blocks, the draft
+    # frames of draft-and-refine, whose drafter is another model). Stored rounded to 4 decimals.
+    hidden: list[list[float] | None] | None = None
 
 
 @dataclass
@@ -62,11 +68,15 @@ class Trace:
         return steps
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        data = asdict(replace(self, frames=[]))
         data["token_strings"] = {str(k): v for k, v in self.token_strings.items()}
-        for frame in data["frames"]:
-            if frame["confidence"] is not None:
-                frame["confidence"] = [None if c is None or math.isnan(c) else round(c, 6) for c in frame["confidence"]]
+        for frame in self.frames:
+            entry = asdict(replace(frame, hidden=None))  # hidden states skip the deep copy: rounding copies them
+            if entry["confidence"] is not None:
+                entry["confidence"] = [None if c is None or math.isnan(c) else round(c, 6) for c in entry["confidence"]]
+            if frame.hidden is not None:
+                entry["hidden"] = [None if row is None else [round(v, 4) for v in row] for row in frame.hidden]
+            data["frames"].append(entry)
         return data
 
     def save(self, path: str | Path) -> Path:

@@ -5,6 +5,9 @@ trajectories share axes, and returns the parameters needed to reproduce the pict
 for PCA the mean and the two components (coords = (x - mean) @ components.T), for UMAP its
 settings and seed. UMAP (`pip install umap-learn`) is imported only when asked for; without it
 the projection falls back to PCA and says so in `note`.
+
+Every marker of a step carries `customdata` whose first entry is its frame index (a click can move
+the step scrubber there) and hovers a preview of the run's text at that step.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 METHODS = ("pca", "umap")
+PREVIEW_CHARS = 80  # hover preview of a step's text
+RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
 @dataclass
@@ -123,6 +128,7 @@ def latent_trajectories(traces, embeddings, vocab_strings: list[str], positions:
         hovertemplate="token %{text}<extra>vocabulary</extra>",
     ))
     symbols = ("circle", "diamond", "square", "triangle-up")
+    previews = [[step_preview(trace, i) for i in range(len(trace.frames))] for trace in traces]
     for (run, pos, _), xy in zip(paths, path_xy):
         trace = traces[run]
         shown = trace.frames[: upto % len(trace.frames) + 1]
@@ -135,9 +141,9 @@ def latent_trajectories(traces, embeddings, vocab_strings: list[str], positions:
             marker={"size": 6, "color": steps, "colorscale": COLORSCALE, "cmin": 0, "cmax": trace.frames[-1].step,
                     "symbol": symbols[run % len(symbols)], "showscale": (run, pos) == paths[0][:2],
                     "colorbar": {"title": "step"}},
-            customdata=np.stack([steps, [f.noise or 0.0 for f in shown]], axis=1), text=guesses,
-            hovertemplate=f"{label}<br>step %{{customdata[0]}} (sigma %{{customdata[1]:.3g}})"
-                          "<br>nearest token %{text}<extra></extra>",
+            customdata=[[i, f.noise or 0.0, f.step, previews[run][i]] for i, f in enumerate(shown)], text=guesses,
+            hovertemplate=f"{label}<br>step %{{customdata[2]}} (sigma %{{customdata[1]:.3g}})"
+                          "<br>nearest token %{text}<br>%{customdata[3]}<extra></extra>",
         ))
         fig.add_annotation(x=xy[-1, 0], y=xy[-1, 1], text=guesses[-1], showarrow=False, yshift=10, font={"size": 11})
     fig.update_layout(
@@ -176,21 +182,28 @@ def head_samples(trace, upto: int = -1, sample_texts: list[str] | None = None):
     labels = [f"sample {j}" for j in range(len(xy))] if sample_texts is None else [_quoted(t) for t in sample_texts]
     if len(labels) != len(xy):
         raise ValueError(f"sample_texts has {len(labels)} labels for the {len(xy)} head samples of frame {index}")
+
+    def at(frame_indices: list[int]) -> list[list]:  # customdata: [frame index, the step's text preview]
+        return [[i, step_preview(trace, i)] for i in frame_indices]
+
     fig = go.Figure()
     fig.add_trace(go.Scatter(
         x=chosen_xy[earlier, 0], y=chosen_xy[earlier, 1], mode="lines+markers", name="earlier chunks",
         text=[f"step {trace.frames[chunks[k]].step}: {_quoted(texts[k])}" for k in earlier],
-        line={"width": 1, "color": "#cccccc"}, marker={"size": 6, "color": "#a0a0a0"},
-        hovertemplate="%{text}<extra>chosen earlier</extra>",
+        customdata=at([chunks[k] for k in earlier]), line={"width": 1, "color": "#cccccc"},
+        marker={"size": 6, "color": "#a0a0a0"},
+        hovertemplate="%{text}<br>%{customdata[1]}<extra>chosen earlier</extra>",
     ))
     fig.add_trace(go.Scatter(
-        x=xy[:, 0], y=xy[:, 1], mode="markers", name="head samples", text=labels,
-        marker={"size": 8, "color": "#1f77b4", "opacity": 0.7}, hovertemplate="%{text}<extra>head sample</extra>",
+        x=xy[:, 0], y=xy[:, 1], mode="markers", name="head samples", text=labels, customdata=at([index] * len(xy)),
+        marker={"size": 8, "color": "#1f77b4", "opacity": 0.7},
+        hovertemplate="%{text}<br>%{customdata[1]}<extra>head sample</extra>",
     ))
     fig.add_trace(go.Scatter(
         x=chosen_xy[current, 0], y=chosen_xy[current, 1], mode="markers", name="chosen latent",
-        text=[_quoted(texts[k]) for k in current], marker={"size": 16, "color": "#d62728", "symbol": "star"},
-        hovertemplate="%{text}<extra>chosen</extra>",
+        text=[_quoted(texts[k]) for k in current], customdata=at([index] * len(current)),
+        marker={"size": 16, "color": "#d62728", "symbol": "star"},
+        hovertemplate="%{text}<br>%{customdata[1]}<extra>chosen</extra>",
     ))
     if current:
         k = current[0]
@@ -211,6 +224,107 @@ def head_samples(trace, upto: int = -1, sample_texts: list[str] | None = None):
         meta={"method": projection.method, "params": _jsonable(projection.params)},
     )
     return fig
+
+
+def hidden_state_paths(traces, method: str = "pca", upto=None, labels: list[str] | None = None, seed: int = 0):
+    """Plotly figure: each generated position's final hidden state over the steps, as a path.
+
+    `traces`: one discrete Trace (ar, mdlm, bd3lm) recorded at level "full", or a list of runs compared on
+    one picture (coloured by run, named by `labels` or "model · sampler"). One projection (`project`) is fitted
+    over every distinct state of every run, and the axis ranges cover them all, so scrubbing and comparing
+    never move the axes; its method and parameters are in `fig.layout.meta`. A path gets a point each time the
+    position's state changes. `upto`: the frame index drawn up to (an int for every run, or one per run; None =
+    the last frame); the states as of that frame are highlighted.
+    """
+    import plotly.graph_objects as go
+
+    from explorer.viz.tokens import COLORSCALE
+
+    traces = _as_traces(traces)
+    names = [f"{t.model['name']} · {t.sampler['name']}" for t in traces] if labels is None else list(labels)
+    if labels is None and len(set(names)) < len(names):
+        names = [f"{name} (run {r + 1})" for r, name in enumerate(names)]
+    if len(names) != len(traces):
+        raise ValueError(f"labels has {len(names)} entries for {len(traces)} traces")
+    ends = list(upto) if isinstance(upto, (list, tuple)) else [-1 if upto is None else upto] * len(traces)
+    if len(ends) != len(traces):
+        raise ValueError(f"upto has {len(ends)} frame indices for {len(traces)} traces")
+    ends = [end % len(t.frames) for end, t in zip(ends, traces)]
+    runs = [_state_paths(t, name) for t, name in zip(traces, names)]  # per run: per position [(frame index, state)]
+    sizes = [len(next(path for path in paths if path)[0][1]) for paths in runs]
+    if len(set(sizes)) > 1:
+        listed = ", ".join(f"{size} ({name})" for size, name in zip(sizes, names))
+        raise ValueError(f"hidden sizes differ between traces: {listed}; compare runs of models with one d_model")
+    points = [np.asarray([state for path in paths for _, state in path]) for paths in runs]  # (N_r, d) per run
+    projection = project(points, method=method, seed=seed)
+    every = np.concatenate(projection.coords)
+    several = len(traces) > 1
+    fig = go.Figure()
+    for r, (trace, paths, xy, end, name) in enumerate(zip(traces, runs, projection.coords, ends, names)):
+        previews = [step_preview(trace, i) for i in range(len(trace.frames))]
+        color = RUN_COLORS[r % len(RUN_COLORS)]
+        line_x, line_y, marks, now = [], [], [], []  # marks, now: (x, y, customdata); now: the states at `end`
+        k = 0
+        for pos, path in enumerate(paths):
+            drawn = [(i, *xy[k + j]) for j, (i, _) in enumerate(path) if i <= end]  # (frame index, x, y)
+            k += len(path)
+            if not drawn:
+                continue
+            line_x += [x for _, x, _ in drawn] + [None]
+            line_y += [y for _, _, y in drawn] + [None]
+            marks += [(x, y, [i, pos, trace.frames[i].step, previews[i]]) for i, x, y in drawn]
+            now.append((drawn[-1][1], drawn[-1][2], [end, pos, trace.frames[end].step, previews[end]]))
+        hover = f"{html.escape(name)}<br>position %{{customdata[1]}}, step %{{customdata[2]}}<br>%{{customdata[3]}}"
+        group = f"run {r}"
+        fig.add_trace(go.Scatter(x=line_x, y=line_y, mode="lines", name=name, legendgroup=group, showlegend=False,
+                                 line={"width": 1, "color": color if several else "#bbbbbb"}, opacity=0.4,
+                                 hoverinfo="skip"))
+        marker = {"size": 5, "color": color} if several else {
+            "size": 5, "color": [c[2] for _, _, c in marks], "colorscale": COLORSCALE, "cmin": 0,
+            "cmax": trace.frames[-1].step, "showscale": True, "colorbar": {"title": "step"}}
+        fig.add_trace(go.Scatter(x=[x for x, _, _ in marks], y=[y for _, y, _ in marks], mode="markers", name=name,
+                                 legendgroup=group, marker=marker, customdata=[c for _, _, c in marks],
+                                 hovertemplate=hover + "<extra></extra>"))
+        fig.add_trace(go.Scatter(x=[x for x, _, _ in now], y=[y for _, y, _ in now], mode="markers",
+                                 name=f"{name}: step {trace.frames[end].step}", legendgroup=group,
+                                 marker={"size": 10, "color": color, "line": {"width": 1.5, "color": "#000000"}},
+                                 customdata=[c for _, _, c in now], hovertemplate=hover + "<extra>now</extra>"))
+    low, high = every.min(axis=0), every.max(axis=0)
+    pad = 0.08 * np.maximum(high - low, 1e-6)
+    fig.update_layout(
+        title={"text": f"{projection.method.upper()} of the final hidden states: each position's path over the steps"
+                       + (f" ({projection.note})" if projection.note else ""), "font": {"size": 13}},
+        xaxis={"title": {"text": "component 1"}, "range": [low[0] - pad[0], high[0] + pad[0]]},
+        yaxis={"title": {"text": "component 2"}, "range": [low[1] - pad[1], high[1] + pad[1]]},
+        height=520, showlegend=True, margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        meta={"method": projection.method, "params": _jsonable(projection.params)},
+    )
+    return fig
+
+
+def _state_paths(trace, name: str) -> list[list[tuple[int, list[float]]]]:
+    """Per generated position, (frame index, state) each time its hidden state changes (None rows skipped)."""
+    if all(f.hidden is None for f in trace.frames):
+        raise ValueError(f"the trace {name!r} has no hidden states; record it at level 'full' (record='full')")
+    paths: list[list[tuple[int, list[float]]]] = [[] for _ in range(max(len(f.hidden or []) for f in trace.frames))]
+    for i, frame in enumerate(trace.frames):
+        for pos, row in enumerate(frame.hidden or []):
+            if row is not None and (not paths[pos] or paths[pos][-1][1] != row):
+                paths[pos].append((i, row))
+    if not any(paths):
+        raise ValueError(f"the trace {name!r} has no hidden states; record it at level 'full' (record='full')")
+    return paths
+
+
+def step_preview(trace, index: int) -> str:
+    """The run's generated text at frame `index` for a hover: masked positions as '·', newlines as '↵',
+    cut to PREVIEW_CHARS characters, HTML-escaped."""
+    tokens = trace.frames[index].tokens or []
+    text = "".join("·" if t == trace.mask_id else trace.token_strings.get(t, f"<{t}>") for t in tokens)
+    text = text.replace("\n", "↵")
+    if len(text) > PREVIEW_CHARS:
+        text = text[: PREVIEW_CHARS - 1] + "…"
+    return html.escape(text, quote=False)
 
 
 def _chunk_text(trace, frame) -> str:

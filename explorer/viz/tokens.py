@@ -38,12 +38,13 @@ def frame_values(trace: Trace, step_index: int, color_by: str = "confidence") ->
     return [None if m or c is None or (isinstance(c, float) and math.isnan(c)) else c for m, c in zip(masked, conf)]
 
 
-def tokens_html(trace: Trace, step_index: int = -1, color_by: str = "confidence", show_prompt: bool = True) -> str:
+def tokens_html(trace: Trace, step_index: int = -1, color_by: str = "confidence", show_prompt: bool = True,
+                font_size: int = 16) -> str:
     """An HTML block: the prompt in light grey, then each generated token coloured by its value;
     masked positions are neutral grey boxes. Each span carries data-pos / data-value for tests and tools."""
     frame = trace.frames[step_index]
     values = frame_values(trace, step_index, color_by)
-    parts = ['<div class="dlm-tokens" style="font-family:monospace;line-height:1.9;font-size:14px">']
+    parts = [f'<div class="dlm-tokens" style="font-family:monospace;line-height:1.9;font-size:{font_size}px">']
     if show_prompt and trace.prompt_ids:
         parts.append(f'<span class="dlm-prompt" style="background:{PROMPT_COLOR};color:#555">'
                      f"{_visible(trace.prompt_text)}</span>")

@@ -1,0 +1,296 @@
+"""What the explorer page does, without Gradio: which checkpoints it may open, what a request may cost, how the
+page's controls become sampler knobs, and how N runs stream side by side. `app.py` wires these to widgets."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+import explorer
+from explorer.hub import CHECKPOINT_DIR
+from explorer.models.base import WEIGHTS, read_config
+from explorer.sampling import Trace, build_trace, stream
+
+MAX_WORK = 65_536  # gen_length x steps x N runs (calm: chunks x N head samples) one request may ask for
+MAX_RUNS = 8  # N runs drawn at once for the families other than calm
+MAX_LENGTH = 256  # bd3lm slides its window past the 128-token context; other families' samplers refuse clearly
+RUNS_PER_USER = 1  # generations one browser session may have going at once
+HIDDEN_ROWS = 8_192  # hidden states are kept when gen_length x frames x N stays under this (about 70 MB as lists)
+STALE_RUN_S = 600.0  # a run registered longer ago than this is treated as gone (its generator was dropped)
+CACHES = {"mdlm": ["none", "prefix", "dual"], "bd3lm": ["kv", "none"], "ar": ["kv"], "cdcd": ["none"],
+          "calm": ["kv"]}  # the first is the default
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # precomputed traces for the page's first paint
+
+
+# --- checkpoints: shipped names, or folders under allow-listed roots ----------------------------------------
+
+def default_roots() -> list[Path]:
+    return [CHECKPOINT_DIR]
+
+
+def local_checkpoints(roots: list[Path], depth: int = 3) -> dict[str, Path]:
+    """{label: folder} of checkpoint folders (config.json + model.safetensors) up to `depth` levels below each root;
+    the label is the folder relative to its root's parent (e.g. `runs/mdlm-long`)."""
+    found = {}
+    for root in roots:
+        root = Path(root).resolve()
+        if not root.is_dir():
+            continue
+        for level in range(1, depth + 1):
+            for config in sorted(root.glob("/".join(["*"] * level) + "/config.json")):
+                folder = config.parent
+                if (folder / WEIGHTS).is_file():
+                    found[str(folder.relative_to(root.parent))] = folder
+    return found
+
+
+def resolve_checkpoint(choice: str, roots: list[Path]) -> Path:
+    """A shipped name, a label from `local_checkpoints`, or a folder path that must lie inside one of `roots`
+    (symbolic links and `..` are resolved first, so a path cannot escape its root)."""
+    if not choice:
+        raise ValueError("checkpoint is empty: pick a shipped checkpoint or a folder under "
+                         + ", ".join(str(r) for r in roots))
+    shipped = explorer.shipped()
+    if choice in shipped:
+        return shipped[choice]
+    known = local_checkpoints(roots)
+    if choice in known:
+        return known[choice]
+    path = Path(choice).expanduser().resolve()
+    inside = [r for r in roots if path.is_relative_to(Path(r).resolve())]
+    if not inside:
+        raise ValueError(f"checkpoint folder {choice!r} is outside the allowed roots "
+                         f"({', '.join(str(Path(r).resolve()) for r in roots)}); start the app with "
+                         "--checkpoint-root DIR to allow another folder")
+    if not (path / "config.json").is_file() or not (path / WEIGHTS).is_file():
+        raise ValueError(f"checkpoint folder {choice!r} has no config.json and {WEIGHTS}")
+    return path
+
+
+def family_at(path: Path) -> str | None:
+    return read_config(path).get("family")
+
+
+class ModelCache:
+    """Loaded models by folder, reloaded when the weights file changes (a training run may rewrite it)."""
+
+    def __init__(self, size: int = 6):
+        self.size = size
+        self.models: dict[Path, tuple[int, object]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, path: Path):
+        stamp = (path / WEIGHTS).stat().st_mtime_ns
+        with self.lock:
+            if path in self.models and self.models[path][0] == stamp:
+                return self.models[path][1]
+        for attempt in range(3):  # a training run may be rewriting the checkpoint right now
+            try:
+                model = explorer.load(path).eval()
+                break
+            except Exception as err:  # noqa: BLE001 (a half-written file fails in many ways)
+                if attempt == 2:
+                    raise ValueError(f"could not load checkpoint {path.name!r}: {err}") from None
+                time.sleep(1.0)
+        model.name = path.name
+        with self.lock:
+            self.models[path] = (stamp, model)
+            while len(self.models) > self.size:
+                self.models.pop(next(iter(self.models)))
+        return model
+
+
+# --- requests: knobs, cost, per-user cap ----------------------------------------------------------------------
+
+@dataclass
+class Request:
+    """The Denoise controls of one run."""
+
+    sampler: str | None
+    gen_length: int
+    steps: int
+    block_length: int  # K for masked (semi-autoregressive blocks) and block diffusion
+    temperature: float
+    threshold: float = 0.9
+    cache: str | None = None
+    n: int = 1  # N: runs drawn at once (calm: head samples per chunk of the batch algorithm)
+    cfg_scale: float = 0.0  # classifier-free guidance (mdlm, cdcd)
+    constraints: str = ""  # word constraints "POS:TEXT, POS:TEXT" (mdlm, cdcd)
+    pinned: dict = field(default_factory=dict)
+
+
+def parse_constraints(text: str) -> dict[int, str]:
+    """LLaDA's word constraints: "0:Once, 5:upon" -> {0: "Once", 5: "upon"} (positions in the generated region)."""
+    pins = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        pos, sep, word = item.partition(":")
+        if not sep or not pos.strip().isdigit() or not word.strip():
+            raise ValueError(f"word constraints must look like 0:Once, 5:upon (position:text), got {item!r}")
+        pins[int(pos)] = word.strip() if int(pos) == 0 else " " + word.strip()
+    return pins
+
+
+def request_work(family: str, request: Request, chunk: int = 1) -> int:
+    """What a request costs in token-steps: gen_length x steps x N (ar: one step per token; calm: one step per
+    chunk of K tokens, N head samples each)."""
+    if family == "calm":
+        return (request.gen_length // max(chunk, 1)) * request.n
+    steps = request.gen_length if family == "ar" else request.steps
+    return request.gen_length * steps * request.n
+
+
+def check_request(family: str, request: Request, chunk: int = 1) -> None:
+    if family != "calm" and not 1 <= request.n <= MAX_RUNS:
+        raise ValueError(f"N (runs) must be in [1, {MAX_RUNS}], got {request.n}")
+    work = request_work(family, request, chunk)
+    if work > MAX_WORK:
+        what = (f"{request.gen_length // chunk} chunks x N {request.n} head samples" if family == "calm" else
+                f"gen_length {request.gen_length} x steps {request.gen_length if family == 'ar' else request.steps}"
+                f" x N {request.n} runs")
+        raise ValueError(f"request too large: {what} = {work:,}; this server allows at most {MAX_WORK:,} "
+                         "(lower gen length, steps or N)")
+
+
+def sampler_knobs(family: str, request: Request) -> dict:
+    """The page's controls as sampler knobs; `cache` means Fast-dLLM's cache for mdlm, the exact KV cache for
+    bd3lm; calm takes the temperature algorithm and N head samples."""
+    knobs = {"gen_length": int(request.gen_length), "temperature": float(request.temperature)}
+    if family == "calm":  # one chunk per step with a KV cache; temperature in (0, 1] without likelihoods
+        return knobs | {"n_candidates": int(request.n)}
+    pins = parse_constraints(request.constraints) | request.pinned
+    if pins and family not in ("mdlm", "cdcd"):
+        raise ValueError(f"word constraints need a masked-diffusion (mdlm) or continuous-diffusion (cdcd) "
+                         f"checkpoint; the {family} family generates in order")
+    if request.cfg_scale and family not in ("mdlm", "cdcd"):
+        raise ValueError(f"guidance (cfg_scale) applies to the mdlm and cdcd families, not {family}")
+    if family == "ar":
+        return knobs  # AR decoding always uses its KV cache
+    knobs["steps"] = int(request.steps)
+    if family == "cdcd":  # Euler steps of the ODE: no blocks, no commit rule, no cache
+        return knobs | {"cfg_scale": float(request.cfg_scale), "pinned": pins}
+    knobs["block_length"] = int(request.block_length)
+    if request.sampler == "threshold":
+        knobs["threshold"] = float(request.threshold)
+    allowed = CACHES[family]
+    cache = request.cache or allowed[0]
+    if cache not in allowed:
+        raise ValueError(f"cache must be one of {allowed} for the {family} family, got {cache!r}")
+    if family == "bd3lm":
+        return knobs | {"kv_cache": cache == "kv"}
+    return knobs | {"cache": cache, "cfg_scale": float(request.cfg_scale), "pinned": pins}
+
+
+class RunRegistry:
+    """Generations in flight per browser session, so one user cannot fill the queue (at most RUNS_PER_USER)."""
+
+    def __init__(self, per_user: int = RUNS_PER_USER):
+        self.per_user = per_user
+        self.runs: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+
+    def start(self, user: str) -> float:
+        now = time.monotonic()
+        with self.lock:
+            live = [t for t in self.runs.get(user, []) if now - t < STALE_RUN_S]
+            if len(live) >= self.per_user:
+                raise ValueError("a run of yours is still going: press Stop or wait for it to finish "
+                                 f"(at most {self.per_user} run per user at a time)")
+            self.runs[user] = live + [now]
+        return now
+
+    def finish(self, user: str, token: float | None = None) -> None:
+        """Forget one run of `user` (the one started at `token`), or all of them."""
+        with self.lock:
+            runs = self.runs.get(user, [])
+            self.runs[user] = [t for t in runs if token is not None and t != token]
+
+
+# --- streaming N runs in lockstep -------------------------------------------------------------------------------
+
+@dataclass
+class LiveRuns:
+    """N runs of one sampler (seeds seed .. seed + N - 1) advanced one step each per update."""
+
+    model: object
+    prompt: str
+    sampler: str | None
+    seed: int
+    runs: int
+    knobs: dict
+    notices: list[str] = field(default_factory=list)
+    traces: list[Trace] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[list[Trace]]:
+        """Yields the N traces so far after each round of steps (runs that finished keep their last frame)."""
+        streams = [stream(self.model, self.prompt, self.sampler, self.seed + k, record="full", **self.knobs)
+                   for k in range(self.runs)]
+        frames: list[list] = [[] for _ in streams]
+        rows = self.knobs["gen_length"] * (self.knobs.get("steps", self.knobs["gen_length"]) + 1) * self.runs
+        keep_hidden = rows <= HIDDEN_ROWS
+        if not keep_hidden and self.model.family in ("ar", "mdlm", "bd3lm"):
+            self.notices.append(f"hidden states are not kept for this run (gen_length x steps x N = {rows:,} rows "
+                                f"> {HIDDEN_ROWS:,}); the latent view needs a smaller run")
+        busy = [0.0] * len(streams)
+        pending = set(range(len(streams)))
+        while pending:
+            for k in sorted(pending):
+                description, prompt_ids, frames_iter = streams[k]
+                started = time.perf_counter()
+                with torch.no_grad(), warnings.catch_warnings(record=True) as caught:  # grad mode is per thread
+                    warnings.simplefilter("always")  # and Gradio may resume us on another one
+                    frame = next(frames_iter, None)
+                busy[k] += time.perf_counter() - started
+                if k == 0:
+                    self.notices.extend(str(w.message) for w in caught if str(w.message) not in self.notices)
+                if frame is None:
+                    pending.discard(k)
+                else:
+                    if not keep_hidden:
+                        frame.hidden = None
+                    frames[k].append(frame)
+            if not frames[0]:
+                raise ValueError("the sampler produced no frames")
+            self.traces = [build_trace(self.model, streams[k][1], streams[k][0], frames[k], busy[k])
+                           for k in range(len(streams)) if frames[k]]
+            if pending:
+                yield self.traces
+
+
+def load_examples(directory: Path = EXAMPLES_DIR) -> dict[str, Trace]:
+    """The precomputed example traces that ship with the app, by file stem (no model runs for them)."""
+    return {path.stem: Trace.load(path) for path in sorted(directory.glob("*.json"))}
+
+
+EXAMPLE_RUNS = {  # name -> (checkpoint, sampler, knobs): the page's first paint, written by `write_examples`
+    "mdlm-tiny": ("mdlm-tiny", "low_confidence", {"gen_length": 64, "steps": 64, "block_length": 64,
+                                                   "temperature": 0.0}),
+    "ar-tiny": ("ar-tiny", "ar", {"gen_length": 32, "temperature": 0.0}),
+    "bd3lm-tiny-b16": ("bd3lm-tiny-b16", "first_hitting", {"gen_length": 32, "steps": 16, "block_length": 16}),
+    "calm-tiny-k4": ("calm-tiny-k4", "batch", {"gen_length": 32, "temperature": 1.0, "n_candidates": 200}),
+}
+EXAMPLE_PROMPT = "ROMEO:"
+
+
+def write_examples(directory: Path = EXAMPLES_DIR, seed: int = 0) -> list[Path]:
+    """Run the example generations on the shipped checkpoints and save their traces (`python -m explorer
+    examples`); hidden states are left out to keep the files small (the page records them for live runs)."""
+    from tqdm import tqdm
+
+    from explorer.sampling import generate
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (checkpoint, sampler, knobs) in tqdm(EXAMPLE_RUNS.items(), desc="example traces"):
+        model = explorer.load(checkpoint)
+        trace = generate(model, EXAMPLE_PROMPT, sampler, seed, record="full", **knobs)
+        for frame in trace.frames:
+            frame.hidden = None
+        trace.model["checkpoint"] = checkpoint  # a name, not this machine's path
+        written.append(trace.save(directory / f"{name}.json"))
+    return written
