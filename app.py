@@ -324,7 +324,8 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
         yield out(error=error_box(str(err)), step=gr.update(interactive=True))
         return
     finally:
-        page().registry.finish(user, token)
+        if token is not None:
+            page().registry.finish(user, token)
     for message in live.notices:
         gr.Warning(message)
     session.trace, session.runs, session.history = traces[0], traces, []
@@ -381,7 +382,7 @@ def play(session, step, color_by, fps, method="pca", source="this run"):
 
 def stop(request: gr.Request = None):
     """The Stop button: cancels the running generation (wired with `cancels`) and frees the user's run slot."""
-    page().registry.finish(request.session_hash if request is not None else "local")
+    page().registry.cancel(request.session_hash if request is not None else "local")
     return notice_box(["run stopped"])
 
 
@@ -407,7 +408,7 @@ def compare(prompt, gen_length, steps, temperature, seed, color_by, *slots, requ
     session_in = slots[-1]
     slots = slots[:-1]
     session = copy.copy(session_in) if session_in is not None else Session()
-    user = (request.session_hash if request is not None else "local") + ":compare"
+    user = request.session_hash if request is not None else "local"
     specs = [(slots[i + 1], slots[i + 2]) for i in range(0, 3 * COMPARE_SLOTS, 3) if slots[i] and slots[i + 1]]
     token = None
     try:
@@ -433,7 +434,8 @@ def compare(prompt, gen_length, steps, temperature, seed, color_by, *slots, requ
         yield gr.skip(), gr.skip(), gr.skip(), error_box(str(err)), gr.skip()
         return
     finally:
-        page().registry.finish(user, token)
+        if token is not None:
+            page().registry.finish(user, token)
     yield (side_by_side_html(done, 1.0, color_by), progress_plot(done, 1.0), compare_table(done), "",
            session)
 
@@ -549,7 +551,8 @@ def continue_with(session, step, position, token, color_by, request: gr.Request 
         yield out(error=error_box(str(err)))
         return
     finally:
-        page().registry.finish(user, token_slot)
+        if token_slot is not None:
+            page().registry.finish(user, token_slot)
     session.history = session.history + [session.trace]
     session.trace, session.runs = edited, [edited]
     yield edited_outputs(session, color_by)
@@ -802,7 +805,7 @@ def build_demo(roots: list[Path] | None = None) -> gr.Blocks:
         for control in (method, source):
             control.change(latent, latent_inputs, latent_plot, api_name="latent" if control is method else False)
         latent_step.input(replay, [session, latent_step, color_by, method, source], shown, api_name=False, **free)
-        jump_box.input(jump, [session, jump_box, color_by, method, source], shown, api_name="jump", **free)
+        jump_box.change(jump, [session, jump_box, color_by, method, source], shown, api_name="jump", **free)
         show_candidates.click(candidates, [session, step, position], [choices, edit_error], api_name="candidates")
         resume_button.click(continue_with, [session, step, position, choices, color_by], run_outputs,
                             api_name="resume", **runs)

@@ -45,7 +45,7 @@ def local_checkpoints(roots: list[Path], depth: int = 3) -> dict[str, Path]:
         for level in range(1, depth + 1):
             for config in sorted(root.glob("/".join(["*"] * level) + "/config.json")):
                 folder = config.parent
-                if (folder / WEIGHTS).is_file():
+                if (folder / WEIGHTS).is_file() and folder.resolve().is_relative_to(root):  # no link out
                     found[str(folder.relative_to(root.parent))] = folder
     return found
 
@@ -60,9 +60,7 @@ def resolve_checkpoint(choice: str, roots: list[Path]) -> Path:
     if choice in shipped:
         return shipped[choice]
     known = local_checkpoints(roots)
-    if choice in known:
-        return known[choice]
-    path = Path(choice).expanduser().resolve()
+    path = (known[choice] if choice in known else Path(choice).expanduser()).resolve()
     inside = [r for r in roots if path.is_relative_to(Path(r).resolve())]
     if not inside:
         raise ValueError(f"checkpoint folder {choice!r} is outside the allowed roots "
@@ -140,7 +138,7 @@ def request_work(family: str, request: Request, chunk: int = 1) -> int:
     """What a request costs in token-steps: gen_length x steps x N (ar: one step per token; calm: one step per
     chunk of K tokens, N head samples each)."""
     if family == "calm":
-        return (request.gen_length // max(chunk, 1)) * request.n
+        return -(-request.gen_length // max(chunk, 1)) * request.n
     steps = request.gen_length if family == "ar" else request.steps
     return request.gen_length * steps * request.n
 
@@ -150,7 +148,7 @@ def check_request(family: str, request: Request, chunk: int = 1) -> None:
         raise ValueError(f"N (runs) must be in [1, {MAX_RUNS}], got {request.n}")
     work = request_work(family, request, chunk)
     if work > MAX_WORK:
-        what = (f"{request.gen_length // chunk} chunks x N {request.n} head samples" if family == "calm" else
+        what = (f"{-(-request.gen_length // max(chunk, 1))} chunks x N {request.n} head samples" if family == "calm" else
                 f"gen_length {request.gen_length} x steps {request.gen_length if family == 'ar' else request.steps}"
                 f" x N {request.n} runs")
         raise ValueError(f"request too large: {what} = {work:,}; this server allows at most {MAX_WORK:,} "
@@ -161,14 +159,14 @@ def sampler_knobs(family: str, request: Request) -> dict:
     """The page's controls as sampler knobs; `cache` means Fast-dLLM's cache for mdlm, the exact KV cache for
     bd3lm; calm takes the temperature algorithm and N head samples."""
     knobs = {"gen_length": int(request.gen_length), "temperature": float(request.temperature)}
-    if family == "calm":  # one chunk per step with a KV cache; temperature in (0, 1] without likelihoods
-        return knobs | {"n_candidates": int(request.n)}
     pins = parse_constraints(request.constraints) | request.pinned
     if pins and family not in ("mdlm", "cdcd"):
         raise ValueError(f"word constraints need a masked-diffusion (mdlm) or continuous-diffusion (cdcd) "
                          f"checkpoint; the {family} family generates in order")
     if request.cfg_scale and family not in ("mdlm", "cdcd"):
         raise ValueError(f"guidance (cfg_scale) applies to the mdlm and cdcd families, not {family}")
+    if family == "calm":  # one chunk per step with a KV cache; temperature in (0, 1] without likelihoods
+        return knobs | {"n_candidates": int(request.n)}
     if family == "ar":
         return knobs  # AR decoding always uses its KV cache
     knobs["steps"] = int(request.steps)
@@ -195,8 +193,8 @@ class RunRegistry:
         self.lock = threading.Lock()
 
     def start(self, user: str) -> float:
-        now = time.monotonic()
         with self.lock:
+            now = max([time.monotonic()] + [t + 1e-6 for t in self.runs.get(user, [])])  # distinct tokens
             live = [t for t in self.runs.get(user, []) if now - t < STALE_RUN_S]
             if len(live) >= self.per_user:
                 raise ValueError("a run of yours is still going: press Stop or wait for it to finish "
@@ -204,11 +202,15 @@ class RunRegistry:
             self.runs[user] = live + [now]
         return now
 
-    def finish(self, user: str, token: float | None = None) -> None:
-        """Forget one run of `user` (the one started at `token`), or all of them."""
+    def finish(self, user: str, token: float) -> None:
+        """Forget the run of `user` started at `token`."""
         with self.lock:
-            runs = self.runs.get(user, [])
-            self.runs[user] = [t for t in runs if token is not None and t != token]
+            self.runs[user] = [t for t in self.runs.get(user, []) if t != token]
+
+    def cancel(self, user: str) -> None:
+        """Forget every run of `user` (the Stop button)."""
+        with self.lock:
+            self.runs.pop(user, None)
 
 
 # --- streaming N runs in lockstep -------------------------------------------------------------------------------
@@ -256,7 +258,7 @@ class LiveRuns:
                     frames[k].append(frame)
             if not frames[0]:
                 raise ValueError("the sampler produced no frames")
-            self.traces = [build_trace(self.model, streams[k][1], streams[k][0], frames[k], busy[k])
+            self.traces = [build_trace(self.model, streams[k][1], streams[k][0], list(frames[k]), busy[k])
                            for k in range(len(streams)) if frames[k]]
             if pending:
                 yield self.traces

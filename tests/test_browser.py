@@ -140,7 +140,7 @@ def test_compare_tab_runs_side_by_side_and_the_progress_slider_moves_all(page):
     set_number(page, "c_steps", 16)
     page.click("#c_run")
     page.wait_for_function("([before]) => document.querySelector('#c_table').innerText !== before", arg=[before])
-    assert page.locator("#side_by_side .dlm-panel").count() == 3
+    page.wait_for_function("document.querySelectorAll('#side_by_side .dlm-panel').length === 3")
     set_number(page, "progress", 0.5)
     page.wait_for_function("document.querySelectorAll('#side_by_side span.dlm-mask').length > 0")
     page.wait_for_selector("#progress_plot .js-plotly-plot")
@@ -154,7 +154,7 @@ def test_latent_tab_renders_and_a_click_jumps_the_scrubber(page):
     open_tab(page, "Latent space")
     page.wait_for_selector("#latent .js-plotly-plot .scatterlayer .point")
     assert page.locator("#latent_step input[type=number]").input_value() == "16"
-    point = page.locator("#latent .scatterlayer .trace").nth(0).locator(".point").nth(1)
+    point = page.locator("#latent .scatterlayer .point").nth(1)  # a state of the first position, early on
     box = point.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.wait_for_selector("#latent .hoverlayer .hovertext")  # the step's text previews on hover

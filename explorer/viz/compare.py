@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from itertools import combinations
+from itertools import combinations, zip_longest
 
 import plotly.graph_objects as go
 
@@ -78,10 +78,10 @@ def side_by_side_html(traces: list[Trace], progress: float, color_by: str = "con
 def diversity(traces: list[Trace]) -> dict:
     """How different N runs are: distinct bigrams over all runs (distinct-2), the mean fraction of positions at
     which two runs differ, and the number of distinct outputs."""
-    finals = [[t for t in tr.final_tokens if t != tr.mask_id] for tr in traces]
+    finals = [tr.final_tokens for tr in traces]
     bigrams = [tuple(seq[i : i + 2]) for seq in finals for i in range(len(seq) - 1)]
-    pairs = list(combinations(finals, 2))
-    differing = [sum(a != b for a, b in zip(x, y)) / max(len(x), len(y), 1) + 0.0 for x, y in pairs]
+    pairs = list(combinations(finals, 2))  # a position only one run reached counts as differing
+    differing = [sum(a != b for a, b in zip_longest(x, y)) / max(len(x), len(y), 1) for x, y in pairs]
     return {"runs": len(traces), "distinct_outputs": len({tuple(s) for s in finals}),
             "distinct_2": round(len(set(bigrams)) / max(len(bigrams), 1), 4),
             "pairwise_differing": round(sum(differing) / len(differing), 4) if differing else 0.0}

@@ -1,0 +1,393 @@
+"""The explorer page's logic without Gradio (explorer/webapp.py): checkpoint allow-listing, the model cache, request
+costs and knobs, the per-user run registry, N runs in lockstep and the shipped example traces."""
+
+from __future__ import annotations
+
+import os
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import explorer
+from explorer import webapp
+from explorer.models.base import WEIGHTS
+from explorer.sampling import Trace, generate
+from explorer.webapp import (CACHES, MAX_RUNS, MAX_WORK, LiveRuns, ModelCache, Request, RunRegistry, check_request,
+                             load_examples, local_checkpoints, parse_constraints, request_work, resolve_checkpoint,
+                             sampler_knobs)
+
+PROMPT = "ROMEO:"
+
+
+def save(model, folder):
+    """A checkpoint folder of `model` (float32 so a reload gives back the same weights)."""
+    return model.save_pretrained(folder, dtype=torch.float32)
+
+
+@pytest.fixture
+def roots(tmp_path, tiny_mdlm):
+    """An allowed root `root` with a checkpoint at root/runs/m, and a checkpoint outside it at elsewhere/m."""
+    root = tmp_path / "root"
+    save(tiny_mdlm, root / "runs" / "m")
+    save(tiny_mdlm, tmp_path / "elsewhere" / "m")
+    return [root]
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------------
+
+def test_resolve_shipped_name_ignores_the_roots(tmp_path):
+    shipped = explorer.shipped()
+    if "mdlm-tiny" not in shipped:
+        pytest.skip("shipped checkpoints are not present")
+    assert resolve_checkpoint("mdlm-tiny", [tmp_path / "nowhere"]) == shipped["mdlm-tiny"]
+
+
+def test_resolve_folder_inside_a_root_by_path_and_by_label(roots, tmp_path):
+    folder = (tmp_path / "root" / "runs" / "m").resolve()
+    assert resolve_checkpoint(str(folder), roots) == folder
+    assert resolve_checkpoint("root/runs/m", roots) == folder  # the label local_checkpoints shows
+    assert resolve_checkpoint(str(tmp_path / "root" / "runs" / "." / "m"), roots) == folder
+
+
+def test_resolve_refuses_a_folder_outside_the_roots(roots, tmp_path):
+    with pytest.raises(ValueError, match="outside the allowed roots"):
+        resolve_checkpoint(str(tmp_path / "elsewhere" / "m"), roots)
+
+
+def test_resolve_refuses_a_sibling_whose_name_extends_the_root(roots, tmp_path, tiny_mdlm):
+    save(tiny_mdlm, tmp_path / "root-evil" / "m")  # a string prefix of the root is not inside it
+    with pytest.raises(ValueError, match="outside the allowed roots"):
+        resolve_checkpoint(str(tmp_path / "root-evil" / "m"), roots)
+
+
+def test_resolve_refuses_dotdot_escapes(roots, tmp_path):
+    for choice in (f"{tmp_path}/root/../elsewhere/m", f"{tmp_path}/root/runs/../../elsewhere/m"):
+        with pytest.raises(ValueError, match="outside the allowed roots"):
+            resolve_checkpoint(choice, roots)
+
+
+def test_resolve_refuses_a_symlink_path_that_leaves_the_root(roots, tmp_path):
+    link = tmp_path / "root" / "link"
+    os.symlink(tmp_path / "elsewhere" / "m", link, target_is_directory=True)
+    with pytest.raises(ValueError, match="outside the allowed roots"):
+        resolve_checkpoint(str(link), roots)
+
+
+def test_resolve_refuses_a_folder_without_weights(roots, tmp_path):
+    folder = tmp_path / "root" / "runs" / "m"
+    (folder / WEIGHTS).unlink()
+    with pytest.raises(ValueError, match="has no config.json and model.safetensors"):
+        resolve_checkpoint(str(folder), roots)
+    (tmp_path / "root" / "empty").mkdir()
+    with pytest.raises(ValueError, match="has no config.json"):
+        resolve_checkpoint(str(tmp_path / "root" / "empty"), roots)
+
+
+def test_resolve_refuses_an_empty_choice(roots):
+    for choice in ("", None):
+        with pytest.raises(ValueError, match="checkpoint is empty"):
+            resolve_checkpoint(choice, roots)
+
+
+def test_local_checkpoints_finds_nested_folders_with_weights_only(tmp_path, tiny_mdlm, tiny_ar):
+    root = tmp_path / "root"
+    save(tiny_mdlm, root / "a")
+    save(tiny_ar, root / "runs" / "b")
+    save(tiny_mdlm, root / "x" / "y" / "c")
+    save(tiny_mdlm, root / "x" / "y" / "z" / "too-deep")  # 4 levels below the root
+    save(tiny_mdlm, root / "runs" / "half")
+    (root / "runs" / "half" / WEIGHTS).unlink()  # config.json without weights: a run still starting
+    (root / "notes").mkdir()
+    found = local_checkpoints([root, tmp_path / "missing-root"])
+    assert found == {"root/a": (root / "a").resolve(), "root/runs/b": (root / "runs" / "b").resolve(),
+                     "root/x/y/c": (root / "x" / "y" / "c").resolve()}
+    assert "root/x/y/z/too-deep" in local_checkpoints([root], depth=4)
+
+
+# --- model cache ---------------------------------------------------------------------------------------------------
+
+def test_model_cache_reuses_until_the_weights_change(tmp_path, tiny_mdlm):
+    folder = save(tiny_mdlm, tmp_path / "m")
+    cache = ModelCache()
+    first = cache.get(folder)
+    assert first.name == "m" and first.family == "mdlm" and not first.training
+    assert cache.get(folder) is first
+    weights = folder / WEIGHTS
+    stamp = weights.stat().st_mtime_ns
+    os.utime(weights, ns=(stamp + 5_000_000_000, stamp + 5_000_000_000))  # a training run rewrote it
+    second = cache.get(folder)
+    assert second is not first
+    assert cache.get(folder) is second
+
+
+def test_model_cache_evicts_beyond_its_size(tmp_path, tiny_mdlm):
+    folders = [save(tiny_mdlm, tmp_path / f"m{k}") for k in range(3)]
+    cache = ModelCache(size=2)
+    first = cache.get(folders[0])
+    cache.get(folders[1])
+    cache.get(folders[2])
+    assert len(cache.models) == 2 and folders[0] not in cache.models
+    assert cache.get(folders[0]) is not first  # loaded again
+    assert len(cache.models) == 2
+
+
+def test_model_cache_names_a_checkpoint_it_cannot_load(tmp_path, tiny_mdlm, monkeypatch):
+    folder = save(tiny_mdlm, tmp_path / "broken")
+    (folder / WEIGHTS).write_bytes(b"not a safetensors file")
+    monkeypatch.setattr(webapp, "time", SimpleNamespace(sleep=lambda s: None, monotonic=time.monotonic,
+                                                        perf_counter=time.perf_counter))
+    with pytest.raises(ValueError, match="could not load checkpoint 'broken'"):
+        ModelCache().get(folder)
+
+
+# --- requests ------------------------------------------------------------------------------------------------------
+
+def test_parse_constraints():
+    assert parse_constraints("0:Once, 5:upon") == {0: "Once", 5: " upon"}
+    assert parse_constraints(" 3 : a time ,") == {3: " a time"}
+    assert parse_constraints("") == {} and parse_constraints(None) == {} and parse_constraints(" , ") == {}
+    for bad in ("5 upon", "x:upon", "-1:upon", "1.5:upon", "5:", "5:  ", ":upon", "0:Once, upon"):
+        with pytest.raises(ValueError, match="word constraints must look like 0:Once, 5:upon"):
+            parse_constraints(bad)
+
+
+def request(**kw):
+    fields = {"sampler": None, "gen_length": 16, "steps": 8, "block_length": 16, "temperature": 0.0} | kw
+    return Request(**fields)
+
+
+def test_request_work_per_family():
+    req = request(gen_length=32, steps=4, n=3)
+    assert request_work("mdlm", req) == 32 * 4 * 3
+    assert request_work("bd3lm", req) == 32 * 4 * 3
+    assert request_work("cdcd", req) == 32 * 4 * 3
+    assert request_work("ar", req) == 32 * 32 * 3  # one step per token, whatever `steps` says
+    assert request_work("calm", req, chunk=4) == 8 * 3  # 8 chunks of 4 tokens, 3 head samples each
+    assert request_work("calm", req, chunk=0) == 32 * 3
+
+
+def test_check_request_boundary_at_max_work():
+    assert MAX_WORK == 65_536
+    check_request("mdlm", request(gen_length=256, steps=256))  # exactly MAX_WORK
+    check_request("mdlm", request(gen_length=1, steps=MAX_WORK))
+    with pytest.raises(ValueError, match=r"request too large: gen_length 1 x steps 65537 x N 1 runs = 65,537"):
+        check_request("mdlm", request(gen_length=1, steps=MAX_WORK + 1))
+    check_request("ar", request(gen_length=256, steps=10**6))  # ar ignores steps: 256 x 256
+    with pytest.raises(ValueError, match=r"gen_length 128 x steps 128 x N 5 runs = 81,920"):
+        check_request("ar", request(gen_length=128, steps=1, n=5))
+    check_request("calm", request(gen_length=MAX_WORK * 4, n=1), chunk=4)
+    too_large = r"16385 chunks x N 4 head samples = 65,540; this server allows at most 65,536"
+    with pytest.raises(ValueError, match=too_large):
+        check_request("calm", request(gen_length=16_385 * 4, n=4), chunk=4)
+
+
+def test_check_request_bounds_n_except_for_calm():
+    for family in ("mdlm", "ar", "bd3lm", "cdcd"):
+        check_request(family, request(gen_length=8, steps=8, n=1))
+        check_request(family, request(gen_length=8, steps=8, n=MAX_RUNS))
+        for n in (0, -1, MAX_RUNS + 1):
+            with pytest.raises(ValueError, match=rf"N \(runs\) must be in \[1, {MAX_RUNS}\], got {n}"):
+                check_request(family, request(gen_length=8, steps=8, n=n))
+    check_request("calm", request(gen_length=8, n=200), chunk=4)  # N is head samples for calm
+
+
+def test_sampler_knobs_per_family():
+    base = {"gen_length": 16, "steps": 8, "block_length": 8, "temperature": 0.5}
+    assert sampler_knobs("mdlm", request(**base)) == {"gen_length": 16, "temperature": 0.5, "steps": 8,
+                                                       "block_length": 8, "cache": "none", "cfg_scale": 0.0,
+                                                       "pinned": {}}
+    mdlm = sampler_knobs("mdlm", request(**base, sampler="threshold", threshold=0.7, cache="dual", cfg_scale=1.5,
+                                         constraints="0:Once", pinned={3: "x"}))
+    assert mdlm["threshold"] == 0.7 and mdlm["cache"] == "dual" and mdlm["cfg_scale"] == 1.5
+    assert mdlm["pinned"] == {0: "Once", 3: "x"}
+    assert "threshold" not in sampler_knobs("mdlm", request(**base, sampler="low_confidence", threshold=0.7))
+    with pytest.raises(ValueError, match=r"cache must be one of \['none', 'prefix', 'dual'\] for the mdlm family"):
+        sampler_knobs("mdlm", request(**base, cache="kv"))
+
+    assert sampler_knobs("bd3lm", request(**base, cache="kv"))["kv_cache"] is True
+    assert sampler_knobs("bd3lm", request(**base, cache="none"))["kv_cache"] is False
+    bd3lm = sampler_knobs("bd3lm", request(**base))
+    assert bd3lm["kv_cache"] is (CACHES["bd3lm"][0] == "kv") and "cache" not in bd3lm and "pinned" not in bd3lm
+    with pytest.raises(ValueError, match="cache must be one of"):
+        sampler_knobs("bd3lm", request(**base, cache="dual"))
+
+    assert sampler_knobs("ar", request(**base, cache="kv")) == {"gen_length": 16, "temperature": 0.5}
+
+    calm = sampler_knobs("calm", request(**base, n=50))
+    assert calm == {"gen_length": 16, "temperature": 0.5, "n_candidates": 50}
+
+    cdcd = sampler_knobs("cdcd", request(**base, cfg_scale=2.0, constraints="2:upon"))
+    assert cdcd == {"gen_length": 16, "temperature": 0.5, "steps": 8, "cfg_scale": 2.0, "pinned": {2: " upon"}}
+
+
+@pytest.mark.parametrize("family", ["ar", "bd3lm"])
+def test_sampler_knobs_refuse_word_constraints_for_ordered_families(family):
+    with pytest.raises(ValueError, match=f"word constraints need a masked-diffusion.*the {family} family"):
+        sampler_knobs(family, request(constraints="0:Once"))
+    with pytest.raises(ValueError, match="word constraints need"):
+        sampler_knobs(family, request(pinned={1: "x"}))
+
+
+def test_sampler_knobs_refuse_guidance_outside_mdlm_and_cdcd():
+    for family in ("ar", "bd3lm"):
+        refused = rf"guidance \(cfg_scale\) applies to the mdlm and cdcd families, not {family}$"
+        with pytest.raises(ValueError, match=refused):
+            sampler_knobs(family, request(cfg_scale=1.0))
+
+
+def test_sampler_knobs_run_on_each_family(tiny_mdlm, tiny_ar, tiny_bd3lm, tiny_cdcd):
+    """What sampler_knobs returns is accepted by the samplers (no knob one of them refuses)."""
+    for model, sampler, extra in ((tiny_mdlm, "threshold", {"cache": "prefix", "constraints": "0:Once"}),
+                                  (tiny_ar, "ar", {}), (tiny_bd3lm, "low_confidence", {"cache": "none"}),
+                                  (tiny_cdcd, "euler", {"constraints": "1:upon"})):
+        knobs = sampler_knobs(model.family, request(sampler=sampler, gen_length=8, steps=4, block_length=8, **extra))
+        trace = generate(model, PROMPT, sampler, 0, **knobs)
+        assert len(trace.final_tokens) == 8, model.family
+
+
+# --- run registry --------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def clock(monkeypatch):
+    """webapp's time.monotonic as a clock the test moves."""
+    now = SimpleNamespace(t=1000.0)
+    fake = SimpleNamespace(monotonic=lambda: now.t, perf_counter=time.perf_counter, sleep=time.sleep)
+    monkeypatch.setattr(webapp, "time", fake)
+    return now
+
+
+def test_run_registry_caps_each_user(clock):
+    registry = RunRegistry()
+    token = registry.start("alice")
+    with pytest.raises(ValueError, match="a run of yours is still going"):
+        registry.start("alice")
+    clock.t += 1
+    bob = registry.start("bob")  # other users are not affected
+    registry.finish("alice", token)
+    clock.t += 1
+    registry.start("alice")
+    with pytest.raises(ValueError, match="still going"):
+        registry.start("bob")
+    registry.finish("bob", bob)
+    registry.start("bob")
+
+
+def test_run_registry_finish_frees_only_that_run(clock):
+    registry = RunRegistry(per_user=2)
+    first = registry.start("u")
+    clock.t += 1
+    second = registry.start("u")
+    with pytest.raises(ValueError, match=r"at most 2 run per user"):
+        registry.start("u")
+    registry.finish("u", first)
+    assert registry.runs["u"] == [second]
+    clock.t += 1
+    registry.start("u")
+    with pytest.raises(ValueError, match="still going"):
+        registry.start("u")
+    registry.cancel("u")  # all of them (the Stop button)
+    assert "u" not in registry.runs
+    registry.start("u")  # the slot is free again
+    registry.finish("nobody", 1.0)  # unknown user or token: nothing to do
+
+
+def test_run_registry_ignores_stale_runs(clock, monkeypatch):
+    registry = RunRegistry()
+    registry.start("u")
+    clock.t += webapp.STALE_RUN_S - 1
+    with pytest.raises(ValueError, match="still going"):
+        registry.start("u")
+    clock.t += 1  # the first run is now STALE_RUN_S old: its generator was dropped
+    token = registry.start("u")
+    assert registry.runs["u"] == [token]  # the stale entry is forgotten
+    monkeypatch.setattr(webapp, "STALE_RUN_S", 0.5)
+    clock.t += 0.5
+    registry.start("u")
+
+
+# --- N runs in lockstep --------------------------------------------------------------------------------------------
+
+MDLM_KNOBS = {"gen_length": 8, "steps": 4, "block_length": 8, "temperature": 1.0}
+
+
+def test_live_runs_advance_in_lockstep_and_match_generate(tiny_mdlm):
+    live = LiveRuns(tiny_mdlm, PROMPT, "low_confidence", 7, 3, dict(MDLM_KNOBS))
+    counts = [[len(t.frames) for t in traces] for traces in live]
+    assert counts == [[k, k, k] for k in range(1, MDLM_KNOBS["steps"] + 2)]
+    assert [t.sampler["seed"] for t in live.traces] == [7, 8, 9]
+    for k, trace in enumerate(live.traces):
+        alone = generate(tiny_mdlm, PROMPT, "low_confidence", 7 + k, record="full", **MDLM_KNOBS)
+        assert [f.tokens for f in trace.frames] == [f.tokens for f in alone.frames]
+        assert trace.text == alone.text and trace.stats["nfe"] == alone.stats["nfe"]
+        assert trace.frames[-1].hidden is not None  # 8 x 5 x 3 rows: kept
+    assert len({tuple(t.final_tokens) for t in live.traces}) > 1  # the seeds differ
+    assert live.notices == []
+
+
+def test_live_runs_keep_finished_runs_while_others_go_on(tiny_bd3lm):
+    """bd3lm stops early when its text degenerates, at a different block per seed: a finished run keeps its frames,
+    the others step on."""
+    knobs = {"gen_length": 24, "block_length": 8, "temperature": 0.05, "kv_cache": True, "entropy_window": 4,
+             "min_entropy": 1.38}  # stop at any repeated token among the last 4
+    alone = [generate(tiny_bd3lm, PROMPT, "first_hitting", k, record="full", **knobs) for k in range(3)]
+    lengths = [len(t.frames) for t in alone]
+    assert len(set(lengths)) > 1, lengths  # the runs do finish at different rounds
+    live = LiveRuns(tiny_bd3lm, PROMPT, "first_hitting", 0, 3, knobs)
+    rounds = 0
+    for traces in live:
+        rounds += 1  # every run still going has one frame per round; a finished one keeps its last
+        assert [len(t.frames) for t in traces] == [min(rounds, n) for n in lengths]
+    assert rounds == max(lengths)
+    assert [t.final_tokens for t in live.traces] == [t.final_tokens for t in alone]
+
+
+def test_live_runs_collect_a_warning_once(tiny_bd3lm):
+    knobs = sampler_knobs("bd3lm", request(sampler="first_hitting", gen_length=16, steps=16, block_length=16,
+                                           temperature=1.0))
+    live = LiveRuns(tiny_bd3lm, PROMPT, "first_hitting", 0, 3, knobs)
+    list(live)
+    warned = [n for n in live.notices if "block_length 16 differs from the block size" in n]
+    assert len(warned) == 1 and len(live.notices) == 1
+    assert len(live.traces) == 3
+
+
+def test_live_runs_drop_hidden_states_of_large_requests(tiny_mdlm, monkeypatch):
+    rows = MDLM_KNOBS["gen_length"] * (MDLM_KNOBS["steps"] + 1) * 3  # 120
+    monkeypatch.setattr(webapp, "HIDDEN_ROWS", rows)
+    live = LiveRuns(tiny_mdlm, PROMPT, "low_confidence", 0, 3, dict(MDLM_KNOBS))
+    list(live)
+    assert live.notices == [] and all(f.hidden is not None for t in live.traces for f in t.frames)
+
+    monkeypatch.setattr(webapp, "HIDDEN_ROWS", rows - 1)
+    live = LiveRuns(tiny_mdlm, PROMPT, "low_confidence", 0, 3, dict(MDLM_KNOBS))
+    list(live)
+    assert all(f.hidden is None for t in live.traces for f in t.frames)
+    assert len(live.notices) == 1 and "hidden states are not kept" in live.notices[0] and "120 rows" in live.notices[0]
+    assert all(f.proposal is not None for f in live.traces[0].frames)  # the rest of the full record stays
+
+
+def test_live_runs_ar_counts_one_frame_per_token_for_hidden_rows(tiny_ar, monkeypatch):
+    monkeypatch.setattr(webapp, "HIDDEN_ROWS", 8 * 9 * 2 - 1)  # ar: gen_length x (gen_length + 1) x N = 144
+    live = LiveRuns(tiny_ar, PROMPT, "ar", 0, 2, {"gen_length": 8, "temperature": 1.0})
+    list(live)
+    assert "144 rows" in live.notices[0]
+    assert all(f.hidden is None for t in live.traces for f in t.frames)
+
+
+# --- shipped examples ----------------------------------------------------------------------------------------------
+
+def test_load_examples_are_traces_of_the_example_runs():
+    examples = load_examples()
+    assert sorted(examples) == sorted(webapp.EXAMPLE_RUNS)
+    for name, trace in examples.items():
+        checkpoint, sampler, knobs = webapp.EXAMPLE_RUNS[name]
+        assert isinstance(trace, Trace) and len(trace.frames) > 1, name
+        assert trace.model["checkpoint"] == checkpoint and trace.sampler["name"] == sampler
+        assert len(trace.final_tokens) <= knobs["gen_length"] and trace.text
+        assert all(f.hidden is None for f in trace.frames)
+
+
+def test_load_examples_of_an_empty_folder(tmp_path):
+    assert load_examples(tmp_path) == {}
