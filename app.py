@@ -53,9 +53,10 @@ LEARN = {
                "`02_samplers.ipynb` (remasking rules, Fast-dLLM), `03_block_diffusion.ipynb`, "
                "`04_continuous_diffusion.ipynb`, `05_calm.ipynb`, and the tour `00_tour.ipynb`.",
     "compare": "**Comparing runs.** Each run's canvas at the same fraction of its own run (its first frame at 0%, "
-               "its last at 100%), so a 64-step sampler and a 16-step one line up. The curves show how fast each "
-               "fills its canvas: AR and block diffusion fill left to right, masked diffusion all over at once, "
-               "continuous diffusion has every position filled from the start (its progress is in its entropy). "
+               "its last at 100%), so a 64-step sampler and a 16-step one line up. The plot shows when each "
+               "position was committed: AR draws a diagonal, block diffusion a staircase of blocks, masked "
+               "diffusion a scatter (confident positions first), CALM steps of K tokens; continuous diffusion "
+               "commits everything at its last step (its tokens settle gradually: see its entropy heatmap). "
                "Learn more: `notebooks/00_tour.ipynb` (every family on one prompt).",
     "latent": "**Latent space.** A 2-D projection (PCA, or UMAP when installed) fitted once over every state of the "
               "run(s), so the axes never move while you scrub. Continuous diffusion: the paths of positions from "
@@ -100,23 +101,16 @@ HEAD = """
     const button = key && visible(key);
     if (button) { e.preventDefault(); button.click(); }
   });
-  function hookLatentClicks() {
-    document.querySelectorAll('#latent .js-plotly-plot').forEach(div => {
-      if (!div.on || div.__dlmHooked === div._fullData) return;
-      div.__dlmHooked = div._fullData;
-      if (div.removeAllListeners) div.removeAllListeners('plotly_click');
-      div.on('plotly_click', ev => {
-        const point = ev.points && ev.points[0];
-        if (!point || point.customdata === undefined) return;
-        const index = Array.isArray(point.customdata) ? point.customdata[0] : point.customdata;
-        const box = document.querySelector('#jump textarea, #jump input');
-        if (!box) return;
-        box.value = index + '|' + Date.now();
-        box.dispatchEvent(new Event('input', {bubbles: true}));
-      });
-    });
-  }
-  setInterval(hookLatentClicks, 400);
+  document.addEventListener('click', e => {  // plotly keeps the points under the pointer in _hoverdata
+    const div = e.target.closest && e.target.closest('#latent .js-plotly-plot');
+    const point = div && (div._hoverdata || [])[0];
+    if (!point || point.customdata === undefined) return;
+    const index = Array.isArray(point.customdata) ? point.customdata[0] : point.customdata;
+    const box = document.querySelector('#jump textarea, #jump input');
+    if (!box) return;
+    box.value = index + '|' + Date.now();
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+  }, true);
 })();
 </script>
 """
@@ -234,7 +228,9 @@ def show(session: Session, index: int, color_by: str, method: str = "pca", sourc
     view = tokens_html(trace, index, color_by)
     latent = latent_figure(session, index, method, source) if session.tab == "latent" else gr.skip()
     multiples = small_multiples_html(session.runs, index, color_by) if len(session.runs) > 1 else ""
-    return view, step_heatmap(trace, index), index, view, index, latent, view, multiples
+    paused = (f'<div class="dlm-paused" style="font-size:15px;color:#555">paused at step {trace.frames[index].step} '
+              f"of {trace.frames[-1].step} (frame {index}; scrub on the Denoise tab)</div>")
+    return view, step_heatmap(trace, index), index, view, index, latent, paused + view, multiples
 
 
 def slider_range(trace: Trace) -> dict:
@@ -766,6 +762,7 @@ def build_demo(roots: list[Path] | None = None) -> gr.Blocks:
         controls = [sampler, cache, block_length, steps, temperature, threshold, n_runs, chunk_size, cfg_scale,
                     constraints]
         checkpoint.change(family_controls, checkpoint, controls, api_name=False)
+        demo.load(family_controls, checkpoint, controls, api_name=False)  # the family's samplers only
         chunk_size.input(on_chunk_size, [chunk_size, checkpoint], checkpoint, api_name=False)
         run_inputs = [checkpoint, prompt, sampler, gen_length, steps, block_length, temperature, threshold, seed,
                       color_by, cache, n_runs, cfg_scale, constraints, session]

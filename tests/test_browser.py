@@ -135,11 +135,11 @@ def test_bad_input_shows_its_message_and_the_page_stays_usable(page):
 def test_compare_tab_runs_side_by_side_and_the_progress_slider_moves_all(page):
     open_tab(page, "Compare")
     page.wait_for_selector("#side_by_side .dlm-panel")  # the precomputed example comparison
-    before = page.locator("#c_table").inner_text()
+    page.wait_for_function("document.querySelectorAll('#c_table tbody tr').length === 4")  # the example: 4 runs
     set_number(page, "c_length", 16)
     set_number(page, "c_steps", 16)
     page.click("#c_run")
-    page.wait_for_function("([before]) => document.querySelector('#c_table').innerText !== before", arg=[before])
+    page.wait_for_function("document.querySelectorAll('#c_table tbody tr').length === 3")  # finished: 3 runs
     page.wait_for_function("document.querySelectorAll('#side_by_side .dlm-panel').length === 3")
     set_number(page, "progress", 0.5)
     page.wait_for_function("document.querySelectorAll('#side_by_side span.dlm-mask').length > 0")
@@ -154,11 +154,23 @@ def test_latent_tab_renders_and_a_click_jumps_the_scrubber(page):
     open_tab(page, "Latent space")
     page.wait_for_selector("#latent .js-plotly-plot .scatterlayer .point")
     assert page.locator("#latent_step input[type=number]").input_value() == "16"
-    point = page.locator("#latent .scatterlayer .point").nth(1)  # a state of the first position, early on
-    box = point.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    x, y = page.evaluate("""() => {  // an early frame's marker with no other frame's marker within 15 px
+        const div = document.querySelector('#latent .js-plotly-plot');
+        const points = [];
+        div.querySelectorAll('.scatterlayer .trace').forEach((layer, t) => {
+            const custom = div._fullData[t].customdata || [];
+            layer.querySelectorAll('.point').forEach((node, i) => {
+                const box = node.getBoundingClientRect();
+                if (custom[i]) points.push([box.x + box.width / 2, box.y + box.height / 2, custom[i][0]]);
+            });
+        });
+        const alone = p => points.every(q => q[2] === p[2] || Math.hypot(p[0] - q[0], p[1] - q[1]) > 15);
+        const pick = points.find(p => p[2] > 0 && p[2] < 10 && alone(p));
+        return [pick[0], pick[1]];
+    }""")
+    page.mouse.move(x, y)
     page.wait_for_selector("#latent .hoverlayer .hovertext")  # the step's text previews on hover
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.click(x, y)
     page.wait_for_function("document.querySelector('#latent_step input[type=number]').value !== '16'")
     assert masks(page, "#latent_tokens") > 0  # the canvas of an earlier step
     screenshot(page, "latent")

@@ -10,7 +10,7 @@ import pytest
 
 from explorer.sampling import generate
 from explorer.sampling.trace import Frame, Trace
-from explorer.viz.compare import (diversity, filled_fraction, frame_at_progress, progress_plot, run_label,
+from explorer.viz.compare import (commit_points, diversity, frame_at_progress, progress_plot, run_label,
                                   side_by_side_html, small_multiples_html)
 from explorer.viz.tokens import tokens_html
 
@@ -60,47 +60,36 @@ def test_frame_at_progress_refuses_progress_outside_0_1(progress):
         frame_at_progress(hand_trace([1, 2], n_frames=3), progress)
 
 
-# --- filled_fraction and the progress plot ------------------------------------------------------------------------
+# --- the commit-order plot ---------------------------------------------------------------------------------------
 
-def test_filled_fraction_goes_from_0_to_1_for_mdlm(tiny_mdlm):
-    trace = generate(tiny_mdlm, PROMPT, "low_confidence", 0, record="tokens", gen_length=8, steps=8, block_length=8)
-    assert filled_fraction(trace) == [k / 8 for k in range(9)]  # one of 8 positions committed per step
-
-
-def test_filled_fraction_is_flat_for_continuous_diffusion(tiny_cdcd):
-    trace = generate(tiny_cdcd, PROMPT, "euler", 0, gen_length=6, steps=3)
-    assert filled_fraction(trace) == [1.0] * len(trace.frames)
-
-
-def test_filled_fraction_counts_masks_per_frame():
-    trace = hand_trace([1, MASK, 2, MASK], n_frames=3)
-    assert filled_fraction(trace) == [0.0, 0.0, 0.5]
+def test_commit_points_place_every_commit_on_the_progress_axis(tiny_mdlm, tiny_ar, tiny_cdcd):
+    mdlm = generate(tiny_mdlm, PROMPT, "low_confidence", 0, gen_length=8, steps=8, block_length=8)
+    points = commit_points(mdlm)
+    assert sorted(p[1] for p in points) == list(range(8))  # each position once
+    assert sorted(p[0] for p in points) == [k / 8 for k in range(1, 9)]  # one commit per step
+    ar = generate(tiny_ar, PROMPT, "ar", 0, gen_length=6)
+    assert [p[1] for p in commit_points(ar)] == list(range(6))  # left to right
+    cdcd = generate(tiny_cdcd, PROMPT, "euler", 0, gen_length=6, steps=4)
+    assert {p[0] for p in commit_points(cdcd)} == {1.0}  # rounded to tokens at the end only
 
 
-def test_progress_plot_has_one_line_per_trace_on_a_shared_axis(mdlm_runs):
+def test_commit_points_forget_a_remasked_commit():
+    trace = hand_trace([1, 2], n_frames=3)
+    trace.frames[1].committed, trace.frames[2].committed, trace.frames[2].remasked = [0, 1], [1], [0]
+    assert commit_points(trace) == [(1.0, 1, 2)]
+
+
+def test_progress_plot_has_one_series_per_run_and_marks_the_progress(mdlm_runs):
     short, long = mdlm_runs
     fig = progress_plot([short, long], labels=["a", "b"])
-    assert len(fig.data) == 2 and [d.name for d in fig.data] == ["a", "b"]
-    for line, trace in zip(fig.data, (short, long), strict=True):
-        x = list(line.x)
-        assert len(x) == len(trace.frames) and x[0] == 0.0 and x[-1] == 1.0
-        assert x == sorted(x) and all(0.0 <= v <= 1.0 for v in x)
-        assert list(line.y) == filled_fraction(trace)
-    assert list(fig.data[0].x) == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert fig.data[0].line.color != fig.data[1].line.color
-    assert not fig.layout.shapes  # no progress, no marker line
-
-
-def test_progress_plot_marks_the_progress(mdlm_runs):
+    assert [d.name for d in fig.data] == ["a", "b"] and not fig.layout.shapes
+    for series, trace in zip(fig.data, (short, long), strict=True):
+        assert list(series.x) == [p[0] for p in commit_points(trace)]
+        assert [c[0] for c in series.customdata] == [p[2] for p in commit_points(trace)]  # frame indices
+    assert fig.data[0].marker.color != fig.data[1].marker.color
     fig = progress_plot(list(mdlm_runs), progress=0.4)
-    assert len(fig.layout.shapes) == 1
-    assert fig.layout.shapes[0].x0 == fig.layout.shapes[0].x1 == 0.4
+    assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].x0 == fig.layout.shapes[0].x1 == 0.4
     assert [d.name for d in fig.data] == [run_label(t) for t in mdlm_runs]
-
-
-def test_progress_plot_of_a_single_frame_trace():
-    fig = progress_plot([hand_trace([1, 2], n_frames=1)])
-    assert list(fig.data[0].x) == [0.0] and list(fig.data[0].y) == [1.0]
 
 
 # --- side by side -------------------------------------------------------------------------------------------------

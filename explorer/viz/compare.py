@@ -24,33 +24,45 @@ def run_label(trace: Trace) -> str:
     return f"{trace.model.get('name')} · {trace.sampler.get('name')}"
 
 
-def filled_fraction(trace: Trace) -> list[float]:
-    """Per frame, the fraction of generated positions that hold a token (not the mask): how far the canvas is."""
-    return [sum(t != trace.mask_id for t in f.tokens) / max(len(f.tokens), 1) for f in trace.frames]
+def commit_points(trace: Trace) -> list[tuple[float, int, int]]:
+    """(progress in [0, 1], position, frame index) of each commit of a run, the last commit of a position winning
+    (remasking can undo earlier ones); continuous diffusion commits every position at its last step."""
+    n = len(trace.frames)
+    last: dict[int, int] = {}
+    for index, frame in enumerate(trace.frames):
+        for pos in frame.committed:
+            last[pos] = index
+        for pos in frame.remasked:
+            last.pop(pos, None)
+    return sorted((index / max(n - 1, 1), pos, index) for pos, index in last.items())
 
 
 def progress_plot(traces: list[Trace], progress: float | None = None, labels: list[str] | None = None) -> go.Figure:
-    """Fraction of the canvas filled against progress through each run (shared x axis in [0, 1]); a vertical line
-    marks `progress`. Continuous diffusion fills every position from the start (its tokens are the nearest
-    embeddings), so its curve is flat at 1: its progress shows in the entropy heatmap instead."""
+    """When each position was committed, against progress through its run (shared x axis in [0, 1]): AR draws a
+    diagonal, block diffusion a staircase of blocks, masked diffusion a scatter, CALM steps of K; a vertical line
+    marks `progress`. Continuous diffusion commits everything at the end (its tokens settle gradually: see its
+    entropy heatmap)."""
     labels = labels or [run_label(t) for t in traces]
+    symbols = ("circle", "square", "diamond", "triangle-up", "x", "cross", "star", "hexagon")
     fig = go.Figure()
     for k, (trace, label) in enumerate(zip(traces, labels)):
-        n = len(trace.frames)
-        x = [i / max(n - 1, 1) for i in range(n)]
+        points = commit_points(trace)
         fig.add_trace(go.Scatter(
-            x=x, y=filled_fraction(trace), mode="lines", name=label, line={"color": RUN_COLORS[k % len(RUN_COLORS)],
-                                                                           "width": 3},
-            customdata=[[i, f.step, f.nfe] for i, f in enumerate(trace.frames)],
-            hovertemplate=f"{html.escape(label)}<br>step %{{customdata[1]}} (nfe %{{customdata[2]}})"
-                          "<br>filled %{y:.0%}<extra></extra>",
+            x=[p[0] for p in points], y=[p[1] for p in points], mode="markers",
+            name=label if points else f"{label} (no commits)",
+            marker={"color": RUN_COLORS[k % len(RUN_COLORS)], "size": 9, "symbol": symbols[k % len(symbols)],
+                    "opacity": 0.8},
+            customdata=[[p[2], trace.frames[p[2]].step, trace.token_strings.get(trace.final_tokens[p[1]], "")]
+                        for p in points],
+            hovertemplate=f"{html.escape(label)}<br>position %{{y}} committed at step %{{customdata[1]}}"
+                          "<br>%{customdata[2]}<extra></extra>",
         ))
     if progress is not None:
         fig.add_vline(x=progress, line={"color": "#555", "dash": "dash"})
     fig.update_layout(
-        xaxis={"title": {"text": "progress through the run"}, "range": [0, 1], "tickformat": ".0%"},
-        yaxis={"title": {"text": "canvas filled"}, "range": [0, 1.05], "tickformat": ".0%"},
-        height=300, margin={"l": 60, "r": 20, "t": 30, "b": 50}, legend={"orientation": "h", "y": 1.15},
+        xaxis={"title": {"text": "progress through the run"}, "range": [-0.02, 1.02], "tickformat": ".0%"},
+        yaxis={"title": {"text": "position committed"}, "autorange": "reversed"},
+        height=360, margin={"l": 60, "r": 20, "t": 30, "b": 50}, legend={"orientation": "h", "y": 1.12},
         font={"size": 14},
     )
     return fig

@@ -296,7 +296,8 @@ def hidden_state_paths(traces, method: str = "pca", upto=None, labels: list[str]
                        + (f" ({projection.note})" if projection.note else ""), "font": {"size": 13}},
         xaxis={"title": {"text": "component 1"}, "range": [low[0] - pad[0], high[0] + pad[0]]},
         yaxis={"title": {"text": "component 2"}, "range": [low[1] - pad[1], high[1] + pad[1]]},
-        height=520, showlegend=True, margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        height=560, showlegend=True, margin={"l": 50, "r": 20, "t": 70, "b": 40},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}, title_y=0.98,
         meta={"method": projection.method, "params": _jsonable(projection.params)},
     )
     return fig
