@@ -3,7 +3,7 @@
 Thin Gradio wiring: what may be opened and run lives in `explorer.webapp`, generation in `explorer.sampling`, every
 picture in `explorer.viz` (the notebooks draw with the same functions). Run `python app.py` and open
 http://127.0.0.1:7860. API endpoints (gradio_client): `/generate` (streams), `/replay`, `/play`, `/step_back`,
-`/step_forward`, `/compare`, `/compare_view`, `/latent`, `/jump`, `/candidates`, `/resume`, `/rewind`,
+`/step_forward`, `/compare`, `/compare_view`, `/compare_play`, `/latent`, `/jump`, `/candidates`, `/resume`, `/rewind`,
 `/export_json`, `/export_html`, `/export_gif`, `/load_trace`, `/stop`.
 """
 
@@ -462,7 +462,7 @@ def compare_play(session, progress, color_by, fps):
     start = 0 if float(progress) >= 1 else float(progress)
     for k in range(round(start * (frames - 1)), frames):
         value = k / max(frames - 1, 1)
-        yield compare_view(session, value, color_by) + (gr.update(value=value),)
+        yield compare_view(session, value, color_by) + (value,)
         time.sleep(1.0 / max(float(fps), 0.5))
 
 
@@ -795,7 +795,7 @@ def build_demo(roots: list[Path] | None = None) -> gr.Blocks:
         c_stop.click(stop, None, c_error, cancels=[comparing], api_name=False)
         progress.input(compare_view, [session, progress, color_by], [side, c_plot], api_name="compare_view", **free)
         c_playing = c_play.click(compare_play, [session, progress, color_by, fps], [side, c_plot, progress],
-                                 api_name=False, **free)
+                                 api_name="compare_play", **free)
         c_pause.click(None, cancels=[c_playing])
         tabs.select(on_tab, [session, step, color_by, method, source], [session, latent_plot], api_name=False)
         latent_inputs = [session, latent_step, method, source]

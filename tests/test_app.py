@@ -183,6 +183,10 @@ def test_compare_runs_side_by_side_on_a_shared_progress_timeline(client, monkeyp
     frames = [int(part.split('"')[0]) for part in side.split('data-frame="')[1:]]
     assert frames == [8, 4, 8], frames  # ar: 17 frames, mdlm 8 steps: 9 frames, bd3lm 16 steps: 17 frames
     assert len(plot["plot"]) > 100 and "progress" in plot["plot"]
+    job = client.submit(0.5, "confidence", 20, api_name="/compare_play")
+    job.result()
+    progress = [out[2] for out in job.outputs()]
+    assert progress[0] == 0.5 and progress[-1] == 1.0 and progress == sorted(progress), progress
     error = client.predict(*inputs[:6], True, "ar-tiny", "ar", *([False, None, None] * 3), api_name="/compare")[3]
     assert "compare needs 2 to 4" in error, error
 
