@@ -1,4 +1,4 @@
-"""`python -m explorer {list,train,sample,eval,bench,export}`."""
+"""`python -m explorer {list,train,sample,eval,bench,export,examples}`."""
 
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ def cmd_list(args):
 
 def _add_bench(sub):
     p = sub.add_parser("bench", help="benchmarks, written as JSON and a markdown table")
-    p.add_argument("suite", choices=["sampling", "kernels", "block", "continuous", "calm"])
+    p.add_argument("suite", choices=["sampling", "kernels", "block", "continuous", "calm", "app"])
     p.add_argument("--checkpoint", default="mdlm-tiny", help="masked-diffusion checkpoint")
     p.add_argument("--block-checkpoint", default="bd3lm-tiny-b16", help="block: the block-diffusion checkpoint")
     p.add_argument("--continuous-checkpoint", nargs="+", default=["cdcd-tiny", "cdcd-tiny-nowarp"],
@@ -244,8 +244,10 @@ def _add_bench(sub):
     p.add_argument("--calm-checkpoint", nargs="+", default=["calm-tiny-k1", "calm-tiny-k2", "calm-tiny-k4", "calm-tiny-k8"],
                    help="calm: the CALM checkpoints of the K trade-off (compared with --judge as the AR baseline)")
     p.add_argument("--judge", default="ar-tiny", help="AR checkpoint judging generative perplexity (calm: the baseline)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json", default=None, help="output (default bench_results/<suite>.json)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; app: 5)")
+    p.add_argument("--out", default="bench_results",
+                   help="folder for <suite>.json and its .md table (default bench_results)")
+    p.add_argument("--json", default=None, help="output (default <out>/<suite>.json)")
     p.add_argument("--length", type=int, default=1024, help="kernels: positions L (B = 1)")
     p.add_argument("--vocab", type=int, default=126_464, help="kernels: vocabulary V (LLaDA's by default)")
     p.add_argument("--d", type=int, default=512, help="kernels: hidden / embedding width")
@@ -253,16 +255,22 @@ def _add_bench(sub):
 
 
 def cmd_bench(args):
-    json_path = args.json or f"bench_results/{args.suite}.json"
+    json_path = args.json or str(Path(args.out) / f"{args.suite}.json")
+    repeats = args.repeats if args.repeats is not None else 5 if args.suite == "app" else 3
+    if args.suite == "app":
+        from explorer.bench_app import run_app_bench
+
+        run_app_bench(repeats, json_path, args.checkpoint)
+        return
     if args.suite == "kernels":
         from explorer.bench_kernels import run_kernels_bench
 
-        run_kernels_bench(json_path, args.repeats, length=args.length, vocab=args.vocab, d=args.d, cpu=not args.no_cpu)
+        run_kernels_bench(json_path, repeats, length=args.length, vocab=args.vocab, d=args.d, cpu=not args.no_cpu)
         return
     if args.suite == "block":
         from explorer.bench_block import run_block_bench
 
-        run_block_bench(args.block_checkpoint, args.checkpoint, args.judge, args.repeats, json_path=json_path)
+        run_block_bench(args.block_checkpoint, args.checkpoint, args.judge, repeats, json_path=json_path)
         return
     if args.suite == "continuous":
         from explorer.bench_continuous import run_continuous_bench
@@ -272,11 +280,18 @@ def cmd_bench(args):
     if args.suite == "calm":
         from explorer.bench_calm import run_calm_bench
 
-        run_calm_bench(args.calm_checkpoint, args.judge, repeats=args.repeats, json_path=json_path)
+        run_calm_bench(args.calm_checkpoint, args.judge, repeats=repeats, json_path=json_path)
         return
     from explorer.bench import run_sampling_bench
 
-    run_sampling_bench(args.checkpoint, args.judge, args.repeats, json_path)
+    run_sampling_bench(args.checkpoint, args.judge, repeats, json_path)
+
+
+def cmd_examples(args):
+    from explorer.webapp import EXAMPLES_DIR, write_examples
+
+    for path in write_examples(Path(args.out) if args.out else EXAMPLES_DIR):
+        print(f"wrote {path}")
 
 
 def _add_export(sub):
@@ -328,9 +343,12 @@ def main(argv=None) -> int:
     card = sub.add_parser("card", help="evaluate a checkpoint and write its model card")
     card.add_argument("--checkpoint", required=True)
     card.add_argument("--n-t", type=int, default=8, help="mask rates per window for the diffusion bound")
+    examples = sub.add_parser("examples",
+                              help="regenerate the explorer page's precomputed example traces (first paint)")
+    examples.add_argument("--out", default=None, help="folder to write (default explorer/examples, the page's)")
     args = parser.parse_args(argv)
     commands = {"card": cmd_card, "train": cmd_train, "train-autoencoder": cmd_train_autoencoder, "sample": cmd_sample,
-                "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench, "export": cmd_export}
+                "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench, "export": cmd_export, "examples": cmd_examples}
     try:
         commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

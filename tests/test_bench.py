@@ -31,3 +31,45 @@ def test_sampling_bench_runs_end_to_end_and_writes_json_and_markdown(tmp_path):
     assert saved["threshold"]["fixed"]["nfe_mean"] == 32
     assert all(saved["threshold"][f"threshold_{tau}"]["nfe_mean"] <= 32 for tau in (0.9, 0.7, 0.5, 0.3))
     assert out.with_suffix(".md").read_text() == sampling_table(saved)
+
+
+def test_app_bench_times_the_page_end_to_end_and_writes_json_and_markdown(tmp_path):
+    from explorer.bench_app import app_table, run_app_bench
+
+    out = tmp_path / "app.json"
+    results = run_app_bench(repeats=1, json_path=out, gen_length=16)
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert {"date", "machine", "targets", "server_start", "first_paint", "first_paint_skipped", "cold_run", "n1",
+            "n4", "replay"} <= set(saved)
+    assert saved["machine"]["cpu_count"] >= 1 and saved["machine"]["torch_threads"] >= 1
+    assert saved["server_start"]["launch_to_http_s"] > 0
+    assert saved["first_paint_skipped"] is None and saved["first_paint"]["runs"] == 1  # chromium is installed in CI
+    for key in ("n1", "n4"):
+        assert 0 < saved[key]["first_frame"]["median_s"] < saved[key]["final"]["median_s"]
+        assert saved[key]["frames_streamed"] > 2  # intermediate canvases, not only the final one
+    assert saved["replay"]["runs"] == 1 and saved["cold_run"]["final_s"] > 0
+    table = out.with_suffix(".md").read_text()
+    assert table == app_table(saved)
+    assert "| first paint in chromium" in table and "< 1 s: " in table and "< 2 s: " in table
+
+
+def test_app_bench_rejects_zero_repeats_before_starting_anything(tmp_path, capsys):
+    from explorer.cli import main
+
+    assert main(["bench", "app", "--repeats", "0", "--out", str(tmp_path)]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_examples_command_writes_the_first_paint_traces_into_out(tmp_path, capsys):
+    from explorer.cli import main
+    from explorer.webapp import EXAMPLE_RUNS, load_examples
+
+    assert main(["examples", "--out", str(tmp_path)]) == 0
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(EXAMPLE_RUNS)
+    assert capsys.readouterr().out.count(f"wrote {tmp_path}") == len(EXAMPLE_RUNS)
+    written, shipped = load_examples(tmp_path), load_examples()
+    assert all(trace.model["checkpoint"] == EXAMPLE_RUNS[name][0] for name, trace in written.items())
+    for name in ("mdlm-tiny", "ar-tiny"):  # temperature 0: the shipped traces are what the command writes
+        assert written[name].final_tokens == shipped[name].final_tokens

@@ -6,12 +6,10 @@ import html
 import json
 from pathlib import Path
 
-from plotly.colors import sample_colorscale
 
 from explorer.sampling.trace import Trace
-from explorer.viz.tokens import COLOR_MODES, COLORSCALE, MASK_COLOR, PROMPT_COLOR, _text_color, frame_values
+from explorer.viz.tokens import COLOR_MODES, MASK_COLOR, PROMPT_COLOR, _text_color, frame_values, level, palette
 
-LEVELS = 256  # colour steps of the palette both exports index into
 MODE_LABELS = {"confidence": "confidence", "commit_step": "commit step"}
 
 
@@ -20,11 +18,6 @@ def _check(color_by: str, fps: float) -> None:
         raise ValueError(f"color_by must be one of {COLOR_MODES}, got {color_by!r}")
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps!r}")
-
-
-def _palette() -> list[str]:
-    """LEVELS colours of COLORSCALE as 'rgb(r, g, b)' strings, index i for the value i / (LEVELS - 1)."""
-    return sample_colorscale(COLORSCALE, [i / (LEVELS - 1) for i in range(LEVELS)])
 
 
 def _rgb(color: str) -> tuple[int, int, int]:
@@ -48,7 +41,7 @@ def _token_frames(trace: Trace) -> list[int]:
 def _codes(trace: Trace, index: int, color_by: str) -> list[int]:
     """Palette index per position of frame `index` (-1 = no colour: masked, fixed without a score, or unknown)."""
     values = frame_values(trace, index, color_by)
-    codes = [-1 if v is None else round(min(max(v, 0.0), 1.0) * (LEVELS - 1)) for v in values]
+    codes = [-1 if v is None else level(v) for v in values]
     return codes + [-1] * (len(trace.frames[index].tokens) - len(codes))
 
 
@@ -168,7 +161,7 @@ def trace_animation_html(trace: Trace, color_by: str = "confidence", fps: float 
     (space = play / pause, left / right = step). Every frame with a canvas is embedded as JSON."""
     _check(color_by, fps)
     indices = _token_frames(trace)
-    palette = _palette()
+    colours = palette()
     strings: dict[int, int] = {}
 
     def sid(token: int) -> int:
@@ -180,8 +173,8 @@ def trace_animation_html(trace: Trace, color_by: str = "confidence", fps: float 
     data = {"model": str(trace.model.get("name")), "sampler": str(trace.sampler.get("name")),
             "last_step": trace.frames[-1].step, "fps": fps, "color_by": color_by,
             "prompt": [sid(t) for t in trace.prompt_ids], "frames": frames,
-            "palette": ["#{:02x}{:02x}{:02x}".format(*_rgb(rgb)) for rgb in palette],
-            "ink": [_text_color(rgb) for rgb in palette],
+            "palette": ["#{:02x}{:02x}{:02x}".format(*_rgb(rgb)) for rgb in colours],
+            "ink": [_text_color(rgb) for rgb in colours],
             "mask": MASK_COLOR, "neutral": PROMPT_COLOR, "labels": MODE_LABELS,
             "ends": {mode: _legend_ends(trace, mode) for mode in COLOR_MODES}}
     data["strings"] = [trace.token_strings.get(t, f"<{t}>") for t in strings]
@@ -233,9 +226,9 @@ class _Painter:
         self.line = round(self.size * 1.7)
         self.margin = round(self.size * 0.8)
         self.arrow = round(self.size * 0.6)  # width of the drawn newline arrow (the default font has no glyph for it)
-        palette = _palette()
-        self.palette = [_rgb(c) for c in palette]
-        self.ink = [_rgb(_text_color(c)) for c in palette]
+        colours = palette()
+        self.palette = [_rgb(c) for c in colours]
+        self.ink = [_rgb(_text_color(c)) for c in colours]
 
     def items(self, index: int) -> list[tuple[str, tuple, tuple]]:
         """(text, box colour, text colour) of the prompt and every position of frame `index`."""
@@ -289,7 +282,7 @@ class _Painter:
         x += round(self.small.getlength(f"{MODE_LABELS[self.color_by]}:  {low}")) + self.pad * 2
         bar = max(60, self.width // 4)
         for i in range(bar):
-            color = self.palette[round(i * (LEVELS - 1) / (bar - 1))]
+            color = self.palette[level(i / (bar - 1))]
             draw.line([(x + i, y + self.line // 4), (x + i, y + 3 * self.line // 4)], fill=color)
         x += bar + self.pad * 2
         draw.text((x, y + self.line // 2), high, font=self.small, fill=(60, 60, 60), anchor="lm")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 
@@ -13,6 +14,18 @@ COLORSCALE = "Viridis"  # continuous and colour-blind safe
 MASK_COLOR = "#d9d9d9"
 PROMPT_COLOR = "#f2f2f2"
 COLOR_MODES = ("confidence", "commit_step")
+LEVELS = 256  # colour steps of the palette every view indexes into (sampling the plotly scale per token is slow)
+
+
+@functools.lru_cache(maxsize=1)
+def palette() -> tuple[str, ...]:
+    """LEVELS colours of COLORSCALE as 'rgb(r, g, b)' strings, index i for the value i / (LEVELS - 1)."""
+    return tuple(sample_colorscale(COLORSCALE, [i / (LEVELS - 1) for i in range(LEVELS)]))
+
+
+def level(value: float) -> int:
+    """The palette index of a value in [0, 1] (clipped)."""
+    return round(min(max(value, 0.0), 1.0) * (LEVELS - 1))
 
 
 def _text_color(rgb: str) -> str:
@@ -57,7 +70,7 @@ def tokens_html(trace: Trace, step_index: int = -1, color_by: str = "confidence"
         if value is None:
             style, label = f"background:{PROMPT_COLOR}", "fixed"
         else:
-            rgb = sample_colorscale(COLORSCALE, [min(max(value, 0.0), 1.0)])[0]
+            rgb = palette()[level(value)]
             style, label = f"background:{rgb};color:{_text_color(rgb)}", f"{color_by} {value:.2f}"
         parts.append(f'<span class="dlm-token" data-pos="{pos}" data-value="{"" if value is None else f"{value:.4f}"}" '
                      f'title="position {pos}: {label}" style="{style};border-radius:3px">{text}</span>')
