@@ -534,12 +534,12 @@ def continue_with(session, step, position, token, color_by, request: gr.Request 
         token_slot = page().registry.start(user)
         model = page().model(session.trace.model["name"])
         index = min(max(int(step), 0), len(session.trace.frames) - 1)
-        description, _prompt_ids, frames_iter = resume(model, session.trace, index, {int(position): int(token)})
-        frames, started = [], time.perf_counter()
+        description, prompt_ids, frames_iter = resume(model, session.trace, index, {int(position): int(token)})
+        head, frames, started = session.trace.frames[: index + 1], [], time.perf_counter()
         with torch.no_grad():
             for frame in frames_iter:
-                frames.append(frame)
-                partial = spliced_trace(model, session.trace, index, frames, time.perf_counter() - started)
+                frames.append(frame)  # streamed views share the frames; the kept trace is spliced (copied) once
+                partial = build_trace(model, prompt_ids, description, head + frames, time.perf_counter() - started)
                 yield out(view=tokens_html(partial, -1, color_by), edit_view=tokens_html(partial, -1, color_by),
                           stats=stats_line(partial, True))
         edited = spliced_trace(model, session.trace, index, frames, time.perf_counter() - started)

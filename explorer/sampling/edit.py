@@ -23,7 +23,7 @@ import torch
 from explorer.data.tokenizer import display_string
 from explorer.sampling import build_sampler, build_trace
 from explorer.sampling.common import check_range, step_seed
-from explorer.sampling.masked import _guided_logits
+from explorer.sampling.masked import guided_logits
 from explorer.sampling.trace import Frame, Trace
 
 # trace.sampler entries that are knobs of build_sampler (the rest: name, seed, record, edits, derived fields)
@@ -40,7 +40,7 @@ def top_candidates(model, trace: Trace, index: int, position: int, k: int = 5) -
     P = len(trace.prompt_ids)
     canvas = torch.tensor(trace.prompt_ids + frame.tokens, dtype=torch.long, device=model.device)  # (P + G,)
     canvas[P + position] = model.mask_id
-    logits = _guided_logits(model, canvas, P, trace.sampler.get("cfg_scale", 0.0))[0]  # (P + G, V)
+    logits = guided_logits(model, canvas, P, trace.sampler.get("cfg_scale", 0.0))[0]  # (P + G, V)
     top = logits[P + position].float().softmax(-1).topk(k)  # (k,) each
     return [{"id": int(i), "text": display_string(model.tokenizer, int(i)), "prob": float(p)}
             for p, i in zip(top.values, top.indices)]

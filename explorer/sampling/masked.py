@@ -97,7 +97,7 @@ def schedule_counts(masked: int, steps: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(steps)]
 
 
-def _guided_logits(model, canvas: torch.Tensor, prompt_len: int, cfg_scale: float, return_hidden: bool = False):
+def guided_logits(model, canvas: torch.Tensor, prompt_len: int, cfg_scale: float, return_hidden: bool = False):
     """Logits (L, V) of the canvas with the mask token excluded, guided if cfg_scale > 0; the NFE used; and with
     `return_hidden` the conditional pass's hidden states (L, d) (else None)."""
     mask_id = model.mask_id
@@ -234,7 +234,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, 
                     model, canvas, kv, block_step == 0, cache_mode, lo, hi, return_hidden=True)  # hidden: no extra cost
                 nfe += 1
             else:
-                logits, used, pass_hidden = _guided_logits(model, canvas, P, getattr(params, "cfg_scale", 0.0),
+                logits, used, pass_hidden = guided_logits(model, canvas, P, getattr(params, "cfg_scale", 0.0),
                                                            return_hidden=states is not None)
                 nfe += used
                 cached_logits, cached_canvas, cached_hidden, offset = logits, canvas.clone(), pass_hidden, 0
