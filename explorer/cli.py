@@ -11,19 +11,22 @@ from pathlib import Path
 
 def _add_train(sub):
     from explorer.models import FAMILIES
-    from explorer.train import TrainConfig
+    from explorer.train import PRECISIONS, TrainConfig
 
     p = sub.add_parser("train", help="train a model (resumable)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (saving state) after this wall time")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cpu or cuda")
+    p.add_argument("--device", default=None, help="torch device to train on, e.g. cpu or cuda (default: cpu; "
+                   "under torchrun cuda:LOCAL_RANK when CUDA is available)")
     kinds = {"int": int, "float": float, "int | None": int}
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "family":
             p.add_argument(flag, required=True, choices=sorted(FAMILIES))
+        elif f.name == "precision":
+            p.add_argument(flag, default=f.default, choices=list(PRECISIONS), help="bf16: CUDA autocast")
         elif f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
@@ -32,6 +35,8 @@ def _add_train(sub):
 
 
 def cmd_train(args):
+    import os
+
     import torch
 
     from explorer.train import TrainConfig, train
@@ -40,7 +45,8 @@ def cmd_train(args):
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     out = train(cfg, args.out, resume=args.resume, max_minutes=args.max_minutes, device=args.device)
-    print(f"saved {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+        print(f"saved {out}")
 
 
 def _add_train_autoencoder(sub):

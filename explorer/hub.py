@@ -30,9 +30,18 @@ def resolve(name_or_path: str | Path) -> Path:
                      "(or pass a checkpoint folder)")
 
 
-def load(name_or_path: str | Path, device: str | None = None):
-    """Load a shipped checkpoint by name, or a checkpoint folder, as an eval-mode model in float32."""
+def load(name_or_path: str | Path, device: str | None = None, dtype=None):
+    """Load a shipped checkpoint by name, or a checkpoint folder, as an eval-mode model in float32.
+    A folder whose config.json has no "family" is a released layout (LLaDA, ...; see `explorer.released`):
+    it loads on `device` (default CUDA if any, else CPU) in `dtype` (default bf16 on CUDA, fp32 on CPU)."""
     path = resolve(name_or_path)
+    config = read_config(path)
+    if "family" not in config:
+        from explorer.released import load_released
+
+        return load_released(path, device=device, dtype=dtype, config=config)
+    if dtype is not None:
+        raise ValueError(f"dtype={dtype!r} applies to released checkpoints only; {path} loads in float32")
     model = load_folder(path, FAMILIES)
     model.checkpoint_path = str(path)
     return model.to(device) if device else model

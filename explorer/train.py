@@ -5,13 +5,23 @@
 Every step's batch and dropout noise derive from (seed, step), so a run killed and resumed with
 `--resume` continues exactly where an uninterrupted run would be. The resumable state lives in
 `OUT/train_state/` (fp32 weights and AdamW moments as safetensors, the rest as JSON: no pickles).
+
+Data parallel: `torchrun --nproc_per_node=N -m explorer train ...` runs DDP (gloo on CPU, nccl on
+cuda:LOCAL_RANK). `batch_size` is the GLOBAL batch: each step draws the same (seed, step) batch on every
+rank and cuts it into S = world_size * grad_accum equal micro-batches; rank r runs micro-batches
+r*K .. r*K+K-1. The noise of micro-batch m (masking, dropout) comes from a generator seeded by
+(seed, step, m), so a run's randomness depends only on S: N ranks with K micro-batches reproduce one
+process with N*K micro-batches up to float error, and with a noise-free loss (ar, dropout 0) any
+split reproduces the single batch. S = 1 keeps the historical (seed, step) seed. Only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,16 +29,30 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from explorer.data import TokenStream, load_corpus, load_tokenizer, split_works, train_tokenizer
+from explorer.data import (
+    TokenStream,
+    load_corpus,
+    load_tokenizer,
+    split_works,
+    train_tokenizer,
+)
 from explorer.data.corpus import DATA_DIR
-from explorer.models import FAMILIES, ARConfig, BD3LMConfig, CALMConfig, CDCDConfig, MDLMConfig
+from explorer.models import (
+    FAMILIES,
+    ARConfig,
+    BD3LMConfig,
+    CALMConfig,
+    CDCDConfig,
+    MDLMConfig,
+)
 from explorer.models.base import atomic_write, load_folder
 from explorer.models.bd3lm import PUBLISHED_CLIP, check_clip, clip_variance
 from explorer.nn import preset
 
 SHIPPED_TOKENIZER = DATA_DIR / "tokenizer.json"
 # Knobs a resumed run may change: the schedule length (to extend or shorten a run) and bookkeeping.
-RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "snapshot_every"}
+RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "snapshot_every", "precision"}
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -36,7 +60,9 @@ class TrainConfig:
     family: str  # "ar", "mdlm", "bd3lm", "cdcd" or "calm"
     preset: str = "tiny"  # backbone preset from explorer.nn.PRESETS
     steps: int = 10000  # length of the learning-rate schedule (total optimizer steps)
-    batch_size: int = 16  # windows per step
+    batch_size: int = 16  # windows per step (the global batch, over all ranks and micro-batches)
+    grad_accum: int = 1  # micro-batches per rank per step (gradients accumulate; same update as one batch)
+    precision: str = "fp32"  # "fp32", or "bf16" autocast (CUDA only)
     seq_len: int = 128  # tokens per window (<= the preset's max_seq_len)
     lr: float = 2e-3  # peak learning rate
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -64,11 +90,15 @@ class TrainConfig:
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {self.family!r}")
-        for knob in ("steps", "batch_size", "seq_len", "save_every", "eval_every"):
+        for knob in ("steps", "batch_size", "grad_accum", "seq_len", "save_every", "eval_every"):
             if getattr(self, knob) < 1:
                 raise ValueError(f"{knob} must be >= 1, got {getattr(self, knob)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.family == "bd3lm":
@@ -235,27 +265,118 @@ def load_state(state_dir: Path, model, optimizer) -> dict:
     return meta
 
 
+# --- data parallel -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when not under torchrun)."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def torchrun_env() -> Dist:
+    """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return Dist()
+    return Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(device: str | None, dist: Dist) -> str:
+    """None = cuda:LOCAL_RANK under torchrun when CUDA is available, else cpu; "cuda" gets the local rank."""
+    if device is None:
+        device = "cuda" if dist.active and torch.cuda.is_available() else "cpu"
+    if torch.device(device).type == "cuda" and dist.active:
+        return f"cuda:{dist.local_rank}"
+    return device
+
+
+def check_parallel(cfg: TrainConfig, world_size: int, device: str) -> int:
+    """Windows per micro-batch; refuses splits that would make slices unequal (and bf16 off CUDA)."""
+    if cfg.precision == "bf16" and torch.device(device).type != "cuda":
+        raise ValueError(f"precision 'bf16' needs a CUDA device (got --device {device}); bf16 matmuls are "
+                         "~300x slower than fp32 on this CPU, use --precision fp32")
+    shards = world_size * cfg.grad_accum
+    if cfg.batch_size % shards:
+        raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by world_size * grad_accum "
+                         f"({world_size} * {cfg.grad_accum} = {shards}) so every micro-batch has equal size")
+    return cfg.batch_size // shards
+
+
+def step_seed(cfg: TrainConfig, step: int, shard: int, shards: int) -> int:
+    """The seed of micro-batch `shard` of `shards` at `step` (one shard: the historical (seed, step) seed)."""
+    base = cfg.seed * 1_000_003 + step
+    return base if shards == 1 else (base * 1_000_033 + shard) % (2**63 - 1)
+
+
+def broadcast(value, dist: Dist):
+    """Rank 0's picklable `value` on every rank."""
+    if not dist.active:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 # --- the loop --------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: float | None = None,
-          progress: bool = True, device: str = "cpu") -> Path:
-    """Train until `cfg.steps` (or `max_minutes` of wall time, then save for `--resume`) on `device`."""
-    out = Path(out)
+          progress: bool = True, device: str | None = "cpu") -> Path:
+    """Train until `cfg.steps` (or `max_minutes` of wall time, then save for `--resume`) on `device`.
+
+    Under torchrun this process joins the DDP job (device None or "cuda": cuda:LOCAL_RANK when CUDA is
+    available); the process group is created here and destroyed on the way out."""
+    dist = torchrun_env()
+    device = resolve_device(device, dist)
+    check_parallel(cfg, dist.world_size, device)  # before the process group: every rank fails alike
+    if not dist.active:
+        return _train(cfg, Path(out), resume, max_minutes, progress, device, dist)
+    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(device)
+    started_group = not torch.distributed.is_initialized()
+    if started_group:
+        torch.distributed.init_process_group(backend)
+    try:
+        return _train(cfg, Path(out), resume, max_minutes, progress, device, dist)
+    finally:
+        if started_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None, progress: bool, device: str,
+           dist: Dist) -> Path:
     state_dir = out / "train_state"
     log_path = out / "train_log.jsonl"
-    if resume:
+    if resume:  # every rank reads OUT (multi-node runs need it on a shared filesystem to resume)
         if not (state_dir / "state.json").is_file():
             raise FileNotFoundError(f"--resume: no training state in {state_dir}")
         saved = json.loads((state_dir / "state.json").read_text())
-        changed = {k for k in asdict(cfg) if saved["train_config"].get(k) != asdict(cfg)[k]} - RESUMABLE_CHANGES
+        defaults = asdict(TrainConfig(family=cfg.family))  # knobs added after the run was saved
+        changed = {k for k, v in asdict(cfg).items() if saved["train_config"].get(k, defaults[k]) != v}
+        changed -= RESUMABLE_CHANGES
         if changed:
             raise ValueError(f"--resume: settings differ from the saved run: {sorted(changed)} "
                              f"(only {sorted(RESUMABLE_CHANGES)} may change on resume)")
-    elif (state_dir / "state.json").is_file():
+    elif dist.main and (state_dir / "state.json").is_file():
         raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it or pick another --out")
 
     works = load_corpus(cfg.corpus)
-    tokenizer = load_tokenizer(out) if resume else tokenizer_for(cfg, works)
+    if resume:
+        tokenizer = load_tokenizer(out)
+    else:  # rank 0 decides (a custom corpus trains one), every rank gets the same
+        from tokenizers import Tokenizer
+
+        tokenizer = tokenizer_for(cfg, works) if dist.main else None
+        tokenizer = Tokenizer.from_str(broadcast(tokenizer.to_str() if dist.main else None, dist))
     train_stream = TokenStream(works, "train", tokenizer)
     val_stream = TokenStream(works, "val", tokenizer)
     model = build_model(cfg, tokenizer).to(device).train()
@@ -267,16 +388,28 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: 
         step, tokens_seen, wall = meta["step"], meta["tokens_seen"], meta["wall_s"]
         clip_info = meta.get("clip", {})
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(str(out / "tokenizer.json"))
-        log_path.write_text("")
-        if cfg.family == "bd3lm":
-            clip_info = choose_clip(model, cfg, val_stream)
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+            tokenizer.save(str(out / "tokenizer.json"))
+            log_path.write_text("")
+            if cfg.family == "bd3lm":
+                clip_info = choose_clip(model, cfg, val_stream)
+        clip_info = broadcast(clip_info, dist)
     loss_kwargs = {"clip": tuple(clip_info["window"]) if clip_info.get("window") else None} if cfg.family == "bd3lm" else {}
+    # DDP also broadcasts rank 0's weights, so every rank starts from the same state
+    net = LossOf(model)
+    if dist.active:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[torch.device(device).index] if torch.device(device).type == "cuda" else None)
+    shards = dist.world_size * cfg.grad_accum
+    micro = cfg.batch_size // shards
+    autocast = (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if cfg.precision == "bf16" else nullcontext
 
     def checkpoint():
+        if not dist.main:
+            return
         extra = {"tokens_seen": tokens_seen, "wall_s": round(wall, 1), "train_config": asdict(cfg),
-                 "device": device_name(device)}
+                 "device": device_name(device) + (f" x {dist.world_size} ranks" if dist.active else "")}
         if clip_info:
             extra["clip"] = clip_info
         save_state(state_dir, model, optimizer, step, extra)
@@ -284,42 +417,75 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: 
 
     started = time.time()
     budget_end = started + max_minutes * 60 if max_minutes else None
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.family}", disable=not progress, unit="step")
-    with open(log_path, "a") as log:
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.family}", disable=not (progress and dist.main),
+               unit="step")
+    with open(log_path, "a") if dist.main else nullcontext() as log:
         while step < cfg.steps:
             t0 = time.time()
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout noise of this step
-            batch = train_stream.random_batch(cfg.batch_size, cfg.seq_len, generator).to(device)
+            batch = train_stream.random_batch(cfg.batch_size, cfg.seq_len, generator)  # the global batch
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
-            out_loss = model.loss(batch, generator=generator, **loss_kwargs)
             optimizer.zero_grad(set_to_none=True)
-            out_loss["loss"].backward()
+            totals: dict[str, torch.Tensor] = {}
+            for k in range(cfg.grad_accum):
+                shard = dist.rank * cfg.grad_accum + k
+                seed = step_seed(cfg, step, shard, shards)
+                torch.manual_seed(seed)  # dropout noise of this micro-batch (seeds CUDA too)
+                noise = generator if shards == 1 else torch.Generator().manual_seed(seed)
+                part = batch[shard * micro:(shard + 1) * micro].to(device)
+                sync = k == cfg.grad_accum - 1 or not dist.active
+                with (nullcontext() if sync else net.no_sync()), autocast():
+                    out_loss = net(part, noise, loss_kwargs)
+                (out_loss["loss"] / cfg.grad_accum).backward()  # DDP then averages over ranks
+                for key in ("loss", "warp_loss"):
+                    if key in out_loss:
+                        totals[key] = totals.get(key, 0.0) + out_loss[key].detach().float() / shards
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            if dist.active:  # the step's mean loss over all micro-batches of all ranks, for the log
+                keys = sorted(totals)
+                flat = torch.stack([totals[key] for key in keys])
+                torch.distributed.all_reduce(flat)
+                totals = dict(zip(keys, flat))
             step += 1
             tokens_seen += batch.numel()
             wall += time.time() - t0
-            record = {"step": step, "loss": round(out_loss["loss"].item(), 5), "lr": lr_at(cfg, step - 1),
-                      "grad_norm": round(float(grad_norm), 4), "tokens_seen": tokens_seen, "wall_s": round(wall, 2)}
-            if "warp_loss" in out_loss:
-                record["warp_loss"] = round(out_loss["warp_loss"].item(), 5)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                record["val_loss"] = round(estimate_loss(model, val_stream, cfg), 5)
-                bar.set_postfix(val=record["val_loss"])
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            bar.update(1)
-            bar.set_postfix(loss=record["loss"], refresh=False)
+            if dist.main:
+                record = {"step": step, "loss": round(totals["loss"].item(), 5), "lr": lr_at(cfg, step - 1),
+                          "grad_norm": round(float(grad_norm), 4), "tokens_seen": tokens_seen, "wall_s": round(wall, 2)}
+                if "warp_loss" in totals:
+                    record["warp_loss"] = round(totals["warp_loss"].item(), 5)
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    with autocast():
+                        record["val_loss"] = round(estimate_loss(model, val_stream, cfg), 5)
+                    bar.set_postfix(val=record["val_loss"])
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.update(1)
+                bar.set_postfix(loss=record["loss"], refresh=False)
             if step % cfg.save_every == 0 or step == cfg.steps:
                 checkpoint()
-            if cfg.snapshot_every and step % cfg.snapshot_every == 0:  # e.g. for metric-vs-training studies
+            if dist.main and cfg.snapshot_every and step % cfg.snapshot_every == 0:  # e.g. metric-vs-training studies
                 model.save_pretrained(out / "snapshots" / f"step-{step}", extra={"training": {
                     "steps_done": step, "tokens_seen": tokens_seen, "wall_s": round(wall, 1), "train_config": asdict(cfg)}})
-            if budget_end and time.time() > budget_end:
+            if budget_end and broadcast(time.time() > budget_end, dist):  # rank 0's clock decides for all
                 checkpoint()
                 bar.write(f"stopped at step {step} after --max-minutes {max_minutes}; continue with --resume")
                 break
     bar.close()
+    if dist.active:
+        torch.distributed.barrier()  # rank 0's files are complete before any rank returns
     return out
+
+
+
+class LossOf(torch.nn.Module):
+    """`model.loss` as a forward, so DDP sees (and reduces) the backward of the training loss."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: torch.Tensor, generator: torch.Generator, loss_kwargs: dict) -> dict:
+        return self.model.loss(batch, generator=generator, **loss_kwargs)

@@ -91,3 +91,20 @@ def test_bad_training_knobs():
         TrainConfig(family="gan")
     with pytest.raises(ValueError, match="dropout must be in"):
         TrainConfig(family="ar", dropout=1.5)
+
+
+def test_runs_saved_before_the_parallel_knobs_still_resume(corpus, tmp_path):
+    """A train_config without grad_accum / precision (older runs) resumes with their defaults."""
+    cfg = TrainConfig(family="ar", steps=4, d_model=32, n_layers=1, batch_size=2, seq_len=16, save_every=2,
+                      corpus=str(corpus))
+    train(cfg, tmp_path / "run", progress=False)
+    state = tmp_path / "run" / "train_state" / "state.json"
+    meta = json.loads(state.read_text())
+    meta["step"] = 2
+    for knob in ("grad_accum", "precision"):
+        del meta["train_config"][knob]
+    state.write_text(json.dumps(meta))
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert json.loads(state.read_text())["step"] == 4
+    with pytest.raises(ValueError, match="grad_accum"):
+        train(TrainConfig(**{**cfg.__dict__, "grad_accum": 2}), tmp_path / "run", resume=True, progress=False)

@@ -1,0 +1,313 @@
+"""Dream-7B (Dream-org/Dream-v0-*-7B): a Qwen2.5 network run bidirectionally as a masked-diffusion model.
+
+Built from transformers' own Qwen2 classes (never trust_remote_code), weights from safetensors only. Dream
+predicts position i from the hidden state at i - 1, so its logits are shifted right by one position.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from tokenizers import Tokenizer
+from torch import nn
+
+DREAM_MASK_ID = 151666
+DREAM_CONTEXT = 2048  # tokens Dream was trained on (its config allows far more RoPE positions)
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+BEGIN_OF_TEXT = "<|beginoftext|>"  # Dream's bos token
+END_OF_TEXT = "<|endoftext|>"
+
+
+def is_dream(config: dict) -> bool:
+    """True for a Dream config.json (model_type "Dream" or architecture DreamModel)."""
+    if not isinstance(config, dict):
+        return False
+    return str(config.get("model_type", "")).lower() == "dream" or "DreamModel" in (config.get("architectures") or [])
+
+
+@dataclass(frozen=True)
+class DreamBackbone:
+    """The backbone fields our samplers and views read (mirrors explorer.nn.TransformerConfig's names)."""
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_ff: int
+    vocab_size: int
+    max_seq_len: int
+    tie_embeddings: bool
+    attention: str = "bidirectional"
+
+
+@dataclass(frozen=True)
+class DreamConfig:
+    backbone: DreamBackbone
+    mask_token_id: int = DREAM_MASK_ID
+
+
+def qwen2_config(config: dict, file: Path | str = "config.json"):
+    """A transformers.Qwen2Config from Dream's config.json fields (clear error naming a missing field)."""
+    from transformers import Qwen2Config
+
+    required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    missing = [k for k in required if k not in config]
+    if missing:
+        raise ValueError(f"{file}: Dream config lacks {missing}")
+    if config.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{file}: hidden_act {config['hidden_act']!r} is not Dream's silu")
+    if config.get("use_sliding_window"):
+        raise ValueError(f"{file}: sliding-window attention is not supported for Dream")
+    fields = {
+        "vocab_size": config["vocab_size"],
+        "hidden_size": config["hidden_size"],
+        "intermediate_size": config["intermediate_size"],
+        "num_hidden_layers": config["num_hidden_layers"],
+        "num_attention_heads": config["num_attention_heads"],
+        "num_key_value_heads": config.get("num_key_value_heads", config["num_attention_heads"]),
+        "max_position_embeddings": config.get("max_position_embeddings", 32768),
+        "rms_norm_eps": config.get("rms_norm_eps", 1e-6),
+        "rope_theta": config.get("rope_theta", 10000.0),
+        "tie_word_embeddings": bool(config.get("tie_word_embeddings", False)),
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "use_cache": False,
+        "pad_token_id": config.get("pad_token_id"),
+        "bos_token_id": config.get("bos_token_id"),
+        "eos_token_id": config.get("eos_token_id"),
+    }
+    if config.get("rope_scaling"):
+        fields["rope_scaling"] = config["rope_scaling"]
+    return Qwen2Config(**fields)
+
+
+def make_bidirectional(network: nn.Module) -> None:
+    """Turn every Qwen2 attention module non-causal (sdpa / flash read `is_causal` when no mask is passed)."""
+    found = 0
+    for module in network.modules():
+        if type(module).__name__.endswith("Attention") and hasattr(module, "is_causal"):
+            module.is_causal = False
+            found += 1
+    if found != network.config.num_hidden_layers:
+        raise RuntimeError(f"expected {network.config.num_hidden_layers} attention modules, found {found}: "
+                           "this transformers version's Qwen2 layout is not supported")
+
+
+class DreamModel(nn.Module):
+    """Dream wrapped for our masked-diffusion samplers: (B, L) ids -> (B, L, V) SUBS logits, like MDLMModel."""
+
+    family = "mdlm"
+
+    def __init__(self, network: nn.Module, tokenizer: Tokenizer, config: DreamConfig, special: dict[str, int | None]):
+        super().__init__()
+        self.network = network  # transformers Qwen2ForCausalLM, attention made non-causal
+        self.tokenizer = tokenizer
+        self.config = config
+        self.special = special
+        self.name = "dream"
+        make_bidirectional(network)
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.mask_token_id
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.special.get("bos")
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.special.get("eos")
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.special.get("pad")
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.backbone.max_seq_len
+
+    @property
+    def device(self) -> torch.device:
+        return self.network.model.embed_tokens.weight.device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self):
+        raise NotImplementedError("Dream: Fast-dLLM key/value caches are not supported; use cache='none'")
+
+    def _attention_masks(self) -> dict:
+        # A prepared per-layer-type mapping skips transformers' causal-mask builder; None + is_causal=False
+        # means full attention (and lets SDPA pick its fastest kernel).
+        return {"full_attention": None, "sliding_attention": None}
+
+    def raw_logits(self, ids: torch.Tensor, return_hidden: bool = False):
+        """Dream's logits (B, L, V) shifted right by one (position i predicted from i - 1), float32; with
+        `return_hidden` also the last hidden state (B, L, d), after the final norm and unshifted."""
+        if ids.dim() != 2:
+            raise ValueError(f"Dream expects (B, L) token ids, got shape {tuple(ids.shape)}")
+        if ids.shape[1] > self.max_seq_len:
+            raise ValueError(f"Dream: {ids.shape[1]} tokens exceed the context of {self.max_seq_len}")
+        out = self.network.model(input_ids=ids, attention_mask=self._attention_masks(), use_cache=False)
+        hidden = out.last_hidden_state  # (B, L, d)
+        logits = self.network.lm_head(hidden).float()  # (B, L, V)
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # shift right by one
+        return (logits, hidden.float()) if return_hidden else logits
+
+    def denoiser_logits(self, x_t: torch.Tensor, return_hidden: bool = False, **cache_args):
+        """Shifted logits (B, L, V) of x0 with the mask token and the padded vocabulary rows past the
+        tokenizer excluded (-inf)."""
+        if cache_args:
+            raise NotImplementedError("Dream: Fast-dLLM key/value caches are not supported; use cache='none'")
+        logits, hidden = self.raw_logits(x_t, return_hidden=True)
+        logits[..., self.mask_id] = float("-inf")
+        logits[..., self.tokenizer.get_vocab_size():] = float("-inf")
+        return (logits, hidden) if return_hidden else logits
+
+    def forward(self, x_t: torch.Tensor, return_hidden: bool = False):
+        """SUBS logits (B, L, V): masked positions get the denoiser's logits; unmasked ones carry over
+        (logit 0 for the input token, -inf elsewhere)."""
+        logits, hidden = self.denoiser_logits(x_t, return_hidden=True)
+        unmasked = (x_t != self.mask_id)[..., None]  # (B, L, 1)
+        carry = torch.full_like(logits, float("-inf")).scatter(-1, x_t[..., None], 0.0)
+        logits = torch.where(unmasked, carry, logits)
+        return (logits, hidden) if return_hidden else logits
+
+
+def weight_files(path: Path) -> dict[str, Path]:
+    """{tensor name: safetensors file} of a folder (single file or sharded with an index); refuses pickles."""
+    if (path / INDEX).is_file():
+        index_file = path / INDEX
+        try:
+            weight_map = json.loads(index_file.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{index_file}: not a valid safetensors index ({err!r})") from None
+        files = {key: path / name for key, name in weight_map.items()}
+        for shard in sorted(set(files.values())):
+            if not shard.is_file():
+                raise FileNotFoundError(f"{shard}: shard listed in {index_file} is missing")
+        return files
+    if (path / SINGLE).is_file():
+        with _open(path / SINGLE) as f:
+            return {key: path / SINGLE for key in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
+    pickles = [p.name for p in sorted(path.glob("*.bin"))] + [p for p in PICKLES if (path / p).is_file()]
+    if pickles:
+        raise ValueError(f"{path / min(pickles)}: pickle weights are refused (they can run code); "
+                         "convert the checkpoint to safetensors")
+    raise FileNotFoundError(f"{path}: no {SINGLE} or {INDEX}")
+
+
+def _open(file: Path):
+    try:
+        return safe_open(str(file), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{file}: corrupt or truncated safetensors file ({err})") from None
+
+
+def load_weights(network: nn.Module, path: Path, device, dtype: torch.dtype) -> None:
+    """Fill a meta-device network tensor by tensor (peak host memory: one tensor), checking names and shapes."""
+    files = weight_files(path)
+    expected = network.state_dict()  # meta tensors: names and shapes only
+    tied = network.config.tie_word_embeddings
+    if tied:
+        expected.pop("lm_head.weight", None)
+        files.pop("lm_head.weight", None)
+    missing = sorted(set(expected) - set(files))
+    unexpected = sorted(set(files) - set(expected))
+    where = path / (INDEX if (path / INDEX).is_file() else SINGLE)
+    if missing or unexpected:
+        raise ValueError(f"{where}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]} "
+                         "(not a Dream / Qwen2 checkpoint?)")
+    by_file: dict[Path, list[str]] = {}
+    for key, file in files.items():
+        by_file.setdefault(file, []).append(key)
+    for file, keys in sorted(by_file.items()):
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: shard listed in {where} is missing")
+        state = {}
+        with _open(file) as f:
+            for key in keys:
+                try:
+                    tensor = f.get_tensor(key)
+                except (SafetensorError, OSError, ValueError) as err:
+                    raise ValueError(f"{file}: cannot read {key} ({err})") from None
+                if tensor.shape != expected[key].shape:
+                    raise ValueError(f"{file}: {key} has shape {tuple(tensor.shape)}, "
+                                     f"expected {tuple(expected[key].shape)}")
+                state[key] = tensor.to(device=device, dtype=dtype)
+        network.load_state_dict(state, strict=False, assign=True)
+    if tied:
+        network.lm_head.weight = network.model.embed_tokens.weight
+
+
+def _special_ids(config: dict, tokenizer: Tokenizer) -> dict[str, int | None]:
+    """bos / eos / pad ids: Dream's tokenizer tokens first, then config.json."""
+    bos = tokenizer.token_to_id(BEGIN_OF_TEXT)
+    eos = tokenizer.token_to_id(END_OF_TEXT)
+    return {"bos": bos if bos is not None else config.get("bos_token_id"),
+            "eos": config.get("eos_token_id") if config.get("eos_token_id") is not None else eos,
+            "pad": config.get("pad_token_id")}
+
+
+def load_dream(path: str | Path, device=None, dtype: torch.dtype | None = None) -> DreamModel:
+    """Load a Dream folder (config.json, safetensors weights, tokenizer.json) as an eval-mode DreamModel.
+    dtype None: bfloat16 on CUDA, float32 elsewhere. Logits are always returned in float32."""
+    from transformers import Qwen2ForCausalLM
+
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: missing config.json")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_file}: not valid JSON ({err})") from None
+    if not is_dream(config):
+        raise ValueError(f"{config_file}: not a Dream config (model_type {config.get('model_type')!r})")
+    tokenizer_file = path / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise FileNotFoundError(f"{tokenizer_file}: missing tokenizer.json")
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    device = torch.device(device or "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    hf_config = qwen2_config(config, config_file)
+    mask_id = int(config.get("mask_token_id", DREAM_MASK_ID))
+    if not 0 <= mask_id < min(hf_config.vocab_size, tokenizer.get_vocab_size()):
+        raise ValueError(f"{config_file}: mask_token_id {mask_id} is outside the vocabulary "
+                         f"(config {hf_config.vocab_size}, tokenizer {tokenizer.get_vocab_size()})")
+    if tokenizer.get_vocab_size() > hf_config.vocab_size:
+        raise ValueError(f"{tokenizer_file}: {tokenizer.get_vocab_size()} tokens exceed the model's "
+                         f"vocab_size {hf_config.vocab_size}")
+    if not (path / INDEX).is_file() and not (path / SINGLE).is_file():
+        weight_files(path)  # refuses pickles / names what is missing before building anything
+    with torch.device("meta"):
+        network = Qwen2ForCausalLM(hf_config)
+    load_weights(network, path, device, dtype)
+    rotary = type(network.model.rotary_emb)
+    with torch.device(device):
+        network.model.rotary_emb = rotary(hf_config)  # non-persistent inv_freq buffer: rebuild off meta
+    leftover = [n for n, t in list(network.named_parameters()) + list(network.named_buffers()) if t.is_meta]
+    if leftover:
+        raise RuntimeError(f"{path}: tensors left unloaded: {leftover[:5]}")
+
+    backbone = DreamBackbone(
+        d_model=hf_config.hidden_size, n_layers=hf_config.num_hidden_layers, n_heads=hf_config.num_attention_heads,
+        n_kv_heads=hf_config.num_key_value_heads, d_ff=hf_config.intermediate_size, vocab_size=hf_config.vocab_size,
+        max_seq_len=min(DREAM_CONTEXT, hf_config.max_position_embeddings),
+        tie_embeddings=hf_config.tie_word_embeddings,
+    )
+    network.requires_grad_(False)  # inference only: no activations kept for a backward pass
+    model = DreamModel(network, tokenizer, DreamConfig(backbone, mask_id), _special_ids(config, tokenizer))
+    model.name = path.name
+    model.checkpoint_path = str(path)
+    model.checkpoint_info = {"family": "mdlm", "released": "dream", "config": config}
+    return model.eval()

@@ -1,0 +1,307 @@
+"""LLaDA 8B Base / Instruct / 1.5 as a native masked-diffusion model on the shared Transformer.
+
+The released folder (GSAI-ML/LLaDA-8B-*) holds an OLMo-style `config.json` (d_model, n_layers,
+n_heads, mlp_hidden_size, rope_theta, ...), `tokenizer.json`, `tokenizer_config.json` (with the chat
+template) and safetensors shards whose keys live under `model.transformer.`. Nothing of the
+folder's remote code is run: the architecture is rebuilt here from the config fields, and the
+weights are mapped onto `explorer.nn.Transformer`:
+
+    wte.weight                                -> backbone.embed.weight
+    blocks.{i}.attn_norm.weight               -> backbone.blocks.{i}.attn_norm.weight
+    blocks.{i}.q_proj | k_proj | v_proj       -> backbone.blocks.{i}.attn.qkv.weight (stacked q, k, v;
+                                                 q and k rows permuted per head, see `rope_permutation`)
+    blocks.{i}.attn_out.weight                -> backbone.blocks.{i}.attn.out.weight
+    blocks.{i}.ff_norm.weight                 -> backbone.blocks.{i}.mlp_norm.weight
+    blocks.{i}.ff_proj (gate) | up_proj       -> backbone.blocks.{i}.mlp.gate_up.weight (gate first)
+    blocks.{i}.ff_out.weight (down)           -> backbone.blocks.{i}.mlp.down.weight
+    ln_f.weight                               -> backbone.norm.weight
+    ff_out.weight (untied head)               -> backbone.head.weight
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from explorer.data.tokenizer import load_tokenizer
+from explorer.models.mdlm import MDLMConfig, MDLMModel
+from explorer.nn import Transformer, TransformerConfig
+from explorer.nn.transformer import Rotary
+from explorer.released.memory import (
+    SafetensorsFolder,
+    check_memory,
+    pick_dtype,
+    resolve_device,
+)
+
+PREFIX = "model.transformer."
+# The released LLaDA-8B ids, used when neither config.json nor the tokenizer names them.
+DEFAULT_MASK_ID = 126336  # <|mdm_mask|>
+DEFAULT_EOS_ID = 126081  # <|endoftext|> (also the pad id)
+DEFAULT_EOT_ID = 126348  # <|eot_id|> (end of an Instruct turn)
+TOKENS = {"mask": "<|mdm_mask|>", "eos": "<|endoftext|>", "eot": "<|eot_id|>", "bos": "<|startoftext|>"}
+# config.json switches that change the computation and that this loader does not implement: name -> the value it needs
+UNSUPPORTED = {"alibi": False, "attention_layer_norm": False, "input_emb_norm": False, "scale_logits": False,
+               "include_bias": False, "include_qkv_bias": False, "clip_qkv": None, "multi_query_attention": False,
+               "rope": True}
+
+
+@dataclass(frozen=True)
+class LLaDAConfig(MDLMConfig):
+    mask_id: int = DEFAULT_MASK_ID  # the [MASK] token the canvas starts from (config mask_token_id)
+    eos_id: int | None = DEFAULT_EOS_ID  # end of text (config eos_token_id)
+    eot_id: int | None = DEFAULT_EOT_ID  # end of an Instruct turn (tokenizer <|eot_id|>), None if absent
+    pad_id: int | None = DEFAULT_EOS_ID  # padding (config pad_token_id)
+    bos_id: int | None = None  # start of text (config bos_token_id or tokenizer <|startoftext|>)
+
+
+def is_llada(config: dict) -> bool:
+    """A LLaDA dense layout: model_type "llada" or architecture LLaDAModelLM, with OLMo field names (d_model).
+    (LLaDA-MoE also says "llada" but uses hidden_size / experts, a different layout.)"""
+    archs = config.get("architectures") or []
+    named = config.get("model_type") == "llada" or "LLaDAModelLM" in archs
+    return named and "d_model" in config and not any("moe" in a.lower() for a in archs)
+
+
+def _field(config: dict, file: Path, name: str):
+    if name not in config:
+        raise ValueError(f"{file}: missing field {name!r} (needed to build the LLaDA architecture)")
+    return config[name]
+
+
+def backbone_config(config: dict, file: Path) -> TransformerConfig:
+    """TransformerConfig from LLaDA's config.json fields. Defaults for optional fields: n_kv_heads = n_heads,
+    mlp_hidden_size = mlp_ratio (4) x d_model, embedding_size = vocab_size, rope_theta = 10000,
+    rms_norm_eps = 1e-5, max_sequence_length = 4096, weight_tying = false."""
+    for name, needed in UNSUPPORTED.items():
+        if name in config and config[name] is not None and config[name] != needed:
+            raise ValueError(f"{file}: {name}={config[name]!r} is not supported by the LLaDA loader (needs {needed!r})")
+    if config.get("block_type", "llama") != "llama":
+        raise ValueError(f"{file}: block_type={config['block_type']!r} is not supported (only 'llama')")
+    if config.get("layer_norm_type", "rms") != "rms":
+        raise ValueError(f"{file}: layer_norm_type={config['layer_norm_type']!r} is not supported (only 'rms')")
+    if config.get("activation_type", "silu") not in ("silu", "swiglu"):
+        raise ValueError(f"{file}: activation_type={config['activation_type']!r} is not supported (silu/swiglu)")
+    d_model, n_heads = int(_field(config, file, "d_model")), int(_field(config, file, "n_heads"))
+    n_kv_heads = config.get("n_kv_heads") or n_heads
+    if n_kv_heads != n_heads:
+        raise ValueError(f"{file}: n_kv_heads={n_kv_heads} differs from n_heads={n_heads}; grouped KV heads "
+                         "are not supported by the shared Transformer")
+    if d_model % n_heads or (d_model // n_heads) % 2:
+        raise ValueError(f"{file}: d_model={d_model} must split into n_heads={n_heads} heads of even size")
+    vocab = config.get("embedding_size") or _field(config, file, "vocab_size")
+    d_ff = config.get("mlp_hidden_size") or int(config.get("mlp_ratio", 4) * d_model)
+    eps = config.get("rms_norm_eps", config.get("layer_norm_eps", 1e-5))
+    return TransformerConfig(
+        vocab_size=int(vocab), d_model=d_model, n_layers=int(_field(config, file, "n_layers")), n_heads=n_heads,
+        d_ff=int(d_ff), max_seq_len=int(config.get("max_sequence_length", 4096)), attention="bidirectional",
+        rope_theta=float(config.get("rope_theta", 10000.0)), norm_eps=float(eps if eps is not None else 1e-5),
+        tie_embeddings=bool(config.get("weight_tying", False)),
+    )
+
+
+def special_ids(config: dict, tokenizer: Tokenizer, vocab_size: int, file: Path) -> dict[str, int | None]:
+    """mask / eos / eot / pad / bos ids: config.json's *_token_id first, then the tokenizer's token of that
+    name, then the released LLaDA-8B default when it fits the vocabulary (mask is required)."""
+    def pick(field: str | None, token: str | None, default: int | None):
+        value = config.get(field) if field else None
+        if value is None and token is not None:
+            value = tokenizer.token_to_id(token)
+        if value is None and default is not None and default < vocab_size:
+            value = default
+        if value is not None and not 0 <= int(value) < vocab_size:
+            raise ValueError(f"{file}: {field or token} = {value} is outside the vocabulary of {vocab_size}")
+        return None if value is None else int(value)
+
+    ids = {"mask_id": pick("mask_token_id", TOKENS["mask"], DEFAULT_MASK_ID),
+           "eos_id": pick("eos_token_id", TOKENS["eos"], DEFAULT_EOS_ID),
+           "eot_id": pick(None, TOKENS["eot"], DEFAULT_EOT_ID),
+           "bos_id": pick("bos_token_id", TOKENS["bos"], None)}
+    ids["pad_id"] = pick("pad_token_id", None, None)
+    if ids["pad_id"] is None:
+        ids["pad_id"] = ids["eos_id"]
+    if ids["mask_id"] is None:
+        raise ValueError(f"{file}: no mask id (set mask_token_id, or give the tokenizer a {TOKENS['mask']} token)")
+    return ids
+
+
+def rope_permutation(head_dim: int) -> torch.Tensor:
+    """(Dh,) row order that turns LLaDA's rotate-half RoPE (pairs (j, j + Dh/2)) into our interleaved one
+    (pairs (2j, 2j + 1)): output row 2j takes input row j, row 2j + 1 takes j + Dh/2. Applied to q and k alike,
+    it leaves every q.k product unchanged."""
+    half = torch.arange(head_dim // 2)
+    return torch.stack([half, half + head_dim // 2], dim=-1).flatten()
+
+
+def source_keys(backbone: TransformerConfig) -> list[str]:
+    """Every key a released LLaDA folder holds for this architecture."""
+    keys = [PREFIX + "wte.weight", PREFIX + "ln_f.weight"]
+    if not backbone.tie_embeddings:
+        keys.append(PREFIX + "ff_out.weight")
+    for i in range(backbone.n_layers):
+        keys += [f"{PREFIX}blocks.{i}.{name}.weight" for name in
+                 ("attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm", "ff_proj", "up_proj", "ff_out")]
+    return keys
+
+
+def expected_shapes(backbone: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    d, f, v = backbone.d_model, backbone.d_ff, backbone.vocab_size
+    shapes = {}
+    for key in source_keys(backbone):
+        name = key.rsplit(".", 2)[-2]
+        if key == PREFIX + "wte.weight" or key == PREFIX + "ff_out.weight":
+            shapes[key] = (v, d)
+        elif name in ("attn_norm", "ff_norm", "ln_f"):
+            shapes[key] = (d,)
+        elif name in ("q_proj", "k_proj", "v_proj", "attn_out"):
+            shapes[key] = (d, d)
+        elif name in ("ff_proj", "up_proj"):
+            shapes[key] = (f, d)
+        else:  # blocks.{i}.ff_out: the down projection
+            shapes[key] = (d, f)
+    return shapes
+
+
+def check_weights(weights: SafetensorsFolder, backbone: TransformerConfig) -> None:
+    """Keys and shapes against the architecture, from the headers alone; errors name the files."""
+    expected = expected_shapes(backbone)
+    missing = sorted(set(expected) - set(weights.tensors))
+    unexpected = sorted(set(weights.tensors) - set(expected))
+    if missing or unexpected:
+        files = sorted({weights.tensors[k].file.name for k in unexpected})
+        raise ValueError(f"{weights.folder}: weights do not match the LLaDA layout of config.json: "
+                         f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
+                         f"{unexpected[:5]}" + (f" (in {files})" if files else ""))
+    for key, shape in expected.items():
+        info = weights.tensors[key]
+        if info.shape != shape:
+            raise ValueError(f"{info.file}: {key} has shape {info.shape}, config.json implies {shape}")
+
+
+class LLaDAModel(MDLMModel):
+    """A released LLaDA checkpoint in the mdlm family: same samplers, same denoiser interface."""
+
+    config_class = LLaDAConfig
+
+    def __init__(self, config: LLaDAConfig, tokenizer: Tokenizer):
+        # LanguageModel.__init__ is skipped on purpose: the released embedding (126464 rows) is padded
+        # beyond the tokenizer's size, and the special ids come from config.json, not our token names.
+        nn.Module.__init__(self)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.backbone = Transformer(config.backbone)
+        self.name = "llada"
+        self.chat_template: str | None = None  # tokenizer_config.json's Jinja chat template, when present
+        self.layout = "llada"  # the released layout this model was read from
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.mask_id
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.config.eos_id
+
+    @property
+    def eot_id(self) -> int | None:
+        return self.config.eot_id
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.config.pad_id
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.config.bos_id
+
+    def save_pretrained(self, path, extra=None, dtype=torch.float16):
+        raise NotImplementedError("released LLaDA checkpoints are read from their own layout; they are not re-saved")
+
+
+def _mapped_state(weights: SafetensorsFolder, backbone: TransformerConfig, device, dtype) -> dict[str, torch.Tensor]:
+    """Our state dict, read one released tensor at a time (q/k rows permuted for the RoPE convention)."""
+    H, Dh = backbone.n_heads, backbone.d_model // backbone.n_heads
+    perm = rope_permutation(Dh)
+
+    def get(name: str) -> torch.Tensor:
+        return weights.tensor(PREFIX + name, device, dtype)
+
+    def rope_rows(w: torch.Tensor) -> torch.Tensor:  # (d, d) -> (d, d), rows permuted within each head
+        return w.view(H, Dh, -1)[:, perm.to(w.device)].reshape(H * Dh, -1)
+
+    state = {"backbone.embed.weight": get("wte.weight"), "backbone.norm.weight": get("ln_f.weight")}
+    state["backbone.head.weight"] = state["backbone.embed.weight"] if backbone.tie_embeddings else get("ff_out.weight")
+    for i in range(backbone.n_layers):
+        ours, theirs = f"backbone.blocks.{i}.", f"blocks.{i}."
+        state[ours + "attn_norm.weight"] = get(theirs + "attn_norm.weight")
+        state[ours + "attn.qkv.weight"] = torch.cat(
+            [rope_rows(get(theirs + "q_proj.weight")), rope_rows(get(theirs + "k_proj.weight")),
+             get(theirs + "v_proj.weight")])  # (3d, d)
+        state[ours + "attn.out.weight"] = get(theirs + "attn_out.weight")
+        state[ours + "mlp_norm.weight"] = get(theirs + "ff_norm.weight")
+        state[ours + "mlp.gate_up.weight"] = torch.cat(
+            [get(theirs + "ff_proj.weight"), get(theirs + "up_proj.weight")])  # (2 d_ff, d): gate, then up
+        state[ours + "mlp.down.weight"] = get(theirs + "ff_out.weight")
+    return state
+
+
+def load_llada(path: str | Path, device=None, dtype=None) -> LLaDAModel:
+    """Build a LLaDA folder's model on `device` (default CUDA if any, else CPU) in `dtype` (default bf16 on
+    CUDA, fp32 on CPU), after checking keys, shapes and memory from the safetensors headers."""
+    path = Path(path)
+    file = path / "config.json"
+    config = json.loads(file.read_text())
+    backbone = backbone_config(config, file)
+    tokenizer = load_tokenizer(path)
+    ids = special_ids(config, tokenizer, backbone.vocab_size, file)
+    device = resolve_device(device)
+    dtype = pick_dtype(device, dtype)
+    weights = SafetensorsFolder(path)
+    check_weights(weights, backbone)
+    check_memory(weights.num_elements(), device, dtype, str(path))
+    with torch.device("meta"):  # no allocation, no random init: every parameter is assigned below
+        model = LLaDAModel(LLaDAConfig(backbone=backbone, **ids), tokenizer)
+    try:
+        state = _mapped_state(weights, backbone, device, dtype)
+    finally:
+        weights.close()
+    model.load_state_dict(state, strict=True, assign=True)
+    if backbone.tie_embeddings:
+        model.backbone.head.weight = model.backbone.embed.weight
+    rotary = Rotary(backbone.d_model // backbone.n_heads, backbone.max_seq_len, backbone.rope_theta)
+    model.backbone.rotary = rotary.to(device=device, dtype=dtype)  # non-persistent buffers, rebuilt off meta
+    model.name = path.name
+    model.checkpoint_info = config
+    template = path / "tokenizer_config.json"
+    if template.is_file():
+        try:
+            model.chat_template = json.loads(template.read_text()).get("chat_template")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{template}: not valid JSON ({err})") from None
+    return model.eval().requires_grad_(False)
+
+
+def chat_prompt(model, text: str, system: str | None = None) -> str:
+    """`text` as one user turn in the model's chat template (tokenizer_config.json), ready for generation;
+    `text` unchanged when the folder has no template. Rendered in Jinja's sandbox (no code from the folder runs)."""
+    template = getattr(model, "chat_template", None)
+    if not template:
+        return text
+    if isinstance(template, list):  # [{"name": ..., "template": ...}, ...]: use the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    tok = model.tokenizer
+
+    def name(token_id):
+        return tok.id_to_token(token_id) if token_id is not None else None
+
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True,
+                                            bos_token=name(model.bos_id) or "", eos_token=name(model.eos_id) or "")

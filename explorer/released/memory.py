@@ -1,0 +1,182 @@
+"""Memory-aware reading of released safetensors folders: lazy (memory-mapped) tensors, never a pickle.
+
+A released folder holds `model.safetensors`, or shards listed by `model.safetensors.index.json`
+(`{"weight_map": {key: shard file}}`). `SafetensorsFolder` reads only the headers up front (key
+names, shapes, dtypes), so a loader can check keys and shapes and estimate memory before a single
+weight is read; `tensor(key)` then reads one tensor at a time. `check_memory` refuses, before any
+weight is read, when the estimate does not fit what the device has available.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # weight files that would need unpickling
+GiB = 1024 ** 3
+MARGIN = 0.10  # fraction added to the weights' bytes for activations, the rotary table and allocator slack
+OVERHEAD = 0.25 * GiB  # fixed bytes added on top (the interpreter, the tokenizer, small buffers)
+
+
+class NotEnoughMemory(MemoryError):
+    """The estimate of what loading needs exceeds what the device has available."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a torch.device; None = the first CUDA device when there is one, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(device: torch.device, dtype: torch.dtype | str | None = None) -> torch.dtype:
+    """`dtype` when given (a torch.dtype or its name, e.g. "bfloat16"); else bf16 on CUDA (where it is
+    supported), fp32 elsewhere (CPU matmuls in half precision are slow and inexact)."""
+    if dtype is None:
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+            raise ValueError(f"dtype must be a floating torch dtype such as 'float32' or 'bfloat16', got {dtype!r}")
+        return resolved
+    return dtype
+
+
+def bytes_per_element(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def estimate_bytes(n_params: int, dtype: torch.dtype) -> int:
+    """Bytes the loaded model is expected to need: parameters x bytes per element, plus MARGIN and OVERHEAD."""
+    return int(n_params * bytes_per_element(dtype) * (1 + MARGIN) + OVERHEAD)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory of `device` in bytes: free GPU memory on CUDA, available RAM elsewhere (psutil when
+    installed, else MemAvailable of /proc/meminfo); None when it cannot be told (no check is made then)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        return int(psutil.virtual_memory().available)
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    return None
+
+
+def check_memory(n_params: int, device: torch.device, dtype: torch.dtype, what: str) -> int:
+    """Raise NotEnoughMemory when `n_params` parameters in `dtype` would not fit `device`; return the estimate."""
+    needed = estimate_bytes(n_params, dtype)
+    free = available_bytes(device)
+    if free is not None and needed > free:
+        other = "device='cuda'" if device.type == "cpu" else "device='cpu'"
+        smaller = "dtype='bfloat16'" if bytes_per_element(dtype) > 2 else "a machine with more memory"
+        raise NotEnoughMemory(
+            f"{what}: {n_params / 1e9:.2f}B parameters in {str(dtype).removeprefix('torch.')} need about "
+            f"{needed / GiB:.1f} GiB, {free / GiB:.1f} GiB available on {device}; pass {other} or {smaller}"
+        )
+    return needed
+
+
+def reject_pickles(folder: Path) -> None:
+    """Raise naming the pickle weight files of a folder that has no safetensors weights (they are never loaded)."""
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if pickles:
+        raise ValueError(
+            f"{folder / pickles[0]}: pickle weight files ({', '.join(pickles)}) are never loaded (unpickling runs "
+            "arbitrary code); convert them to model.safetensors or download the safetensors release"
+        )
+    raise FileNotFoundError(f"{folder / SINGLE}: missing weights (no {SINGLE} and no {INDEX})")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: Path  # the safetensors file that holds the tensor
+    shape: tuple[int, ...]  # as stored
+    dtype: str  # safetensors dtype name as stored, e.g. "BF16"
+
+
+class SafetensorsFolder:
+    """The weights of a folder, headers only until `tensor(key)` reads one (memory-mapped, lazily)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.tensors: dict[str, TensorInfo] = {}  # key -> where it is and what it looks like
+        self._handles: dict[Path, object] = {}  # open safe_open handles, one per file
+        index, single = self.folder / INDEX, self.folder / SINGLE
+        if index.is_file():
+            self._read_index(index)
+        elif single.is_file():
+            for key, info in self._headers(single).items():
+                self.tensors[key] = info
+        else:
+            reject_pickles(self.folder)
+
+    def _read_index(self, index: Path) -> None:
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{index}: not a safetensors index (needs a 'weight_map' object; {err!r})") from None
+        by_file: dict[str, list[str]] = {}
+        for key, name in weight_map.items():
+            by_file.setdefault(name, []).append(key)
+        for name, keys in sorted(by_file.items()):
+            shard = self.folder / name
+            if not shard.is_file():
+                raise FileNotFoundError(f"{shard}: missing shard (listed in {index.name} for {len(keys)} tensors)")
+            headers = self._headers(shard)
+            absent = sorted(set(keys) - set(headers))
+            if absent:
+                raise ValueError(f"{shard}: shard is missing {len(absent)} tensors that {index.name} assigns to it: "
+                                 f"{absent[:5]}")
+            for key in keys:
+                self.tensors[key] = headers[key]
+
+    def _handle(self, file: Path):
+        if file not in self._handles:
+            try:
+                self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
+            except (SafetensorError, OSError, ValueError) as err:
+                raise ValueError(f"{file}: corrupt or truncated safetensors file ({err})") from None
+        return self._handles[file]
+
+    def _headers(self, file: Path) -> dict[str, TensorInfo]:
+        handle = self._handle(file)
+        infos = {}
+        for key in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
+            piece = handle.get_slice(key)
+            infos[key] = TensorInfo(file, tuple(piece.get_shape()), piece.get_dtype())
+        return infos
+
+    def num_elements(self) -> int:
+        return sum(math.prod(info.shape) for info in self.tensors.values())
+
+    def tensor(self, key: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Read one tensor (memory-mapped) and move it to `device` in `dtype`."""
+        info = self.tensors[key]
+        try:
+            tensor = self._handle(info.file).get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{info.file}: cannot read {key} ({err})") from None
+        return tensor.to(device=device, dtype=dtype)
+
+    def close(self) -> None:
+        self._handles.clear()

@@ -1,0 +1,219 @@
+"""Dream-7B loader on a tiny random Qwen2-shaped Dream folder: logits match transformers, bidirectional, samples."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from explorer.released.dream import DreamModel, is_dream, load_dream, qwen2_config
+from explorer.sampling import generate
+from explorer.train import SHIPPED_TOKENIZER
+
+VOCAB = 2056  # the shipped tokenizer's 2048 tokens plus padded head rows, as Dream pads 151667 -> 152064
+MASK = 3  # "[MASK]" in the shipped tokenizer
+
+
+def dream_config(**overrides) -> dict:
+    """config.json with Dream's field names (Dream-v0-Base-7B's layout, tiny sizes)."""
+    config = {
+        "architectures": ["DreamModel"],
+        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+        "model_type": "Dream",
+        "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "mask_token_id": MASK,
+        "hidden_act": "silu", "hidden_size": 32, "intermediate_size": 64, "initializer_range": 0.02,
+        "max_position_embeddings": 4096, "max_window_layers": 2, "num_attention_heads": 4, "num_hidden_layers": 2,
+        "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_scaling": None, "rope_theta": 1000000.0,
+        "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "float32", "use_cache": False,
+        "use_sliding_window": False, "vocab_size": VOCAB,
+    }
+    return config | overrides
+
+
+def reference_network(config: dict, seed: int = 0):
+    """A randomly initialised transformers Qwen2ForCausalLM (biases and norms randomised too)."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    network = Qwen2ForCausalLM(qwen2_config(config)).eval()
+    with torch.no_grad():
+        for name, p in network.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return network
+
+
+def write_folder(path, config: dict, network, shards: int = 1):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    shutil.copy(SHIPPED_TOKENIZER, path / "tokenizer.json")
+    state = {k: v.detach().contiguous().clone() for k, v in network.state_dict().items()}
+    if config.get("tie_word_embeddings"):
+        state.pop("lm_head.weight")
+    if shards == 1:
+        save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+        return path
+    keys = sorted(state)
+    weight_map = {}
+    for i in range(shards):
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = keys[i::shards]
+        save_file({k: state[k] for k in part}, str(path / name), metadata={"format": "pt"})
+        weight_map |= {k: name for k in part}
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return path
+
+
+def reference_logits(network, ids: torch.Tensor) -> torch.Tensor:
+    """transformers' own logits with a 4-D all-zeros float mask (full attention), shifted right by one."""
+    B, L = ids.shape
+    zeros = torch.zeros(B, 1, L, L)
+    with torch.no_grad():
+        logits = network(input_ids=ids, attention_mask={"full_attention": zeros}).logits
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
+@pytest.fixture(scope="module")
+def dream_folder(tmp_path_factory):
+    config = dream_config()
+    network = reference_network(config)
+    return write_folder(tmp_path_factory.mktemp("dream") / "Dream-tiny", config, network), network
+
+
+@pytest.fixture(scope="module")
+def dream(dream_folder):
+    return load_dream(dream_folder[0])
+
+
+def test_is_dream():
+    assert is_dream(dream_config())
+    assert is_dream({"architectures": ["DreamModel"]})
+    assert not is_dream({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]})
+    assert not is_dream({"family": "mdlm", "model": {}})
+
+
+def test_interface(dream):
+    assert isinstance(dream, DreamModel) and dream.family == "mdlm"
+    assert dream.mask_id == MASK and dream.bos_id == 1 and dream.eos_id == 2
+    assert dream.max_seq_len == 2048 and dream.config.backbone.d_model == 32
+    assert dream.name == "Dream-tiny" and str(dream.device) == "cpu"
+    assert dream.num_parameters() == sum(p.numel() for p in dream.network.parameters())
+    assert not dream.training
+
+
+def test_logits_match_transformers(dream, dream_folder):
+    _, network = dream_folder
+    ids = torch.randint(4, 2048, (2, 12))
+    ids[:, 5:9] = MASK
+    expected = reference_logits(network, ids)  # (B, L, V)
+    with torch.no_grad():
+        raw = dream.raw_logits(ids)
+        denoiser, hidden = dream.denoiser_logits(ids, return_hidden=True)
+        subs = dream(ids)
+    assert raw.shape == (2, 12, VOCAB) and hidden.shape == (2, 12, 32)
+    torch.testing.assert_close(raw, expected, atol=1e-5, rtol=1e-5)
+    # the mask token and the padded rows past the tokenizer are excluded; the rest is unchanged
+    assert torch.isneginf(denoiser[..., MASK]).all() and torch.isneginf(denoiser[..., 2048:]).all()
+    keep = torch.ones(VOCAB, dtype=torch.bool)
+    keep[MASK] = False
+    keep[2048:] = False
+    torch.testing.assert_close(denoiser[..., keep], expected[..., keep], atol=1e-5, rtol=1e-5)
+    # SUBS: masked positions carry the denoiser's logits, unmasked ones their own token with logit 0
+    torch.testing.assert_close(subs[:, 5:9], denoiser[:, 5:9])
+    assert (subs[:, :5].argmax(-1) == ids[:, :5]).all() and (subs.gather(-1, ids[..., None]) [:, :5] == 0).all()
+    # the transformers default (causal) differs: the test can tell the two apart
+    with torch.no_grad():
+        causal = network(input_ids=ids).logits
+    causal = torch.cat([causal[:, :1], causal[:, :-1]], dim=1)
+    assert not torch.allclose(causal[:, :6], expected[:, :6], atol=1e-3)
+
+
+def test_bidirectional(dream):
+    ids = torch.randint(4, 2048, (1, 10))
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1 - 4) % 2044 + 4  # a different ordinary token at the last position
+    with torch.no_grad():
+        a, ha = dream.raw_logits(ids, return_hidden=True)
+        b, hb = dream.raw_logits(changed, return_hidden=True)
+    assert not torch.allclose(ha[0, 0], hb[0, 0], atol=1e-6)  # the first position sees the last token
+    assert not torch.allclose(a[0, 1], b[0, 1], atol=1e-6)  # logits at 1 come from position 0
+    torch.testing.assert_close(a[0, 0], a[0, 1])  # shift: position 0 repeats its own (position 0's) logits
+
+
+def test_sampler_runs(dream):
+    trace = generate(dream, "ROMEO:", "low_confidence", 0, record="full", gen_length=8, steps=8)
+    final = trace.frames[-1].tokens
+    assert len(final) == 8 and MASK not in final and max(final) < 2048
+    assert trace.model["family"] == "mdlm" and trace.stats["nfe"] == 8
+
+
+def test_fast_dllm_cache_refused(dream):
+    with pytest.raises(NotImplementedError, match="Dream"):
+        generate(dream, "ROMEO:", "low_confidence", 0, gen_length=8, steps=8, cache="prefix")
+
+
+def test_sharded_and_tied(tmp_path, dream_folder):
+    config = dream_config(tie_word_embeddings=True)
+    network = reference_network(config, seed=1)
+    assert network.lm_head.weight.data_ptr() == network.model.embed_tokens.weight.data_ptr()
+    folder = write_folder(tmp_path / "sharded", config, network, shards=3)
+    model = load_dream(folder)
+    ids = torch.randint(4, 2048, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model.raw_logits(ids), reference_logits(network, ids), atol=1e-5, rtol=1e-5)
+    assert model.network.lm_head.weight is model.network.model.embed_tokens.weight
+
+
+def test_bfloat16(dream_folder):
+    model = load_dream(dream_folder[0], dtype=torch.bfloat16)
+    assert model.network.model.embed_tokens.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        logits = model(torch.randint(4, 2048, (1, 6)))
+    assert logits.dtype == torch.float32
+
+
+def test_missing_shard_named(tmp_path):
+    config = dream_config()
+    folder = write_folder(tmp_path / "sharded", config, reference_network(config), shards=2)
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model-00002-of-00002.safetensors"):
+        load_dream(folder)
+
+
+def test_pickle_refused_without_unpickling(tmp_path, monkeypatch):
+    folder = tmp_path / "bin-only"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(dream_config()))
+    shutil.copy(SHIPPED_TOKENIZER, folder / "tokenizer.json")
+    (folder / "pytorch_model.bin").write_bytes(b"not a pickle")
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    with pytest.raises(ValueError, match="pytorch_model.bin.*refused"):
+        load_dream(folder)
+
+
+def test_clear_errors(tmp_path, dream_folder):
+    folder = tmp_path / "bad"
+    shutil.copytree(dream_folder[0], folder)
+    (folder / "config.json").write_text(json.dumps(dream_config(model_type="qwen2", architectures=["Qwen2"])))
+    with pytest.raises(ValueError, match="config.json: not a Dream config"):
+        load_dream(folder)
+    (folder / "config.json").write_text(json.dumps(dream_config(num_hidden_layers=3)))
+    with pytest.raises(ValueError, match="model.safetensors: missing keys"):
+        load_dream(folder)
+    (folder / "config.json").write_text(json.dumps(dream_config(mask_token_id=5000)))
+    with pytest.raises(ValueError, match="mask_token_id 5000"):
+        load_dream(folder)
+    (folder / "config.json").write_text(json.dumps(dream_config(intermediate_size=48)))
+    with pytest.raises(ValueError, match="mlp.*has shape"):
+        load_dream(folder)
+    (folder / "model.safetensors").write_bytes(b"truncated")
+    (folder / "config.json").write_text(json.dumps(dream_config()))
+    with pytest.raises(ValueError, match="model.safetensors: corrupt"):
+        load_dream(folder)
