@@ -334,6 +334,15 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
               edit_view=edit_view)
 
 
+def rerun_on_release(*args, request: gr.Request = None):
+    """A slider was released: re-run (the inputs of `generate`) when the last input, the "re-run when a slider is
+    released" box, is ticked; otherwise leave the page as it is."""
+    if not args[-1]:
+        yield Outputs()()
+        return
+    yield from generate(*args[:-1], request=request)
+
+
 class Outputs:
     """The outputs of /generate, /resume and /load_trace in order; the ones not given are left as they are."""
 
@@ -771,13 +780,8 @@ def build_demo(roots: list[Path] | None = None) -> gr.Blocks:
         runs = {"concurrency_id": "runs", "concurrency_limit": RUN_CONCURRENCY}
         generation = run.click(generate, run_inputs, run_outputs, api_name="generate", **runs)
 
-        def auto_generate(*args, request: gr.Request = None):
-            if not args[-1]:
-                return
-            yield from generate(*args[:-1], request=request)
-
         for slider in (gen_length, steps, block_length, n_runs, temperature):
-            slider.release(auto_generate, run_inputs + [auto], run_outputs, api_name=False, **runs)
+            slider.release(rerun_on_release, run_inputs + [auto], run_outputs, api_name=False, **runs)
         shown = [view, plot, step, latent_view, latent_step, latent_plot, edit_view, multiples]
         scrub = [session, step, color_by, method, source]
         free = {"concurrency_limit": None}  # replay never waits behind a generation

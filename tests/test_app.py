@@ -250,6 +250,15 @@ def test_load_a_trace_written_by_the_cli_and_a_bad_file(client, tmp_path):
     assert "could not load the trace" in error and "schema" in error, error
 
 
+def test_releasing_a_slider_reruns_only_when_asked():
+    from app import rerun_on_release
+
+    (untouched,) = list(rerun_on_release(*args(gen_length=8, steps=8, block_length=8), False))
+    assert all(type(value).__name__ == "dict" and value.get("__type__") == "update" for value in untouched)
+    *_, last = rerun_on_release(*args(gen_length=8, steps=8, block_length=8), True)
+    assert last[0].count('class="dlm-token"') == 8 and masks(last[0]) == 0
+
+
 def test_first_paint_is_a_precomputed_example_that_matches_its_checkpoint():
     import explorer
     from app import first_paint
