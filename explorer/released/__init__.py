@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from explorer.released.dit import is_dit_release, load_dit
 from explorer.released.dream import DreamModel, is_dream, load_dream
 from explorer.released.llada import LLaDAConfig, LLaDAModel, chat_prompt, is_llada, load_llada
 from explorer.released.memory import NotEnoughMemory, SafetensorsFolder, check_memory
@@ -30,6 +31,7 @@ def register(name: str, detector: Detector, loader: Loader) -> None:
 
 register("llada", is_llada, load_llada)
 register("dream", is_dream, load_dream)
+register("kuleshov-dit", is_dit_release, load_dit)  # MDLM / BD3-LM releases: refused, naming why
 
 
 def detect_layout(config: dict) -> str | None:
