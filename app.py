@@ -242,13 +242,18 @@ def slider_range(trace: Trace) -> dict:
 
 def family_controls(choice):
     """Show the family's samplers and knobs (calm: K, the algorithm, N head samples and a temperature in (0, 1]
-    instead of steps, blocks, cache and threshold); block diffusion sets the block size it was trained with."""
+    instead of steps, blocks, cache and threshold); block diffusion sets the block size it was trained with.
+    A released folder (LLaDA, Dream: no "family" in its config.json) gets the mdlm controls."""
     try:
         path = page().path(choice)
         config = read_config(path)
     except (ValueError, FileNotFoundError):
         return tuple(gr.skip() for _ in range(10))
-    family = config.get("family")
+    try:
+        family = family_at(path, config)
+    except ValueError as err:  # a config.json of no layout we know: say so rather than show no sampler
+        gr.Warning(str(err))
+        return tuple(gr.skip() for _ in range(10))
     choices = list(SAMPLERS.get(family, ()))
     calm = family == "calm"
     block, steps, temperature = {}, {}, {"minimum": 0, "maximum": 2, "info": TEMPERATURE_INFO}

@@ -34,9 +34,20 @@ def default_roots() -> list[Path]:
     return [CHECKPOINT_DIR]
 
 
+SHARD_INDEX = "model.safetensors.index.json"  # released checkpoints split into shards (LLaDA-8B, Dream-7B)
+
+
+def weights_at(folder: Path) -> Path | None:
+    """The file that says a folder holds weights: model.safetensors, else a shard index; None when neither."""
+    for name in (WEIGHTS, SHARD_INDEX):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def local_checkpoints(roots: list[Path], depth: int = 3) -> dict[str, Path]:
-    """{label: folder} of checkpoint folders (config.json + model.safetensors) up to `depth` levels below each root;
-    the label is the folder relative to its root's parent (e.g. `runs/mdlm-long`)."""
+    """{label: folder} of checkpoint folders (config.json + model.safetensors or a shard index) up to `depth`
+    levels below each root; the label is the folder relative to its root's parent (e.g. `runs/mdlm-long`)."""
     found = {}
     for root in roots:
         root = Path(root).resolve()
@@ -45,7 +56,7 @@ def local_checkpoints(roots: list[Path], depth: int = 3) -> dict[str, Path]:
         for level in range(1, depth + 1):
             for config in sorted(root.glob("/".join(["*"] * level) + "/config.json")):
                 folder = config.parent
-                if (folder / WEIGHTS).is_file() and folder.resolve().is_relative_to(root):  # no link out
+                if weights_at(folder) and folder.resolve().is_relative_to(root):  # no link out
                     found[str(folder.relative_to(root.parent))] = folder
     return found
 
@@ -66,13 +77,23 @@ def resolve_checkpoint(choice: str, roots: list[Path]) -> Path:
         raise ValueError(f"checkpoint folder {choice!r} is outside the allowed roots "
                          f"({', '.join(str(Path(r).resolve()) for r in roots)}); start the app with "
                          "--checkpoint-root DIR to allow another folder")
-    if not (path / "config.json").is_file() or not (path / WEIGHTS).is_file():
-        raise ValueError(f"checkpoint folder {choice!r} has no config.json and {WEIGHTS}")
+    if not (path / "config.json").is_file() or not weights_at(path):
+        raise ValueError(f"checkpoint folder {choice!r} has no config.json and {WEIGHTS} (or {SHARD_INDEX})")
     return path
 
 
-def family_at(path: Path) -> str | None:
-    return read_config(path).get("family")
+def family_at(path: Path, config: dict | None = None) -> str:
+    """The family of a checkpoint folder: config.json's "family", or "mdlm" for a released layout (LLaDA, Dream)
+    that `explorer.released` recognises; anything else is refused with the layouts it knows."""
+    config = read_config(path) if config is None else config
+    if "family" in config:
+        return config["family"]
+    from explorer.released import LAYOUTS, describe_architecture, detect_layout
+
+    if detect_layout(config) is None:
+        raise ValueError(f"{path / 'config.json'}: unknown architecture {describe_architecture(config)}; known "
+                         f"released layouts: {sorted(LAYOUTS)} (our own checkpoints carry a 'family' field)")
+    return "mdlm"  # every registered released layout is a masked diffusion LM
 
 
 class ModelCache:
@@ -84,7 +105,7 @@ class ModelCache:
         self.lock = threading.Lock()
 
     def get(self, path: Path):
-        stamp = (path / WEIGHTS).stat().st_mtime_ns
+        stamp = weights_at(path).stat().st_mtime_ns
         with self.lock:
             if path in self.models and self.models[path][0] == stamp:
                 return self.models[path][1]

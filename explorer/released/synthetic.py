@@ -1,0 +1,79 @@
+"""A tiny random LLaDA folder with the released file layout, key names and config.json fields, for tests, the
+notebook and trying the page without an 8B download. Its weights are random: what it generates is noise."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from explorer.train import SHIPPED_TOKENIZER
+
+D, LAYERS, HEADS, FF, THETA, EPS = 32, 2, 4, 48, 500000.0, 1e-5
+VOCAB, EMBED = 2048, 2112  # the shipped tokenizer's size; the embedding padded beyond it, like LLaDA's 126464
+MASK_ID, EOS_ID = 3, 2  # the shipped tokenizer's [MASK] and <eos>
+TEMPLATE = ("{% for m in messages %}<|start|>{{ m['role'] }}\n{{ m['content'] }}<|eot|>{% endfor %}"
+            "{% if add_generation_prompt %}<|start|>assistant\n{% endif %}")
+
+
+def released_config(**changes) -> dict:
+    """LLaDA-8B's config.json fields at a tiny size (`changes` override any of them)."""
+    config = {"architectures": ["LLaDAModelLM"], "model_type": "llada",
+              "auto_map": {"AutoModel": "modeling_llada.LLaDAModelLM"},  # remote code: never run
+              "d_model": D, "n_layers": LAYERS, "n_heads": HEADS, "n_kv_heads": HEADS, "mlp_ratio": 4,
+              "mlp_hidden_size": FF, "vocab_size": VOCAB, "embedding_size": EMBED, "rope_theta": THETA,
+              "rope": True, "rms_norm_eps": EPS, "layer_norm_type": "rms", "max_sequence_length": 64,
+              "block_type": "llama", "activation_type": "silu", "include_bias": False, "weight_tying": False,
+              "alibi": False, "attention_layer_norm": False, "scale_logits": False,
+              "mask_token_id": MASK_ID, "eos_token_id": EOS_ID, "pad_token_id": EOS_ID}
+    return config | changes
+
+
+def released_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights under LLaDA's released key names (`model.transformer.blocks.{i}.q_proj.weight`, ...)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.2):
+        return torch.randn(*shape, generator=g) * scale
+
+    p = "model.transformer."
+    tensors = {p + "wte.weight": rand(EMBED, D, scale=1.0), p + "ln_f.weight": 1 + rand(D),
+               p + "ff_out.weight": rand(EMBED, D)}
+    for i in range(LAYERS):
+        b = f"{p}blocks.{i}."
+        tensors |= {b + "attn_norm.weight": 1 + rand(D), b + "ff_norm.weight": 1 + rand(D),
+                    b + "q_proj.weight": rand(D, D), b + "k_proj.weight": rand(D, D), b + "v_proj.weight": rand(D, D),
+                    b + "attn_out.weight": rand(D, D), b + "ff_proj.weight": rand(FF, D),
+                    b + "up_proj.weight": rand(FF, D), b + "ff_out.weight": rand(D, FF)}
+    return tensors
+
+
+def write_folder(folder: str | Path, tensors: dict[str, torch.Tensor], config: dict | None = None,
+                 shards: int = 1) -> Path:
+    """Write `tensors` as a released folder: config.json, the shipped tokenizer, a chat template, and
+    model.safetensors (or `shards` files named in model.safetensors.index.json, like the 8B releases)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config or released_config()))
+    shutil.copy(SHIPPED_TOKENIZER, folder / "tokenizer.json")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": TEMPLATE}))
+    if shards == 1:
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return folder
+    keys = sorted(tensors)
+    weight_map = {}
+    for s in range(shards):
+        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = keys[s::shards]
+        save_file({k: tensors[k] for k in part}, str(folder / name), metadata={"format": "pt"})
+        weight_map |= {k: name for k in part}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+def write_tiny_llada(folder: str | Path, seed: int = 0, shards: int = 1) -> Path:
+    """A tiny random LLaDA-layout folder at `folder` (about 1 MB; `explorer.load(folder)` reads it)."""
+    return write_folder(folder, released_tensors(seed), shards=shards)

@@ -1,0 +1,101 @@
+"""The explorer page on a released checkpoint folder (a tiny random LLaDA under an allowed root), driven in process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from explorer.released.synthetic import (
+    MASK_ID,
+    released_config,
+    released_tensors,
+    write_folder,
+    write_tiny_llada,
+)
+from explorer.webapp import family_at, local_checkpoints, resolve_checkpoint
+
+OUTPUTS = ("view", "stats", "error", "plot", "step", "session", "multiples", "latent_view", "latent_step", "latent",
+           "edit_view")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("released-root") / "released"
+    write_tiny_llada(root / "LLaDA-tiny")
+    write_tiny_llada(root / "LLaDA-sharded", shards=2)
+    write_folder(root / "Mystery", released_tensors(), config={"architectures": ["MysteryLM"], "hidden_size": 32})
+    (root / "no-weights").mkdir()
+    (root / "no-weights" / "config.json").write_text(json.dumps(released_config()))
+    return root
+
+
+@pytest.fixture(scope="module")
+def page(root):
+    """build_demo(roots=[root]) makes `root` the page's only allowed root; the previous page is put back after."""
+    import app
+
+    before = app.PAGE
+    app.build_demo(roots=[root])
+    yield app.page()
+    app.PAGE = before
+
+
+def run(label: str, sampler: str, **changes) -> dict:
+    """The last output of the page's /generate on `label`, by output name."""
+    from app import generate
+
+    knobs = {"prompt": "ROMEO:", "sampler": sampler, "gen_length": 8, "steps": 8, "block_length": 8,
+             "temperature": 0.0, "threshold": 0.9, "seed": 0, "color_by": "confidence", "cache": "none", "n": 1,
+             "cfg_scale": 0.0, "constraints": ""}
+    *_, last = generate(label, *(knobs | changes).values())
+    return dict(zip(OUTPUTS, last))
+
+
+def test_released_folders_are_listed_and_resolved(root):
+    found = local_checkpoints([root])
+    assert set(found) == {"released/LLaDA-tiny", "released/LLaDA-sharded", "released/Mystery"}  # weights or index
+    assert resolve_checkpoint("released/LLaDA-sharded", [root]) == (root / "LLaDA-sharded").resolve()
+    with pytest.raises(ValueError, match="no config.json and model.safetensors"):
+        resolve_checkpoint(str(root / "no-weights"), [root])
+
+
+def test_family_of_a_released_folder_is_mdlm_and_unknown_layouts_are_named(root):
+    assert family_at(root / "LLaDA-tiny") == family_at(root / "LLaDA-sharded") == "mdlm"
+    assert family_at(root, {"family": "bd3lm"}) == "bd3lm"
+    with pytest.raises(ValueError, match=r"unknown architecture \['MysteryLM'\]; known released layouts"):
+        family_at(root / "Mystery")
+
+
+def test_family_controls_show_the_masked_samplers(page):
+    from app import family_controls
+
+    label = "released/LLaDA-tiny"
+    assert label in page.choices()
+    sampler, cache, block, steps, *_rest, cfg, constraints = family_controls(label)
+    assert sampler["choices"][0] == "low_confidence" and "threshold" in sampler["choices"]
+    assert cache["value"] == "none" and block["visible"] and steps["visible"] and "value" not in block
+    assert cfg["visible"] and constraints["visible"]
+    with pytest.warns(UserWarning, match=r"unknown architecture \['MysteryLM'\]"):
+        assert all(out == {"__type__": "update"} for out in family_controls("released/Mystery"))
+
+
+@pytest.mark.parametrize("sampler", ["low_confidence", "threshold"])
+def test_generate_on_a_released_folder_records_a_trace(page, sampler):
+    out = run("released/LLaDA-tiny", sampler)
+    assert "Cannot do that" not in out["error"], out["error"]
+    assert out["view"].count('class="dlm-token"') == 8 and "dlm-mask" not in out["view"]
+    trace = out["session"].trace
+    assert trace.model["family"] == "mdlm" and trace.model["name"] == "LLaDA-tiny"
+    assert trace.sampler["name"] == sampler and trace.sampler["record"] == "full"
+    assert len(trace.frames) >= 2 and len(trace.frames[-1].tokens) == 8 and MASK_ID not in trace.frames[-1].tokens
+    assert trace.frames[-1].confidence is not None and "LLaDA-tiny (mdlm)" in out["stats"]
+
+
+def test_generate_on_a_sharded_folder_and_an_unknown_layout(page):
+    out = run("released/LLaDA-sharded", "low_confidence")
+    assert "Cannot do that" not in out["error"] and out["view"].count('class="dlm-token"') == 8
+    with pytest.warns(UserWarning):
+        out = run("released/Mystery", "low_confidence")
+    assert "Cannot do that" in out["error"] and "unknown architecture" in out["error"]
