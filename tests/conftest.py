@@ -35,6 +35,16 @@ def tokenizer():
 
 
 @pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A small text file (3,000 short lines) for training tests with `--corpus`."""
+    folder = tmp_path_factory.mktemp("corpus")
+    lines = [f"{'Ay' if i % 3 else 'Nay'}, my lord, the {i % 7}th watch is {'cold' if i % 2 else 'late'}.\n"
+             for i in range(3000)]
+    (folder / "play.txt").write_text("".join(lines))
+    return folder / "play.txt"
+
+
+@pytest.fixture(scope="session")
 def tiny_mdlm(tokenizer):
     torch.manual_seed(0)
     return MDLMModel(MDLMConfig(backbone=tiny_backbone("bidirectional")), tokenizer).eval()

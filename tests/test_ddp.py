@@ -19,15 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LOSS_TOL, WEIGHT_TOL = 1e-4, 1e-5
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    lines = [f"{'Ay' if i % 3 else 'Nay'}, my lord, the {i % 7}th watch is {'cold' if i % 2 else 'late'}.\n"
-             for i in range(3000)]
-    (folder / "play.txt").write_text("".join(lines))
-    return folder / "play.txt"
-
-
 def knobs(corpus, family, dropout, **extra) -> dict:
     return {"family": family, "steps": 12, "d_model": 32, "n_layers": 1, "batch_size": 8, "seq_len": 32,
             "save_every": 6, "eval_every": 12, "warmup": 3, "dropout": dropout, "corpus": str(corpus)} | extra

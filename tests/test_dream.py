@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from explorer.released.dream import DreamModel, is_dream, load_dream, qwen2_config
+from explorer.released.synthetic import save_weights
 from explorer.sampling import generate
 from explorer.train import SHIPPED_TOKENIZER
 
@@ -53,17 +53,7 @@ def write_folder(path, config: dict, network, shards: int = 1):
     state = {k: v.detach().contiguous().clone() for k, v in network.state_dict().items()}
     if config.get("tie_word_embeddings"):
         state.pop("lm_head.weight")
-    if shards == 1:
-        save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-        return path
-    keys = sorted(state)
-    weight_map = {}
-    for i in range(shards):
-        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = keys[i::shards]
-        save_file({k: state[k] for k in part}, str(path / name), metadata={"format": "pt"})
-        weight_map |= {k: name for k in part}
-    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    save_weights(state, path, shards)
     return path
 
 

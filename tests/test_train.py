@@ -15,15 +15,6 @@ from explorer.train import TrainConfig, lr_at, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    lines = [f"{'Ay' if i % 3 else 'Nay'}, my lord, the {i % 7}th watch is {'cold' if i % 2 else 'late'}.\n"
-             for i in range(3000)]
-    (folder / "play.txt").write_text("".join(lines))
-    return folder / "play.txt"
-
-
 def tiny_args(corpus, out, steps):
     return ["--family", "ar", "--out", str(out), "--steps", str(steps), "--d-model", "32", "--n-layers", "1",
             "--batch-size", "4", "--seq-len", "32", "--save-every", "10", "--eval-every", "50", "--warmup", "5",

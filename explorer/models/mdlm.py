@@ -37,6 +37,14 @@ def mask_tokens(x0: torch.Tensor, t: torch.Tensor, mask_id: int, generator=None)
     return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
 
 
+def subs_logits(logits: torch.Tensor, x_t: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """SUBS (B, L, V): masked positions keep the denoiser's logits; unmasked ones carry over (logit 0 for the
+    input token, -inf elsewhere)."""
+    unmasked = (x_t != mask_id)[..., None]  # (B, L, 1)
+    carry = torch.full_like(logits, float("-inf")).scatter(-1, x_t[..., None], 0.0)
+    return torch.where(unmasked, carry, logits)
+
+
 class MDLMModel(LanguageModel):
     family = "mdlm"
     config_class = MDLMConfig
@@ -53,9 +61,7 @@ class MDLMModel(LanguageModel):
         """SUBS logits (B, L, V): masked positions get the denoiser's logits; unmasked ones carry over
         (logit 0 for the input token, -inf elsewhere)."""
         logits, hidden = self.denoiser_logits(x_t, return_hidden=True)
-        unmasked = (x_t != self.mask_id)[..., None]  # (B, L, 1)
-        carry = torch.full_like(logits, float("-inf")).scatter(-1, x_t[..., None], 0.0)
-        logits = torch.where(unmasked, carry, logits)
+        logits = subs_logits(logits, x_t, self.mask_id)
         return (logits, hidden) if return_hidden else logits
 
     def loss(self, batch: torch.Tensor, generator: torch.Generator | None = None, t: torch.Tensor | None = None) -> dict:

@@ -9,13 +9,19 @@ a layout, write `detect(config: dict) -> bool` and `load(path, device=None, dtyp
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
+from explorer.models.base import read_config
 from explorer.released.dit import is_dit_release, load_dit
 from explorer.released.dream import DreamModel, is_dream, load_dream
-from explorer.released.llada import LLaDAConfig, LLaDAModel, chat_prompt, is_llada, load_llada
+from explorer.released.llada import (
+    LLaDAConfig,
+    LLaDAModel,
+    chat_prompt,
+    is_llada,
+    load_llada,
+)
 from explorer.released.memory import NotEnoughMemory, SafetensorsFolder, check_memory
 
 Detector = Callable[[dict], bool]  # config.json as a dict -> is this layout
@@ -50,13 +56,7 @@ def load_released(path: str | Path, device=None, dtype=None, config: dict | None
     """Load a released checkpoint folder with the loader of its detected layout."""
     path = Path(path)
     file = path / "config.json"
-    if config is None:
-        if not file.is_file():
-            raise FileNotFoundError(f"{file}: missing config.json")
-        try:
-            config = json.loads(file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{file}: not valid JSON ({err})") from None
+    config = read_config(path) if config is None else config
     name = detect_layout(config)
     if name is None:
         raise ValueError(f"{file}: unknown architecture {describe_architecture(config)}; known released layouts: "

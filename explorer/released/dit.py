@@ -22,15 +22,16 @@ It never unpickles anything and never runs the release's remote code.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from explorer.models.base import read_config
+from explorer.released.memory import PICKLE_SUFFIXES
 
 DIT_MODEL_TYPES = {"mdlm": "MDLM", "bd3lm": "BD3-LM"}
 DIT_ARCHITECTURES = {"MDLM": "MDLM", "BD3LM": "BD3-LM"}
 DIT_REMOTE_FILES = ("configuration_mdlm", "modeling_mdlm", "configuration_bd3lm", "modeling_bd3lm")
 DIT_FIELDS = ("hidden_dim", "cond_dim", "n_blocks", "n_heads", "model_length")  # the backbone's shape fields
 BD3LM_FIELDS = ("block_size", "cross_attn", "adaln", "attn_backend", "var_min")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SUPPORTED = "supported released layouts: llada, dream"
 
 
@@ -105,12 +106,7 @@ def load_dit(path, device=None, dtype=None):
             for child in sorted(path.iterdir()):
                 if child.is_file():
                     refuse_pickle(child)
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: missing config.json")
-    try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file}: not valid JSON ({err})") from None
+    config = read_config(file.parent)
     if not is_dit_release(config):
         raise ValueError(f"{file}: not an MDLM / BD3-LM release ({_identifying_fields(config)})")
     raise ValueError(unsupported_message(file, config))

@@ -6,20 +6,26 @@ predicts position i from the hidden state at i - 1, so its logits are shifted ri
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from tokenizers import Tokenizer
 from torch import nn
 
+from explorer.models.base import read_config
+from explorer.models.mdlm import subs_logits
+from explorer.released.memory import (
+    INDEX,
+    SINGLE,
+    SafetensorsFolder,
+    check_memory,
+    pick_dtype,
+    resolve_device,
+)
+
 DREAM_MASK_ID = 151666
 DREAM_CONTEXT = 2048  # tokens Dream was trained on (its config allows far more RoPE positions)
-SINGLE = "model.safetensors"
-INDEX = "model.safetensors.index.json"
-PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 BEGIN_OF_TEXT = "<|beginoftext|>"  # Dream's bos token
 END_OF_TEXT = "<|endoftext|>"
 
@@ -175,74 +181,29 @@ class DreamModel(nn.Module):
         """SUBS logits (B, L, V): masked positions get the denoiser's logits; unmasked ones carry over
         (logit 0 for the input token, -inf elsewhere)."""
         logits, hidden = self.denoiser_logits(x_t, return_hidden=True)
-        unmasked = (x_t != self.mask_id)[..., None]  # (B, L, 1)
-        carry = torch.full_like(logits, float("-inf")).scatter(-1, x_t[..., None], 0.0)
-        logits = torch.where(unmasked, carry, logits)
+        logits = subs_logits(logits, x_t, self.mask_id)
         return (logits, hidden) if return_hidden else logits
 
 
-def weight_files(path: Path) -> dict[str, Path]:
-    """{tensor name: safetensors file} of a folder (single file or sharded with an index); refuses pickles."""
-    if (path / INDEX).is_file():
-        index_file = path / INDEX
-        try:
-            weight_map = json.loads(index_file.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{index_file}: not a valid safetensors index ({err!r})") from None
-        files = {key: path / name for key, name in weight_map.items()}
-        for shard in sorted(set(files.values())):
-            if not shard.is_file():
-                raise FileNotFoundError(f"{shard}: shard listed in {index_file} is missing")
-        return files
-    if (path / SINGLE).is_file():
-        with _open(path / SINGLE) as f:
-            return {key: path / SINGLE for key in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
-    pickles = [p.name for p in sorted(path.glob("*.bin"))] + [p for p in PICKLES if (path / p).is_file()]
-    if pickles:
-        raise ValueError(f"{path / min(pickles)}: pickle weights are refused (they can run code); "
-                         "convert the checkpoint to safetensors")
-    raise FileNotFoundError(f"{path}: no {SINGLE} or {INDEX}")
-
-
-def _open(file: Path):
-    try:
-        return safe_open(str(file), framework="pt", device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{file}: corrupt or truncated safetensors file ({err})") from None
-
-
-def load_weights(network: nn.Module, path: Path, device, dtype: torch.dtype) -> None:
+def load_weights(network: nn.Module, weights: SafetensorsFolder, device, dtype: torch.dtype) -> None:
     """Fill a meta-device network tensor by tensor (peak host memory: one tensor), checking names and shapes."""
-    files = weight_files(path)
     expected = network.state_dict()  # meta tensors: names and shapes only
+    stored = dict(weights.tensors)
     tied = network.config.tie_word_embeddings
     if tied:
         expected.pop("lm_head.weight", None)
-        files.pop("lm_head.weight", None)
-    missing = sorted(set(expected) - set(files))
-    unexpected = sorted(set(files) - set(expected))
-    where = path / (INDEX if (path / INDEX).is_file() else SINGLE)
+        stored.pop("lm_head.weight", None)
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    where = weights.folder / (INDEX if (weights.folder / INDEX).is_file() else SINGLE)
     if missing or unexpected:
         raise ValueError(f"{where}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]} "
                          "(not a Dream / Qwen2 checkpoint?)")
-    by_file: dict[Path, list[str]] = {}
-    for key, file in files.items():
-        by_file.setdefault(file, []).append(key)
-    for file, keys in sorted(by_file.items()):
-        if not file.is_file():
-            raise FileNotFoundError(f"{file}: shard listed in {where} is missing")
-        state = {}
-        with _open(file) as f:
-            for key in keys:
-                try:
-                    tensor = f.get_tensor(key)
-                except (SafetensorError, OSError, ValueError) as err:
-                    raise ValueError(f"{file}: cannot read {key} ({err})") from None
-                if tensor.shape != expected[key].shape:
-                    raise ValueError(f"{file}: {key} has shape {tuple(tensor.shape)}, "
-                                     f"expected {tuple(expected[key].shape)}")
-                state[key] = tensor.to(device=device, dtype=dtype)
-        network.load_state_dict(state, strict=False, assign=True)
+    for key, info in stored.items():
+        if info.shape != tuple(expected[key].shape):
+            raise ValueError(f"{info.file}: {key} has shape {info.shape}, expected {tuple(expected[key].shape)}")
+    for key in sorted(stored):
+        network.load_state_dict({key: weights.tensor(key, device, dtype)}, strict=False, assign=True)
     if tied:
         network.lm_head.weight = network.model.embed_tokens.weight
 
@@ -263,21 +224,15 @@ def load_dream(path: str | Path, device=None, dtype: torch.dtype | None = None) 
 
     path = Path(path)
     config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file}: missing config.json")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file}: not valid JSON ({err})") from None
+    config = read_config(path)
     if not is_dream(config):
         raise ValueError(f"{config_file}: not a Dream config (model_type {config.get('model_type')!r})")
     tokenizer_file = path / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise FileNotFoundError(f"{tokenizer_file}: missing tokenizer.json")
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    device = torch.device(device or "cpu")
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device = resolve_device(device)
+    dtype = pick_dtype(device, dtype)
 
     hf_config = qwen2_config(config, config_file)
     mask_id = int(config.get("mask_token_id", DREAM_MASK_ID))
@@ -287,11 +242,11 @@ def load_dream(path: str | Path, device=None, dtype: torch.dtype | None = None) 
     if tokenizer.get_vocab_size() > hf_config.vocab_size:
         raise ValueError(f"{tokenizer_file}: {tokenizer.get_vocab_size()} tokens exceed the model's "
                          f"vocab_size {hf_config.vocab_size}")
-    if not (path / INDEX).is_file() and not (path / SINGLE).is_file():
-        weight_files(path)  # refuses pickles / names what is missing before building anything
+    weights = SafetensorsFolder(path)  # refuses pickles, names a missing shard, before building anything
+    check_memory(weights.num_elements(), device, dtype, str(path))
     with torch.device("meta"):
         network = Qwen2ForCausalLM(hf_config)
-    load_weights(network, path, device, dtype)
+    load_weights(network, weights, device, dtype)
     rotary = type(network.model.rotary_emb)
     with torch.device(device):
         network.model.rotary_emb = rotary(hf_config)  # non-persistent inv_freq buffer: rebuild off meta

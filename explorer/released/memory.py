@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # weight files that would need unpickling
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # weight files that would need unpickling
 GiB = 1024 ** 3
 MARGIN = 0.10  # fraction added to the weights' bytes for activations, the rotary table and allocator slack
 OVERHEAD = 0.25 * GiB  # fixed bytes added on top (the interpreter, the tokenizer, small buffers)
@@ -101,8 +101,8 @@ def reject_pickles(folder: Path) -> None:
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
     if pickles:
         raise ValueError(
-            f"{folder / pickles[0]}: pickle weight files ({', '.join(pickles)}) are never loaded (unpickling runs "
-            "arbitrary code); convert them to model.safetensors or download the safetensors release"
+            f"{folder / pickles[0]}: pickle weight files ({', '.join(pickles)}) are refused: they are never loaded "
+            "(unpickling runs arbitrary code); convert them to model.safetensors or download the safetensors release"
         )
     raise FileNotFoundError(f"{folder / SINGLE}: missing weights (no {SINGLE} and no {INDEX})")
 

@@ -60,9 +60,16 @@ def write_folder(folder: str | Path, tensors: dict[str, torch.Tensor], config: d
     (folder / "config.json").write_text(json.dumps(config or released_config()))
     shutil.copy(SHIPPED_TOKENIZER, folder / "tokenizer.json")
     (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": TEMPLATE}))
+    save_weights(tensors, folder, shards)
+    return folder
+
+
+def save_weights(tensors: dict[str, torch.Tensor], folder: Path, shards: int = 1) -> None:
+    """model.safetensors, or `shards` files with the model.safetensors.index.json that names them (the released
+    sharded layout)."""
     if shards == 1:
         save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        return folder
+        return
     keys = sorted(tensors)
     weight_map = {}
     for s in range(shards):
@@ -71,7 +78,6 @@ def write_folder(folder: str | Path, tensors: dict[str, torch.Tensor], config: d
         save_file({k: tensors[k] for k in part}, str(folder / name), metadata={"format": "pt"})
         weight_map |= {k: name for k in part}
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return folder
 
 
 def write_tiny_llada(folder: str | Path, seed: int = 0, shards: int = 1) -> Path:
