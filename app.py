@@ -33,8 +33,8 @@ from explorer.viz import (COLOR_MODES, head_samples, hidden_state_paths, latent_
 from explorer.viz.compare import (frame_at_progress, progress_plot, run_label, side_by_side_html,
                                   small_multiples_html)
 from explorer.webapp import (CACHES, MAX_LENGTH, MAX_RUNS, LiveRuns, ModelCache, Request, RunRegistry,
-                             check_request, default_roots, family_at, load_examples, local_checkpoints,
-                             resolve_checkpoint, sampler_knobs)
+                             check_request, default_roots, family_at, has_chat_template, load_examples,
+                             local_checkpoints, model_prompt, prompt_note, resolve_checkpoint, sampler_knobs)
 
 EVERY_CACHE = ["none", "prefix", "dual", "kv"]
 TEMPERATURE_INFO = "0 = argmax (continuous diffusion: the softmax inside E[x0])"
@@ -258,7 +258,7 @@ def family_controls(choice):
     calm = family == "calm"
     block, steps, temperature = {}, {}, {"minimum": 0, "maximum": 2, "info": TEMPERATURE_INFO}
     if family == "bd3lm":
-        block = steps = {"value": config["model"]["block_size"]}
+        block = steps = {"value": config.get("model", config)["block_size"]}  # ours nest it; releases do not
     if family == "cdcd":  # CDCD's ~200 Euler steps; temperature 1 = the model's own softmax in E[x0]
         steps, temperature["value"] = {"value": 200}, 1.0
     if calm:  # temperature 1 decodes one head sample per chunk
@@ -274,6 +274,15 @@ def family_controls(choice):
             gr.update(**temperature), gr.update(visible=not calm), gr.update(**n),
             gr.update(choices=sorted(set(chunk_sizes.values())), value=chunk_sizes.get(path.name), visible=calm),
             gr.update(visible=guided), gr.update(visible=guided))
+
+
+def chat_control(choice):
+    """The "chat template" box: shown and ticked for a folder whose tokenizer has a chat template, hidden otherwise."""
+    try:
+        offered = has_chat_template(page().path(choice))
+    except (ValueError, FileNotFoundError):
+        offered = False
+    return gr.update(visible=offered, value=offered)
 
 
 def on_chunk_size(chunk_size, choice):
@@ -296,8 +305,9 @@ def decoded_samples(model, trace: Trace) -> dict[int, list[str]]:
 
 
 def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, temperature, threshold, seed, color_by,
-             cache=None, n=1, cfg_scale=0.0, constraints="", session=None, request: gr.Request = None):
-    """Stream a generation (N runs in lockstep): the canvas every step, the heatmap every PLOT_EVERY_S."""
+             cache=None, n=1, cfg_scale=0.0, constraints="", chat=True, session=None, request: gr.Request = None):
+    """Stream a generation (N runs in lockstep): the canvas every step, the heatmap every PLOT_EVERY_S. `chat`: wrap
+    the prompt in the checkpoint's chat template, when it has one."""
     session = copy.copy(session) if session is not None else Session()
     user = request.session_hash if request is not None else "local"
     out = Outputs()
@@ -310,7 +320,8 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
                       float(threshold), cache, int(n), float(cfg_scale or 0), constraints or "")
         check_request(model.family, req, chunk)
         knobs = sampler_knobs(model.family, req)
-        live = LiveRuns(model, prompt or "", sampler, int(seed or 0), 1 if model.family == "calm" else req.n, knobs)
+        given = model_prompt(model, prompt or "", bool(chat))
+        live = LiveRuns(model, given, sampler, int(seed or 0), 1 if model.family == "calm" else req.n, knobs)
         last_plot = 0.0
         for traces in live:
             plot = gr.skip()
@@ -333,7 +344,8 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
     session.sample_texts = decoded_samples(model, traces[0]) if model.family == "calm" else {}
     session.vocabulary = vocabulary_points(model) if model.family == "cdcd" else None
     view, plot, _step, latent_view, _latent_step, latent, edit_view, multiples = show(session, -1, color_by)
-    yield out(view=view, stats=stats_line(traces[0], False, len(traces)), error=notice_box(live.notices), plot=plot,
+    stats = stats_line(traces[0], False, len(traces)) + prompt_note(prompt or "", given)
+    yield out(view=view, stats=stats, error=notice_box(live.notices), plot=plot,
               step=gr.update(**slider_range(traces[0])), session=session, multiples=multiples,
               latent_view=latent_view, latent_step=gr.update(**slider_range(traces[0])), latent=latent,
               edit_view=edit_view)
@@ -652,6 +664,9 @@ def build_demo(roots: list[Path] | None = None) -> gr.Blocks:
                                                  info="a shipped checkpoint, or a folder under: "
                                                       + ", ".join(str(r) for r in PAGE.roots))
                         prompt = gr.Textbox("ROMEO:", label="prompt", lines=2, elem_id="prompt")
+                        chat = gr.Checkbox(True, label="chat template", elem_id="chat_template", visible=False,
+                                           info="wrap the prompt as one user turn in the checkpoint's chat template "
+                                                "(what an Instruct model was tuned on)")
                         sampler = gr.Radio(every_sampler, value=SAMPLERS["mdlm"][0], label="sampler (remasking rule)",
                                            elem_id="sampler",
                                            info="masked diffusion: remasking rule, Fast-dLLM threshold / factor, MDLM "
@@ -777,9 +792,11 @@ def build_demo(roots: list[Path] | None = None) -> gr.Blocks:
                     constraints]
         checkpoint.change(family_controls, checkpoint, controls, api_name=False)
         demo.load(family_controls, checkpoint, controls, api_name=False)  # the family's samplers only
+        checkpoint.change(chat_control, checkpoint, chat, api_name=False)
+        demo.load(chat_control, checkpoint, chat, api_name=False)
         chunk_size.input(on_chunk_size, [chunk_size, checkpoint], checkpoint, api_name=False)
         run_inputs = [checkpoint, prompt, sampler, gen_length, steps, block_length, temperature, threshold, seed,
-                      color_by, cache, n_runs, cfg_scale, constraints, session]
+                      color_by, cache, n_runs, cfg_scale, constraints, chat, session]
         run_outputs = [view, stats, error, plot, step, session, multiples, latent_view, latent_step, latent_plot,
                        edit_view]
         runs = {"concurrency_id": "runs", "concurrency_limit": RUN_CONCURRENCY}

@@ -30,16 +30,22 @@ def resolve(name_or_path: str | Path) -> Path:
                      "(or pass a checkpoint folder)")
 
 
-def load(name_or_path: str | Path, device: str | None = None, dtype=None):
+def load(name_or_path: str | Path, device: str | None = None, dtype=None, device_map=None, max_memory=None):
     """Load a shipped checkpoint by name, or a checkpoint folder, as an eval-mode model in float32.
     A folder whose config.json has no "family" is a released layout (LLaDA, ...; see `explorer.released`):
-    it loads on `device` (default CUDA if any, else CPU) in `dtype` (default bf16 on CUDA, fp32 on CPU)."""
+    it loads on `device` (default CUDA if any, else CPU) in `dtype` (default bf16 on CUDA, fp32 on CPU), or
+    spread over several devices with `device_map` ("auto", "balanced", "sequential" or {module name: device},
+    within `max_memory` such as {0: "20GiB", 1: "20GiB"}; needs accelerate)."""
     path = resolve(name_or_path)
     config = read_config(path)
     if "family" not in config:
         from explorer.released import load_released
 
-        return load_released(path, device=device, dtype=dtype, config=config)
+        return load_released(path, device=device, dtype=dtype, config=config, device_map=device_map,
+                             max_memory=max_memory)
+    if device_map is not None or max_memory is not None:
+        raise ValueError(f"device_map / max_memory apply to released checkpoints only; {path} loads on one device "
+                         "(pass device=...)")
     if dtype is not None:
         raise ValueError(f"dtype={dtype!r} applies to released checkpoints only; {path} loads in float32")
     model = load_folder(path, FAMILIES)

@@ -3,6 +3,7 @@ page's controls become sampler knobs, and how N runs stream side by side. `app.p
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 import warnings
@@ -83,17 +84,54 @@ def resolve_checkpoint(choice: str, roots: list[Path]) -> Path:
 
 
 def family_at(path: Path, config: dict | None = None) -> str:
-    """The family of a checkpoint folder: config.json's "family", or "mdlm" for a released layout (LLaDA, Dream)
-    that `explorer.released` recognises; anything else is refused with the layouts it knows."""
+    """The family of a checkpoint folder: config.json's "family", or the family of a released layout that
+    `explorer.released` recognises (LLaDA, Dream, MDLM: mdlm; BD3-LM: bd3lm); anything else is refused with the
+    layouts it knows."""
     config = read_config(path) if config is None else config
     if "family" in config:
         return config["family"]
-    from explorer.released import LAYOUTS, describe_architecture, detect_layout
+    from explorer.released import LAYOUTS, describe_architecture, released_family
 
-    if detect_layout(config) is None:
+    family = released_family(config)
+    if family is None:
         raise ValueError(f"{path / 'config.json'}: unknown architecture {describe_architecture(config)}; known "
                          f"released layouts: {sorted(LAYOUTS)} (our own checkpoints carry a 'family' field)")
-    return "mdlm"  # every registered released layout is a masked diffusion LM
+    return family
+
+
+def has_chat_template(path: Path) -> bool:
+    """Whether a checkpoint folder's tokenizer_config.json carries a chat template (released Instruct models); the
+    page then offers to wrap the prompt in it."""
+    from explorer.released.llada import read_chat_template
+
+    try:
+        return bool(read_chat_template(path))
+    except ValueError:  # a broken tokenizer_config.json: loading the model will name the file
+        return False
+
+
+def model_prompt(model, prompt: str, chat: bool) -> str:
+    """The prompt the model is given: one user turn in the checkpoint's chat template when `chat` is ticked and the
+    checkpoint has a template (what an Instruct model was tuned on), else the prompt as typed."""
+    if not chat or not getattr(model, "chat_template", None):
+        return prompt
+    from jinja2 import TemplateError
+
+    from explorer.released import chat_prompt
+
+    try:
+        return chat_prompt(model, prompt)
+    except TemplateError as err:  # the page shows ValueErrors; the folder's template is not ours to fix
+        raise ValueError(f"the chat template of {model.name} could not be rendered ({err}); untick "
+                         "'chat template' to send the prompt as typed") from None
+
+
+def prompt_note(prompt: str, given: str) -> str:
+    """A collapsible line for the stats showing what the model got, when the chat template changed the prompt."""
+    if given == prompt:
+        return ""
+    return ("\n\n<details class=\"dlm-chat\"><summary>chat template applied: the prompt the model got</summary>"
+            f"<pre>{html.escape(given)}</pre></details>")
 
 
 class ModelCache:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -9,9 +10,12 @@ import pytest
 
 from explorer.released.synthetic import (
     MASK_ID,
+    TEMPLATE,
     released_config,
     released_tensors,
+    tiny_dit_config,
     write_folder,
+    write_tiny_dit,
     write_tiny_llada,
 )
 from explorer.webapp import family_at, local_checkpoints, resolve_checkpoint
@@ -25,6 +29,8 @@ def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("released-root") / "released"
     write_tiny_llada(root / "LLaDA-tiny")
     write_tiny_llada(root / "LLaDA-sharded", shards=2)
+    write_tiny_llada(root / "LLaDA-base", template=None)  # a tokenizer without a chat template, like a Base release
+    write_tiny_dit(root / "bd3lm-release", tiny_dit_config("bd3lm"))
     write_folder(root / "Mystery", released_tensors(), config={"architectures": ["MysteryLM"], "hidden_size": 32})
     (root / "no-weights").mkdir()
     (root / "no-weights" / "config.json").write_text(json.dumps(released_config()))
@@ -55,7 +61,8 @@ def run(label: str, sampler: str, **changes) -> dict:
 
 def test_released_folders_are_listed_and_resolved(root):
     found = local_checkpoints([root])
-    assert set(found) == {"released/LLaDA-tiny", "released/LLaDA-sharded", "released/Mystery"}  # weights or index
+    assert set(found) == {"released/LLaDA-tiny", "released/LLaDA-sharded", "released/LLaDA-base",
+                          "released/Mystery", "released/bd3lm-release"}  # weights or index
     assert resolve_checkpoint("released/LLaDA-sharded", [root]) == (root / "LLaDA-sharded").resolve()
     with pytest.raises(ValueError, match="no config.json and model.safetensors"):
         resolve_checkpoint(str(root / "no-weights"), [root])
@@ -64,6 +71,7 @@ def test_released_folders_are_listed_and_resolved(root):
 def test_family_of_a_released_folder_is_mdlm_and_unknown_layouts_are_named(root):
     assert family_at(root / "LLaDA-tiny") == family_at(root / "LLaDA-sharded") == "mdlm"
     assert family_at(root, {"family": "bd3lm"}) == "bd3lm"
+    assert family_at(root / "bd3lm-release") == "bd3lm" and family_at(root, tiny_dit_config("mdlm")) == "mdlm"
     with pytest.raises(ValueError, match=r"unknown architecture \['MysteryLM'\]; known released layouts"):
         family_at(root / "Mystery")
 
@@ -93,9 +101,52 @@ def test_generate_on_a_released_folder_records_a_trace(page, sampler):
     assert trace.frames[-1].confidence is not None and "LLaDA-tiny (mdlm)" in out["stats"]
 
 
+def test_a_bd3lm_release_gets_the_block_controls_and_generates(page):
+    from app import family_controls
+
+    sampler, cache, block, steps, *_rest = family_controls("released/bd3lm-release")
+    assert sampler["choices"][0] == "first_hitting" and cache["value"] == "kv"
+    assert block["value"] == steps["value"] == 4  # the release's block_size
+    out = run("released/bd3lm-release", "first_hitting", block_length=4, steps=4, cache="kv")
+    assert "Cannot do that" not in out["error"], out["error"]
+    trace = out["session"].trace
+    assert trace.model["family"] == "bd3lm" and trace.model["name"] == "bd3lm-release"
+    assert len(trace.frames[-1].tokens) >= 4 and trace.frames[-1].hidden is not None
+
+
 def test_generate_on_a_sharded_folder_and_an_unknown_layout(page):
     out = run("released/LLaDA-sharded", "low_confidence")
     assert "Cannot do that" not in out["error"] and out["view"].count('class="dlm-token"') == 8
     with pytest.warns(UserWarning):
         out = run("released/Mystery", "low_confidence")
     assert "Cannot do that" in out["error"] and "unknown architecture" in out["error"]
+
+
+def test_the_chat_template_box_wraps_the_prompt_of_a_folder_that_has_one(page):
+    from jinja2 import Template
+
+    from app import chat_control
+
+    assert chat_control("released/LLaDA-tiny") == {"__type__": "update", "visible": True, "value": True}
+    for label in ("released/LLaDA-base", "mdlm-tiny"):
+        assert chat_control(label) == {"__type__": "update", "visible": False, "value": False}
+    wrapped = Template(TEMPLATE).render(messages=[{"role": "user", "content": "ROMEO:"}], add_generation_prompt=True)
+    out = run("released/LLaDA-tiny", "low_confidence")
+    assert "Cannot do that" not in out["error"], out["error"]
+    assert out["session"].trace.prompt_text == wrapped and "<|start|>assistant" in wrapped
+    assert "chat template applied" in out["stats"] and html.escape(wrapped) in out["stats"]
+    assert out["view"].count('class="dlm-token"') == 8
+    for label, chat in (("released/LLaDA-tiny", False), ("released/LLaDA-base", True)):
+        out = run(label, "low_confidence", chat=chat)
+        assert out["session"].trace.prompt_text == "ROMEO:" and "chat template" not in out["stats"], label
+
+
+def test_a_template_that_fails_to_render_is_named(root):
+    import explorer
+    from explorer.webapp import model_prompt
+
+    model = explorer.load(root / "LLaDA-tiny", device="cpu")
+    model.chat_template = "{{ raise_exception('no system role') }}"
+    assert model_prompt(model, "hi", chat=False) == "hi"
+    with pytest.raises(ValueError, match="chat template of LLaDA-tiny could not be rendered.*untick 'chat template'"):
+        model_prompt(model, "hi", chat=True)

@@ -1,38 +1,74 @@
 """kuleshov-group MDLM / BD3-LM releases (kuleshov-group/mdlm-owt, kuleshov-group/bd3lm-owt-block_size*).
 
-These Hugging Face folders hold a DiT backbone behind custom `trust_remote_code` files
-(configuration_mdlm.py / modeling_mdlm.py, configuration_bd3lm.py / modeling_bd3lm.py). Their config.json
-fields: model_type "mdlm" | "bd3lm", architectures ["MDLM"] | ["BD3LM"], vocab_size (50258 = GPT-2's
-50257 + a mask token), model_length (1024), hidden_dim, cond_dim, n_blocks, n_heads, dropout,
-time_conditioning, and for BD3-LM also block_size, cross_attn, adaln, attn_backend, causal, var_min,
-sampling_eps_min / sampling_eps_max. Weights under `backbone.`: vocab_embed.embedding,
-sigma_map.mlp.{0,2}.{weight,bias}, blocks.{i}.norm1.weight, blocks.{i}.attn_qkv.weight,
-blocks.{i}.attn_out.weight, blocks.{i}.norm2.weight, blocks.{i}.mlp.{0,2}.{weight,bias},
-blocks.{i}.adaLN_modulation.{weight,bias}, output_layer.norm_final.weight,
-output_layer.linear.{weight,bias}, output_layer.adaLN_modulation.{weight,bias}.
+These Hugging Face folders hold a DiT backbone behind `trust_remote_code` files (configuration_mdlm.py /
+modeling_mdlm.py, configuration_bd3lm.py / modeling_bd3lm.py) that are never run here. Their config.json
+fields: model_type "mdlm" | "bd3lm", architectures ["MDLM"] | ["BD3LM"], vocab_size (50258 = GPT-2's 50257
++ a mask token), model_length (1024), hidden_dim, cond_dim, n_blocks, n_heads, dropout, time_conditioning,
+and for BD3-LM also block_size, cross_attn, adaln, attn_backend, causal, var_min, sampling_eps_min / max.
 
-Not loadable into our families yet: the DiT blocks differ from explorer.nn.Transformer's time-conditioned
-blocks in ways a weight mapping cannot absorb (LayerNorm without bias vs RMSNorm; a GELU MLP with biases
-vs SwiGLU; gates multiply the branch (gate) where ours use (1 + gate); the conditioning is
-silu(sigma_map(sigma)) of width cond_dim fed to adaLN_modulation directly, where ours applies silu again
-to a d_model-wide condition; a 256-wide cos/sin sigma embedding vs our 64 sin/cos frequencies; a biased
-output head). So `load_dit` detects the layout and refuses it with a message naming what is unsupported.
-It never unpickles anything and never runs the release's remote code.
+The architecture is rebuilt from those fields (`DiTBackbone`, same call signature as explorer.nn.Transformer,
+so the mdlm and bd3lm samplers, caches and traces run on it unchanged):
+
+    x = embedding[ids]                                   (B, L, d)
+    c = silu(sigma_map(sigma))                           (B, cond_dim); sigma_map: 256 cos/sin features -> MLP
+    per block:  shift1, scale1, gate1, shift2, scale2, gate2 = adaLN_modulation(c)
+                x = x + gate1 * attn(LN(x) * (1 + scale1) + shift1)     LN: LayerNorm without bias
+                x = x + gate2 * mlp(LN(x) * (1 + scale2) + shift2)      mlp: Linear, GELU (tanh), Linear, biased
+    logits = linear(LN(x) * (1 + scale) + shift)         (B, L, V), a biased head; shift, scale from c
+
+Attention is bias-free, multi-head, with rotate-half RoPE (base 10000) on q and k; MDLM's is bidirectional,
+BD3-LM's block-causal (the samplers pass the mask). Released weights, under `backbone.`:
+
+    vocab_embed.embedding                        -> backbone.embed.weight
+    sigma_map.mlp.{0,2}.{weight,bias}            -> backbone.sigma_map.mlp.{0,2}.*
+    blocks.{i}.attn_qkv.weight                   -> backbone.blocks.{i}.attn.qkv.weight (q, k rows permuted per
+                                                    head from rotate-half to our interleaved RoPE pairs)
+    blocks.{i}.attn_out.weight                   -> backbone.blocks.{i}.attn.out.weight
+    blocks.{i}.norm1 | norm2 | mlp.{0,2} | adaLN_modulation   -> the same names under backbone.blocks.{i}
+    output_layer.norm_final | linear | adaLN_modulation       -> the same names under backbone.output_layer
+
+The released models were trained without time conditioning (sigma = 0, so c is one constant vector); a
+folder with time_conditioning=true gets sigma from the masked fraction of the window it is given (the
+log-linear schedule's sigma(t) = -log(1 - (1 - eps) t)), since our samplers do not pass t to the model.
+GPT-2's tokenizer is not part of the release: the folder needs GPT-2's `tokenizer.json` beside config.json.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+
+from explorer.data.tokenizer import load_tokenizer
 from explorer.models.base import read_config
-from explorer.released.memory import PICKLE_SUFFIXES
+from explorer.models.bd3lm import BD3LMConfig, BD3LMModel
+from explorer.models.mdlm import MDLMConfig, MDLMModel
+from explorer.nn import KVCache, TransformerConfig
+from explorer.nn.transformer import Attention, Rotary
+from explorer.released.llada import rope_permutation
+from explorer.released.memory import PICKLE_SUFFIXES, SafetensorsFolder, check_layout
+from explorer.released.placement import (
+    Placement,
+    check_placement_memory,
+    finish_placement,
+    plan_placement,
+)
 
 DIT_MODEL_TYPES = {"mdlm": "MDLM", "bd3lm": "BD3-LM"}
 DIT_ARCHITECTURES = {"MDLM": "MDLM", "BD3LM": "BD3-LM"}
 DIT_REMOTE_FILES = ("configuration_mdlm", "modeling_mdlm", "configuration_bd3lm", "modeling_bd3lm")
 DIT_FIELDS = ("hidden_dim", "cond_dim", "n_blocks", "n_heads", "model_length")  # the backbone's shape fields
 BD3LM_FIELDS = ("block_size", "cross_attn", "adaln", "attn_backend", "var_min")
-SUPPORTED = "supported released layouts: llada, dream"
+PREFIX = "backbone."
+EOS_TOKEN = "<|endoftext|>"  # GPT-2's end of text (also its bos and pad)
+SIGMA_FEATURES = 256  # cos/sin features of sigma before sigma_map's MLP
+SCHEDULE_EPS = 1e-3  # the log-linear schedule's epsilon, for time-conditioned folders
+MLP_RATIO = 4  # the DiT MLP's width over hidden_dim
 
 
 def _auto_map_text(config: dict) -> str:
@@ -63,6 +99,11 @@ def is_dit_release(config: dict) -> bool:
     return dit_release_kind(config) is not None
 
 
+def dit_family(config: dict) -> str:
+    """The explorer family a DiT release loads into: "bd3lm" for BD3-LM, "mdlm" for MDLM."""
+    return "bd3lm" if dit_release_kind(config) == "BD3-LM" else "mdlm"
+
+
 def _identifying_fields(config: dict) -> str:
     names = ("model_type", "architectures") + DIT_FIELDS + ("vocab_size",) + BD3LM_FIELDS
     shown = [f"{name}={config[name]!r}" for name in names if name in config]
@@ -76,40 +117,322 @@ def refuse_pickle(path: Path) -> None:
     """Raise for a pickled checkpoint file (never opened, never unpickled)."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ValueError(f"{path}: pickled checkpoint ({path.suffix}) refused without being opened - unpickling "
-                         f"runs arbitrary code; only safetensors + config.json folders are loaded ({SUPPORTED})")
+                         f"runs arbitrary code; only safetensors + config.json folders are loaded")
 
 
-def unsupported_message(file: Path | str, config: dict) -> str:
-    kind = dit_release_kind(config) or "DiT"
-    extra = ""
+# --- the architecture ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiTSpec:
+    """What a DiT release adds to the shared TransformerConfig (read from its config.json)."""
+
+    cond_dim: int  # width of the noise-level conditioning c
+    adaln: bool = True  # blocks modulated by c (BD3-LM's `adaln`; MDLM always)
+    time_conditioning: bool = False  # False: sigma = 0 (the released models)
+    mask_id: int = 50257  # the [MASK] id: the last embedding row (GPT-2's vocabulary + 1)
+    eos_id: int | None = 50256  # GPT-2's <|endoftext|> (also bos and pad)
+
+
+class BiasFreeLayerNorm(nn.Module):
+    """LayerNorm with a gain and no bias, computed in float32 (as the release does) and cast back."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.layer_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
+        return normed * self.weight
+
+
+def sigma_frequencies(device=None) -> torch.Tensor:
+    """(128,) float32 frequencies 10^(-4 j / 128) of the sigma features."""
+    half = SIGMA_FEATURES // 2
+    return torch.exp(-math.log(10000) * torch.arange(half, device=device) / half)
+
+
+class SigmaEmbedding(nn.Module):
+    """sigma (B,) -> (B, cond_dim): cos / sin at periods 2 pi .. 2 pi 10^4 (cos first), then an MLP."""
+
+    def __init__(self, cond_dim: int):
+        super().__init__()
+        self.register_buffer("frequencies", sigma_frequencies(), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(SIGMA_FEATURES, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+
+    def forward(self, sigma: torch.Tensor) -> torch.Tensor:
+        angles = sigma.float()[:, None] * self.frequencies.float()  # (B, 128)
+        features = torch.cat([angles.cos(), angles.sin()], dim=-1).to(self.mlp[0].weight.dtype)
+        return self.mlp(features)
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, config: TransformerConfig, spec: DiTSpec):
+        super().__init__()
+        d = config.d_model
+        self.norm1 = BiasFreeLayerNorm(d)
+        self.attn = Attention(config)  # bias-free qkv and out, our RoPE and masks and KV cache
+        self.norm2 = BiasFreeLayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, MLP_RATIO * d), nn.GELU(approximate="tanh"), nn.Linear(MLP_RATIO * d, d))
+        self.adaLN_modulation = nn.Linear(spec.cond_dim, 6 * d) if spec.adaln else None
+
+    def forward(self, x, angles, layer, cache, start, store, mask, c):
+        if self.adaLN_modulation is None:
+            x = x + self.attn(self.norm1(x), angles, layer, cache, start, store, mask)
+            return x + self.mlp(self.norm2(x))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c)[:, None].chunk(6, dim=-1)
+        x = x + gate1 * self.attn(_modulate(self.norm1(x), shift1, scale1), angles, layer, cache, start, store, mask)
+        return x + gate2 * self.mlp(_modulate(self.norm2(x), shift2, scale2))
+
+
+class DiTOutput(nn.Module):
+    def __init__(self, config: TransformerConfig, spec: DiTSpec):
+        super().__init__()
+        self.norm_final = BiasFreeLayerNorm(config.d_model)
+        self.linear = nn.Linear(config.d_model, config.vocab_size)
+        self.adaLN_modulation = nn.Linear(spec.cond_dim, 2 * config.d_model) if spec.adaln else None
+
+    def hidden(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        x = self.norm_final(x)
+        if self.adaLN_modulation is None:
+            return x
+        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=-1)
+        return _modulate(x, shift, scale)
+
+
+class DiTBackbone(nn.Module):
+    """A released DiT with explorer.nn.Transformer's forward signature: token ids (B, L) -> logits (B, L, V)."""
+
+    def __init__(self, config: TransformerConfig, spec: DiTSpec):
+        super().__init__()
+        self.config = config
+        self.spec = spec
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.sigma_map = SigmaEmbedding(spec.cond_dim) if spec.adaln else None
+        self.rotary = Rotary(config.d_model // config.n_heads, config.max_seq_len, config.rope_theta)
+        self.blocks = nn.ModuleList(DiTBlock(config, spec) for _ in range(config.n_layers))
+        self.output_layer = DiTOutput(config, spec)
+
+    def sigma(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) noise levels: 0 (no time conditioning), else sigma(t) at t = the masked fraction of each row."""
+        if not self.spec.time_conditioning:
+            return torch.zeros(input_ids.shape[0], device=input_ids.device)
+        t = (input_ids == self.spec.mask_id).float().mean(-1).clamp(max=1.0)
+        return -torch.log1p(-(1 - SCHEDULE_EPS) * t)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False,
+                mask=None, positions: torch.Tensor | None = None, start: int | None = None,
+                store: int | None = None, logits_for: slice = slice(None)):
+        """As explorer.nn.Transformer.forward (token ids only): `mask`, `positions`, the cache window
+        (`start`, `store`) and `logits_for` mean the same there and here."""
+        B, L = input_ids.shape
+        if start is None:
+            start = cache.length if cache is not None else 0
+        store = L if store is None else store
+        if positions is None:
+            if start + L > self.config.max_seq_len:
+                raise ValueError(f"sequence of {start + L} tokens exceeds model_length {self.config.max_seq_len}")
+            positions = torch.arange(start, start + L, device=input_ids.device)
+        angles = self.rotary.angles(positions)
+        x = self.embed(input_ids)  # (B, L, d)
+        c = F.silu(self.sigma_map(self.sigma(input_ids))) if self.sigma_map is not None else None  # (B, cond_dim)
+        for i, block in enumerate(self.blocks):
+            x = block(x, angles, i, cache, start, store, mask, c)
+        if cache is not None and store:
+            cache.length = max(cache.length, start + store)
+        hidden = self.output_layer.hidden(x, c)  # (B, L, d)
+        logits = self.output_layer.linear(hidden[:, logits_for])  # (B, positions in logits_for, V)
+        return (logits, hidden) if return_hidden else logits
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class DiTRelease:
+    """What the MDLM and BD3-LM releases share on top of their family: the DiT backbone and the ids of the
+    release (the mask is the extra last row, which GPT-2's tokenizer does not name)."""
+
+    def _build(self, config, spec: DiTSpec, tokenizer: Tokenizer, layout: str) -> None:
+        # LanguageModel.__init__ is skipped on purpose: the embedding has one row more than the tokenizer
+        # (the mask), and the backbone is the DiT, not the shared Transformer.
+        nn.Module.__init__(self)
+        self.config = config
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.backbone = DiTBackbone(config.backbone, spec)
+        self.name = layout
+        self.layout = layout  # the released layout this model was read from
+
+    @property
+    def mask_id(self) -> int:
+        return self.spec.mask_id
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.spec.eos_id
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.spec.eos_id
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.spec.eos_id
+
+    def save_pretrained(self, path, extra=None, dtype=torch.float16):
+        raise NotImplementedError("released DiT checkpoints are read from their own layout; they are not re-saved")
+
+
+class DiTMDLMModel(DiTRelease, MDLMModel):
+    """A kuleshov-group MDLM release in the mdlm family (SUBS parameterization, every masked sampler)."""
+
+    def __init__(self, config: MDLMConfig, spec: DiTSpec, tokenizer: Tokenizer):
+        self._build(config, spec, tokenizer, "mdlm-release")
+
+
+class DiTBD3LMModel(DiTRelease, BD3LMModel):
+    """A kuleshov-group BD3-LM release in the bd3lm family (block-causal attention, exact KV cache)."""
+
+    def __init__(self, config: BD3LMConfig, spec: DiTSpec, tokenizer: Tokenizer):
+        self._build(config, spec, tokenizer, "bd3lm-release")
+
+
+# --- reading a folder ---------------------------------------------------------------------------
+
+
+def _field(config: dict, file: Path, name: str) -> int:
+    if name not in config:
+        raise ValueError(f"{file}: missing field {name!r} (needed to build the DiT architecture)")
+    return int(config[name])
+
+
+def dit_configs(config: dict, tokenizer: Tokenizer, file: Path) -> tuple[MDLMConfig | BD3LMConfig, DiTSpec]:
+    """The family config and DiTSpec of a release's config.json, with its unsupported variants refused."""
+    kind = dit_release_kind(config)
+    if config.get("causal"):
+        raise ValueError(f"{file}: causal=true (the autoregressive baseline of the BD3-LM code) is not supported; "
+                         "only the MDLM and BD3-LM diffusion releases load")
+    d, heads = _field(config, file, "hidden_dim"), _field(config, file, "n_heads")
+    if d % heads or (d // heads) % 2:
+        raise ValueError(f"{file}: hidden_dim={d} must split into n_heads={heads} heads of even size")
+    vocab, length = _field(config, file, "vocab_size"), _field(config, file, "model_length")
+    words = tokenizer.get_vocab_size()
+    mask_id = config.get("mask_token_id", config.get("mask_index"))
+    if mask_id is None:
+        if words >= vocab:
+            raise ValueError(f"{file}: the tokenizer has {words} tokens, but vocab_size={vocab} leaves no row for "
+                             "the mask (the releases append it after GPT-2's 50257 tokens)")
+        mask_id = vocab - 1
+    if not 0 <= int(mask_id) < vocab:
+        raise ValueError(f"{file}: mask id {mask_id} is outside vocab_size={vocab}")
+    backbone = TransformerConfig(
+        vocab_size=vocab, d_model=d, n_layers=_field(config, file, "n_blocks"), n_heads=heads, d_ff=MLP_RATIO * d,
+        max_seq_len=length, attention="block_causal" if kind == "BD3-LM" else "bidirectional",
+        rope_theta=10000.0, tie_embeddings=False)
+    spec = DiTSpec(cond_dim=_field(config, file, "cond_dim"), adaln=bool(config.get("adaln", True)),
+                   time_conditioning=bool(config.get("time_conditioning", False)), mask_id=int(mask_id),
+                   eos_id=tokenizer.token_to_id(EOS_TOKEN))
     if kind == "BD3-LM":
-        extra = (f" BD3-LM additionally samples block by block (block_size={config.get('block_size', '?')}) "
-                 "with its block-causal cross-attention to x0.")
-    return (f"{file}: kuleshov-group {kind} release (DiT with adaLN on the noise level sigma, RoPE, GPT-2 tokenizer "
-            f"+ mask token; identified by {_identifying_fields(config)}): not supported yet - its blocks condition "
-            "bias-free LayerNorm on sigma through adaLN_modulation (cond_dim-wide silu(sigma_map(sigma)), gates "
-            "multiplying the branch), with a GELU MLP with biases and a biased output head, which our "
-            "masked-diffusion family (RMSNorm, SwiGLU, no time conditioning; cdcd's adaptive norms use "
-            f"1 + gate and a different sigma embedding) does not have.{extra} Its trust_remote_code modelling "
-            f"files are never run; {SUPPORTED}")
+        block_size = _field(config, file, "block_size")
+        if not 1 <= block_size <= length or length % block_size:
+            raise ValueError(f"{file}: block_size={block_size} must divide model_length={length}")
+        return BD3LMConfig(backbone=backbone, block_size=block_size, attention_backend="sdpa"), spec
+    return MDLMConfig(backbone=backbone), spec
 
 
-def load_dit(path, device=None, dtype=None):
-    """Refuse an MDLM / BD3-LM release with a ValueError naming the file and what is unsupported."""
+def expected_shapes(backbone: TransformerConfig, spec: DiTSpec) -> dict[str, tuple[int, ...]]:
+    """Every key of a release for this architecture, with its shape."""
+    d, v, c, f = backbone.d_model, backbone.vocab_size, spec.cond_dim, MLP_RATIO * backbone.d_model
+    p = PREFIX
+    shapes = {p + "vocab_embed.embedding": (v, d), p + "output_layer.norm_final.weight": (d,),
+              p + "output_layer.linear.weight": (v, d), p + "output_layer.linear.bias": (v,)}
+    if spec.adaln:
+        shapes |= {p + "sigma_map.mlp.0.weight": (c, SIGMA_FEATURES), p + "sigma_map.mlp.0.bias": (c,),
+                   p + "sigma_map.mlp.2.weight": (c, c), p + "sigma_map.mlp.2.bias": (c,),
+                   p + "output_layer.adaLN_modulation.weight": (2 * d, c),
+                   p + "output_layer.adaLN_modulation.bias": (2 * d,)}
+    for i in range(backbone.n_layers):
+        b = f"{p}blocks.{i}."
+        shapes |= {b + "norm1.weight": (d,), b + "norm2.weight": (d,), b + "attn_qkv.weight": (3 * d, d),
+                   b + "attn_out.weight": (d, d), b + "mlp.0.weight": (f, d), b + "mlp.0.bias": (f,),
+                   b + "mlp.2.weight": (d, f), b + "mlp.2.bias": (d,)}
+        if spec.adaln:
+            shapes |= {b + "adaLN_modulation.weight": (6 * d, c), b + "adaLN_modulation.bias": (6 * d,)}
+    return shapes
+
+
+def _mapped_state(weights: SafetensorsFolder, backbone: TransformerConfig, expected, placement: Placement) -> dict:
+    """Our state dict, read one released tensor at a time straight to the device `placement` gives it
+    (q / k rows permuted for the RoPE convention)."""
+    H, Dh = backbone.n_heads, backbone.d_model // backbone.n_heads
+    perm = rope_permutation(Dh)
+    state = {}
+    for key in expected:
+        name = "backbone." + key.removeprefix(PREFIX)
+        if name.endswith("vocab_embed.embedding"):
+            name = "backbone.embed.weight"
+        name = name.replace("attn_qkv", "attn.qkv").replace("attn_out", "attn.out")
+        tensor = weights.tensor(key, placement.device_of(name), placement.dtype)
+        if name.endswith("attn.qkv.weight"):
+            q, k, v = tensor.view(3, H, Dh, -1).unbind(0)  # each (H, Dh, d)
+            perm = perm.to(tensor.device)
+            tensor = torch.cat([q[:, perm].flatten(0, 1), k[:, perm].flatten(0, 1), v.flatten(0, 1)])  # (3d, d)
+        state[name] = tensor
+    return state
+
+
+def load_dit(path, device=None, dtype=None, device_map=None, max_memory=None):
+    """Build an MDLM or BD3-LM release folder's model on `device` (default CUDA if any, else CPU) in `dtype`
+    (default bf16 on CUDA, fp32 on CPU), after checking keys, shapes and memory from the safetensors headers;
+    `device_map` / `max_memory` spread whole blocks over several devices (explorer.released.placement)."""
     path = Path(path)
     if path.is_file():
         refuse_pickle(path)
-        file = path if path.name == "config.json" else path.parent / "config.json"
-    else:
-        file = path / "config.json"
-        if path.is_dir() and not any(path.glob("*.safetensors")):  # weights only as pickles: refuse those
-            for child in sorted(path.iterdir()):
-                if child.is_file():
-                    refuse_pickle(child)
-    config = read_config(file.parent)
+        path = path.parent
+    file = path / "config.json"
+    config = read_config(path)
     if not is_dit_release(config):
         raise ValueError(f"{file}: not an MDLM / BD3-LM release ({_identifying_fields(config)})")
-    raise ValueError(unsupported_message(file, config))
+    if path.is_dir() and not any(path.glob("*.safetensors")):  # weights only as pickles: refuse those
+        for child in sorted(path.iterdir()):
+            if child.is_file():
+                refuse_pickle(child)
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{path / 'tokenizer.json'}: missing - the {dit_release_kind(config)} releases use "
+                                "GPT-2's tokenizer without shipping it; copy GPT-2's tokenizer.json (the `gpt2` "
+                                "folder on the Hub) next to config.json")
+    tokenizer = load_tokenizer(path)
+    family_config, spec = dit_configs(config, tokenizer, file)
+    shape = family_config.backbone
+    weights = SafetensorsFolder(path)
+    expected = expected_shapes(shape, spec)
+    check_layout(weights, expected, "DiT")
+    model_class = DiTBD3LMModel if isinstance(family_config, BD3LMConfig) else DiTMDLMModel
+    with torch.device("meta"):  # no allocation, no random init: every parameter is assigned below
+        model = model_class(family_config, spec, tokenizer)
+    placement = plan_placement(model, device_map, max_memory, dtype, no_split=(DiTBlock.__name__,), device=device)
+    check_placement_memory(placement, str(path))
+    try:
+        state = _mapped_state(weights, shape, expected, placement)
+    finally:
+        weights.close()
+    model.load_state_dict(state, strict=True, assign=True)
+    backbone = model.backbone  # non-persistent buffers, rebuilt off meta on the embedding's device
+    rotary = Rotary(shape.d_model // shape.n_heads, shape.max_seq_len, shape.rope_theta)
+    backbone.rotary = rotary.to(device=placement.main, dtype=placement.dtype)
+    if backbone.sigma_map is not None:
+        backbone.sigma_map.frequencies = sigma_frequencies(placement.device_of("backbone.sigma_map"))
+    finish_placement(model, placement, root="backbone")  # the samplers call the backbone
+    model.device_map = placement.as_dict()
+    model.name = path.name
+    model.checkpoint_info = config
+    return model.eval().requires_grad_(False)
 
 
-__all__ = ["dit_release_kind", "is_dit_release", "load_dit", "refuse_pickle", "unsupported_message"]
+__all__ = ["DiTBD3LMModel", "DiTBackbone", "DiTMDLMModel", "DiTSpec", "dit_family", "dit_release_kind",
+           "is_dit_release", "load_dit", "refuse_pickle"]

@@ -15,19 +15,20 @@ from torch import nn
 
 from explorer.models.base import read_config
 from explorer.models.mdlm import subs_logits
-from explorer.released.memory import (
-    INDEX,
-    SINGLE,
-    SafetensorsFolder,
-    check_memory,
-    pick_dtype,
-    resolve_device,
+from explorer.released.llada import read_chat_template
+from explorer.released.memory import INDEX, SINGLE, SafetensorsFolder
+from explorer.released.placement import (
+    Placement,
+    check_placement_memory,
+    finish_placement,
+    plan_placement,
 )
 
 DREAM_MASK_ID = 151666
 DREAM_CONTEXT = 2048  # tokens Dream was trained on (its config allows far more RoPE positions)
 BEGIN_OF_TEXT = "<|beginoftext|>"  # Dream's bos token
 END_OF_TEXT = "<|endoftext|>"
+END_OF_TURN = "<|im_end|>"  # ends an Instruct answer
 
 
 def is_dream(config: dict) -> bool:
@@ -117,6 +118,7 @@ class DreamModel(nn.Module):
         self.config = config
         self.special = special
         self.name = "dream"
+        self.chat_template: str | None = None  # tokenizer_config.json's Jinja chat template, when present
         make_bidirectional(network)
 
     @property
@@ -134,6 +136,11 @@ class DreamModel(nn.Module):
     @property
     def pad_id(self) -> int | None:
         return self.special.get("pad")
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Tokens that end an answer (the masked sampler skips the blocks after one): eos and <|im_end|>."""
+        return tuple(t for t in (self.eos_id, self.special.get("eot")) if t is not None)
 
     @property
     def max_seq_len(self) -> int:
@@ -162,8 +169,8 @@ class DreamModel(nn.Module):
         if ids.shape[1] > self.max_seq_len:
             raise ValueError(f"Dream: {ids.shape[1]} tokens exceed the context of {self.max_seq_len}")
         out = self.network.model(input_ids=ids, attention_mask=self._attention_masks(), use_cache=False)
-        hidden = out.last_hidden_state  # (B, L, d)
-        logits = self.network.lm_head(hidden).float()  # (B, L, V)
+        hidden = out.last_hidden_state.to(ids.device)  # (B, L, d), back from the last layer's device (device maps)
+        logits = self.network.lm_head(hidden).float().to(ids.device)  # (B, L, V)
         logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # shift right by one
         return (logits, hidden.float()) if return_hidden else logits
 
@@ -185,8 +192,9 @@ class DreamModel(nn.Module):
         return (logits, hidden) if return_hidden else logits
 
 
-def load_weights(network: nn.Module, weights: SafetensorsFolder, device, dtype: torch.dtype) -> None:
-    """Fill a meta-device network tensor by tensor (peak host memory: one tensor), checking names and shapes."""
+def load_weights(network: nn.Module, weights: SafetensorsFolder, placement: Placement) -> None:
+    """Fill a meta-device network tensor by tensor (peak host memory: one tensor), each straight to the device
+    `placement` gives its module, checking names and shapes."""
     expected = network.state_dict()  # meta tensors: names and shapes only
     stored = dict(weights.tensors)
     tied = network.config.tie_word_embeddings
@@ -203,23 +211,27 @@ def load_weights(network: nn.Module, weights: SafetensorsFolder, device, dtype: 
         if info.shape != tuple(expected[key].shape):
             raise ValueError(f"{info.file}: {key} has shape {info.shape}, expected {tuple(expected[key].shape)}")
     for key in sorted(stored):
-        network.load_state_dict({key: weights.tensor(key, device, dtype)}, strict=False, assign=True)
+        tensor = weights.tensor(key, placement.device_of(key), placement.dtype)
+        network.load_state_dict({key: tensor}, strict=False, assign=True)
     if tied:
         network.lm_head.weight = network.model.embed_tokens.weight
 
 
 def _special_ids(config: dict, tokenizer: Tokenizer) -> dict[str, int | None]:
-    """bos / eos / pad ids: Dream's tokenizer tokens first, then config.json."""
+    """bos / eos / pad ids: Dream's tokenizer tokens first, then config.json; eot (<|im_end|>) from the tokenizer."""
     bos = tokenizer.token_to_id(BEGIN_OF_TEXT)
     eos = tokenizer.token_to_id(END_OF_TEXT)
     return {"bos": bos if bos is not None else config.get("bos_token_id"),
             "eos": config.get("eos_token_id") if config.get("eos_token_id") is not None else eos,
-            "pad": config.get("pad_token_id")}
+            "pad": config.get("pad_token_id"), "eot": tokenizer.token_to_id(END_OF_TURN)}
 
 
-def load_dream(path: str | Path, device=None, dtype: torch.dtype | None = None) -> DreamModel:
+def load_dream(path: str | Path, device=None, dtype: torch.dtype | None = None, device_map=None,
+               max_memory=None) -> DreamModel:
     """Load a Dream folder (config.json, safetensors weights, tokenizer.json) as an eval-mode DreamModel.
-    dtype None: bfloat16 on CUDA, float32 elsewhere. Logits are always returned in float32."""
+    dtype None: bfloat16 on CUDA, float32 elsewhere. Logits are always returned in float32. `device_map`
+    ("auto", "balanced", "sequential" or {module name: device} over the Qwen2 network's modules, within
+    `max_memory`) spreads whole decoder layers over several devices (see explorer.released.placement)."""
     from transformers import Qwen2ForCausalLM
 
     path = Path(path)
@@ -231,8 +243,6 @@ def load_dream(path: str | Path, device=None, dtype: torch.dtype | None = None) 
     if not tokenizer_file.is_file():
         raise FileNotFoundError(f"{tokenizer_file}: missing tokenizer.json")
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    device = resolve_device(device)
-    dtype = pick_dtype(device, dtype)
 
     hf_config = qwen2_config(config, config_file)
     mask_id = int(config.get("mask_token_id", DREAM_MASK_ID))
@@ -243,16 +253,19 @@ def load_dream(path: str | Path, device=None, dtype: torch.dtype | None = None) 
         raise ValueError(f"{tokenizer_file}: {tokenizer.get_vocab_size()} tokens exceed the model's "
                          f"vocab_size {hf_config.vocab_size}")
     weights = SafetensorsFolder(path)  # refuses pickles, names a missing shard, before building anything
-    check_memory(weights.num_elements(), device, dtype, str(path))
     with torch.device("meta"):
         network = Qwen2ForCausalLM(hf_config)
-    load_weights(network, weights, device, dtype)
+    layer = type(network.model.layers[0]).__name__  # Qwen2DecoderLayer: kept whole on one device
+    placement = plan_placement(network, device_map, max_memory, dtype, no_split=(layer,), device=device)
+    check_placement_memory(placement, str(path))
+    load_weights(network, weights, placement)
     rotary = type(network.model.rotary_emb)
-    with torch.device(device):
+    with torch.device(placement.main):  # where the embeddings, hence the positions, are
         network.model.rotary_emb = rotary(hf_config)  # non-persistent inv_freq buffer: rebuild off meta
     leftover = [n for n, t in list(network.named_parameters()) + list(network.named_buffers()) if t.is_meta]
     if leftover:
         raise RuntimeError(f"{path}: tensors left unloaded: {leftover[:5]}")
+    finish_placement(network, placement)  # raw_logits brings the logits back to the input's device
 
     backbone = DreamBackbone(
         d_model=hf_config.hidden_size, n_layers=hf_config.num_hidden_layers, n_heads=hf_config.num_attention_heads,
@@ -265,4 +278,6 @@ def load_dream(path: str | Path, device=None, dtype: torch.dtype | None = None) 
     model.name = path.name
     model.checkpoint_path = str(path)
     model.checkpoint_info = {"family": "mdlm", "released": "dream", "config": config}
+    model.device_map = placement.as_dict()
+    model.chat_template = read_chat_template(path)
     return model.eval()

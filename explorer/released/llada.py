@@ -31,12 +31,13 @@ from torch import nn
 from explorer.data.tokenizer import load_tokenizer
 from explorer.models.mdlm import MDLMConfig, MDLMModel
 from explorer.nn import Transformer, TransformerConfig
-from explorer.nn.transformer import Rotary
-from explorer.released.memory import (
-    SafetensorsFolder,
-    check_memory,
-    pick_dtype,
-    resolve_device,
+from explorer.nn.transformer import Block, Rotary
+from explorer.released.memory import SafetensorsFolder, check_layout
+from explorer.released.placement import (
+    Placement,
+    check_placement_memory,
+    finish_placement,
+    plan_placement,
 )
 
 PREFIX = "model.transformer."
@@ -167,22 +168,6 @@ def expected_shapes(backbone: TransformerConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_weights(weights: SafetensorsFolder, backbone: TransformerConfig) -> None:
-    """Keys and shapes against the architecture, from the headers alone; errors name the files."""
-    expected = expected_shapes(backbone)
-    missing = sorted(set(expected) - set(weights.tensors))
-    unexpected = sorted(set(weights.tensors) - set(expected))
-    if missing or unexpected:
-        files = sorted({weights.tensors[k].file.name for k in unexpected})
-        raise ValueError(f"{weights.folder}: weights do not match the LLaDA layout of config.json: "
-                         f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
-                         f"{unexpected[:5]}" + (f" (in {files})" if files else ""))
-    for key, shape in expected.items():
-        info = weights.tensors[key]
-        if info.shape != shape:
-            raise ValueError(f"{info.file}: {key} has shape {info.shape}, config.json implies {shape}")
-
-
 class LLaDAModel(MDLMModel):
     """A released LLaDA checkpoint in the mdlm family: same samplers, same denoiser interface."""
 
@@ -219,71 +204,91 @@ class LLaDAModel(MDLMModel):
     def bos_id(self) -> int | None:
         return self.config.bos_id
 
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Tokens that end an answer (the masked sampler skips the blocks after one): eos and <|eot_id|>."""
+        return tuple(t for t in (self.eos_id, self.eot_id) if t is not None)
+
     def save_pretrained(self, path, extra=None, dtype=torch.float16):
         raise NotImplementedError("released LLaDA checkpoints are read from their own layout; they are not re-saved")
 
 
-def _mapped_state(weights: SafetensorsFolder, backbone: TransformerConfig, device, dtype) -> dict[str, torch.Tensor]:
-    """Our state dict, read one released tensor at a time (q/k rows permuted for the RoPE convention)."""
+def _mapped_state(weights: SafetensorsFolder, backbone: TransformerConfig,
+                  placement: Placement) -> dict[str, torch.Tensor]:
+    """Our state dict, read one released tensor at a time straight to the device `placement` gives its module
+    (q/k rows permuted for the RoPE convention)."""
     H, Dh = backbone.n_heads, backbone.d_model // backbone.n_heads
     perm = rope_permutation(Dh)
 
-    def get(name: str) -> torch.Tensor:
-        return weights.tensor(PREFIX + name, device, dtype)
+    def get(name: str, module: str) -> torch.Tensor:  # their key, read onto the device of our `module`
+        return weights.tensor(PREFIX + name, placement.device_of(module), placement.dtype)
 
     def rope_rows(w: torch.Tensor) -> torch.Tensor:  # (d, d) -> (d, d), rows permuted within each head
         return w.view(H, Dh, -1)[:, perm.to(w.device)].reshape(H * Dh, -1)
 
-    state = {"backbone.embed.weight": get("wte.weight"), "backbone.norm.weight": get("ln_f.weight")}
-    state["backbone.head.weight"] = state["backbone.embed.weight"] if backbone.tie_embeddings else get("ff_out.weight")
+    def part(i: int, name: str) -> torch.Tensor:  # blocks.{i}.{name}.weight, onto block i's device
+        return get(f"blocks.{i}.{name}.weight", f"backbone.blocks.{i}")
+
+    state = {"backbone.embed.weight": get("wte.weight", "backbone.embed"),
+             "backbone.norm.weight": get("ln_f.weight", "backbone.norm")}
+    state["backbone.head.weight"] = (state["backbone.embed.weight"] if backbone.tie_embeddings
+                                     else get("ff_out.weight", "backbone.head"))
     for i in range(backbone.n_layers):
-        ours, theirs = f"backbone.blocks.{i}.", f"blocks.{i}."
-        state[ours + "attn_norm.weight"] = get(theirs + "attn_norm.weight")
+        ours = f"backbone.blocks.{i}."
+        state[ours + "attn_norm.weight"] = part(i, "attn_norm")
         state[ours + "attn.qkv.weight"] = torch.cat(
-            [rope_rows(get(theirs + "q_proj.weight")), rope_rows(get(theirs + "k_proj.weight")),
-             get(theirs + "v_proj.weight")])  # (3d, d)
-        state[ours + "attn.out.weight"] = get(theirs + "attn_out.weight")
-        state[ours + "mlp_norm.weight"] = get(theirs + "ff_norm.weight")
-        state[ours + "mlp.gate_up.weight"] = torch.cat(
-            [get(theirs + "ff_proj.weight"), get(theirs + "up_proj.weight")])  # (2 d_ff, d): gate, then up
-        state[ours + "mlp.down.weight"] = get(theirs + "ff_out.weight")
+            [rope_rows(part(i, "q_proj")), rope_rows(part(i, "k_proj")), part(i, "v_proj")])  # (3d, d)
+        state[ours + "attn.out.weight"] = part(i, "attn_out")
+        state[ours + "mlp_norm.weight"] = part(i, "ff_norm")
+        state[ours + "mlp.gate_up.weight"] = torch.cat([part(i, "ff_proj"), part(i, "up_proj")])  # gate, then up
+        state[ours + "mlp.down.weight"] = part(i, "ff_out")
     return state
 
 
-def load_llada(path: str | Path, device=None, dtype=None) -> LLaDAModel:
+def load_llada(path: str | Path, device=None, dtype=None, device_map=None, max_memory=None) -> LLaDAModel:
     """Build a LLaDA folder's model on `device` (default CUDA if any, else CPU) in `dtype` (default bf16 on
-    CUDA, fp32 on CPU), after checking keys, shapes and memory from the safetensors headers."""
+    CUDA, fp32 on CPU), after checking keys, shapes and memory from the safetensors headers. `device_map`
+    ("auto", "balanced", "sequential" or {module name: device}, within `max_memory`) spreads whole blocks over
+    several devices instead (see explorer.released.placement); memory is then checked per device."""
     path = Path(path)
     file = path / "config.json"
     config = json.loads(file.read_text())
     backbone = backbone_config(config, file)
     tokenizer = load_tokenizer(path)
     ids = special_ids(config, tokenizer, backbone.vocab_size, file)
-    device = resolve_device(device)
-    dtype = pick_dtype(device, dtype)
     weights = SafetensorsFolder(path)
-    check_weights(weights, backbone)
-    check_memory(weights.num_elements(), device, dtype, str(path))
+    check_layout(weights, expected_shapes(backbone), "LLaDA")
     with torch.device("meta"):  # no allocation, no random init: every parameter is assigned below
         model = LLaDAModel(LLaDAConfig(backbone=backbone, **ids), tokenizer)
+    placement = plan_placement(model, device_map, max_memory, dtype, no_split=(Block.__name__,), device=device)
+    check_placement_memory(placement, str(path))
     try:
-        state = _mapped_state(weights, backbone, device, dtype)
+        state = _mapped_state(weights, backbone, placement)
     finally:
         weights.close()
     model.load_state_dict(state, strict=True, assign=True)
     if backbone.tie_embeddings:
         model.backbone.head.weight = model.backbone.embed.weight
     rotary = Rotary(backbone.d_model // backbone.n_heads, backbone.max_seq_len, backbone.rope_theta)
-    model.backbone.rotary = rotary.to(device=device, dtype=dtype)  # non-persistent buffers, rebuilt off meta
+    # non-persistent buffers, rebuilt off meta on the embedding's device, where the positions are made
+    model.backbone.rotary = rotary.to(device=placement.main, dtype=placement.dtype)
+    finish_placement(model, placement, root="backbone")  # the samplers call the backbone (denoiser_logits)
+    model.device_map = placement.as_dict()
     model.name = path.name
     model.checkpoint_info = config
-    template = path / "tokenizer_config.json"
-    if template.is_file():
-        try:
-            model.chat_template = json.loads(template.read_text()).get("chat_template")
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{template}: not valid JSON ({err})") from None
+    model.chat_template = read_chat_template(path)
     return model.eval().requires_grad_(False)
+
+
+def read_chat_template(folder: str | Path) -> str | list | None:
+    """tokenizer_config.json's `chat_template` (Instruct releases), None when the folder has none."""
+    file = Path(folder) / "tokenizer_config.json"
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text()).get("chat_template")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file}: not valid JSON ({err})") from None
 
 
 def chat_prompt(model, text: str, system: str | None = None) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from tokenizers import AddedToken, Tokenizer
 
 from explorer.train import SHIPPED_TOKENIZER
 
@@ -17,6 +18,7 @@ VOCAB, EMBED = 2048, 2112  # the shipped tokenizer's size; the embedding padded 
 MASK_ID, EOS_ID = 3, 2  # the shipped tokenizer's [MASK] and <eos>
 TEMPLATE = ("{% for m in messages %}<|start|>{{ m['role'] }}\n{{ m['content'] }}<|eot|>{% endfor %}"
             "{% if add_generation_prompt %}<|start|>assistant\n{% endif %}")
+EOT_TOKEN, EOT_ID = "<|eot_id|>", VOCAB  # with eot=True: LLaDA's end-of-turn token, added after the shipped vocabulary
 
 
 def released_config(**changes) -> dict:
@@ -52,14 +54,20 @@ def released_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def write_folder(folder: str | Path, tensors: dict[str, torch.Tensor], config: dict | None = None,
-                 shards: int = 1) -> Path:
-    """Write `tensors` as a released folder: config.json, the shipped tokenizer, a chat template, and
-    model.safetensors (or `shards` files named in model.safetensors.index.json, like the 8B releases)."""
+                 shards: int = 1, template: str | None = TEMPLATE, eot: bool = False) -> Path:
+    """Write `tensors` as a released folder: config.json, the shipped tokenizer (with `eot`, plus <|eot_id|> as
+    id EOT_ID), tokenizer_config.json with `template` as its chat template (None: none, like a Base release),
+    and model.safetensors (or `shards` files named in model.safetensors.index.json, like the 8B releases)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config or released_config()))
-    shutil.copy(SHIPPED_TOKENIZER, folder / "tokenizer.json")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": TEMPLATE}))
+    if eot:
+        tokenizer = Tokenizer.from_file(str(SHIPPED_TOKENIZER))
+        tokenizer.add_special_tokens([AddedToken(EOT_TOKEN, special=True)])
+        tokenizer.save(str(folder / "tokenizer.json"))
+    else:
+        shutil.copy(SHIPPED_TOKENIZER, folder / "tokenizer.json")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": template} if template else {}))
     save_weights(tensors, folder, shards)
     return folder
 
@@ -80,6 +88,60 @@ def save_weights(tensors: dict[str, torch.Tensor], folder: Path, shards: int = 1
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
-def write_tiny_llada(folder: str | Path, seed: int = 0, shards: int = 1) -> Path:
-    """A tiny random LLaDA-layout folder at `folder` (about 1 MB; `explorer.load(folder)` reads it)."""
-    return write_folder(folder, released_tensors(seed), shards=shards)
+def write_tiny_llada(folder: str | Path, seed: int = 0, shards: int = 1, template: str | None = TEMPLATE,
+                     eot: bool = False) -> Path:
+    """A tiny random LLaDA-layout folder at `folder` (about 1 MB; `explorer.load(folder)` reads it); `template`
+    and `eot` as in `write_folder`."""
+    return write_folder(folder, released_tensors(seed), shards=shards, template=template, eot=eot)
+
+
+DIT_D, DIT_HEADS, DIT_LAYERS, DIT_COND, DIT_LENGTH = 32, 4, 2, 16, 32
+
+
+def tiny_dit_config(kind: str = "mdlm", **changes) -> dict:
+    """A kuleshov-group MDLM ("mdlm") or BD3-LM ("bd3lm", block size 4) config.json at a tiny size."""
+    if kind not in ("mdlm", "bd3lm"):
+        raise ValueError(f"kind must be 'mdlm' or 'bd3lm', got {kind!r}")
+    config = {"architectures": [kind.upper()], "model_type": kind,
+              "auto_map": {"AutoModelForMaskedLM": f"modeling_{kind}.{kind.upper()}"},  # remote code: never run
+              "vocab_size": VOCAB + 2, "model_length": DIT_LENGTH, "hidden_dim": DIT_D, "cond_dim": DIT_COND,
+              "n_blocks": DIT_LAYERS, "n_heads": DIT_HEADS, "dropout": 0.1, "time_conditioning": False}
+    if kind == "bd3lm":
+        config |= {"block_size": 4, "cross_attn": True, "adaln": True, "attn_backend": "sdpa", "causal": False,
+                   "var_min": True, "sampling_eps_min": 1e-3, "sampling_eps_max": 0.999}
+    return config | changes
+
+
+def dit_tensors(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights under the kuleshov-group DiT release key names for a DiT config.json (`backbone.*`)."""
+    from explorer.released.dit import dit_configs, expected_shapes
+
+    g = torch.Generator().manual_seed(seed)
+    tokenizer = dit_tokenizer()
+    family_config, spec = dit_configs(config, tokenizer, Path("config.json"))
+    tensors = {}
+    for key, shape in expected_shapes(family_config.backbone, spec).items():
+        gain = key.endswith(("norm1.weight", "norm2.weight", "norm_final.weight"))
+        scale = 1.0 if key.endswith("embedding") else 0.2
+        tensors[key] = (1.0 if gain else 0.0) + torch.randn(shape, generator=g) * scale
+    return tensors
+
+
+def dit_tokenizer():
+    """The shipped tokenizer plus GPT-2's <|endoftext|> (the releases' eos), standing in for GPT-2's."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(SHIPPED_TOKENIZER))
+    tokenizer.add_special_tokens(["<|endoftext|>"])
+    return tokenizer
+
+
+def write_tiny_dit(folder: str | Path, config: dict, seed: int = 0, shards: int = 1) -> Path:
+    """A tiny random MDLM / BD3-LM release folder for `config` (a DiT config.json with vocab_size = the stand-in
+    tokenizer's 2049 tokens + 1 for the mask): config.json, tokenizer.json and the weights."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    dit_tokenizer().save(str(folder / "tokenizer.json"))
+    save_weights(dit_tensors(config, seed), folder, shards)
+    return folder

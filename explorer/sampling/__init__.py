@@ -13,7 +13,8 @@ from explorer.sampling.block import BlockParams, block_diffusion
 from explorer.sampling.chunks import ALGORITHMS, CALMParams, calm_sampler
 from explorer.sampling.continuous import ContinuousParams, continuous_diffusion
 from explorer.sampling.refine import RefineParams, draft_and_refine
-from explorer.sampling.masked import REMASKING_RULES, AncestralParams, MaskedParams, ancestral, masked_diffusion
+from explorer.sampling.masked import (REMASKING_RULES, AncestralParams, MaskedParams, ancestral, find_stop,
+                                      masked_diffusion)
 from explorer.sampling.trace import RECORD_LEVELS, SCHEMA, Frame, Trace
 
 # sampler name -> (family, builder of (params, frames function)); the defaults each name implies.
@@ -97,7 +98,7 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
     steps = gen_length if steps is None else steps
     if sampler == "ancestral":
         temp = 1.0 if temperature is None else temperature
-        return AncestralParams(gen_length, steps, block_length, temp, top_k, top_p, pinned), ancestral
+        return AncestralParams(gen_length, steps, block_length, temp, top_k, top_p, pinned, stop_at_eos), ancestral
     rule = sampler if sampler in REMASKING_RULES else "low_confidence"
     if sampler == "threshold" and threshold is None:
         threshold = 0.9
@@ -105,7 +106,7 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
         factor = 1.0
     temp = 0.0 if temperature is None else temperature
     params = MaskedParams(gen_length, steps, block_length, rule, temp, top_k, top_p, cfg_scale, threshold, factor,
-                          pinned, cache)
+                          pinned, cache, stop_at_eos)
     return params, masked_diffusion
 
 
@@ -145,7 +146,9 @@ def generate(model, prompt: str | list[int] = "", sampler: str | None = None, se
              **knobs) -> Trace:
     """Run a sampler to the end and return its Trace. Knobs: gen_length, steps, block_length, temperature,
     top_k, top_p, cfg_scale, threshold, factor, pinned ({position: token id or text}); mdlm: cache
-    ("none" | "prefix" | "dual"); bd3lm: kv_cache, stop_at_eos, entropy_window, min_entropy."""
+    ("none" | "prefix" | "dual"), stop_at_eos (True: a released model with `stop_ids` skips the blocks after
+    the one that ends its answer at eos / end of turn; False runs every block); bd3lm: kv_cache, stop_at_eos,
+    entropy_window, min_entropy."""
     description, prompt_ids, frames_iter = stream(model, prompt, sampler, seed, record, **knobs)
     started = time.perf_counter()
     frames = list(frames_iter)
@@ -160,7 +163,10 @@ def build_trace(model, prompt_ids: list[int], description: dict, frames: list[Fr
         ids.update(frame.tokens or [])
         ids.update(frame.proposal or [])
     tok = model.tokenizer
-    text = tok.decode([t for t in final if t != model.mask_id], skip_special_tokens=True)
+    stop = find_stop(model, final)  # a released model's answer ends at its first eos / end of turn
+    answer = final[: stop[0]] if stop else final
+    text = tok.decode([t for t in answer if t != model.mask_id], skip_special_tokens=True)
+    reason = frames[-1].stop or (stop[1] if stop else None)
     gen = len(final)
     return Trace(
         model={"name": model.name, "family": model.family, "params": model.num_parameters(),
@@ -171,7 +177,7 @@ def build_trace(model, prompt_ids: list[int], description: dict, frames: list[Fr
         text=text,
         token_strings={i: display_string(tok, i) for i in sorted(ids)},
         stats={"nfe": frames[-1].nfe, "wall_s": round(wall_s, 4), "tokens_per_s": round(gen / max(wall_s, 1e-9), 2),
-               "steps": frames[-1].step, "gen_length": gen, **({"stop": frames[-1].stop} if frames[-1].stop else {})},
+               "steps": frames[-1].step, "gen_length": gen, **({"stop": reason} if reason else {})},
         prompt_text=tok.decode(list(prompt_ids), skip_special_tokens=False) if prompt_ids else "",
         mask_id=model.mask_id,
     )

@@ -9,6 +9,9 @@ and keep its keys/values; the other steps of the block recompute only the block 
 and everything after it (prefix).
 `Ancestral` is MDLM's sampler: each masked token unmasks with probability (t - s) / t, and a step
 whose canvas did not change reuses the previous logits (no network call).
+With `stop_at_eos`, a model that names `stop_ids` (released LLaDA / Dream: end of text, end of turn) stops
+once a finished block holds one: the later blocks, which an Instruct model only fills with padding, are
+not computed; they are filled with the model's pad id and the last frame says why it stopped.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class MaskedParams:
     factor: float | None = None  # Fast-dLLM factor rule: longest prefix with c_n >= 1 - factor / (n + 1)
     pinned: dict[int, int] = field(default_factory=dict)  # generated position -> token id fixed from the start
     cache: str = "none"  # Fast-dLLM approximate cache refreshed once per block: "none", "prefix" or "dual"
+    stop_at_eos: bool = True  # skip the blocks after one that holds a stop id (models with `stop_ids` only)
 
     @property
     def blocks(self) -> int:
@@ -72,6 +76,7 @@ class MaskedParams:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         if self.cache != "none" and self.cfg_scale > 0:
             raise ValueError("cache='prefix'/'dual' cannot be combined with cfg_scale > 0 (the guided pass has no cache)")
+        check_flag("stop_at_eos", self.stop_at_eos)
 
 
 @dataclass(frozen=True)
@@ -83,12 +88,33 @@ class AncestralParams:
     top_k: int | None = None  # keep the k most likely tokens before sampling
     top_p: float | None = None  # nucleus mass kept before sampling
     pinned: dict[int, int] = field(default_factory=dict)  # generated position -> token id fixed from the start
+    stop_at_eos: bool = True  # skip the blocks after one that holds a stop id (models with `stop_ids` only)
 
     blocks = MaskedParams.blocks
 
     def validate(self, vocab_size: int) -> None:
-        MaskedParams(self.gen_length, self.steps, self.block_length, pinned=self.pinned).validate(vocab_size)
+        MaskedParams(self.gen_length, self.steps, self.block_length, pinned=self.pinned,
+                     stop_at_eos=self.stop_at_eos).validate(vocab_size)
         check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")
+
+
+def check_flag(knob: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{knob} must be True or False, got {value!r}")
+
+
+def find_stop(model, tokens) -> tuple[int, str] | None:
+    """(index, "eos" or "eot") of the first of the model's `stop_ids` in `tokens` (1-D tensor or list), None when
+    there is none or the model names no stop ids (our own checkpoints)."""
+    stops = getattr(model, "stop_ids", ())
+    if not stops:
+        return None
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    hits = torch.isin(tokens, torch.tensor(stops, device=tokens.device)).nonzero()
+    if len(hits) == 0:
+        return None
+    index = int(hits[0])
+    return index, "eos" if int(tokens[index]) == model.eos_id else "eot"
 
 
 def schedule_counts(masked: int, steps: int) -> list[int]:
@@ -272,12 +298,33 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, 
                 step_conf = None
             block_step += 1
             step += 1
-            done = block == params.blocks - 1 and not bool((canvas[lo:hi] == mask_id).any())
+            block_done = not bool((canvas[lo:hi] == mask_id).any())
+            stop = find_stop(model, canvas[P:hi]) if block_done and params.stop_at_eos else None
+            if stop is not None:  # the answer has ended: pad the blocks left instead of computing them
+                padding = (canvas[P:] == mask_id).nonzero().squeeze(-1)  # (F,) generated positions
+                fill = _pad_id(model, int(canvas[P + stop[0]]))
+                canvas[P + padding] = fill
+                gen_pos = torch.cat([gen_pos, padding.cpu()])
+                if record == "full":  # padding is placed, not proposed or scored
+                    proposal[padding.cpu()] = fill
+                    step_conf[padding.cpu()] = float("nan")
+            done = stop is not None or (block == params.blocks - 1 and block_done)
             frame = make_frame(record, done, step, canvas[P:], gen_pos.tolist(), nfe,
                                t=_mask_rate(canvas[P:], mask_id), block=block, proposal=proposal,
-                               confidence=step_conf, cache=cache_label, hidden=states)
+                               confidence=step_conf, cache=cache_label, stop=stop[1] if stop else None,
+                               hidden=states)
             if frame is not None:
                 yield frame
+            if stop is not None:
+                return
+
+
+def _pad_id(model, stop_token: int) -> int:
+    """What fills the canvas after the answer ends: the pad id (LLaDA's is its eos), else eos, else the stop token."""
+    for token in (getattr(model, "pad_id", None), getattr(model, "eos_id", None)):
+        if token is not None:
+            return token
+    return stop_token
 
 
 def _mask_rate(region: torch.Tensor, mask_id: int) -> float:

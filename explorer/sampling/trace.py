@@ -26,7 +26,7 @@ class Frame:
     confidence: list[float | None] | None = None  # level "full": score of the proposal (commit-time score once fixed)
     latent: list[list[float]] | None = None  # level "full": continuous state per position, where the family has one
     cache: str | None = None  # cache behind this step's network call: "kv" (exact), "prefix"/"dual" (approximate), "refresh"
-    stop: str | None = None  # final frame of variable-length sampling: "eos", "entropy" or "length"
+    stop: str | None = None  # final frame of variable-length sampling: "eos", "eot", "entropy" or "length"
     revised: list[int] | None = None  # positions whose token changed (draft-and-refine: vs the draft; cdcd: vs the last step)
     noise: float | None = None  # cdcd: the Gaussian noise scale sigma of the state after this step (0 = clean)
     entropy: list[float] | None = None  # level "full", cdcd: entropy (nats) of the model's softmax per position
