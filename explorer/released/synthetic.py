@@ -4,7 +4,6 @@ notebook and trying the page without an 8B download. Its weights are random: wha
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -61,15 +60,18 @@ def write_folder(folder: str | Path, tensors: dict[str, torch.Tensor], config: d
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config or released_config()))
-    if eot:
-        tokenizer = Tokenizer.from_file(str(SHIPPED_TOKENIZER))
-        tokenizer.add_special_tokens([AddedToken(EOT_TOKEN, special=True)])
-        tokenizer.save(str(folder / "tokenizer.json"))
-    else:
-        shutil.copy(SHIPPED_TOKENIZER, folder / "tokenizer.json")
+    shipped_tokenizer_plus(EOT_TOKEN if eot else None).save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": template} if template else {}))
     save_weights(tensors, folder, shards)
     return folder
+
+
+def shipped_tokenizer_plus(token: str | None) -> Tokenizer:
+    """The shipped tokenizer, with one special token of a release appended after its 2,048 (None: as shipped)."""
+    tokenizer = Tokenizer.from_file(str(SHIPPED_TOKENIZER))
+    if token is not None:
+        tokenizer.add_special_tokens([AddedToken(token, special=True)])
+    return tokenizer
 
 
 def save_weights(tensors: dict[str, torch.Tensor], folder: Path, shards: int = 1) -> None:
@@ -96,6 +98,7 @@ def write_tiny_llada(folder: str | Path, seed: int = 0, shards: int = 1, templat
 
 
 DIT_D, DIT_HEADS, DIT_LAYERS, DIT_COND, DIT_LENGTH = 32, 4, 2, 16, 32
+DIT_EOS = "<|endoftext|>"  # GPT-2's end of text, which the releases' eos id names
 
 
 def tiny_dit_config(kind: str = "mdlm", **changes) -> dict:
@@ -117,7 +120,7 @@ def dit_tensors(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     from explorer.released.dit import dit_configs, expected_shapes
 
     g = torch.Generator().manual_seed(seed)
-    tokenizer = dit_tokenizer()
+    tokenizer = shipped_tokenizer_plus(DIT_EOS)
     family_config, spec = dit_configs(config, tokenizer, Path("config.json"))
     tensors = {}
     for key, shape in expected_shapes(family_config.backbone, spec).items():
@@ -127,21 +130,12 @@ def dit_tensors(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def dit_tokenizer():
-    """The shipped tokenizer plus GPT-2's <|endoftext|> (the releases' eos), standing in for GPT-2's."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(SHIPPED_TOKENIZER))
-    tokenizer.add_special_tokens(["<|endoftext|>"])
-    return tokenizer
-
-
 def write_tiny_dit(folder: str | Path, config: dict, seed: int = 0, shards: int = 1) -> Path:
     """A tiny random MDLM / BD3-LM release folder for `config` (a DiT config.json with vocab_size = the stand-in
     tokenizer's 2049 tokens + 1 for the mask): config.json, tokenizer.json and the weights."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
-    dit_tokenizer().save(str(folder / "tokenizer.json"))
+    shipped_tokenizer_plus(DIT_EOS).save(str(folder / "tokenizer.json"))
     save_weights(dit_tensors(config, seed), folder, shards)
     return folder
