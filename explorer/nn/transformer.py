@@ -227,6 +227,20 @@ class Block(nn.Module):
         return x + (1 + gate2) * self.mlp(modulate(self.mlp_norm(x), shift2, scale2))
 
 
+def window(cache: KVCache | None, length: int, start: int | None, store: int | None, positions: torch.Tensor | None,
+           max_seq_len: int, device) -> tuple[int, int, torch.Tensor]:
+    """A forward pass's window of `length` new positions: its start (default: after the cached positions), how
+    many of them go into the cache (default all) and their rotary positions (default start..start+length)."""
+    if start is None:
+        start = cache.length if cache is not None else 0
+    store = length if store is None else store
+    if positions is None:
+        if start + length > max_seq_len:
+            raise ValueError(f"sequence of {start + length} tokens exceeds max_seq_len {max_seq_len}")
+        positions = torch.arange(start, start + length, device=device)
+    return start, store, positions
+
+
 class Transformer(nn.Module):
     """Token ids (B, L) -> logits (B, L, V), optionally with the final hidden states (B, L, d)."""
 
@@ -271,13 +285,7 @@ class Transformer(nn.Module):
         device = (input_ids if embeds is None else embeds).device
         if (noise_feature is None) == self.config.time_conditioning:
             raise ValueError("noise_feature (B,) is required by time-conditioned backbones and accepted only by them")
-        if start is None:
-            start = cache.length if cache is not None else 0
-        store = L if store is None else store
-        if positions is None:
-            if start + L > self.config.max_seq_len:
-                raise ValueError(f"sequence of {start + L} tokens exceeds max_seq_len {self.config.max_seq_len}")
-            positions = torch.arange(start, start + L, device=device)
+        start, store, positions = window(cache, L, start, store, positions, self.config.max_seq_len, device)
         angles = self.rotary.angles(positions)
         x = self.embed(input_ids) if embeds is None else embeds  # (B, L, d)
         condition = None if noise_feature is None else self.time_embedding(noise_feature)  # (B, d)

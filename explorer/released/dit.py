@@ -49,7 +49,7 @@ from explorer.models.base import read_config
 from explorer.models.bd3lm import BD3LMConfig, BD3LMModel
 from explorer.models.mdlm import MDLMConfig, MDLMModel
 from explorer.nn import KVCache, TransformerConfig
-from explorer.nn.transformer import Attention, Rotary
+from explorer.nn.transformer import Attention, Rotary, window
 from explorer.released.llada import rope_permutation
 from explorer.released.memory import PICKLE_SUFFIXES, SafetensorsFolder, check_layout
 from explorer.released.placement import (
@@ -230,14 +230,8 @@ class DiTBackbone(nn.Module):
                 store: int | None = None, logits_for: slice = slice(None)):
         """As explorer.nn.Transformer.forward (token ids only): `mask`, `positions`, the cache window
         (`start`, `store`) and `logits_for` mean the same there and here."""
-        B, L = input_ids.shape
-        if start is None:
-            start = cache.length if cache is not None else 0
-        store = L if store is None else store
-        if positions is None:
-            if start + L > self.config.max_seq_len:
-                raise ValueError(f"sequence of {start + L} tokens exceeds model_length {self.config.max_seq_len}")
-            positions = torch.arange(start, start + L, device=input_ids.device)
+        start, store, positions = window(cache, input_ids.shape[1], start, store, positions, self.config.max_seq_len,
+                                         input_ids.device)
         angles = self.rotary.angles(positions)
         x = self.embed(input_ids)  # (B, L, d)
         c = F.silu(self.sigma_map(self.sigma(input_ids))) if self.sigma_map is not None else None  # (B, cond_dim)
