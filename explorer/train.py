@@ -13,6 +13,15 @@ r*K .. r*K+K-1. The noise of micro-batch m (masking, dropout) comes from a gener
 (seed, step, m), so a run's randomness depends only on S: N ranks with K micro-batches reproduce one
 process with N*K micro-batches up to float error, and with a noise-free loss (ar, dropout 0) any
 split reproduces the single batch. S = 1 keeps the historical (seed, step) seed. Only rank 0 writes.
+
+Per family, what DDP has to keep identical across ranks (tests/test_ddp.py checks each against one process):
+- every trainable parameter gets a gradient from every loss, so DDP runs without the slower
+  find_unused_parameters (a parameter left out of a loss would stop the job at the next step);
+- bd3lm: the clip window is decided once by rank 0 (`--clip search` measures it) and broadcast;
+- cdcd: the time warp is learned state, but it is fitted by gradient (`TimeWarp.fit_loss` on the detached
+  per-row losses), so all-reducing the gradients fits it to every rank's losses, as one process would;
+- calm: the autoencoder is frozen (no gradient, nothing to reduce; every rank loads the same --autoencoder
+  folder) and the energy loss's head noise and posterior samples come from the micro-batch's generator.
 """
 
 from __future__ import annotations
@@ -135,6 +144,10 @@ def build_model(cfg: TrainConfig, tokenizer):
             raise ValueError(f"seq_len ({cfg.seq_len}) must be a multiple of block_size ({cfg.block_size})")
     elif cfg.family == "calm":
         autoencoder = load_autoencoder(cfg)
+        if autoencoder.config.vocab_size != tokenizer.get_vocab_size():
+            raise ValueError(f"--autoencoder {cfg.autoencoder} reads {autoencoder.config.vocab_size} token ids but "
+                             f"the run's tokenizer has {tokenizer.get_vocab_size()}: the autoencoder and the calm "
+                             "model must share one tokenizer")
         base = preset(cfg.preset, attention="causal", **overrides)
         config = CALMConfig(backbone=base.with_(max_seq_len=base.max_seq_len // cfg.chunk), autoencoder=autoencoder.config)
     elif cfg.family == "cdcd":
@@ -202,7 +215,10 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def tokenizer_for(cfg: TrainConfig, works: dict[str, str]):
-    if cfg.corpus is None and SHIPPED_TOKENIZER.is_file():
+    """The shipped tokenizer for the shipped corpus, a new one for `--corpus`, except for calm: its frozen
+    autoencoder reads token ids of the shipped tokenizer (train-autoencoder always uses it), so a calm run keeps
+    it on any corpus (byte-level BPE encodes every text)."""
+    if (cfg.corpus is None or cfg.family == "calm") and SHIPPED_TOKENIZER.is_file():
         return load_tokenizer(SHIPPED_TOKENIZER)
     return train_tokenizer(list(split_works(works, "train").values()))
 
@@ -396,7 +412,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
                 clip_info = choose_clip(model, cfg, val_stream)
         clip_info = broadcast(clip_info, dist)
     loss_kwargs = {"clip": tuple(clip_info["window"]) if clip_info.get("window") else None} if cfg.family == "bd3lm" else {}
-    # DDP also broadcasts rank 0's weights, so every rank starts from the same state
+    # DDP also broadcasts rank 0's weights, so every rank starts from the same state. No
+    # find_unused_parameters: every trainable parameter of every family gets a gradient (see the docstring)
     net = LossOf(model)
     if dist.active:
         net = torch.nn.parallel.DistributedDataParallel(
