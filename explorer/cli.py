@@ -112,6 +112,16 @@ def _add_sample(sub):
     p.add_argument("--record", default="tokens", choices=RECORD_LEVELS)
     p.add_argument("--trace", default=None, help="write the trace JSON here")
     p.add_argument("--no-animation", action="store_true", help="print only the final text")
+    p.add_argument("--no-stop-at-eos", action="store_true", help="mdlm / bd3lm: run every block even after the "
+                   "answer has ended (released models' eos / end of turn; bd3lm: its eos)")
+    released = p.add_argument_group("released checkpoints (LLaDA, Dream, MDLM, BD3-LM folders)")
+    released.add_argument("--chat", action="store_true",
+                          help="wrap the prompt as one user turn of the folder's chat template (Instruct models)")
+    released.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if any, else cpu)")
+    released.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                          help="weights' dtype (default: bfloat16 on a GPU, float32 on the CPU)")
+    released.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
+                          help="spread the blocks over several GPUs with accelerate (instead of --device)")
 
 
 def _parse_pins(pins: list[str]) -> dict[int, str]:
@@ -130,12 +140,23 @@ def cmd_sample(args):
     import explorer
     from explorer.sampling import build_trace, stream
 
-    model = explorer.load(args.checkpoint or explorer.hub.calm_for_chunk(args.chunk))
+    placement = {k: v for k, v in (("device", args.device), ("dtype", args.dtype), ("device_map", args.device_map))
+                 if v is not None}
+    model = explorer.load(args.checkpoint or explorer.hub.calm_for_chunk(args.chunk), **placement)
+    prompt = args.prompt
+    if args.chat:
+        from explorer.released import chat_prompt
+
+        if not getattr(model, "chat_template", None):
+            raise ValueError(f"--chat: {model.name} has no chat template (tokenizer_config.json's chat_template)")
+        prompt = chat_prompt(model, prompt)
     animate = sys.stdout.isatty() and not args.no_animation
     record = "tokens" if animate and args.record == "none" else args.record
     knobs = dict(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale,
                  threshold=args.threshold, factor=args.factor, pinned=_parse_pins(args.pin))
+    if model.family in ("mdlm", "bd3lm"):
+        knobs |= dict(stop_at_eos=not args.no_stop_at_eos)
     if model.family == "mdlm":
         knobs |= dict(cache=args.cache)
         if args.sampler == "draft_refine":
@@ -146,18 +167,18 @@ def cmd_sample(args):
         knobs |= dict(schedule=args.schedule, churn=args.churn, clamp=args.clamp)
     if model.family == "calm":
         knobs |= dict(n_candidates=args.n_candidates, max_draws=args.max_draws)
-    description, prompt_ids, frames_iter = stream(model, args.prompt, args.sampler, args.seed, record, **knobs)
+    description, prompt_ids, frames_iter = stream(model, prompt, args.sampler, args.seed, record, **knobs)
     frames, started = [], time.perf_counter()
     for frame in frames_iter:
         frames.append(frame)
         if animate and frame.tokens is not None:
             shown = "".join("\u2591" if t == model.mask_id else model.tokenizer.decode([t]) for t in frame.tokens)
-            sys.stdout.write(f"\x1b[H\x1b[J{args.prompt}{shown}\n[step {frame.step} · nfe {frame.nfe}]\n")
+            sys.stdout.write(f"\x1b[H\x1b[J{prompt}{shown}\n[step {frame.step} · nfe {frame.nfe}]\n")
             sys.stdout.flush()
     trace = build_trace(model, prompt_ids, description, frames, time.perf_counter() - started)
     if animate:
         sys.stdout.write("\x1b[H\x1b[J")
-    print(args.prompt + trace.text)
+    print(prompt + trace.text)
     print(f"[{model.name} · {description['name']} · nfe {trace.stats['nfe']} · {trace.stats['wall_s']:.2f}s]",
           file=sys.stderr)
     if args.trace:

@@ -105,3 +105,22 @@ def test_train_bd3lm_from_an_init_checkpoint_with_a_clip_search(tmp_path):
     assert result.returncode == 2 and "block_size" in result.stderr
     result = cli("train", "--family", "bd3lm", "--clip", "0.9,0.2", "--out", str(tmp_path / "bad"), check=False)
     assert result.returncode == 2 and "clip window" in result.stderr
+
+
+def test_sample_a_released_folder_with_its_chat_template_and_stop(tmp_path):
+    from explorer.released.synthetic import EOT_ID, write_tiny_llada
+
+    folder = write_tiny_llada(tmp_path / "LLaDA-tiny", eot=True)
+    common = ("sample", "--checkpoint", str(folder), "--prompt", "hi", "--gen-length", "16", "--steps", "16",
+              "--block-length", "4", "--pin", "1:<|eot_id|>", "--device", "cpu", "--dtype", "float32",
+              "--no-animation", "--trace")
+    cli(*common, str(tmp_path / "stop.json"), "--chat")
+    stopped = explorer.Trace.load(tmp_path / "stop.json")
+    assert stopped.prompt_text.startswith("<|start|>user\nhi<|eot|>") and stopped.stats["stop"] == "eot"
+    assert stopped.stats["nfe"] == 3 and EOT_ID in stopped.frames[-1].tokens  # block 0 only: 4 tokens, one pinned
+    cli(*common, str(tmp_path / "all.json"), "--no-stop-at-eos")
+    every = explorer.Trace.load(tmp_path / "all.json")
+    assert every.prompt_text == "hi" and every.stats["nfe"] == 15
+    plain = write_tiny_llada(tmp_path / "LLaDA-base", template=None)
+    result = cli("sample", "--checkpoint", str(plain), "--chat", "--gen-length", "4", check=False)
+    assert result.returncode != 0 and "--chat: LLaDA-base has no chat template" in result.stderr
