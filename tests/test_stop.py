@@ -41,6 +41,21 @@ def test_the_sampler_stops_after_the_block_with_eot(llada, sampler):
     assert stopped.text == full.text == answer  # the text ends before the end of turn either way
 
 
+def test_resuming_a_stopped_run_with_the_end_of_turn_edited_away_writes_on(llada):
+    from explorer.sampling.edit import resume, spliced_trace
+
+    stopped = generate(llada, record="full", **KNOBS)
+    index = len(stopped.frames) - 1
+    _, _, frames = resume(llada, stopped, index, {3: 100})  # replace the end of turn by an ordinary token
+    frames = list(frames)
+    edited = frames[0]
+    assert edited.tokens[3] == 100 and edited.tokens[4:] == [MASK_ID] * 12 and edited.stop is None
+    assert {f.block for f in frames[1:]} == {1, 2, 3}  # the padded blocks are sampled this time
+    resumed = spliced_trace(llada, stopped, index, frames, 0.0)
+    assert MASK_ID not in resumed.final_tokens and resumed.stats["nfe"] > stopped.stats["nfe"]
+    assert resumed.final_tokens[:4] == stopped.final_tokens[:3] + [100]
+
+
 def test_stop_at_eos_is_validated(llada):
     with pytest.raises(ValueError, match="stop_at_eos must be True or False, got 'yes'"):
         generate(llada, stop_at_eos="yes", **KNOBS)

@@ -58,13 +58,14 @@ def resume(model, trace: Trace, index: int, edits: dict[int, int], seed: int | N
     params, frames_fn = build_sampler(model.family, name, **{k: v for k, v in trace.sampler.items() if k in KNOBS})
     if not hasattr(params, "pinned"):
         raise ValueError(f"resuming needs a sampler that pins tokens; {name!r} does not")
-    kept = {p: t for p, t in enumerate(paused.tokens) if t != model.mask_id and p not in forced}
+    reopened = _padding(paused, params)
+    kept = {p: t for p, t in enumerate(paused.tokens) if t != model.mask_id and p not in forced and p not in reopened}
     # one block: the steps left; several: the run's steps, as they are split over all blocks (see the module doc)
     steps = params.steps if params.blocks > 1 else max(1, params.steps - paused.step)
     params = replace(params, steps=steps, pinned={**kept, **forced})
     record = trace.sampler.get("record", "tokens")
     frames = frames_fn(model, trace.prompt_ids, params, _noise(trace, index, seed), record)
-    edited = _edited_frame(paused, forced, model.mask_id)
+    edited = _edited_frame(paused, forced, model.mask_id, reopened)
     return _logged(trace, index, forced, seed), list(trace.prompt_ids), _continued(frames, edited, paused, kept)
 
 
@@ -130,16 +131,32 @@ def _logged(trace: Trace, index: int, forced: dict[int, int], seed: int | None) 
     return description
 
 
-def _edited_frame(paused: Frame, forced: dict[int, int], mask_id: int) -> Frame:
-    """Frame `paused` with the edits made by hand: same step and nfe, the edited positions committed."""
+def _padding(paused: Frame, params) -> set[int]:
+    """The positions a stop at the end of the answer padded (the blocks after the stopping one): they are masked
+    again when the run resumes, so an edit that removes the end of the answer lets the model write on."""
+    if paused.stop not in ("eos", "eot"):
+        return set()
+    end = (paused.block + 1) * (params.block_length or params.gen_length)
+    return set(range(end, params.gen_length))
+
+
+def _edited_frame(paused: Frame, forced: dict[int, int], mask_id: int, reopened: set[int]) -> Frame:
+    """Frame `paused` with the edits made by hand and the padded positions masked again: same step and nfe, the
+    edited positions committed."""
     edited = copy.deepcopy(paused)
+    for pos in reopened:
+        edited.tokens[pos] = mask_id
+        if edited.proposal is not None:
+            edited.proposal[pos] = mask_id
+        if edited.confidence is not None:
+            edited.confidence[pos] = None
     for pos, tok in forced.items():
         edited.tokens[pos] = tok
         if edited.proposal is not None:
             edited.proposal[pos] = tok
         if edited.confidence is not None:
             edited.confidence[pos] = None  # placed by hand, not scored
-    edited.committed, edited.remasked, edited.cache = sorted(forced), [], None
+    edited.committed, edited.remasked, edited.cache, edited.stop = sorted(forced), [], None, None
     edited.t = round(sum(t == mask_id for t in edited.tokens) / len(edited.tokens), 6)
     return edited
 
