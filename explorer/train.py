@@ -379,9 +379,13 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
         defaults = asdict(TrainConfig(family=cfg.family))  # knobs added after the run was saved
         changed = {k for k, v in asdict(cfg).items() if saved["train_config"].get(k, defaults[k]) != v}
         changed -= RESUMABLE_CHANGES
+        saved_shards = saved.get("world_size", 1) * saved["train_config"].get("grad_accum", 1)
+        if saved_shards == dist.world_size * cfg.grad_accum:  # same micro-batches, same noise: e.g. 8 GPUs -> 1 x 8
+            changed.discard("grad_accum")
         if changed:
             raise ValueError(f"--resume: settings differ from the saved run: {sorted(changed)} "
-                             f"(only {sorted(RESUMABLE_CHANGES)} may change on resume)")
+                             f"(only {sorted(RESUMABLE_CHANGES)} may change on resume, and grad_accum when "
+                             f"processes x grad_accum stays {saved_shards})")
     elif dist.main and (state_dir / "state.json").is_file():
         raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it or pick another --out")
 
@@ -426,7 +430,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
         if not dist.main:
             return
         extra = {"tokens_seen": tokens_seen, "wall_s": round(wall, 1), "train_config": asdict(cfg),
-                 "device": device_name(device) + (f" x {dist.world_size} ranks" if dist.active else "")}
+                 "device": device_name(device) + (f" x {dist.world_size} ranks" if dist.active else ""),
+                 "world_size": dist.world_size}
         if clip_info:
             extra["clip"] = clip_info
         save_state(state_dir, model, optimizer, step, extra)

@@ -1,6 +1,7 @@
 """Data-parallel training (issue 8): 2 gloo ranks, gradient accumulation, the batch split and bf16 checks."""
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -106,6 +107,20 @@ def test_calm_keeps_the_autoencoders_tokenizer_on_a_custom_corpus(corpus, tmp_pa
     cfg = knobs(corpus, "calm", 0.0, chunk=4, autoencoder=str(tiny_autoencoder), steps=1, save_every=1, eval_every=1)
     out = train(TrainConfig(**cfg), tmp_path / "calm", progress=False)
     assert load_tokenizer(out).to_str() == tokenizer.to_str()
+
+
+def test_a_two_rank_run_resumes_on_one_process_with_twice_the_micro_batches(corpus, tmp_path):
+    """2 ranks x 1 micro-batch and 1 process x 2 draw the same noise, so grad_accum may change on resume when
+    processes x grad_accum stays the same (8 GPUs -> 1 GPU x 8); any other change is refused."""
+    torch.set_num_threads(1)
+    cfg = knobs(corpus, "mdlm", 0.1)
+    torchrun(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "train_state" / "state.json").read_text())["world_size"] == 2
+    with pytest.raises(ValueError, match=r"settings differ .*grad_accum.*processes x grad_accum stays 2"):
+        train(TrainConfig(**cfg | {"steps": 13}, grad_accum=4), tmp_path / "run", resume=True, progress=False)
+    train(TrainConfig(**cfg | {"steps": 13}, grad_accum=2), tmp_path / "run", resume=True, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 14)) and math.isfinite(log[-1]["loss"])
 
 
 def test_grad_accumulation_matches_one_big_batch(corpus, tmp_path):
