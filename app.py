@@ -132,9 +132,9 @@ class Session:
 class Page:
     """The page's server-side state shared by all users: allowed roots, loaded models, runs in flight."""
 
-    def __init__(self, roots: list[Path] | None = None):
+    def __init__(self, roots: list[Path] | None = None, released_options: dict | None = None):
         self.roots = [Path(r) for r in (roots or default_roots())]
-        self.models = ModelCache()
+        self.models = ModelCache(released_options=released_options)
         self.registry = RunRegistry()
         self.examples = load_examples()
 
@@ -642,9 +642,10 @@ def first_paint(examples: dict[str, Trace]) -> tuple[Session, list[Trace]]:
     return Session(trace=denoise, runs=[denoise] if denoise else [], compared=compared), compared
 
 
-def build_demo(roots: list[Path] | None = None) -> gr.Blocks:
+def build_demo(roots: list[Path] | None = None, released_options: dict | None = None) -> gr.Blocks:
+    """The page. `released_options`: explorer.load's device / dtype / device_map for released folders."""
     global PAGE
-    PAGE = Page(roots)
+    PAGE = Page(roots, released_options)
     names = PAGE.choices()
     default = "mdlm-tiny" if "mdlm-tiny" in names else (names[0] if names else None)
     every_sampler = list(dict.fromkeys(name for family in SAMPLERS.values() for name in family))  # the API takes all
@@ -852,9 +853,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-root", action="append", default=None, metavar="DIR",
                         help="a folder whose checkpoint subfolders the page may open (repeatable; default: the "
                              "shipped checkpoints only)")
+    parser.add_argument("--device", default=None, help="released folders: cpu, cuda or cuda:N (default: cuda if "
+                        "any, else cpu; our own checkpoints always run on the CPU)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="released folders: the weights' dtype (default: bfloat16 on a GPU, float32 on the CPU)")
+    parser.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
+                        help="released folders: spread the blocks over several GPUs with accelerate")
     args = parser.parse_args(argv)
     roots = default_roots() + [Path(r) for r in args.checkpoint_root or []]
-    build_demo(roots).launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
+    from explorer.released import load_options
+
+    released = load_options(args.device, args.dtype, args.device_map)
+    build_demo(roots, released).launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
 
 
 if __name__ == "__main__":

@@ -140,8 +140,9 @@ def cmd_sample(args):
     import explorer
     from explorer.sampling import build_trace, stream
 
-    placement = {k: v for k, v in (("device", args.device), ("dtype", args.dtype), ("device_map", args.device_map))
-                 if v is not None}
+    from explorer.released import load_options
+
+    placement = load_options(args.device, args.dtype, args.device_map)
     model = explorer.load(args.checkpoint or explorer.hub.calm_for_chunk(args.chunk), **placement)
     prompt = args.prompt
     if args.chat:

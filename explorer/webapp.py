@@ -137,10 +137,12 @@ def prompt_note(prompt: str, given: str) -> str:
 class ModelCache:
     """Loaded models by folder, reloaded when the weights file changes (a training run may rewrite it)."""
 
-    def __init__(self, size: int = 6):
+    def __init__(self, size: int = 6, released_options: dict | None = None):
         self.size = size
         self.models: dict[Path, tuple[int, object]] = {}
         self.lock = threading.Lock()
+        # explorer.load's device / dtype / device_map for released folders (ours are small: CPU, float32)
+        self.released_options = dict(released_options or {})
 
     def get(self, path: Path):
         stamp = weights_at(path).stat().st_mtime_ns
@@ -149,7 +151,8 @@ class ModelCache:
                 return self.models[path][1]
         for attempt in range(3):  # a training run may be rewriting the checkpoint right now
             try:
-                model = explorer.load(path).eval()
+                released = self.released_options and "family" not in read_config(path)
+                model = explorer.load(path, **(self.released_options if released else {})).eval()
                 break
             except Exception as err:  # noqa: BLE001 (a half-written file fails in many ways)
                 if attempt == 2:

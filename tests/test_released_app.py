@@ -150,3 +150,19 @@ def test_a_template_that_fails_to_render_is_named(root):
     assert model_prompt(model, "hi", chat=False) == "hi"
     with pytest.raises(ValueError, match="chat template of LLaDA-tiny could not be rendered.*untick 'chat template'"):
         model_prompt(model, "hi", chat=True)
+
+
+def test_the_page_loads_released_folders_with_its_device_options(root):
+    import torch
+
+    import explorer
+    from explorer.webapp import ModelCache
+
+    cache = ModelCache(released_options={"device": "cpu", "dtype": "bfloat16"})
+    model = cache.get(root / "bd3lm-release")
+    assert str(model.device) == "cpu" and next(model.parameters()).dtype == torch.bfloat16
+    assert cache.get(explorer.hub.resolve("mdlm-tiny")).family == "mdlm"  # our own checkpoints ignore the options
+    mapped = ModelCache(released_options={"device_map": {"": "cpu"}}).get(root / "LLaDA-tiny")
+    assert mapped.device_map == {"": "cpu"}
+    with pytest.raises(ValueError, match="device_map"):
+        ModelCache(released_options={"device_map": "everywhere"}).get(root / "LLaDA-tiny")

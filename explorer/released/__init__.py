@@ -68,6 +68,11 @@ def released_family(config: dict) -> str | None:
     return family(config) if callable(family) else family
 
 
+def load_options(device=None, dtype=None, device_map=None) -> dict:
+    """The placement knobs of `explorer.load` that were given (command-line flags left unset are dropped)."""
+    return {k: v for k, v in (("device", device), ("dtype", dtype), ("device_map", device_map)) if v is not None}
+
+
 def describe_architecture(config: dict) -> str:
     return repr(config.get("architectures") or config.get("model_type") or "none given")
 
@@ -102,4 +107,4 @@ def load_released(path: str | Path, device=None, dtype=None, config: dict | None
 
 __all__ = ["LAYOUTS", "DreamModel", "LLaDAConfig", "LLaDAModel", "NotEnoughMemory", "Placement", "SafetensorsFolder",
            "chat_prompt", "check_memory", "check_placement_memory", "detect_layout", "finish_placement", "load_dream",
-           "load_llada", "load_released", "plan_placement", "register", "released_family"]
+           "load_llada", "load_options", "load_released", "plan_placement", "register", "released_family"]
