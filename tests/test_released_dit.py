@@ -159,7 +159,8 @@ def test_mdlm_release_matches_the_reference_forward(tmp_path, time_conditioning)
     with torch.no_grad():
         ours = model.backbone(ids)
         subs = model(ids)
-    assert torch.allclose(ours.double(), expected, atol=1e-4), float((ours.double() - expected).abs().max())
+    # measured: max |diff| 1.8e-6 (2.8e-6 time-conditioned) on logits up to 5.6 (fp32 against float64)
+    assert torch.allclose(ours.double(), expected, atol=2e-5), float((ours.double() - expected).abs().max())
     unmasked = ids != model.mask_id  # SUBS: input tokens carried over, the mask never proposed
     assert torch.equal(subs[unmasked].argmax(-1), ids[unmasked])
     assert torch.isinf(subs[..., model.mask_id]).all()
@@ -179,7 +180,7 @@ def test_bd3lm_release_cache_window_matches_the_block_causal_reference(releases)
         last = model.window_logits(ids[:, 8:12], 8, cache, store=0)  # the third block against them
     expected = expected[:, 8:12].clone()
     expected[..., model.mask_id] = float("-inf")
-    assert torch.allclose(last.double(), expected, atol=1e-4)
+    assert torch.allclose(last.double(), expected, atol=2e-5)
 
 
 def test_samplers_traces_and_losses_run_on_the_releases(releases):
