@@ -130,14 +130,19 @@ def mock_model(tokenizer):
 
 
 @pytest.fixture(scope="session")
-def app_url():
-    """The explorer page served in this process on a free 127.0.0.1 port, shut down after the session."""
+def app_url(tmp_path_factory):
+    """The explorer page served in this process on a free 127.0.0.1 port, shut down after the session. Besides
+    the shipped checkpoints it may open a "released" root: a tiny LLaDA-layout folder with a chat template."""
     from app import build_demo, launch_options
+    from explorer.released.synthetic import write_tiny_llada
+    from explorer.webapp import default_roots
 
+    released = tmp_path_factory.mktemp("page-root") / "released"
+    write_tiny_llada(released / "LLaDA-chat", eot=True)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    demo = build_demo()
+    demo = build_demo(default_roots() + [released])
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **launch_options())
     try:

@@ -216,3 +216,19 @@ def test_export_tab_downloads_a_trace_and_loads_it_back(page, tmp_path):
     page.wait_for_function("document.querySelector('#stats').innerText.includes('9 frames')")
     screenshot(page, "export")
 
+
+
+def test_a_released_folder_gets_the_chat_template_box_and_shows_the_wrapped_prompt(page):
+    box = page.locator("#chat_template")
+    assert not box.is_visible()  # mdlm-tiny has no chat template
+    page.locator("#checkpoint input").fill("released/LLaDA-chat")
+    page.locator("#checkpoint input").press("Enter")
+    page.wait_for_selector("#chat_template input:checked")
+    for elem_id, value in (("gen_length", 8), ("steps", 8), ("block_length", 8)):
+        set_number(page, elem_id, value)
+    page.locator("#prompt textarea").fill("hi")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#stats').innerText.includes('LLaDA-chat (mdlm)')")
+    page.locator("#stats summary").click()  # the collapsed note: the prompt the model got
+    page.wait_for_function("document.querySelector('#stats details pre').innerText.includes('<|start|>user')")
+    screenshot(page, "released-chat")
