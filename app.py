@@ -426,9 +426,10 @@ def compare_knobs(family: str, gen_length: int, steps: int, temperature: float) 
 
 
 def compare(prompt, gen_length, steps, temperature, seed, color_by, *slots, request: gr.Request = None):
-    """Run the enabled slots one after another on the same prompt; each run's panel fills in live."""
-    session_in = slots[-1]
-    slots = slots[:-1]
+    """Run the enabled slots one after another on the same prompt (in the chat template of each checkpoint that has
+    one, when the box is ticked); each run's panel fills in live."""
+    chat, session_in = slots[-2:]
+    slots = slots[:-2]
     session = copy.copy(session_in) if session_in is not None else Session()
     user = request.session_hash if request is not None else "local"
     specs = [(slots[i + 1], slots[i + 2]) for i in range(0, 3 * COMPARE_SLOTS, 3) if slots[i] and slots[i + 1]]
@@ -447,7 +448,8 @@ def compare(prompt, gen_length, steps, temperature, seed, color_by, *slots, requ
             if model.family == "bd3lm":
                 req.block_length = req.steps = model.block_size
             check_request(model.family, req, model.config.autoencoder.chunk if model.family == "calm" else 1)
-            live = LiveRuns(model, prompt or "", sampler, int(seed or 0), 1, sampler_knobs(model.family, req))
+            given = model_prompt(model, prompt or "", bool(chat))
+            live = LiveRuns(model, given, sampler, int(seed or 0), 1, sampler_knobs(model.family, req))
             for traces in live:
                 yield (side_by_side_html(done + traces, 1.0, color_by), gr.skip(), gr.skip(), "", gr.skip())
             done.append(live.traces[0])
@@ -742,6 +744,8 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
                     c_steps = gr.Slider(1, 128, 32, step=1, label="steps", elem_id="c_steps")
                     c_temperature = gr.Slider(0, 2, 0, step=0.05, label="temperature", elem_id="c_temperature")
                     c_seed = gr.Number(0, precision=0, label="seed", elem_id="c_seed")
+                    c_chat = gr.Checkbox(True, label="chat template", elem_id="c_chat",
+                                         info="for checkpoints whose tokenizer has one (released Instruct models)")
                 with gr.Row():
                     c_run = gr.Button("Compare", variant="primary", elem_id="c_run")
                     c_stop = gr.Button("Stop", variant="stop", elem_id="c_stop")
@@ -816,7 +820,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
                                     **free)
         pause.click(None, cancels=[playing])
         stop_button.click(stop, None, error, cancels=[generation], api_name="stop")
-        compare_inputs = [c_prompt, c_length, c_steps, c_temperature, c_seed, color_by, *slot_inputs, session]
+        compare_inputs = [c_prompt, c_length, c_steps, c_temperature, c_seed, color_by, *slot_inputs, c_chat, session]
         comparing = c_run.click(compare, compare_inputs, [side, c_plot, c_table, c_error, session],
                                 api_name="compare", **runs)
         c_stop.click(stop, None, c_error, cancels=[comparing], api_name=False)

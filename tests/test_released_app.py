@@ -166,3 +166,15 @@ def test_the_page_loads_released_folders_with_its_device_options(root):
     assert mapped.device_map == {"": "cpu"}
     with pytest.raises(ValueError, match="device_map"):
         ModelCache(released_options={"device_map": "everywhere"}).get(root / "LLaDA-tiny")
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_compare_wraps_the_prompt_only_for_checkpoints_with_a_chat_template(page, chat):
+    from app import compare
+
+    slots = [True, "released/LLaDA-tiny", "low_confidence", True, "mdlm-tiny", "low_confidence"]
+    slots += [False, None, None] * 2
+    *_, last = compare("ROMEO:", 8, 8, 0.0, 0, "confidence", *slots, chat, None)
+    llada, ours = last[-1].compared
+    assert llada.prompt_text.startswith("<|start|>user\nROMEO:") == chat
+    assert ours.prompt_text == "ROMEO:"  # mdlm-tiny has no chat template
