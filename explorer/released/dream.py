@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from explorer.models.base import read_config
-from explorer.models.mdlm import subs_logits
+from explorer.models.mdlm import MDLMModel
 from explorer.released.llada import read_chat_template
 from explorer.released.memory import INDEX, SINGLE, SafetensorsFolder
 from explorer.released.placement import (
@@ -184,12 +184,7 @@ class DreamModel(nn.Module):
         logits[..., self.tokenizer.get_vocab_size():] = float("-inf")
         return (logits, hidden) if return_hidden else logits
 
-    def forward(self, x_t: torch.Tensor, return_hidden: bool = False):
-        """SUBS logits (B, L, V): masked positions get the denoiser's logits; unmasked ones carry over
-        (logit 0 for the input token, -inf elsewhere)."""
-        logits, hidden = self.denoiser_logits(x_t, return_hidden=True)
-        logits = subs_logits(logits, x_t, self.mask_id)
-        return (logits, hidden) if return_hidden else logits
+    forward = MDLMModel.forward  # SUBS on top of denoiser_logits, as every masked-diffusion model
 
 
 def load_weights(network: nn.Module, weights: SafetensorsFolder, placement: Placement) -> None:
