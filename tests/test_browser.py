@@ -221,8 +221,9 @@ def test_export_tab_downloads_a_trace_and_loads_it_back(page, tmp_path):
 def test_a_released_folder_gets_the_chat_template_box_and_shows_the_wrapped_prompt(page):
     box = page.locator("#chat_template")
     assert not box.is_visible()  # mdlm-tiny has no chat template
-    page.locator("#checkpoint input").fill("released/LLaDA-chat")
-    page.locator("#checkpoint input").press("Enter")
+    page.locator("#checkpoint input").click()
+    page.locator("#checkpoint input").fill("LLaDA-chat")
+    page.get_by_role("option", name="released/LLaDA-chat").click()  # pick it from the filtered list
     page.wait_for_selector("#chat_template input:checked")
     for elem_id, value in (("gen_length", 8), ("steps", 8), ("block_length", 8)):
         set_number(page, elem_id, value)
