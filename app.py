@@ -139,7 +139,11 @@ class Page:
         self.examples = load_examples()
 
     def choices(self) -> list[str]:
-        return list(explorer.shipped()) + [c for c in local_checkpoints(self.roots) if c not in explorer.shipped()]
+        """Shipped names first, then the other checkpoint folders under the roots (a shipped one listed once)."""
+        shipped = explorer.shipped()
+        known = {folder.resolve() for folder in shipped.values()}
+        return list(shipped) + [label for label, folder in local_checkpoints(self.roots).items()
+                                if folder.resolve() not in known]
 
     def path(self, choice: str) -> Path:
         return resolve_checkpoint(choice, self.roots)

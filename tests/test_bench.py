@@ -37,7 +37,11 @@ def test_app_bench_times_the_page_end_to_end_and_writes_json_and_markdown(tmp_pa
     from explorer.bench_app import app_table, run_app_bench
 
     out = tmp_path / "app.json"
+    import app
+
+    before = app.PAGE
     results = run_app_bench(repeats=1, json_path=out, gen_length=16)
+    assert app.PAGE is before  # a page served earlier in this process keeps its state
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(results))
     assert {"date", "machine", "targets", "server_start", "first_paint", "first_paint_skipped", "cold_run", "n1",

@@ -391,3 +391,12 @@ def test_load_examples_are_traces_of_the_example_runs():
 
 def test_load_examples_of_an_empty_folder(tmp_path):
     assert load_examples(tmp_path) == {}
+
+
+def test_the_page_lists_each_shipped_checkpoint_once():
+    import app
+    import explorer
+
+    choices = app.Page().choices()  # the default root is the shipped checkpoints' own folder
+    assert choices[: len(explorer.shipped())] == list(explorer.shipped())
+    assert len(choices) == len(set(choices)) and not any(c.startswith("checkpoints/") for c in choices)
