@@ -125,6 +125,29 @@ class MockDenoiser:
 
 
 @pytest.fixture
+def pickle_only_folder(tmp_path, monkeypatch):
+    """make(config) -> a folder with config.json, the shipped tokenizer and only pytorch_model.bin as weights;
+    torch.load fails the test if anything tries to unpickle it."""
+    import json
+    import shutil
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("torch.load must never be called")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+
+    def make(config: dict) -> Path:
+        folder = tmp_path / "bin-only"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config))
+        shutil.copy(SHIPPED_TOKENIZER, folder / "tokenizer.json")
+        (folder / "pytorch_model.bin").write_bytes(b"not to be unpickled")
+        return folder
+
+    return make
+
+
+@pytest.fixture
 def mock_model(tokenizer):
     return MockDenoiser(tokenizer)
 

@@ -173,19 +173,9 @@ def test_missing_shard_named(tmp_path):
         load_dream(folder)
 
 
-def test_pickle_refused_without_unpickling(tmp_path, monkeypatch):
-    folder = tmp_path / "bin-only"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(dream_config()))
-    shutil.copy(SHIPPED_TOKENIZER, folder / "tokenizer.json")
-    (folder / "pytorch_model.bin").write_bytes(b"not a pickle")
-
-    def no_unpickling(*args, **kwargs):
-        raise AssertionError("torch.load was called")
-
-    monkeypatch.setattr(torch, "load", no_unpickling)
+def test_pickle_refused_without_unpickling(pickle_only_folder):
     with pytest.raises(ValueError, match="pytorch_model.bin.*refused"):
-        load_dream(folder)
+        load_dream(pickle_only_folder(dream_config()))
 
 
 def test_clear_errors(tmp_path, dream_folder):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -32,7 +31,6 @@ from explorer.released.synthetic import (
     write_folder,
     write_tiny_llada,
 )
-from explorer.train import SHIPPED_TOKENIZER
 
 
 @pytest.fixture(scope="module")
@@ -174,19 +172,9 @@ def test_unsupported_llada_option_is_refused(tmp_path, tensors):
         explorer.load(folder, device="cpu")
 
 
-def test_pickle_only_folder_is_refused_without_unpickling(tmp_path, monkeypatch):
-    folder = tmp_path / "bin-only"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(released_config()))
-    shutil.copy(SHIPPED_TOKENIZER, folder / "tokenizer.json")
-    (folder / "pytorch_model.bin").write_bytes(b"not to be unpickled")
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("torch.load must never be called")
-
-    monkeypatch.setattr(torch, "load", forbidden)
+def test_pickle_only_folder_is_refused_without_unpickling(pickle_only_folder):
     with pytest.raises(ValueError, match=r"pytorch_model.bin: pickle weight files .* are never loaded"):
-        explorer.load(folder, device="cpu")
+        explorer.load(pickle_only_folder(released_config()), device="cpu")
 
 
 def test_memory_estimate_refuses_before_reading_weights(folder, monkeypatch):
