@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-import kernels
+from explorer import kernels
 from explorer.data import TokenStream, load_corpus
 from explorer.hub import load
 from explorer.measure import in_fresh_process, peak_extra_bytes, timed, write_results

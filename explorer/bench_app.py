@@ -20,7 +20,6 @@ import os
 import platform
 import socket
 import statistics
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from explorer.measure import ROOT, write_results
+from explorer.measure import write_results
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -59,15 +58,11 @@ def answers(url: str) -> bool:
 
 
 def page_module():
-    """The page's module (app.py of this source checkout)."""
-    if not (ROOT / "app.py").is_file():
-        raise FileNotFoundError(f"bench app needs the page's app.py at {ROOT} (a source checkout)")
+    """The page's module (`explorer.page.layout`)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    import app
+    from explorer.page import layout
 
-    return app
+    return layout
 
 
 def start_server():

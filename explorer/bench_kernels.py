@@ -1,4 +1,4 @@
-"""`python -m explorer bench kernels`: the sampling hot spots of `kernels/` against naive PyTorch.
+"""`python -m explorer bench kernels`: the sampling hot spots of `explorer.kernels` against naive PyTorch.
 
 On the CPU: each chunked reference against the naive whole-tensor path at LLaDA scale
 (B = 1, L = 1,024, V = 126,464 by default): wall time (median of interleaved repeats in this
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-import kernels
+from explorer import kernels
 from explorer.measure import in_fresh_process, peak_extra_bytes, timed, write_results
 
 LLADA_VOCAB = 126_464

@@ -21,7 +21,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-import kernels
+from explorer import kernels
 from explorer.data import TokenStream, load_corpus
 
 ORDERS = (1, 2, 3, 4)

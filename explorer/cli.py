@@ -358,8 +358,14 @@ def cmd_export(args):
         print(f"wrote {trace_gif(trace, args.gif, args.color_by, args.fps, args.width, args.max_frames)}")
 
 
+def program_name() -> str:
+    """`dlm-explorer` for the console script, `python -m explorer` for the module (what the user typed)."""
+    launched = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return "python -m explorer" if launched in ("", "__main__.py", "-c") else launched
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m explorer", description="diffusion-LM explorer")
+    parser = argparse.ArgumentParser(prog=program_name(), description="diffusion-LM explorer")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_train_autoencoder(sub)

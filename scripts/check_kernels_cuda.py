@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import kernels  # noqa: E402
-from kernels import reference  # noqa: E402
+from explorer import kernels  # noqa: E402
+from explorer.kernels import reference  # noqa: E402
 
 
 def close(name: str, ours, ref, atol: float) -> bool:

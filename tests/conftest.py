@@ -4,29 +4,30 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from explorer.data import load_tokenizer
-from explorer.models import (ARConfig, ARModel, BD3LMConfig, BD3LMModel, CALMConfig, CALMModel, CDCDConfig,
-                              CDCDModel, MDLMConfig, MDLMModel)
+from explorer.models import (
+    ARConfig,
+    ARModel,
+    BD3LMConfig,
+    BD3LMModel,
+    CALMConfig,
+    CALMModel,
+    CDCDConfig,
+    CDCDModel,
+    MDLMConfig,
+    MDLMModel,
+)
 from explorer.models.calm import AutoencoderConfig
-from explorer.nn import TransformerConfig
 from explorer.train import SHIPPED_TOKENIZER
+from support import MockDenoiser, tiny_backbone
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # app.py lives at the top level, outside the installed package
-
-
-def tiny_backbone(attention: str) -> TransformerConfig:
-    return TransformerConfig(vocab_size=2048, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=128,
-                             attention=attention)
 
 
 @pytest.fixture(scope="session")
@@ -92,37 +93,6 @@ def tiny_calm_checkpoints(tokenizer, tmp_path_factory):
     return folder
 
 
-class MockDenoiser:
-    """A stand-in model with the sampler-facing interface: fixed logits per call, counts its calls.
-
-    `peak` > 0 puts that much extra logit on token (position % 50 + 10), so confidences are high.
-    """
-
-    family = "mdlm"
-    name = "mock"
-    max_seq_len = 128
-    device = torch.device("cpu")
-
-    def __init__(self, tokenizer, peak: float = 0.0, family: str = "mdlm"):
-        self.tokenizer = tokenizer
-        self.peak = peak
-        self.family = family
-        self.calls = 0
-        self.mask_id = tokenizer.token_to_id("[MASK]")
-        self.bos_id = tokenizer.token_to_id("<bos>")
-
-    def __call__(self, x: torch.Tensor, **_):
-        self.calls += 1
-        B, L = x.shape
-        logits = torch.zeros(B, L, self.tokenizer.get_vocab_size())
-        if self.peak:
-            pos = torch.arange(L)
-            logits[:, pos, pos % 50 + 10] = self.peak
-        return logits
-
-    def num_parameters(self) -> int:
-        return 0
-
 
 @pytest.fixture
 def pickle_only_folder(tmp_path, monkeypatch):
@@ -156,7 +126,7 @@ def mock_model(tokenizer):
 def app_url(tmp_path_factory):
     """The explorer page served in this process on a free 127.0.0.1 port, shut down after the session. Besides
     the shipped checkpoints it may open a "released" root: a tiny LLaDA-layout folder with a chat template."""
-    from app import build_demo, launch_options
+    from explorer.page.layout import build_demo, launch_options
     from explorer.released.synthetic import write_tiny_llada
     from explorer.webapp import default_roots
 

@@ -56,7 +56,7 @@ def test_n_runs_show_as_small_multiples_with_their_diversity(client):
 
 
 def test_replay_step_buttons_and_play_redraw_stored_frames(client, monkeypatch):
-    import app
+    from explorer.page import layout as app
 
     call(client)
     monkeypatch.setattr(app.page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
@@ -120,7 +120,7 @@ def test_untrained_block_size_runs_with_a_visible_note(client):
 
 
 def test_continuous_diffusion_shows_entropy_and_latent_paths(client, monkeypatch):
-    import app
+    from explorer.page import layout as app
 
     view, stats, error, plot, *_ = call(client, checkpoint="cdcd-tiny", sampler="euler", gen_length=12, steps=10,
                                         temperature=1.0)
@@ -167,7 +167,7 @@ def test_stop_cancels_a_run_and_frees_the_users_slot(app_url):
 
 
 def test_compare_runs_side_by_side_on_a_shared_progress_timeline(client, monkeypatch):
-    import app
+    from explorer.page import layout as app
 
     slots = ["ar-tiny", "ar", "mdlm-tiny", "low_confidence", "bd3lm-tiny-b16", "first_hitting"]
     inputs = ["ROMEO:", 16, 8, 0.0, 0, "confidence"]
@@ -192,7 +192,7 @@ def test_compare_runs_side_by_side_on_a_shared_progress_timeline(client, monkeyp
 
 
 def test_latent_plot_and_a_click_jump_replay_without_the_model(client, monkeypatch):
-    import app
+    from explorer.page import layout as app
 
     call(client)
     monkeypatch.setattr(app.page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
@@ -251,7 +251,7 @@ def test_load_a_trace_written_by_the_cli_and_a_bad_file(client, tmp_path):
 
 
 def test_releasing_a_slider_reruns_only_when_asked():
-    from app import rerun_on_release
+    from explorer.page.layout import rerun_on_release
 
     (untouched,) = list(rerun_on_release(*args(gen_length=8, steps=8, block_length=8), False))
     assert all(type(value).__name__ == "dict" and value.get("__type__") == "update" for value in untouched)
@@ -261,7 +261,7 @@ def test_releasing_a_slider_reruns_only_when_asked():
 
 def test_first_paint_is_a_precomputed_example_that_matches_its_checkpoint():
     import explorer
-    from app import first_paint
+    from explorer.page.layout import first_paint
     from explorer.sampling import generate
     from explorer.webapp import EXAMPLE_PROMPT, EXAMPLE_RUNS, load_examples
 
@@ -286,7 +286,7 @@ def calm_hub(tiny_calm_checkpoints, monkeypatch):
 
 def run_calm(algorithm, temperature, n_candidates, gen_length=12):
     """The page's generate for calm-tiny-k4 (called in process); returns its last outputs."""
-    from app import generate
+    from explorer.page.layout import generate
 
     *_, last = generate("calm-tiny-k4", "ROMEO:", algorithm, gen_length, 64, 64, temperature, 0.9, 0, "confidence",
                         "kv", n_candidates)
@@ -294,7 +294,7 @@ def run_calm(algorithm, temperature, n_candidates, gen_length=12):
 
 
 def test_calm_checkpoint_shows_k_algorithm_and_n_instead_of_the_other_knobs(calm_hub):
-    from app import family_controls, on_chunk_size
+    from explorer.page.layout import family_controls, on_chunk_size
 
     sampler, cache, block, steps, temperature, threshold, n, chunk_size, cfg, pins = family_controls("calm-tiny-k4")
     assert sampler["choices"] == ["exact", "batch"] and sampler["label"].startswith("algorithm")
@@ -307,7 +307,7 @@ def test_calm_checkpoint_shows_k_algorithm_and_n_instead_of_the_other_knobs(calm
 
 
 def test_other_families_show_their_own_knobs():
-    from app import family_controls
+    from explorer.page.layout import family_controls
 
     sampler, cache, block, *_, n, chunk_size, cfg, pins = family_controls("mdlm-tiny")
     assert sampler["label"].startswith("sampler") and cache["visible"] and block["visible"] and cfg["visible"]
@@ -318,7 +318,7 @@ def test_other_families_show_their_own_knobs():
 
 @pytest.mark.parametrize("algorithm", ["exact", "batch"])
 def test_calm_knobs_reach_the_sampler_and_the_head_scatter_replays(calm_hub, algorithm):
-    from app import latent_figure
+    from explorer.page.layout import latent_figure
 
     view, _stats, error, _plot, _step, session, *_ = run_calm(algorithm, 0.5, 7)
     assert not error and view.count('class="dlm-token"') == 12, error or view

@@ -37,7 +37,7 @@ def test_app_bench_times_the_page_end_to_end_and_writes_json_and_markdown(tmp_pa
     from explorer.bench_app import app_table, run_app_bench
 
     out = tmp_path / "app.json"
-    import app
+    from explorer.page import layout as app
 
     before = app.PAGE
     results = run_app_bench(repeats=1, json_path=out, gen_length=16)

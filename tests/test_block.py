@@ -9,7 +9,7 @@ from explorer.models.bd3lm import BD3LMConfig, BD3LMModel, clip_variance
 from explorer.nn import bd3_dense_mask, bd3_flex_mask, block_causal_mask
 from explorer.sampling import generate
 from explorer.sampling.block import unigram_entropy
-from tests.conftest import tiny_backbone
+from support import tiny_backbone
 
 
 def brute_force_mask(L: int, block: int) -> torch.Tensor:

@@ -10,10 +10,19 @@ import torch
 import explorer
 from explorer.data.tokenizer import MASK
 from explorer.models import CALMConfig, CALMModel
-from explorer.models.calm import Autoencoder, AutoencoderConfig, collapsed_dimensions, reconstruction_accuracy
+from explorer.models.calm import (
+    Autoencoder,
+    AutoencoderConfig,
+    collapsed_dimensions,
+    reconstruction_accuracy,
+)
 from explorer.nn import TransformerConfig
-from explorer.sampling.chunks import (batch_temperature_sample, check_temperature, exact_temperature_sample,
-                                      temperature_parts)
+from explorer.sampling.chunks import (
+    batch_temperature_sample,
+    check_temperature,
+    exact_temperature_sample,
+    temperature_parts,
+)
 
 TOY = [0.5, 0.25, 0.15, 0.07, 0.03]  # a base distribution P over 5 outcomes
 CRITICAL_4DF = 23.51  # chi-square, 4 degrees of freedom, upper 1e-4 tail

@@ -151,7 +151,11 @@ AE_MIN = {1: (0.999, 0.999), 2: (0.999, 0.999),  # measured 1.0 / 1.0 for both (
 def test_calm_autoencoders_reconstruct_and_forgive_noise_on_the_latent():
     from explorer.data import TokenStream, load_corpus
     from explorer.hub import CHECKPOINT_DIR
-    from explorer.models.calm import Autoencoder, collapsed_dimensions, reconstruction_accuracy
+    from explorer.models.calm import (
+        Autoencoder,
+        collapsed_dimensions,
+        reconstruction_accuracy,
+    )
 
     for K, (clean_min, noisy_min) in AE_MIN.items():
         folder = CHECKPOINT_DIR / "autoencoders" / f"calm-ae-k{K}"

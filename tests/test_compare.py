@@ -10,8 +10,15 @@ import pytest
 
 from explorer.sampling import generate
 from explorer.sampling.trace import Frame, Trace
-from explorer.viz.compare import (commit_points, diversity, frame_at_progress, progress_plot, run_label,
-                                  side_by_side_html, small_multiples_html)
+from explorer.viz.compare import (
+    commit_points,
+    diversity,
+    frame_at_progress,
+    progress_plot,
+    run_label,
+    side_by_side_html,
+    small_multiples_html,
+)
 from explorer.viz.tokens import tokens_html
 
 PROMPT = "ROMEO:"

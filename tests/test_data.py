@@ -1,7 +1,15 @@
 import pytest
 
-from explorer.data import (SPECIAL_TOKENS, TEST_WORKS, VAL_WORKS, TokenStream, load_corpus, shakespeare, split_works,
-                           train_tokenizer)
+from explorer.data import (
+    SPECIAL_TOKENS,
+    TEST_WORKS,
+    VAL_WORKS,
+    TokenStream,
+    load_corpus,
+    shakespeare,
+    split_works,
+    train_tokenizer,
+)
 from explorer.data.tokenizer import to_transformers
 
 

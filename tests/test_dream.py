@@ -8,53 +8,9 @@ import shutil
 import pytest
 import torch
 
-from explorer.released.dream import DreamModel, is_dream, load_dream, qwen2_config
-from explorer.released.synthetic import save_weights
+from explorer.released.dream import DreamModel, is_dream, load_dream
 from explorer.sampling import generate
-from explorer.train import SHIPPED_TOKENIZER
-
-VOCAB = 2056  # the shipped tokenizer's 2048 tokens plus padded head rows, as Dream pads 151667 -> 152064
-MASK = 3  # "[MASK]" in the shipped tokenizer
-
-
-def dream_config(**overrides) -> dict:
-    """config.json with Dream's field names (Dream-v0-Base-7B's layout, tiny sizes)."""
-    config = {
-        "architectures": ["DreamModel"],
-        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
-        "model_type": "Dream",
-        "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "mask_token_id": MASK,
-        "hidden_act": "silu", "hidden_size": 32, "intermediate_size": 64, "initializer_range": 0.02,
-        "max_position_embeddings": 4096, "max_window_layers": 2, "num_attention_heads": 4, "num_hidden_layers": 2,
-        "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_scaling": None, "rope_theta": 1000000.0,
-        "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "float32", "use_cache": False,
-        "use_sliding_window": False, "vocab_size": VOCAB,
-    }
-    return config | overrides
-
-
-def reference_network(config: dict, seed: int = 0):
-    """A randomly initialised transformers Qwen2ForCausalLM (biases and norms randomised too)."""
-    from transformers import Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    network = Qwen2ForCausalLM(qwen2_config(config)).eval()
-    with torch.no_grad():
-        for name, p in network.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return network
-
-
-def write_folder(path, config: dict, network, shards: int = 1):
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(config, indent=2))
-    shutil.copy(SHIPPED_TOKENIZER, path / "tokenizer.json")
-    state = {k: v.detach().contiguous().clone() for k, v in network.state_dict().items()}
-    if config.get("tie_word_embeddings"):
-        state.pop("lm_head.weight")
-    save_weights(state, path, shards)
-    return path
+from support import MASK, VOCAB, dream_config, reference_network, write_folder
 
 
 def reference_logits(network, ids: torch.Tensor) -> torch.Tensor:

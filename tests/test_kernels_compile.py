@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_kernel_variant_compiles_for_hopper():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_DEFAULT_FP_FUSION": "1"}
-    result = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--arch", "90"], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "explorer.kernels.compile_check", "--arch", "90"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     lines = [line for line in result.stdout.splitlines() if line.startswith(("ok", "FAIL"))]
     assert result.returncode == 0 and lines and all(line.startswith("ok") for line in lines), \

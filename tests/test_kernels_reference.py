@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-import kernels
-from kernels import reference
+from explorer import kernels
+from explorer.kernels import reference
 
 
 def naive(logits, temperature, seed):

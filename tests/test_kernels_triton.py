@@ -12,13 +12,17 @@ import importlib
 import json
 import math
 import os
+import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
 
-import kernels
-from kernels import reference
+from explorer import kernels
+from explorer.kernels import reference
+from support import ROOT
 
 
 def _import_interpreted():
@@ -37,11 +41,11 @@ def _import_interpreted():
                 for name in [n for n in sys.modules if n == "triton" or n.startswith("triton.")]:
                     del sys.modules[name]
         pytest.importorskip("triton")
-        for name in ("kernels.triton_common", "kernels.triton_embedding", "kernels.triton_sample",
-                     "kernels.triton_energy"):
+        for name in ("explorer.kernels.triton_common", "explorer.kernels.triton_embedding", "explorer.kernels.triton_sample",
+                     "explorer.kernels.triton_energy"):
             sys.modules.pop(name, None)  # re-decorate in interpreter mode even if imported before
-        return [importlib.import_module(n) for n in ("kernels.triton_sample", "kernels.triton_embedding",
-                                                     "kernels.triton_energy")]
+        return [importlib.import_module(n) for n in ("explorer.kernels.triton_sample", "explorer.kernels.triton_embedding",
+                                                     "explorer.kernels.triton_energy")]
     finally:
         if saved is None:
             os.environ.pop("TRITON_INTERPRET", None)
@@ -315,33 +319,29 @@ def test_energy_score_reference_is_differentiable(force_triton):
     assert torch.isfinite(x.grad).all()
 
 
-# --- the Hugging Face `kernels` name clash --------------------------------------------------------------
+# --- no clash with Hugging Face's `kernels` ------------------------------------------------------------
 
-def test_transformers_does_not_mistake_us_for_hf_kernels():
-    import importlib.util
+@pytest.mark.parametrize("cwd", ["root", "elsewhere"])
+def test_hugging_face_kernels_stays_importable_beside_ours(cwd, tmp_path):
+    """Our kernels live in `explorer.kernels`: nothing in the checkout answers `import kernels`, from the repository
+    root or anywhere else, and transformers (which imports Hugging Face's `kernels` eagerly in 5.x) loads."""
+    code = ("import importlib.util, json, pathlib, sys\n"
+            "spec = importlib.util.find_spec('kernels')\n"
+            "import transformers.activations\n"
+            "from explorer import kernels as ours\n"
+            "print(json.dumps({'theirs': spec and spec.origin, 'ours': ours.__file__}))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT if cwd == "root" else tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(found["ours"]).parent == ROOT / "explorer" / "kernels" or "site-packages" in found["ours"]
+    assert found["theirs"] is None or "site-packages" in found["theirs"]  # Hugging Face's, installed, or none
 
-    from transformers.utils import import_utils
 
-    spec = importlib.util.find_spec("kernels")
-    assert spec is not None and spec.origin == kernels.__file__  # our package is what `import kernels` finds
-    assert not hasattr(kernels, "__version__")
-    import_utils.is_kernels_available.cache_clear()
-    assert import_utils.is_kernels_available() is False
-
-
-def test_an_installed_project_would_not_pass_for_hf_kernels_either():
-    """Installed from a wheel, `kernels` maps to the dlm-explorer distribution, and transformers then
-    reads *our* version: it must stay outside the range of Hugging Face kernels it accepts."""
-    import tomllib
-    from pathlib import Path
-
-    from packaging.version import Version
-    from transformers.utils import import_utils
-
-    ours = Version(tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"])
-    low = Version(getattr(import_utils, "KERNELS_MIN_VERSION", "0.0.1"))
-    high = Version(getattr(import_utils, "KERNELS_MAX_VERSION", "999"))
-    assert not low <= ours < high
+def test_no_top_level_kernels_package_ships():
+    assert not (ROOT / "kernels").exists()
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert packages["include"] == ["explorer*"]
 
 
 # --- the bench (small sizes only; `python -m explorer bench kernels` defaults to LLaDA scale) ----------

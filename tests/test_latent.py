@@ -10,7 +10,13 @@ import pytest
 
 import explorer
 from explorer.models.cdcd import vocabulary_points
-from explorer.viz import head_samples, hidden_state_paths, latent_trajectories, project, step_preview
+from explorer.viz import (
+    head_samples,
+    hidden_state_paths,
+    latent_trajectories,
+    project,
+    step_preview,
+)
 
 
 def cloud(seed=0, n=50, d=8):
@@ -56,6 +62,43 @@ def test_umap_falls_back_to_pca_with_a_note(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_umap)
     proj = project(cloud(), method="umap", seed=3)
     assert proj.method == "pca" and "umap-learn" in proj.note
+
+
+def test_umap_is_installed_with_the_package_and_projects_for_real():
+    proj = project(cloud(n=40), method="umap", seed=0)
+    assert proj.method == "umap" and proj.note is None and proj.coords.shape == (40, 2)
+    assert proj.params["random_state"] == 0 and proj.params["umap_version"]
+
+
+def test_umap_fits_are_cached_by_points_and_settings(monkeypatch):
+    import sys
+    import types
+
+    from explorer.viz import latent
+
+    fits = []
+
+    class CountingUMAP:
+        def __init__(self, **settings):
+            self.settings = settings
+
+        def fit_transform(self, x):
+            fits.append(self.settings)
+            return x[:, :2] * 2
+
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=CountingUMAP, __version__="test"))
+    monkeypatch.setattr(latent, "_umap_fits", type(latent._umap_fits)())
+    x = cloud()
+    first = project(x, method="umap", seed=1)
+    first.coords[:] = 0  # a caller editing its copy must not change the cache
+    again = project(x.copy(), method="umap", seed=1)
+    assert len(fits) == 1 and np.allclose(again.coords, x[:, :2] * 2)
+    project(x, method="umap", seed=2)  # another seed: another fit
+    project(x + 1, method="umap", seed=1)  # other points: another fit
+    assert len(fits) == 3
+    for shift in range(latent.UMAP_CACHE_SIZE + 2):
+        project(x + 10 + shift, method="umap")
+    assert len(latent._umap_fits) == latent.UMAP_CACHE_SIZE  # bounded: the oldest fits are dropped
 
 
 def test_bad_input_names_the_problem():

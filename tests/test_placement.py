@@ -24,8 +24,8 @@ from explorer.released.synthetic import (
     write_tiny_llada,
 )
 from explorer.sampling import generate
-from tests.test_dream import dream_config, reference_network
-from tests.test_dream import write_folder as write_dream_folder
+from support import dream_config, reference_network
+from support import write_folder as write_dream_folder
 
 BLOCK = ("Block",)
 GROUPS = {"backbone.embed": "cpu", "backbone.blocks.0": "cpu", "backbone.blocks.1": "cpu", "backbone.norm": "cpu",

@@ -40,7 +40,7 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def page(root):
     """build_demo(roots=[root]) makes `root` the page's only allowed root; the previous page is put back after."""
-    import app
+    from explorer.page import layout as app
 
     before = app.PAGE
     app.build_demo(roots=[root])
@@ -50,7 +50,7 @@ def page(root):
 
 def run(label: str, sampler: str, **changes) -> dict:
     """The last output of the page's /generate on `label`, by output name."""
-    from app import generate
+    from explorer.page.layout import generate
 
     knobs = {"prompt": "ROMEO:", "sampler": sampler, "gen_length": 8, "steps": 8, "block_length": 8,
              "temperature": 0.0, "threshold": 0.9, "seed": 0, "color_by": "confidence", "cache": "none", "n": 1,
@@ -77,7 +77,7 @@ def test_family_of_a_released_folder_is_mdlm_and_unknown_layouts_are_named(root)
 
 
 def test_family_controls_show_the_masked_samplers(page):
-    from app import family_controls
+    from explorer.page.layout import family_controls
 
     label = "released/LLaDA-tiny"
     assert label in page.choices()
@@ -102,7 +102,7 @@ def test_generate_on_a_released_folder_records_a_trace(page, sampler):
 
 
 def test_a_bd3lm_release_gets_the_block_controls_and_generates(page):
-    from app import family_controls
+    from explorer.page.layout import family_controls
 
     sampler, cache, block, steps, *_rest = family_controls("released/bd3lm-release")
     assert sampler["choices"][0] == "first_hitting" and cache["value"] == "kv"
@@ -125,7 +125,7 @@ def test_generate_on_a_sharded_folder_and_an_unknown_layout(page):
 def test_the_chat_template_box_wraps_the_prompt_of_a_folder_that_has_one(page):
     from jinja2 import Template
 
-    from app import chat_control
+    from explorer.page.layout import chat_control
 
     assert chat_control("released/LLaDA-tiny") == {"__type__": "update", "visible": True, "value": True}
     for label in ("released/LLaDA-base", "mdlm-tiny"):
@@ -170,7 +170,7 @@ def test_the_page_loads_released_folders_with_its_device_options(root):
 
 @pytest.mark.parametrize("chat", [True, False])
 def test_compare_wraps_the_prompt_only_for_checkpoints_with_a_chat_template(page, chat):
-    from app import compare
+    from explorer.page.layout import compare
 
     slots = [True, "released/LLaDA-tiny", "low_confidence", True, "mdlm-tiny", "low_confidence"]
     slots += [False, None, None] * 2

@@ -5,7 +5,7 @@ import explorer
 from explorer.sampling import generate
 from explorer.sampling.masked import schedule_counts, select_commits
 from explorer.sampling.trace import Trace
-from tests.conftest import MockDenoiser
+from support import MockDenoiser
 
 PROMPT = "ROMEO:"
 

@@ -72,7 +72,7 @@ def test_our_shipped_mdlm_runs_every_block():
 
 
 def test_dream_keeps_its_chat_template_and_stop_ids(tmp_path):
-    from tests.test_dream import dream_config, reference_network, write_folder
+    from support import dream_config, reference_network, write_folder
 
     config = dream_config()
     folder = write_folder(tmp_path / "Dream-tiny", config, reference_network(config))

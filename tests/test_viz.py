@@ -3,7 +3,12 @@ import re
 import pytest
 
 from explorer.sampling import generate
-from explorer.viz import confidence_heatmap, confidence_matrix, frame_values, tokens_html
+from explorer.viz import (
+    confidence_heatmap,
+    confidence_matrix,
+    frame_values,
+    tokens_html,
+)
 from explorer.viz.tokens import MASK_COLOR
 
 

@@ -14,9 +14,22 @@ import explorer
 from explorer import webapp
 from explorer.models.base import WEIGHTS
 from explorer.sampling import Trace, generate
-from explorer.webapp import (CACHES, MAX_RUNS, MAX_WORK, LiveRuns, ModelCache, Request, RunRegistry, check_request,
-                             load_examples, local_checkpoints, parse_constraints, request_work, resolve_checkpoint,
-                             sampler_knobs)
+from explorer.webapp import (
+    CACHES,
+    MAX_RUNS,
+    MAX_WORK,
+    LiveRuns,
+    ModelCache,
+    Request,
+    RunRegistry,
+    check_request,
+    load_examples,
+    local_checkpoints,
+    parse_constraints,
+    request_work,
+    resolve_checkpoint,
+    sampler_knobs,
+)
 
 PROMPT = "ROMEO:"
 
@@ -394,8 +407,8 @@ def test_load_examples_of_an_empty_folder(tmp_path):
 
 
 def test_the_page_lists_each_shipped_checkpoint_once():
-    import app
     import explorer
+    from explorer.page import layout as app
 
     choices = app.Page().choices()  # the default root is the shipped checkpoints' own folder
     assert choices[: len(explorer.shipped())] == list(explorer.shipped())

@@ -291,7 +291,7 @@ class CALMModel(LanguageModel):
 
     def loss(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """Energy score of N head samples against M posterior samples of each target chunk's latent."""
-        import kernels
+        from explorer import kernels
 
         B, L = batch.shape
         if L % self.chunk:

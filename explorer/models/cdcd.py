@@ -170,7 +170,7 @@ class CDCDModel(LanguageModel):
 
     def expected_embedding(self, logits: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Score interpolation: E[x0] = softmax(logits / T) @ E (..., De) and the softmax entropy (...)."""
-        import kernels
+        from explorer import kernels
 
         return kernels.expected_embedding(logits, self.embeddings(), temperature)
 

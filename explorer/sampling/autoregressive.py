@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-import kernels
+from explorer import kernels
 from explorer.sampling.common import check_range, check_sampling_knobs, make_frame, record_hidden, step_seed
 from explorer.sampling.trace import Frame
 

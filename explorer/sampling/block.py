@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 
-import kernels
+from explorer import kernels
 from explorer.sampling.common import (check_range, check_sampling_knobs, keep_states, make_frame, record_hidden,
                                      step_seed)
 from explorer.sampling.masked import REMASKING_RULES, rule_scores, schedule_counts, select_commits

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import torch
 
-import kernels
+from explorer import kernels
 from explorer.sampling.common import check_range, make_frame
 from explorer.sampling.trace import Frame
 

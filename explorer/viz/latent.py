@@ -3,8 +3,10 @@
 `project` fits one projection over every point it is given (all steps, all compared runs) so that
 trajectories share axes, and returns the parameters needed to reproduce the picture elsewhere:
 for PCA the mean and the two components (coords = (x - mean) @ components.T), for UMAP its
-settings and seed. UMAP (`pip install umap-learn`) is imported only when asked for; without it
-the projection falls back to PCA and says so in `note`.
+settings and seed. UMAP (umap-learn, installed with the package) is imported only when asked for; its
+numba functions compile on first use (seconds), so the page calls `warm_umap` in the background at start-up,
+and UMAP fits are kept in a small cache keyed by the points (scrubbing through a run re-draws the same fit).
+Without umap-learn the projection falls back to PCA and says so in `note`.
 
 Every marker of a step carries `customdata` whose first entry is its frame index (a click can move
 the step scrubber there) and hovers a preview of the run's text at that step.
@@ -12,13 +14,19 @@ the step scrubber there) and hovers a preview of the run's text at that step.
 
 from __future__ import annotations
 
+import hashlib
 import html
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 METHODS = ("pca", "umap")
 PREVIEW_CHARS = 80  # hover preview of a step's text
+UMAP_CACHE_SIZE = 8  # fitted UMAP projections kept (each holds (N, 2) coordinates only)
+_umap_fits: OrderedDict = OrderedDict()
+_umap_lock = threading.Lock()
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -66,16 +74,49 @@ def project(points, method: str = "pca", seed: int = 0, n_neighbors: int = 15, m
             note = "umap-learn is not installed (pip install umap-learn); showing PCA instead"
             method = "pca"
         else:
-            neighbors = min(n_neighbors, x.shape[0] - 1)
-            reducer = umap.UMAP(n_components=2, n_neighbors=neighbors, min_dist=min_dist, random_state=seed)
-            coords = reducer.fit_transform(x)
-            params = {"n_neighbors": neighbors, "min_dist": min_dist, "random_state": seed, "metric": "euclidean",
-                      "umap_version": getattr(umap, "__version__", None)}
+            coords, params = _umap(umap, x, seed, min(n_neighbors, x.shape[0] - 1), min_dist)
     if method == "pca":
         coords, params = _pca(x)
     if parts is not None:
         coords = np.split(coords, np.cumsum([len(p) for p in parts])[:-1])
     return Projection(method=method, coords=coords, params=params, note=note)
+
+
+def _umap(umap, x: np.ndarray, seed: int, neighbors: int, min_dist: float) -> tuple[np.ndarray, dict]:
+    """UMAP's 2-D fit of `x`, from the cache when the same points and settings were fitted before."""
+    key = (hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest(), x.shape, seed, neighbors, min_dist)
+    with _umap_lock:
+        if key in _umap_fits:
+            _umap_fits.move_to_end(key)
+            coords, params = _umap_fits[key]
+            return coords.copy(), dict(params)
+    reducer = umap.UMAP(n_components=2, n_neighbors=neighbors, min_dist=min_dist, random_state=seed, n_jobs=1)
+    coords = reducer.fit_transform(x)
+    params = {"n_neighbors": neighbors, "min_dist": min_dist, "random_state": seed, "metric": "euclidean",
+              "umap_version": getattr(umap, "__version__", None)}
+    with _umap_lock:
+        _umap_fits[key] = (coords, params)
+        while len(_umap_fits) > UMAP_CACHE_SIZE:
+            _umap_fits.popitem(last=False)
+    return coords.copy(), dict(params)
+
+
+def warm_umap(background: bool = True) -> threading.Thread | None:
+    """Import umap-learn and fit a tiny projection, so numba compiles before anyone asks (off the request path)."""
+    def fit():
+        try:
+            import umap  # noqa: PLC0415
+        except ImportError:
+            return
+        umap.UMAP(n_components=2, n_neighbors=5, random_state=0, n_jobs=1).fit_transform(
+            np.random.default_rng(0).normal(size=(32, 8)))
+
+    if not background:
+        fit()
+        return None
+    thread = threading.Thread(target=fit, name="warm-umap", daemon=True)
+    thread.start()
+    return thread
 
 
 def _as_traces(traces) -> list:

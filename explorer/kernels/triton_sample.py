@@ -26,9 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import reference
-from kernels.reference import _as_int32
-from kernels.triton_common import NEG_INF, dot_precision, softmax_merge
+from explorer.kernels import reference
+from explorer.kernels.reference import _as_int32
+from explorer.kernels.triton_common import NEG_INF, dot_precision, softmax_merge
 
 
 

@@ -8,10 +8,8 @@
 
 Arguments are validated here, once, for both backends (ValueError naming the argument and the
 expected shape). The Triton modules are imported only when a CUDA tensor arrives (and triton
-imports), so CPU-only installs never load Triton. See kernels/README.md for the algorithms.
-
-This package deliberately defines no `__version__`: Hugging Face publishes an unrelated
-distribution called `kernels` that transformers probes for, and our package must not look like it.
+imports), so CPU-only installs never load Triton. See README.md beside this file for the algorithms
+(and for why this is `explorer.kernels`, never a top-level `kernels`).
 """
 
 from __future__ import annotations
@@ -21,8 +19,8 @@ import numbers
 
 import torch
 
-from kernels import reference
-from kernels.reference import counter_uniform
+from explorer.kernels import reference
+from explorer.kernels.reference import counter_uniform
 
 __all__ = ["counter_uniform", "energy_score", "expected_embedding", "head_sample_and_score", "sample_and_score"]
 
@@ -126,7 +124,7 @@ def sample_and_score(logits, temperature=1.0, top_k=None, top_p=None, seed=0, of
     n = logits.numel() // logits.shape[-1]
     _check_rows(rows, n)
     if _use_triton(logits):
-        from kernels import triton_sample
+        from explorer.kernels import triton_sample
         result = triton_sample.sample_and_score(logits, temperature, top_k, top_p, seed=seed, offset=offset, rows=rows)
     else:
         result = reference.sample_and_score(logits, temperature, top_k, top_p, seed=seed, offset=offset, rows=rows)
@@ -149,7 +147,7 @@ def head_sample_and_score(hidden, weight, temperature=1.0, top_k=None, top_p=Non
     _check_knobs(temperature, top_k, top_p)
     _check_counter(seed, offset)
     if _use_triton(hidden, weight):
-        from kernels import triton_sample
+        from explorer.kernels import triton_sample
         result = triton_sample.head_sample_and_score(hidden, weight, temperature, top_k, top_p, seed, offset)
     else:
         result = reference.head_sample_and_score(hidden, weight, temperature, top_k, top_p, seed, offset)
@@ -173,7 +171,7 @@ def expected_embedding(logits, embedding, temperature=1.0):
     _check_same_device("embedding", embedding, "logits", logits)
     _check_knobs(temperature, None, None)
     if _use_triton(logits, embedding):
-        from kernels import triton_embedding
+        from explorer.kernels import triton_embedding
         mean, entropy = triton_embedding.expected_embedding(logits, embedding, temperature)
     else:
         mean, entropy = reference.expected_embedding(logits, embedding, temperature)
@@ -201,6 +199,6 @@ def energy_score(samples, targets):
     _check_same_device("targets", targets, "samples", samples)
     needs_grad = torch.is_grad_enabled() and (samples.requires_grad or targets.requires_grad)
     if not needs_grad and _use_triton(samples, targets):
-        from kernels import triton_energy
+        from explorer.kernels import triton_energy
         return triton_energy.energy_score(samples, targets)
     return reference.energy_score(samples, targets)

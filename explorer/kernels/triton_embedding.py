@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import NEG_INF, dot_precision, softmax_merge
+from explorer.kernels.triton_common import NEG_INF, dot_precision, softmax_merge
 
 
 @triton.jit

@@ -1,6 +1,6 @@
 """Compile every Triton kernel variant the wrappers launch, for a CUDA architecture, on a machine without a GPU.
 
-    python -m kernels.compile_check --arch 90      # Hopper (H100 / H200); prints one line per variant
+    python -m explorer.kernels.compile_check --arch 90      # Hopper (H100 / H200); prints one line per variant
 
 The CPU test suite runs the kernels under TRITON_INTERPRET=1, which is lenient where the compiler is
 not (for example about module globals); this check runs the real front end, the LLVM lowering and
@@ -25,7 +25,7 @@ ARGUMENT_TYPES = {  # scalar and pointer types, as the wrappers pass them (float
 
 def variants():
     """(name, kernel, pointer dtype, constexpr values) for each specialisation the wrappers can launch."""
-    from kernels import triton_embedding, triton_energy, triton_sample
+    from explorer.kernels import triton_embedding, triton_energy, triton_sample
 
     for dtype in ("fp32", "bf16"):
         for sample, rows, topk in ((True, False, False), (False, True, False), (True, True, True)):
