@@ -264,7 +264,7 @@ def cmd_list(args):
 
 def _add_bench(sub):
     p = sub.add_parser("bench", help="benchmarks, written as JSON and a markdown table")
-    p.add_argument("suite", choices=["sampling", "kernels", "block", "continuous", "calm", "app"])
+    p.add_argument("suite", choices=["sampling", "kernels", "block", "continuous", "calm", "app", "noise"])
     p.add_argument("--checkpoint", default="mdlm-tiny", help="masked-diffusion checkpoint")
     p.add_argument("--block-checkpoint", default="bd3lm-tiny-b16", help="block: the block-diffusion checkpoint")
     p.add_argument("--continuous-checkpoint", nargs="+", default=["cdcd-tiny", "cdcd-tiny-nowarp"],
@@ -289,6 +289,11 @@ def cmd_bench(args):
         from explorer.bench_app import run_app_bench
 
         run_app_bench(repeats, json_path, args.checkpoint)
+        return
+    if args.suite == "noise":
+        from explorer.bench_noise import run_noise_bench
+
+        run_noise_bench(json_path)
         return
     if args.suite == "kernels":
         from explorer.bench_kernels import run_kernels_bench

@@ -1,3 +1,6 @@
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -7,10 +10,9 @@ from explorer.kernels import reference
 
 def naive(logits, temperature, seed):
     """Whole-tensor float64 definition of the same Gumbel-max sample and scores."""
-    logits.shape[-1]
     counters = torch.arange(logits.numel()).view(logits.shape)
     u = kernels.counter_uniform(counters, seed).double()
-    scaled = logits.double() / temperature - torch.log(-torch.log(u))
+    scaled = logits.double() / temperature - torch.log(-torch.log1p(-u))
     p = logits.double().softmax(-1)
     top2 = p.topk(2, -1).values
     return scaled.argmax(-1), p.gather(-1, scaled.argmax(-1, keepdim=True)).squeeze(-1), top2[..., 0] - top2[..., 1], \
@@ -64,21 +66,83 @@ def test_counter_uniform_is_uniform_in_the_open_interval(seed):
     assert abs(float(u.mean()) - 0.5) < 0.005 and abs(float(u.var()) - 1 / 12) < 0.002
 
 
-def lowbias32_python(counter: int, seed: int) -> float:
-    """The same hash in plain Python integers (uint32 semantics), as an independent definition."""
-    m = 0xFFFFFFFF
-    x = (counter * 0x9E3779B1 + seed * 0x85EBCA77 + 0x27D4EB2F) & m
+MASK32 = 0xFFFFFFFF
+
+
+def lowbias32_python(counter: int, seed: int) -> int:
+    """The hash in plain Python integers (uint32 semantics), as an independent definition."""
+    x = (counter * 0x9E3779B1 + seed * 0x85EBCA77 + 0x27D4EB2F) & MASK32
     x ^= x >> 16
-    x = (x * 0x7FEB352D) & m
+    x = (x * 0x7FEB352D) & MASK32
     x ^= x >> 15
-    x = (x * 0x846CA68B) & m
+    x = (x * 0x846CA68B) & MASK32
+    return x ^ (x >> 16)
+
+
+def uniform_python(bits: int) -> float:
+    """(bits + 0.5) / 2**32 in float32 arithmetic (numpy), clamped below 1."""
+    u = (np.float32(bits) + np.float32(0.5)) * np.float32(2.0**-32)
+    return float(min(u, np.float32(1.0 - 2.0**-24)))
+
+
+def counter_for_bits(bits: int, seed: int) -> int:
+    """The counter whose hash is `bits`: lowbias32 inverted step by step (xor-shifts and odd multipliers)."""
+    x = bits ^ (bits >> 16)
+    x = (x * pow(0x846CA68B, -1, 2**32)) & MASK32
+    x ^= (x >> 15) ^ (x >> 30)
+    x = (x * pow(0x7FEB352D, -1, 2**32)) & MASK32
     x ^= x >> 16
-    return ((x >> 8) + 0.5) / (1 << 24)
+    return ((x - seed * 0x85EBCA77 - 0x27D4EB2F) * pow(0x9E3779B1, -1, 2**32)) & MASK32
 
 
 def test_counter_uniform_matches_a_uint32_definition():
     counters = [0, 1, 2, 12345, 2**31 - 1, 2**31 + 5, 2**33 + 7]
     for seed in (0, 7, 2**31 - 2):
         ours = kernels.counter_uniform(torch.tensor(counters), seed)
-        expected = torch.tensor([lowbias32_python(c, seed) for c in counters], dtype=torch.float32)
+        expected = torch.tensor([uniform_python(lowbias32_python(c, seed)) for c in counters], dtype=torch.float32)
         assert torch.equal(ours, expected)
+
+
+# hash values at the edges: 0, the 24-bit edge, and those whose float32 rounds up to 2**32 (u would be 1.0)
+EXTREME_BITS = [0, 1, 2**24 - 1, 2**24, 2**31, MASK32 - 128, MASK32 - 127, MASK32 - 1, MASK32]
+
+
+@pytest.mark.parametrize("seed", [0, 5, 2**31 - 2])
+def test_extreme_counters_give_noise_strictly_inside_the_interval_and_finite_gumbels(seed):
+    counters = [counter_for_bits(b, seed) for b in EXTREME_BITS]
+    assert [lowbias32_python(c, seed) for c in counters] == EXTREME_BITS
+    u = reference.counter_uniform(torch.tensor(counters), seed)
+    g = reference.counter_gumbel(torch.tensor(counters), seed)
+    assert bool(((u > 0) & (u < 1)).all()) and bool(torch.isfinite(g).all()), (u, g)
+    assert float(u[0]) == 2.0**-33 and float(u[-1]) == 1.0 - 2.0**-24
+    # the largest noise comes from the smallest u: -log(-log(1 - 2**-33)) = 33 log 2 - log... = 22.87
+    assert math.isclose(float(g[0]), -math.log(-math.log1p(-(2.0**-33))), rel_tol=1e-6)
+    assert math.isclose(float(g[-1]), -math.log(-math.log1p(-(1.0 - 2.0**-24))), rel_tol=1e-5)
+    expected = torch.tensor([-math.log(-math.log1p(-uniform_python(b))) for b in EXTREME_BITS], dtype=torch.float32)
+    assert torch.allclose(g, expected, rtol=1e-6, atol=0)
+
+
+def test_the_old_24_bit_noise_reached_one_and_an_infinite_gumbel():
+    """Why the uniform changed: (2**24 - 1 + 0.5) / 2**24 rounds to 1.0 in float32, and -log(-log 1) is +inf."""
+    old = (torch.tensor(float(2**24 - 1)) + 0.5) * (1.0 / 2**24)
+    assert float(old) == 1.0 and math.isinf(float(-torch.log(-torch.log(old))))
+
+
+def test_the_gumbel_noise_follows_the_gumbel_distribution_in_its_upper_tail():
+    g = reference.counter_gumbel(torch.arange(4_000_000), seed=3).double()
+    # P(G > x) = 1 - exp(-exp(-x)); at x = 12 that is 6.1e-6: about 24 of 4M draws (24-bit noise: coarse there)
+    for x, low, high in ((2.0, 0.1257, 0.1274), (6.0, 0.00235, 0.0026), (12.0, 2e-6, 12e-6)):
+        assert low < float((g > x).double().mean()) < high, (x, float((g > x).double().mean()))
+    assert abs(float(g.mean()) - 0.5772) < 2e-3  # Euler-Mascheroni
+
+
+def test_the_noise_bench_shows_the_former_noise_distorting_the_tail_and_ours_not(tmp_path):
+    """Exact tail-win probabilities on LLaDA's vocabulary (`python -m explorer bench noise`)."""
+    from explorer.bench_noise import run_noise_bench
+
+    results = run_noise_bench(tmp_path / "noise.json", gaps=(12, 17, 20))
+    rows = {r["gap"]: r for r in results["rows"]}
+    assert all(abs(r["ours_rel_error"]) < 0.01 for r in rows.values())  # ours: within 1% up to a gap of 20 nats
+    assert rows[17]["former_rel_error"] > 0.5 and rows[20]["former_24bit"] > 7e-3  # 0.75% garbage at any gap
+    assert results["former_top_is_inf"] and results["ours_max"] > 22.8
+    assert (tmp_path / "noise.md").read_text().startswith("# `python -m explorer bench noise`")

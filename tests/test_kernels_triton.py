@@ -65,6 +65,30 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy inf/N
 INF = float("-inf")
 
 
+def test_triton_gumbel_equals_the_reference_at_extreme_counters():
+    """The kernel's noise function on the counters whose hash is 0, the 24-bit edge, or rounds up to 2**32: the same
+    operations in the same order, so the values agree to the last bit but for float32 `log` itself (numpy's, under
+    the interpreter, and torch's differ by at most one unit in the last place)."""
+    import triton
+    import triton.language as tl
+
+    from test_kernels_reference import EXTREME_BITS, counter_for_bits
+
+    @triton.jit
+    def noise_kernel(counter_ptr, out_ptr, seedmix, n, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        counter = tl.load(counter_ptr + i, mask=i < n, other=0)
+        tl.store(out_ptr + i, TS._gumbel(counter, seedmix), mask=i < n)
+
+    for seed in (0, 5, 2**31 - 2):
+        counters = torch.tensor([counter_for_bits(b, seed) for b in EXTREME_BITS] + list(range(50)))
+        out = torch.empty(len(counters))
+        noise_kernel[(1,)](counters, out, TS._seedmix(seed), len(counters), BLOCK=64)
+        expected = reference.counter_gumbel(counters, seed)
+        assert torch.isfinite(out).all()
+        assert torch.allclose(out, expected, rtol=2**-22, atol=2**-22)  # a float32 ulp is 2**-23 relative
+
+
 def spiky_logits(shape, seed=0, scale=3.0):
     """Random logits with -inf entries, a row that is -inf but for one token, and an exact tie at the top."""
     g = torch.Generator().manual_seed(seed)

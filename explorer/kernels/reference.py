@@ -3,7 +3,8 @@
 Work is split into row chunks so that no intermediate is larger than `CHUNK_ELEMENTS` floats,
 whatever the batch, length or vocabulary (LLaDA's vocabulary has 126,464 entries), and nothing is
 promoted to float64. Noise is counter-based: the uniform for logit (row r, token v) is a hash of
-(seed, offset + r * V + v), so samples do not depend on chunking or on which other rows are present.
+(seed, offset + r * V + v), so samples do not depend on chunking or on which other rows are present;
+`counter_gumbel` turns it into Gumbel noise that is finite for every counter.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ def _as_int32(value: int) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-def counter_uniform(index: torch.Tensor, seed: int) -> torch.Tensor:
-    """Uniform floats in (0, 1) from integer counters: the lowbias32 hash of (counter * golden + seed mix).
+UNIFORM_MAX = 1.0 - 2.0**-24  # the largest float32 below 1
+
+
+def counter_bits(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """The lowbias32 hash of (counter * golden + seed mix), as int32 holding the uint32's 32 bits.
 
     Arithmetic is on int32, which wraps like uint32; `>>` on int32 is arithmetic, so each logical
     shift is followed by a mask. Bit-identical to the same hash on uint32 (the Triton kernels use it).
@@ -32,8 +36,32 @@ def counter_uniform(index: torch.Tensor, seed: int) -> torch.Tensor:
     x = index.to(torch.int32).mul_(_as_int32(0x9E3779B1)).add_(_as_int32(seed * 0x85EBCA77 + 0x27D4EB2F))
     x.bitwise_xor_((x >> 16) & 0xFFFF).mul_(_as_int32(0x7FEB352D))
     x.bitwise_xor_((x >> 15) & 0x1FFFF).mul_(_as_int32(0x846CA68B))
-    x.bitwise_xor_((x >> 16) & 0xFFFF)
-    return ((x >> 8) & 0xFFFFFF).to(torch.float32).add_(0.5).mul_(1.0 / (1 << 24))  # 24 bits, never 0 or 1
+    return x.bitwise_xor_((x >> 16) & 0xFFFF)
+
+
+def counter_uniform(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """Uniform float32 in (0, 1), strictly, from integer counters: (all 32 hash bits + 0.5) / 2**32.
+
+    The uint32 is rounded to float32 (24 significant bits at every scale, so values near 0 keep their
+    precision: the smallest is 2**-33); the few that round up to 1.0 are clamped to UNIFORM_MAX.
+    """
+    bits = counter_bits(index, seed).to(torch.int64).bitwise_and_(_MASK32)
+    return bits.to(torch.float32).add_(0.5).mul_(2.0**-32).clamp_(max=UNIFORM_MAX)
+
+
+def counter_gumbel(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """Standard Gumbel noise -log(-log(1 - u)) with u = counter_uniform(index, seed), finite everywhere.
+
+    1 - u is uniform too; writing the noise this way puts the upper tail (large noise, which decides
+    whether a rare token is sampled) where u is near 0 and float32 is finest, so the noise reaches
+    -log(2**-33) = 22.9 smoothly (24-bit noise near 1 stopped at 17.3, in coarse steps). log1p(-u) is
+    computed with plain logs (Kahan's trick: log(w) * -u / (w - 1) with w = 1 - u) so that the Triton
+    kernel can do the same operations in the same order.
+    """
+    u = counter_uniform(index, seed)
+    w = 1.0 - u
+    log1p_neg_u = torch.where(w == 1.0, -u, w.log() * -u / (w - 1.0))  # log(1 - u), accurate for small u
+    return log1p_neg_u.neg_().log_().neg_()
 
 
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -86,7 +114,7 @@ def sample_and_score(
         else:
             noisy = _filter_top_k_top_p(chunk, top_k, top_p) / temperature
             counters = (chunk_rows[:, None] * vocab + torch.arange(vocab, device=chunk.device)).view(-1)
-            gumbel = counter_uniform(counters + offset, seed).log_().neg_().log_().neg_()  # -log(-log u)
+            gumbel = counter_gumbel(counters + offset, seed)
             choice = noisy.add_(gumbel.view_as(noisy)).argmax(-1)
         shifted = (chunk - chunk.amax(-1, keepdim=True)).clamp_(min=-1e4)  # -inf logits: exp 0, finite products
         exp = shifted.exp()

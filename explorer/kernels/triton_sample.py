@@ -9,7 +9,7 @@ columns, keeping per row a small running state (see `_update`):
     best, bi  running Gumbel-max: max of x / T + gumbel and its (first) index
     bx        raw logit of the current Gumbel-max choice (for its probability)
 
-Noise is the lowbias32 hash of reference.counter_uniform on the counter row * V + v + offset, so
+Noise is reference.counter_gumbel (lowbias32 hash, 32-bit uniform) of the counter row * V + v + offset, so
 the sampled token is the reference's (bit-identical on the interpreter; on a GPU `tl.log` may differ
 from torch's by an ulp, which can only matter for exact near-ties). Nothing of size (rows, V) is
 ever written. top-p needs the sorted distribution, which one streaming pass cannot give: those calls
@@ -30,19 +30,22 @@ from explorer.kernels import reference
 from explorer.kernels.reference import _as_int32
 from explorer.kernels.triton_common import NEG_INF, dot_precision, softmax_merge
 
+UNIFORM_MAX = tl.constexpr(reference.UNIFORM_MAX)  # compiled kernels may read only constexpr globals
 
 
 @triton.jit
 def _gumbel(counter, seedmix):
-    """-log(-log u) for int64 counters; u = the lowbias32 uniform of reference.counter_uniform."""
+    """reference.counter_gumbel for int64 counters: the same hash, uniform and operations, in the same order."""
     x = counter.to(tl.uint32) * tl.full((), 0x9E3779B1, tl.uint32) + seedmix.to(tl.uint32, bitcast=True)
     x = x ^ (x >> 16)
     x = x * tl.full((), 0x7FEB352D, tl.uint32)
     x = x ^ (x >> 15)
     x = x * tl.full((), 0x846CA68B, tl.uint32)
     x = x ^ (x >> 16)
-    u = ((x >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
-    return -tl.log(-tl.log(u))
+    u = tl.minimum((x.to(tl.float32) + 0.5) * (1.0 / 4294967296.0), UNIFORM_MAX)  # in (0, 1), 32 bits
+    w = 1.0 - u
+    log1p_neg_u = tl.where(w == 1.0, -u, tl.log(w) * -u / (w - 1.0))
+    return -tl.log(-log1p_neg_u)
 
 
 @triton.jit
