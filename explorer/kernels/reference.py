@@ -64,7 +64,7 @@ def counter_gumbel(index: torch.Tensor, seed: int) -> torch.Tensor:
     return log1p_neg_u.neg_().log_().neg_()
 
 
-def _filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """Set logits outside the top-k and outside the nucleus of mass top_p to -inf (in that order)."""
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
@@ -112,7 +112,7 @@ def sample_and_score(
         if temperature == 0:
             choice = chunk.argmax(-1)
         else:
-            noisy = _filter_top_k_top_p(chunk, top_k, top_p) / temperature
+            noisy = filter_top_k_top_p(chunk, top_k, top_p) / temperature
             counters = (chunk_rows[:, None] * vocab + torch.arange(vocab, device=chunk.device)).view(-1)
             gumbel = counter_gumbel(counters + offset, seed)
             choice = noisy.add_(gumbel.view_as(noisy)).argmax(-1)

@@ -110,6 +110,7 @@ class DreamModel(nn.Module):
     """Dream wrapped for our masked-diffusion samplers: (B, L) ids -> (B, L, V) SUBS logits, like MDLMModel."""
 
     family = "mdlm"
+    default_sampler = "dream"  # Dream's own loop (explorer.sampling.dream); LLaDA's rules stay selectable
 
     def __init__(self, network: nn.Module, tokenizer: Tokenizer, config: DreamConfig, special: dict[str, int | None]):
         super().__init__()

@@ -12,13 +12,16 @@ from explorer.sampling.autoregressive import ARParams, autoregressive
 from explorer.sampling.block import BlockParams, block_diffusion
 from explorer.sampling.chunks import ALGORITHMS, CALMParams, calm_sampler
 from explorer.sampling.continuous import ContinuousParams, continuous_diffusion
+from explorer.sampling.dream import DreamParams, dream_sampler
 from explorer.sampling.refine import RefineParams, draft_and_refine
 from explorer.sampling.masked import (REMASKING_RULES, AncestralParams, MaskedParams, ancestral, find_stop,
                                       masked_diffusion)
 from explorer.sampling.trace import RECORD_LEVELS, SCHEMA, Frame, Trace
 
 # sampler name -> (family, builder of (params, frames function)); the defaults each name implies.
-MASKED_SAMPLERS = REMASKING_RULES + ("threshold", "factor", "ancestral", "draft_refine")
+# "dream": Dream 7B's own loop (no blocks; alg = origin | maskgit_plus | topk_margin | entropy), the default for
+# released Dream models (their `default_sampler`).
+MASKED_SAMPLERS = REMASKING_RULES + ("threshold", "factor", "ancestral", "draft_refine", "dream")
 AR_SAMPLERS = ("ar",)
 # bd3lm: "first_hitting" is BD3-LM's sampler (one random masked token per step, nucleus 0.9).
 BLOCK_SAMPLERS = ("first_hitting",) + tuple(r for r in REMASKING_RULES if r != "random") + ("threshold",)
@@ -34,7 +37,8 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
                   pinned: dict[int, int] | None = None, cache: str = "none", kv_cache: bool | None = None,
                   stop_at_eos: bool = True, entropy_window: int = 256, min_entropy: float = 4.0,
                   drafter: str = "ar-tiny", rounds: int = 2, fraction: float = 0.25, schedule: str = "auto",
-                  churn: float = 0.0, clamp: bool = False, n_candidates: int = 200, max_draws: int = 2000):
+                  churn: float = 0.0, clamp: bool = False, n_candidates: int = 200, max_draws: int = 2000,
+                  alg: str | None = None, alg_temp: float | None = None):
     """Return (params, frames_fn) for a family and sampler name; raises ValueError naming bad knobs."""
     names = SAMPLERS.get(family)
     if names is None:
@@ -43,6 +47,8 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
     if sampler not in names:
         raise ValueError(f"sampler must be one of {names} for family {family!r}, got {sampler!r}")
     pinned = dict(pinned or {})
+    if sampler != "dream" and (alg is not None or alg_temp is not None):
+        raise ValueError("alg and alg_temp are knobs of Dream's sampler (sampler='dream')")
     if kv_cache is not None and family != "bd3lm":
         raise ValueError(f"kv_cache applies to the bd3lm family only (exact cache of finished blocks); the {family} "
                          "family " + ("always caches" if family == "ar" else "has Fast-dLLM's cache='prefix'|'dual'"))
@@ -92,6 +98,18 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
             raise ValueError("pinned tokens need a masked-diffusion model; the ar family generates left to right")
         temp = 1.0 if temperature is None else temperature
         return ARParams(gen_length, temp, top_k, top_p), autoregressive
+    if sampler == "dream":
+        unsupported = {"block_length": block_length, "threshold": threshold, "factor": factor}
+        given = [k for k, v in unsupported.items() if v is not None] + (["cfg_scale"] if cfg_scale else []) + (
+            ["pinned"] if pinned else []) + (["cache"] if cache != "none" else [])
+        if given:
+            raise ValueError(f"{', '.join(given)} do not apply to Dream's sampler; its knobs are gen_length, steps, "
+                             "alg, alg_temp, temperature, top_p and top_k")
+        defaults = DreamParams()
+        return DreamParams(gen_length, gen_length if steps is None else steps, alg or defaults.alg,
+                           defaults.temperature if temperature is None else temperature,
+                           defaults.top_p if top_p is None else top_p, top_k,
+                           defaults.alg_temp if alg_temp is None else alg_temp), dream_sampler
     if sampler == "draft_refine":
         temp = 1.0 if temperature is None else temperature
         return RefineParams(gen_length, drafter, rounds, fraction, steps, temp, top_k, top_p), draft_and_refine
@@ -133,6 +151,7 @@ def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed
         raise ValueError(f"record must be one of {RECORD_LEVELS}, got {record!r}")
     prompt_ids = encode_prompt(model, prompt)
     knobs["pinned"] = encode_pinned(model, knobs.get("pinned"))
+    sampler = sampler or getattr(model, "default_sampler", None)  # e.g. Dream models run Dream's sampler
     params, frames_fn = build_sampler(model.family, sampler, **knobs)
     generator = torch.Generator().manual_seed(int(seed))
     description = {"name": sampler or SAMPLERS[model.family][0], "seed": int(seed), "record": record,
