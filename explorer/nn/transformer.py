@@ -66,27 +66,46 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        # normalise in float32 and cast back before the gain, as LLaDA's and Qwen2's norms do in bfloat16 models
+        # (a no-op for float32 models)
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding: `angles(positions)` once per forward, `rotate` on (B, H, L, Dh) tensors."""
+    """Rotary position embedding: `angles(positions)` once per forward, `rotate` on (B, H, L, Dh) tensors.
+
+    The cos / sin tables stay float32 whatever dtype the model is cast to, and `rotate` works in float32, as
+    LLaDA's rotary does: in bfloat16 the angle of position 2,000 would be off by several radians' worth of ulps.
+    """
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
-        angles = torch.outer(torch.arange(max_seq_len).float(), inv_freq)  # (L, Dh/2)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        cos, sin = self._tables(torch.device("cpu"))
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
+        angles = torch.outer(torch.arange(self.max_seq_len, device=device).float(), inv_freq)  # (L, Dh/2)
+        return angles.cos(), angles.sin()
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)  # moves (and may cast) the tables; rebuild them in float32 where they now live
+        if self.cos.dtype != torch.float32:
+            self.cos, self.sin = self._tables(self.cos.device)
+        return self
 
     def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cos[positions], self.sin[positions]  # (L, Dh/2) each
+        return self.cos[positions], self.sin[positions]  # (L, Dh/2) each, float32
 
     @staticmethod
     def rotate(x: torch.Tensor, angles: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         cos, sin = angles
-        x1, x2 = x[..., 0::2], x[..., 1::2]
-        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+        x32 = x.float()
+        x1, x2 = x32[..., 0::2], x32[..., 1::2]
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).to(x.dtype)
 
 
 class KVCache:
