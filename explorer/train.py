@@ -88,6 +88,8 @@ class TrainConfig:
     snapshot_every: int = 0  # also keep the weights every N steps in OUT/snapshots/step-N (0 = never)
     corpus: str | None = None  # a .txt file or folder; None = the shipped Shakespeare corpus
     init: str | None = None  # start from this checkpoint's weights (name or folder), e.g. bd3lm from mdlm-tiny
+    shift: bool = False  # mdlm only: Dream's shift (output i predicts token i + 1), for a model adapted from ar
+    anneal_steps: int = 0  # mdlm only: DiffuLLaMA's attention annealing, causal -> bidirectional over these steps
     block_size: int = 16  # bd3lm only: tokens per block L'
     clip: str = "published"  # bd3lm only: mask-rate window: "published", "search", "none" or "beta,omega"
     time_warping: bool = True  # cdcd only: draw noise levels through the learned loss CDF (False: uniform in log t)
@@ -112,6 +114,10 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.family == "bd3lm":
             parse_clip(self.clip, self.block_size)
+        if self.family != "mdlm" and (self.shift or self.anneal_steps):
+            raise ValueError("shift and anneal_steps apply to the mdlm family only (adapting an ar model)")
+        if self.anneal_steps < 0:
+            raise ValueError(f"anneal_steps must be >= 0, got {self.anneal_steps}")
         if not 0 < self.t_min < self.t_max:
             raise ValueError(f"t_min must be > 0 and < t_max, got t_min={self.t_min}, t_max={self.t_max}")
 
@@ -154,7 +160,7 @@ def build_model(cfg: TrainConfig, tokenizer):
         config = CDCDConfig(backbone=preset(cfg.preset, attention="bidirectional", time_conditioning=True, **overrides),
                             t_min=cfg.t_min, t_max=cfg.t_max, time_warping=cfg.time_warping)
     else:
-        config = MDLMConfig(backbone=preset(cfg.preset, attention="bidirectional", **overrides))
+        config = MDLMConfig(backbone=preset(cfg.preset, attention="bidirectional", **overrides), shift=cfg.shift)
     context = config.backbone.max_seq_len * (cfg.chunk if cfg.family == "calm" else 1)
     if cfg.seq_len > context:
         raise ValueError(f"seq_len must be <= {context} for preset {cfg.preset}, got {cfg.seq_len}")
@@ -191,6 +197,14 @@ def init_from(model, checkpoint: str) -> None:
     if {k: v.shape for k, v in mine.items()} != {k: v.shape for k, v in theirs.items()}:
         raise ValueError(f"init: {checkpoint} has a different backbone shape than this run")
     model.backbone.load_state_dict(theirs)
+
+
+def annealing(cfg: TrainConfig, step: int) -> dict:
+    """The loss's attention knob at `step`: the fraction of future keys each query sees rises linearly from 0
+    (causal, as the ar model was trained) to 1 over `anneal_steps` (DiffuLLaMA); {} when not annealing."""
+    if not cfg.anneal_steps or step >= cfg.anneal_steps:
+        return {}
+    return {"attention": step / cfg.anneal_steps}
 
 
 def device_name(device: str) -> str:
@@ -458,7 +472,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
                 part = batch[shard * micro:(shard + 1) * micro].to(device)
                 sync = k == cfg.grad_accum - 1 or not dist.active
                 with (nullcontext() if sync else net.no_sync()), autocast():
-                    out_loss = net(part, noise, loss_kwargs)
+                    out_loss = net(part, noise, loss_kwargs | annealing(cfg, step))
                 (out_loss["loss"] / cfg.grad_accum).backward()  # DDP then averages over ranks
                 for key in ("loss", "warp_loss"):
                     if key in out_loss:

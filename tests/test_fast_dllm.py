@@ -7,14 +7,26 @@ from explorer.sampling import generate
 from explorer.sampling.masked import _cached_logits
 
 
+@pytest.fixture(scope="module")
+def shifted_mdlm(tokenizer):
+    """A tiny masked model with Dream's shift (output i predicts token i + 1)."""
+    from explorer.models import MDLMConfig, MDLMModel
+    from support import tiny_backbone
+
+    torch.manual_seed(1)
+    return MDLMModel(MDLMConfig(backbone=tiny_backbone("bidirectional"), shift=True), tokenizer).eval()
+
+
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
-def test_cached_window_equals_a_full_pass_while_the_canvas_is_unchanged(tiny_mdlm, mode):
+@pytest.mark.parametrize("shifted", [False, True])
+def test_cached_window_equals_a_full_pass_while_the_canvas_is_unchanged(tiny_mdlm, shifted_mdlm, mode, shifted):
+    model = shifted_mdlm if shifted else tiny_mdlm
     canvas = torch.randint(4, 2000, (40,))
-    canvas[20:] = tiny_mdlm.mask_id
-    cache = tiny_mdlm.new_cache()
+    canvas[20:] = model.mask_id
+    cache = model.new_cache()
     with torch.no_grad():
-        full, offset, label = _cached_logits(tiny_mdlm, canvas, cache, True, mode, 20, 30)
-        window, w_offset, w_label = _cached_logits(tiny_mdlm, canvas, cache, False, mode, 20, 30)
+        full, offset, label = _cached_logits(model, canvas, cache, True, mode, 20, 30)
+        window, w_offset, w_label = _cached_logits(model, canvas, cache, False, mode, 20, 30)
     assert (offset, label, w_offset, w_label) == (0, "refresh", 20, mode)
     assert window.shape[0] == (20 if mode == "prefix" else 10)
     assert torch.allclose(window, full[20 : 20 + len(window)], atol=1e-5)

@@ -101,3 +101,48 @@ def test_unknown_family_in_config(tiny_ar, tmp_path):
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="unknown family 'quantum'"):
         explorer.load(path)
+
+
+def test_shifted_mdlm_reads_position_i_from_output_i_minus_1(tokenizer):
+    """Dream's shift: logits at i are the backbone's output at i - 1 (position 0 keeps its own)."""
+    from explorer.models import MDLMConfig, MDLMModel
+    from support import tiny_backbone
+
+    torch.manual_seed(0)
+    model = MDLMModel(MDLMConfig(backbone=tiny_backbone("bidirectional"), shift=True), tokenizer).eval()
+    x = torch.randint(4, 2000, (2, 12))
+    with torch.no_grad():
+        raw = model.backbone(x)
+        logits = model.denoiser_logits(x)
+    keep = torch.ones(2048, dtype=torch.bool)
+    keep[model.mask_id] = False
+    assert torch.equal(logits[:, 1:, keep], raw[:, :-1, keep]) and torch.equal(logits[:, 0, keep], raw[:, 0, keep])
+    assert model.logit_shift == 1
+
+
+def test_annealed_attention_goes_from_causal_to_bidirectional():
+    from explorer.models.mdlm import annealed_mask
+
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(annealed_mask(16, 0.0, g), torch.ones(16, 16, dtype=torch.bool).tril())
+    assert bool(annealed_mask(16, 1.0, g).all())
+    half = annealed_mask(64, 0.5, g)
+    future = half.triu(1).sum() / (64 * 63 / 2)
+    assert bool(half[torch.ones(64, 64, dtype=torch.bool).tril()].all()) and 0.4 < float(future) < 0.6
+
+
+def test_mdlm_loss_under_a_causal_mask_ignores_the_future(tokenizer):
+    """attention=0 is causal: changing tokens after the masked ones changes nothing before them."""
+    from explorer.models import MDLMConfig, MDLMModel
+    from support import tiny_backbone
+
+    torch.manual_seed(0)
+    model = MDLMModel(MDLMConfig(backbone=tiny_backbone("bidirectional"), shift=True), tokenizer).eval()
+    x = torch.randint(4, 2000, (1, 16))
+    y = x.clone()
+    y[0, 10:] = torch.randint(4, 2000, (6,))
+    mask = torch.ones(16, 16, dtype=torch.bool).tril()
+    with torch.no_grad():
+        a, b = model.denoiser_logits(x, mask=mask), model.denoiser_logits(y, mask=mask)
+    assert torch.allclose(a[:, :11], b[:, :11])  # shifted: position 10's logits come from output 9
+    assert not torch.allclose(a[:, 11:], b[:, 11:])

@@ -1,4 +1,9 @@
-"""Masked diffusion (MDLM / LLaDA): log-linear schedule, 1/t weighting, SUBS parameterization."""
+"""Masked diffusion (MDLM / LLaDA): log-linear schedule, 1/t weighting, SUBS parameterization.
+
+With `shift=True` (Dream 7B, DiffuLLaMA: a model adapted from an autoregressive one) the network's output at
+position i predicts token i + 1, as in the AR model it started from; `denoiser_logits` moves the logits right by
+one position (position 0 keeps its own), so samplers, traces and losses see ordinary per-position logits.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ class MDLMConfig:
         default_factory=lambda: TransformerConfig(attention="bidirectional")
     )  # bidirectional, no time conditioning (MDLM: not needed)
     eps: float = 1e-3  # smallest mask rate drawn in training: t = (1 - eps) u + eps
+    shift: bool = False  # Dream's shift: output i predicts token i + 1 (a model initialised from an AR one)
 
     def __post_init__(self):
         if self.backbone.attention != "bidirectional":
@@ -37,6 +43,12 @@ def mask_tokens(x0: torch.Tensor, t: torch.Tensor, mask_id: int, generator=None)
     return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
 
 
+def annealed_mask(length: int, fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(L, L) boolean attention mask (True = may attend): causal, plus a random `fraction` of the future keys."""
+    future = torch.rand(length, length, generator=generator) < fraction
+    return torch.ones(length, length, dtype=torch.bool).tril() | future
+
+
 def subs_logits(logits: torch.Tensor, x_t: torch.Tensor, mask_id: int) -> torch.Tensor:
     """SUBS (B, L, V): masked positions keep the denoiser's logits; unmasked ones carry over (logit 0 for the
     input token, -inf elsewhere)."""
@@ -49,13 +61,20 @@ class MDLMModel(LanguageModel):
     family = "mdlm"
     config_class = MDLMConfig
 
-    def denoiser_logits(self, x_t: torch.Tensor, return_hidden: bool = False, **cache_args):
-        """Logits (B, L, V) of x0 with the mask token excluded (its logit is -inf). `cache_args`
-        (cache, start, store) run a window of positions against cached keys (Fast-dLLM's caches)."""
-        logits, hidden = self.backbone(x_t, return_hidden=True, **cache_args)
+    @property
+    def logit_shift(self) -> int:
+        """1 when position i's logits come from output i - 1 (a window of logits needs one position before it)."""
+        return int(self.config.shift)
+
+    def denoiser_logits(self, x_t: torch.Tensor, return_hidden: bool = False, **backbone_args):
+        """Logits (B, L, V) of x0 with the mask token excluded (its logit is -inf). `backbone_args`: `cache`,
+        `start`, `store` run a window of positions against cached keys (Fast-dLLM's caches); `mask` an attention
+        mask (training's causal-to-bidirectional annealing)."""
+        logits, hidden = self.backbone(x_t, return_hidden=True, **backbone_args)
+        if self.config.shift:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # (B, L, V): position i from output i - 1
         logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
         return (logits, hidden) if return_hidden else logits
-
 
     def forward(self, x_t: torch.Tensor, return_hidden: bool = False):
         """SUBS logits (B, L, V): masked positions get the denoiser's logits; unmasked ones carry over
@@ -64,14 +83,18 @@ class MDLMModel(LanguageModel):
         logits = subs_logits(logits, x_t, self.mask_id)
         return (logits, hidden) if return_hidden else logits
 
-    def loss(self, batch: torch.Tensor, generator: torch.Generator | None = None, t: torch.Tensor | None = None) -> dict:
-        """Continuous-time NELBO: CE on masked tokens weighted 1/t, summed, divided by all B * L tokens."""
+    def loss(self, batch: torch.Tensor, generator: torch.Generator | None = None, t: torch.Tensor | None = None,
+             attention: float = 1.0) -> dict:
+        """Continuous-time NELBO: CE on masked tokens weighted 1/t, summed, divided by all B * L tokens.
+        `attention` < 1 (DiffuLLaMA's annealing while adapting an AR model): each query sees the keys before it and
+        this fraction of the keys after it (one random mask per batch); 1 = bidirectional."""
         B, L = batch.shape
         if t is None:
             t = low_discrepancy_t(B, self.config.eps, generator)
         t = t.to(batch.device)
         x_t, masked = mask_tokens(batch, t, self.mask_id, generator)
-        logits = self.denoiser_logits(x_t)  # (B, L, V)
+        mask = None if attention >= 1 else annealed_mask(L, attention, generator).to(batch.device)  # (L, L)
+        logits = self.denoiser_logits(x_t, mask=mask)  # (B, L, V)
         ce = F.cross_entropy(logits.flatten(0, 1), batch.flatten(), reduction="none").view(B, L)
         weighted = (ce * masked / t[:, None]).sum()
         return {"loss": weighted / (B * L), "nll_sum": weighted.detach(), "tokens": B * L}

@@ -151,17 +151,20 @@ def _cached_logits(model, canvas: torch.Tensor, cache, refresh: bool, mode: str,
     """Fast-dLLM: (logits (l, V), offset of the window, cache label), plus the window's hidden states (l, d) with
     `return_hidden`. A refresh is one full pass whose keys/values are kept; later steps recompute [lo, end)
     (prefix) or [lo, hi) (dual) against them."""
+    lead = 0  # extra positions computed before the window and dropped
     if refresh:
         cache.crop(0)
         offset, label, window = 0, "refresh", dict(start=0)
     else:
         end = len(canvas) if mode == "prefix" else hi
-        offset, label, window = lo, mode, dict(start=lo, store=0)
-        canvas = canvas[lo:end]
+        lead = min(lo, getattr(model, "logit_shift", 0))  # a shifted model reads position lo's logits at lo - 1
+        offset, label, window = lo, mode, dict(start=lo - lead, store=0)
+        canvas = canvas[lo - lead:end]
     logits, hidden = model.denoiser_logits(canvas[None], return_hidden=True, cache=cache, **window)
+    logits, hidden = logits[0, lead:], hidden[0, lead:]  # (l, V), (l, d)
     if return_hidden:
-        return logits[0], offset, label, hidden[0]
-    return logits[0], offset, label
+        return logits, offset, label, hidden
+    return logits, offset, label
 
 
 def rule_scores(rule: str, prob, margin, entropy, seed: int, rows: torch.Tensor) -> torch.Tensor:
