@@ -149,7 +149,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, out: str | Path, device: str 
             optimizer.zero_grad(set_to_none=True)
             result["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            check_finite(step + 1, {"loss": result["loss"], "grad_norm": grad_norm}, kept())
+            check_finite(step + 1, {"loss": result["loss"].detach(), "grad_norm": grad_norm}, kept())
             optimizer.step()
             step += 1
             wall += time.time() - t0
