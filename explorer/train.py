@@ -603,14 +603,13 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
         return f"the last checkpoint, step {saved_step} in {state_dir}, is untouched" if saved_step is not None \
             else "no checkpoint was saved yet"
 
-    def training_info() -> dict:
-        return {"steps_done": step, "tokens_seen": tokens_seen, "wall_s": round(wall, 1), "train_config": asdict(cfg)}
-
     def snapshot():
         check_finite(step, {"largest |weight|": largest_weight(model)}, kept())  # every rank, so all stop alike
         if dist.main:
+            training = {"steps_done": step, "tokens_seen": tokens_seen, "wall_s": round(wall, 1),
+                        "train_config": asdict(cfg)}
             write_unit(out / "snapshots" / f"step-{step}",
-                       lambda folder: model.save_pretrained(folder, extra={"training": training_info()}))
+                       lambda folder: model.save_pretrained(folder, extra={"training": training}))
 
     def checkpoint():
         nonlocal saved_step
@@ -667,17 +666,19 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
             step += 1
             tokens_seen += batch.numel()
             wall += time.time() - t0
-            record = {"step": step, "loss": round(totals["loss"].item(), 5), "lr": lr_at(cfg, step - 1),
-                      "grad_norm": round(float(grad_norm), 4), "tokens_seen": tokens_seen, "wall_s": round(wall, 2)}
-            if "warp_loss" in totals:
-                record["warp_loss"] = round(totals["warp_loss"].item(), 5)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            val_loss = None
+            if step % cfg.eval_every == 0 or step == cfg.steps:  # rank 0 measures, every rank checks
                 with autocast():
                     val_loss = broadcast(estimate_loss(model, val_stream, cfg) if dist.main else None, dist)
                 check_finite(step, {"val_loss": val_loss}, kept())
-                record["val_loss"] = round(val_loss, 5)
-                bar.set_postfix(val=record["val_loss"])
             if dist.main:
+                record = {"step": step, "loss": round(totals["loss"].item(), 5), "lr": lr_at(cfg, step - 1),
+                          "grad_norm": round(float(grad_norm), 4), "tokens_seen": tokens_seen, "wall_s": round(wall, 2)}
+                if "warp_loss" in totals:
+                    record["warp_loss"] = round(totals["warp_loss"].item(), 5)
+                if val_loss is not None:
+                    record["val_loss"] = round(val_loss, 5)
+                    bar.set_postfix(val=record["val_loss"])
                 log.write(json.dumps(record, allow_nan=False) + "\n")
                 log.flush()
                 bar.update(1)

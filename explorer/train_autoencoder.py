@@ -179,7 +179,8 @@ def resume_state(out: Path, model: Autoencoder, optimizer, device) -> dict:
     config = read_config(out)
     training = config.get("training") if isinstance(config, dict) else None
     if not (isinstance(training, dict) and isinstance(training.get("steps_done"), int) and training["steps_done"] >= 0
-            and isinstance(training.get("train_config"), dict) and isinstance(training.get("wall_s"), (int, float))):
+            and isinstance(training.get("train_config"), dict) and isinstance(training.get("wall_s"), (int, float))
+            and math.isfinite(training["wall_s"])):
         raise ValueError(f"{out / 'config.json'}: no valid \"training\" record (steps_done, wall_s, train_config)")
     try:
         weights = load_file(str(out / "autoencoder.safetensors"), device=str(device))
