@@ -129,7 +129,7 @@ def test_a_kill_at_any_stage_of_a_save_resumes_to_the_uninterrupted_run(kills, c
     assert_same_run(out, reference_run, ["model.safetensors", "snapshots/step-20/model.safetensors"])
 
 
-def test_a_real_kill_in_a_subprocess_resumes_to_the_uninterrupted_run(corpus, tmp_path, reference_run, capsys):
+def test_a_real_kill_in_a_subprocess_resumes_to_the_uninterrupted_run(corpus, tmp_path, reference_run):
     """os._exit (no cleanup, no flush of Python buffers) between the renames of step 20's save, then --resume."""
     out = tmp_path / "run"
     args = ["train", "--family", "ar", "--out", str(out), "--steps", "30", "--d-model", "32", "--n-layers", "1",
