@@ -9,6 +9,13 @@ from dataclasses import fields
 from pathlib import Path
 
 
+def _threads(text: str) -> int:
+    """--threads of train / train-autoencoder: torch.set_num_threads takes only a count >= 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"threads (--threads) must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
 def _add_train(sub):
     from explorer.models import FAMILIES
     from explorer.train import PRECISIONS, TrainConfig
@@ -17,7 +24,7 @@ def _add_train(sub):
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (saving state) after this wall time")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=_threads, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, help="torch device to train on, e.g. cpu or cuda (default: cpu; "
                    "under torchrun cuda:LOCAL_RANK when CUDA is available)")
     kinds = {"int": int, "float": float, "int | None": int}
@@ -56,7 +63,7 @@ def _add_train_autoencoder(sub):
     p.add_argument("--out", required=True, help="folder to write (e.g. checkpoints/autoencoders/calm-ae-k4)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=_threads, default=None, help="torch CPU threads")
     for f in fields(AutoencoderTrainConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float, default=f.default)
 

@@ -4,7 +4,10 @@
 
 Every step's batch and dropout noise derive from (seed, step), so a run killed and resumed with
 `--resume` continues exactly where an uninterrupted run would be. The resumable state lives in
-`OUT/train_state/` (fp32 weights and AdamW moments as safetensors, the rest as JSON: no pickles).
+`OUT/train_state/` (fp32 weights and AdamW moments as safetensors, the rest as JSON: no pickles), written
+as one unit (a new directory, then a rename; see `write_unit`); a resume cuts `train_log.jsonl` back to
+the saved step. A NaN or infinite loss, gradient norm, validation loss or weight stops the run with
+`Diverged` (a ValueError) before anything of that step is saved, so the last checkpoint stays good.
 
 Data parallel: `torchrun --nproc_per_node=N -m explorer train ...` runs DDP (gloo on CPU, nccl on
 cuda:LOCAL_RANK). `batch_size` is the GLOBAL batch: each step draws the same (seed, step) batch on every
@@ -28,14 +31,17 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from explorer.data import (
@@ -54,7 +60,7 @@ from explorer.models import (
     CDCDConfig,
     MDLMConfig,
 )
-from explorer.models.base import atomic_write, load_folder
+from explorer.models.base import load_folder
 from explorer.models.bd3lm import PUBLISHED_CLIP, check_clip, clip_variance
 from explorer.nn import preset
 
@@ -62,6 +68,7 @@ SHIPPED_TOKENIZER = DATA_DIR / "tokenizer.json"
 # Knobs a resumed run may change: the schedule length (to extend or shorten a run) and bookkeeping.
 RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "snapshot_every", "precision"}
 PRECISIONS = ("fp32", "bf16")
+MAX_SEED = 2**32 - 1  # seed * 1_000_003 + step must stay a valid torch seed (< 2**63)
 
 
 @dataclass(frozen=True)
@@ -101,25 +108,48 @@ class TrainConfig:
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {self.family!r}")
-        for knob in ("steps", "batch_size", "grad_accum", "seq_len", "save_every", "eval_every"):
-            if getattr(self, knob) < 1:
-                raise ValueError(f"{knob} must be >= 1, got {getattr(self, knob)}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for knob in ("steps", "batch_size", "grad_accum", "seq_len", "save_every", "eval_every", "block_size", "chunk"):
+            check_knob(knob, getattr(self, knob), 1, integer=True)
+        for knob in ("warmup", "snapshot_every"):
+            check_knob(knob, getattr(self, knob), 0, integer=True)
+        for knob in ("d_model", "n_layers"):  # None keeps the preset's
+            if getattr(self, knob) is not None:
+                check_knob(knob, getattr(self, knob), 1, integer=True)
+        check_knob("seed", self.seed, 0, MAX_SEED, integer=True)
+        check_knob("lr", self.lr, 0, low_open=True)
+        check_knob("min_lr_ratio", self.min_lr_ratio, 0, 1)
+        check_knob("weight_decay", self.weight_decay, 0)
+        check_knob("grad_clip", self.grad_clip, 0, low_open=True)
+        check_knob("dropout", self.dropout, 0, 1, high_open=True)
+        check_knob("t_min", self.t_min, 0, low_open=True)
+        check_knob("t_max", self.t_max, self.t_min, low_open=True)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.family == "bd3lm":
             parse_clip(self.clip, self.block_size)
         if self.family != "mdlm" and (self.shift or self.anneal_steps):
             raise ValueError("shift and anneal_steps apply to the mdlm family only (adapting an ar model)")
-        if self.anneal_steps < 0:
-            raise ValueError(f"anneal_steps must be >= 0, got {self.anneal_steps}")
-        if not 0 < self.t_min < self.t_max:
-            raise ValueError(f"t_min must be > 0 and < t_max, got t_min={self.t_min}, t_max={self.t_max}")
+        check_knob("anneal_steps", self.anneal_steps, 0, integer=True)
+
+
+def check_knob(name: str, value, low: float, high: float = math.inf, low_open: bool = False,
+               high_open: bool = False, integer: bool = False):
+    """`value` if it is a finite number (an integer if `integer`) in the range, else a ValueError naming the knob,
+    its command-line flag, the value and the range."""
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    ok = ok and (isinstance(value, numbers.Integral) or math.isfinite(value))  # nan and inf fail here
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        if high == math.inf:
+            allowed = f"{'>' if low_open else '>='} {low}"
+        else:
+            allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} (--{name.replace('_', '-')}) must be {'an integer' if integer else 'a finite number'}"
+                         f" {allowed}, got {value!r}")
+    return value
 
 
 def parse_clip(clip: str, block_size: int) -> tuple[float, float] | None | str:
@@ -264,35 +294,169 @@ def choose_clip(model, cfg: TrainConfig, val_stream: TokenStream) -> dict:
 
 
 # --- resumable state --------------------------------------------------------------------------
+# A checkpoint is one directory, OUT/train_state: fp32 weights, AdamW moments and state.json, all of one step.
+# A save writes OUT/train_state.tmp completely and fsyncs it, moves the current unit aside (train_state.old),
+# renames the new one into place and then removes the old one; `recover_unit` finishes a save killed between
+# the two renames, so a resume only ever reads the files of one step (the safetensors files name their step too).
 
-def save_state(state_dir: Path, model, optimizer, step: int, extra: dict) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    weights = model.storable_state()  # float32, the resumable copy
-    moments = {}
-    for index, param in enumerate(model.parameters()):
-        for name, value in optimizer.state.get(param, {}).items():
-            if torch.is_tensor(value) and value.dim() > 0:
-                moments[f"{index}.{name}"] = value.detach().cpu().contiguous()
-    opt_steps = {str(i): float(optimizer.state[p]["step"]) for i, p in enumerate(model.parameters()) if p in optimizer.state}
-    atomic_write(state_dir / "weights.safetensors", lambda tmp: save_file(weights, str(tmp)))
-    atomic_write(state_dir / "optimizer.safetensors", lambda tmp: save_file(moments, str(tmp)))
-    meta = {"step": step, "optimizer_steps": opt_steps} | extra
-    atomic_write(state_dir / "state.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))  # written last
+SAVE_HOOK = None  # tests: called with each stage of a save (see save_stage); raising there simulates a kill
 
 
-def load_state(state_dir: Path, model, optimizer) -> dict:
-    meta = json.loads((state_dir / "state.json").read_text())
-    device = model.device
-    model.load_state_dict(model.with_tied_head(load_file(str(state_dir / "weights.safetensors"))))
-    moments = load_file(str(state_dir / "optimizer.safetensors"), device=str(device))
-    for index, param in enumerate(model.parameters()):
-        if str(index) in meta["optimizer_steps"]:
-            optimizer.state[param] = {
-                "step": torch.tensor(meta["optimizer_steps"][str(index)]),
-                "exp_avg": moments[f"{index}.exp_avg"],
-                "exp_avg_sq": moments[f"{index}.exp_avg_sq"],
-            }
+class Diverged(ValueError):
+    """A non-finite loss, gradient norm, validation loss or weight: the run stops without saving."""
+
+
+def save_stage(stage: str) -> None:
+    """A save has finished `stage` (tests kill the run here through SAVE_HOOK)."""
+    if SAVE_HOOK is not None:
+        SAVE_HOOK(stage)
+
+
+def fsync(path: Path) -> None:
+    """Flush a file's data (or a directory's entries) to the disk, so a crash cannot reorder it after a rename."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover_unit(unit: Path) -> None:
+    """Finish or clean up a killed `write_unit`: after it, `unit` is a complete unit (or absent) and alone."""
+    tmp, old = unit.with_name(unit.name + ".tmp"), unit.with_name(unit.name + ".old")
+    if old.exists() and not unit.exists():  # killed between the renames: tmp is complete (synced before the move)
+        (tmp if tmp.exists() else old).rename(unit)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_unit(unit: Path, fill) -> None:
+    """Replace the directory `unit` by the files `fill(folder)` writes, as a whole (see above)."""
+    tmp, old = unit.with_name(unit.name + ".tmp"), unit.with_name(unit.name + ".old")
+    recover_unit(unit)
+    tmp.mkdir(parents=True)
+    fill(tmp)
+    for path in tmp.iterdir():
+        fsync(path)
+    fsync(tmp)
+    if unit.exists():
+        unit.rename(old)
+        save_stage(f"{unit.name} moved")
+    tmp.rename(unit)  # the commit
+    fsync(unit.parent)
+    save_stage(f"{unit.name} renamed")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_state(state_dir: Path, weights: dict[str, torch.Tensor], params: list, optimizer, meta: dict) -> None:
+    """One resumable checkpoint: `weights` (fp32), the AdamW moments of `params` and state.json (`meta`, which
+    holds the step)."""
+    moments, opt_steps = {}, {}
+    for index, param in enumerate(params):
+        if param in optimizer.state:
+            opt_steps[str(index)] = float(optimizer.state[param]["step"])
+            for name in ("exp_avg", "exp_avg_sq"):
+                moments[f"{index}.{name}"] = optimizer.state[param][name].detach().cpu().contiguous()
+    tag = {"step": str(meta["step"])}  # a resume refuses files of another step than state.json's
+
+    def fill(folder: Path) -> None:
+        save_file(weights, str(folder / "weights.safetensors"), metadata=tag)
+        save_stage("weights.safetensors")
+        save_file(moments, str(folder / "optimizer.safetensors"), metadata=tag)
+        save_stage("optimizer.safetensors")
+        text = json.dumps(meta | {"optimizer_steps": opt_steps}, indent=1, allow_nan=False)
+        (folder / "state.json").write_text(text)
+        save_stage("state.json")
+
+    write_unit(state_dir, fill)
+
+
+def read_state(state_dir: Path) -> dict:
+    """state.json of a checkpoint, checked (it is read from disk, so hostile until validated)."""
+    path = state_dir / "state.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no training state in {state_dir}")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    counts = ("step", "tokens_seen")
+    valid = isinstance(meta, dict) and all(isinstance(meta.get(k), int) and meta[k] >= 0 for k in counts)
+    valid = valid and isinstance(meta.get("wall_s"), (int, float)) and math.isfinite(meta["wall_s"])
+    valid = valid and isinstance(meta.get("train_config"), dict) and isinstance(meta.get("optimizer_steps"), dict)
+    valid = valid and all(isinstance(v, (int, float)) and v >= 0 for v in meta["optimizer_steps"].values())
+    if not valid:
+        raise ValueError(f"{path}: not a training state (needs integers step and tokens_seen >= 0, a finite wall_s, "
+                         "train_config and optimizer_steps)")
     return meta
+
+
+def load_state(state_dir: Path, params: list, optimizer, device) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The checkpoint's state.json and fp32 weights; the AdamW moments go into `optimizer` (for `params`)."""
+    meta = read_state(state_dir)
+    tensors = {}
+    for name in ("weights.safetensors", "optimizer.safetensors"):
+        path = state_dir / name
+        try:
+            with safe_open(str(path), "pt", device=str(device)) as f:
+                step = (f.metadata() or {}).get("step")
+                tensors[name] = {key: f.get_tensor(key) for key in f.keys()}
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path}: missing, corrupt or truncated ({err})") from None
+        if step is not None and step != str(meta["step"]):  # runs saved before the tags have none
+            raise ValueError(f"{path} holds step {step} but {state_dir / 'state.json'} step {meta['step']}: "
+                             "a mixed checkpoint")
+    moments = tensors["optimizer.safetensors"]
+    for index, param in enumerate(params):
+        if str(index) not in meta["optimizer_steps"]:
+            continue
+        pair = [moments.get(f"{index}.{name}") for name in ("exp_avg", "exp_avg_sq")]
+        if any(m is None or m.shape != param.shape for m in pair):
+            raise ValueError(f"{state_dir / 'optimizer.safetensors'}: the moments of parameter {index} are missing "
+                             "or of the wrong shape")
+        step = torch.tensor(float(meta["optimizer_steps"][str(index)]))
+        optimizer.state[param] = {"step": step, "exp_avg": pair[0], "exp_avg_sq": pair[1]}
+    return meta, tensors["weights.safetensors"]
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ValueError(f"{source}: weights do not fit this run's model ({err})") from None
+
+
+def truncate_log(log_path: Path, step: int) -> None:
+    """Keep the JSONL log's lines up to `step`, atomically: a killed run logged steps after its last save (and
+    maybe half a line), which the resumed run logs again."""
+    kept = []
+    lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int) or record["step"] > step:
+            break
+        kept.append(line + "\n")
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    fsync(tmp)
+    save_stage("log")
+    tmp.replace(log_path)
+
+
+def check_finite(step: int, values: dict, kept: str) -> None:
+    """Stop the run (Diverged) if any of `values` is NaN or infinite; nothing of this step gets saved."""
+    bad = [f"{name} = {float(value)}" for name, value in values.items() if not math.isfinite(float(value))]
+    if bad:
+        raise Diverged(f"training diverged at step {step}: {', '.join(bad)}; stopped without saving ({kept}). "
+                       "Lower --lr (or --grad-clip), or raise --warmup")
+
+
+def largest_weight(model: torch.nn.Module) -> torch.Tensor:
+    """max |w| over all parameters (NaN if any weight is NaN): for check_finite before a save."""
+    return torch.stack([p.detach().abs().amax() for p in model.parameters()]).amax()
 
 
 # --- data parallel -----------------------------------------------------------------------------
@@ -364,6 +528,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: 
 
     Under torchrun this process joins the DDP job (device None or "cuda": cuda:LOCAL_RANK when CUDA is
     available); the process group is created here and destroyed on the way out."""
+    if max_minutes is not None:
+        check_knob("max_minutes", max_minutes, 0, low_open=True)
     dist = torchrun_env()
     device = resolve_device(device, dist)
     check_parallel(cfg, dist.world_size, device)  # before the process group: every rank fails alike
@@ -386,10 +552,12 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
            dist: Dist) -> Path:
     state_dir = out / "train_state"
     log_path = out / "train_log.jsonl"
+    if dist.main:
+        recover_unit(state_dir)  # a save killed between its renames
+    if dist.active:
+        torch.distributed.barrier()
     if resume:  # every rank reads OUT (multi-node runs need it on a shared filesystem to resume)
-        if not (state_dir / "state.json").is_file():
-            raise FileNotFoundError(f"--resume: no training state in {state_dir}")
-        saved = json.loads((state_dir / "state.json").read_text())
+        saved = read_state(state_dir)
         defaults = asdict(TrainConfig(family=cfg.family))  # knobs added after the run was saved
         changed = {k for k, v in asdict(cfg).items() if saved["train_config"].get(k, defaults[k]) != v}
         changed -= RESUMABLE_CHANGES
@@ -418,9 +586,12 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
     step, tokens_seen, wall = 0, 0, 0.0
     clip_info: dict = {}
     if resume:
-        meta = load_state(state_dir, model, optimizer)
+        meta, weights = load_state(state_dir, list(model.parameters()), optimizer, device)
+        load_weights(model, model.with_tied_head(weights), state_dir / "weights.safetensors")
         step, tokens_seen, wall = meta["step"], meta["tokens_seen"], meta["wall_s"]
         clip_info = meta.get("clip", {})
+        if dist.main:
+            truncate_log(log_path, step)  # drop what the killed run logged after its last save
     else:
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -429,6 +600,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
             if cfg.family == "bd3lm":
                 clip_info = choose_clip(model, cfg, val_stream)
         clip_info = broadcast(clip_info, dist)
+    saved_step = step if resume else None  # the last good checkpoint, for the message if the run diverges
     loss_kwargs = {"clip": tuple(clip_info["window"]) if clip_info.get("window") else None} if cfg.family == "bd3lm" else {}
     # DDP also broadcasts rank 0's weights, so every rank starts from the same state. No
     # find_unused_parameters: every trainable parameter of every family gets a gradient (see the docstring)
@@ -440,7 +612,21 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
     micro = cfg.batch_size // shards
     autocast = (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if cfg.precision == "bf16" else nullcontext
 
+    def kept() -> str:
+        return f"the last checkpoint, step {saved_step} in {state_dir}, is untouched" if saved_step is not None \
+            else "no checkpoint was saved yet"
+
+    def snapshot():
+        check_finite(step, {"largest |weight|": largest_weight(model)}, kept())  # every rank, so all stop alike
+        if dist.main:
+            training = {"steps_done": step, "tokens_seen": tokens_seen, "wall_s": round(wall, 1),
+                        "train_config": asdict(cfg)}
+            write_unit(out / "snapshots" / f"step-{step}",
+                       lambda folder: model.save_pretrained(folder, extra={"training": training}))
+
     def checkpoint():
+        nonlocal saved_step
+        check_finite(step, {"largest |weight|": largest_weight(model)}, kept())
         if not dist.main:
             return
         extra = {"tokens_seen": tokens_seen, "wall_s": round(wall, 1), "train_config": asdict(cfg),
@@ -448,8 +634,13 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
                  "world_size": dist.world_size}
         if clip_info:
             extra["clip"] = clip_info
-        save_state(state_dir, model, optimizer, step, extra)
+        # the exported model first: a run killed before the state's commit redoes this step and exports it again
         model.save_pretrained(out, extra={"training": extra | {"steps_done": step}})
+        save_stage("export")
+        log.flush()
+        os.fsync(log.fileno())  # the log holds every step the state is about to cover
+        save_state(state_dir, model.storable_state(), list(model.parameters()), optimizer, {"step": step} | extra)
+        saved_step = step
 
     started = time.time()
     budget_end = started + max_minutes * 60 if max_minutes else None
@@ -478,33 +669,37 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
                     if key in out_loss:
                         totals[key] = totals.get(key, 0.0) + out_loss[key].detach().float() / shards
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            if dist.active:  # the step's mean loss over all micro-batches of all ranks, for the log
+            if dist.active:  # the step's mean loss over all micro-batches of all ranks
                 keys = sorted(totals)
                 flat = torch.stack([totals[key] for key in keys])
                 torch.distributed.all_reduce(flat)
                 totals = dict(zip(keys, flat))
+            check_finite(step + 1, totals | {"grad_norm": grad_norm}, kept())  # same values on every rank
+            optimizer.step()
             step += 1
             tokens_seen += batch.numel()
             wall += time.time() - t0
+            val_loss = None
+            if step % cfg.eval_every == 0 or step == cfg.steps:  # rank 0 measures, every rank checks
+                with autocast():
+                    val_loss = broadcast(estimate_loss(model, val_stream, cfg) if dist.main else None, dist)
+                check_finite(step, {"val_loss": val_loss}, kept())
             if dist.main:
                 record = {"step": step, "loss": round(totals["loss"].item(), 5), "lr": lr_at(cfg, step - 1),
                           "grad_norm": round(float(grad_norm), 4), "tokens_seen": tokens_seen, "wall_s": round(wall, 2)}
                 if "warp_loss" in totals:
                     record["warp_loss"] = round(totals["warp_loss"].item(), 5)
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    with autocast():
-                        record["val_loss"] = round(estimate_loss(model, val_stream, cfg), 5)
+                if val_loss is not None:
+                    record["val_loss"] = round(val_loss, 5)
                     bar.set_postfix(val=record["val_loss"])
-                log.write(json.dumps(record) + "\n")
+                log.write(json.dumps(record, allow_nan=False) + "\n")
                 log.flush()
                 bar.update(1)
                 bar.set_postfix(loss=record["loss"], refresh=False)
+            if cfg.snapshot_every and step % cfg.snapshot_every == 0:  # e.g. metric-vs-training studies
+                snapshot()  # before the state: a run killed before the state's commit redoes this step
             if step % cfg.save_every == 0 or step == cfg.steps:
                 checkpoint()
-            if dist.main and cfg.snapshot_every and step % cfg.snapshot_every == 0:  # e.g. metric-vs-training studies
-                model.save_pretrained(out / "snapshots" / f"step-{step}", extra={"training": {
-                    "steps_done": step, "tokens_seen": tokens_seen, "wall_s": round(wall, 1), "train_config": asdict(cfg)}})
             if budget_end and broadcast(time.time() > budget_end, dist):  # rank 0's clock decides for all
                 checkpoint()
                 bar.write(f"stopped at step {step} after --max-minutes {max_minutes}; continue with --resume")
@@ -513,7 +708,6 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
     if dist.active:
         torch.distributed.barrier()  # rank 0's files are complete before any rank returns
     return out
-
 
 
 class LossOf(torch.nn.Module):

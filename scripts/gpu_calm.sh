@@ -13,7 +13,7 @@ for k in 1 2 4 8; do
 done
 wait
 for k in 1 2 4 8; do tail -c 300 /tmp/ae-k$k.log; python3 -c "import json; print($k, json.load(open('/tmp/ae/calm-ae-k$k/config.json'))['metrics'])"; done
-tar czf $OUT/calm-autoencoders.tar.gz --exclude='train_state.safetensors' -C /tmp ae  # about 4 MB each, fp32
+tar czf $OUT/calm-autoencoders.tar.gz --exclude='train_state' --exclude='train_state.safetensors' -C /tmp ae  # about 4 MB each, fp32
 # throughput probe of the language models, all four at once
 for k in 1 2 4 8; do
   python3 -m explorer train --family calm --chunk $k --autoencoder /tmp/ae/calm-ae-k$k --device cuda --batch-size 32 \
