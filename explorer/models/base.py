@@ -26,7 +26,8 @@ CONFIG = "config.json"
 MAX_SIZE = 2**24
 MAX_LAYERS = 1024
 MAX_CONTEXT = 2**20
-INT_LIMITS = {"n_layers": MAX_LAYERS, "head_layers": MAX_LAYERS, "max_seq_len": MAX_CONTEXT}
+INT_LIMITS = {name: MAX_LAYERS for name in ("n_layers", "head_layers", "n_blocks", "num_hidden_layers")} | {
+    name: MAX_CONTEXT for name in ("max_seq_len", "max_sequence_length", "model_length", "max_position_embeddings")}
 
 
 class LanguageModel(nn.Module):
@@ -119,8 +120,10 @@ class LanguageModel(nn.Module):
             raise ValueError(f"{file}: {err}") from None
 
 
-def config_int(value, file: Path | str, name: str, lo: int = 1, hi: int = MAX_SIZE) -> int:
-    """`value` when it is an integer in [lo, hi] (a bool is not), else a ValueError naming the file and field."""
+def config_int(value, file: Path | str, name: str, lo: int = 1, hi: int | None = None) -> int:
+    """`value` when it is an integer in [lo, hi] (a bool is not), else a ValueError naming the file and field.
+    `hi` defaults to the field's limit in INT_LIMITS, else MAX_SIZE."""
+    hi = INT_LIMITS.get(name.rsplit(".", 1)[-1], MAX_SIZE) if hi is None else hi
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ValueError(f"{file}: {name} must be an integer in [{lo}, {hi}], got {value!r}")
     return value
@@ -155,7 +158,7 @@ def parse_config(cls: type, values, file: Path | str, where: str):
         elif name not in values:
             continue
         elif kind is int:
-            fields[name] = config_int(values[name], file, label, hi=INT_LIMITS.get(name, MAX_SIZE))
+            fields[name] = config_int(values[name], file, label)
         elif kind is float:
             fields[name] = config_float(values[name], file, label)
         elif not isinstance(values[name], kind):  # bool, str
