@@ -303,13 +303,15 @@ def read_chat_template(folder: str | Path) -> str | None:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{file}: not valid JSON ({err})") from None
     template = settings.get("chat_template") if isinstance(settings, dict) else None
-    if isinstance(template, list):  # [{"name": ..., "template": ...}, ...]: the default one, else the first
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default", next(iter(named.values()), None))
-    if template is not None and not isinstance(template, str):
+    if template is None:
+        return None
+    # [{"name": ..., "template": ...}, ...]: the default one, else the first
+    entries = template if isinstance(template, list) else [{"name": "default", "template": template}]
+    if not entries or not all(isinstance(t, dict) and isinstance(t.get("template"), str) for t in entries):
         raise ValueError(f"{file}: chat_template must be a string or a list of {{'name', 'template'}} objects with "
                          f"string templates, got {str(template)[:100]}")
-    return template or None
+    named = {t.get("name"): t["template"] for t in entries}
+    return named.get("default", entries[0]["template"]) or None
 
 
 class ChatTemplateError(TemplateError, ValueError):
