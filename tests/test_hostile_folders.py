@@ -181,6 +181,10 @@ def test_a_corrupt_autoencoder_folder_is_a_value_error(tmp_path):
     (folder / "config.json").write_text("[]")
     with pytest.raises(ValueError, match=r"config.json: must hold a JSON object"):
         Autoencoder.from_pretrained(folder)
+    (folder / "autoencoder.safetensors").unlink()
+    shutil.copy(CHECKPOINT_DIR / "autoencoders" / "calm-ae-k1" / "config.json", folder / "config.json")
+    with pytest.raises(FileNotFoundError, match=r"autoencoder.safetensors: missing weights"):
+        Autoencoder.from_pretrained(folder)
 
 
 def test_the_cli_prints_the_error_and_exits_2(folder, capsys):

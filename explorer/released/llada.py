@@ -326,9 +326,9 @@ RENDER = """
 import json, sys
 try:
     import resource
-    resource.setrlimit(resource.RLIMIT_AS, (LIMITS["memory"],) * 2)
     resource.setrlimit(resource.RLIMIT_CPU, (LIMITS["cpu_s"],) * 2)
-except ImportError:  # no resource module (Windows): only the wall-clock timeout applies
+    resource.setrlimit(resource.RLIMIT_AS, (LIMITS["memory"],) * 2)
+except (ImportError, ValueError, OSError):  # no such limits here (Windows, macOS): the output cap and timeout apply
     pass
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -356,17 +356,19 @@ def render_chat_template(template: str, variables: dict, file: Path | str) -> st
     """`template` rendered with `variables` (JSON values) within CHAT_LIMITS; a ChatTemplateError naming `file`
     when it fails, runs too long, takes too much memory or writes too much."""
     code = f"LIMITS = {CHAT_LIMITS!r}\n{RENDER}"
+    job = json.dumps({"template": template, "variables": variables})  # ASCII: safe in any locale
     try:
-        done = subprocess.run([sys.executable, "-I", "-c", code], input=json.dumps({"template": template,
-                              "variables": variables}), capture_output=True, text=True, timeout=CHAT_LIMITS["wall_s"])
+        done = subprocess.run([sys.executable, "-I", "-c", code], input=job, capture_output=True, text=True,
+                              timeout=CHAT_LIMITS["wall_s"])
     except subprocess.TimeoutExpired:
         raise ChatTemplateError(f"{file}: the chat template ran past {CHAT_LIMITS['wall_s']} s") from None
     try:
         result = json.loads(done.stdout)
-    except json.JSONDecodeError:  # killed: past the CPU-time or memory limit
+    except json.JSONDecodeError:  # killed: past the CPU-time or memory limit (or the child could not start)
         limits = f"{CHAT_LIMITS['cpu_s']} s of CPU, {CHAT_LIMITS['memory'] // 1024**2} MiB"
+        last = done.stderr.strip().splitlines()[-1:]
         raise ChatTemplateError(f"{file}: the chat template was stopped at its limits ({limits}; exit code "
-                                f"{done.returncode})") from None
+                                f"{done.returncode}{': ' + last[0] if last else ''})") from None
     if "error" in result:
         raise ChatTemplateError(f"{file}: the chat template could not be rendered ({result['error']})")
     return result["text"]

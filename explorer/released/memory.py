@@ -115,7 +115,7 @@ def inside_folder(folder: Path, file: Path) -> Path:
     return file
 
 
-def reject_pickles(folder: Path) -> None:
+def reject_pickles(folder: Path, single: str = SINGLE) -> None:
     """Raise naming the pickle weight files of a folder that has no safetensors weights (they are never loaded)."""
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
     if pickles:
@@ -123,7 +123,7 @@ def reject_pickles(folder: Path) -> None:
             f"{folder / pickles[0]}: pickle weight files ({', '.join(pickles)}) are refused: they are never loaded "
             "(unpickling runs arbitrary code); convert them to model.safetensors or download the safetensors release"
         )
-    raise FileNotFoundError(f"{folder / SINGLE}: missing weights (no {SINGLE} and no {INDEX})")
+    raise FileNotFoundError(f"{folder / single}: missing weights (no {single} and no {INDEX})")
 
 
 @dataclass(frozen=True)
@@ -141,16 +141,16 @@ class SafetensorsFolder:
         self.folder = Path(folder)
         self.tensors: dict[str, TensorInfo] = {}  # key -> where it is and what it looks like
         self._handles: dict[Path, object] = {}  # open safe_open handles, one per file
-        index, single = self.folder / INDEX, self.folder / single
+        index, one_file = self.folder / INDEX, self.folder / single
         if index.is_file():
             self.source = inside_folder(self.folder, index)  # the file that lists the weights, for messages
             self._read_index(index)
-        elif single.is_file():
-            self.source = inside_folder(self.folder, single)
-            for key, info in self._headers(single).items():
+        elif one_file.is_file():
+            self.source = inside_folder(self.folder, one_file)
+            for key, info in self._headers(one_file).items():
                 self.tensors[key] = info
         else:
-            reject_pickles(self.folder)
+            reject_pickles(self.folder, single)
 
     def _read_index(self, index: Path) -> None:
         try:
