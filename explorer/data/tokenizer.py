@@ -9,6 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 PAD, BOS, EOS, MASK = "<pad>", "<bos>", "<eos>", "[MASK]"
 SPECIAL_TOKENS = (PAD, BOS, EOS, MASK)  # ids 0..3 in this order
 VOCAB_SIZE = 2048
+TOKENIZER = "tokenizer.json"
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> Tokenizer:
@@ -36,13 +37,16 @@ def to_transformers(tokenizer: Tokenizer):
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load `tokenizer.json` (a file or the folder holding it)."""
+    """Load `tokenizer.json` (a file or the folder holding it); a malformed file is a ValueError naming it."""
     path = Path(path)
     if path.is_dir():
-        path = path / "tokenizer.json"
+        path = path / TOKENIZER
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer at {path}")
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # noqa: BLE001 (tokenizers raises a bare Exception for every malformed file)
+        raise ValueError(f"{path}: not a valid tokenizer file ({err})") from None
 
 
 def display_string(tokenizer: Tokenizer, token_id: int) -> str:

@@ -22,12 +22,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from explorer.models.base import LanguageModel, atomic_write
+from explorer.models.base import CONFIG, LanguageModel, atomic_write, build_and_load, parse_config, read_config
 from explorer.nn import TransformerConfig
 from explorer.nn.transformer import RMSNorm, SwiGLU
+
+AUTOENCODER = "autoencoder.safetensors"
 
 
 @dataclass(frozen=True)
@@ -133,20 +135,22 @@ class Autoencoder(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(path / "autoencoder.safetensors", lambda tmp: save_file(state, str(tmp)))
+        atomic_write(path / AUTOENCODER, lambda tmp: save_file(state, str(tmp)))
         config = {"family": "calm-autoencoder", "autoencoder": asdict(self.config)} | (extra or {})
-        atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
+        atomic_write(path / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
         return path
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "Autoencoder":
+        """An autoencoder folder (config.json, autoencoder.safetensors), checked like a language model's."""
         path = Path(path)
-        config = json.loads((path / "config.json").read_text())
+        config = read_config(path)
         if config.get("family") != "calm-autoencoder":
-            raise ValueError(f"{path / 'config.json'}: not a CALM autoencoder (family {config.get('family')!r})")
-        model = cls(AutoencoderConfig(**config["autoencoder"]))
-        model.load_state_dict(load_file(str(path / "autoencoder.safetensors")))
-        return model.eval()
+            raise ValueError(f"{path / CONFIG}: not a CALM autoencoder (family {config.get('family')!r})")
+        if "autoencoder" not in config:
+            raise ValueError(f"{path / CONFIG}: missing field 'autoencoder' (the autoencoder's configuration)")
+        autoencoder_config = parse_config(AutoencoderConfig, config["autoencoder"], path / CONFIG, "autoencoder")
+        return build_and_load(lambda: cls(autoencoder_config), path, "CALM autoencoder", AUTOENCODER).eval()
 
 
 @torch.no_grad()
@@ -244,13 +248,6 @@ class CALMModel(LanguageModel):
                                config.backbone.norm_eps)
         self.autoencoder = Autoencoder(config.autoencoder)
         self.autoencoder.requires_grad_(False)
-
-    @classmethod
-    def from_config_dict(cls, model_config: dict, tokenizer) -> "CALMModel":
-        fields_ = dict(model_config)
-        fields_["backbone"] = TransformerConfig(**fields_["backbone"])
-        fields_["autoencoder"] = AutoencoderConfig(**fields_["autoencoder"])
-        return cls(CALMConfig(**fields_), tokenizer)
 
     @property
     def chunk(self) -> int:

@@ -45,7 +45,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from explorer.data.tokenizer import load_tokenizer
-from explorer.models.base import read_config
+from explorer.models.base import config_int, read_config
 from explorer.models.bd3lm import BD3LMConfig, BD3LMModel
 from explorer.models.mdlm import MDLMConfig, MDLMModel
 from explorer.nn import KVCache, TransformerConfig
@@ -300,9 +300,10 @@ class DiTBD3LMModel(DiTRelease, BD3LMModel):
 
 
 def _field(config: dict, file: Path, name: str) -> int:
+    """An integer field of config.json, in its allowed range."""
     if name not in config:
         raise ValueError(f"{file}: missing field {name!r} (needed to build the DiT architecture)")
-    return int(config[name])
+    return config_int(config[name], file, name)
 
 
 def dit_configs(config: dict, tokenizer: Tokenizer, file: Path) -> tuple[MDLMConfig | BD3LMConfig, DiTSpec]:
@@ -322,8 +323,7 @@ def dit_configs(config: dict, tokenizer: Tokenizer, file: Path) -> tuple[MDLMCon
             raise ValueError(f"{file}: the tokenizer has {words} tokens, but vocab_size={vocab} leaves no row for "
                              "the mask (the releases append it after GPT-2's 50257 tokens)")
         mask_id = vocab - 1
-    if not 0 <= int(mask_id) < vocab:
-        raise ValueError(f"{file}: mask id {mask_id} is outside vocab_size={vocab}")
+    mask_id = config_int(mask_id, file, "mask id", lo=0, hi=vocab - 1)
     backbone = TransformerConfig(
         vocab_size=vocab, d_model=d, n_layers=_field(config, file, "n_blocks"), n_heads=heads, d_ff=MLP_RATIO * d,
         max_seq_len=length, attention="block_causal" if kind == "BD3-LM" else "bidirectional",

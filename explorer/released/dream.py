@@ -13,7 +13,8 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from explorer.models.base import read_config
+from explorer.data.tokenizer import load_tokenizer
+from explorer.models.base import config_float, config_int, read_config
 from explorer.models.mdlm import MDLMModel
 from explorer.released.llada import read_chat_template
 from explorer.released.memory import INDEX, SINGLE, SafetensorsFolder
@@ -70,28 +71,29 @@ def qwen2_config(config: dict, file: Path | str = "config.json"):
         raise ValueError(f"{file}: hidden_act {config['hidden_act']!r} is not Dream's silu")
     if config.get("use_sliding_window"):
         raise ValueError(f"{file}: sliding-window attention is not supported for Dream")
-    fields = {
-        "vocab_size": config["vocab_size"],
-        "hidden_size": config["hidden_size"],
-        "intermediate_size": config["intermediate_size"],
-        "num_hidden_layers": config["num_hidden_layers"],
-        "num_attention_heads": config["num_attention_heads"],
-        "num_key_value_heads": config.get("num_key_value_heads", config["num_attention_heads"]),
-        "max_position_embeddings": config.get("max_position_embeddings", 32768),
-        "rms_norm_eps": config.get("rms_norm_eps", 1e-6),
-        "rope_theta": config.get("rope_theta", 10000.0),
+    defaults = {"num_key_value_heads": config["num_attention_heads"], "max_position_embeddings": 32768}
+    sizes = {name: config_int(config.get(name, defaults.get(name)), file, name) for name in required + tuple(defaults)}
+    heads, kv_heads = sizes["num_attention_heads"], sizes["num_key_value_heads"]
+    if sizes["hidden_size"] % heads or (sizes["hidden_size"] // heads) % 2 or heads % kv_heads:
+        raise ValueError(f"{file}: hidden_size={sizes['hidden_size']} must split into num_attention_heads={heads} "
+                         f"heads of even size, in groups of num_key_value_heads={kv_heads}")
+    if config.get("rope_scaling") is not None and not isinstance(config["rope_scaling"], dict):
+        raise ValueError(f"{file}: rope_scaling must be an object or null, got {config['rope_scaling']!r}")
+    fields = sizes | {
+        "rms_norm_eps": config_float(config.get("rms_norm_eps", 1e-6), file, "rms_norm_eps"),
+        "rope_theta": config_float(config.get("rope_theta", 10000.0), file, "rope_theta"),
         "tie_word_embeddings": bool(config.get("tie_word_embeddings", False)),
         "attention_dropout": 0.0,
         "use_sliding_window": False,
         "sliding_window": None,
         "use_cache": False,
-        "pad_token_id": config.get("pad_token_id"),
-        "bos_token_id": config.get("bos_token_id"),
-        "eos_token_id": config.get("eos_token_id"),
-    }
+    } | special_token_ids(config, file)
     if config.get("rope_scaling"):
         fields["rope_scaling"] = config["rope_scaling"]
-    return Qwen2Config(**fields)
+    try:
+        return Qwen2Config(**fields)
+    except (KeyError, TypeError, ValueError) as err:  # transformers' own checks (rope_scaling, ...)
+        raise ValueError(f"{file}: not a valid Qwen2 configuration ({err!r})") from None
 
 
 def make_bidirectional(network: nn.Module) -> None:
@@ -213,8 +215,15 @@ def load_weights(network: nn.Module, weights: SafetensorsFolder, placement: Plac
         network.lm_head.weight = network.model.embed_tokens.weight
 
 
+def special_token_ids(config: dict, file: Path | str) -> dict[str, int | None]:
+    """config.json's pad / bos / eos token ids (None when absent), each checked to be an id."""
+    names = ("pad_token_id", "bos_token_id", "eos_token_id")
+    return {name: None if config.get(name) is None else config_int(config[name], file, name, lo=0) for name in names}
+
+
 def _special_ids(config: dict, tokenizer: Tokenizer) -> dict[str, int | None]:
-    """bos / eos / pad ids: Dream's tokenizer tokens first, then config.json; eot (<|im_end|>) from the tokenizer."""
+    """bos / eos / pad ids: Dream's tokenizer tokens first, then config.json (checked by `qwen2_config`); eot
+    (<|im_end|>) from the tokenizer."""
     bos = tokenizer.token_to_id(BEGIN_OF_TEXT)
     eos = tokenizer.token_to_id(END_OF_TEXT)
     return {"bos": bos if bos is not None else config.get("bos_token_id"),
@@ -238,11 +247,11 @@ def load_dream(path: str | Path, device=None, dtype: torch.dtype | None = None, 
     tokenizer_file = path / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise FileNotFoundError(f"{tokenizer_file}: missing tokenizer.json")
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer = load_tokenizer(tokenizer_file)
 
     hf_config = qwen2_config(config, config_file)
-    mask_id = int(config.get("mask_token_id", DREAM_MASK_ID))
-    if not 0 <= mask_id < min(hf_config.vocab_size, tokenizer.get_vocab_size()):
+    mask_id = config_int(config.get("mask_token_id", DREAM_MASK_ID), config_file, "mask_token_id", lo=0)
+    if not mask_id < min(hf_config.vocab_size, tokenizer.get_vocab_size()):
         raise ValueError(f"{config_file}: mask_token_id {mask_id} is outside the vocabulary "
                          f"(config {hf_config.vocab_size}, tokenizer {tokenizer.get_vocab_size()})")
     if tokenizer.get_vocab_size() > hf_config.vocab_size:

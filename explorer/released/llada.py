@@ -21,14 +21,18 @@ weights are mapped onto `explorer.nn.Transformer`:
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from jinja2 import TemplateError
 from tokenizers import Tokenizer
 from torch import nn
 
 from explorer.data.tokenizer import load_tokenizer
+from explorer.models.base import config_float, config_int, read_config
 from explorer.models.mdlm import MDLMConfig, MDLMModel
 from explorer.nn import Transformer, TransformerConfig
 from explorer.nn.transformer import Block, Rotary
@@ -41,6 +45,7 @@ from explorer.released.placement import (
 )
 
 PREFIX = "model.transformer."
+CHAT_CONFIG = "tokenizer_config.json"  # holds an Instruct release's chat template
 # The released LLaDA-8B ids, used when neither config.json nor the tokenizer names them.
 DEFAULT_MASK_ID = 126336  # <|mdm_mask|>
 DEFAULT_EOS_ID = 126081  # <|endoftext|> (also the pad id)
@@ -69,10 +74,17 @@ def is_llada(config: dict) -> bool:
     return named and "d_model" in config and not any("moe" in a.lower() for a in archs)
 
 
-def _field(config: dict, file: Path, name: str):
-    if name not in config:
-        raise ValueError(f"{file}: missing field {name!r} (needed to build the LLaDA architecture)")
-    return config[name]
+def _int(config: dict, file: Path, name: str, default: int | None = None) -> int:
+    """An integer field of config.json, in its allowed range; `default` when absent or null (required if None)."""
+    if config.get(name) is None:
+        if default is None:
+            raise ValueError(f"{file}: missing field {name!r} (needed to build the LLaDA architecture)")
+        return default
+    return config_int(config[name], file, name)
+
+
+def _float(config: dict, file: Path, name: str, default: float) -> float:
+    return default if config.get(name) is None else config_float(config[name], file, name)
 
 
 def backbone_config(config: dict, file: Path) -> TransformerConfig:
@@ -88,20 +100,21 @@ def backbone_config(config: dict, file: Path) -> TransformerConfig:
         raise ValueError(f"{file}: layer_norm_type={config['layer_norm_type']!r} is not supported (only 'rms')")
     if config.get("activation_type", "silu") not in ("silu", "swiglu"):
         raise ValueError(f"{file}: activation_type={config['activation_type']!r} is not supported (silu/swiglu)")
-    d_model, n_heads = int(_field(config, file, "d_model")), int(_field(config, file, "n_heads"))
-    n_kv_heads = config.get("n_kv_heads") or n_heads
+    d_model, n_heads = _int(config, file, "d_model"), _int(config, file, "n_heads")
+    n_kv_heads = _int(config, file, "n_kv_heads", n_heads)
     if n_kv_heads != n_heads:
         raise ValueError(f"{file}: n_kv_heads={n_kv_heads} differs from n_heads={n_heads}; grouped KV heads "
                          "are not supported by the shared Transformer")
     if d_model % n_heads or (d_model // n_heads) % 2:
         raise ValueError(f"{file}: d_model={d_model} must split into n_heads={n_heads} heads of even size")
-    vocab = config.get("embedding_size") or _field(config, file, "vocab_size")
-    d_ff = config.get("mlp_hidden_size") or int(config.get("mlp_ratio", 4) * d_model)
-    eps = config.get("rms_norm_eps", config.get("layer_norm_eps", 1e-5))
+    vocab = _int(config, file, "embedding_size", 0) or _int(config, file, "vocab_size")
+    d_ff = _int(config, file, "mlp_hidden_size", 0) or config_int(
+        int(_float(config, file, "mlp_ratio", 4.0) * d_model), file, "mlp_ratio x d_model")
     return TransformerConfig(
-        vocab_size=int(vocab), d_model=d_model, n_layers=int(_field(config, file, "n_layers")), n_heads=n_heads,
-        d_ff=int(d_ff), max_seq_len=int(config.get("max_sequence_length", 4096)), attention="bidirectional",
-        rope_theta=float(config.get("rope_theta", 10000.0)), norm_eps=float(eps if eps is not None else 1e-5),
+        vocab_size=vocab, d_model=d_model, n_layers=_int(config, file, "n_layers"), n_heads=n_heads, d_ff=d_ff,
+        max_seq_len=_int(config, file, "max_sequence_length", 4096), attention="bidirectional",
+        rope_theta=_float(config, file, "rope_theta", 10000.0),
+        norm_eps=_float(config, file, "rms_norm_eps", _float(config, file, "layer_norm_eps", 1e-5)),
         tie_embeddings=bool(config.get("weight_tying", False)),
     )
 
@@ -115,9 +128,7 @@ def special_ids(config: dict, tokenizer: Tokenizer, vocab_size: int, file: Path)
             value = tokenizer.token_to_id(token)
         if value is None and default is not None and default < vocab_size:
             value = default
-        if value is not None and not 0 <= int(value) < vocab_size:
-            raise ValueError(f"{file}: {field or token} = {value} is outside the vocabulary of {vocab_size}")
-        return None if value is None else int(value)
+        return None if value is None else config_int(value, file, field or token, lo=0, hi=vocab_size - 1)
 
     ids = {"mask_id": pick("mask_token_id", TOKENS["mask"], DEFAULT_MASK_ID),
            "eos_id": pick("eos_token_id", TOKENS["eos"], DEFAULT_EOS_ID),
@@ -252,7 +263,7 @@ def load_llada(path: str | Path, device=None, dtype=None, device_map=None, max_m
     several devices instead (see explorer.released.placement); memory is then checked per device."""
     path = Path(path)
     file = path / "config.json"
-    config = json.loads(file.read_text())
+    config = read_config(path)
     backbone = backbone_config(config, file)
     tokenizer = load_tokenizer(path)
     ids = special_ids(config, tokenizer, backbone.vocab_size, file)
@@ -275,38 +286,107 @@ def load_llada(path: str | Path, device=None, dtype=None, device_map=None, max_m
     finish_placement(model, placement, root="backbone")  # the samplers call the backbone (denoiser_logits)
     model.device_map = placement.as_dict()
     model.name = path.name
+    model.checkpoint_path = str(path)
     model.checkpoint_info = config
     model.chat_template = read_chat_template(path)
     return model.eval().requires_grad_(False)
 
 
-def read_chat_template(folder: str | Path) -> str | list | None:
-    """tokenizer_config.json's `chat_template` (Instruct releases), None when the folder has none."""
-    file = Path(folder) / "tokenizer_config.json"
+def read_chat_template(folder: str | Path) -> str | None:
+    """tokenizer_config.json's `chat_template` (Instruct releases): a string, or the "default" entry of a list of
+    {"name", "template"} objects; None when the folder has none."""
+    file = Path(folder) / CHAT_CONFIG
     if not file.is_file():
         return None
     try:
-        return json.loads(file.read_text()).get("chat_template")
-    except json.JSONDecodeError as err:
+        settings = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{file}: not valid JSON ({err})") from None
+    template = settings.get("chat_template") if isinstance(settings, dict) else None
+    if template is None:
+        return None
+    # [{"name": ..., "template": ...}, ...]: the default one, else the first
+    entries = template if isinstance(template, list) else [{"name": "default", "template": template}]
+    if not entries or not all(isinstance(t, dict) and isinstance(t.get("template"), str) for t in entries):
+        raise ValueError(f"{file}: chat_template must be a string or a list of {{'name', 'template'}} objects with "
+                         f"string templates, got {str(template)[:100]}")
+    named = {t.get("name"): t["template"] for t in entries}
+    return named.get("default", entries[0]["template"]) or None
+
+
+class ChatTemplateError(TemplateError, ValueError):
+    """A chat template that fails to render within its limits (a ValueError too: the CLI and the page report it)."""
+
+
+# The template comes from the folder: it is rendered in a child process (Jinja's immutable sandbox, which also caps
+# range() at 100,000) under a CPU-time and memory limit, and its output is capped, so that no loop or string
+# multiplication in it can hang or exhaust this process.
+CHAT_LIMITS = {"cpu_s": 2, "wall_s": 20, "memory": 512 * 1024**2, "chars": 200_000}
+RENDER = """
+import json, sys
+try:
+    import resource
+    resource.setrlimit(resource.RLIMIT_CPU, (LIMITS["cpu_s"],) * 2)
+    resource.setrlimit(resource.RLIMIT_AS, (LIMITS["memory"],) * 2)
+except (ImportError, ValueError, OSError):  # no such limits here (Windows, macOS): the output cap and timeout apply
+    pass
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+def raise_exception(message):  # what transformers gives templates to refuse a conversation
+    raise TemplateError(message)
+
+job = json.load(sys.stdin)
+env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+env.globals["raise_exception"] = raise_exception
+pieces, size = [], 0
+try:
+    for piece in env.from_string(job["template"]).generate(**job["variables"]):
+        size += len(piece)
+        if size > LIMITS["chars"]:
+            raise TemplateError(f"its output exceeds {LIMITS['chars']:,} characters")
+        pieces.append(piece)
+    print(json.dumps({"text": "".join(pieces)}))
+except Exception as err:
+    print(json.dumps({"error": ": ".join(filter(None, (type(err).__name__, str(err))))}))
+"""
+
+
+def render_chat_template(template: str, variables: dict, file: Path | str) -> str:
+    """`template` rendered with `variables` (JSON values) within CHAT_LIMITS; a ChatTemplateError naming `file`
+    when it fails, runs too long, takes too much memory or writes too much."""
+    code = f"LIMITS = {CHAT_LIMITS!r}\n{RENDER}"
+    job = json.dumps({"template": template, "variables": variables})  # ASCII: safe in any locale
+    try:
+        done = subprocess.run([sys.executable, "-I", "-c", code], input=job, capture_output=True, text=True,
+                              timeout=CHAT_LIMITS["wall_s"])
+    except subprocess.TimeoutExpired:
+        raise ChatTemplateError(f"{file}: the chat template ran past {CHAT_LIMITS['wall_s']} s") from None
+    try:
+        result = json.loads(done.stdout)
+    except json.JSONDecodeError:  # killed: past the CPU-time or memory limit (or the child could not start)
+        limits = f"{CHAT_LIMITS['cpu_s']} s of CPU, {CHAT_LIMITS['memory'] // 1024**2} MiB"
+        last = done.stderr.strip().splitlines()[-1:]
+        raise ChatTemplateError(f"{file}: the chat template was stopped at its limits ({limits}; exit code "
+                                f"{done.returncode}{': ' + last[0] if last else ''})") from None
+    if "error" in result:
+        raise ChatTemplateError(f"{file}: the chat template could not be rendered ({result['error']})")
+    return result["text"]
 
 
 def chat_prompt(model, text: str, system: str | None = None) -> str:
     """`text` as one user turn in the model's chat template (tokenizer_config.json), ready for generation;
-    `text` unchanged when the folder has no template. Rendered in Jinja's sandbox (no code from the folder runs)."""
+    `text` unchanged when the folder has no template. Rendered by `render_chat_template` (no code from the folder
+    runs outside Jinja's sandbox, within time, memory and size limits)."""
     template = getattr(model, "chat_template", None)
     if not template:
         return text
-    if isinstance(template, list):  # [{"name": ..., "template": ...}, ...]: use the default one
-        template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     tok = model.tokenizer
 
     def name(token_id):
         return tok.id_to_token(token_id) if token_id is not None else None
 
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True,
-                                            bos_token=name(model.bos_id) or "", eos_token=name(model.eos_id) or "")
+    variables = {"messages": messages, "add_generation_prompt": True, "bos_token": name(model.bos_id) or "",
+                 "eos_token": name(model.eos_id) or ""}
+    return render_chat_template(template, variables, Path(getattr(model, "checkpoint_path", model.name)) / CHAT_CONFIG)

@@ -4,7 +4,9 @@ A released folder holds `model.safetensors`, or shards listed by `model.safetens
 (`{"weight_map": {key: shard file}}`). `SafetensorsFolder` reads only the headers up front (key
 names, shapes, dtypes), so a loader can check keys and shapes and estimate memory before a single
 weight is read; `tensor(key)` then reads one tensor at a time. `check_memory` refuses, before any
-weight is read, when the estimate does not fit what the device has available.
+weight is read, when the estimate does not fit what the device has available. Every weight file
+must lie inside the folder: shard names with `..` or absolute paths, and symlinks out of the folder,
+are refused (the Hugging Face cache's links from a snapshot to its blobs excepted).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ MARGIN = 0.10  # fraction added to the weights' bytes for activations, the rotar
 OVERHEAD = 0.25 * GiB  # fixed bytes added on top (the interpreter, the tokenizer, small buffers)
 
 
-class NotEnoughMemory(MemoryError):
-    """The estimate of what loading needs exceeds what the device has available."""
+class NotEnoughMemory(MemoryError, ValueError):
+    """The estimate of what loading needs exceeds what the device has available (a ValueError too: the CLI and
+    the page report it like any other refused input)."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -82,21 +85,37 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
-def check_memory(n_params: int, device: torch.device, dtype: torch.dtype, what: str) -> int:
-    """Raise NotEnoughMemory when `n_params` parameters in `dtype` would not fit `device`; return the estimate."""
+def check_memory(n_params: int, device: torch.device, dtype: torch.dtype, what: str, hint: str | None = None) -> int:
+    """Raise NotEnoughMemory when `n_params` parameters in `dtype` would not fit `device`; return the estimate.
+    `hint` replaces the advice that ends the message (default: another device or a smaller dtype)."""
     needed = estimate_bytes(n_params, dtype)
     free = available_bytes(device)
     if free is not None and needed > free:
-        other = "device='cuda'" if device.type == "cpu" else "device='cpu'"
-        smaller = "dtype='bfloat16'" if bytes_per_element(dtype) > 2 else "a machine with more memory"
+        if hint is None:
+            other = "device='cuda'" if device.type == "cpu" else "device='cpu'"
+            smaller = "dtype='bfloat16'" if bytes_per_element(dtype) > 2 else "a machine with more memory"
+            hint = f"pass {other} or {smaller}"
         raise NotEnoughMemory(
             f"{what}: {n_params / 1e9:.2f}B parameters in {str(dtype).removeprefix('torch.')} need about "
-            f"{needed / GiB:.1f} GiB, {free / GiB:.1f} GiB available on {device}; pass {other} or {smaller}"
+            f"{needed / GiB:.1f} GiB, {free / GiB:.1f} GiB available on {device}; {hint}"
         )
     return needed
 
 
-def reject_pickles(folder: Path) -> None:
+def inside_folder(folder: Path, file: Path) -> Path:
+    """`file` when, symlinks resolved, it lies inside `folder` (or, for a Hugging Face cache snapshot
+    `.../snapshots/<revision>/`, in the `blobs/` folder its files link to); else a ValueError naming it."""
+    real = file.resolve()
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":
+        roots.append(folder.parent.parent.resolve() / "blobs")
+    if not any(real.is_relative_to(root) for root in roots):
+        raise ValueError(f"{file}: resolves to {real}, outside the checkpoint folder {folder}; weight files must lie "
+                         "inside it")
+    return file
+
+
+def reject_pickles(folder: Path, single: str = SINGLE) -> None:
     """Raise naming the pickle weight files of a folder that has no safetensors weights (they are never loaded)."""
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
     if pickles:
@@ -104,7 +123,7 @@ def reject_pickles(folder: Path) -> None:
             f"{folder / pickles[0]}: pickle weight files ({', '.join(pickles)}) are refused: they are never loaded "
             "(unpickling runs arbitrary code); convert them to model.safetensors or download the safetensors release"
         )
-    raise FileNotFoundError(f"{folder / SINGLE}: missing weights (no {SINGLE} and no {INDEX})")
+    raise FileNotFoundError(f"{folder / single}: missing weights (no {single} and no {INDEX})")
 
 
 @dataclass(frozen=True)
@@ -115,31 +134,40 @@ class TensorInfo:
 
 
 class SafetensorsFolder:
-    """The weights of a folder, headers only until `tensor(key)` reads one (memory-mapped, lazily)."""
+    """The weights of a folder, headers only until `tensor(key)` reads one (memory-mapped, lazily). `single`: the
+    name of the one-file layout (model.safetensors; the CALM autoencoder's autoencoder.safetensors)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, single: str = SINGLE):
         self.folder = Path(folder)
         self.tensors: dict[str, TensorInfo] = {}  # key -> where it is and what it looks like
         self._handles: dict[Path, object] = {}  # open safe_open handles, one per file
-        index, single = self.folder / INDEX, self.folder / SINGLE
+        index, one_file = self.folder / INDEX, self.folder / single
         if index.is_file():
+            self.source = inside_folder(self.folder, index)  # the file that lists the weights, for messages
             self._read_index(index)
-        elif single.is_file():
-            for key, info in self._headers(single).items():
+        elif one_file.is_file():
+            self.source = inside_folder(self.folder, one_file)
+            for key, info in self._headers(one_file).items():
                 self.tensors[key] = info
         else:
-            reject_pickles(self.folder)
+            reject_pickles(self.folder, single)
 
     def _read_index(self, index: Path) -> None:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{index}: not a safetensors index (needs a 'weight_map' object; {err!r})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(n, str) and n for n in weight_map.values()):
+            raise ValueError(f"{index}: 'weight_map' must be an object of tensor name -> shard file name, got "
+                             f"{str(weight_map)[:100]}")
         by_file: dict[str, list[str]] = {}
         for key, name in weight_map.items():
             by_file.setdefault(name, []).append(key)
         for name, keys in sorted(by_file.items()):
-            shard = self.folder / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ValueError(f"{index}: shard name {name!r} must be a file name inside the folder (no absolute "
+                                 "path, no '..')")
+            shard = inside_folder(self.folder, self.folder / name)
             if not shard.is_file():
                 raise FileNotFoundError(f"{shard}: missing shard (listed in {index.name} for {len(keys)} tensors)")
             headers = self._headers(shard)
@@ -189,7 +217,7 @@ def check_layout(weights: SafetensorsFolder, expected: dict[str, tuple[int, ...]
     unexpected = sorted(set(weights.tensors) - set(expected))
     if missing or unexpected:
         files = sorted({weights.tensors[k].file.name for k in unexpected})
-        raise ValueError(f"{weights.folder}: weights do not match the {layout} layout of config.json: "
+        raise ValueError(f"{weights.source}: weights do not match the {layout} layout of config.json: "
                          f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
                          f"{unexpected[:5]}" + (f" (in {files})" if files else ""))
     for key, shape in expected.items():
