@@ -166,6 +166,30 @@ def test_mdlm_release_matches_the_reference_forward(tmp_path, time_conditioning)
     assert torch.isinf(subs[..., model.mask_id]).all()
 
 
+def test_a_time_conditioned_release_gets_the_samplers_t_where_the_sampler_has_one(tmp_path, monkeypatch):
+    """MDLM's ancestral sampler and Dream's pass their t; LLaDA's rules have none (the masked fraction is used)."""
+    from explorer.released.dit import DiTBackbone
+
+    model = explorer.load(write_tiny_dit(tmp_path / "m", tiny_dit_config("mdlm", time_conditioning=True)))
+    seen = []
+    real_sigma = DiTBackbone.sigma
+
+    def spy(self, input_ids, time=None):
+        seen.append(time)
+        return real_sigma(self, input_ids, time)
+
+    monkeypatch.setattr(DiTBackbone, "sigma", spy)
+    generate(model, "", "ancestral", gen_length=8, steps=4, temperature=1.0, seed=0)
+    assert seen and seen[0] == 1.0 and all(t is not None for t in seen)  # time runs 1, 0.75, ... (4 steps)
+    assert set(seen) <= {1.0, 0.75, 0.5, 0.25} and len(seen) == 4  # time-conditioned: no reuse of a step's logits
+    seen.clear()
+    generate(model, "", "dream", gen_length=8, steps=4, seed=0)
+    assert seen and seen[0] == 1.0 and all(0 < t <= 1 for t in seen)
+    seen.clear()
+    generate(model, "", "low_confidence", gen_length=8, steps=4)
+    assert seen and all(t is None for t in seen)
+
+
 def test_bd3lm_release_cache_window_matches_the_block_causal_reference(releases):
     path = releases["bd3lm"]
     model = explorer.load(path)
@@ -228,6 +252,39 @@ def test_folder_problems_name_the_file(tmp_path):
     (path / "config.json").write_text(json.dumps(tiny_dit_config("bd3lm", block_size=5)))
     with pytest.raises(ValueError, match="block_size=5 must divide model_length=32"):
         explorer.load(path)
+
+
+@pytest.mark.parametrize("kind", ["mdlm", "bd3lm"])
+def test_folders_hold_what_the_upstream_save_writes_and_only_that(tmp_path, kind):
+    """The upstream `save_pretrained` adds buffers to the parameters: the rotary frequencies, and BD3-LM's noise
+    window scalars when var_min. They load (checked by value); anything else is refused with its file named."""
+    from safetensors.torch import save_file
+
+    from explorer.released.synthetic import dit_tensors
+
+    config = tiny_dit_config(kind)
+    tensors = dit_tensors(config)
+    assert "backbone.rotary_emb.inv_freq" in tensors
+    assert ("sampling_eps_min" in tensors) == (kind == "bd3lm")
+    assert explorer.load(write_tiny_dit(tmp_path / "as-saved", config)).family == kind
+
+    def load_with(name, **changes):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(config))
+        (path / "tokenizer.json").write_bytes((tmp_path / "as-saved" / "tokenizer.json").read_bytes())
+        save_file({k: v.contiguous() for k, v in (tensors | changes).items()}, str(path / "model.safetensors"))
+        return explorer.load(path)
+
+    with pytest.raises(ValueError, match=r"model.safetensors.*unexpected keys \['backbone.mystery'\]"):
+        load_with("extra", **{"backbone.mystery": torch.zeros(3)})
+    with pytest.raises(ValueError, match="rotary_emb.inv_freq is not the rotary frequencies of base 10000"):
+        load_with("base", **{"backbone.rotary_emb.inv_freq": tensors["backbone.rotary_emb.inv_freq"] * 2})
+    if kind == "bd3lm":
+        with pytest.raises(ValueError, match=r"sampling_eps_max = 1.5 must be a noise level in \[0, 1\]"):
+            load_with("range", sampling_eps_max=torch.tensor(1.5))
+        with pytest.raises(ValueError, match="sampling_eps_min = 0.5 disagrees with config.json's"):
+            load_with("disagree", sampling_eps_min=torch.tensor(0.5))
 
 
 def test_release_sizes_match_their_closed_forms():

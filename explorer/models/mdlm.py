@@ -66,20 +66,26 @@ class MDLMModel(LanguageModel):
         """1 when position i's logits come from output i - 1 (a window of logits needs one position before it)."""
         return int(self.config.shift)
 
-    def denoiser_logits(self, x_t: torch.Tensor, return_hidden: bool = False, **backbone_args):
-        """Logits (B, L, V) of x0 with the mask token excluded (its logit is -inf). `backbone_args`: `cache`,
-        `start`, `store` run a window of positions against cached keys (Fast-dLLM's caches); `mask` an attention
-        mask (training's causal-to-bidirectional annealing)."""
+    time_conditioned = False  # our masked models are not (MDLM: not needed); a released DiT may be
+
+    def denoiser_logits(self, x_t: torch.Tensor, return_hidden: bool = False, t: float | None = None,
+                        **backbone_args):
+        """Logits (B, L, V) of x0 with the mask token excluded (its logit is -inf). `t`: the sampler's noise level,
+        passed on to time-conditioned backbones (which otherwise take the masked fraction). `backbone_args`:
+        `cache`, `start`, `store` run a window of positions against cached keys (Fast-dLLM's caches); `mask` an
+        attention mask (training's causal-to-bidirectional annealing)."""
+        if t is not None and self.time_conditioned:
+            backbone_args["time"] = t
         logits, hidden = self.backbone(x_t, return_hidden=True, **backbone_args)
         if self.config.shift:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # (B, L, V): position i from output i - 1
         logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
         return (logits, hidden) if return_hidden else logits
 
-    def forward(self, x_t: torch.Tensor, return_hidden: bool = False):
+    def forward(self, x_t: torch.Tensor, return_hidden: bool = False, t: float | None = None):
         """SUBS logits (B, L, V): masked positions get the denoiser's logits; unmasked ones carry over
-        (logit 0 for the input token, -inf elsewhere)."""
-        logits, hidden = self.denoiser_logits(x_t, return_hidden=True)
+        (logit 0 for the input token, -inf elsewhere). `t`: the sampler's noise level, where it has one."""
+        logits, hidden = self.denoiser_logits(x_t, return_hidden=True, t=t)
         logits = subs_logits(logits, x_t, self.mask_id)
         return (logits, hidden) if return_hidden else logits
 

@@ -27,9 +27,15 @@ BD3-LM's block-causal (the samplers pass the mask). Released weights, under `bac
     blocks.{i}.norm1 | norm2 | mlp.{0,2} | adaLN_modulation   -> the same names under backbone.blocks.{i}
     output_layer.norm_final | linear | adaLN_modulation       -> the same names under backbone.output_layer
 
+Besides parameters, the upstream classes' `save_pretrained` writes buffers: `backbone.rotary_emb.inv_freq` (the
+rotary frequencies, checked to be base 10000's) and, for a BD3-LM with a variable noise floor (var_min), the
+scalars `sampling_eps_min` / `sampling_eps_max` (the training noise window, checked to lie in [0, 1] and to agree
+with config.json; sampling does not use them). Any other key is refused with its file named.
+
 The released models were trained without time conditioning (sigma = 0, so c is one constant vector); a
-folder with time_conditioning=true gets sigma from the masked fraction of the window it is given (the
-log-linear schedule's sigma(t) = -log(1 - (1 - eps) t)), since our samplers do not pass t to the model.
+folder with time_conditioning=true gets sigma(t) = -log(1 - (1 - eps) t) (the log-linear schedule) at the
+sampler's t where the sampler has one (MDLM's ancestral sampler, Dream's), else at t = the masked fraction of the
+window it is given (LLaDA's rules, the block sampler).
 GPT-2's tokenizer is not part of the release: the folder needs GPT-2's `tokenizer.json` beside config.json.
 """
 
@@ -218,23 +224,27 @@ class DiTBackbone(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(config, spec) for _ in range(config.n_layers))
         self.output_layer = DiTOutput(config, spec)
 
-    def sigma(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B,) noise levels: 0 (no time conditioning), else sigma(t) at t = the masked fraction of each row."""
+    def sigma(self, input_ids: torch.Tensor, time: float | None = None) -> torch.Tensor:
+        """(B,) noise levels: 0 (no time conditioning), else sigma(t) = -log(1 - (1 - eps) t) at the sampler's
+        t (`time`), or, where the sampler has none, at t = the masked fraction of each row."""
         if not self.spec.time_conditioning:
             return torch.zeros(input_ids.shape[0], device=input_ids.device)
-        t = (input_ids == self.spec.mask_id).float().mean(-1).clamp(max=1.0)
+        if time is not None:
+            t = torch.full((input_ids.shape[0],), float(time), device=input_ids.device)
+        else:
+            t = (input_ids == self.spec.mask_id).float().mean(-1).clamp(max=1.0)
         return -torch.log1p(-(1 - SCHEDULE_EPS) * t)
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False,
                 mask=None, positions: torch.Tensor | None = None, start: int | None = None,
-                store: int | None = None, logits_for: slice = slice(None)):
+                store: int | None = None, logits_for: slice = slice(None), time: float | None = None):
         """As explorer.nn.Transformer.forward (token ids only): `mask`, `positions`, the cache window
-        (`start`, `store`) and `logits_for` mean the same there and here."""
+        (`start`, `store`) and `logits_for` mean the same there and here; `time`: the sampler's t (see `sigma`)."""
         start, store, positions = window(cache, input_ids.shape[1], start, store, positions, self.config.max_seq_len,
                                          input_ids.device)
         angles = self.rotary.angles(positions)
         x = self.embed(input_ids)  # (B, L, d)
-        c = F.silu(self.sigma_map(self.sigma(input_ids))) if self.sigma_map is not None else None  # (B, cond_dim)
+        c = F.silu(self.sigma_map(self.sigma(input_ids, time))) if self.sigma_map is not None else None  # (B, cond)
         for i, block in enumerate(self.blocks):
             x = block(x, angles, i, cache, start, store, mask, c)
         if cache is not None and store:
@@ -287,6 +297,10 @@ class DiTMDLMModel(DiTRelease, MDLMModel):
 
     def __init__(self, config: MDLMConfig, spec: DiTSpec, tokenizer: Tokenizer):
         self._build(config, spec, tokenizer, "mdlm-release")
+
+    @property
+    def time_conditioned(self) -> bool:
+        return self.spec.time_conditioning
 
 
 class DiTBD3LMModel(DiTRelease, BD3LMModel):
@@ -360,6 +374,36 @@ def expected_shapes(backbone: TransformerConfig, spec: DiTSpec) -> dict[str, tup
     return shapes
 
 
+def saved_buffers(config: dict, backbone: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    """The non-parameter entries an upstream `save_pretrained` writes, with their shapes (see the docstring)."""
+    buffers = {PREFIX + "rotary_emb.inv_freq": (backbone.d_model // backbone.n_heads // 2,)}
+    if config.get("var_min"):
+        buffers |= {"sampling_eps_min": (), "sampling_eps_max": ()}
+    return buffers
+
+
+def check_buffers(weights: SafetensorsFolder, config: dict, backbone: TransformerConfig) -> list[str]:
+    """Validate the saved buffers a folder holds (values, not only shapes); returns their names."""
+    present = [key for key in saved_buffers(config, backbone) if key in weights.tensors]
+    for key in present:
+        value = weights.tensor(key, "cpu", torch.float32)
+        where = f"{weights.tensors[key].file}: {key}"
+        if key.endswith("inv_freq"):
+            head_dim = backbone.d_model // backbone.n_heads
+            base = 1.0 / backbone.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+            if not torch.allclose(value, base, rtol=1e-2):
+                raise ValueError(f"{where} is not the rotary frequencies of base {backbone.rope_theta:g} "
+                                 "(a different rotary base is not supported)")
+            continue
+        eps = float(value)
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"{where} = {eps} must be a noise level in [0, 1]")
+        stated = config.get(key)
+        if isinstance(stated, (int, float)) and not math.isclose(eps, stated, rel_tol=1e-3, abs_tol=1e-6):
+            raise ValueError(f"{where} = {eps} disagrees with config.json's {key} = {stated}")
+    return present
+
+
 def _mapped_state(weights: SafetensorsFolder, backbone: TransformerConfig, expected, placement: Placement) -> dict:
     """Our state dict, read one released tensor at a time straight to the device `placement` gives it
     (q / k rows permuted for the RoPE convention)."""
@@ -405,7 +449,8 @@ def load_dit(path, device=None, dtype=None, device_map=None, max_memory=None):
     shape = family_config.backbone
     weights = SafetensorsFolder(path)
     expected = expected_shapes(shape, spec)
-    check_layout(weights, expected, "DiT")
+    check_layout(weights, expected, "DiT", optional=saved_buffers(config, shape))
+    check_buffers(weights, config, shape)
     model_class = DiTBD3LMModel if isinstance(family_config, BD3LMConfig) else DiTMDLMModel
     with torch.device("meta"):  # no allocation, no random init: every parameter is assigned below
         model = model_class(family_config, spec, tokenizer)

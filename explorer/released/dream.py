@@ -113,6 +113,7 @@ class DreamModel(nn.Module):
 
     family = "mdlm"
     default_sampler = "dream"  # Dream's own loop (explorer.sampling.dream); LLaDA's rules stay selectable
+    time_conditioned = False  # Dream's network takes no noise level
 
     def __init__(self, network: nn.Module, tokenizer: Tokenizer, config: DreamConfig, special: dict[str, int | None]):
         super().__init__()
@@ -177,9 +178,9 @@ class DreamModel(nn.Module):
         logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # shift right by one
         return (logits, hidden.float()) if return_hidden else logits
 
-    def denoiser_logits(self, x_t: torch.Tensor, return_hidden: bool = False, **cache_args):
+    def denoiser_logits(self, x_t: torch.Tensor, return_hidden: bool = False, t: float | None = None, **cache_args):
         """Shifted logits (B, L, V) of x0 with the mask token and the padded vocabulary rows past the
-        tokenizer excluded (-inf)."""
+        tokenizer excluded (-inf). `t` is ignored: Dream has no time conditioning."""
         if cache_args:
             raise NotImplementedError("Dream: Fast-dLLM key/value caches are not supported; use cache='none'")
         logits, hidden = self.raw_logits(x_t, return_hidden=True)

@@ -210,17 +210,19 @@ class SafetensorsFolder:
         self._handles.clear()
 
 
-def check_layout(weights: SafetensorsFolder, expected: dict[str, tuple[int, ...]], layout: str) -> None:
-    """Keys and shapes of a folder against its architecture (`expected`: key -> shape), from the headers alone;
-    errors name the files."""
+def check_layout(weights: SafetensorsFolder, expected: dict[str, tuple[int, ...]], layout: str,
+                 optional: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Keys and shapes of a folder against its architecture (`expected`: key -> shape; `optional`: entries an
+    upstream save may add, such as buffers, checked when present), from the headers alone; errors name the files."""
+    optional = optional or {}
     missing = sorted(set(expected) - set(weights.tensors))
-    unexpected = sorted(set(weights.tensors) - set(expected))
+    unexpected = sorted(set(weights.tensors) - set(expected) - set(optional))
     if missing or unexpected:
         files = sorted({weights.tensors[k].file.name for k in unexpected})
         raise ValueError(f"{weights.source}: weights do not match the {layout} layout of config.json: "
                          f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
                          f"{unexpected[:5]}" + (f" (in {files})" if files else ""))
-    for key, shape in expected.items():
+    for key, shape in (expected | {k: v for k, v in optional.items() if k in weights.tensors}).items():
         info = weights.tensors[key]
         if info.shape != shape:
             raise ValueError(f"{info.file}: {key} has shape {info.shape}, config.json implies {shape}")

@@ -116,7 +116,8 @@ def tiny_dit_config(kind: str = "mdlm", **changes) -> dict:
 
 
 def dit_tensors(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights under the kuleshov-group DiT release key names for a DiT config.json (`backbone.*`)."""
+    """Random weights under the kuleshov-group DiT release key names for a DiT config.json (`backbone.*`), plus
+    the buffers the upstream `save_pretrained` writes beside them (rotary frequencies; BD3-LM's noise window)."""
     from explorer.released.dit import dit_configs, expected_shapes
 
     g = torch.Generator().manual_seed(seed)
@@ -127,6 +128,11 @@ def dit_tensors(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
         gain = key.endswith(("norm1.weight", "norm2.weight", "norm_final.weight"))
         scale = 1.0 if key.endswith("embedding") else 0.2
         tensors[key] = (1.0 if gain else 0.0) + torch.randn(shape, generator=g) * scale
+    head_dim = family_config.backbone.d_model // family_config.backbone.n_heads
+    tensors["backbone.rotary_emb.inv_freq"] = 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    if config.get("var_min"):
+        tensors["sampling_eps_min"] = torch.tensor(float(config["sampling_eps_min"]))
+        tensors["sampling_eps_max"] = torch.tensor(float(config["sampling_eps_max"]))
     return tensors
 
 

@@ -135,7 +135,7 @@ def dream_sampler(model, prompt_ids: list[int], params: DreamParams, generator: 
             count = commit_count(len(rows), t, s, last)
         if count == 0:  # Dream would run the model and commit nothing: skip the network call
             continue
-        logits, pass_hidden = model(canvas[None], return_hidden=True)
+        logits, pass_hidden = model(canvas[None], return_hidden=True, t=float(t))
         nfe += 1
         if states is not None:
             keep_states(states, pass_hidden[0], 0, P)

@@ -123,19 +123,22 @@ def schedule_counts(masked: int, steps: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(steps)]
 
 
-def guided_logits(model, canvas: torch.Tensor, prompt_len: int, cfg_scale: float, return_hidden: bool = False):
+def guided_logits(model, canvas: torch.Tensor, prompt_len: int, cfg_scale: float, return_hidden: bool = False,
+                  t: float | None = None):
     """Logits (L, V) of the canvas with the mask token excluded, guided if cfg_scale > 0; the NFE used; and with
-    `return_hidden` the conditional pass's hidden states (L, d) (else None)."""
+    `return_hidden` the conditional pass's hidden states (L, d) (else None). `t`: the sampler's noise level, for
+    time-conditioned models (None: the sampler has no time)."""
     mask_id = model.mask_id
+    time = {} if t is None else {"t": t}
     if return_hidden:
-        logits, hidden = model(canvas[None], return_hidden=True)
+        logits, hidden = model(canvas[None], return_hidden=True, **time)
         logits, hidden = logits[0], hidden[0]  # (L, V), (L, d)
     else:
-        logits, hidden = model(canvas[None])[0], None  # (L, V)
+        logits, hidden = model(canvas[None], **time)[0], None  # (L, V)
     if cfg_scale > 0 and prompt_len > 0:
         uncond_canvas = canvas.clone()
         uncond_canvas[:prompt_len] = mask_id
-        uncond = model(uncond_canvas[None])[0]
+        uncond = model(uncond_canvas[None], **time)[0]
         logits[:, mask_id] = 0.0
         uncond[:, mask_id] = 0.0
         logits = uncond.lerp_(logits, cfg_scale + 1)  # uncond + (s + 1)(cond - uncond)
@@ -256,7 +259,8 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, 
                     block_step += 1
                     continue
             cache_label, pass_hidden = None, None
-            if ancestral and cached_canvas is not None and torch.equal(cached_canvas, canvas):
+            if (ancestral and not getattr(model, "time_conditioned", False) and cached_canvas is not None
+                    and torch.equal(cached_canvas, canvas)):
                 logits, pass_hidden = cached_logits, cached_hidden  # no time conditioning: same canvas, same logits
             elif kv is not None:
                 logits, offset, cache_label, pass_hidden = _cached_logits(
@@ -264,7 +268,8 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, 
                 nfe += 1
             else:
                 logits, used, pass_hidden = guided_logits(model, canvas, P, getattr(params, "cfg_scale", 0.0),
-                                                           return_hidden=states is not None)
+                                                           return_hidden=states is not None,
+                                                           t=t if ancestral else None)
                 nfe += used
                 cached_logits, cached_canvas, cached_hidden, offset = logits, canvas.clone(), pass_hidden, 0
             if states is not None:
