@@ -75,6 +75,7 @@ def cmd_train_autoencoder(args):
 
 def _add_sample(sub):
     from explorer.sampling import BLOCK_SAMPLERS, MASKED_SAMPLERS, RECORD_LEVELS
+    from explorer.sampling.chunks import MAX_CANDIDATES
     from explorer.sampling.continuous import SCHEDULES
 
     p = sub.add_parser("sample", help="generate text, optionally writing the trace")
@@ -106,7 +107,8 @@ def _add_sample(sub):
                    help="cdcd: Euler step placement (warped = the learned time warping, log = even in log t)")
     p.add_argument("--churn", type=float, default=0.0, help="cdcd: stochastic churn (0 = the deterministic ODE)")
     p.add_argument("--clamp", action="store_true", help="cdcd: Diffusion-LM clamping (snap E[x0] to a token)")
-    p.add_argument("--n-candidates", type=int, default=200, help="calm, sampler batch: N head samples per chunk")
+    p.add_argument("--n-candidates", type=int, default=200,
+                   help=f"calm, sampler batch: N head samples per chunk (2 to {MAX_CANDIDATES})")
     p.add_argument("--max-draws", type=int, default=2000, help="calm, sampler exact: head samples per chunk at most")
     p.add_argument("--pin", action="append", default=[], metavar="POS:TEXT", help="pin text at a generated position")
     p.add_argument("--seed", type=int, default=0)

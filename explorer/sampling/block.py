@@ -20,8 +20,18 @@ from typing import Iterator
 import torch
 
 from explorer import kernels
-from explorer.sampling.common import (MAX_GEN_LENGTH, MAX_STEPS, check_flag, check_int, check_range,
-                                     check_sampling_knobs, keep_states, make_frame, record_hidden, step_seed)
+from explorer.sampling.common import (
+    MAX_GEN_LENGTH,
+    MAX_STEPS,
+    check_flag,
+    check_int,
+    check_range,
+    check_sampling_knobs,
+    keep_states,
+    make_frame,
+    record_hidden,
+    step_seed,
+)
 from explorer.sampling.masked import REMASKING_RULES, rule_scores, schedule_counts, select_commits
 from explorer.sampling.trace import Frame
 
