@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -81,6 +82,7 @@ def cmd_train_autoencoder(args):
 
 def _add_sample(sub):
     from explorer.sampling import BLOCK_SAMPLERS, MASKED_SAMPLERS, RECORD_LEVELS
+    from explorer.sampling.chunks import MAX_CANDIDATES
     from explorer.sampling.continuous import SCHEDULES
 
     p = sub.add_parser("sample", help="generate text, optionally writing the trace")
@@ -112,7 +114,8 @@ def _add_sample(sub):
                    help="cdcd: Euler step placement (warped = the learned time warping, log = even in log t)")
     p.add_argument("--churn", type=float, default=0.0, help="cdcd: stochastic churn (0 = the deterministic ODE)")
     p.add_argument("--clamp", action="store_true", help="cdcd: Diffusion-LM clamping (snap E[x0] to a token)")
-    p.add_argument("--n-candidates", type=int, default=200, help="calm, sampler batch: N head samples per chunk")
+    p.add_argument("--n-candidates", type=int, default=200,
+                   help=f"calm, sampler batch: N head samples per chunk (2 to {MAX_CANDIDATES})")
     p.add_argument("--max-draws", type=int, default=2000, help="calm, sampler exact: head samples per chunk at most")
     p.add_argument("--pin", action="append", default=[], metavar="POS:TEXT", help="pin text at a generated position")
     p.add_argument("--seed", type=int, default=0)
@@ -141,14 +144,31 @@ def _parse_pins(pins: list[str]) -> dict[int, str]:
     return out
 
 
+def check_output(flag: str, path: str | None, make_folders: bool = False) -> None:
+    """Refuse, before any work, an output file that could not be written: a folder, or one in a folder that is
+    missing (unless the writer makes it: `make_folders`), not a folder, or read-only."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name")
+    folder = target.parent
+    while make_folders and not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the writer creates the missing folders below the nearest existing one
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: the folder {folder} is not writable")
+
+
 def cmd_sample(args):
     import time
 
     import explorer
+    from explorer.released import load_options
     from explorer.sampling import build_trace, stream
 
-    from explorer.released import load_options
-
+    check_output("--trace", args.trace)
     placement = load_options(args.device, args.dtype, args.device_map)
     model = explorer.load(args.checkpoint or explorer.hub.calm_for_chunk(args.chunk), **placement)
     prompt = args.prompt
@@ -215,6 +235,9 @@ def _add_eval(sub):
 def cmd_eval(args):
     import explorer
     from explorer.eval import evaluate
+
+    check_output("--json", args.json)
+    check_output("--table", args.table, make_folders=True)
 
     if args.metric == "brier":
         from explorer.brier import brier_lm
@@ -291,6 +314,7 @@ def _add_bench(sub):
 
 def cmd_bench(args):
     json_path = args.json or str(Path(args.out) / f"{args.suite}.json")
+    check_output("--json" if args.json else "--out", json_path, make_folders=True)
     repeats = args.repeats if args.repeats is not None else 5 if args.suite == "app" else 3
     if args.suite == "app":
         from explorer.bench_app import run_app_bench
@@ -353,6 +377,8 @@ def cmd_export(args):
 
     if not (args.html or args.gif):
         raise ValueError("export needs --html OUT.html and/or --gif OUT.gif")
+    check_output("--html", args.html)
+    check_output("--gif", args.gif)
     if not Path(args.trace).is_file():
         raise FileNotFoundError(f"trace file {args.trace} does not exist")
     try:
@@ -376,7 +402,7 @@ def program_name() -> str:
     return "python -m explorer" if launched in ("", "__main__.py", "-c") else launched
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=program_name(), description="diffusion-LM explorer")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
@@ -392,7 +418,11 @@ def main(argv=None) -> int:
     examples = sub.add_parser("examples",
                               help="regenerate the explorer page's precomputed example traces (first paint)")
     examples.add_argument("--out", default=None, help="folder to write (default explorer/examples, the page's)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     commands = {"card": cmd_card, "train": cmd_train, "train-autoencoder": cmd_train_autoencoder, "sample": cmd_sample,
                 "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench, "export": cmd_export, "examples": cmd_examples}
     try:

@@ -27,6 +27,7 @@ from explorer.hub import calm_chunk_sizes, calm_for_chunk
 from explorer.models.base import read_config
 from explorer.models.cdcd import vocabulary_points
 from explorer.sampling import SAMPLERS, Trace, build_trace
+from explorer.sampling.chunks import MAX_CANDIDATES
 from explorer.sampling.edit import resume, spliced_trace, top_candidates
 from explorer.viz import (
     COLOR_MODES,
@@ -293,7 +294,7 @@ def family_controls(choice):
         steps, temperature["value"] = {"value": 200}, 1.0
     if calm:  # temperature 1 decodes one head sample per chunk
         temperature = {"value": 1.0, "minimum": 0.05, "maximum": 1, "info": CALM_TEMPERATURE_INFO}
-    n = ({"minimum": 2, "maximum": 500, "value": 200, "label": "N (head samples per chunk)"} if calm else
+    n = ({"minimum": 2, "maximum": MAX_CANDIDATES, "value": 200, "label": "N (head samples per chunk)"} if calm else
          {"minimum": 1, "maximum": MAX_RUNS, "value": 1, "label": "N (runs drawn at once, seeds seed .. seed+N-1)"})
     chunk_sizes = calm_chunk_sizes()
     guided = family in ("mdlm", "cdcd")
@@ -714,8 +715,10 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
                         block_length = gr.Slider(1, 128, 64, step=1, label="K (block size)", elem_id="block_length",
                                                  info="semi-autoregressive blocks (gen length a multiple); block "
                                                       "diffusion: tokens per block, must divide the context")
-                        n_runs = gr.Slider(1, MAX_RUNS, 1, step=1, label="N (runs drawn at once, seeds seed .. "
-                                           "seed+N-1)", elem_id="n_runs")
+                        # the API checks N against this maximum: the largest any family takes (family_controls
+                        # narrows the slider; check_request and the calm sampler refuse what a family does not take)
+                        n_runs = gr.Slider(1, max(MAX_RUNS, MAX_CANDIDATES), 1, step=1, label="N (runs drawn at "
+                                           "once, seeds seed .. seed+N-1)", elem_id="n_runs")
                         temperature = gr.Slider(0, 2, 0, step=0.05, label="temperature", elem_id="temperature",
                                                 info=TEMPERATURE_INFO)
                         with gr.Accordion("more knobs", open=False):

@@ -27,8 +27,10 @@ from explorer.released.llada import (
 from explorer.released.memory import NotEnoughMemory, SafetensorsFolder, check_memory
 from explorer.released.placement import (
     Placement,
+    check_device_exists,
     check_placement_memory,
     finish_placement,
+    parse_device,
     plan_placement,
 )
 
@@ -69,7 +71,13 @@ def released_family(config: dict) -> str | None:
 
 
 def load_options(device=None, dtype=None, device_map=None) -> dict:
-    """The placement knobs of `explorer.load` that were given (command-line flags left unset are dropped)."""
+    """The placement knobs of `explorer.load` that were given (command-line flags left unset are dropped). A device
+    that is not 'cpu', 'cuda', 'cuda:N' or a GPU index, or that this machine lacks, is refused before anything loads."""
+    if device is not None:
+        index = int(device) if isinstance(device, str) and device.isdigit() else device  # "--device 1": GPU 1
+        parsed = parse_device(index, "device")
+        check_device_exists(parsed, "device")
+        device = str(parsed)
     return {k: v for k, v in (("device", device), ("dtype", dtype), ("device_map", device_map)) if v is not None}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -11,11 +11,18 @@ from explorer.data.tokenizer import display_string
 from explorer.sampling.autoregressive import ARParams, autoregressive
 from explorer.sampling.block import BlockParams, block_diffusion
 from explorer.sampling.chunks import ALGORITHMS, CALMParams, calm_sampler
+from explorer.sampling.common import MAX_SEED, check_int
 from explorer.sampling.continuous import ContinuousParams, continuous_diffusion
 from explorer.sampling.dream import DreamParams, dream_sampler
+from explorer.sampling.masked import (
+    REMASKING_RULES,
+    AncestralParams,
+    MaskedParams,
+    ancestral,
+    find_stop,
+    masked_diffusion,
+)
 from explorer.sampling.refine import RefineParams, draft_and_refine
-from explorer.sampling.masked import (REMASKING_RULES, AncestralParams, MaskedParams, ancestral, find_stop,
-                                      masked_diffusion)
 from explorer.sampling.trace import RECORD_LEVELS, SCHEMA, Frame, Trace
 
 # sampler name -> (family, builder of (params, frames function)); the defaults each name implies.
@@ -128,27 +135,60 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
     return params, masked_diffusion
 
 
+def encode_text(model, knob: str, text: str) -> list[int]:
+    """Token ids of text. Text that is not valid Unicode (lone surrogates: what undecodable command-line bytes
+    become) is refused rather than passed to the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{knob} is not valid UTF-8 text: {text[err.start:err.end]!r} at character {err.start} "
+                         f"({err.reason}; bytes that are not UTF-8?)") from None
+    return model.tokenizer.encode(text).ids if text else []
+
+
 def encode_prompt(model, prompt: str | list[int]) -> list[int]:
+    """Token ids of a prompt given as text or as token ids (a list, tensor or array), each in [0, vocab size)."""
     if isinstance(prompt, str):
-        return model.tokenizer.encode(prompt).ids if prompt else []
-    return [int(t) for t in prompt]
+        return encode_text(model, "prompt", prompt)
+    if isinstance(prompt, (bytes, bytearray)):
+        raise ValueError("prompt must be text (str) or a list of token ids, got bytes; decode them first, e.g. "
+                         "prompt.decode('utf-8')")
+    if not isinstance(prompt, Iterable):
+        raise ValueError(f"prompt must be text (str) or a list of token ids, got {type(prompt).__name__}")
+    ids = prompt.tolist() if hasattr(prompt, "tolist") else list(prompt)  # (P,) tensor / array -> list
+    vocab = model.tokenizer.get_vocab_size()
+    for i, token in enumerate(ids):
+        check_int(f"prompt token id (position {i})", token, 0, vocab - 1)
+    return [int(t) for t in ids]
 
 
 def encode_pinned(model, pinned: dict[int, int | str] | None) -> dict[int, int]:
-    """{position: token id or text}; text fills consecutive positions with its tokens."""
+    """{position: token id or text}; text fills consecutive positions with its tokens (the sampler checks the ids
+    and that the positions lie inside the canvas)."""
     ids: dict[int, int] = {}
     for pos, value in (pinned or {}).items():
-        toks = model.tokenizer.encode(value).ids if isinstance(value, str) else [int(value)]
+        pos = int(pos) if isinstance(pos, str) and pos.isdigit() else pos  # JSON keys (a saved trace) are strings
+        check_int("pinned position", pos, 0)
+        toks = encode_text(model, f"pinned text at {pos}", value) if isinstance(value, str) else [value]
         for k, tok in enumerate(toks):
-            ids[int(pos) + k] = tok
+            ids[pos + k] = tok
     return ids
+
+
+@torch.no_grad()  # on a generator function torch turns autograd off for each step, never across a yield
+def _without_grad(frames: Iterator[Frame]) -> Iterator[Frame]:
+    """A sampler's frames, each computed with autograd off; between frames the caller's grad mode holds."""
+    yield from frames
 
 
 def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed: int = 0, record: str = "tokens",
            **knobs) -> tuple[dict, list[int], Iterator[Frame]]:
-    """(sampler description, prompt ids, frame generator): the building block of live viewers."""
+    """(sampler description, prompt ids, frame generator): the building block of live viewers. The frames run
+    without autograd whatever the caller's grad mode; bad knobs raise ValueError (the sampler's own at the first
+    frame)."""
     if record not in RECORD_LEVELS:
         raise ValueError(f"record must be one of {RECORD_LEVELS}, got {record!r}")
+    check_int("seed", seed, 0, MAX_SEED)
     prompt_ids = encode_prompt(model, prompt)
     knobs["pinned"] = encode_pinned(model, knobs.get("pinned"))
     sampler = sampler or getattr(model, "default_sampler", None)  # e.g. Dream models run Dream's sampler
@@ -157,10 +197,9 @@ def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed
     description = {"name": sampler or SAMPLERS[model.family][0], "seed": int(seed), "record": record,
                    **{k: v for k, v in vars(params).items()}}
     description["pinned"] = {str(k): v for k, v in params.pinned.items()} if hasattr(params, "pinned") else {}
-    return description, prompt_ids, frames_fn(model, prompt_ids, params, generator, record)
+    return description, prompt_ids, _without_grad(frames_fn(model, prompt_ids, params, generator, record))
 
 
-@torch.no_grad()
 def generate(model, prompt: str | list[int] = "", sampler: str | None = None, seed: int = 0, record: str = "tokens",
              **knobs) -> Trace:
     """Run a sampler to the end and return its Trace. Knobs: gen_length, steps, block_length, temperature,

@@ -8,7 +8,14 @@ from typing import Iterator
 import torch
 
 from explorer import kernels
-from explorer.sampling.common import check_range, check_sampling_knobs, make_frame, record_hidden, step_seed
+from explorer.sampling.common import (
+    MAX_GEN_LENGTH,
+    check_int,
+    check_sampling_knobs,
+    make_frame,
+    record_hidden,
+    step_seed,
+)
 from explorer.sampling.trace import Frame
 
 
@@ -20,7 +27,7 @@ class ARParams:
     top_p: float | None = None  # nucleus mass kept, in (0, 1]
 
     def validate(self) -> None:
-        check_range("gen_length", self.gen_length, 1)
+        check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
         check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")
 
 

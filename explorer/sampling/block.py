@@ -20,8 +20,18 @@ from typing import Iterator
 import torch
 
 from explorer import kernels
-from explorer.sampling.common import (check_range, check_sampling_knobs, keep_states, make_frame, record_hidden,
-                                     step_seed)
+from explorer.sampling.common import (
+    MAX_GEN_LENGTH,
+    MAX_STEPS,
+    check_flag,
+    check_int,
+    check_range,
+    check_sampling_knobs,
+    keep_states,
+    make_frame,
+    record_hidden,
+    step_seed,
+)
 from explorer.sampling.masked import REMASKING_RULES, rule_scores, schedule_counts, select_commits
 from explorer.sampling.trace import Frame
 
@@ -43,21 +53,23 @@ class BlockParams:
 
     def validate(self, model) -> int:
         """Check the knobs against the model; return the block length in use."""
-        check_range("gen_length", self.gen_length, 1)
-        block = self.block_length or model.block_size
+        check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
+        block = model.block_size if self.block_length is None else self.block_length  # 0 is no block size
         context = model.max_seq_len
-        check_range("block_length", block, 1, context)
+        check_int("block_length", block, 1, context)
         if context % block:
             raise ValueError(f"block_length ({block}) must divide the model's context of {context} tokens")
         if self.steps is not None:
-            check_range("steps", self.steps, 1)
+            check_int("steps", self.steps, 1, MAX_STEPS)
         if self.remasking not in REMASKING_RULES:
             raise ValueError(f"remasking must be one of {REMASKING_RULES}, got {self.remasking!r}")
         check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")
         if self.threshold is not None:
             check_range("threshold", self.threshold, 0, 1, low_open=True)
-        check_range("entropy_window", self.entropy_window, 1)
+        check_int("entropy_window", self.entropy_window, 1, MAX_GEN_LENGTH)
         check_range("min_entropy", self.min_entropy, 0)
+        check_flag("kv_cache", self.kv_cache)
+        check_flag("stop_at_eos", self.stop_at_eos)
         if block != model.block_size:
             warnings.warn(f"block_length {block} differs from the block size this checkpoint was trained with "
                           f"({model.block_size}); quality may suffer", stacklevel=3)

@@ -19,6 +19,7 @@ which is how the tests check them against P^(1/T) on toy distributions.
 from __future__ import annotations
 
 import math
+import numbers
 import random
 import warnings
 from collections import Counter
@@ -27,10 +28,12 @@ from typing import Callable, Hashable, Iterator
 
 import torch
 
-from explorer.sampling.common import check_range, make_frame
+from explorer.sampling.common import MAX_GEN_LENGTH, check_int, make_frame
 from explorer.sampling.trace import Frame
 
 ALGORITHMS = ("exact", "batch")
+MAX_CANDIDATES = 500  # N: head samples per chunk of the batch algorithm (API, CLI and page)
+MAX_DRAWS = 100_000  # head samples per chunk the exact algorithm may draw
 EXACT_DRAW_BLOCK = 64  # head samples computed per pass while the exact algorithm runs
 
 
@@ -43,14 +46,17 @@ def temperature_parts(temperature: float) -> tuple[int, float]:
 
 
 def check_temperature(temperature: float, algorithm: str, n_candidates: int) -> None:
-    """Which temperatures each algorithm represents: exact any T in (0, 1]; batch T = 1/n, n in 1..N."""
+    """Which temperatures each algorithm represents: exact any T in [1/MAX_CANDIDATES, 1]; batch T = 1/n, n in 1..N."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    if not 0 < temperature <= 1:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature <= 1:
         raise ValueError(f"temperature must be in (0, 1] for CALM's likelihood-free sampling (it can sharpen the "
-                         f"model's distribution, not flatten it), got {temperature}")
+                         f"model's distribution, not flatten it), got {temperature!r}")
+    if 1 / temperature > MAX_CANDIDATES:  # exact draws 1/T samples per try and falls back to batch: 1/T <= N
+        raise ValueError(f"temperature must be at least 1/{MAX_CANDIDATES} (1/T head samples must agree, at most "
+                         f"N = {MAX_CANDIDATES}), got {temperature}")
+    check_int("n_candidates (N)", n_candidates, 2, MAX_CANDIDATES)  # exact falls back to the batch rule
     if algorithm == "batch":
-        check_range("n_candidates (N)", n_candidates, 2)
         n, alpha = temperature_parts(temperature)
         if alpha or n > n_candidates:
             raise ValueError(f"temperature {temperature} is not representable by the batch approximation with "
@@ -59,7 +65,7 @@ def check_temperature(temperature: float, algorithm: str, n_candidates: int) -> 
 
 
 def exact_temperature_sample(draw: Callable[[int], list[Hashable]], temperature: float, rng: random.Random,
-                             max_draws: int = 100_000) -> tuple[Hashable | None, int]:
+                             max_draws: int = MAX_DRAWS) -> tuple[Hashable | None, int]:
     """CALM's exact algorithm: (outcome ~ P^(1/T) normalised, draws used); outcome None if max_draws ran out.
 
     `draw(k)` returns k independent samples of the base sampler P.
@@ -113,12 +119,12 @@ class CALMParams:
     view_samples: int = 16  # level "full": extra head samples per chunk kept for the scatter of the head's distribution
 
     def validate(self, chunk: int) -> None:
-        check_range("gen_length", self.gen_length, 1)
+        check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
         if self.gen_length % chunk:
             raise ValueError(f"gen_length ({self.gen_length}) must be a multiple of the chunk size K={chunk}")
         check_temperature(self.temperature, self.algorithm, self.n_candidates)
-        check_range("max_draws", self.max_draws, 1)
-        check_range("view_samples", self.view_samples, 0)
+        check_int("max_draws", self.max_draws, 1, MAX_DRAWS)
+        check_int("view_samples", self.view_samples, 0, MAX_CANDIDATES)
 
 
 @torch.no_grad()

@@ -3,28 +3,52 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from explorer.sampling.trace import RECORD_LEVELS, Frame
 
+MAX_GEN_LENGTH = 65_536  # tokens one run may generate (bd3lm slides past its context; the others stop at theirs)
+MAX_STEPS = 100_000  # network steps one knob may ask for (per run; bd3lm: per block)
+MAX_SEED = 2**63 - 1  # seeds are 0 .. MAX_SEED (what a torch.Generator takes)
+
+
+def _interval(low, high, low_open: bool, high_open: bool) -> str:
+    lo = "-inf" if low is None else low
+    hi = "inf" if high is None else high
+    return f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+
 
 def check_range(knob: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
-    """Raise ValueError naming the knob, the value and the allowed range."""
-    bad = (low is not None and (value < low or (low_open and value == low))) or (
-        high is not None and (value > high or (high_open and value == high))
+    """Raise ValueError naming the knob, the value and the allowed range; NaN, inf and non-numbers are never in it."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    finite = number and (isinstance(value, numbers.Integral) or math.isfinite(value))  # a huge int is no float
+    bad = not finite or (
+        (low is not None and (value < low or (low_open and value == low)))
+        or (high is not None and (value > high or (high_open and value == high)))
     )
     if bad:
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        rng = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
-        raise ValueError(f"{knob} must be in {rng}, got {value}")
+        raise ValueError(f"{knob} must be in {_interval(low, high, low_open, high_open)}, got "
+                         f"{value if number else repr(value)}")
+
+
+def check_int(knob: str, value, low=None, high=None) -> None:
+    """check_range for a count or an index: an int (or numpy integer) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{knob} must be an integer in {_interval(low, high, False, False)}, got {value!r}")
+    check_range(knob, value, low, high)
+
+
+def check_flag(knob: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{knob} must be True or False, got {value!r}")
 
 
 def check_sampling_knobs(temperature: float, top_k: int | None, top_p: float | None, record: str) -> None:
     check_range("temperature", temperature, 0)
     if top_k is not None:
-        check_range("top_k", top_k, 1)
+        check_int("top_k", top_k, 1)
     if top_p is not None:
         check_range("top_p", top_p, 0, 1, low_open=True)
     if record not in RECORD_LEVELS:

@@ -19,7 +19,7 @@ from typing import Iterator
 import torch
 
 from explorer import kernels
-from explorer.sampling.common import check_range, make_frame
+from explorer.sampling.common import MAX_GEN_LENGTH, MAX_STEPS, check_flag, check_int, check_range, make_frame
 from explorer.sampling.trace import Frame
 
 SCHEDULES = ("auto", "warped", "log")
@@ -37,17 +37,18 @@ class ContinuousParams:
     pinned: dict[int, int] = field(default_factory=dict)  # generated position -> token id kept clean (infilling)
 
     def validate(self, model) -> None:
-        check_range("gen_length", self.gen_length, 1)
-        check_range("steps", self.steps, 1)
+        check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
+        check_int("steps", self.steps, 1, MAX_STEPS)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         check_range("temperature", self.temperature, 0)
         check_range("churn", self.churn, 0)
         check_range("cfg_scale", self.cfg_scale, 0)
+        check_flag("clamp", self.clamp)
         vocab = model.tokenizer.get_vocab_size()
         for pos, tok in self.pinned.items():
-            check_range("pinned position", pos, 0, self.gen_length - 1)
-            check_range("pinned token id", tok, 0, vocab - 1)
+            check_int("pinned position", pos, 0, self.gen_length - 1)
+            check_int("pinned token id", tok, 0, vocab - 1)
 
 
 def _guidance_check(model, params: ContinuousParams, has_clean: bool) -> None:

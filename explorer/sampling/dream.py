@@ -25,7 +25,17 @@ from typing import Iterator
 import torch
 
 from explorer.kernels import reference
-from explorer.sampling.common import check_range, check_sampling_knobs, keep_states, make_frame, record_hidden, step_seed
+from explorer.sampling.common import (
+    MAX_GEN_LENGTH,
+    MAX_STEPS,
+    check_int,
+    check_range,
+    check_sampling_knobs,
+    keep_states,
+    make_frame,
+    record_hidden,
+    step_seed,
+)
 from explorer.sampling.trace import Frame
 
 ALGORITHMS = ("entropy", "maskgit_plus", "topk_margin", "origin")
@@ -44,8 +54,8 @@ class DreamParams:
     eps: float = 1e-3  # the last time step (Dream's default)
 
     def validate(self) -> None:
-        check_range("gen_length", self.gen_length, 1)
-        check_range("steps", self.steps, 1)
+        check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
+        check_int("steps", self.steps, 1, MAX_STEPS)
         if self.alg not in ALGORITHMS:
             raise ValueError(f"alg must be one of {ALGORITHMS}, got {self.alg!r}")
         check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")

@@ -22,8 +22,18 @@ from typing import Iterator
 import torch
 
 from explorer import kernels
-from explorer.sampling.common import (check_range, check_sampling_knobs, keep_states, make_frame, record_hidden,
-                                     step_seed)
+from explorer.sampling.common import (
+    MAX_GEN_LENGTH,
+    MAX_STEPS,
+    check_flag,
+    check_int,
+    check_range,
+    check_sampling_knobs,
+    keep_states,
+    make_frame,
+    record_hidden,
+    step_seed,
+)
 from explorer.sampling.trace import Frame
 
 REMASKING_RULES = ("low_confidence", "random", "margin", "entropy")
@@ -51,10 +61,11 @@ class MaskedParams:
         return self.gen_length // (self.block_length or self.gen_length)
 
     def validate(self, vocab_size: int) -> None:
-        check_range("gen_length", self.gen_length, 1)
-        check_range("steps", self.steps, 1)
+        check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
+        check_int("steps", self.steps, 1, MAX_STEPS)
+        if self.block_length is not None:  # None (not 0) means one block
+            check_int("block_length", self.block_length, 1, self.gen_length)
         block = self.block_length or self.gen_length
-        check_range("block_length", block, 1, self.gen_length)
         if self.gen_length % block:
             raise ValueError(f"gen_length ({self.gen_length}) must be a multiple of block_length ({block})")
         if self.steps % self.blocks:
@@ -70,8 +81,8 @@ class MaskedParams:
         if self.threshold is not None and self.factor is not None:
             raise ValueError("threshold and factor are alternative rules; set at most one")
         for pos, tok in self.pinned.items():
-            check_range("pinned position", pos, 0, self.gen_length - 1)
-            check_range("pinned token id", tok, 0, vocab_size - 1)
+            check_int("pinned position", pos, 0, self.gen_length - 1)
+            check_int("pinned token id", tok, 0, vocab_size - 1)
         if self.cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         if self.cache != "none" and self.cfg_scale > 0:
@@ -96,11 +107,6 @@ class AncestralParams:
         MaskedParams(self.gen_length, self.steps, self.block_length, pinned=self.pinned,
                      stop_at_eos=self.stop_at_eos).validate(vocab_size)
         check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")
-
-
-def check_flag(knob: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{knob} must be True or False, got {value!r}")
 
 
 def find_stop(model, tokens) -> tuple[int, str] | None:

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-from explorer.sampling.common import check_range, check_sampling_knobs
+from explorer.sampling.common import MAX_GEN_LENGTH, MAX_STEPS, check_int, check_range, check_sampling_knobs
 from explorer.sampling.masked import MaskedParams, masked_diffusion
 from explorer.sampling.trace import Frame
 
@@ -34,11 +34,15 @@ class RefineParams:
     refine_temperature: float = 0.0  # temperature of the re-denoising proposals (0 = argmax)
 
     def validate(self) -> None:
-        check_range("gen_length", self.gen_length, 1)
-        check_range("rounds", self.rounds, 0)
+        check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
+        check_int("rounds", self.rounds, 0)
         check_range("fraction", self.fraction, 0, 1, low_open=True)
         if self.steps_per_round is not None:
-            check_range("steps_per_round", self.steps_per_round, 1)
+            check_int("steps_per_round", self.steps_per_round, 1, MAX_STEPS)
+        per_round = self.steps_per_round or self.remask_count
+        if self.rounds * per_round > MAX_STEPS:
+            raise ValueError(f"rounds ({self.rounds}) x steps per round ({per_round}) = {self.rounds * per_round:,}; "
+                             f"at most {MAX_STEPS:,} refinement steps are allowed")
         check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")
         check_range("refine_temperature", self.refine_temperature, 0)
 
