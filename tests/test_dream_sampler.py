@@ -15,9 +15,10 @@ from explorer.sampling.dream import DreamParams
 
 
 def dream_published_loop(model, prompt_ids, gen_length, steps, alg, temperature=0.0, top_p=None, top_k=None,
-                         eps=1e-3, uniform=None, seed=0):
+                         eps=1e-3, uniform=None, seed=0, whole=False):
     """Dream's `_sample` restated from its description (Dream-v0 generation_utils): T = 0 here, so `sample_tokens`
-    is the max of the filtered softmax; `uniform(rows, step_seed)` stands in for `torch.rand` in "origin"."""
+    is the max of the filtered softmax; `uniform(rows, step_seed)` stands in for `torch.rand` in "origin". The
+    prompt may hold masks (filled like the rest); `whole` returns the whole canvas instead of the generated part."""
     mask_id = model.mask_id
     x = torch.tensor([prompt_ids + [mask_id] * gen_length])
     order = []  # generated positions committed at each step that commits any
@@ -70,7 +71,7 @@ def dream_published_loop(model, prompt_ids, gen_length, steps, alg, temperature=
             candidate[mask_index] = x0
             x[0, transfer_index[0]] = candidate[0, transfer_index[0]]
             order.append(sorted(int(r) - len(prompt_ids) for r in transfer_index[0]))
-    return x[0, len(prompt_ids):].tolist(), order
+    return (x[0] if whole else x[0, len(prompt_ids):]).tolist(), order
 
 
 PROMPT = "ROMEO:"

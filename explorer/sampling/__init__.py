@@ -45,8 +45,9 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
                   stop_at_eos: bool = True, entropy_window: int = 256, min_entropy: float = 4.0,
                   drafter: str = "ar-tiny", rounds: int = 2, fraction: float = 0.25, schedule: str = "auto",
                   churn: float = 0.0, clamp: bool = False, n_candidates: int = 200, max_draws: int = 2000,
-                  alg: str | None = None, alg_temp: float | None = None):
-    """Return (params, frames_fn) for a family and sampler name; raises ValueError naming bad knobs."""
+                  alg: str | None = None, alg_temp: float | None = None, infill: int = 0):
+    """Return (params, frames_fn) for a family and sampler name; raises ValueError naming bad knobs. `infill`: the
+    prompt positions from its first [MASK] on, which `stream` moved into the region to fill (mdlm samplers)."""
     names = SAMPLERS.get(family)
     if names is None:
         raise ValueError(f"no samplers for family {family!r}; known families: {sorted(SAMPLERS)}")
@@ -54,6 +55,9 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
     if sampler not in names:
         raise ValueError(f"sampler must be one of {names} for family {family!r}, got {sampler!r}")
     pinned = dict(pinned or {})
+    if infill and (family != "mdlm" or sampler == "draft_refine"):
+        raise ValueError(f"the prompt holds [MASK] tokens: filling them needs a masked-diffusion sampler (the mdlm "
+                         f"family's remasking rules, threshold, factor, ancestral or dream), not {family} / {sampler}")
     if sampler != "dream" and (alg is not None or alg_temp is not None):
         raise ValueError("alg and alg_temp are knobs of Dream's sampler (sampler='dream')")
     if kv_cache is not None and family != "bd3lm":
@@ -108,22 +112,24 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
     if sampler == "dream":
         unsupported = {"block_length": block_length, "threshold": threshold, "factor": factor}
         given = [k for k, v in unsupported.items() if v is not None] + (["cfg_scale"] if cfg_scale else []) + (
-            ["pinned"] if pinned else []) + (["cache"] if cache != "none" else [])
+            ["cache"] if cache != "none" else [])
         if given:
             raise ValueError(f"{', '.join(given)} do not apply to Dream's sampler; its knobs are gen_length, steps, "
-                             "alg, alg_temp, temperature, top_p and top_k")
+                             "alg, alg_temp, temperature, top_p, top_k and pinned")
         defaults = DreamParams()
         return DreamParams(gen_length, gen_length if steps is None else steps, alg or defaults.alg,
                            defaults.temperature if temperature is None else temperature,
                            defaults.top_p if top_p is None else top_p, top_k,
-                           defaults.alg_temp if alg_temp is None else alg_temp), dream_sampler
+                           defaults.alg_temp if alg_temp is None else alg_temp, pinned=pinned,
+                           infill=infill), dream_sampler
     if sampler == "draft_refine":
         temp = 1.0 if temperature is None else temperature
         return RefineParams(gen_length, drafter, rounds, fraction, steps, temp, top_k, top_p), draft_and_refine
     steps = gen_length if steps is None else steps
     if sampler == "ancestral":
         temp = 1.0 if temperature is None else temperature
-        return AncestralParams(gen_length, steps, block_length, temp, top_k, top_p, pinned, stop_at_eos), ancestral
+        return AncestralParams(gen_length, steps, block_length, temp, top_k, top_p, pinned, stop_at_eos,
+                               infill), ancestral
     rule = sampler if sampler in REMASKING_RULES else "low_confidence"
     if sampler == "threshold" and threshold is None:
         threshold = 0.9
@@ -131,7 +137,7 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
         factor = 1.0
     temp = 0.0 if temperature is None else temperature
     params = MaskedParams(gen_length, steps, block_length, rule, temp, top_k, top_p, cfg_scale, threshold, factor,
-                          pinned, cache, stop_at_eos)
+                          pinned, cache, stop_at_eos, infill)
     return params, masked_diffusion
 
 
@@ -162,6 +168,15 @@ def encode_prompt(model, prompt: str | list[int]) -> list[int]:
     return [int(t) for t in ids]
 
 
+def split_at_mask(model, prompt_ids: list[int]) -> tuple[list[int], list[int]]:
+    """(the prompt up to its first [MASK], the rest of it). LLaDA's loop fills every mask of the canvas, those the
+    user put in the prompt too (the usual way to ask a masked model to infill); so do we: the rest of the prompt
+    becomes the start of the region the sampler fills and the frames show, its tokens pinned, its masks filled
+    with the first block and counted in its schedule. Pinned positions then count from that first mask."""
+    first = prompt_ids.index(model.mask_id)
+    return prompt_ids[:first], prompt_ids[first:]
+
+
 def encode_pinned(model, pinned: dict[int, int | str] | None) -> dict[int, int]:
     """{position: token id or text}; text fills consecutive positions with its tokens (the sampler checks the ids
     and that the positions lie inside the canvas)."""
@@ -190,7 +205,13 @@ def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed
         raise ValueError(f"record must be one of {RECORD_LEVELS}, got {record!r}")
     check_int("seed", seed, 0, MAX_SEED)
     prompt_ids = encode_prompt(model, prompt)
-    knobs["pinned"] = encode_pinned(model, knobs.get("pinned"))
+    pinned = encode_pinned(model, knobs.get("pinned"))
+    if model.mask_id in prompt_ids:  # masks in the prompt are positions to fill (see split_at_mask)
+        prompt_ids, infill = split_at_mask(model, prompt_ids)
+        knobs["infill"] = len(infill)
+        pinned = {p: t for p, t in enumerate(infill) if t != model.mask_id} | {
+            len(infill) + p: t for p, t in pinned.items()}
+    knobs["pinned"] = pinned
     sampler = sampler or getattr(model, "default_sampler", None)  # e.g. Dream models run Dream's sampler
     params, frames_fn = build_sampler(model.family, sampler, **knobs)
     generator = torch.Generator().manual_seed(int(seed))

@@ -19,7 +19,7 @@ equal in distribution to Dream's `Categorical` / `multinomial` calls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -36,6 +36,7 @@ from explorer.sampling.common import (
     record_hidden,
     step_seed,
 )
+from explorer.sampling.masked import fill_region
 from explorer.sampling.trace import Frame
 
 ALGORITHMS = ("entropy", "maskgit_plus", "topk_margin", "origin")
@@ -52,9 +53,15 @@ class DreamParams:
     top_k: int | None = None  # keep the k most likely tokens (after top-p, as Dream does)
     alg_temp: float = 0.0  # > 0: draw the positions from softmax(confidence / alg_temp) instead of the top-k
     eps: float = 1e-3  # the last time step (Dream's default)
+    pinned: dict[int, int] = field(default_factory=dict)  # canvas position (after the prompt) -> token id, fixed
+    infill: int = 0  # prompt positions from its first [MASK] on, filled like generated ones (see split_at_mask)
 
-    def validate(self) -> None:
+    def validate(self, vocab_size: int) -> None:
         check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
+        check_int("infill", self.infill, 0, MAX_GEN_LENGTH)
+        for pos, tok in self.pinned.items():
+            check_int("pinned position", pos, 0, self.infill + self.gen_length - 1)
+            check_int("pinned token id", tok, 0, vocab_size - 1)
         check_int("steps", self.steps, 1, MAX_STEPS)
         if self.alg not in ALGORITHMS:
             raise ValueError(f"alg must be one of {ALGORITHMS}, got {self.alg!r}")
@@ -114,16 +121,15 @@ def pick_positions(confidence: torch.Tensor, count: int, alg_temp: float, seed: 
 def dream_sampler(model, prompt_ids: list[int], params: DreamParams, generator: torch.Generator,
                   record: str = "tokens", *, hidden: bool | None = None) -> Iterator[Frame]:
     """Dream's loop; yields the initial canvas, then one Frame per network evaluation."""
-    params.validate()
-    mask_id, P, G = model.mask_id, len(prompt_ids), params.gen_length
-    if P + G > model.max_seq_len:
-        raise ValueError(f"prompt ({P} tokens) + gen_length ({G}) exceeds the model's context of "
-                         f"{model.max_seq_len} tokens")
-    canvas = torch.full((P + G,), mask_id, dtype=torch.long, device=model.device)  # (P + G,)
-    canvas[:P] = torch.tensor(prompt_ids, dtype=torch.long)
-    confidence = torch.full((G,), float("nan"))  # commit-time probability per generated position
+    params.validate(model.tokenizer.get_vocab_size())
+    mask_id, P, R = model.mask_id, len(prompt_ids), params.infill + params.gen_length  # R: the region shown
+    if P + R > model.max_seq_len:
+        raise ValueError(f"prompt ({P + params.infill} tokens) + gen_length ({params.gen_length}) exceeds the "
+                         f"model's context of {model.max_seq_len} tokens")
+    canvas = fill_region(model, prompt_ids, R, params.pinned)  # (P + R,)
+    confidence = torch.full((R,), float("nan"))  # commit-time probability per region position
     proposal = canvas[P:].clone().cpu()
-    states = torch.full((G, model.config.backbone.d_model), float("nan")) if record_hidden(record, hidden) else None
+    states = torch.full((R, model.config.backbone.d_model), float("nan")) if record_hidden(record, hidden) else None
     times = torch.linspace(1, params.eps, params.steps + 1)  # float32, as Dream computes them
     first = make_frame(record, False, 0, canvas[P:], [], 0, t=1.0, proposal=proposal, confidence=confidence,
                        hidden=states)
@@ -131,7 +137,7 @@ def dream_sampler(model, prompt_ids: list[int], params: DreamParams, generator: 
         yield first
     nfe = 0
     for i in range(params.steps):
-        rows = (canvas == mask_id).nonzero().squeeze(-1)  # (M,) every masked position, the prompt's too
+        rows = (canvas == mask_id).nonzero().squeeze(-1)  # (M,) every masked position (the prompt's are in the region)
         if len(rows) == 0:
             break
         seed = step_seed(generator)  # one per time step, drawn whether or not the step runs the model

@@ -52,9 +52,10 @@ class MaskedParams:
     cfg_scale: float = 0.0  # classifier-free guidance: uncond + (s + 1)(cond - uncond), uncond masks the prompt
     threshold: float | None = None  # Fast-dLLM: commit every masked token with confidence >= threshold
     factor: float | None = None  # Fast-dLLM factor rule: longest prefix with c_n >= 1 - factor / (n + 1)
-    pinned: dict[int, int] = field(default_factory=dict)  # generated position -> token id fixed from the start
+    pinned: dict[int, int] = field(default_factory=dict)  # canvas position (after the prompt) -> token id, fixed
     cache: str = "none"  # Fast-dLLM approximate cache refreshed once per block: "none", "prefix" or "dual"
     stop_at_eos: bool = True  # skip the blocks after one that holds a stop id (models with `stop_ids` only)
+    infill: int = 0  # prompt positions from its first [MASK] on, filled with the first block (see _masked_loop)
 
     @property
     def blocks(self) -> int:
@@ -80,8 +81,9 @@ class MaskedParams:
             check_range("factor", self.factor, 0, low_open=True)
         if self.threshold is not None and self.factor is not None:
             raise ValueError("threshold and factor are alternative rules; set at most one")
+        check_int("infill", self.infill, 0, MAX_GEN_LENGTH)
         for pos, tok in self.pinned.items():
-            check_int("pinned position", pos, 0, self.gen_length - 1)
+            check_int("pinned position", pos, 0, self.infill + self.gen_length - 1)
             check_int("pinned token id", tok, 0, vocab_size - 1)
         if self.cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
@@ -98,14 +100,15 @@ class AncestralParams:
     temperature: float = 1.0  # temperature of the x0 proposal (0 = argmax)
     top_k: int | None = None  # keep the k most likely tokens before sampling
     top_p: float | None = None  # nucleus mass kept before sampling
-    pinned: dict[int, int] = field(default_factory=dict)  # generated position -> token id fixed from the start
+    pinned: dict[int, int] = field(default_factory=dict)  # canvas position (after the prompt) -> token id, fixed
     stop_at_eos: bool = True  # skip the blocks after one that holds a stop id (models with `stop_ids` only)
+    infill: int = 0  # prompt positions from its first [MASK] on, filled with the first block (see _masked_loop)
 
     blocks = MaskedParams.blocks
 
     def validate(self, vocab_size: int) -> None:
         MaskedParams(self.gen_length, self.steps, self.block_length, pinned=self.pinned,
-                     stop_at_eos=self.stop_at_eos).validate(vocab_size)
+                     stop_at_eos=self.stop_at_eos, infill=self.infill).validate(vocab_size)
         check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")
 
 
@@ -217,26 +220,38 @@ def ancestral(model, prompt_ids: list[int], params: AncestralParams, generator: 
     return _masked_loop(model, prompt_ids, params, generator, record, ancestral=True, hidden=hidden)
 
 
+def fill_region(model, prompt_ids: list[int], length: int, pinned: dict[int, int]) -> torch.Tensor:
+    """The canvas (P + length,): the prompt, then `length` masks with the `pinned` tokens placed at their positions
+    (counted from the prompt's end)."""
+    P = len(prompt_ids)
+    canvas = torch.full((P + length,), model.mask_id, dtype=torch.long, device=model.device)
+    canvas[:P] = torch.tensor(prompt_ids, dtype=torch.long)
+    for pos, tok in pinned.items():
+        canvas[P + pos] = tok
+    return canvas
+
+
 def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, hidden: bool | None
                  ) -> Iterator[Frame]:
+    """`prompt_ids` is the fixed prompt. With `params.infill` > 0 the prompt had masks: `stream` moved the prompt from
+    its first [MASK] on into the region the run fills (`infill` positions before the generated ones, its tokens
+    pinned), and the first block fills those masks too, counted in its schedule."""
     params.validate(model.tokenizer.get_vocab_size())
-    mask_id, P, G = model.mask_id, len(prompt_ids), params.gen_length
-    if P + G > model.max_seq_len:
+    mask_id, P, I, G = model.mask_id, len(prompt_ids), params.infill, params.gen_length
+    R = I + G  # the region the frames show: the prompt's infill part, then the generated positions
+    if P + R > model.max_seq_len:
         raise ValueError(
-            f"prompt ({P} tokens) + gen_length ({G}) exceeds the model's context of {model.max_seq_len} tokens"
+            f"prompt ({P + I} tokens) + gen_length ({G}) exceeds the model's context of {model.max_seq_len} tokens"
         )
     device = model.device
-    canvas = torch.full((P + G,), mask_id, dtype=torch.long, device=device)  # (P + G,)
-    canvas[:P] = torch.tensor(prompt_ids, dtype=torch.long)
-    for pos, tok in params.pinned.items():
-        canvas[P + pos] = tok
-    confidence = torch.full((G,), float("nan"))  # commit-time probability per generated position
+    canvas = fill_region(model, prompt_ids, R, params.pinned)  # (P + R,)
+    confidence = torch.full((R,), float("nan"))  # commit-time probability per region position
     proposal = canvas[P:].clone().cpu()
     block_len = params.block_length or G
     steps_per_block = params.steps // params.blocks
     nfe, step = 0, 0
-    # (G, d) latest hidden state per generated position (NaN = never computed), when recorded
-    states = torch.full((G, model.config.backbone.d_model), float("nan")) if record_hidden(record, hidden) else None
+    # (R, d) latest hidden state per region position (NaN = never computed), when recorded
+    states = torch.full((R, model.config.backbone.d_model), float("nan")) if record_hidden(record, hidden) else None
     nothing_to_do = not bool((canvas[P:] == mask_id).any())
     first = make_frame(record, nothing_to_do, 0, canvas[P:], [], 0, t=_mask_rate(canvas[P:], mask_id), block=0,
                        proposal=proposal, confidence=confidence, hidden=states)
@@ -246,8 +261,9 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, 
     cache_mode = getattr(params, "cache", "none")
     kv = model.new_cache() if cache_mode != "none" else None
     for block in range(params.blocks):
-        lo, hi = P + block * block_len, P + (block + 1) * block_len
-        in_block = torch.zeros(P + G, dtype=torch.bool, device=device)
+        # the first block also owns the prompt's masks: counted in its schedule, eligible with its positions
+        lo, hi = P + (0 if block == 0 else I + block * block_len), P + I + (block + 1) * block_len
+        in_block = torch.zeros(P + R, dtype=torch.bool, device=device)
         in_block[lo:hi] = True
         counts = schedule_counts(int((canvas[lo:hi] == mask_id).sum()), steps_per_block)
         times = torch.linspace(1.0, 0.0, steps_per_block + 1).tolist()
@@ -313,8 +329,9 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, 
             block_step += 1
             step += 1
             block_done = not bool((canvas[lo:hi] == mask_id).any())
-            stop = find_stop(model, canvas[P:hi]) if block_done and params.stop_at_eos else None
+            stop = find_stop(model, canvas[P + I:hi]) if block_done and params.stop_at_eos else None
             if stop is not None:  # the answer has ended: pad the blocks left instead of computing them
+                stop = (stop[0] + I, stop[1])  # a region position
                 padding = (canvas[P:] == mask_id).nonzero().squeeze(-1)  # (F,) generated positions
                 fill = _pad_id(model, int(canvas[P + stop[0]]))
                 canvas[P + padding] = fill
