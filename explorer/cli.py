@@ -84,6 +84,7 @@ def _add_sample(sub):
     from explorer.sampling import BLOCK_SAMPLERS, MASKED_SAMPLERS, RECORD_LEVELS
     from explorer.sampling.chunks import MAX_CANDIDATES
     from explorer.sampling.continuous import SCHEDULES
+    from explorer.sampling.dream import ALGORITHMS as DREAM_ALGORITHMS
 
     p = sub.add_parser("sample", help="generate text, optionally writing the trace")
     which = p.add_mutually_exclusive_group(required=True)
@@ -117,6 +118,10 @@ def _add_sample(sub):
     p.add_argument("--n-candidates", type=int, default=200,
                    help=f"calm, sampler batch: N head samples per chunk (2 to {MAX_CANDIDATES})")
     p.add_argument("--max-draws", type=int, default=2000, help="calm, sampler exact: head samples per chunk at most")
+    p.add_argument("--alg", default=None, choices=DREAM_ALGORITHMS,
+                   help="sampler dream (the default for Dream models): which positions commit (default entropy)")
+    p.add_argument("--alg-temp", type=float, default=None,
+                   help="sampler dream: > 0 draws the positions from softmax(confidence / alg-temp)")
     p.add_argument("--pin", action="append", default=[], metavar="POS:TEXT", help="pin text at a generated position")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", default="tokens", choices=RECORD_LEVELS)
@@ -189,6 +194,7 @@ def cmd_sample(args):
         knobs |= dict(cache=args.cache)
         if args.sampler == "draft_refine":
             knobs |= dict(drafter=args.drafter, rounds=args.rounds, fraction=args.fraction)
+    knobs |= {k: v for k, v in (("alg", args.alg), ("alg_temp", args.alg_temp)) if v is not None}
     if model.family == "bd3lm":
         knobs |= dict(kv_cache=not args.no_kv_cache, min_entropy=args.min_entropy)
     if model.family == "cdcd":

@@ -164,3 +164,17 @@ def test_dream_knobs_are_refused_by_other_samplers(tiny_mdlm):
     with pytest.raises(ValueError, match="sampler='dream'"):
         generate(tiny_mdlm, PROMPT, "low_confidence", gen_length=8, steps=8, alg="entropy")
     assert DreamParams().steps == 64
+
+
+def test_the_cli_runs_dreams_sampler_with_its_knobs(tmp_path, capsys):
+    import json
+
+    from explorer.cli import main
+
+    trace_path = tmp_path / "t.json"
+    assert main(["sample", "--checkpoint", "mdlm-tiny", "--sampler", "dream", "--alg", "origin", "--alg-temp", "0",
+                 "--gen-length", "8", "--steps", "4", "--trace", str(trace_path), "--no-animation"]) == 0
+    sampler = json.loads(trace_path.read_text())["sampler"]
+    assert sampler["name"] == "dream" and sampler["alg"] == "origin"
+    assert main(["sample", "--checkpoint", "mdlm-tiny", "--alg", "entropy", "--gen-length", "8"]) == 2
+    assert "knobs of Dream's sampler" in capsys.readouterr().err
