@@ -1,17 +1,22 @@
 """BrierLM: a likelihood-free language-model score that every family can be given (CALM, section 4).
 
 For a prefix and the true next n tokens y, Brier(P, y) = 2 P(y) - sum_z P(z)^2 (higher is better, at most 1).
-Two samples x1, x2 of the next n tokens give an unbiased estimate without any probability:
-1{x1 = y} + 1{x2 = y} - 1{x1 = x2}. Brier-n averages it over prefixes; BrierLM = 100 (prod_{n=1..4} Brier-n)^(1/4).
+Samples x_1 .. x_S of the next n tokens give an unbiased estimate without any probability (CALM's uses S = 2):
+2 mean_i 1{x_i = y} - mean_{i != j} 1{x_i = x_j}, the collision term sum_z P(z)^2 = P(x_i = x_j) estimated by the
+U-statistic over all S (S - 1) ordered pairs. Brier-n averages it over prefixes; BrierLM = 100 (prod_{n=1..4}
+Brier-n)^(1/4). For small models Brier-4 is about 1e-3 and the S = 2 estimate, whose collision term is a single
+coin, often comes out negative, which zeroes BrierLM: more samples shrink its variance (the default is 16).
+Standard errors come from the spread of the per-prefix estimates (BrierLM's by the delta method, with the four
+orders' covariance).
 
 Prefixes: windows of `context + 4` tokens of a split starting every `stride` tokens; the first `context`
 tokens are the prefix and the next 4 the target (chunk-aligned for CALM when `context` is a multiple of K).
 
 Estimators:
-* `sample` (any family that can sample a continuation): the two-sample estimate above.
+* `sample` (any family that can sample a continuation): the S-sample estimate above.
 * `exact` (ar only): P(y_{1:n}) exactly from the logits; the collision term sum_z P(z)^2 exactly for n = 1
-  (from the softmax) and, for n > 1, as E_{z~P}[P(z)] with one sampled continuation and its exact
-  probability (unbiased, lower variance than the two-sample estimate).
+  (from the softmax) and, for n > 1, as E_{z~P}[P(z)] averaged over S sampled continuations with their exact
+  probabilities (unbiased, lower variance than the sample estimate).
 """
 
 from __future__ import annotations
@@ -26,13 +31,19 @@ from explorer.data import TokenStream, load_corpus
 
 ORDERS = (1, 2, 3, 4)
 ESTIMATORS = ("sample", "exact")
+DEFAULT_SAMPLES = 16  # continuations per prefix
 
 
-def two_sample_brier(x1: torch.Tensor, x2: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(B,) unbiased estimates of 2 P(y) - sum_z P(z)^2 from two samples x1, x2 (B, n) of P and the truth y (B, n)."""
-    hit1 = (x1 == y).all(-1).float()
-    hit2 = (x2 == y).all(-1).float()
-    return hit1 + hit2 - (x1 == x2).all(-1).float()
+def sample_brier(samples: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) unbiased estimates of 2 P(y) - sum_z P(z)^2 from S >= 2 samples (B, S, n) of P and the truth y (B, n):
+    twice the hit rate minus the collision rate over the S (S - 1) ordered pairs of distinct samples."""
+    S = samples.shape[1]
+    if S < 2:
+        raise ValueError(f"the sample estimator needs at least 2 samples per prefix, got {S}")
+    hits = (samples == y[:, None]).all(-1).float().mean(1)  # (B,)
+    same = (samples[:, :, None] == samples[:, None, :]).all(-1).float()  # (B, S, S), the diagonal all ones
+    collisions = (same.sum((1, 2)) - S) / (S * (S - 1))
+    return 2 * hits - collisions
 
 
 def brier_windows(tokenizer, split: str, context: int, max_windows: int | None, stride: int = 8,
@@ -83,61 +94,72 @@ def calm_continuations(model, prefixes: torch.Tensor, length: int, generator: to
     return torch.cat(out, 1)[:, :length]
 
 
-def sampled_continuations(model, prefixes: torch.Tensor, length: int, seed: int) -> torch.Tensor:
-    """(B, length) continuations at the family's plain sampling (temperature 1)."""
+def sampled_continuations(model, prefixes: torch.Tensor, length: int, seed: int, samples: int) -> torch.Tensor:
+    """(B, S, length) continuations, S = `samples` per prefix, at the family's plain sampling (temperature 1)."""
     from explorer.sampling import generate
 
-    if model.family == "ar":
-        return ar_continuations(model, prefixes, length, seed)
-    if model.family == "calm":
-        return calm_continuations(model, prefixes, length, torch.Generator().manual_seed(seed))
+    B = len(prefixes)
+    if model.family in ("ar", "calm"):  # batched: each prefix repeated S times draws S different continuations
+        repeated = prefixes.repeat_interleave(samples, 0)  # (B S, P)
+        if model.family == "ar":
+            out = ar_continuations(model, repeated, length, seed)
+        else:
+            out = calm_continuations(model, repeated, length, torch.Generator().manual_seed(seed))
+        return out.view(B, samples, length)
     knobs = {"mdlm": dict(sampler="ancestral", steps=length, temperature=1.0),
              "bd3lm": dict(temperature=1.0, top_p=1.0, stop_at_eos=False, min_entropy=0.0),
              "cdcd": dict(steps=50)}[model.family]
-    rows = []
-    for i, prefix in enumerate(prefixes.tolist()):
-        gen = length if model.family != "bd3lm" else -(-length // model.block_size) * model.block_size
-        trace = generate(model, prefix, gen_length=gen, seed=seed * 100_003 + i, record="none", **knobs)
-        rows.append(trace.final_tokens[:length])
+    gen = length if model.family != "bd3lm" else -(-length // model.block_size) * model.block_size
+    rows = [[generate(model, prefix, gen_length=gen, seed=(seed * 100_003 + i) * 131 + k, record="none",
+                      **knobs).final_tokens[:length] for k in range(samples)]
+            for i, prefix in enumerate(prefixes.tolist())]
     return torch.tensor(rows)
 
 
 def brier_lm(model, split: str = "test", context: int = 64, max_windows: int | None = None, batch_size: int = 64,
              estimator: str = "sample", seed: int = 0, stride: int = 8, corpus: str | None = None,
-             progress: bool = True) -> dict:
-    """{"brier": {n: Brier-n}, "brierlm": 100 * geometric mean, ...} on the split's windows."""
+             progress: bool = True, samples: int = DEFAULT_SAMPLES) -> dict:
+    """{"brier": {n: Brier-n}, "brier_se": {n: its standard error}, "brierlm": 100 * geometric mean, "brierlm_se",
+    ...} on the split's windows, with `samples` continuations per prefix."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if estimator == "exact" and model.family != "ar":
         raise ValueError(f"estimator='exact' needs token probabilities (the ar family); {model.family} uses 'sample'")
     if context < 1 or context + max(ORDERS) > model.max_seq_len - (1 if model.family == "ar" else 0):
         raise ValueError(f"context must be in [1, {model.max_seq_len - max(ORDERS) - 1}] for {model.name}, got {context}")
+    if not isinstance(samples, int) or isinstance(samples, bool) or not 2 <= samples <= 1024:
+        raise ValueError(f"samples must be an integer in [2, 1024] (continuations per prefix), got {samples!r}")
     model.eval()
     windows = brier_windows(model.tokenizer, split, context, max_windows, stride, corpus)
-    totals = {n: 0.0 for n in ORDERS}
+    per_prefix = []  # (B, 4) estimates of every batch
     for b, batch in enumerate(tqdm(windows.split(batch_size), desc=f"brier {model.name}", disable=not progress)):
         prefixes, targets = batch[:, :context], batch[:, context:]
+        drawn = sampled_continuations(model, prefixes, max(ORDERS), seed * 7919 + b, samples)  # (B, S, 4)
         if estimator == "exact":
             logp = ar_logprobs(model, prefixes, targets).cumsum(1)  # (B, 4): log P(y_{1:n})
-            sample = ar_continuations(model, prefixes, max(ORDERS), seed * 7919 + b)
-            collision = ar_logprobs(model, prefixes, sample).cumsum(1).exp()  # P(z_{1:n}) for z ~ P
+            flat = drawn.flatten(0, 1)  # (B S, 4)
+            probs = ar_logprobs(model, prefixes.repeat_interleave(samples, 0), flat).cumsum(1).exp()
+            collision = probs.view(len(prefixes), samples, -1).mean(1)  # (B, 4): E_{z~P} P(z_{1:n})
             bos = torch.full((len(prefixes), 1), model.bos_id, dtype=torch.long)
             with torch.no_grad():
                 first = model(torch.cat([bos, prefixes], 1).to(model.device))[:, -1].float().softmax(-1)
             collision[:, 0] = first.pow(2).sum(-1).cpu()  # exact for n = 1
-            for n in ORDERS:
-                totals[n] += float((2 * logp[:, n - 1].exp() - collision[:, n - 1]).sum())
+            per_prefix.append(2 * logp.exp() - collision)
         else:
-            x1 = sampled_continuations(model, prefixes, max(ORDERS), seed * 7919 + 2 * b)
-            x2 = sampled_continuations(model, prefixes, max(ORDERS), seed * 7919 + 2 * b + 1)
-            for n in ORDERS:
-                totals[n] += float(two_sample_brier(x1[:, :n], x2[:, :n], targets[:, :n]).sum())
-    brier = {n: totals[n] / len(windows) for n in ORDERS}
-    positive = all(v > 0 for v in brier.values())
-    score = 100 * math.exp(sum(math.log(v) for v in brier.values()) / len(ORDERS)) if positive else 0.0
+            per_prefix.append(torch.stack([sample_brier(drawn[..., :n], targets[:, :n]) for n in ORDERS], 1))
+    estimates = torch.cat(per_prefix).double()  # (N, 4)
+    mean, se = estimates.mean(0), estimates.std(0) / math.sqrt(len(estimates))
+    positive = bool((mean > 0).all())
+    score = 100 * math.exp(float(mean.log().mean())) if positive else 0.0
+    score_se = 0.0
+    if positive and len(estimates) > 1:  # delta method: log BrierLM = mean_n log B_n, with the orders' covariance
+        gradient = 1 / (len(ORDERS) * mean)
+        score_se = score * math.sqrt(float(gradient @ torch.cov(estimates.T) @ gradient) / len(estimates))
     return {"checkpoint": model.name, "family": model.family, "split": split, "estimator": estimator,
-            "context": context, "stride": stride, "windows": int(len(windows)), "brier": {str(n): round(v, 6) for n, v in brier.items()},
-            "brierlm": round(score, 4)}
+            "samples": samples, "context": context, "stride": stride, "windows": int(len(windows)),
+            "brier": {str(n): round(float(v), 6) for n, v in zip(ORDERS, mean)},
+            "brier_se": {str(n): round(float(v), 6) for n, v in zip(ORDERS, se)},
+            "brierlm": round(score, 4), "brierlm_se": round(score_se, 4)}
 
 
 # --- does BrierLM track cross-entropy? (CALM's check on AR checkpoints) ----------------------------------------
@@ -167,7 +189,7 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def brier_vs_cross_entropy(checkpoints: list[str], out: str, split: str = "test", context: int = 64,
-                           stride: int = 32) -> dict:
+                           stride: int = 32, samples: int = DEFAULT_SAMPLES) -> dict:
     """BrierLM (exact estimator) and cross-entropy of each ar checkpoint, their Pearson and Spearman
     correlations (CALM reports -0.966 / -0.991), as JSON, a markdown table and a scatter plot."""
     from pathlib import Path
@@ -184,22 +206,24 @@ def brier_vs_cross_entropy(checkpoints: list[str], out: str, split: str = "test"
         if model.family != "ar":
             raise ValueError(f"{name} is a {model.family} checkpoint; the cross-entropy side needs ar checkpoints")
         ce = evaluate(model, split, progress=False)["nll_per_token"]
-        score = brier_lm(model, split, context, estimator="exact", stride=stride, progress=False)
+        score = brier_lm(model, split, context, estimator="exact", stride=stride, progress=False, samples=samples)
         steps = getattr(model, "checkpoint_info", {}).get("training", {}).get("steps_done")
         rows.append({"checkpoint": str(name), "steps": steps, "cross_entropy": ce, "brierlm": score["brierlm"],
-                     "brier": score["brier"], "windows": score["windows"]})
+                     "brierlm_se": score["brierlm_se"], "brier": score["brier"], "windows": score["windows"]})
     ce, br = [r["cross_entropy"] for r in rows], [r["brierlm"] for r in rows]
-    result = {"split": split, "context": context, "stride": stride, "rows": rows,
+    result = {"split": split, "context": context, "stride": stride, "samples": samples, "rows": rows,
               "pearson": round(pearson(ce, br), 4), "spearman": round(spearman(ce, br), 4),
               "published": {"pearson": -0.966, "spearman": -0.991}}
-    lines = [f"BrierLM (exact estimator, {rows[0]['windows']} positions of the {split} split, context {context}) "
+    lines = [f"BrierLM (exact estimator, {samples} continuations per position for the collision term, "
+             f"{rows[0]['windows']} positions of the {split} split, context {context}) "
              f"against cross-entropy for {len(rows)} ar checkpoints: Pearson **{result['pearson']}**, Spearman "
              f"**{result['spearman']}** (CALM: -0.966 / -0.991).", "",
-             "| checkpoint | steps | cross-entropy (nats) | BrierLM | Brier-1 | Brier-2 | Brier-3 | Brier-4 |",
+             "| checkpoint | steps | cross-entropy (nats) | BrierLM (± s.e.) | Brier-1 | Brier-2 | Brier-3 | Brier-4 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b = r["brier"]
-        lines.append(f"| {Path(r['checkpoint']).name} | {r['steps']} | {r['cross_entropy']:.4f} | {r['brierlm']:.3f} | "
+        lines.append(f"| {Path(r['checkpoint']).name} | {r['steps']} | {r['cross_entropy']:.4f} | {r['brierlm']:.3f} "
+                     f"± {r['brierlm_se']:.3f} | "
                      f"{b['1']:.4f} | {b['2']:.4f} | {b['3']:.4f} | {b['4']:.5f} |")
     write_results(out, result, "\n".join(lines) + "\n")
     _plot_correlation(result, Path(out).with_suffix(".png"))

@@ -429,7 +429,7 @@ def _calm_samples(model) -> str:
 
 
 def write_calm_card(folder: Path, model) -> Path:
-    """A CALM language model: BrierLM (two-sample estimator) on the test split, its autoencoder, training."""
+    """A CALM language model: BrierLM (the many-sample estimator) on the test split, its autoencoder, training."""
     from explorer.brier import brier_lm
     from explorer.data import TokenStream, load_corpus
     from explorer.train_autoencoder import robustness
@@ -458,8 +458,9 @@ def write_calm_card(folder: Path, model) -> Path:
 
 ## Measured
 
-- BrierLM on the test split (two-sample estimator, {score['windows']:,} positions, context 64, chunk-aligned):
-  **{score['brierlm']}** (Brier-1 {b['1']:.4f}, Brier-2 {b['2']:.4f}, Brier-3 {b['3']:.4f}, Brier-4 {b['4']:.5f}).
+- BrierLM on the test split ({score['samples']}-sample estimator, {score['windows']:,} positions, context 64,
+  chunk-aligned): **{score['brierlm']} ± {score['brierlm_se']}** (standard error; Brier-1 {b['1']:.4f}, Brier-2
+  {b['2']:.4f}, Brier-3 {b['3']:.4f}, Brier-4 {b['4']:.5f}).
 - Its autoencoder on the validation split: token accuracy {100 * ae['accuracy']:.3f}%, {100 *
 ae['accuracy_under_noise']['0.3']:.2f}% under noise sigma 0.3, {ae['collapsed_dims']} collapsed dimensions.
 - The K trade-off against `ar-tiny` (BrierLM, passes and FLOPs per token, tokens/s side by side):

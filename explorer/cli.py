@@ -233,7 +233,9 @@ def _add_eval(sub):
     p.add_argument("--metric", default="ppl", choices=["ppl", "brier"],
                    help="ppl: perplexity or its diffusion bound; brier: BrierLM (any family; likelihood-free)")
     p.add_argument("--estimator", default="sample", choices=["sample", "exact"],
-                   help="brier: two-sample estimate (every family) or exact probabilities (ar)")
+                   help="brier: the many-sample estimate (every family) or exact probabilities (ar)")
+    p.add_argument("--samples", type=int, default=16,
+                   help="brier: continuations drawn per scored position (>= 2; more: a smaller standard error)")
     p.add_argument("--context", type=int, default=64, help="brier: prefix tokens before the 4 scored tokens")
     p.add_argument("--stride", type=int, default=8, help="brier: a scored position every STRIDE tokens of the split")
 
@@ -251,12 +253,12 @@ def cmd_eval(args):
         if args.table:  # several ar checkpoints: does BrierLM track their cross-entropy?
             from explorer.brier import brier_vs_cross_entropy
 
-            brier_vs_cross_entropy(args.checkpoint, args.table, args.split, args.context, args.stride)
+            brier_vs_cross_entropy(args.checkpoint, args.table, args.split, args.context, args.stride, args.samples)
             return
         if len(args.checkpoint) > 1:
             raise ValueError("several --checkpoint values need --table OUT.json")
         result = brier_lm(explorer.load(args.checkpoint[0]), args.split, args.context, args.max_windows,
-                          estimator=args.estimator, stride=args.stride, corpus=args.corpus)
+                          estimator=args.estimator, stride=args.stride, corpus=args.corpus, samples=args.samples)
         text = json.dumps(result, indent=2)
         print(text)
         if args.json:
