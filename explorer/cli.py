@@ -114,7 +114,9 @@ def _add_sample(sub):
     p.add_argument("--schedule", default="auto", choices=SCHEDULES,
                    help="cdcd: Euler step placement (warped = the learned time warping, log = even in log t)")
     p.add_argument("--churn", type=float, default=0.0, help="cdcd: stochastic churn (0 = the deterministic ODE)")
-    p.add_argument("--clamp", action="store_true", help="cdcd: Diffusion-LM clamping (snap E[x0] to a token)")
+    p.add_argument("--clamp", type=float, nargs="?", const=1.0, default=0.0, metavar="FRACTION",
+                   help="cdcd: Diffusion-LM clamping (snap E[x0] to a token) over the last FRACTION of the steps "
+                        "(--clamp alone: every step)")
     p.add_argument("--n-candidates", type=int, default=200,
                    help=f"calm, sampler batch: N head samples per chunk (2 to {MAX_CANDIDATES})")
     p.add_argument("--max-draws", type=int, default=2000, help="calm, sampler exact: head samples per chunk at most")

@@ -213,3 +213,18 @@ def test_latent_views_share_axes_and_reproduce(tiny_cdcd):
     plain = explorer.generate(tiny_cdcd, steps=2, gen_length=6, record="tokens")
     with pytest.raises(ValueError, match="full"):
         latent_trajectories(plain, points, strings)
+
+
+def test_clamping_can_cover_only_the_last_part_of_the_trajectory(tiny_cdcd):
+    """clamp = the fraction of steps, from the end, that snap E[x0] to a token: the states equal the unclamped
+    run's until the first clamped step, and differ from there on."""
+    import explorer
+
+    runs = {c: explorer.generate(tiny_cdcd, "ROMEO:", gen_length=8, steps=8, clamp=c, record="full", seed=0)
+            for c in (0.0, 0.25, 1.0, True)}
+    latents = {c: [f.latent for f in t.frames] for c, t in runs.items()}
+    assert latents[0.25][:7] == latents[0.0][:7] and latents[0.25][7] != latents[0.0][7]  # steps 7 and 8 clamp
+    assert latents[1.0][1] != latents[0.0][1] and latents[True] == latents[1.0]
+    assert runs[0.25].sampler["clamp"] == 0.25 and runs[True].sampler["clamp"] == 1.0
+    with pytest.raises(ValueError, match=r"clamp must be in \[0, 1\]"):
+        explorer.generate(tiny_cdcd, "ROMEO:", gen_length=8, steps=8, clamp=1.5)

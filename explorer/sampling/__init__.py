@@ -44,7 +44,7 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
                   pinned: dict[int, int] | None = None, cache: str = "none", kv_cache: bool | None = None,
                   stop_at_eos: bool = True, entropy_window: int = 256, min_entropy: float = 4.0,
                   drafter: str = "ar-tiny", rounds: int = 2, fraction: float = 0.25, schedule: str = "auto",
-                  churn: float = 0.0, clamp: bool = False, n_candidates: int = 200, max_draws: int = 2000,
+                  churn: float = 0.0, clamp: float | bool = 0.0, n_candidates: int = 200, max_draws: int = 2000,
                   alg: str | None = None, alg_temp: float | None = None, infill: int = 0):
     """Return (params, frames_fn) for a family and sampler name; raises ValueError naming bad knobs. `infill`: the
     prompt positions from its first [MASK] on, which `stream` moved into the region to fill (mdlm samplers)."""
@@ -87,7 +87,8 @@ def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = 
             raise ValueError(f"{', '.join(given)} do not apply to continuous diffusion (cdcd); its knobs are steps, "
                              "schedule, temperature, churn, cfg_scale, clamp and pinned")
         params = ContinuousParams(64 if gen_length is None else gen_length, 200 if steps is None else steps, schedule,
-                                  1.0 if temperature is None else temperature, churn, cfg_scale, clamp, pinned)
+                                  1.0 if temperature is None else temperature, churn, cfg_scale,
+                                  float(clamp) if isinstance(clamp, bool) else clamp, pinned)  # True: every step
         return params, continuous_diffusion
     if family == "bd3lm":
         if pinned:

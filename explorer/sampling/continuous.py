@@ -7,7 +7,9 @@ t = 0, where x = E[x0], and rounding `argmax(x . E^T)` (the nearest embedding) g
 
 Options: stochastic churn (Karras et al.: add noise to raise t before each step), classifier-free
 guidance (a second pass with no clean positions), and Diffusion-LM's clamping (snap E[x0] to its
-nearest embedding every step). The prompt and pinned tokens stay clean, as the model was trained.
+nearest embedding), over the whole trajectory or only its last part (`clamp` = the fraction of the steps,
+counted from the end, that clamp: early steps then keep the blended estimates that explore, late steps commit).
+The prompt and pinned tokens stay clean, as the model was trained.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Iterator
 import torch
 
 from explorer import kernels
-from explorer.sampling.common import MAX_GEN_LENGTH, MAX_STEPS, check_flag, check_int, check_range, make_frame
+from explorer.sampling.common import MAX_GEN_LENGTH, MAX_STEPS, check_int, check_range, make_frame
 from explorer.sampling.trace import Frame
 
 SCHEDULES = ("auto", "warped", "log")
@@ -33,7 +35,8 @@ class ContinuousParams:
     temperature: float = 1.0  # softmax temperature inside score interpolation (< 1 sharpens E[x0]; 0 = argmax)
     churn: float = 0.0  # stochastic churn S_churn: 0 = the deterministic ODE
     cfg_scale: float = 0.0  # classifier-free guidance: uncond + (s + 1)(cond - uncond), uncond sees nothing clean
-    clamp: bool = False  # Diffusion-LM clamping: snap E[x0] to the nearest token embedding at every step
+    clamp: float = 0.0  # Diffusion-LM clamping (snap E[x0] to the nearest embedding) over this last fraction of the
+    # steps: 0 = never, 1 (or True) = every step, 0.3 = the last 30%
     pinned: dict[int, int] = field(default_factory=dict)  # generated position -> token id kept clean (infilling)
 
     def validate(self, model) -> None:
@@ -44,7 +47,7 @@ class ContinuousParams:
         check_range("temperature", self.temperature, 0)
         check_range("churn", self.churn, 0)
         check_range("cfg_scale", self.cfg_scale, 0)
-        check_flag("clamp", self.clamp)
+        check_range("clamp", self.clamp, 0, 1)
         vocab = model.tokenizer.get_vocab_size()
         for pos, tok in self.pinned.items():
             check_int("pinned position", pos, 0, self.gen_length - 1)
@@ -95,6 +98,7 @@ def continuous_diffusion(model, prompt_ids: list[int], params: ContinuousParams,
         yield first
     self_cond = torch.zeros_like(x) if model.config.self_conditioning > 0 else None
     gamma = min(params.churn / params.steps, math.sqrt(2) - 1)
+    clamp_from = params.steps - round(params.clamp * params.steps)  # the first step that clamps
     nfe = 0
     for k in range(params.steps):
         t, t_next = times[k], times[k + 1]
@@ -115,7 +119,7 @@ def continuous_diffusion(model, prompt_ids: list[int], params: ContinuousParams,
             logits = torch.where(finite, uncond.lerp(logits, params.cfg_scale + 1), logits)
         x0_hat, entropy = model.expected_embedding(logits, params.temperature)  # (L, De), (L,)
         proposal = nearest(x0_hat)
-        if params.clamp:
+        if k >= clamp_from:
             x0_hat = E[proposal]
         if self_cond is not None:
             self_cond = x0_hat
