@@ -20,11 +20,11 @@ from explorer.sampling.trace import Frame
 
 
 @dataclass(frozen=True)
-class ARParams:
-    gen_length: int = 64  # tokens to generate
-    temperature: float = 1.0  # softmax temperature (0 = greedy)
-    top_k: int | None = None  # keep the k most likely tokens
-    top_p: float | None = None  # nucleus mass kept, in (0, 1]
+class ARParams(SamplerParams):
+    gen_length: int = knob(64, "tokens to generate")
+    temperature: float = knob(1.0, "softmax temperature (0 = greedy)")
+    top_k: int | None = knob(None, "keep the k most likely tokens")
+    top_p: float | None = knob(None, "nucleus mass kept, in (0, 1]")
 
     def validate(self) -> None:
         check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)

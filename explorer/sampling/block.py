@@ -37,19 +37,20 @@ from explorer.sampling.trace import Frame
 
 
 @dataclass(frozen=True)
-class BlockParams:
-    gen_length: int = 256  # most tokens to generate (fewer when a stop rule fires)
-    block_length: int | None = None  # tokens per block; None = the checkpoint's training block size
-    steps: int | None = None  # network steps per block; None = block_length (one token per step)
-    remasking: str = "random"  # which masked positions to commit (random + one per step = first-hitting)
-    temperature: float = 1.0  # Gumbel-max temperature of the proposal (0 = argmax)
-    top_k: int | None = None  # keep the k most likely tokens before sampling
-    top_p: float | None = 0.9  # nucleus mass kept before sampling (BD3-LM samples with p = 0.9)
-    threshold: float | None = None  # Fast-dLLM rule inside a block: commit every token with confidence >= threshold
-    kv_cache: bool = True  # reuse the exact keys/values of finished blocks (False recomputes the prefix)
-    stop_at_eos: bool = True  # stop after the block that produced <eos> (the text ends before it)
-    entropy_window: int = 256  # tokens of the recent window for the entropy stop rule
-    min_entropy: float = 4.0  # stop when the window's unigram entropy (nats) is below this; 0 disables
+class BlockParams(SamplerParams):
+    gen_length: int = knob(256, "most tokens to generate (fewer when a stop rule fires)")
+    block_length: int | None = knob(None, "tokens per block; None = the checkpoint's training block size")
+    steps: int | None = knob(None, "network steps per block; None = block_length (one token per step)")
+    remasking: str = knob("random", "which masked positions to commit (random + one per step = first-hitting)")
+    temperature: float = knob(1.0, "Gumbel-max temperature of the proposal (0 = argmax)")
+    top_k: int | None = knob(None, "keep the k most likely tokens before sampling")
+    top_p: float | None = knob(0.9, "nucleus mass kept before sampling (BD3-LM samples with p = 0.9)")
+    threshold: float | None = knob(
+        None, "Fast-dLLM rule inside a block: commit every token with confidence >= threshold")
+    kv_cache: bool = knob(True, "reuse the exact keys/values of finished blocks (False recomputes the prefix)")
+    stop_at_eos: bool = knob(True, "stop after the block that produced <eos> (the text ends before it)")
+    entropy_window: int = knob(256, "tokens of the recent window for the entropy stop rule")
+    min_entropy: float = knob(4.0, "stop when the window's unigram entropy (nats) is below this; 0 disables")
 
     def validate(self, model) -> int:
         """Check the knobs against the model; return the block length in use."""

@@ -110,13 +110,14 @@ def batch_temperature_sample(candidates: list[Hashable], temperature: float, rng
 
 
 @dataclass(frozen=True)
-class CALMParams:
-    gen_length: int = 64  # tokens to generate (a multiple of the model's chunk size K)
-    temperature: float = 1.0  # in (0, 1]: 1 decodes one head sample per chunk
-    algorithm: str = "exact"  # temperature < 1: "exact" (Alg. 1) or "batch" (N candidates)
-    n_candidates: int = 200  # N for the batch approximation
-    max_draws: int = 2000  # exact algorithm: head samples per chunk before falling back to the batch rule
-    view_samples: int = 16  # level "full": extra head samples per chunk kept for the scatter of the head's distribution
+class CALMParams(SamplerParams):
+    gen_length: int = knob(64, "tokens to generate (a multiple of the model's chunk size K)")
+    temperature: float = knob(1.0, "in (0, 1]: 1 decodes one head sample per chunk")
+    algorithm: str = knob("exact", 'temperature < 1: "exact" (Alg. 1) or "batch" (N candidates)')
+    n_candidates: int = knob(200, "N for the batch approximation")
+    max_draws: int = knob(2000, "exact algorithm: head samples per chunk before falling back to the batch rule")
+    view_samples: int = knob(
+        16, 'level "full": extra head samples per chunk kept for the scatter of the head\'s distribution')
 
     def validate(self, chunk: int) -> None:
         check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)

@@ -1,9 +1,10 @@
-"""Pieces every sampler shares: knob validation, per-step noise seeds, frame building."""
+"""Pieces every sampler shares: the knob definition, knob validation, per-step noise seeds, frame building."""
 
 from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import MISSING, Field, field, fields
 
 import torch
 
@@ -12,6 +13,36 @@ from explorer.sampling.trace import RECORD_LEVELS, Frame
 MAX_GEN_LENGTH = 65_536  # tokens one run may generate (bd3lm slides past its context; the others stop at theirs)
 MAX_STEPS = 100_000  # network steps one knob may ask for (per run; bd3lm: per block)
 MAX_SEED = 2**63 - 1  # seeds are 0 .. MAX_SEED (what a torch.Generator takes)
+
+
+def knob(default, help: str):
+    """A sampler knob: a dataclass field with its default and the one line of help that the CLI, the page and the
+    docs show (its range is checked in the Params' `validate`). A dict default (pinned tokens) starts empty."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+class SamplerParams:
+    """Base of every sampler's Params: a frozen dataclass whose fields are its knobs, each defined once by `knob`."""
+
+    @classmethod
+    def knob_fields(cls) -> dict[str, Field]:
+        return {f.name: f for f in fields(cls)}
+
+    @classmethod
+    def default_of(cls, name: str):
+        f = cls.knob_fields()[name]
+        return f.default_factory() if f.default is MISSING else f.default
+
+    @classmethod
+    def resolve(cls, given: dict) -> dict:
+        """The knobs given (None = not given), completed where a default depends on another knob."""
+        return given
+
+    def validate(self, model) -> None:
+        """Raise ValueError naming a knob, its value and the allowed range when a knob does not fit `model`."""
+        raise NotImplementedError
 
 
 def _interval(low, high, low_open: bool, high_open: bool) -> str:

@@ -28,16 +28,20 @@ SCHEDULES = ("auto", "warped", "log")
 
 
 @dataclass(frozen=True)
-class ContinuousParams:
-    gen_length: int = 64  # tokens to generate after the prompt
-    steps: int = 200  # Euler steps (network evaluations without guidance)
-    schedule: str = "auto"  # step placement: "warped" (the learned warping CDF), "log" (even in log t), "auto"
-    temperature: float = 1.0  # softmax temperature inside score interpolation (< 1 sharpens E[x0]; 0 = argmax)
-    churn: float = 0.0  # stochastic churn S_churn: 0 = the deterministic ODE
-    cfg_scale: float = 0.0  # classifier-free guidance: uncond + (s + 1)(cond - uncond), uncond sees nothing clean
-    clamp: float = 0.0  # Diffusion-LM clamping (snap E[x0] to the nearest embedding) over this last fraction of the
-    # steps: 0 = never, 1 (or True) = every step, 0.3 = the last 30%
-    pinned: dict[int, int] = field(default_factory=dict)  # generated position -> token id kept clean (infilling)
+class ContinuousParams(SamplerParams):
+    gen_length: int = knob(64, "tokens to generate after the prompt")
+    steps: int = knob(200, "Euler steps (network evaluations without guidance)")
+    schedule: str = knob("auto", 'step placement: "warped" (the learned warping CDF), "log" (even in log t), "auto"')
+    temperature: float = knob(1.0, "softmax temperature inside score interpolation (< 1 sharpens E[x0]; 0 = argmax)")
+    churn: float = knob(0.0, "stochastic churn S_churn: 0 = the deterministic ODE")
+    cfg_scale: float = knob(0.0, "classifier-free guidance: uncond + (s + 1)(cond - uncond), uncond sees nothing clean")
+    clamp: float = knob(0.0, "Diffusion-LM clamping (snap E[x0] to the nearest embedding) over this last fraction "
+                              "of the steps: 0 = never, 1 (or True) = every step, 0.3 = the last 30%")
+    pinned: dict[int, int] = knob({}, "generated position -> token id kept clean (infilling)")
+
+    def __post_init__(self):
+        if isinstance(self.clamp, bool):  # clamp=True (every step) as before the fraction existed
+            object.__setattr__(self, "clamp", float(self.clamp))
 
     def validate(self, model) -> None:
         check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)

@@ -44,17 +44,17 @@ ROW_CHUNK_ELEMENTS = 1 << 22  # masked rows x vocabulary scored at once (16 MB o
 
 
 @dataclass(frozen=True)
-class DreamParams:
-    gen_length: int = 64  # tokens to generate after the prompt
-    steps: int = 64  # network evaluations: time runs from 1 to eps in this many steps
-    alg: str = "entropy"  # which positions commit: see ALGORITHMS (Dream's README uses "entropy")
-    temperature: float = 0.2  # temperature of the proposals (0 = argmax); Dream's README: 0.2
-    top_p: float | None = 0.95  # nucleus of the tempered distribution, in (0, 1]; Dream's README: 0.95
-    top_k: int | None = None  # keep the k most likely tokens (after top-p, as Dream does)
-    alg_temp: float = 0.0  # > 0: draw the positions from softmax(confidence / alg_temp) instead of the top-k
-    eps: float = 1e-3  # the last time step (Dream's default)
-    pinned: dict[int, int] = field(default_factory=dict)  # canvas position (after the prompt) -> token id, fixed
-    infill: int = 0  # prompt positions from its first [MASK] on, filled like generated ones (see split_at_mask)
+class DreamParams(SamplerParams):
+    gen_length: int = knob(64, "tokens to generate after the prompt")
+    steps: int = knob(64, "network evaluations: time runs from 1 to eps in this many steps")
+    alg: str = knob("entropy", 'which positions commit: see ALGORITHMS (Dream\'s README uses "entropy")')
+    temperature: float = knob(0.2, "temperature of the proposals (0 = argmax); Dream's README: 0.2")
+    top_p: float | None = knob(0.95, "nucleus of the tempered distribution, in (0, 1]; Dream's README: 0.95")
+    top_k: int | None = knob(None, "keep the k most likely tokens (after top-p, as Dream does)")
+    alg_temp: float = knob(0.0, "> 0: draw the positions from softmax(confidence / alg_temp) instead of the top-k")
+    eps: float = knob(1e-3, "the last time step (Dream's default)")
+    pinned: dict[int, int] = knob({}, "canvas position (after the prompt) -> token id, fixed")
+    infill: int = knob(0, "prompt positions from its first [MASK] on, filled like generated ones (see split_at_mask)")
 
     def validate(self, vocab_size: int) -> None:
         check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)

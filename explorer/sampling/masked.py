@@ -41,21 +41,21 @@ CACHE_MODES = ("none", "prefix", "dual")
 
 
 @dataclass(frozen=True)
-class MaskedParams:
-    gen_length: int = 64  # tokens to generate after the prompt
-    steps: int = 64  # network evaluations for the fixed schedule (split evenly over blocks)
-    block_length: int | None = None  # semi-autoregressive block size; None = gen_length (one block)
-    remasking: str = "low_confidence"  # which masked positions to commit: see REMASKING_RULES
-    temperature: float = 0.0  # Gumbel-max temperature of the proposal (0 = argmax)
-    top_k: int | None = None  # keep the k most likely tokens before sampling
-    top_p: float | None = None  # nucleus mass kept before sampling, in (0, 1]
-    cfg_scale: float = 0.0  # classifier-free guidance: uncond + (s + 1)(cond - uncond), uncond masks the prompt
-    threshold: float | None = None  # Fast-dLLM: commit every masked token with confidence >= threshold
-    factor: float | None = None  # Fast-dLLM factor rule: longest prefix with c_n >= 1 - factor / (n + 1)
-    pinned: dict[int, int] = field(default_factory=dict)  # canvas position (after the prompt) -> token id, fixed
-    cache: str = "none"  # Fast-dLLM approximate cache refreshed once per block: "none", "prefix" or "dual"
-    stop_at_eos: bool = True  # skip the blocks after one that holds a stop id (models with `stop_ids` only)
-    infill: int = 0  # prompt positions from its first [MASK] on, filled with the first block (see _masked_loop)
+class MaskedParams(SamplerParams):
+    gen_length: int = knob(64, "tokens to generate after the prompt")
+    steps: int = knob(64, "network evaluations for the fixed schedule (split evenly over blocks)")
+    block_length: int | None = knob(None, "semi-autoregressive block size; None = gen_length (one block)")
+    remasking: str = knob("low_confidence", "which masked positions to commit: see REMASKING_RULES")
+    temperature: float = knob(0.0, "Gumbel-max temperature of the proposal (0 = argmax)")
+    top_k: int | None = knob(None, "keep the k most likely tokens before sampling")
+    top_p: float | None = knob(None, "nucleus mass kept before sampling, in (0, 1]")
+    cfg_scale: float = knob(0.0, "classifier-free guidance: uncond + (s + 1)(cond - uncond), uncond masks the prompt")
+    threshold: float | None = knob(None, "Fast-dLLM: commit every masked token with confidence >= threshold")
+    factor: float | None = knob(None, "Fast-dLLM factor rule: longest prefix with c_n >= 1 - factor / (n + 1)")
+    pinned: dict[int, int] = knob({}, "canvas position (after the prompt) -> token id, fixed")
+    cache: str = knob("none", 'Fast-dLLM approximate cache refreshed once per block: "none", "prefix" or "dual"')
+    stop_at_eos: bool = knob(True, "skip the blocks after one that holds a stop id (models with `stop_ids` only)")
+    infill: int = knob(0, "prompt positions from its first [MASK] on, filled with the first block (see _masked_loop)")
 
     @property
     def blocks(self) -> int:
@@ -93,16 +93,16 @@ class MaskedParams:
 
 
 @dataclass(frozen=True)
-class AncestralParams:
-    gen_length: int = 64  # tokens to generate after the prompt
-    steps: int = 64  # time steps from t = 1 to t = 0 (split evenly over blocks)
-    block_length: int | None = None  # semi-autoregressive block size; None = gen_length
-    temperature: float = 1.0  # temperature of the x0 proposal (0 = argmax)
-    top_k: int | None = None  # keep the k most likely tokens before sampling
-    top_p: float | None = None  # nucleus mass kept before sampling
-    pinned: dict[int, int] = field(default_factory=dict)  # canvas position (after the prompt) -> token id, fixed
-    stop_at_eos: bool = True  # skip the blocks after one that holds a stop id (models with `stop_ids` only)
-    infill: int = 0  # prompt positions from its first [MASK] on, filled with the first block (see _masked_loop)
+class AncestralParams(SamplerParams):
+    gen_length: int = knob(64, "tokens to generate after the prompt")
+    steps: int = knob(64, "time steps from t = 1 to t = 0 (split evenly over blocks)")
+    block_length: int | None = knob(None, "semi-autoregressive block size; None = gen_length")
+    temperature: float = knob(1.0, "temperature of the x0 proposal (0 = argmax)")
+    top_k: int | None = knob(None, "keep the k most likely tokens before sampling")
+    top_p: float | None = knob(None, "nucleus mass kept before sampling")
+    pinned: dict[int, int] = knob({}, "canvas position (after the prompt) -> token id, fixed")
+    stop_at_eos: bool = knob(True, "skip the blocks after one that holds a stop id (models with `stop_ids` only)")
+    infill: int = knob(0, "prompt positions from its first [MASK] on, filled with the first block (see _masked_loop)")
 
     blocks = MaskedParams.blocks
 

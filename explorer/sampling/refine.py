@@ -22,16 +22,16 @@ from explorer.sampling.trace import Frame
 
 
 @dataclass(frozen=True)
-class RefineParams:
-    gen_length: int = 64  # tokens to generate
-    drafter: str = "ar-tiny"  # checkpoint (name or folder) of the ar or bd3lm model that drafts
-    rounds: int = 2  # refinement rounds R
-    fraction: float = 0.25  # share of the draft remasked in each round (lowest confidence first)
-    steps_per_round: int | None = None  # denoising steps per round; None = one token per step
-    temperature: float = 1.0  # drafter temperature
-    top_k: int | None = None  # drafter top-k
-    top_p: float | None = None  # drafter nucleus
-    refine_temperature: float = 0.0  # temperature of the re-denoising proposals (0 = argmax)
+class RefineParams(SamplerParams):
+    gen_length: int = knob(64, "tokens to generate")
+    drafter: str = knob("ar-tiny", "checkpoint (name or folder) of the ar or bd3lm model that drafts")
+    rounds: int = knob(2, "refinement rounds R")
+    fraction: float = knob(0.25, "share of the draft remasked in each round (lowest confidence first)")
+    steps_per_round: int | None = knob(None, "denoising steps per round; None = one token per step")
+    temperature: float = knob(1.0, "drafter temperature")
+    top_k: int | None = knob(None, "drafter top-k")
+    top_p: float | None = knob(None, "drafter nucleus")
+    refine_temperature: float = knob(0.0, "temperature of the re-denoising proposals (0 = argmax)")
 
     def validate(self) -> None:
         check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
