@@ -26,7 +26,7 @@ from explorer.data import TokenStream, load_corpus
 from explorer.hub import load
 from explorer.measure import in_fresh_process, peak_extra_bytes, timed, write_results
 from explorer.sampling import generate
-from explorer.sampling.masked import schedule_counts
+from explorer.sampling.mdlm import schedule_counts
 
 LLADA_VOCAB = 126_464
 THRESHOLDS = (0.9, 0.7, 0.5, 0.3)  # Fast-dLLM uses 0.9; lower ones show the trade-off on a small model

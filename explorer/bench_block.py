@@ -22,7 +22,7 @@ from explorer.data import TokenStream, load_corpus
 from explorer.hub import load
 from explorer.measure import timed, write_results
 from explorer.sampling import generate
-from explorer.sampling.block import unigram_entropy
+from explorer.sampling.bd3lm import unigram_entropy
 
 
 def interleaved(a, b, repeats: int) -> tuple[float, float, float]:

@@ -31,7 +31,7 @@ from explorer.brier import ar_continuations, brier_lm, brier_windows
 from explorer.hub import load
 from explorer.measure import write_results
 from explorer.sampling import generate
-from explorer.sampling.chunks import CALMParams, next_chunk
+from explorer.sampling.calm import CALMParams, next_chunk
 
 CALM_CHECKPOINTS = ("calm-tiny-k1", "calm-tiny-k2", "calm-tiny-k4", "calm-tiny-k8")
 AR_TEMPERATURES = (1.5, 1.3, 1.2, 1.1, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)  # above 1 too: a weak CALM is flatter

@@ -23,7 +23,7 @@ from explorer.bench_block import prompts_from_val
 from explorer.hub import load
 from explorer.measure import timed, write_results
 from explorer.sampling import generate
-from explorer.sampling.block import unigram_entropy
+from explorer.sampling.bd3lm import unigram_entropy
 
 STEP_COUNTS = (10, 20, 50, 100, 200)
 

@@ -198,7 +198,7 @@ def cdcd_metrics(model, judge, windows: int = 64, levels: int = 12, samples: int
     from explorer.data import TokenStream, load_corpus
     from explorer.models.cdcd import ce_per_noise_level
     from explorer.sampling import generate
-    from explorer.sampling.block import unigram_entropy
+    from explorer.sampling.bd3lm import unigram_entropy
     from tqdm.auto import tqdm
 
     test = TokenStream(load_corpus(), "test", model.tokenizer).windows(model.max_seq_len)[:windows]

@@ -81,56 +81,27 @@ def cmd_train_autoencoder(args):
 
 
 def _add_sample(sub):
-    from explorer.sampling import BLOCK_SAMPLERS, MASKED_SAMPLERS, RECORD_LEVELS
-    from explorer.sampling.chunks import MAX_CANDIDATES
-    from explorer.sampling.continuous import SCHEDULES
-    from explorer.sampling.dream import ALGORITHMS as DREAM_ALGORITHMS
+    from explorer.sampling import RECORD_LEVELS, SAMPLERS
+    from explorer.sampling.registry import every_knob
 
     p = sub.add_parser("sample", help="generate text, optionally writing the trace")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="shipped name (python -m explorer list) or folder")
     which.add_argument("--chunk", type=int, help="calm: the shipped checkpoint trained with K = CHUNK tokens per vector")
-    p.add_argument("--prompt", default="", help="text to continue (empty: unconditional)")
-    p.add_argument("--gen-length", type=int, default=64)
-    p.add_argument("--steps", type=int, default=None,
-                   help="denoising steps (default: gen-length; bd3lm: steps per block, default the block length)")
-    p.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default: gen-length)")
-    p.add_argument("--sampler", default=None,
-                   help=f"mdlm: {', '.join(MASKED_SAMPLERS)}; bd3lm: {', '.join(BLOCK_SAMPLERS)}; ar: ar; cdcd: euler; calm: exact, batch")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--cfg-scale", type=float, default=0.0)
-    p.add_argument("--threshold", type=float, default=None, help="Fast-dLLM confidence threshold in (0, 1]")
-    p.add_argument("--factor", type=float, default=None, help="Fast-dLLM factor rule")
-    p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
-                   help="mdlm: Fast-dLLM approximate cache, refreshed once per block")
-    p.add_argument("--no-kv-cache", action="store_true", help="bd3lm: recompute the prefix at every step")
-    p.add_argument("--min-entropy", type=float, default=4.0, help="bd3lm: stop when the last 256 tokens' "
-                   "unigram entropy (nats) falls below this; 0 disables")
-    p.add_argument("--drafter", default="ar-tiny", help="draft_refine: the ar or bd3lm checkpoint that drafts")
-    p.add_argument("--rounds", type=int, default=2, help="draft_refine: refinement rounds")
-    p.add_argument("--fraction", type=float, default=0.25, help="draft_refine: share of the draft remasked per round")
-    p.add_argument("--schedule", default="auto", choices=SCHEDULES,
-                   help="cdcd: Euler step placement (warped = the learned time warping, log = even in log t)")
-    p.add_argument("--churn", type=float, default=0.0, help="cdcd: stochastic churn (0 = the deterministic ODE)")
-    p.add_argument("--clamp", type=float, nargs="?", const=1.0, default=0.0, metavar="FRACTION",
-                   help="cdcd: Diffusion-LM clamping (snap E[x0] to a token) over the last FRACTION of the steps "
-                        "(--clamp alone: every step)")
-    p.add_argument("--n-candidates", type=int, default=200,
-                   help=f"calm, sampler batch: N head samples per chunk (2 to {MAX_CANDIDATES})")
-    p.add_argument("--max-draws", type=int, default=2000, help="calm, sampler exact: head samples per chunk at most")
-    p.add_argument("--alg", default=None, choices=DREAM_ALGORITHMS,
-                   help="sampler dream (the default for Dream models): which positions commit (default entropy)")
-    p.add_argument("--alg-temp", type=float, default=None,
-                   help="sampler dream: > 0 draws the positions from softmax(confidence / alg-temp)")
+    p.add_argument("--prompt", default="", help="text to continue (empty: unconditional; [MASK] marks positions "
+                   "to fill, for masked-diffusion samplers)")
+    p.add_argument("--sampler", default=None, help="; ".join(f"{family}: {', '.join(names)}" for family, names in
+                                                           SAMPLERS.items()) + " (each family's first is its default)")
+    knobs = p.add_argument_group("sampler knobs (each sampler takes some of them; unset = the sampler's default; "
+                                 "`python -m explorer samplers` lists each sampler's knobs and defaults)")
+    for name, definition in every_knob().items():
+        if name != "pinned":  # pinned tokens come as --pin POS:TEXT
+            add_knob_flag(knobs, name, definition)
     p.add_argument("--pin", action="append", default=[], metavar="POS:TEXT", help="pin text at a generated position")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", default="tokens", choices=RECORD_LEVELS)
     p.add_argument("--trace", default=None, help="write the trace JSON here")
     p.add_argument("--no-animation", action="store_true", help="print only the final text")
-    p.add_argument("--no-stop-at-eos", action="store_true", help="mdlm / bd3lm: run every block even after the "
-                   "answer has ended (released models' eos / end of turn; bd3lm: its eos)")
     released = p.add_argument_group("released checkpoints (LLaDA, Dream, MDLM, BD3-LM folders)")
     released.add_argument("--chat", action="store_true",
                           help="wrap the prompt as one user turn of the folder's chat template (Instruct models)")
@@ -139,6 +110,23 @@ def _add_sample(sub):
                           help="weights' dtype (default: bfloat16 on a GPU, float32 on the CPU)")
     released.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
                           help="spread the blocks over several GPUs with accelerate (instead of --device)")
+
+
+def add_knob_flag(parser, name: str, definition) -> None:
+    """`--name` for a sampler knob, read from its definition (`explorer.sampling.common.knob`): the help, the type of
+    its annotation, its choices; default None, so that an unset flag leaves the sampler's own default."""
+    from explorer.sampling.registry import knob_home
+
+    meta = definition.metadata
+    options = {"default": None, "help": f"{meta['help']} [{knob_home(name)}]".replace("%", "%%")}
+    kind = str(definition.type)
+    if meta.get("choices"):
+        options["choices"] = list(meta["choices"])
+    elif "bool" in kind:
+        options["action"] = argparse.BooleanOptionalAction
+    else:
+        options["type"] = int if "int" in kind.split("|")[0] else float if "float" in kind else str
+    parser.add_argument("--" + name.replace("_", "-"), **options | meta.get("flag", {}))
 
 
 def _parse_pins(pins: list[str]) -> dict[int, str]:
@@ -174,6 +162,7 @@ def cmd_sample(args):
     import explorer
     from explorer.released import load_options
     from explorer.sampling import build_trace, stream
+    from explorer.sampling.registry import every_knob
 
     check_output("--trace", args.trace)
     placement = load_options(args.device, args.dtype, args.device_map)
@@ -187,22 +176,8 @@ def cmd_sample(args):
         prompt = chat_prompt(model, prompt)
     animate = sys.stdout.isatty() and not args.no_animation
     record = "tokens" if animate and args.record == "none" else args.record
-    knobs = dict(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
-                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale,
-                 threshold=args.threshold, factor=args.factor, pinned=_parse_pins(args.pin))
-    if model.family in ("mdlm", "bd3lm"):
-        knobs |= dict(stop_at_eos=not args.no_stop_at_eos)
-    if model.family == "mdlm":
-        knobs |= dict(cache=args.cache)
-        if args.sampler == "draft_refine":
-            knobs |= dict(drafter=args.drafter, rounds=args.rounds, fraction=args.fraction)
-    knobs |= {k: v for k, v in (("alg", args.alg), ("alg_temp", args.alg_temp)) if v is not None}
-    if model.family == "bd3lm":
-        knobs |= dict(kv_cache=not args.no_kv_cache, min_entropy=args.min_entropy)
-    if model.family == "cdcd":
-        knobs |= dict(schedule=args.schedule, churn=args.churn, clamp=args.clamp)
-    if model.family == "calm":
-        knobs |= dict(n_candidates=args.n_candidates, max_draws=args.max_draws)
+    knobs = {name: getattr(args, name) for name in every_knob() if name != "pinned"} | {
+        "pinned": _parse_pins(args.pin) or None}
     description, prompt_ids, frames_iter = stream(model, prompt, args.sampler, args.seed, record, **knobs)
     frames, started = [], time.perf_counter()
     for frame in frames_iter:
@@ -300,6 +275,12 @@ def cmd_list(args):
     for r in rows:
         ppl = r["metrics"].get("test", {}).get("ppl", "")
         print(f"{r['name']:<16}{r['family']:<8}{r['steps'] or '':>8}{r['tokens_seen'] or '':>14,}{ppl:>12}")
+
+
+def cmd_samplers(args):
+    from explorer.sampling.registry import describe
+
+    print(describe())
 
 
 def _add_bench(sub):
@@ -422,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_export(sub)
     sub.add_parser("list", help="the shipped checkpoints")
+    sub.add_parser("samplers", help="every sampler by family, with its knobs and their defaults")
     card = sub.add_parser("card", help="evaluate a checkpoint and write its model card")
     card.add_argument("--checkpoint", required=True)
     card.add_argument("--n-t", type=int, default=8, help="mask rates per window for the diffusion bound")
@@ -434,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"card": cmd_card, "train": cmd_train, "train-autoencoder": cmd_train_autoencoder, "sample": cmd_sample,
-                "eval": cmd_eval, "list": cmd_list, "bench": cmd_bench, "export": cmd_export, "examples": cmd_examples}
+                "eval": cmd_eval, "list": cmd_list, "samplers": cmd_samplers, "bench": cmd_bench, "export": cmd_export, "examples": cmd_examples}
     try:
         commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

@@ -8,7 +8,7 @@ import torch
 from explorer.models.bd3lm import BD3LMConfig, BD3LMModel, clip_variance
 from explorer.nn import bd3_dense_mask, bd3_flex_mask, block_causal_mask
 from explorer.sampling import generate
-from explorer.sampling.block import unigram_entropy
+from explorer.sampling.bd3lm import unigram_entropy
 from support import tiny_backbone
 
 

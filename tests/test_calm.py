@@ -17,7 +17,7 @@ from explorer.models.calm import (
     reconstruction_accuracy,
 )
 from explorer.nn import TransformerConfig
-from explorer.sampling.chunks import (
+from explorer.sampling.calm import (
     batch_temperature_sample,
     check_temperature,
     exact_temperature_sample,

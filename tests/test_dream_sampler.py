@@ -177,4 +177,4 @@ def test_the_cli_runs_dreams_sampler_with_its_knobs(tmp_path, capsys):
     sampler = json.loads(trace_path.read_text())["sampler"]
     assert sampler["name"] == "dream" and sampler["alg"] == "origin"
     assert main(["sample", "--checkpoint", "mdlm-tiny", "--alg", "entropy", "--gen-length", "8"]) == 2
-    assert "knobs of Dream's sampler" in capsys.readouterr().err
+    assert "alg='entropy' is a knob of mdlm (sampler='dream')" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from explorer.sampling import generate
-from explorer.sampling.masked import _cached_logits
+from explorer.sampling.mdlm import _cached_logits
 
 
 @pytest.fixture(scope="module")

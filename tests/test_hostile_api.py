@@ -14,7 +14,7 @@ import torch
 import explorer
 from explorer.cli import main
 from explorer.sampling import stream
-from explorer.sampling.chunks import MAX_CANDIDATES
+from explorer.sampling.calm import MAX_CANDIDATES
 
 FAMILIES = {  # fixture -> knobs of a short run
     "tiny_ar": dict(gen_length=4),

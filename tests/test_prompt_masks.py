@@ -7,7 +7,7 @@ import torch
 
 import explorer
 from explorer.sampling import generate
-from explorer.sampling.masked import schedule_counts
+from explorer.sampling.mdlm import schedule_counts
 
 
 @pytest.fixture(scope="module")

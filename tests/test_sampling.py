@@ -3,7 +3,7 @@ import torch
 
 import explorer
 from explorer.sampling import generate
-from explorer.sampling.masked import schedule_counts, select_commits
+from explorer.sampling.mdlm import schedule_counts, select_commits
 from explorer.sampling.trace import Trace
 from support import MockDenoiser
 
@@ -160,14 +160,14 @@ def test_bad_knobs_name_the_knob_and_range(tiny_mdlm, knobs, message):
 
 def test_prompt_longer_than_the_context_names_the_limit(tiny_mdlm, tiny_ar):
     long_prompt = "to be or not to be " * 40
-    for model in (tiny_mdlm, tiny_ar):
+    for model, knobs in ((tiny_mdlm, {"steps": 8}), (tiny_ar, {})):  # ar has no steps knob
         with pytest.raises(ValueError, match="context of 128 tokens"):
-            generate(model, long_prompt, gen_length=8, steps=8)
+            generate(model, long_prompt, gen_length=8, **knobs)
 
 
 def test_empty_prompt_is_unconditional_generation(tiny_mdlm, tiny_ar):
-    for model in (tiny_mdlm, tiny_ar):
-        trace = generate(model, "", gen_length=8, steps=8, temperature=1.0)
+    for model, knobs in ((tiny_mdlm, {"steps": 8}), (tiny_ar, {})):  # ar has no steps knob
+        trace = generate(model, "", gen_length=8, temperature=1.0, **knobs)
         assert trace.prompt_ids == [] and model.mask_id not in trace.final_tokens
 
 

@@ -4,7 +4,7 @@ Tokens live as points of a learned embedding table, L2-normalised and scaled to 
 The forward process is variance exploding, `x = e + t * eps` with t in [t_min, t_max]; the network
 reads `x / sqrt(1 + t^2)` and the noise feature `log(t) / 4`, and predicts the clean tokens with a
 cross-entropy loss. Samplers turn its softmax into the expected embedding `E[x0] = softmax @ E`
-(score interpolation) and integrate the ODE with Euler steps (`explorer.sampling.continuous`).
+(score interpolation) and integrate the ODE with Euler steps (`explorer.sampling.cdcd`).
 
 Training spends its noise levels where the loss changes: `TimeWarp` fits a monotone piecewise-linear
 curve to the cross-entropy per noise level and noise levels are drawn through its inverse (CDCD's time

@@ -27,7 +27,7 @@ from explorer.hub import calm_chunk_sizes, calm_for_chunk
 from explorer.models.base import read_config
 from explorer.models.cdcd import vocabulary_points
 from explorer.sampling import SAMPLERS, Trace, build_trace
-from explorer.sampling.chunks import MAX_CANDIDATES
+from explorer.sampling.calm import MAX_CANDIDATES
 from explorer.sampling.edit import resume, spliced_trace, top_candidates
 from explorer.viz import (
     COLOR_MODES,

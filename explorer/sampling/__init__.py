@@ -1,4 +1,8 @@
-"""Samplers are generators yielding one Frame per step; `run` collects them into a Trace."""
+"""Samplers are generators yielding one Frame per step; `generate` collects them into a Trace.
+
+`stream` and `generate` take the sampler's name and its knobs as keywords; `explorer.sampling.registry` lists every
+sampler with its family, its knobs (default, help) and the generator that runs it.
+"""
 
 from __future__ import annotations
 
@@ -8,138 +12,10 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from explorer.data.tokenizer import display_string
-from explorer.sampling.autoregressive import ARParams, autoregressive
-from explorer.sampling.block import BlockParams, block_diffusion
-from explorer.sampling.chunks import ALGORITHMS, CALMParams, calm_sampler
 from explorer.sampling.common import MAX_SEED, check_int
-from explorer.sampling.continuous import ContinuousParams, continuous_diffusion
-from explorer.sampling.dream import DreamParams, dream_sampler
-from explorer.sampling.masked import (
-    REMASKING_RULES,
-    AncestralParams,
-    MaskedParams,
-    ancestral,
-    find_stop,
-    masked_diffusion,
-)
-from explorer.sampling.refine import RefineParams, draft_and_refine
+from explorer.sampling.mdlm import find_stop
+from explorer.sampling.registry import SAMPLERS, build_sampler, sampler_for, user_knobs
 from explorer.sampling.trace import RECORD_LEVELS, SCHEMA, Frame, Trace
-
-# sampler name -> (family, builder of (params, frames function)); the defaults each name implies.
-# "dream": Dream 7B's own loop (no blocks; alg = origin | maskgit_plus | topk_margin | entropy), the default for
-# released Dream models (their `default_sampler`).
-MASKED_SAMPLERS = REMASKING_RULES + ("threshold", "factor", "ancestral", "draft_refine", "dream")
-AR_SAMPLERS = ("ar",)
-# bd3lm: "first_hitting" is BD3-LM's sampler (one random masked token per step, nucleus 0.9).
-BLOCK_SAMPLERS = ("first_hitting",) + tuple(r for r in REMASKING_RULES if r != "random") + ("threshold",)
-CONTINUOUS_SAMPLERS = ("euler",)  # cdcd: Euler steps of the ODE with score interpolation
-CALM_SAMPLERS = ALGORITHMS  # calm: the temperature algorithm ("exact" = CALM's Alg. 1, "batch" = N candidates)
-SAMPLERS = {"mdlm": MASKED_SAMPLERS, "ar": AR_SAMPLERS, "bd3lm": BLOCK_SAMPLERS, "cdcd": CONTINUOUS_SAMPLERS,
-            "calm": CALM_SAMPLERS}
-
-
-def build_sampler(family: str, sampler: str | None, *, gen_length: int | None = None, steps: int | None = None,
-                  block_length: int | None = None, temperature: float | None = None, top_k=None, top_p=None,
-                  cfg_scale: float = 0.0, threshold: float | None = None, factor: float | None = None,
-                  pinned: dict[int, int] | None = None, cache: str = "none", kv_cache: bool | None = None,
-                  stop_at_eos: bool = True, entropy_window: int = 256, min_entropy: float = 4.0,
-                  drafter: str = "ar-tiny", rounds: int = 2, fraction: float = 0.25, schedule: str = "auto",
-                  churn: float = 0.0, clamp: float | bool = 0.0, n_candidates: int = 200, max_draws: int = 2000,
-                  alg: str | None = None, alg_temp: float | None = None, infill: int = 0):
-    """Return (params, frames_fn) for a family and sampler name; raises ValueError naming bad knobs. `infill`: the
-    prompt positions from its first [MASK] on, which `stream` moved into the region to fill (mdlm samplers)."""
-    names = SAMPLERS.get(family)
-    if names is None:
-        raise ValueError(f"no samplers for family {family!r}; known families: {sorted(SAMPLERS)}")
-    sampler = sampler or names[0]
-    if sampler not in names:
-        raise ValueError(f"sampler must be one of {names} for family {family!r}, got {sampler!r}")
-    pinned = dict(pinned or {})
-    if infill and (family != "mdlm" or sampler == "draft_refine"):
-        raise ValueError(f"the prompt holds [MASK] tokens: filling them needs a masked-diffusion sampler (the mdlm "
-                         f"family's remasking rules, threshold, factor, ancestral or dream), not {family} / {sampler}")
-    if sampler != "dream" and (alg is not None or alg_temp is not None):
-        raise ValueError("alg and alg_temp are knobs of Dream's sampler (sampler='dream')")
-    if kv_cache is not None and family != "bd3lm":
-        raise ValueError(f"kv_cache applies to the bd3lm family only (exact cache of finished blocks); the {family} "
-                         "family " + ("always caches" if family == "ar" else "has Fast-dLLM's cache='prefix'|'dual'"))
-    if cache != "none" and family != "mdlm":
-        raise ValueError(f"cache={cache!r} (Fast-dLLM's approximate cache) applies to the mdlm family only"
-                         + ("; use kv_cache=True|False" if family == "bd3lm" else ""))
-    if family != "cdcd" and (schedule != "auto" or churn or clamp):
-        raise ValueError("schedule, churn and clamp are knobs of continuous diffusion (the cdcd family)")
-    if family == "calm":
-        unsupported = {"steps": steps, "block_length": block_length, "top_k": top_k, "top_p": top_p,
-                       "threshold": threshold, "factor": factor}
-        given = [k for k, v in unsupported.items() if v is not None] + (["cfg_scale"] if cfg_scale else []) + (
-            ["pinned"] if pinned else [])
-        if given:
-            raise ValueError(f"{', '.join(given)} do not apply to CALM; its knobs are gen_length, temperature, "
-                             "n_candidates (N) and max_draws")
-        params = CALMParams(64 if gen_length is None else gen_length, 1.0 if temperature is None else temperature,
-                            sampler, n_candidates, max_draws)
-        return params, calm_sampler
-    if family == "cdcd":
-        unsupported = {"block_length": block_length, "top_k": top_k, "top_p": top_p, "threshold": threshold,
-                       "factor": factor}
-        given = [k for k, v in unsupported.items() if v is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)} do not apply to continuous diffusion (cdcd); its knobs are steps, "
-                             "schedule, temperature, churn, cfg_scale, clamp and pinned")
-        params = ContinuousParams(64 if gen_length is None else gen_length, 200 if steps is None else steps, schedule,
-                                  1.0 if temperature is None else temperature, churn, cfg_scale,
-                                  float(clamp) if isinstance(clamp, bool) else clamp, pinned)  # True: every step
-        return params, continuous_diffusion
-    if family == "bd3lm":
-        if pinned:
-            raise ValueError("pinned tokens are not supported by block diffusion sampling; use an mdlm checkpoint")
-        if factor is not None or cfg_scale:
-            raise ValueError("factor and cfg_scale are mdlm knobs; bd3lm supports threshold")
-        if sampler == "threshold" and threshold is None:
-            threshold = 0.9
-        rule = "random" if sampler == "first_hitting" else ("low_confidence" if sampler == "threshold" else sampler)
-        temp = 1.0 if temperature is None else temperature
-        nucleus = 0.9 if top_p is None and top_k is None else top_p
-        params = BlockParams(256 if gen_length is None else gen_length, block_length, steps, rule, temp, top_k,
-                             nucleus, threshold, True if kv_cache is None else kv_cache, stop_at_eos,
-                             entropy_window, min_entropy)
-        return params, block_diffusion
-    gen_length = 64 if gen_length is None else gen_length
-    if family == "ar":
-        if pinned:
-            raise ValueError("pinned tokens need a masked-diffusion model; the ar family generates left to right")
-        temp = 1.0 if temperature is None else temperature
-        return ARParams(gen_length, temp, top_k, top_p), autoregressive
-    if sampler == "dream":
-        unsupported = {"block_length": block_length, "threshold": threshold, "factor": factor}
-        given = [k for k, v in unsupported.items() if v is not None] + (["cfg_scale"] if cfg_scale else []) + (
-            ["cache"] if cache != "none" else [])
-        if given:
-            raise ValueError(f"{', '.join(given)} do not apply to Dream's sampler; its knobs are gen_length, steps, "
-                             "alg, alg_temp, temperature, top_p, top_k and pinned")
-        defaults = DreamParams()
-        return DreamParams(gen_length, gen_length if steps is None else steps, alg or defaults.alg,
-                           defaults.temperature if temperature is None else temperature,
-                           defaults.top_p if top_p is None else top_p, top_k,
-                           defaults.alg_temp if alg_temp is None else alg_temp, pinned=pinned,
-                           infill=infill), dream_sampler
-    if sampler == "draft_refine":
-        temp = 1.0 if temperature is None else temperature
-        return RefineParams(gen_length, drafter, rounds, fraction, steps, temp, top_k, top_p), draft_and_refine
-    steps = gen_length if steps is None else steps
-    if sampler == "ancestral":
-        temp = 1.0 if temperature is None else temperature
-        return AncestralParams(gen_length, steps, block_length, temp, top_k, top_p, pinned, stop_at_eos,
-                               infill), ancestral
-    rule = sampler if sampler in REMASKING_RULES else "low_confidence"
-    if sampler == "threshold" and threshold is None:
-        threshold = 0.9
-    if sampler == "factor" and factor is None:
-        factor = 1.0
-    temp = 0.0 if temperature is None else temperature
-    params = MaskedParams(gen_length, steps, block_length, rule, temp, top_k, top_p, cfg_scale, threshold, factor,
-                          pinned, cache, stop_at_eos, infill)
-    return params, masked_diffusion
 
 
 def encode_text(model, knob: str, text: str) -> list[int]:
@@ -212,12 +88,15 @@ def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed
         knobs["infill"] = len(infill)
         pinned = {p: t for p, t in enumerate(infill) if t != model.mask_id} | {
             len(infill) + p: t for p, t in pinned.items()}
-    knobs["pinned"] = pinned
-    sampler = sampler or getattr(model, "default_sampler", None)  # e.g. Dream models run Dream's sampler
-    params, frames_fn = build_sampler(model.family, sampler, **knobs)
+    knobs["pinned"] = pinned or None  # None: not given (samplers without pinned tokens take an empty one)
+    spec = sampler_for(model.family, sampler or getattr(model, "default_sampler", None))  # Dream models: Dream's
+    if "infill" in knobs and "infill" not in spec.knobs:
+        raise ValueError(f"the prompt holds [MASK] tokens: filling them needs a masked-diffusion sampler (the mdlm "
+                         f"family's remasking rules, threshold, factor, ancestral or dream), not {model.family} / "
+                         f"{spec.name}")
+    params, frames_fn = build_sampler(model.family, spec.name, **knobs)
     generator = torch.Generator().manual_seed(int(seed))
-    description = {"name": sampler or SAMPLERS[model.family][0], "seed": int(seed), "record": record,
-                   **{k: v for k, v in vars(params).items()}}
+    description = {"name": spec.name, "seed": int(seed), "record": record, **vars(params)}
     description["pinned"] = {str(k): v for k, v in params.pinned.items()} if hasattr(params, "pinned") else {}
     return description, prompt_ids, _without_grad(frames_fn(model, prompt_ids, params, generator, record))
 
@@ -263,5 +142,5 @@ def build_trace(model, prompt_ids: list[int], description: dict, frames: list[Fr
     )
 
 
-__all__ = ["AR_SAMPLERS", "BLOCK_SAMPLERS", "MASKED_SAMPLERS", "RECORD_LEVELS", "SAMPLERS", "SCHEMA", "Frame", "Trace",
-           "build_sampler", "generate", "stream", "build_trace"]
+__all__ = ["RECORD_LEVELS", "SAMPLERS", "SCHEMA", "Frame", "Trace", "build_sampler", "build_trace", "generate",
+           "sampler_for", "stream", "user_knobs"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import MISSING, Field, field, fields
+from collections.abc import Callable
+from dataclasses import MISSING, Field, dataclass, field, fields
 
 import torch
 
@@ -15,12 +16,15 @@ MAX_STEPS = 100_000  # network steps one knob may ask for (per run; bd3lm: per b
 MAX_SEED = 2**63 - 1  # seeds are 0 .. MAX_SEED (what a torch.Generator takes)
 
 
-def knob(default, help: str):
+def knob(default, help: str, choices: tuple | None = None, user: bool = True, flag: dict | None = None):
     """A sampler knob: a dataclass field with its default and the one line of help that the CLI, the page and the
-    docs show (its range is checked in the Params' `validate`). A dict default (pinned tokens) starts empty."""
+    docs show (its range is checked in the Params' `validate`). `choices`: the allowed values of a text knob;
+    `user=False`: set by the library, not by hand (no CLI flag); `flag`: extra argparse settings of its CLI flag.
+    A dict default (pinned tokens) starts empty."""
+    metadata = {"help": help, "choices": choices, "user": user, "flag": flag or {}}
     if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=dict, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 class SamplerParams:
@@ -43,6 +47,29 @@ class SamplerParams:
     def validate(self, model) -> None:
         """Raise ValueError naming a knob, its value and the allowed range when a knob does not fit `model`."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One sampler as users name it: the family it runs on, its Params (every knob: default, help; `validate`
+    checks the ranges) and the generator that runs it. Each sampler module lists its own in `SAMPLERS`;
+    `explorer.sampling.registry` collects them, and the API, the CLI and the page read that table."""
+
+    family: str  # the model family it runs on
+    name: str  # what users pass: sampler="low_confidence"
+    params: type  # a SamplerParams dataclass
+    run: Callable  # run(model, prompt_ids, params, generator, record) -> Iterator[Frame]
+    title: str  # for messages and the page, e.g. "LLaDA's loop"
+    fixed: dict = field(default_factory=dict)  # Params fields this name sets (not knobs), e.g. the remasking rule
+    defaults: dict = field(default_factory=dict)  # this name's defaults over the Params' own, e.g. threshold 0.9
+
+    @property
+    def knobs(self) -> dict[str, Field]:
+        """The knobs a user may set: the Params fields minus those the name fixes."""
+        return {name: f for name, f in self.params.knob_fields().items() if name not in self.fixed}
+
+    def default(self, knob_name: str):
+        return self.defaults[knob_name] if knob_name in self.defaults else self.params.default_of(knob_name)
 
 
 def _interval(low, high, low_open: bool, high_open: bool) -> str:

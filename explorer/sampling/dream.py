@@ -12,7 +12,7 @@ from t to s every masked position is scored at once. The algorithms differ in wh
 
 with `alg_temp > 0` the positions are drawn from softmax(confidence / alg_temp) without replacement instead of the
 top-k. Scores come from Dream's tempered and filtered distribution: logits / temperature, then top-p, then top-k,
-then the softmax (unlike the LLaDA rules in masked.py, which score the untempered distribution). Randomness is the
+then the softmax (unlike the LLaDA rules in mdlm.py, which score the untempered distribution). Randomness is the
 project's counter-based noise: a categorical sample is Gumbel-max and a draw without replacement is Gumbel-top-k,
 equal in distribution to Dream's `Categorical` / `multinomial` calls.
 """
@@ -28,15 +28,18 @@ from explorer.kernels import reference
 from explorer.sampling.common import (
     MAX_GEN_LENGTH,
     MAX_STEPS,
+    Sampler,
+    SamplerParams,
     check_int,
     check_range,
     check_sampling_knobs,
     keep_states,
+    knob,
     make_frame,
     record_hidden,
     step_seed,
 )
-from explorer.sampling.masked import fill_region
+from explorer.sampling.mdlm import fill_region
 from explorer.sampling.trace import Frame
 
 ALGORITHMS = ("entropy", "maskgit_plus", "topk_margin", "origin")
@@ -47,16 +50,23 @@ ROW_CHUNK_ELEMENTS = 1 << 22  # masked rows x vocabulary scored at once (16 MB o
 class DreamParams(SamplerParams):
     gen_length: int = knob(64, "tokens to generate after the prompt")
     steps: int = knob(64, "network evaluations: time runs from 1 to eps in this many steps")
-    alg: str = knob("entropy", 'which positions commit: see ALGORITHMS (Dream\'s README uses "entropy")')
+    alg: str = knob("entropy", "which positions commit (Dream's README uses entropy)", choices=ALGORITHMS)
     temperature: float = knob(0.2, "temperature of the proposals (0 = argmax); Dream's README: 0.2")
     top_p: float | None = knob(0.95, "nucleus of the tempered distribution, in (0, 1]; Dream's README: 0.95")
     top_k: int | None = knob(None, "keep the k most likely tokens (after top-p, as Dream does)")
     alg_temp: float = knob(0.0, "> 0: draw the positions from softmax(confidence / alg_temp) instead of the top-k")
     eps: float = knob(1e-3, "the last time step (Dream's default)")
     pinned: dict[int, int] = knob({}, "canvas position (after the prompt) -> token id, fixed")
-    infill: int = knob(0, "prompt positions from its first [MASK] on, filled like generated ones (see split_at_mask)")
+    infill: int = knob(0, "prompt positions from its first [MASK] on, filled like generated ones (see split_at_mask)",
+                       user=False)
 
-    def validate(self, vocab_size: int) -> None:
+    @classmethod
+    def resolve(cls, given: dict) -> dict:
+        """steps defaults to gen_length, as in Dream's README (512 steps for 512 tokens)."""
+        return {"steps": given.get("gen_length", cls.default_of("gen_length"))} | given
+
+    def validate(self, model) -> None:
+        vocab_size = model.tokenizer.get_vocab_size()
         check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
         check_int("infill", self.infill, 0, MAX_GEN_LENGTH)
         for pos, tok in self.pinned.items():
@@ -121,7 +131,7 @@ def pick_positions(confidence: torch.Tensor, count: int, alg_temp: float, seed: 
 def dream_sampler(model, prompt_ids: list[int], params: DreamParams, generator: torch.Generator,
                   record: str = "tokens", *, hidden: bool | None = None) -> Iterator[Frame]:
     """Dream's loop; yields the initial canvas, then one Frame per network evaluation."""
-    params.validate(model.tokenizer.get_vocab_size())
+    params.validate(model)
     mask_id, P, R = model.mask_id, len(prompt_ids), params.infill + params.gen_length  # R: the region shown
     if P + R > model.max_seq_len:
         raise ValueError(f"prompt ({P + params.infill} tokens) + gen_length ({params.gen_length}) exceeds the "
@@ -181,3 +191,6 @@ def dream_sampler(model, prompt_ids: list[int], params: DreamParams, generator: 
             yield frame
         if done:
             return
+
+
+SAMPLERS = [Sampler("mdlm", "dream", DreamParams, dream_sampler, "Dream's sampler")]

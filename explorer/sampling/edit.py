@@ -14,20 +14,17 @@ when a step commits at most one token; ancestral restarts the block's time grid)
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import replace
 from typing import Iterator
 
 import torch
 
 from explorer.data.tokenizer import display_string
-from explorer.sampling import build_sampler, build_trace
+from explorer.sampling import build_sampler, build_trace, sampler_for
 from explorer.sampling.common import check_range, step_seed
-from explorer.sampling.masked import guided_logits
+from explorer.sampling.mdlm import guided_logits
 from explorer.sampling.trace import Frame, Trace
 
-# trace.sampler entries that are knobs of build_sampler (the rest: name, seed, record, edits, derived fields)
-KNOBS = frozenset(inspect.signature(build_sampler).parameters) - {"family", "sampler"}
 
 
 @torch.no_grad()
@@ -55,7 +52,8 @@ def resume(model, trace: Trace, index: int, edits: dict[int, int], seed: int | N
     paused = _paused_frame(model, trace, index)
     forced = _checked_edits(model, edits, len(paused.tokens))
     name = trace.sampler["name"]
-    params, frames_fn = build_sampler(model.family, name, **{k: v for k, v in trace.sampler.items() if k in KNOBS})
+    knobs = sampler_for(model.family, name).knobs  # trace.sampler also holds name, seed, record, edits, fixed fields
+    params, frames_fn = build_sampler(model.family, name, **{k: v for k, v in trace.sampler.items() if k in knobs})
     if not hasattr(params, "pinned"):
         raise ValueError(f"resuming needs a sampler that pins tokens; {name!r} does not")
     reopened = _padding(paused, params)

@@ -16,8 +16,17 @@ from typing import Iterator
 
 import torch
 
-from explorer.sampling.common import MAX_GEN_LENGTH, MAX_STEPS, check_int, check_range, check_sampling_knobs
-from explorer.sampling.masked import MaskedParams, masked_diffusion
+from explorer.sampling.common import (
+    MAX_GEN_LENGTH,
+    MAX_STEPS,
+    Sampler,
+    SamplerParams,
+    check_int,
+    check_range,
+    check_sampling_knobs,
+    knob,
+)
+from explorer.sampling.mdlm import MaskedParams, masked_diffusion
 from explorer.sampling.trace import Frame
 
 
@@ -27,19 +36,19 @@ class RefineParams(SamplerParams):
     drafter: str = knob("ar-tiny", "checkpoint (name or folder) of the ar or bd3lm model that drafts")
     rounds: int = knob(2, "refinement rounds R")
     fraction: float = knob(0.25, "share of the draft remasked in each round (lowest confidence first)")
-    steps_per_round: int | None = knob(None, "denoising steps per round; None = one token per step")
+    steps: int | None = knob(None, "denoising steps per round; None = one token per step")
     temperature: float = knob(1.0, "drafter temperature")
     top_k: int | None = knob(None, "drafter top-k")
     top_p: float | None = knob(None, "drafter nucleus")
     refine_temperature: float = knob(0.0, "temperature of the re-denoising proposals (0 = argmax)")
 
-    def validate(self) -> None:
+    def validate(self, model) -> None:
         check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
         check_int("rounds", self.rounds, 0)
         check_range("fraction", self.fraction, 0, 1, low_open=True)
-        if self.steps_per_round is not None:
-            check_int("steps_per_round", self.steps_per_round, 1, MAX_STEPS)
-        per_round = self.steps_per_round or self.remask_count
+        if self.steps is not None:
+            check_int("steps", self.steps, 1, MAX_STEPS)
+        per_round = self.steps or self.remask_count
         if self.rounds * per_round > MAX_STEPS:
             raise ValueError(f"rounds ({self.rounds}) x steps per round ({per_round}) = {self.rounds * per_round:,}; "
                              f"at most {MAX_STEPS:,} refinement steps are allowed")
@@ -68,7 +77,7 @@ def draft_and_refine(model, prompt_ids: list[int], params: RefineParams, generat
     """Yield the drafter's frames, then each round's remasked canvas and re-denoising steps."""
     from explorer.sampling import build_sampler  # the registry lives in the package
 
-    params.validate()
+    params.validate(model)
     drafter = load_drafter(params.drafter, model)
     knobs = dict(gen_length=params.gen_length, temperature=params.temperature, top_k=params.top_k,
                  top_p=params.top_p)
@@ -87,7 +96,7 @@ def draft_and_refine(model, prompt_ids: list[int], params: RefineParams, generat
     for round_no in range(params.rounds):
         remask = set(confidence.argsort(stable=True)[:count].tolist())  # lowest confidence first
         pinned = {i: t for i, t in enumerate(last.tokens) if i not in remask}
-        inner = MaskedParams(len(draft), params.steps_per_round or count, temperature=params.refine_temperature,
+        inner = MaskedParams(len(draft), params.steps or count, temperature=params.refine_temperature,
                              pinned=pinned)
         start_step, start_nfe = last.step, last.nfe
         for inner_frame in masked_diffusion(model, prompt_ids, inner, generator, "full", hidden=record == "full"):
@@ -109,3 +118,6 @@ def draft_and_refine(model, prompt_ids: list[int], params: RefineParams, generat
 def _at_level(frame: Frame, record: str) -> Frame:
     """The frame with what `record` keeps (proposals, confidences and hidden states only at level "full")."""
     return frame if record == "full" else replace(frame, proposal=None, confidence=None, latent=None, hidden=None)
+
+
+SAMPLERS = [Sampler("mdlm", "draft_refine", RefineParams, draft_and_refine, "draft-and-refine")]

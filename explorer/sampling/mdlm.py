@@ -25,11 +25,14 @@ from explorer import kernels
 from explorer.sampling.common import (
     MAX_GEN_LENGTH,
     MAX_STEPS,
+    Sampler,
+    SamplerParams,
     check_flag,
     check_int,
     check_range,
     check_sampling_knobs,
     keep_states,
+    knob,
     make_frame,
     record_hidden,
     step_seed,
@@ -45,7 +48,8 @@ class MaskedParams(SamplerParams):
     gen_length: int = knob(64, "tokens to generate after the prompt")
     steps: int = knob(64, "network evaluations for the fixed schedule (split evenly over blocks)")
     block_length: int | None = knob(None, "semi-autoregressive block size; None = gen_length (one block)")
-    remasking: str = knob("low_confidence", "which masked positions to commit: see REMASKING_RULES")
+    remasking: str = knob("low_confidence", "which masked positions to commit: see REMASKING_RULES",
+                          choices=REMASKING_RULES)
     temperature: float = knob(0.0, "Gumbel-max temperature of the proposal (0 = argmax)")
     top_k: int | None = knob(None, "keep the k most likely tokens before sampling")
     top_p: float | None = knob(None, "nucleus mass kept before sampling, in (0, 1]")
@@ -53,15 +57,23 @@ class MaskedParams(SamplerParams):
     threshold: float | None = knob(None, "Fast-dLLM: commit every masked token with confidence >= threshold")
     factor: float | None = knob(None, "Fast-dLLM factor rule: longest prefix with c_n >= 1 - factor / (n + 1)")
     pinned: dict[int, int] = knob({}, "canvas position (after the prompt) -> token id, fixed")
-    cache: str = knob("none", 'Fast-dLLM approximate cache refreshed once per block: "none", "prefix" or "dual"')
+    cache: str = knob("none", 'Fast-dLLM approximate cache refreshed once per block: "none", "prefix" or "dual"',
+                      choices=CACHE_MODES)
     stop_at_eos: bool = knob(True, "skip the blocks after one that holds a stop id (models with `stop_ids` only)")
-    infill: int = knob(0, "prompt positions from its first [MASK] on, filled with the first block (see _masked_loop)")
+    infill: int = knob(0, "prompt positions from its first [MASK] on, filled with the first block (see _masked_loop)",
+                       user=False)
 
     @property
     def blocks(self) -> int:
         return self.gen_length // (self.block_length or self.gen_length)
 
-    def validate(self, vocab_size: int) -> None:
+    @classmethod
+    def resolve(cls, given: dict) -> dict:
+        """steps defaults to gen_length: one token per network evaluation."""
+        return {"steps": given.get("gen_length", cls.default_of("gen_length"))} | given
+
+    def validate(self, model) -> None:
+        vocab_size = model.tokenizer.get_vocab_size()
         check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
         check_int("steps", self.steps, 1, MAX_STEPS)
         if self.block_length is not None:  # None (not 0) means one block
@@ -102,13 +114,15 @@ class AncestralParams(SamplerParams):
     top_p: float | None = knob(None, "nucleus mass kept before sampling")
     pinned: dict[int, int] = knob({}, "canvas position (after the prompt) -> token id, fixed")
     stop_at_eos: bool = knob(True, "skip the blocks after one that holds a stop id (models with `stop_ids` only)")
-    infill: int = knob(0, "prompt positions from its first [MASK] on, filled with the first block (see _masked_loop)")
+    infill: int = knob(0, "prompt positions from its first [MASK] on, filled with the first block (see _masked_loop)",
+                       user=False)
 
     blocks = MaskedParams.blocks
+    resolve = MaskedParams.resolve
 
-    def validate(self, vocab_size: int) -> None:
+    def validate(self, model) -> None:
         MaskedParams(self.gen_length, self.steps, self.block_length, pinned=self.pinned,
-                     stop_at_eos=self.stop_at_eos, infill=self.infill).validate(vocab_size)
+                     stop_at_eos=self.stop_at_eos, infill=self.infill).validate(model)
         check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")
 
 
@@ -236,7 +250,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, 
     """`prompt_ids` is the fixed prompt. With `params.infill` > 0 the prompt had masks: `stream` moved the prompt from
     its first [MASK] on into the region the run fills (`infill` positions before the generated ones, its tokens
     pinned), and the first block fills those masks too, counted in its schedule."""
-    params.validate(model.tokenizer.get_vocab_size())
+    params.validate(model)
     mask_id, P, I, G = model.mask_id, len(prompt_ids), params.infill, params.gen_length
     R = I + G  # the region the frames show: the prompt's infill part, then the generated positions
     if P + R > model.max_seq_len:
@@ -360,3 +374,14 @@ def _pad_id(model, stop_token: int) -> int:
 
 def _mask_rate(region: torch.Tensor, mask_id: int) -> float:
     return round(float((region == mask_id).float().mean()), 6)
+
+
+SAMPLERS = [
+    *(Sampler("mdlm", rule, MaskedParams, masked_diffusion, "LLaDA's loop", fixed={"remasking": rule})
+      for rule in REMASKING_RULES),
+    Sampler("mdlm", "threshold", MaskedParams, masked_diffusion, "Fast-dLLM's threshold rule",
+            fixed={"remasking": "low_confidence"}, defaults={"threshold": 0.9}),
+    Sampler("mdlm", "factor", MaskedParams, masked_diffusion, "Fast-dLLM's factor rule",
+            fixed={"remasking": "low_confidence"}, defaults={"factor": 1.0}),
+    Sampler("mdlm", "ancestral", AncestralParams, ancestral, "MDLM's ancestral sampler"),
+]

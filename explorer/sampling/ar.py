@@ -10,8 +10,11 @@ import torch
 from explorer import kernels
 from explorer.sampling.common import (
     MAX_GEN_LENGTH,
+    Sampler,
+    SamplerParams,
     check_int,
     check_sampling_knobs,
+    knob,
     make_frame,
     record_hidden,
     step_seed,
@@ -26,7 +29,7 @@ class ARParams(SamplerParams):
     top_k: int | None = knob(None, "keep the k most likely tokens")
     top_p: float | None = knob(None, "nucleus mass kept, in (0, 1]")
 
-    def validate(self) -> None:
+    def validate(self, model) -> None:
         check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
         check_sampling_knobs(self.temperature, self.top_k, self.top_p, "none")
 
@@ -40,7 +43,7 @@ def autoregressive(model, prompt_ids: list[int], params: ARParams, generator: to
     last position backwards; frames always index positions in reading order. `hidden`: record hidden
     states (None = at level "full"); a position's state is the one the head read to predict its token.
     """
-    params.validate()
+    params.validate(model)
     G = params.gen_length
     if 1 + len(prompt_ids) + G > model.max_seq_len:
         raise ValueError(
@@ -75,3 +78,6 @@ def autoregressive(model, prompt_ids: list[int], params: ARParams, generator: to
         if i < G - 1:
             logits, state = model(tokens.view(1, 1).to(model.device), cache=cache, return_hidden=True)
             logits, state = logits[0, -1:], state[0, -1]
+
+
+SAMPLERS = [Sampler("ar", "ar", ARParams, autoregressive, "autoregressive decoding")]

@@ -23,16 +23,19 @@ from explorer import kernels
 from explorer.sampling.common import (
     MAX_GEN_LENGTH,
     MAX_STEPS,
+    Sampler,
+    SamplerParams,
     check_flag,
     check_int,
     check_range,
     check_sampling_knobs,
     keep_states,
+    knob,
     make_frame,
     record_hidden,
     step_seed,
 )
-from explorer.sampling.masked import REMASKING_RULES, rule_scores, schedule_counts, select_commits
+from explorer.sampling.mdlm import REMASKING_RULES, rule_scores, schedule_counts, select_commits
 from explorer.sampling.trace import Frame
 
 
@@ -52,10 +55,18 @@ class BlockParams(SamplerParams):
     entropy_window: int = knob(256, "tokens of the recent window for the entropy stop rule")
     min_entropy: float = knob(4.0, "stop when the window's unigram entropy (nats) is below this; 0 disables")
 
-    def validate(self, model) -> int:
-        """Check the knobs against the model; return the block length in use."""
+    @classmethod
+    def resolve(cls, given: dict) -> dict:
+        """BD3-LM's nucleus (top_p 0.9) is the default only while top_k is not given."""
+        return ({"top_p": None} if "top_k" in given else {}) | given
+
+    def block(self, model) -> int:
+        """The block length in use: the knob, or the checkpoint's training block size."""
+        return model.block_size if self.block_length is None else self.block_length  # 0 is no block size
+
+    def validate(self, model) -> None:
         check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
-        block = model.block_size if self.block_length is None else self.block_length  # 0 is no block size
+        block = self.block(model)
         context = model.max_seq_len
         check_int("block_length", block, 1, context)
         if context % block:
@@ -74,7 +85,6 @@ class BlockParams(SamplerParams):
         if block != model.block_size:
             warnings.warn(f"block_length {block} differs from the block size this checkpoint was trained with "
                           f"({model.block_size}); quality may suffer", stacklevel=3)
-        return block
 
 
 def unigram_entropy(tokens: torch.Tensor) -> float:
@@ -98,7 +108,8 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
                     record: str = "tokens", *, hidden: bool | None = None) -> Iterator[Frame]:
     """Yield the initial canvas, then one Frame per network step (block index and cache use recorded).
     `hidden`: record hidden states (None = at level "full"): each step updates the positions its pass ran."""
-    block = params.validate(model)
+    params.validate(model)
+    block = params.block(model)
     mask_id, device = model.mask_id, model.device
     P, G, context = len(prompt_ids), params.gen_length, model.max_seq_len
     stride = max(block, context // 2 // block * block)  # how far the sliding window moves
@@ -177,3 +188,13 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
                 yield frame
             if final:
                 return
+
+
+SAMPLERS = [
+    Sampler("bd3lm", "first_hitting", BlockParams, block_diffusion, "BD3-LM's first-hitting sampler",
+            fixed={"remasking": "random"}),
+    *(Sampler("bd3lm", rule, BlockParams, block_diffusion, "LLaDA's rules inside blocks", fixed={"remasking": rule})
+      for rule in ("low_confidence", "margin", "entropy")),
+    Sampler("bd3lm", "threshold", BlockParams, block_diffusion, "Fast-dLLM's threshold rule inside blocks",
+            fixed={"remasking": "low_confidence"}, defaults={"threshold": 0.9}),
+]

@@ -28,7 +28,7 @@ from typing import Callable, Hashable, Iterator
 
 import torch
 
-from explorer.sampling.common import MAX_GEN_LENGTH, check_int, make_frame
+from explorer.sampling.common import MAX_GEN_LENGTH, Sampler, SamplerParams, check_int, knob, make_frame
 from explorer.sampling.trace import Frame
 
 ALGORITHMS = ("exact", "batch")
@@ -119,7 +119,8 @@ class CALMParams(SamplerParams):
     view_samples: int = knob(
         16, 'level "full": extra head samples per chunk kept for the scatter of the head\'s distribution')
 
-    def validate(self, chunk: int) -> None:
+    def validate(self, model) -> None:
+        chunk = model.chunk
         check_int("gen_length", self.gen_length, 1, MAX_GEN_LENGTH)
         if self.gen_length % chunk:
             raise ValueError(f"gen_length ({self.gen_length}) must be a multiple of the chunk size K={chunk}")
@@ -133,7 +134,7 @@ def calm_sampler(model, prompt_ids: list[int], params: CALMParams, generator: to
                  record: str = "tokens") -> Iterator[Frame]:
     """Yield the empty canvas, then one Frame per generated chunk (K tokens)."""
     K = model.chunk
-    params.validate(K)
+    params.validate(model)
     G = params.gen_length
     pad = (-len(prompt_ids)) % K  # the prompt is left-padded with <bos> to whole chunks
     context = [model.bos_id] * pad + list(prompt_ids)
@@ -214,3 +215,7 @@ def next_chunk(model, hidden: torch.Tensor, params: CALMParams, generator, rng) 
         key = batch_temperature_sample(draw(params.n_candidates), params.temperature, rng)
     z, conf = decoded[key]
     return torch.tensor(key), z, conf, drawn
+
+
+SAMPLERS = [Sampler("calm", algorithm, CALMParams, calm_sampler, "CALM", fixed={"algorithm": algorithm})
+            for algorithm in ALGORITHMS]

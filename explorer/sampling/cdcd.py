@@ -21,7 +21,16 @@ from typing import Iterator
 import torch
 
 from explorer import kernels
-from explorer.sampling.common import MAX_GEN_LENGTH, MAX_STEPS, check_int, check_range, make_frame
+from explorer.sampling.common import (
+    MAX_GEN_LENGTH,
+    MAX_STEPS,
+    Sampler,
+    SamplerParams,
+    check_int,
+    check_range,
+    knob,
+    make_frame,
+)
 from explorer.sampling.trace import Frame
 
 SCHEDULES = ("auto", "warped", "log")
@@ -31,12 +40,14 @@ SCHEDULES = ("auto", "warped", "log")
 class ContinuousParams(SamplerParams):
     gen_length: int = knob(64, "tokens to generate after the prompt")
     steps: int = knob(200, "Euler steps (network evaluations without guidance)")
-    schedule: str = knob("auto", 'step placement: "warped" (the learned warping CDF), "log" (even in log t), "auto"')
+    schedule: str = knob("auto", "step placement: warped (the learned warping CDF), log (even in log t), auto",
+                         choices=SCHEDULES)
     temperature: float = knob(1.0, "softmax temperature inside score interpolation (< 1 sharpens E[x0]; 0 = argmax)")
     churn: float = knob(0.0, "stochastic churn S_churn: 0 = the deterministic ODE")
     cfg_scale: float = knob(0.0, "classifier-free guidance: uncond + (s + 1)(cond - uncond), uncond sees nothing clean")
-    clamp: float = knob(0.0, "Diffusion-LM clamping (snap E[x0] to the nearest embedding) over this last fraction "
-                              "of the steps: 0 = never, 1 (or True) = every step, 0.3 = the last 30%")
+    clamp: float = knob(0.0, "Diffusion-LM clamping (snap E[x0] to the nearest embedding) over this last fraction of "
+                              "the steps: 0 = never, 1 (or True) = every step, 0.3 = the last 30%",
+                        flag={"nargs": "?", "const": 1.0, "metavar": "FRACTION"})
     pinned: dict[int, int] = knob({}, "generated position -> token id kept clean (infilling)")
 
     def __post_init__(self):
@@ -162,3 +173,6 @@ def _progress(model, t: float) -> float:
     if t <= 0:
         return 0.0
     return round(float(model.s_from_t(torch.tensor(t))), 6)
+
+
+SAMPLERS = [Sampler("cdcd", "euler", ContinuousParams, continuous_diffusion, "continuous diffusion (cdcd)")]
