@@ -60,7 +60,7 @@ def ar_continuations(model, prefixes: torch.Tensor, length: int, seed: int, temp
     """(B, length) tokens sampled at `temperature` after <bos> + each prefix (B, P), with a KV cache."""
     cache = model.new_cache()
     bos = torch.full((len(prefixes), 1), model.bos_id, dtype=torch.long)
-    logits = model(torch.cat([bos, prefixes], 1).to(model.device), cache=cache)[:, -1]  # (B, V)
+    logits = model(torch.cat([bos, prefixes], 1).to(model.device), cache=cache, logits_for=slice(-1, None))[:, -1]
     out = []
     for step in range(length):
         tokens = kernels.sample_and_score(logits.float(), temperature, seed=seed, offset=step * logits.numel())[0]
@@ -75,7 +75,7 @@ def ar_logprobs(model, prefixes: torch.Tensor, continuation: torch.Tensor) -> to
     """(B, n) log P of each continuation token given <bos> + prefix + the continuation so far."""
     bos = torch.full((len(prefixes), 1), model.bos_id, dtype=torch.long)
     ids = torch.cat([bos, prefixes, continuation], 1).to(model.device)
-    logp = model(ids[:, :-1]).float().log_softmax(-1)[:, prefixes.shape[1]:]  # (B, n, V)
+    logp = model(ids[:, :-1], logits_for=slice(prefixes.shape[1], None)).float().log_softmax(-1)  # (B, n, V)
     return logp.gather(-1, continuation.to(model.device)[..., None]).squeeze(-1).cpu()
 
 
@@ -142,7 +142,8 @@ def brier_lm(model, split: str = "test", context: int = 64, max_windows: int | N
             collision = probs.view(len(prefixes), samples, -1).mean(1)  # (B, 4): E_{z~P} P(z_{1:n})
             bos = torch.full((len(prefixes), 1), model.bos_id, dtype=torch.long)
             with torch.no_grad():
-                first = model(torch.cat([bos, prefixes], 1).to(model.device))[:, -1].float().softmax(-1)
+                first = model(torch.cat([bos, prefixes], 1).to(model.device), logits_for=slice(-1, None))[:, -1]
+                first = first.float().softmax(-1)
             collision[:, 0] = first.pow(2).sum(-1).cpu()  # exact for n = 1
             per_prefix.append(2 * logp.exp() - collision)
         else:

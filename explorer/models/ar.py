@@ -29,9 +29,11 @@ class ARModel(LanguageModel):
     family = "ar"
     config_class = ARConfig
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False):
-        """(B, L) ids in model order -> logits (B, L, V) for the next token at each position."""
-        return self.backbone(input_ids, cache=cache, return_hidden=return_hidden)
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False,
+                logits_for: slice = slice(None)):
+        """(B, L) ids in model order -> logits (B, L, V) for the next token at each position (`logits_for`: only
+        these positions get logits)."""
+        return self.backbone(input_ids, cache=cache, return_hidden=return_hidden, logits_for=logits_for)
 
 
     def to_model_order(self, ids: torch.Tensor) -> torch.Tensor:
