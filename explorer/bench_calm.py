@@ -76,7 +76,7 @@ def cost_per_token(model, attended_tokens: float, head_samples: float = 1.0) -> 
 
 
 def training_tokens(model) -> int | None:
-    return getattr(model, "checkpoint_info", {}).get("training", {}).get("tokens_seen")
+    return model.checkpoint_info.get("training", {}).get("tokens_seen")
 
 
 # --- 1. the K trade-off --------------------------------------------------------------------------------------

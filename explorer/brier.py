@@ -208,7 +208,7 @@ def brier_vs_cross_entropy(checkpoints: list[str], out: str, split: str = "test"
             raise ValueError(f"{name} is a {model.family} checkpoint; the cross-entropy side needs ar checkpoints")
         ce = evaluate(model, split, progress=False)["nll_per_token"]
         score = brier_lm(model, split, context, estimator="exact", stride=stride, progress=False, samples=samples)
-        steps = getattr(model, "checkpoint_info", {}).get("training", {}).get("steps_done")
+        steps = model.checkpoint_info.get("training", {}).get("steps_done")
         rows.append({"checkpoint": str(name), "steps": steps, "cross_entropy": ce, "brierlm": score["brierlm"],
                      "brierlm_se": score["brierlm_se"], "brier": score["brier"], "windows": score["windows"]})
     ce, br = [r["cross_entropy"] for r in rows], [r["brierlm"] for r in rows]

@@ -192,6 +192,7 @@ def cdcd_metrics(model, judge, windows: int = 64, levels: int = 12, samples: int
     import statistics
 
     import torch
+    from tqdm.auto import tqdm
 
     from explorer.bench import generative_ppl
     from explorer.bench_block import prompts_from_val
@@ -199,7 +200,6 @@ def cdcd_metrics(model, judge, windows: int = 64, levels: int = 12, samples: int
     from explorer.models.cdcd import ce_per_noise_level
     from explorer.sampling import generate
     from explorer.sampling.bd3lm import unigram_entropy
-    from tqdm.auto import tqdm
 
     test = TokenStream(load_corpus(), "test", model.tokenizer).windows(model.max_seq_len)[:windows]
     curve = ce_per_noise_level(model, test, levels=levels, progress=True)

@@ -171,7 +171,7 @@ def cmd_sample(args):
     if args.chat:
         from explorer.released import chat_prompt
 
-        if not getattr(model, "chat_template", None):
+        if not model.chat_template:
             raise ValueError(f"--chat: {model.name} has no chat template (tokenizer_config.json's chat_template)")
         prompt = chat_prompt(model, prompt)
     animate = sys.stdout.isatty() and not args.no_animation

@@ -40,7 +40,7 @@ def evaluate(model, split: str = "test", corpus: str | None = None, n_t: int = 8
     nll = nll_sum / tokens
     return {"family": model.family, "split": split, "tokens": tokens, "nll_per_token": round(nll, 5),
             "ppl": round(math.exp(nll), 3), "bound": model.family != "ar",
-            "n_t": n_t if model.family != "ar" else None, "checkpoint": getattr(model, "name", None),
+            "n_t": n_t if model.family != "ar" else None, "checkpoint": model.name,
             "window": model.max_seq_len}
 
 

@@ -113,7 +113,7 @@ def has_chat_template(path: Path) -> bool:
 def model_prompt(model, prompt: str, chat: bool) -> str:
     """The prompt the model is given: one user turn in the checkpoint's chat template when `chat` is ticked and the
     checkpoint has a template (what an Instruct model was tuned on), else the prompt as typed."""
-    if not chat or not getattr(model, "chat_template", None):
+    if not chat or not model.chat_template:
         return prompt
     from jinja2 import TemplateError
 

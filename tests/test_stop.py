@@ -66,7 +66,7 @@ def test_our_shipped_mdlm_runs_every_block():
     eos = model.tokenizer.token_to_id("<eos>")
     knobs = KNOBS | {"pinned": {3: eos}}
     on, off = generate(model, **knobs), generate(model, stop_at_eos=False, **knobs)
-    assert not hasattr(model, "stop_ids") and on.final_tokens == off.final_tokens
+    assert model.stop_ids == () and on.final_tokens == off.final_tokens  # our checkpoints name no stop ids
     assert on.stats["nfe"] == off.stats["nfe"] and on.frames[-1].stop is None and "stop" not in on.stats
     assert on.frames[-1].block == 3 and on.text == off.text
 

@@ -1,4 +1,5 @@
-"""What every family shares: the backbone, the tokenizer, special ids, save / load (safetensors + JSON)."""
+"""What every family shares: the backbone, the tokenizer, special ids, save / load (safetensors + JSON), and the
+interface the samplers read (`SamplerModel`), which the released checkpoints' models implement too."""
 
 from __future__ import annotations
 
@@ -30,11 +31,59 @@ INT_LIMITS = {name: MAX_LAYERS for name in ("n_layers", "head_layers", "n_blocks
     name: MAX_CONTEXT for name in ("max_seq_len", "max_sequence_length", "model_length", "max_position_embeddings")}
 
 
+@typing.runtime_checkable
+class SamplerModel(typing.Protocol):
+    """What a sampler may read from a model: our `LanguageModel`s and the released models (LLaDA, Dream, the DiT
+    releases) provide exactly this. Families add their own on top (bd3lm: block_size; calm: chunk and the head)."""
+
+    family: str  # "ar", "mdlm", "bd3lm", "cdcd" or "calm": which samplers run it
+    name: str  # the checkpoint's name, for traces
+    tokenizer: Tokenizer
+    config: typing.Any  # the family config; config.backbone.d_model sizes recorded hidden states
+    default_sampler: str | None  # the sampler a run gets when none is named (None: the family's first)
+    time_conditioned: bool  # the network reads the sampler's noise level t (a released DiT may)
+    logit_shift: int  # 1: position i's logits come from output i - 1 (Dream's shift)
+    stop_ids: tuple[int, ...]  # tokens that end an answer (released Instruct models); () for ours
+    checkpoint_path: str | None  # the folder it was read from
+    chat_template: str | list | None  # a released Instruct model's Jinja chat template
+
+    @property
+    def mask_id(self) -> int: ...
+
+    @property
+    def bos_id(self) -> int | None: ...
+
+    @property
+    def eos_id(self) -> int | None: ...
+
+    @property
+    def pad_id(self) -> int | None: ...
+
+    @property
+    def max_seq_len(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def num_parameters(self) -> int: ...
+
+    def new_cache(self) -> KVCache: ...
+
+    def __call__(self, *args, **kwargs) -> typing.Any: ...
+
+
 class LanguageModel(nn.Module):
     """Base of all families: a shared Transformer plus a tokenizer. Subclasses define `loss`."""
 
     family: str = ""
     config_class: type = None
+    default_sampler: str | None = None
+    time_conditioned = False
+    logit_shift = 0
+    stop_ids: tuple[int, ...] = ()
+    checkpoint_path: str | None = None
+    checkpoint_info: dict = {}  # config.json of the folder it was read from (set on loading)
+    chat_template = None  # our checkpoints have none (released Instruct models do)
 
     def __init__(self, config, tokenizer: Tokenizer):
         super().__init__()

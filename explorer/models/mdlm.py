@@ -66,8 +66,6 @@ class MDLMModel(LanguageModel):
         """1 when position i's logits come from output i - 1 (a window of logits needs one position before it)."""
         return int(self.config.shift)
 
-    time_conditioned = False  # our masked models are not (MDLM: not needed); a released DiT may be
-
     def denoiser_logits(self, x_t: torch.Tensor, return_hidden: bool = False, t: float | None = None,
                         **backbone_args):
         """Logits (B, L, V) of x0 with the mask token excluded (its logit is -inf). `t`: the sampler's noise level,

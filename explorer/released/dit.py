@@ -56,6 +56,7 @@ from explorer.models.bd3lm import BD3LMConfig, BD3LMModel
 from explorer.models.mdlm import MDLMConfig, MDLMModel
 from explorer.nn import KVCache, TransformerConfig
 from explorer.nn.transformer import Attention, Rotary, window
+from explorer.released.base import ReleasedModel
 from explorer.released.llada import rope_permutation
 from explorer.released.memory import PICKLE_SUFFIXES, SafetensorsFolder, check_layout
 from explorer.released.placement import (
@@ -257,7 +258,7 @@ class DiTBackbone(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-class DiTRelease:
+class DiTRelease(ReleasedModel):
     """What the MDLM and BD3-LM releases share on top of their family: the DiT backbone and the ids of the
     release (the mask is the extra last row, which GPT-2's tokenizer does not name)."""
 
@@ -273,23 +274,10 @@ class DiTRelease:
         self.layout = layout  # the released layout this model was read from
 
     @property
-    def mask_id(self) -> int:
-        return self.spec.mask_id
-
-    @property
-    def eos_id(self) -> int | None:
-        return self.spec.eos_id
-
-    @property
-    def bos_id(self) -> int | None:
-        return self.spec.eos_id
-
-    @property
-    def pad_id(self) -> int | None:
-        return self.spec.eos_id
-
-    def save_pretrained(self, path, extra=None, dtype=torch.float16):
-        raise NotImplementedError("released DiT checkpoints are read from their own layout; they are not re-saved")
+    def special(self) -> dict[str, int | None]:
+        """GPT-2's end of text is also its bos and pad; the mask is the extra last row."""
+        eos = self.spec.eos_id
+        return {"mask": self.spec.mask_id, "bos": eos, "eos": eos, "pad": eos}
 
 
 class DiTMDLMModel(DiTRelease, MDLMModel):

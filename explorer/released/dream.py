@@ -16,6 +16,7 @@ from torch import nn
 from explorer.data.tokenizer import load_tokenizer
 from explorer.models.base import config_float, config_int, read_config
 from explorer.models.mdlm import MDLMModel
+from explorer.released.base import ReleasedModel
 from explorer.released.llada import read_chat_template
 from explorer.released.memory import INDEX, SINGLE, SafetensorsFolder
 from explorer.released.placement import (
@@ -108,43 +109,23 @@ def make_bidirectional(network: nn.Module) -> None:
                            "this transformers version's Qwen2 layout is not supported")
 
 
-class DreamModel(nn.Module):
+class DreamModel(ReleasedModel, nn.Module):
     """Dream wrapped for our masked-diffusion samplers: (B, L) ids -> (B, L, V) SUBS logits, like MDLMModel."""
 
     family = "mdlm"
     default_sampler = "dream"  # Dream's own loop (explorer.sampling.dream); LLaDA's rules stay selectable
     time_conditioned = False  # Dream's network takes no noise level
+    logit_shift = 0  # Dream shifts inside `raw_logits`: callers see ordinary per-position logits (no cache windows)
 
     def __init__(self, network: nn.Module, tokenizer: Tokenizer, config: DreamConfig, special: dict[str, int | None]):
         super().__init__()
         self.network = network  # transformers Qwen2ForCausalLM, attention made non-causal
         self.tokenizer = tokenizer
         self.config = config
-        self.special = special
+        self.special = special | {"mask": config.mask_token_id}
         self.name = "dream"
-        self.chat_template: str | None = None  # tokenizer_config.json's Jinja chat template, when present
+        self.layout = "dream"
         make_bidirectional(network)
-
-    @property
-    def mask_id(self) -> int:
-        return self.config.mask_token_id
-
-    @property
-    def bos_id(self) -> int | None:
-        return self.special.get("bos")
-
-    @property
-    def eos_id(self) -> int | None:
-        return self.special.get("eos")
-
-    @property
-    def pad_id(self) -> int | None:
-        return self.special.get("pad")
-
-    @property
-    def stop_ids(self) -> tuple[int, ...]:
-        """Tokens that end an answer (the masked sampler skips the blocks after one): eos and <|im_end|>."""
-        return tuple(t for t in (self.eos_id, self.special.get("eot")) if t is not None)
 
     @property
     def max_seq_len(self) -> int:

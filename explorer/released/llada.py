@@ -36,6 +36,7 @@ from explorer.models.base import config_float, config_int, read_config
 from explorer.models.mdlm import MDLMConfig, MDLMModel
 from explorer.nn import Transformer, TransformerConfig
 from explorer.nn.transformer import Block, Rotary
+from explorer.released.base import ReleasedModel
 from explorer.released.memory import SafetensorsFolder, check_layout
 from explorer.released.placement import (
     Placement,
@@ -179,7 +180,7 @@ def expected_shapes(backbone: TransformerConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-class LLaDAModel(MDLMModel):
+class LLaDAModel(ReleasedModel, MDLMModel):
     """A released LLaDA checkpoint in the mdlm family: same samplers, same denoiser interface."""
 
     config_class = LLaDAConfig
@@ -192,36 +193,12 @@ class LLaDAModel(MDLMModel):
         self.tokenizer = tokenizer
         self.backbone = Transformer(config.backbone)
         self.name = "llada"
-        self.chat_template: str | None = None  # tokenizer_config.json's Jinja chat template, when present
-        self.layout = "llada"  # the released layout this model was read from
+        self.layout = "llada"
 
     @property
-    def mask_id(self) -> int:
-        return self.config.mask_id
-
-    @property
-    def eos_id(self) -> int | None:
-        return self.config.eos_id
-
-    @property
-    def eot_id(self) -> int | None:
-        return self.config.eot_id
-
-    @property
-    def pad_id(self) -> int | None:
-        return self.config.pad_id
-
-    @property
-    def bos_id(self) -> int | None:
-        return self.config.bos_id
-
-    @property
-    def stop_ids(self) -> tuple[int, ...]:
-        """Tokens that end an answer (the masked sampler skips the blocks after one): eos and <|eot_id|>."""
-        return tuple(t for t in (self.eos_id, self.eot_id) if t is not None)
-
-    def save_pretrained(self, path, extra=None, dtype=torch.float16):
-        raise NotImplementedError("released LLaDA checkpoints are read from their own layout; they are not re-saved")
+    def special(self) -> dict[str, int | None]:
+        c = self.config
+        return {"mask": c.mask_id, "bos": c.bos_id, "eos": c.eos_id, "pad": c.pad_id, "eot": c.eot_id}
 
 
 def _mapped_state(weights: SafetensorsFolder, backbone: TransformerConfig,
@@ -378,7 +355,7 @@ def chat_prompt(model, text: str, system: str | None = None) -> str:
     """`text` as one user turn in the model's chat template (tokenizer_config.json), ready for generation;
     `text` unchanged when the folder has no template. Rendered by `render_chat_template` (no code from the folder
     runs outside Jinja's sandbox, within time, memory and size limits)."""
-    template = getattr(model, "chat_template", None)
+    template = model.chat_template
     if not template:
         return text
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
@@ -389,4 +366,4 @@ def chat_prompt(model, text: str, system: str | None = None) -> str:
 
     variables = {"messages": messages, "add_generation_prompt": True, "bos_token": name(model.bos_id) or "",
                  "eos_token": name(model.eos_id) or ""}
-    return render_chat_template(template, variables, Path(getattr(model, "checkpoint_path", model.name)) / CHAT_CONFIG)
+    return render_chat_template(template, variables, Path(model.checkpoint_path or model.name) / CHAT_CONFIG)

@@ -89,7 +89,7 @@ def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed
         pinned = {p: t for p, t in enumerate(infill) if t != model.mask_id} | {
             len(infill) + p: t for p, t in pinned.items()}
     knobs["pinned"] = pinned or None  # None: not given (samplers without pinned tokens take an empty one)
-    spec = sampler_for(model.family, sampler or getattr(model, "default_sampler", None))  # Dream models: Dream's
+    spec = sampler_for(model.family, sampler or model.default_sampler)  # Dream models: Dream's
     if "infill" in knobs and "infill" not in spec.knobs:
         raise ValueError(f"the prompt holds [MASK] tokens: filling them needs a masked-diffusion sampler (the mdlm "
                          f"family's remasking rules, threshold, factor, ancestral or dream), not {model.family} / "
@@ -129,7 +129,7 @@ def build_trace(model, prompt_ids: list[int], description: dict, frames: list[Fr
     gen = len(final)
     return Trace(
         model={"name": model.name, "family": model.family, "params": model.num_parameters(),
-               "checkpoint": getattr(model, "checkpoint_path", None)},
+               "checkpoint": model.checkpoint_path},
         sampler=description,
         prompt_ids=list(prompt_ids),
         frames=frames,

@@ -15,7 +15,7 @@ The prompt and pinned tokens stay clean, as the model was trained.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch

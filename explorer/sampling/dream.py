@@ -19,7 +19,7 @@ equal in distribution to Dream's `Categorical` / `multinomial` calls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch

@@ -26,7 +26,6 @@ from explorer.sampling.mdlm import guided_logits
 from explorer.sampling.trace import Frame, Trace
 
 
-
 @torch.no_grad()
 def top_candidates(model, trace: Trace, index: int, position: int, k: int = 5) -> list[dict]:
     """The model's k likeliest tokens at generated `position` given frame `index`'s canvas, the position masked

@@ -16,7 +16,7 @@ not computed; they are filled with the model's pad id and the last frame says wh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -129,7 +129,7 @@ class AncestralParams(SamplerParams):
 def find_stop(model, tokens) -> tuple[int, str] | None:
     """(index, "eos" or "eot") of the first of the model's `stop_ids` in `tokens` (1-D tensor or list), None when
     there is none or the model names no stop ids (our own checkpoints)."""
-    stops = getattr(model, "stop_ids", ())
+    stops = model.stop_ids
     if not stops:
         return None
     tokens = torch.as_tensor(tokens, dtype=torch.long)
@@ -183,7 +183,7 @@ def _cached_logits(model, canvas: torch.Tensor, cache, refresh: bool, mode: str,
         offset, label, window = 0, "refresh", dict(start=0)
     else:
         end = len(canvas) if mode == "prefix" else hi
-        lead = min(lo, getattr(model, "logit_shift", 0))  # a shifted model reads position lo's logits at lo - 1
+        lead = min(lo, model.logit_shift)  # a shifted model reads position lo's logits at lo - 1
         offset, label, window = lo, mode, dict(start=lo - lead, store=0)
         canvas = canvas[lo - lead:end]
     logits, hidden = model.denoiser_logits(canvas[None], return_hidden=True, cache=cache, **window)
@@ -295,7 +295,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, 
                     block_step += 1
                     continue
             cache_label, pass_hidden = None, None
-            if (ancestral and not getattr(model, "time_conditioned", False) and cached_canvas is not None
+            if (ancestral and not model.time_conditioned and cached_canvas is not None
                     and torch.equal(cached_canvas, canvas)):
                 logits, pass_hidden = cached_logits, cached_hidden  # no time conditioning: same canvas, same logits
             elif kv is not None:
@@ -366,7 +366,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, 
 
 def _pad_id(model, stop_token: int) -> int:
     """What fills the canvas after the answer ends: the pad id (LLaDA's is its eos), else eos, else the stop token."""
-    for token in (getattr(model, "pad_id", None), getattr(model, "eos_id", None)):
+    for token in (model.pad_id, model.eos_id):
         if token is not None:
             return token
     return stop_token

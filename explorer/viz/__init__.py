@@ -1,8 +1,15 @@
 """Pure functions from a Trace to pictures (HTML, plotly); no Gradio import. App and notebooks share them."""
 
 from explorer.viz.export import trace_animation_html, trace_gif
-from explorer.viz.latent import (Projection, head_samples, hidden_state_paths, latent_trajectories, project,
-                                 step_preview, trajectory_points)
+from explorer.viz.latent import (
+                                 Projection,
+                                 head_samples,
+                                 hidden_state_paths,
+                                 latent_trajectories,
+                                 project,
+                                 step_preview,
+                                 trajectory_points,
+)
 from explorer.viz.plots import confidence_heatmap, confidence_matrix, entropy_heatmap, step_heatmap, step_matrix
 from explorer.viz.tokens import COLOR_MODES, COLORSCALE, frame_values, tokens_html
 

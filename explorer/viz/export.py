@@ -6,7 +6,6 @@ import html
 import json
 from pathlib import Path
 
-
 from explorer.sampling.trace import Trace
 from explorer.viz.tokens import COLOR_MODES, MASK_COLOR, PROMPT_COLOR, _text_color, frame_values, level, palette
 
