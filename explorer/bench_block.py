@@ -104,14 +104,14 @@ def draft_refine(model, judge, prompts, drafter: str, gen_length: int = 64, roun
     """Generative perplexity (and token diversity) of three ways to spend about the same evaluations."""
     count = max(1, round(fraction * gen_length))
     budget = gen_length + rounds * count
+    drafting = judge if judge.name == drafter else load(drafter)
     methods = {
         f"AR only ({drafter}, T={temperature})": lambda p, i: generate(
-            judge if judge.name == drafter else load(drafter), p, gen_length=gen_length, temperature=temperature,
-            seed=i, record="none"),
+            drafting, p, gen_length=gen_length, temperature=temperature, seed=i, record="none"),
         f"masked diffusion only ({model.name}, low_confidence)": lambda p, i: generate(
             model, p, "low_confidence", gen_length=gen_length, steps=budget, seed=i, record="none"),
         f"draft ({drafter}) + refine ({model.name}), R={rounds}, {fraction:.0%}": lambda p, i: generate(
-            model, p, "draft_refine", drafter=drafter, gen_length=gen_length, rounds=rounds, fraction=fraction,
+            model, p, "draft_refine", drafter=drafting, gen_length=gen_length, rounds=rounds, fraction=fraction,
             temperature=temperature, seed=i, record="none"),
     }
     rows = {}

@@ -178,6 +178,8 @@ def cmd_sample(args):
     record = "tokens" if animate and args.record == "none" else args.record
     knobs = {name: getattr(args, name) for name in every_knob() if name != "pinned"} | {
         "pinned": _parse_pins(args.pin) or None}
+    if knobs["drafter"] is not None:  # draft_refine's drafter, by name or folder
+        knobs["drafter"] = explorer.load(knobs["drafter"], device=str(model.device))
     description, prompt_ids, frames_iter = stream(model, prompt, args.sampler, args.seed, record, **knobs)
     frames, started = [], time.perf_counter()
     for frame in frames_iter:

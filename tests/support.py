@@ -32,6 +32,12 @@ class MockDenoiser:
     name = "mock"
     max_seq_len = 128
     device = torch.device("cpu")
+    default_sampler = None  # the rest of explorer.models.base.SamplerModel
+    time_conditioned = False
+    logit_shift = 0
+    stop_ids = ()
+    checkpoint_path = None
+    chat_template = None
 
     def __init__(self, tokenizer, peak: float = 0.0, family: str = "mdlm"):
         self.tokenizer = tokenizer

@@ -51,8 +51,8 @@ def test_cache_knob_errors(tiny_mdlm):
 
 
 @pytest.fixture()
-def drafter_folder(tiny_ar, tmp_path):
-    return str(tiny_ar.save_pretrained(tmp_path / "drafter"))
+def drafter_folder(tiny_ar):
+    return tiny_ar  # draft_refine's drafter is a loaded model
 
 
 def test_draft_and_refine_revises_only_remasked_tokens(tiny_mdlm, drafter_folder):
@@ -80,6 +80,7 @@ def test_draft_and_refine_bad_knobs(tiny_mdlm, drafter_folder, tmp_path):
         generate(tiny_mdlm, "", sampler="draft_refine", drafter=drafter_folder, gen_length=8, fraction=0.0)
     with pytest.raises(ValueError, match="rounds"):
         generate(tiny_mdlm, "", sampler="draft_refine", drafter=drafter_folder, gen_length=8, rounds=-1)
-    mdlm_folder = str(tiny_mdlm.save_pretrained(tmp_path / "mdlm"))
     with pytest.raises(ValueError, match="drafter must be an ar or bd3lm"):
-        generate(tiny_mdlm, "", sampler="draft_refine", drafter=mdlm_folder, gen_length=8)
+        generate(tiny_mdlm, "", sampler="draft_refine", drafter=tiny_mdlm, gen_length=8)
+    with pytest.raises(ValueError, match=r"drafter must be a loaded ar or bd3lm model, e.g. drafter=explorer.load"):
+        generate(tiny_mdlm, "", sampler="draft_refine", drafter="ar-tiny", gen_length=8)

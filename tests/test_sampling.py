@@ -209,7 +209,7 @@ DISCRETE_RUNS = {  # id: (model fixture, knobs); every discrete sampler and cach
 
 @pytest.fixture(scope="module")
 def drafter_folder(tiny_ar, tmp_path_factory):
-    return str(tiny_ar.save_pretrained(tmp_path_factory.mktemp("drafter") / "drafter"))
+    return tiny_ar  # draft_refine's drafter is a loaded model
 
 
 def discrete_run(request, run: str):

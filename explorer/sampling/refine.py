@@ -27,13 +27,14 @@ from explorer.sampling.common import (
     knob,
 )
 from explorer.sampling.mdlm import MaskedParams, masked_diffusion
+from explorer.models.base import SamplerModel
 from explorer.sampling.trace import Frame
 
 
 @dataclass(frozen=True)
 class RefineParams(SamplerParams):
     gen_length: int = knob(64, "tokens to generate")
-    drafter: str = knob("ar-tiny", "checkpoint (name or folder) of the ar or bd3lm model that drafts")
+    drafter: SamplerModel | None = knob(None, "the loaded ar or bd3lm model that drafts (CLI: its name or folder)")
     rounds: int = knob(2, "refinement rounds R")
     fraction: float = knob(0.25, "share of the draft remasked in each round (lowest confidence first)")
     steps: int | None = knob(None, "denoising steps per round; None = one token per step")
@@ -60,15 +61,16 @@ class RefineParams(SamplerParams):
         return max(1, round(self.fraction * self.gen_length))
 
 
-def load_drafter(name: str, refiner):
-    from explorer.hub import load  # late import: hub imports the models, sampling must not import hub at load
-
-    drafter = load(name, device=str(refiner.device))
+def check_drafter(drafter, refiner) -> None:
+    """The drafter is a loaded ar or bd3lm model on the refiner's tokenizer (callers load it: this layer opens no
+    checkpoint)."""
+    if drafter is None or isinstance(drafter, str):
+        raise ValueError(f"drafter must be a loaded ar or bd3lm model, e.g. drafter=explorer.load('ar-tiny'), got "
+                         f"{drafter!r}")
     if drafter.family not in ("ar", "bd3lm"):
-        raise ValueError(f"drafter must be an ar or bd3lm checkpoint, {name!r} is {drafter.family}")
+        raise ValueError(f"drafter must be an ar or bd3lm checkpoint, {drafter.name!r} is {drafter.family}")
     if drafter.tokenizer.get_vocab() != refiner.tokenizer.get_vocab():
-        raise ValueError(f"drafter {name!r} uses a different tokenizer than the refiner {refiner.name!r}")
-    return drafter
+        raise ValueError(f"drafter {drafter.name!r} uses a different tokenizer than the refiner {refiner.name!r}")
 
 
 @torch.no_grad()
@@ -78,7 +80,8 @@ def draft_and_refine(model, prompt_ids: list[int], params: RefineParams, generat
     from explorer.sampling import build_sampler  # the registry lives in the package
 
     params.validate(model)
-    drafter = load_drafter(params.drafter, model)
+    drafter = params.drafter
+    check_drafter(drafter, model)
     knobs = dict(gen_length=params.gen_length, temperature=params.temperature, top_k=params.top_k,
                  top_p=params.top_p)
     if drafter.family == "bd3lm":
