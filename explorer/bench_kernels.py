@@ -133,7 +133,7 @@ def run_kernels_bench(json_path: str | Path = "bench_results/kernels.json", repe
                     "memory_ratio": round(naive_b / max(ours_b, 1), 2)}  # > 1: ours smaller
         results["cpu_rows"].append(row)
         del inputs
-    if torch.cuda.is_available() and kernels._triton_available():
+    if torch.cuda.is_available() and kernels.triton_available():
         results["cuda_device"] = torch.cuda.get_device_name()
         results["cuda_rows"] = _cuda_rows(sizes, repeats, cases)
     write_results(json_path, results, kernels_table(results))

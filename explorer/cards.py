@@ -347,8 +347,8 @@ def write_autoencoder_card(folder: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from explorer.data import TokenStream, load_corpus, load_tokenizer
+    from explorer.data.tokenizer import SHIPPED_TOKENIZER
     from explorer.models.calm import Autoencoder
-    from explorer.train import SHIPPED_TOKENIZER
     from explorer.train_autoencoder import robustness
 
     autoencoder = Autoencoder.from_pretrained(folder)

@@ -51,7 +51,7 @@ from explorer.data import (
     split_works,
     train_tokenizer,
 )
-from explorer.data.corpus import DATA_DIR
+from explorer.data.tokenizer import SHIPPED_TOKENIZER
 from explorer.models import (
     FAMILIES,
     ARConfig,
@@ -64,7 +64,6 @@ from explorer.models.base import load_folder
 from explorer.models.bd3lm import PUBLISHED_CLIP, check_clip, clip_variance
 from explorer.nn import preset
 
-SHIPPED_TOKENIZER = DATA_DIR / "tokenizer.json"
 # Knobs a resumed run may change: the schedule length (to extend or shorten a run) and bookkeeping.
 RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "snapshot_every", "precision"}
 PRECISIONS = ("fp32", "bf16")

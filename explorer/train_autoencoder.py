@@ -26,12 +26,11 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from explorer.data import TokenStream, load_corpus, load_tokenizer
-from explorer.data.tokenizer import MASK
+from explorer.data.tokenizer import MASK, SHIPPED_TOKENIZER
 from explorer.models.base import read_config
 from explorer.models.calm import Autoencoder, AutoencoderConfig, collapsed_dimensions, reconstruction_accuracy
 from explorer.train import (
     MAX_SEED,
-    SHIPPED_TOKENIZER,
     check_finite,
     check_knob,
     device_name,

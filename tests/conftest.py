@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from explorer.data import load_tokenizer
+from explorer.data.tokenizer import SHIPPED_TOKENIZER
 from explorer.models import (
     ARConfig,
     ARModel,
@@ -23,7 +24,6 @@ from explorer.models import (
     MDLMModel,
 )
 from explorer.models.calm import AutoencoderConfig
-from explorer.train import SHIPPED_TOKENIZER
 from support import MockDenoiser, tiny_backbone
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

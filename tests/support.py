@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
+from explorer.data.tokenizer import SHIPPED_TOKENIZER
 from explorer.nn import TransformerConfig
 from explorer.released.dream import qwen2_config
 from explorer.released.synthetic import save_weights
-from explorer.train import SHIPPED_TOKENIZER
 
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout: README, notebooks, pyproject.toml
 

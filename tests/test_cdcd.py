@@ -8,11 +8,12 @@ import torch
 
 import explorer
 from explorer.models import CDCDConfig, CDCDModel
-from explorer.models.cdcd import TimeWarp, ce_per_noise_level, vocabulary_points
+from explorer.models.cdcd import TimeWarp, ce_per_noise_level
 from explorer.nn import Transformer, TransformerConfig
 from explorer.sampling import build_sampler
 from explorer.sampling.cdcd import ContinuousParams
 from explorer.viz import entropy_heatmap, latent_trajectories, trajectory_points
+from explorer.viz.latent import vocabulary_points
 
 PROMPT = [5, 6, 7]
 

@@ -169,7 +169,7 @@ def test_calm_autoencoders_reconstruct_and_forgive_noise_on_the_latent():
 
 def autoencoder_tokenizer():
     from explorer.data import load_tokenizer
-    from explorer.train import SHIPPED_TOKENIZER
+    from explorer.data.tokenizer import SHIPPED_TOKENIZER
 
     return load_tokenizer(SHIPPED_TOKENIZER)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from support import dream_config, reference_network, write_folder
 
 import explorer
 from explorer.kernels import counter_uniform
 from explorer.sampling import generate
 from explorer.sampling.common import step_seed
 from explorer.sampling.dream import DreamParams
+from support import dream_config, reference_network, write_folder
 
 
 def dream_published_loop(model, prompt_ids, gen_length, steps, alg, temperature=0.0, top_p=None, top_k=None,

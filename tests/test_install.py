@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
 from support import ROOT
 
 BIN = Path(sys.executable).parent

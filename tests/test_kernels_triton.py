@@ -71,7 +71,6 @@ def test_triton_gumbel_equals_the_reference_at_extreme_counters():
     the interpreter, and torch's differ by at most one unit in the last place)."""
     import triton
     import triton.language as tl
-
     from test_kernels_reference import EXTREME_BITS, counter_for_bits
 
     @triton.jit

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import explorer
-from explorer.models.cdcd import vocabulary_points
 from explorer.viz import (
     head_samples,
     hidden_state_paths,
@@ -17,6 +16,7 @@ from explorer.viz import (
     project,
     step_preview,
 )
+from explorer.viz.latent import vocabulary_points
 
 
 def cloud(seed=0, n=50, d=8):

@@ -10,6 +10,7 @@ PAD, BOS, EOS, MASK = "<pad>", "<bos>", "<eos>", "[MASK]"
 SPECIAL_TOKENS = (PAD, BOS, EOS, MASK)  # ids 0..3 in this order
 VOCAB_SIZE = 2048
 TOKENIZER = "tokenizer.json"
+SHIPPED_TOKENIZER = Path(__file__).resolve().parent / TOKENIZER  # the one every shipped checkpoint uses
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> Tokenizer:

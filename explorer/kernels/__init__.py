@@ -29,7 +29,7 @@ _FORCE_TRITON = False  # tests set this (with TRITON_INTERPRET=1) to route CPU t
 
 
 @functools.cache
-def _triton_available() -> bool:
+def triton_available() -> bool:
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
@@ -40,7 +40,7 @@ def _triton_available() -> bool:
 
 def _use_triton(*tensors: torch.Tensor) -> bool:
     """Triton when every tensor is on a CUDA device (or tests force it) and triton imports."""
-    return (_FORCE_TRITON or all(t.is_cuda for t in tensors)) and _triton_available()
+    return (_FORCE_TRITON or all(t.is_cuda for t in tensors)) and triton_available()
 
 
 # --- validation ----------------------------------------------------------------------------------

@@ -259,12 +259,3 @@ def ce_per_noise_level(model: CDCDModel, windows: torch.Tensor, levels: int = 16
         ces.append(total / count)
     model.train(was_training)
     return {"t": [round(float(v), 4) for v in model.t_from_s(s_grid)], "ce": [round(c, 4) for c in ces]}
-
-
-def vocabulary_points(model: CDCDModel) -> tuple[torch.Tensor, list[str]]:
-    """The token points (V, De) on the CPU and a display string per token (for the embedding-cloud plots)."""
-    from explorer.data.tokenizer import display_string
-
-    with torch.no_grad():
-        points = model.embeddings().float().cpu()
-    return points, [display_string(model.tokenizer, i) for i in range(len(points))]

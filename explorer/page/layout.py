@@ -25,7 +25,6 @@ import explorer
 from explorer.data.tokenizer import display_string
 from explorer.hub import calm_chunk_sizes, calm_for_chunk
 from explorer.models.base import read_config
-from explorer.models.cdcd import vocabulary_points
 from explorer.sampling import SAMPLERS, Trace, build_trace
 from explorer.sampling.calm import MAX_CANDIDATES
 from explorer.sampling.edit import resume, spliced_trace, top_candidates
@@ -40,7 +39,7 @@ from explorer.viz import (
     trace_gif,
 )
 from explorer.viz.compare import frame_at_progress, progress_plot, run_label, side_by_side_html, small_multiples_html
-from explorer.viz.latent import warm_umap
+from explorer.viz.latent import vocabulary_points, warm_umap
 from explorer.webapp import (
     CACHES,
     MAX_LENGTH,

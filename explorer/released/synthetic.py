@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer
 
-from explorer.train import SHIPPED_TOKENIZER
+from explorer.data.tokenizer import SHIPPED_TOKENIZER
 
 D, LAYERS, HEADS, FF, THETA, EPS = 32, 2, 4, 48, 500000.0, 1e-5
 VOCAB, EMBED = 2048, 2112  # the shipped tokenizer's size; the embedding padded beyond it, like LLaDA's 126464

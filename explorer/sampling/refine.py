@@ -16,6 +16,7 @@ from typing import Iterator
 
 import torch
 
+from explorer.models.base import SamplerModel
 from explorer.sampling.common import (
     MAX_GEN_LENGTH,
     MAX_STEPS,
@@ -27,7 +28,6 @@ from explorer.sampling.common import (
     knob,
 )
 from explorer.sampling.mdlm import MaskedParams, masked_diffusion
-from explorer.models.base import SamplerModel
 from explorer.sampling.trace import Frame
 
 

@@ -2,17 +2,19 @@
 
 from explorer.viz.export import trace_animation_html, trace_gif
 from explorer.viz.latent import (
-                                 Projection,
-                                 head_samples,
-                                 hidden_state_paths,
-                                 latent_trajectories,
-                                 project,
-                                 step_preview,
-                                 trajectory_points,
+    Projection,
+    head_samples,
+    hidden_state_paths,
+    latent_trajectories,
+    project,
+    step_preview,
+    trajectory_points,
+    vocabulary_points,
 )
 from explorer.viz.plots import confidence_heatmap, confidence_matrix, entropy_heatmap, step_heatmap, step_matrix
 from explorer.viz.tokens import COLOR_MODES, COLORSCALE, frame_values, tokens_html
 
 __all__ = ["COLOR_MODES", "COLORSCALE", "Projection", "confidence_heatmap", "confidence_matrix", "entropy_heatmap",
            "frame_values", "head_samples", "hidden_state_paths", "latent_trajectories", "project", "step_heatmap",
-           "step_matrix", "step_preview", "tokens_html", "trace_animation_html", "trace_gif", "trajectory_points"]
+           "step_matrix", "step_preview", "tokens_html", "trace_animation_html", "trace_gif", "trajectory_points",
+           "vocabulary_points"]

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from explorer.sampling.trace import Trace
-from explorer.viz.tokens import COLOR_MODES, MASK_COLOR, PROMPT_COLOR, _text_color, frame_values, level, palette
+from explorer.viz.tokens import COLOR_MODES, MASK_COLOR, PROMPT_COLOR, frame_values, level, palette, text_color
 
 MODE_LABELS = {"confidence": "confidence", "commit_step": "commit step"}
 
@@ -173,7 +173,7 @@ def trace_animation_html(trace: Trace, color_by: str = "confidence", fps: float 
             "last_step": trace.frames[-1].step, "fps": fps, "color_by": color_by,
             "prompt": [sid(t) for t in trace.prompt_ids], "frames": frames,
             "palette": ["#{:02x}{:02x}{:02x}".format(*_rgb(rgb)) for rgb in colours],
-            "ink": [_text_color(rgb) for rgb in colours],
+            "ink": [text_color(rgb) for rgb in colours],
             "mask": MASK_COLOR, "neutral": PROMPT_COLOR, "labels": MODE_LABELS,
             "ends": {mode: _legend_ends(trace, mode) for mode in COLOR_MODES}}
     data["strings"] = [trace.token_strings.get(t, f"<{t}>") for t in strings]
@@ -227,7 +227,7 @@ class _Painter:
         self.arrow = round(self.size * 0.6)  # width of the drawn newline arrow (the default font has no glyph for it)
         colours = palette()
         self.palette = [_rgb(c) for c in colours]
-        self.ink = [_rgb(_text_color(c)) for c in colours]
+        self.ink = [_rgb(text_color(c)) for c in colours]
 
     def items(self, index: int) -> list[tuple[str, tuple, tuple]]:
         """(text, box colour, text colour) of the prompt and every position of frame `index`."""

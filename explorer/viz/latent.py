@@ -123,6 +123,17 @@ def _as_traces(traces) -> list:
     return list(traces) if isinstance(traces, (list, tuple)) else [traces]
 
 
+def vocabulary_points(model) -> tuple["torch.Tensor", list[str]]:
+    """A cdcd model's token points (V, De) on the CPU and a display string per token (the embedding cloud)."""
+    import torch
+
+    from explorer.data.tokenizer import display_string
+
+    with torch.no_grad():
+        points = model.embeddings().float().cpu()
+    return points, [display_string(model.tokenizer, i) for i in range(len(points))]
+
+
 def trajectory_points(trace, position: int) -> np.ndarray:
     """(frames, De) states of one generated position as the network sees them: x_t / sqrt(1 + sigma^2).
 

@@ -28,7 +28,7 @@ def level(value: float) -> int:
     return round(min(max(value, 0.0), 1.0) * (LEVELS - 1))
 
 
-def _text_color(rgb: str) -> str:
+def text_color(rgb: str) -> str:
     r, g, b = (int(float(c)) for c in rgb[rgb.index("(") + 1 : -1].split(","))
     return "#000" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#fff"
 
@@ -71,7 +71,7 @@ def tokens_html(trace: Trace, step_index: int = -1, color_by: str = "confidence"
             style, label = f"background:{PROMPT_COLOR}", "fixed"
         else:
             rgb = palette()[level(value)]
-            style, label = f"background:{rgb};color:{_text_color(rgb)}", f"{color_by} {value:.2f}"
+            style, label = f"background:{rgb};color:{text_color(rgb)}", f"{color_by} {value:.2f}"
         parts.append(f'<span class="dlm-token" data-pos="{pos}" data-value="{"" if value is None else f"{value:.4f}"}" '
                      f'title="position {pos}: {label}" style="{style};border-radius:3px">{text}</span>')
     parts.append("</div>")
