@@ -100,7 +100,8 @@ class MaskedParams(SamplerParams):
         if self.cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         if self.cache != "none" and self.cfg_scale > 0:
-            raise ValueError("cache='prefix'/'dual' cannot be combined with cfg_scale > 0 (the guided pass has no cache)")
+            raise ValueError("cache='prefix'/'dual' cannot be combined with cfg_scale > 0 (the guided pass has no "
+                             "cache)")
         check_flag("stop_at_eos", self.stop_at_eos)
 
 
@@ -221,17 +222,89 @@ def select_commits(scores: torch.Tensor, eligible: torch.Tensor, count: int, thr
     return ranked[:count]
 
 
+@dataclass(frozen=True)
+class Scores:
+    """The sampled rows of one step: their proposals and the scores of the model's distribution there."""
+
+    rows: torch.Tensor  # (M,) canvas positions sampled this step
+    tokens: torch.Tensor  # (M,) proposed tokens
+    prob: torch.Tensor  # (M,) softmax probability of each proposal
+    margin: torch.Tensor  # (M,) top-1 minus top-2 probability
+    entropy: torch.Tensor  # (M,) entropy (nats)
+    eligible: torch.Tensor  # (M,) bool: inside the current block (may commit)
+    seed: int  # the step's noise seed
+
+
+class LLaDARule:
+    """LLaDA's commit rule (a scheduler's step): each step commits a fixed count of the block's masks (LLaDA's
+    schedule), the best-scoring eligible ones by the remasking rule; with Fast-dLLM's threshold or factor, as many
+    as are confident (at least one), until the block is filled."""
+
+    reuses_logits = False  # every step runs the model
+
+    def __init__(self, params: MaskedParams, steps_per_block: int):
+        self.params, self.steps = params, steps_per_block
+        self.fixed_schedule = params.threshold is None and params.factor is None
+
+    def start_block(self, masked: int) -> None:
+        self.counts = schedule_counts(masked, self.steps)
+
+    def plan(self, block_step: int) -> str:
+        """"run" the step, "skip" it (LLaDA would spend a forward pass committing nothing) or "end" the block."""
+        if not self.fixed_schedule:
+            return "run"
+        if block_step >= self.steps:
+            return "end"
+        return "run" if self.counts[block_step] else "skip"
+
+    def time(self, block_step: int) -> float | None:
+        return None  # LLaDA's loop has no time: a time-conditioned model takes the masked fraction
+
+    def commit(self, block_step: int, scores: Scores) -> torch.Tensor:
+        """Indices into scores.rows that commit this step."""
+        p = self.params
+        ranked = rule_scores(p.remasking, scores.prob, scores.margin, scores.entropy, scores.seed, scores.rows)
+        count = self.counts[block_step] if block_step < len(self.counts) else 1
+        return select_commits(ranked, scores.eligible, count, p.threshold, p.factor)
+
+
+class AncestralRule:
+    """MDLM's ancestral step from t to s on linspace(1, 0, steps + 1): each eligible masked position unmasks with
+    probability (t - s) / t. The model has no time conditioning, so a step whose canvas did not change reuses the
+    previous logits (no network call)."""
+
+    reuses_logits = True
+
+    def __init__(self, params: AncestralParams, steps_per_block: int):
+        self.steps = steps_per_block
+
+    def start_block(self, masked: int) -> None:
+        self.times = torch.linspace(1.0, 0.0, self.steps + 1).tolist()
+
+    def plan(self, block_step: int) -> str:
+        return "end" if block_step >= self.steps else "run"  # "end" is unreachable: s = 0 unmasks everything left
+
+    def time(self, block_step: int) -> float:
+        return self.times[block_step]
+
+    def commit(self, block_step: int, scores: Scores) -> torch.Tensor:
+        t, s = self.times[block_step], self.times[block_step + 1]
+        unmask_prob = 1.0 if s == 0 else (t - s) / t
+        u = kernels.counter_uniform(scores.rows.long(), scores.seed ^ 0x68E31DA4)
+        return (scores.eligible & (u < unmask_prob)).nonzero().squeeze(-1)
+
+
 def masked_diffusion(model, prompt_ids: list[int], params: MaskedParams, generator: torch.Generator,
                      record: str = "tokens", *, hidden: bool | None = None) -> Iterator[Frame]:
     """LLaDA / Fast-dLLM sampling loop; yields the initial canvas, then one Frame per network step.
     `hidden`: record hidden states (None = at level "full"); with cfg_scale > 0, those of the conditional pass."""
-    return _masked_loop(model, prompt_ids, params, generator, record, ancestral=False, hidden=hidden)
+    return _masked_loop(model, prompt_ids, params, generator, record, LLaDARule, hidden)
 
 
 def ancestral(model, prompt_ids: list[int], params: AncestralParams, generator: torch.Generator,
               record: str = "tokens", *, hidden: bool | None = None) -> Iterator[Frame]:
     """MDLM's ancestral sampler with the cached step; yields one Frame per time step."""
-    return _masked_loop(model, prompt_ids, params, generator, record, ancestral=True, hidden=hidden)
+    return _masked_loop(model, prompt_ids, params, generator, record, AncestralRule, hidden)
 
 
 def fill_region(model, prompt_ids: list[int], length: int, pinned: dict[int, int]) -> torch.Tensor:
@@ -245,9 +318,10 @@ def fill_region(model, prompt_ids: list[int], length: int, pinned: dict[int, int
     return canvas
 
 
-def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, hidden: bool | None
+def _masked_loop(model, prompt_ids, params, generator, record, rule_class, hidden: bool | None
                  ) -> Iterator[Frame]:
-    """`prompt_ids` is the fixed prompt. With `params.infill` > 0 the prompt had masks: `stream` moved the prompt from
+    """The semi-autoregressive loop every masked sampler shares (blocks, caches, guidance, stop rules, frames); the
+    commit rule (LLaDARule, AncestralRule) decides which positions each step commits. `prompt_ids` is the fixed prompt. With `params.infill` > 0 the prompt had masks: `stream` moved the prompt from
     its first [MASK] on into the region the run fills (`infill` positions before the generated ones, its tokens
     pinned), and the first block fills those masks too, counted in its schedule."""
     params.validate(model)
@@ -262,7 +336,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, 
     confidence = torch.full((R,), float("nan"))  # commit-time probability per region position
     proposal = canvas[P:].clone().cpu()
     block_len = params.block_length or G
-    steps_per_block = params.steps // params.blocks
+    rule = rule_class(params, params.steps // params.blocks)
     nfe, step = 0, 0
     # (R, d) latest hidden state per region position (NaN = never computed), when recorded
     states = torch.full((R, model.config.backbone.d_model), float("nan")) if record_hidden(record, hidden) else None
@@ -279,23 +353,18 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, 
         lo, hi = P + (0 if block == 0 else I + block * block_len), P + I + (block + 1) * block_len
         in_block = torch.zeros(P + R, dtype=torch.bool, device=device)
         in_block[lo:hi] = True
-        counts = schedule_counts(int((canvas[lo:hi] == mask_id).sum()), steps_per_block)
-        times = torch.linspace(1.0, 0.0, steps_per_block + 1).tolist()
+        rule.start_block(int((canvas[lo:hi] == mask_id).sum()))
         block_step = 0
         while bool((canvas[lo:hi] == mask_id).any()):
             masked_now = canvas == mask_id
-            if ancestral:
-                if block_step >= steps_per_block:
-                    break  # unreachable: the last step (s = 0) unmasks everything left
-                t, s = times[block_step], times[block_step + 1]
-            elif params.threshold is None and params.factor is None:
-                if block_step >= steps_per_block:
-                    break
-                if counts[block_step] == 0:  # LLaDA would spend a forward pass committing nothing
-                    block_step += 1
-                    continue
+            plan = rule.plan(block_step)
+            if plan == "end":
+                break
+            if plan == "skip":
+                block_step += 1
+                continue
             cache_label, pass_hidden = None, None
-            if (ancestral and not model.time_conditioned and cached_canvas is not None
+            if (rule.reuses_logits and not model.time_conditioned and cached_canvas is not None
                     and torch.equal(cached_canvas, canvas)):
                 logits, pass_hidden = cached_logits, cached_hidden  # no time conditioning: same canvas, same logits
             elif kv is not None:
@@ -305,7 +374,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, 
             else:
                 logits, used, pass_hidden = guided_logits(model, canvas, P, getattr(params, "cfg_scale", 0.0),
                                                            return_hidden=states is not None,
-                                                           t=t if ancestral else None)
+                                                           t=rule.time(block_step))
                 nfe += used
                 cached_logits, cached_canvas, cached_hidden, offset = logits, canvas.clone(), pass_hidden, 0
             if states is not None:
@@ -320,15 +389,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, ancestral: bool, 
                 logits, params.temperature, params.top_k, params.top_p, seed=seed,
                 offset=offset * logits.shape[-1], rows=rows - offset,
             )  # each (M,); noise indexed by absolute position
-            eligible = in_block[rows]
-            if ancestral:
-                unmask_prob = 1.0 if s == 0 else (t - s) / t
-                u = kernels.counter_uniform(rows.long(), seed ^ 0x68E31DA4)
-                chosen = (eligible & (u < unmask_prob)).nonzero().squeeze(-1)
-            else:
-                scores = rule_scores(params.remasking, prob, margin, entropy, seed, rows)
-                count = counts[block_step] if block_step < len(counts) else 1
-                chosen = select_commits(scores, eligible, count, params.threshold, params.factor)
+            chosen = rule.commit(block_step, Scores(rows, tokens, prob, margin, entropy, in_block[rows], seed))
             committed = rows[chosen]
             canvas[committed] = tokens[chosen]
             gen_pos = (committed - P).cpu()
