@@ -18,7 +18,8 @@ MDLM_TEST_BOUND_MAX = 115.0  # measured 105.0 (n_t=2, first 128 test windows); 1
 MDLM_GEN_PPL_MAX = 40.0  # measured 30.7 (the four prompts below, judged by ar-tiny)
 # bd3lm bounds on the first 128 test windows, n_t=2 (the mdlm bound above uses the same windows)
 BD3_BOUND_MAX = {4: 81.0, 16: 91.0}  # measured 73.55 and 82.52 (ar-tiny 31.28, mdlm-tiny 105.0 there)
-BD3_GEN_PPL_MAX = 130.0  # measured 117.3 (default sampler: first_hitting, T=1, nucleus 0.9)
+BD3_GEN_PPL_MAX = 175.0  # measured 127.1 on seeds 0-15; 127-158 over four disjoint sets of 16 seeds (T=1 draws
+#                         vary: sets of 4 seeds ranged 99-174, too noisy to gate on)
 # cdcd: 4 validation prompts, 64 tokens, 100 Euler steps, judged by ar-tiny (an untrained model: thousands)
 CDCD_GEN_PPL_MAX = 200.0  # measured 175.97 for cdcd-tiny (cdcd-tiny-nowarp: 403.5)
 CDCD_CLAMPED_GEN_PPL_MAX = 30.0  # measured 24.96 with Diffusion-LM clamping
@@ -96,7 +97,8 @@ def test_bd3lm_kv_cache_is_exact_on_a_shipped_checkpoint(blocks):
 
 def test_bd3lm_samples_read_like_shakespeare_to_ar_tiny(ar, blocks):
     prompts, outputs = [], []
-    for seed, prompt in enumerate(["ROMEO:", "KING HENRY.", "First Citizen.\n", "O, what a"]):
+    for seed in range(16):
+        prompt = ["ROMEO:", "KING HENRY.", "First Citizen.\n", "O, what a"][seed % 4]
         ids = blocks[4].tokenizer.encode(prompt).ids
         trace = explorer.generate(blocks[4], ids, gen_length=64, seed=seed, record="none")
         assert trace.sampler["name"] == "first_hitting" and len(trace.final_tokens) == 64
