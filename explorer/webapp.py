@@ -3,6 +3,8 @@ page's controls become sampler knobs, and how N runs stream side by side. `app.p
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import html
 import json
 import os
@@ -129,16 +131,20 @@ def checkpoint_label(path: Path, roots: list[Path]) -> str:
 def check_files(folder: Path, roots: list[Path]) -> None:
     """Refuse a checkpoint folder that reads anything outside the roots: every JSON file (config, tokenizer, shard
     index), every *.safetensors and every shard an index names must resolve inside an allowed root (a symbolic link
-    or a shard named by an absolute path or `..` may point anywhere). The file is named relative to its root."""
+    or a shard named by an absolute path or `..` may point anywhere). Files are named relative to the root's
+    parent, as the checkpoint list names folders; a shard named by an absolute path, by its file name alone."""
     inside = [Path(r).resolve() for r in roots]
     label = checkpoint_label(folder, roots)
-    named = [(p.name, p) for pattern in ("*.json", "*.safetensors") for p in sorted(folder.glob(pattern))]
+    named = [(f"checkpoint file {label}/{p.name}", p) for pattern in ("*.json", "*.safetensors")
+             for p in sorted(folder.glob(pattern))]
     for index in sorted(folder.glob("*.index.json")):
-        named += [(shard, folder / shard) for shard in shard_names(index, f"{label}/{index.name}")]
-    for name, file in named:
+        for shard in shard_names(index, f"{label}/{index.name}"):
+            shown = f"{Path(shard).name!r} (by an absolute path)" if Path(shard).is_absolute() else repr(shard)
+            named.append((f"{label}/{index.name} names shard {shown}, which", folder / shard))
+    for what, file in named:
         if not any(file.resolve().is_relative_to(root) for root in inside):
-            raise ValueError(f"checkpoint file {label}/{name} lies outside the allowed roots ({root_names(roots)}); "
-                             "the page reads no file outside them")
+            raise ValueError(f"{what} lies outside the allowed roots ({root_names(roots)}); the page reads no file "
+                             "outside them")
 
 
 def shard_names(index: Path, shown: str) -> list[str]:
@@ -442,6 +448,8 @@ class SessionMemory:
                 dropped.append(self.sessions.popitem(last=False)[1][0])
         for old in dropped:
             old.drop()
+        if dropped:
+            return_memory()
         return dropped
 
     def touch(self, key: str) -> None:
@@ -454,6 +462,23 @@ class SessionMemory:
             holder = self.sessions.pop(key, (None, 0))[0]
         if holder is not None:
             holder.drop()
+            return_memory()
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+def return_memory() -> None:
+    """Hand the heap pages freed by dropped runs back to the system: glibc keeps them otherwise, and the server's
+    memory would never come back down after its users leave (a millisecond; nothing off glibc)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 # --- streaming N runs in lockstep -------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ CALM_TEMPERATURE_INFO = ("CALM: in (0, 1], sharpening the distribution of decode
 PLOT_EVERY_S = 0.5  # redraw the heatmap at most this often while streaming (the token view updates every step)
 COMPARE_SLOTS = 4
 RUN_CONCURRENCY = 2  # generations running at once over all users (2 CPU cores here)
+STATE_SESSIONS = 1000  # sessions Gradio keeps (the least recently used beyond it are forgotten; its default: 10,000)
 OPEN_NOTEBOOKS = (" To open a notebook: install the notebooks extra once (`pip install -c constraints.txt -e "
                   "\".[notebooks]\"` in the repository), then `jupyter lab notebooks/00_tour.ipynb` (any of them).")
 LEARN = {
@@ -215,6 +216,7 @@ class Page:
         self.memory = SessionMemory(memory_mb)
         self.examples = load_examples()
         self.exports = Path(tempfile.mkdtemp(prefix="dlm-export-"))
+        self.demo: gr.Blocks | None = None  # the page's Blocks, once built
 
     def choices(self) -> list[str]:
         """Shipped names first, then the other checkpoint folders under the roots (a shipped one listed once)."""
@@ -536,8 +538,12 @@ def stop(request: gr.Request = None):
 
 
 def close_session(request: gr.Request):
-    """The tab closed (or reloaded): let go of its runs now; Gradio keeps a closed session's state for an hour."""
-    page().memory.forget(user_key(request))
+    """The tab closed (or reloaded): let go of its runs now. Gradio would keep the session an hour (and up to
+    STATE_SESSIONS of them) with the last value of every output, a megabyte or more each: forget it too."""
+    key = user_key(request)
+    page().memory.forget(key)
+    sessions = getattr(getattr(page().demo, "state_holder", None), "session_data", {})  # set by launch
+    sessions.pop(key, None)
 
 
 # --- Compare -----------------------------------------------------------------------------------------------------
@@ -772,21 +778,21 @@ def export_folder() -> Path:
 
 def load_trace(file, color_by, session, request: gr.Request = None):
     """Load a trace JSON (written here or by the CLI; at most MAX_UPLOAD_MB, checked field by field) into the
-    Denoise view; it replays without its model."""
-    out = Outputs()
+    Denoise view; it replays without its model. The outputs of /generate, then the Export tab's message box."""
     try:
         if file is None:
             raise ValueError("choose a trace JSON file to load")
         trace = Trace.load(file if isinstance(file, str) else file.name, max_bytes=int(MAX_UPLOAD_MB * 1e6))
     except (ValueError, OSError) as err:
-        return out(error=error_box(f"could not load the trace: {err}"))
+        message = error_box(f"could not load the trace: {err}")
+        return Outputs()(error=message) + (message,)
     for frame in trace.frames:
         pack_frame(frame)
     session = session if session is not None else Session()
     session.trace, session.runs, session.history, session.sample_texts = trace, [trace], [], {}
     session.vocabulary, session.model_path = None, None
     keep(session, request)
-    return edited_outputs(session, color_by)
+    return edited_outputs(session, color_by) + ("",)
 
 
 # --- layout ------------------------------------------------------------------------------------------------------
@@ -998,15 +1004,17 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
         for button, kind in ((json_button, "json"), (html_button, "html"), (gif_button, "gif")):  # as costly as runs
             button.click(export(kind), [session, color_by], [download, export_error], api_name=f"export_{kind}",
                          **runs)
-        upload.upload(load_trace, [upload, color_by, session], run_outputs, api_name="load_trace", **runs)
+        upload.upload(load_trace, [upload, color_by, session], run_outputs + [export_error], api_name="load_trace",
+                      **runs)
         demo.unload(close_session)
+    PAGE.demo = demo
     return demo.queue(default_concurrency_limit=1)
 
 
 def launch_options() -> dict:
     """What `launch` needs besides host and port (Gradio 6 takes the page's CSS and scripts here; Gradio refuses
     larger uploads before they reach the page)."""
-    return {"css": CSS, "head": HEAD, "max_file_size": f"{MAX_UPLOAD_MB}mb"}
+    return {"css": CSS, "head": HEAD, "max_file_size": f"{MAX_UPLOAD_MB}mb", "state_session_capacity": STATE_SESSIONS}
 
 
 def main(argv: list[str] | None = None) -> None:
