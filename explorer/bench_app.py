@@ -191,6 +191,9 @@ os._exit(0)  # no goodbyes: every connection drops at once, as when the tabs clo
 def memory_use(url: str, inputs: list, users: int, progress) -> dict:
     """RSS of this process (the server's) before, with and after `users` simulated users (see the module doc)."""
     memory = page_module().page().memory
+    started = time.perf_counter()
+    while memory.sessions and time.perf_counter() - started < TIMEOUT_S:  # the timing client's session closes
+        time.sleep(0.1)
     before = rss_mb()
     child = subprocess.Popen([sys.executable, "-c", USERS_SCRIPT, url, json.dumps(inputs), str(users)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -108,9 +108,12 @@ def root_names(roots: list[Path]) -> str:
 def labelled(choice: str, roots: list[Path]) -> Path | None:
     """The folder a label like `runs/mdlm-long` names (relative to a root's parent, as the checkpoint list shows
     them), also for a folder the list leaves out (e.g. one without safetensors weights); None if no root matches."""
-    parts = Path(choice).parts
-    for root in map(lambda r: Path(r).resolve(), roots):
-        if parts and not Path(choice).is_absolute() and parts[0] == root.name:
+    if Path(choice).is_absolute():
+        return None
+    first = Path(choice).parts[:1]
+    for root in roots:
+        root = Path(root).resolve()
+        if first == (root.name,):
             return root.parent / choice
     return None
 
@@ -122,7 +125,8 @@ def checkpoint_label(path: Path, roots: list[Path]) -> str:
     for name, folder in explorer.shipped().items():
         if folder.resolve() == path:
             return name
-    for root in map(lambda r: Path(r).resolve(), roots):
+    for root in roots:
+        root = Path(root).resolve()
         if path.is_relative_to(root):
             return str(path.relative_to(root.parent))
     return path.name

@@ -770,6 +770,7 @@ def export(kind: str):
 
 def export_folder() -> Path:
     """A fresh folder for one export under the page's, after deleting the exports older than EXPORT_TTL_S."""
+    page().exports.mkdir(parents=True, exist_ok=True)  # a temporary-file cleaner may have taken it
     for old in page().exports.iterdir():
         if time.time() - old.stat().st_mtime > EXPORT_TTL_S:
             shutil.rmtree(old, ignore_errors=True)
