@@ -536,3 +536,15 @@ def test_exported_and_edited_traces_name_their_checkpoint_relative_to_its_root(l
     path, error = export("json")(session, "confidence")
     saved = json.loads(Path(path).read_text())
     assert not error and saved["model"]["checkpoint"] == "lab/LLaDA-x" and str(lab) not in Path(path).read_text()
+
+
+def test_a_comparison_counts_as_its_own_users_run(app_url):
+    from gradio_client import Client
+
+    from explorer.page import layout as app
+
+    user = Client(app_url, verbose=False)  # Gradio hands the request to /compare too: its run slot and memory
+    slots = [True, "ar-tiny", "ar", True, "mdlm-tiny", "low_confidence"] + [False, None, None] * 2
+    *_, error = user.predict("ROMEO:", 8, 8, 0.0, 0, "confidence", *slots, True, api_name="/compare")
+    assert not error and len(app.page().memory.sessions[user.session_hash][0].compared) == 2
+    user.close()

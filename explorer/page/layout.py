@@ -488,6 +488,14 @@ def rerun_on_release(*args, request: gr.Request = None):
     yield from generate(*args[:-1], request=request)
 
 
+def with_request(handler):
+    """`handler(*inputs, request=...)` (a generator) as Gradio calls it: Gradio hands the request only to a parameter
+    before any *inputs, so without this every user of the handler would be one user ("local")."""
+    def event(request: gr.Request, *inputs):
+        yield from handler(*inputs, request=request)
+    return event
+
+
 class Outputs:
     """The outputs of /generate, /resume and /load_trace in order; the ones not given are left as they are."""
 
@@ -972,7 +980,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
         generation = run.click(generate, run_inputs, run_outputs, api_name="generate", **runs)
 
         for slider in (gen_length, steps, block_length, n_runs, temperature):
-            slider.release(rerun_on_release, run_inputs + [auto], run_outputs, api_name=False, **runs)
+            slider.release(with_request(rerun_on_release), run_inputs + [auto], run_outputs, api_name=False, **runs)
         shown = [view, plot, step, latent_view, latent_step, latent_plot, edit_view, multiples]
         scrub = [session, step, color_by, method, source]
         free = {"concurrency_limit": None}  # replay never waits behind a generation
@@ -985,7 +993,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
         pause.click(None, cancels=[playing])
         stop_button.click(stop, None, error, cancels=[generation], api_name="stop")
         compare_inputs = [c_prompt, c_length, c_steps, c_temperature, c_seed, color_by, *slot_inputs, c_chat, session]
-        comparing = c_run.click(compare, compare_inputs, [side, c_plot, c_table, c_error, session],
+        comparing = c_run.click(with_request(compare), compare_inputs, [side, c_plot, c_table, c_error, session],
                                 api_name="compare", **runs)
         c_stop.click(stop, None, c_error, cancels=[comparing], api_name=False)
         progress.input(compare_view, [session, progress, color_by], [side, c_plot], api_name="compare_view", **free)
