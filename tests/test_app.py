@@ -479,7 +479,8 @@ def test_a_bad_trace_file_is_named_without_the_servers_upload_path(client, tmp_p
     assert "could not load the trace: broken.json is not a trace JSON file" in error and "/tmp" not in error, error
     bad.write_text(json.dumps([]))
     error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")[2]
-    assert "could not load the trace: a trace must be a JSON object, got a list" in error, error
+    assert "could not load the trace: broken.json is not a trace JSON file: a trace must be a JSON object, got a " \
+           "list" in error, error
 
 
 @pytest.fixture

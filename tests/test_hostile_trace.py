@@ -99,7 +99,8 @@ def test_load_checks_the_size_first_and_names_a_file_that_is_no_json(good, tmp_p
     for name, text, message in (("deep.json", "[" * 100_000 + "]" * 100_000, "it nests too deeply"),
                                 ("broken.json", '{"schema": 1,', "is not a trace JSON file"),
                                 ("latin.json", b"\xff\xfe{}", "is not a trace JSON file"),
-                                ("list.json", "[1, 2]", "a trace must be a JSON object, got a list")):
+                                ("list.json", "[1, 2]", r"list\.json is not a trace JSON file: a trace must be a JSON "
+                                                        "object, got a list")):
         bad = tmp_path / name
         bad.write_bytes(text if isinstance(text, bytes) else text.encode())
         with pytest.raises(ValueError, match=message):

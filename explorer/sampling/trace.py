@@ -119,7 +119,10 @@ class Trace:
             raise ValueError(f"{path} is not a trace JSON file: it nests too deeply") from None
         except ValueError as err:  # JSONDecodeError, bad UTF-8, an integer of too many digits
             raise ValueError(f"{path} is not a trace JSON file: {err}") from None
-        return cls.from_dict(data, vocab_size)
+        try:
+            return cls.from_dict(data, vocab_size)
+        except ValueError as err:  # the field that is wrong, after the file that has it
+            raise ValueError(f"{path} is not a trace JSON file: {err}") from None
 
     def check_token_ids(self, vocab_size: int) -> None:
         """Raise a ValueError naming the first token id (prompt, mask, canvas or proposal) outside [0, vocab_size)."""
