@@ -15,7 +15,6 @@ import torch
 from explorer.sampling import Trace, generate
 from explorer.viz.compare import side_by_side_html, small_multiples_html
 from explorer.webapp import (
-    MAX_REWIND,
     SHARD_INDEX,
     LiveRuns,
     SessionMemory,
@@ -103,10 +102,6 @@ def test_live_runs_keep_their_frames_packed(tiny_mdlm, tiny_calm_checkpoints):
     list(live)
     last = live.traces[0].frames[-1]
     assert last.samples.dtype == np.float32 and last.latent.shape == (1, 8)
-
-
-def test_the_rewind_depth_is_bounded():
-    assert 1 <= MAX_REWIND <= 8
 
 
 # --- B. trace values are escaped in the compare views ----------------------------------------------------------

@@ -80,7 +80,7 @@ CALM_TEMPERATURE_INFO = ("CALM: in (0, 1], sharpening the distribution of decode
 PLOT_EVERY_S = 0.5  # redraw the heatmap at most this often while streaming (the token view updates every step)
 COMPARE_SLOTS = 4
 RUN_CONCURRENCY = 2  # generations running at once over all users (2 CPU cores here)
-STATE_SESSIONS = 1000  # sessions Gradio keeps (the least recently used beyond it are forgotten; its default: 10,000)
+STATE_SESSIONS = 500  # sessions Gradio keeps, the least recently used dropped beyond it (its default: 10,000)
 OPEN_NOTEBOOKS = (" To open a notebook: install the notebooks extra once (`pip install -c constraints.txt -e "
                   "\".[notebooks]\"` in the repository), then `jupyter lab notebooks/00_tour.ipynb` (any of them).")
 LEARN = {
@@ -216,7 +216,6 @@ class Page:
         self.memory = SessionMemory(memory_mb)
         self.examples = load_examples()
         self.exports = Path(tempfile.mkdtemp(prefix="dlm-export-"))
-        self.demo: gr.Blocks | None = None  # the page's Blocks, once built
 
     def choices(self) -> list[str]:
         """Shipped names first, then the other checkpoint folders under the roots (a shipped one listed once)."""
@@ -546,12 +545,10 @@ def stop(request: gr.Request = None):
 
 
 def close_session(request: gr.Request):
-    """The tab closed (or reloaded): let go of its runs now. Gradio would keep the session an hour (and up to
-    STATE_SESSIONS of them) with the last value of every output, a megabyte or more each: forget it too."""
-    key = user_key(request)
-    page().memory.forget(key)
-    sessions = getattr(getattr(page().demo, "state_holder", None), "session_data", {})  # set by launch
-    sessions.pop(key, None)
+    """The tab closed (or reloaded; Gradio hears its heartbeat connection end): let go of its runs now. Gradio keeps
+    its own record of the session (the last value of each output, about a megabyte) for reconnects, at most
+    STATE_SESSIONS of them."""
+    page().memory.forget(user_key(request))
 
 
 # --- Compare -----------------------------------------------------------------------------------------------------
@@ -1016,7 +1013,6 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
         upload.upload(load_trace, [upload, color_by, session], run_outputs + [export_error], api_name="load_trace",
                       **runs)
         demo.unload(close_session)
-    PAGE.demo = demo
     return demo.queue(default_concurrency_limit=1)
 
 
