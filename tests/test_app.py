@@ -549,3 +549,17 @@ def test_a_comparison_counts_as_its_own_users_run(app_url):
     *_, error = user.predict("ROMEO:", 8, 8, 0.0, 0, "confidence", *slots, True, api_name="/compare")
     assert not error and len(app.page().memory.sessions[user.session_hash][0].compared) == 2
     user.close()
+
+
+def test_the_scrubbers_span_the_first_paints_frames():
+    """Scrubbing the example before any run: the server's sliders must allow its frames (they stopped at 1)."""
+    from explorer.page import layout as app
+
+    before = app.PAGE
+    try:
+        demo = app.build_demo()
+    finally:
+        app.PAGE = before
+    frames = len(app.load_examples()["mdlm-tiny"].frames)
+    sliders = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in ("step", "latent_step")}
+    assert [(s.minimum, s.maximum, s.value) for s in sliders.values()] == [(0, frames - 1, frames - 1)] * 2

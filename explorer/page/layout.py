@@ -821,6 +821,8 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
     every_sampler = list(dict.fromkeys(name for family in SAMPLERS.values() for name in family))  # the API takes all
     start, compared = first_paint(PAGE.examples)
     trace = start.trace
+    # the scrubbers over the first paint's frames (Gradio lets positional arguments win over keywords: none here)
+    first_range = slider_range(trace) if trace else {"minimum": 0, "maximum": 1, "value": 0}
     # Gradio's copies of uploads and downloads are deleted once an hour old (checked every 10 minutes)
     with gr.Blocks(title="diffusion-LM explorer", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# diffusion-LM explorer\nWatch a masked canvas turn into text, step by step; compare samplers "
@@ -884,8 +886,8 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
                                                 min_width=60)
                             fps = gr.Slider(1, 20, 6, step=1, label="frames / s", elem_id="fps", min_width=120)
                         with gr.Row():
-                            step = gr.Slider(0, 1, 0, step=1, label="step (replays recorded frames)", elem_id="step",
-                                             **(slider_range(trace) if trace else {}))
+                            step = gr.Slider(step=1, label="step (replays recorded frames)", elem_id="step",
+                                             **first_range)
                             color_by = gr.Radio(list(COLOR_MODES), value=COLOR_MODES[0], label="colour by",
                                                 elem_id="color_by")
                         stats = gr.Markdown(stats_line(trace) if trace else "", elem_id="stats")
@@ -934,8 +936,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
                                       elem_id="latent_source")
                     method = gr.Radio(["pca", "umap"], value="pca", label="projection", elem_id="method",
                                       info="UMAP takes a few seconds per fit (cached while you scrub); PCA is instant")
-                latent_step = gr.Slider(0, 1, 0, step=1, label="step", elem_id="latent_step",
-                                        **(slider_range(trace) if trace else {}))
+                latent_step = gr.Slider(step=1, label="step", elem_id="latent_step", **first_range)
                 latent_view = gr.HTML("", elem_id="latent_tokens")
                 latent_plot = gr.Plot(elem_id="latent", show_label=False)
                 jump_box = gr.Textbox("", elem_id="jump", show_label=False, container=False)
