@@ -8,6 +8,10 @@
    the model (its extra first-frame time is the model-load cost); the timed repeats follow it, then the same run
    with N = 4 samples in lockstep.
 4. Replay: a `/replay` call on the stored run (a redraw, no model call).
+5. Memory: the server process's resident memory (RSS) before `users` simulated users come, once each has run a
+   generation (gradio_client sessions in another process, so their own memory is not counted), and after they
+   leave (their process exits, which closes their sessions as a closed tab does). Goal: back within
+   MEMORY_GOAL_MB of where it started.
 
 The server runs in this process (as in the tests); the client and chromium share the machine's cores with it.
 gradio_client polls its message queue every 50 ms, so its times carry up to 50 ms of client-side wait.
@@ -16,10 +20,14 @@ gradio_client polls its message queue every 50 ms, so its times carry up to 50 m
 from __future__ import annotations
 
 import datetime
+import gc
+import json
 import os
 import platform
 import socket
 import statistics
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -36,6 +44,8 @@ COLOURED = "#tokens span.dlm-token[style*='background:rgb']"
 FIRST_FRAME_TARGET_S = 1.0
 FIRST_PAINT_TARGET_S = 2.0
 TIMEOUT_S = 120.0
+MEMORY_GOAL_MB = 200.0  # RSS after the users leave, above RSS before they came
+USERS = 50
 
 
 def spread(times: list[float]) -> dict:
@@ -153,8 +163,62 @@ def replay_latency(client, steps: int, repeats: int, progress) -> dict:
     return spread(times)
 
 
+def rss_mb() -> float | None:
+    """This process's resident memory in MB (Linux /proc; None elsewhere), after a garbage collection."""
+    gc.collect()
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 1e6, 1)
+
+
+USERS_SCRIPT = """
+import json, os, sys
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+from gradio_client import Client
+url, inputs, users = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+clients = []
+for _ in range(users):  # each a session of its own, as a browser tab is
+    clients.append(Client(url, verbose=False))
+    clients[-1].predict(*inputs, api_name="/generate")
+print("arrived", flush=True)
+sys.stdin.readline()
+os._exit(0)  # no goodbyes: every connection drops at once, as when the tabs close
+"""
+
+
+def memory_use(url: str, inputs: list, users: int, progress) -> dict:
+    """RSS of this process (the server's) before, with and after `users` simulated users (see the module doc)."""
+    memory = page_module().page().memory
+    started = time.perf_counter()
+    while memory.sessions and time.perf_counter() - started < TIMEOUT_S:  # the timing client's session closes
+        time.sleep(0.1)
+    before = rss_mb()
+    child = subprocess.Popen([sys.executable, "-c", USERS_SCRIPT, url, json.dumps(inputs), str(users)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if child.stdout.readline().strip() != "arrived":  # their generations done (or the process failed)
+            raise RuntimeError(f"the {users} simulated users stopped before all had run (exit code {child.wait()})")
+        with_users, sessions, held = rss_mb(), len(memory.sessions), memory.total
+        child.communicate("leave\n", timeout=TIMEOUT_S)
+    finally:
+        child.kill()
+    started = time.perf_counter()
+    while memory.sessions and time.perf_counter() - started < TIMEOUT_S:  # the page hears each tab close
+        time.sleep(0.1)
+    freed_s = time.perf_counter() - started
+    after = rss_mb()
+    progress.update()
+    return {"users": users, "rss_before_mb": before, "rss_with_users_mb": with_users, "rss_after_mb": after,
+            "after_minus_before_mb": None if before is None else round(after - before, 1),
+            "sessions_counted": sessions, "runs_held_mb": round(held / 1e6, 1), "sessions_left": len(memory.sessions),
+            "seconds_until_freed": round(freed_s, 2), "budget_mb": round(memory.budget / 1e6),
+            "goal_mb": MEMORY_GOAL_MB}
+
+
 def run_app_bench(repeats: int = 5, json_path: str | Path = "bench_results/app.json", checkpoint: str = "mdlm-tiny",
-                  gen_length: int = 64) -> dict:
+                  gen_length: int = 64, users: int = USERS) -> dict:
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1 for bench app, got {repeats}")
     from gradio_client import Client
@@ -169,7 +233,7 @@ def run_app_bench(repeats: int = 5, json_path: str | Path = "bench_results/app.j
                "repeats": repeats, "run": run,
                "targets": {"first_frame_s": FIRST_FRAME_TARGET_S, "first_paint_s": FIRST_PAINT_TARGET_S}}
     previous = page_module().PAGE  # the page state of a page already served in this process (tests)
-    with tqdm(total=1 + repeats + 1 + 3 * repeats, desc="bench app") as progress:
+    with tqdm(total=1 + repeats + 1 + 3 * repeats + 1, desc="bench app") as progress:
         demo, url, results["server_start"] = start_server()
         progress.update()
         try:
@@ -182,6 +246,8 @@ def run_app_bench(repeats: int = 5, json_path: str | Path = "bench_results/app.j
                                    "model_load_s": round(first - results["n1"]["first_frame"]["median_s"], 4)}
             results["n4"] = streaming(client, list((run | {"n": 4}).values()), repeats, progress)
             results["replay"] = replay_latency(client, run["steps"], repeats, progress)
+            client.close()
+            results["memory"] = memory_use(url, list(run.values()), users, progress)
         finally:
             demo.close()
             page_module().PAGE = previous  # build_demo replaced the process-wide page state: give it back
@@ -228,4 +294,19 @@ def app_table(r: dict) -> str:
                   row(f"final output, {label} ({s['frames_streamed']} canvases streamed)", s["final"])]
     lines.append(row("`/replay` of a stored frame after a run (redraw, no model call)", r["replay"],
                      f"far below a run's {r['n1']['final']['median_s']:.3f} s"))
+    mem = r["memory"]
+    if mem["rss_before_mb"] is None:
+        lines.append("\nServer memory: not measured (needs Linux's /proc).")
+        return "\n".join(lines) + "\n"
+    met = "met" if mem["after_minus_before_mb"] <= mem["goal_mb"] else "missed"
+    lines += ["", f"Server memory (resident set of the server's process, MB; {mem['users']} simulated users, each a "
+              f"gradio_client session in another process running the run above once, then all leaving at once; "
+              f"memory budget for all sessions' runs {mem['budget_mb']} MB)", "",
+              "| moment | RSS (MB) | note |", "|---|---|---|",
+              f"| before the users | {mem['rss_before_mb']:.0f} | |",
+              f"| all {mem['users']} users have run | {mem['rss_with_users_mb']:.0f} | {mem['sessions_counted']} "
+              f"sessions hold {mem['runs_held_mb']:.1f} MB of runs |",
+              f"| after they left | {mem['rss_after_mb']:.0f} | **{mem['after_minus_before_mb']:+.0f} MB** vs before "
+              f"(goal: within {mem['goal_mb']:g} MB: {met}); sessions freed {mem['seconds_until_freed']:.1f} s after "
+              f"the users' process exited, {mem['sessions_left']} left |"]
     return "\n".join(lines) + "\n"

@@ -3,27 +3,39 @@ page's controls become sampler knobs, and how N runs stream side by side. `app.p
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import html
+import json
+import os
+import re
+import tempfile
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 import explorer
 from explorer.hub import CHECKPOINT_DIR
 from explorer.models.base import WEIGHTS, read_config
-from explorer.sampling import Trace, build_trace, stream
+from explorer.sampling import Frame, Trace, build_trace, stream
 
 MAX_WORK = 65_536  # gen_length x steps x N runs (calm: chunks x N head samples) one request may ask for
 MAX_RUNS = 8  # N runs drawn at once for the families other than calm
 MAX_LENGTH = 256  # bd3lm slides its window past the 128-token context; other families' samplers refuse clearly
 RUNS_PER_USER = 1  # generations one browser session may have going at once
-HIDDEN_ROWS = 8_192  # hidden states are kept when gen_length x frames x N stays under this (about 70 MB as lists)
+HIDDEN_ROWS = 8_192  # hidden states are kept when gen_length x frames x N stays under this (~4 MB packed)
 STALE_RUN_S = 600.0  # a run registered longer ago than this is treated as gone (its generator was dropped)
+MEMORY_BUDGET_MB = 1024  # the runs of every session together; the least recently used sessions are dropped beyond it
+MAX_REWIND = 8  # hand edits a session can rewind (each keeps the trace before it)
+MAX_UPLOAD_MB = 20  # a trace file loaded on the page
+DROPPED = "your run was dropped to free memory; Generate again"
 CACHES = {"mdlm": ["none", "prefix", "dual"], "bd3lm": ["kv", "none"], "ar": ["kv"], "cdcd": ["none"],
           "calm": ["kv"]}  # the first is the default
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # precomputed traces for the page's first paint
@@ -64,23 +76,109 @@ def local_checkpoints(roots: list[Path], depth: int = 3) -> dict[str, Path]:
 
 def resolve_checkpoint(choice: str, roots: list[Path]) -> Path:
     """A shipped name, a label from `local_checkpoints`, or a folder path that must lie inside one of `roots`
-    (symbolic links and `..` are resolved first, so a path cannot escape its root)."""
+    (symbolic links and `..` are resolved first, so a path cannot escape its root); every file the loaders would
+    read there must lie inside the roots too (`check_files`)."""
     if not choice:
-        raise ValueError("checkpoint is empty: pick a shipped checkpoint or a folder under "
-                         + ", ".join(str(r) for r in roots))
+        raise ValueError(f"checkpoint is empty: pick a shipped checkpoint or a folder under {root_names(roots)}")
     shipped = explorer.shipped()
     if choice in shipped:
         return shipped[choice]
     known = local_checkpoints(roots)
-    path = (known[choice] if choice in known else Path(choice).expanduser()).resolve()
-    inside = [r for r in roots if path.is_relative_to(Path(r).resolve())]
-    if not inside:
-        raise ValueError(f"checkpoint folder {choice!r} is outside the allowed roots "
-                         f"({', '.join(str(Path(r).resolve()) for r in roots)}); start the app with "
-                         "--checkpoint-root DIR to allow another folder")
+    path = (known[choice] if choice in known else labelled(choice, roots) or Path(choice).expanduser()).resolve()
+    if not any(path.is_relative_to(Path(r).resolve()) for r in roots):
+        raise ValueError(f"checkpoint folder {choice!r} is outside the allowed roots ({root_names(roots)}); start "
+                         "the app with --checkpoint-root DIR to allow another folder")
     if not (path / "config.json").is_file() or not weights_at(path):
-        raise ValueError(f"checkpoint folder {choice!r} has no config.json and {WEIGHTS} (or {SHARD_INDEX})")
+        pickles = sorted(p.name for pattern in PICKLES for p in path.glob(pattern))
+        raise ValueError(f"checkpoint folder {choice!r} has no config.json and {WEIGHTS} (or {SHARD_INDEX})"
+                         + (f"; it has {pickles[0]}, pickled weights, and the page loads safetensors weights only (it "
+                            "never unpickles)" if pickles else ""))
+    check_files(path, roots)
     return path
+
+
+PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # weights the page never loads
+
+
+def root_names(roots: list[Path]) -> str:
+    """The allowed roots as users see them: by name (the server's absolute paths stay private)."""
+    return ", ".join(Path(r).resolve().name for r in roots)
+
+
+def labelled(choice: str, roots: list[Path]) -> Path | None:
+    """The folder a label like `runs/mdlm-long` names (relative to a root's parent, as the checkpoint list shows
+    them), also for a folder the list leaves out (e.g. one without safetensors weights); None if no root matches."""
+    if Path(choice).is_absolute():
+        return None
+    first = Path(choice).parts[:1]
+    for root in roots:
+        root = Path(root).resolve()
+        if first == (root.name,):
+            return root.parent / choice
+    return None
+
+
+def checkpoint_label(path: Path, roots: list[Path]) -> str:
+    """How the page names a checkpoint folder to users and in exported traces: its shipped name, else the folder
+    relative to its root's parent (as in the checkpoint list), else the folder's name alone."""
+    path = Path(path).resolve()
+    for name, folder in explorer.shipped().items():
+        if folder.resolve() == path:
+            return name
+    for root in roots:
+        root = Path(root).resolve()
+        if path.is_relative_to(root):
+            return str(path.relative_to(root.parent))
+    return path.name
+
+
+def check_files(folder: Path, roots: list[Path]) -> None:
+    """Refuse a checkpoint folder that reads anything outside the roots: every JSON file (config, tokenizer, shard
+    index), every *.safetensors and every shard an index names must resolve inside an allowed root (a symbolic link
+    or a shard named by an absolute path or `..` may point anywhere). Files are named relative to the root's
+    parent, as the checkpoint list names folders; a shard named by an absolute path, by its file name alone."""
+    inside = [Path(r).resolve() for r in roots]
+    label = checkpoint_label(folder, roots)
+    named = [(f"checkpoint file {label}/{p.name}", p) for pattern in ("*.json", "*.safetensors")
+             for p in sorted(folder.glob(pattern))]
+    for index in sorted(folder.glob("*.index.json")):
+        for shard in shard_names(index, f"{label}/{index.name}"):
+            shown = f"{Path(shard).name!r} (by an absolute path)" if Path(shard).is_absolute() else repr(shard)
+            named.append((f"{label}/{index.name} names shard {shown}, which", folder / shard))
+    for what, file in named:
+        if not any(file.resolve().is_relative_to(root) for root in inside):
+            raise ValueError(f"{what} lies outside the allowed roots ({root_names(roots)}); the page reads no file "
+                             "outside them")
+
+
+def shard_names(index: Path, shown: str) -> list[str]:
+    """The shard files a safetensors index names (its weight_map's values); `shown` names the index in errors."""
+    try:
+        if index.stat().st_size > 50_000_000:  # LLaDA-8B's index is 30 kB
+            raise ValueError("larger than 50 MB")
+        weight_map = json.loads(index.read_bytes())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise ValueError(f"{shown} is not a shard index ({{\"weight_map\": {{key: file}}}}): {err}") from None
+    if not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{shown}: every shard in its weight_map must be a file name")
+    return names
+
+
+def public(message: str, roots: list[Path]) -> str:
+    """`message` without this server's paths: a path under a root from the root's name on (as the page labels
+    checkpoints), a temporary file (an upload, an export) by its name alone."""
+    for root in sorted({p for r in roots for p in (Path(r).absolute(), Path(r).resolve())}, key=lambda p: -len(str(p))):
+        message = message.replace(str(root.parent) + os.sep, "")
+    for tmp in {tempfile.gettempdir(), os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()}:
+        message = re.sub(re.escape(tmp.rstrip(os.sep)) + r"/(?:[^/\s'\"]+/)*", "", message)
+    return message
+
+
+def safe_filename(text: str, fallback: str = "trace") -> str:
+    """`text` (e.g. a loaded trace's model name) as a file name: letters, digits, '.', '_' and '-' only, no leading
+    or trailing dot, at most 80 characters; `fallback` when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:80].strip("._") or fallback
 
 
 def family_at(path: Path, config: dict | None = None) -> str:
@@ -135,14 +233,17 @@ def prompt_note(prompt: str, given: str) -> str:
 
 
 class ModelCache:
-    """Loaded models by folder, reloaded when the weights file changes (a training run may rewrite it)."""
+    """Loaded models by resolved folder, reloaded when the weights file changes (a training run may rewrite it).
+    A model's traces name its checkpoint as the page does (`checkpoint_label` under `roots`), never by the server's
+    path, and a load error names no server path either."""
 
-    def __init__(self, size: int = 6, released_options: dict | None = None):
+    def __init__(self, size: int = 6, released_options: dict | None = None, roots: list[Path] | None = None):
         self.size = size
         self.models: dict[Path, tuple[int, object]] = {}
         self.lock = threading.Lock()
         # explorer.load's device / dtype / device_map for released folders (ours are small: CPU, float32)
         self.released_options = dict(released_options or {})
+        self.roots = list(roots or [])
 
     def get(self, path: Path):
         stamp = weights_at(path).stat().st_mtime_ns
@@ -156,9 +257,11 @@ class ModelCache:
                 break
             except Exception as err:  # noqa: BLE001 (a half-written file fails in many ways)
                 if attempt == 2:
-                    raise ValueError(f"could not load checkpoint {path.name!r}: {err}") from None
+                    raise ValueError(f"could not load checkpoint {path.name!r}: {public(str(err), self.roots)}"
+                                     ) from None
                 time.sleep(1.0)
         model.name = path.name
+        model.checkpoint_path = checkpoint_label(path, self.roots)  # what build_trace writes into its traces
         with self.lock:
             self.models[path] = (stamp, model)
             while len(self.models) > self.size:
@@ -275,11 +378,119 @@ class RunRegistry:
             self.runs.pop(user, None)
 
 
+# --- memory: runs kept compact, one budget over all sessions --------------------------------------------------
+
+PACKED = {"hidden": np.float16, "latent": np.float32, "samples": np.float32}  # a frame's rows of floats, as arrays
+# (hidden states come after the final norm, so float16 keeps them; continuous states grow with the noise: float32)
+
+
+def pack_frame(frame: Frame) -> Frame:
+    """Pack `frame` in place: each of its rows-of-floats fields (PACKED) becomes one array (rows, width), NaN rows
+    where a row is None. A Python float in a list costs 32 bytes, a float16 2: a 64-token, 64-step run's hidden
+    states go from ~35 MB to ~2 MB. The plots and the JSON file take `unpacked(trace)`."""
+    for name, dtype in PACKED.items():
+        rows = getattr(frame, name)
+        if isinstance(rows, list) and any(row is not None for row in rows):
+            width = len(next(row for row in rows if row is not None))
+            nan = [float("nan")] * width
+            setattr(frame, name, np.array([nan if row is None else row for row in rows], dtype=dtype))
+    return frame
+
+
+def unpacked(trace: Trace) -> Trace:
+    """A copy of `trace` whose packed fields are lists of rows again (None for a NaN row), as the plots and
+    `Trace.save` read them; the trace itself stays packed."""
+    def rows(array: np.ndarray) -> list:
+        missing = np.isnan(array[:, 0]) if array.shape[1] else np.zeros(len(array), dtype=bool)
+        return [None if gone else row for gone, row in zip(missing.tolist(), array.astype(np.float32).tolist())]
+
+    frames = [replace(frame, **{name: rows(getattr(frame, name)) for name in PACKED
+                                if isinstance(getattr(frame, name), np.ndarray)}) for frame in trace.frames]
+    return replace(trace, frames=frames)
+
+
+def held_bytes(value) -> int:
+    """About the bytes `value` holds: an array's own; 32 per number in a list (a pointer and a boxed number)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (list, tuple)):
+        return 56 + sum(8 + held_bytes(v) if isinstance(v, (list, tuple, np.ndarray)) else 32 for v in value)
+    if isinstance(value, dict):
+        return sum(held_bytes(k) + held_bytes(v) + 100 for k, v in value.items())
+    return 0
+
+
+def trace_bytes(trace: Trace) -> int:
+    """About the bytes a trace holds (its frames' lists and arrays, its token strings)."""
+    frames = sum(300 + sum(held_bytes(v) for v in vars(frame).values()) for frame in trace.frames)
+    return frames + held_bytes(trace.prompt_ids) + 100 * len(trace.token_strings)
+
+
+class SessionMemory:
+    """The runs kept by every browser session, under one budget. `keep` (re)counts a session's bytes when its runs
+    change and marks it used; while the total is over the budget the least recently used other sessions are
+    dropped (their holder's `drop()` is called: the page then asks that user to generate again). `touch` marks a
+    session used; `forget` drops one at once (its tab closed)."""
+
+    def __init__(self, budget_mb: float = MEMORY_BUDGET_MB):
+        self.budget = int(budget_mb * 1e6)
+        self.sessions: OrderedDict[str, tuple[object, int]] = OrderedDict()  # key -> (holder, bytes); oldest first
+        self.lock = threading.Lock()
+
+    @property
+    def total(self) -> int:
+        return sum(nbytes for _, nbytes in self.sessions.values())
+
+    def keep(self, key: str, holder, nbytes: int) -> list:
+        """Count `holder` (anything with a `drop()` method) as session `key`'s runs, `nbytes` large, used now.
+        Returns the holders of the sessions dropped to make room (never `key`'s own)."""
+        with self.lock:
+            self.sessions.pop(key, None)
+            self.sessions[key] = (holder, nbytes)
+            dropped = []
+            while self.total > self.budget and len(self.sessions) > 1:
+                dropped.append(self.sessions.popitem(last=False)[1][0])
+        for old in dropped:
+            old.drop()
+        if dropped:
+            return_memory()
+        return dropped
+
+    def touch(self, key: str) -> None:
+        with self.lock:
+            if key in self.sessions:
+                self.sessions.move_to_end(key)
+
+    def forget(self, key: str) -> None:
+        with self.lock:
+            holder = self.sessions.pop(key, (None, 0))[0]
+        if holder is not None:
+            holder.drop()
+            return_memory()
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+def return_memory() -> None:
+    """Hand the heap pages freed by dropped runs back to the system: glibc keeps them otherwise, and the server's
+    memory would never come back down after its users leave (a millisecond; nothing off glibc)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 # --- streaming N runs in lockstep -------------------------------------------------------------------------------
 
 @dataclass
 class LiveRuns:
-    """N runs of one sampler (seeds seed .. seed + N - 1) advanced one step each per update."""
+    """N runs of one sampler (seeds seed .. seed + N - 1) advanced one step each per update; frames are kept packed
+    (`pack_frame`)."""
 
     model: object
     prompt: str
@@ -317,7 +528,7 @@ class LiveRuns:
                 else:
                     if not keep_hidden:
                         frame.hidden = None
-                    frames[k].append(frame)
+                    frames[k].append(pack_frame(frame))
             if not frames[0]:
                 raise ValueError("the sampler produced no frames")
             self.traces = [build_trace(self.model, streams[k][1], streams[k][0], list(frames[k]), busy[k])

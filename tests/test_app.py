@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -335,3 +336,230 @@ def test_unrepresentable_batch_temperature_shows_the_error_box(calm_hub):
     with pytest.warns(UserWarning, match="not representable"):
         _view, _stats, error, *_ = run_calm("batch", 0.7, 7)
     assert "dlm-error" in error and "not representable by the batch approximation with N=7" in error, error
+
+
+# --- hardening: memory, hostile traces, checkpoint identity, server paths ----------------------------------------
+
+PAYLOAD = '<img src=x onerror="window.__pwned=1">'
+
+
+def wait_for(condition, seconds: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_closed_session_lets_go_of_its_runs(app_url, monkeypatch):
+    from gradio_client import Client
+
+    from explorer.page import layout as app
+
+    monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.25")  # the client notices its own close sooner
+    user = Client(app_url, verbose=False)
+    user.predict(*args(), api_name="/generate")
+    session, nbytes = app.page().memory.sessions[user.session_hash]
+    assert session.trace is not None and 0 < nbytes < 5_000_000  # 16 tokens x 17 frames, hidden states packed
+    user.close()  # as a closed tab: the page hears its heartbeat connection end
+    wait_for(lambda: user.session_hash not in app.page().memory.sessions)
+    assert session.trace is None and session.runs == [] and session.history == []
+
+
+def test_a_user_whose_run_was_dropped_to_free_memory_is_told_so(app_url, client, monkeypatch):
+    from gradio_client import Client
+
+    from explorer.page import layout as app
+
+    call(client)
+    monkeypatch.setattr(app.page().memory, "budget", 1)  # room for one session's runs: the latest
+    other = Client(app_url, verbose=False)
+    other.predict(*args(), api_name="/generate")
+    assert client.session_hash not in app.page().memory.sessions
+    view = client.predict(4, "confidence", "pca", "this run", api_name="/replay")[0]
+    assert "your run was dropped to free memory; Generate again" in view, view
+    assert "dropped to free memory" in client.predict("confidence", api_name="/export_json")[1]
+    assert "dropped to free memory" in client.predict(6, 10, api_name="/candidates")[1]
+    view, _stats, error, *_ = call(client)  # generating again works (and drops the other user's run)
+    assert not error and masks(view) == 0
+    other.close()
+
+
+def test_rewind_keeps_at_most_max_rewind_edits():
+    from explorer.page.layout import Outputs, candidates, continue_with, generate, rewind
+    from explorer.webapp import MAX_REWIND
+
+    *_, last = generate(*args(gen_length=8, steps=8, block_length=8))
+    session = dict(zip(Outputs.names, last))["session"]
+    for _ in range(MAX_REWIND + 2):
+        update, error = candidates(session, 3, 5)
+        *_, last = continue_with(session, 3, 5, update["value"], "confidence")
+        assert not dict(zip(Outputs.names, last))["error"]
+    assert len(session.history) == MAX_REWIND
+    for _ in range(MAX_REWIND):
+        rewind(session, "confidence")
+    assert "nothing to rewind" in dict(zip(Outputs.names, rewind(session, "confidence")))["error"]
+
+
+def test_an_upload_over_the_cap_is_refused_with_a_clear_message(tmp_path, monkeypatch):
+    from explorer.page import layout as app
+    from explorer.webapp import EXAMPLES_DIR
+
+    assert app.launch_options()["max_file_size"] == f"{app.MAX_UPLOAD_MB}mb"  # Gradio refuses larger uploads too
+    big = tmp_path / "big.json"
+    big.write_bytes((EXAMPLES_DIR / "mdlm-tiny.json").read_bytes())
+    monkeypatch.setattr(app, "MAX_UPLOAD_MB", 0.05)
+    error = dict(zip(app.Outputs.names, app.load_trace(str(big), "confidence", None)[:-1]))["error"]
+    assert "could not load the trace: big.json has 0.1 MB; a trace may have at most 0.05 MB here" in error, error
+
+
+def test_exports_and_loading_wait_in_the_runs_queue_and_closing_a_tab_is_heard():
+    from explorer.page import layout as app
+
+    before = app.PAGE
+    try:
+        fns = list(app.build_demo().fns.values())
+    finally:
+        app.PAGE = before
+    limits = {fn.api_name: (fn.concurrency_id, fn.concurrency_limit) for fn in fns}
+    assert limits["generate"] == ("runs", app.RUN_CONCURRENCY)
+    for name in ("export_json", "export_html", "export_gif", "load_trace", "resume", "compare"):
+        assert limits[name] == limits["generate"], name
+    assert [fn.fn for fn in fns if any(target[1] == "unload" for target in fn.targets)] == [app.close_session]
+
+
+def hostile_trace(folder) -> str:
+    """A trace that passes every check but carries a script payload in each of its strings."""
+    from explorer.webapp import EXAMPLES_DIR
+
+    data = json.loads((EXAMPLES_DIR / "mdlm-tiny.json").read_text())
+    data["model"]["name"] = data["model"]["checkpoint"] = data["sampler"]["name"] = PAYLOAD
+    data["prompt_text"] = data["text"] = data["stats"]["stop"] = PAYLOAD
+    data["token_strings"] = {k: PAYLOAD for k in data["token_strings"]}
+    for frame in data["frames"]:
+        frame["cache"] = PAYLOAD
+    path = folder / f"{PAYLOAD[:4]}hostile.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_a_hostile_trace_is_escaped_wherever_the_page_shows_it(client, tmp_path):
+    from gradio_client import handle_file
+
+    view, stats, error, _plot, _step, multiples, latent_view, _ls, _latent, edit_view, export_error = client.predict(
+        handle_file(hostile_trace(tmp_path)), "confidence", api_name="/load_trace")
+    assert not error and not export_error and view.count("&lt;img&nbsp;src=x&nbsp;onerror=") == 65  # prompt, 64 tokens
+    for shown in (view, stats, multiples, latent_view, edit_view):
+        assert "<img" not in shown, shown[:300]
+    assert "&lt;img" in stats and "paused at step 64 of 64" in edit_view
+    path, error = client.predict("confidence", api_name="/export_json")
+    name = "img_src_x_onerror_window.__pwned_1"  # model and sampler name, each sanitised
+    assert not error and Path(path).name == f"{name}_-_{name}.json"
+    html_path, _ = client.predict("confidence", api_name="/export_html")
+    assert "<img" not in open(html_path).read()
+
+
+def test_show_escapes_values_that_bypassed_the_checks():
+    from explorer.page.layout import Session, show
+    from explorer.webapp import load_examples
+
+    trace = load_examples()["mdlm-tiny"]
+    trace.frames[-1].step = PAYLOAD  # not from a file: Trace.load would refuse it
+    *_, edit_view, _multiples = show(Session(trace=trace, runs=[trace]), -1, "confidence")
+    assert "<img" not in edit_view and "paused at step &lt;img" in edit_view
+
+
+def test_a_bad_trace_file_is_named_without_the_servers_upload_path(client, tmp_path):
+    from gradio_client import handle_file
+
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"schema": 1, "frames": [')
+    *_, error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")  # the Export tab's box
+    assert "could not load the trace: broken.json is not a trace JSON file" in error and "/tmp" not in error, error
+    bad.write_text(json.dumps([]))
+    error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")[2]
+    assert "could not load the trace: broken.json is not a trace JSON file: a trace must be a JSON object, got a " \
+           "list" in error, error
+
+
+@pytest.fixture
+def lab(tmp_path, tiny_mdlm):
+    """The page with one more root, `lab`: a random mdlm named like the shipped `mdlm-tiny`, and a tiny LLaDA."""
+    import torch
+
+    from explorer.page import layout as app
+    from explorer.released.synthetic import write_tiny_llada
+    from explorer.webapp import default_roots
+
+    root = tmp_path / "lab"
+    tiny_mdlm.save_pretrained(root / "mdlm-tiny", dtype=torch.float32)
+    write_tiny_llada(root / "LLaDA-x")
+    before = app.PAGE
+    app.build_demo(default_roots() + [root])
+    yield root
+    app.PAGE = before
+
+
+def run_on(label: str):
+    from explorer.page.layout import Outputs, generate
+
+    *_, last = generate(*args(checkpoint=label, gen_length=8, steps=8, block_length=8))
+    out = dict(zip(Outputs.names, last))
+    assert not out["error"], out["error"]
+    return out["session"]
+
+
+@pytest.mark.parametrize("label", ["lab/mdlm-tiny", "lab/LLaDA-x"])
+def test_the_edit_tab_uses_the_model_that_made_the_run(lab, label):
+    import explorer
+    from explorer.page.layout import candidates
+    from explorer.sampling.edit import top_candidates
+    from explorer.webapp import unpacked
+
+    session = run_on(label)
+    assert session.trace.model["checkpoint"] == label  # relative to the root's parent, never the server's path
+    update, error = candidates(session, 3, 5)
+    assert not error, error
+    ours = top_candidates(explorer.load(lab / label.split("/")[1], device="cpu"), unpacked(session.trace), 3, 5, k=8)
+    assert [int(v) for _, v in update["choices"]] == [o["id"] for o in ours]
+    if label == "lab/mdlm-tiny":  # the shipped checkpoint of the same name proposes other tokens
+        shipped = top_candidates(explorer.load("mdlm-tiny"), unpacked(session.trace), 3, 5, k=8)
+        assert [o["id"] for o in shipped] != [o["id"] for o in ours]
+
+
+def test_exported_and_edited_traces_name_their_checkpoint_relative_to_its_root(lab):
+    from explorer.page.layout import candidates, continue_with, export
+
+    session = run_on("lab/LLaDA-x")
+    update, _ = candidates(session, 3, 5)
+    list(continue_with(session, 3, 5, update["value"], "confidence"))
+    path, error = export("json")(session, "confidence")
+    saved = json.loads(Path(path).read_text())
+    assert not error and saved["model"]["checkpoint"] == "lab/LLaDA-x" and str(lab) not in Path(path).read_text()
+
+
+def test_a_comparison_counts_as_its_own_users_run(app_url):
+    from gradio_client import Client
+
+    from explorer.page import layout as app
+
+    user = Client(app_url, verbose=False)  # Gradio hands the request to /compare too: its run slot and memory
+    slots = [True, "ar-tiny", "ar", True, "mdlm-tiny", "low_confidence"] + [False, None, None] * 2
+    *_, error = user.predict("ROMEO:", 8, 8, 0.0, 0, "confidence", *slots, True, api_name="/compare")
+    assert not error and len(app.page().memory.sessions[user.session_hash][0].compared) == 2
+    user.close()
+
+
+def test_the_scrubbers_span_the_first_paints_frames():
+    """Scrubbing the example before any run: the server's sliders must allow its frames (they stopped at 1)."""
+    from explorer.page import layout as app
+
+    before = app.PAGE
+    try:
+        demo = app.build_demo()
+    finally:
+        app.PAGE = before
+    frames = len(app.load_examples()["mdlm-tiny"].frames)
+    sliders = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in ("step", "latent_step")}
+    assert [(s.minimum, s.maximum, s.value) for s in sliders.values()] == [(0, frames - 1, frames - 1)] * 2

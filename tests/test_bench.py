@@ -44,12 +44,12 @@ def test_app_bench_times_the_page_end_to_end_and_writes_json_and_markdown(tmp_pa
     from explorer.page import layout as app
 
     before = app.PAGE
-    results = run_app_bench(repeats=1, json_path=out, gen_length=16)
+    results = run_app_bench(repeats=1, json_path=out, gen_length=16, users=3)
     assert app.PAGE is before  # a page served earlier in this process keeps its state
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(results))
     assert {"date", "machine", "targets", "server_start", "first_paint", "first_paint_skipped", "cold_run", "n1",
-            "n4", "replay"} <= set(saved)
+            "n4", "replay", "memory"} <= set(saved)
     assert saved["machine"]["cpu_count"] >= 1 and saved["machine"]["torch_threads"] >= 1
     assert saved["server_start"]["launch_to_http_s"] > 0
     assert saved["first_paint_skipped"] is None and saved["first_paint"]["runs"] == 1  # chromium is installed in CI
@@ -60,6 +60,11 @@ def test_app_bench_times_the_page_end_to_end_and_writes_json_and_markdown(tmp_pa
     table = out.with_suffix(".md").read_text()
     assert table == app_table(saved)
     assert "| first paint in chromium" in table and "< 1 s: " in table and "< 2 s: " in table
+    memory = saved["memory"]  # 3 users came, ran and left: the page counted their runs, then let go of them all
+    assert memory["users"] == memory["sessions_counted"] == 3 and memory["sessions_left"] == 0
+    assert 0 < memory["rss_before_mb"] and 0 < memory["runs_held_mb"] < 10
+    assert memory["after_minus_before_mb"] == round(memory["rss_after_mb"] - memory["rss_before_mb"], 1)
+    assert "| after they left |" in table
 
 
 def test_app_bench_rejects_zero_repeats_before_starting_anything(tmp_path, capsys):

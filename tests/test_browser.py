@@ -19,6 +19,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = ROOT / "runs" / "screenshots"
 COLOURED = "#tokens span.dlm-token[style*='background:rgb']"
+# the stats' text alone (#stats' own text also holds Gradio's "processing | 0.3s" while an event waits)
+STATS = "document.querySelector('#stats [data-testid=markdown]')?.innerText"
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,7 @@ def page(browser, app_url):
     page.set_default_timeout(60_000)
     page.goto(app_url)
     page.wait_for_selector("#generate")
+    page.wait_for_function(f"{STATS}?.includes('tokens/s')")  # the first paint's stats are drawn
     try:
         yield page
     finally:
@@ -71,9 +74,9 @@ def masks(page, where: str = "#tokens") -> int:
 
 def generate(page) -> None:
     """Press Generate and wait for the finished run's stats (the first paint already shows the example's)."""
-    before = page.locator("#stats").inner_text()
+    before = page.evaluate(STATS)
     page.click("#generate")
-    page.wait_for_function("([before]) => { const s = document.querySelector('#stats').innerText;"
+    page.wait_for_function(f"([before]) => {{ const s = {STATS} || '';"
                            " return s !== before && s.includes('tokens/s') && !s.includes('so far'); }", arg=[before])
 
 
@@ -233,3 +236,49 @@ def test_a_released_folder_gets_the_chat_template_box_and_shows_the_wrapped_prom
     page.locator("#stats summary").click()  # the collapsed note: the prompt the model got
     page.wait_for_function("document.querySelector('#stats details pre').innerText.includes('<|start|>user')")
     screenshot(page, "released-chat")
+
+
+def hostile_traces(folder: Path) -> tuple[Path, Path]:
+    """(a trace that passes every check but carries a script in each of its strings, one whose step is a script)."""
+    import json
+
+    from explorer.webapp import EXAMPLES_DIR
+
+    payload = '<img src=x onerror="window.__pwned=1">'
+    data = json.loads((EXAMPLES_DIR / "mdlm-tiny.json").read_text())
+    data["model"]["name"] = data["model"]["checkpoint"] = data["sampler"]["name"] = payload
+    data["prompt_text"] = data["text"] = data["stats"]["stop"] = payload
+    data["token_strings"] = {k: payload for k in data["token_strings"]}
+    for frame in data["frames"]:
+        frame["cache"] = payload
+    valid = folder / "hostile.json"
+    valid.write_text(json.dumps(data))
+    data["frames"][3]["step"] = payload
+    invalid = folder / "hostile-step.json"
+    invalid.write_text(json.dumps(data))
+    return valid, invalid
+
+
+def test_a_hostile_trace_runs_no_script_and_the_page_stays_usable(page, tmp_path):
+    valid, invalid = hostile_traces(tmp_path)
+    open_tab(page, "Export")
+    page.set_input_files("#upload input[type=file]", str(invalid))  # refused, its field named
+    page.wait_for_selector("#export_error .dlm-error")
+    assert "frames[3].step must be an int, got a string" in page.locator("#export_error").inner_text()
+    page.click("#upload button[aria-label=Clear]")
+    page.set_input_files("#upload input[type=file]", str(valid))  # loaded: every payload shown as text
+    page.wait_for_function("document.querySelector('#stats').innerText.includes('onerror=\"window.__pwned=1\"')")
+    assert page.locator("#export_error .dlm-error").count() == 0
+    open_tab(page, "Edit and infill")
+    page.wait_for_selector("#edit_tokens .dlm-paused")
+    open_tab(page, "Denoise")
+    set_number(page, "step", 5)  # replay the loaded frames
+    page.wait_for_function("document.querySelectorAll('#tokens span.dlm-mask').length === 59")
+    assert page.locator("#tokens").inner_text().count('onerror="window.__pwned=1"') == 6  # the prompt, 5 tokens
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__pwned") is None and page.locator("img[src=x]").count() == 0
+    for elem_id, value in (("gen_length", 8), ("steps", 8), ("block_length", 8)):
+        set_number(page, elem_id, value)
+    generate(page)  # the page still runs models
+    page.wait_for_function(f"document.querySelectorAll(\"{COLOURED}\").length === 8")
+    assert page.evaluate("window.__pwned") is None

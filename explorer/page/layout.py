@@ -10,14 +10,15 @@ http://127.0.0.1:7860. API endpoints (gradio_client): `/generate` (streams), `/r
 from __future__ import annotations
 
 import argparse
-import copy
 import html
+import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import plotly.graph_objects as go
 import torch
 
@@ -42,22 +43,34 @@ from explorer.viz.compare import frame_at_progress, progress_plot, run_label, si
 from explorer.viz.latent import vocabulary_points, warm_umap
 from explorer.webapp import (
     CACHES,
+    DROPPED,
     MAX_LENGTH,
+    MAX_REWIND,
     MAX_RUNS,
+    MAX_UPLOAD_MB,
+    MEMORY_BUDGET_MB,
     LiveRuns,
     ModelCache,
     Request,
     RunRegistry,
+    SessionMemory,
     check_request,
     default_roots,
     family_at,
     has_chat_template,
+    held_bytes,
     load_examples,
     local_checkpoints,
     model_prompt,
+    pack_frame,
     prompt_note,
+    public,
     resolve_checkpoint,
+    root_names,
+    safe_filename,
     sampler_knobs,
+    trace_bytes,
+    unpacked,
 )
 
 EVERY_CACHE = ["none", "prefix", "dual", "kv"]
@@ -67,6 +80,7 @@ CALM_TEMPERATURE_INFO = ("CALM: in (0, 1], sharpening the distribution of decode
 PLOT_EVERY_S = 0.5  # redraw the heatmap at most this often while streaming (the token view updates every step)
 COMPARE_SLOTS = 4
 RUN_CONCURRENCY = 2  # generations running at once over all users (2 CPU cores here)
+STATE_SESSIONS = 500  # sessions Gradio keeps, the least recently used dropped beyond it (its default: 10,000)
 OPEN_NOTEBOOKS = (" To open a notebook: install the notebooks extra once (`pip install -c constraints.txt -e "
                   "\".[notebooks]\"` in the repository), then `jupyter lab notebooks/00_tour.ipynb` (any of them).")
 LEARN = {
@@ -144,7 +158,9 @@ HEAD = """
 
 @dataclass
 class Session:
-    """One browser session's runs: never shared between users (Gradio keeps a copy of the State per session)."""
+    """One browser session's runs: never shared between users. Gradio holds the object (a gr.State per session)
+    and the handlers change it in place, so that the page's memory budget (`SessionMemory`), which holds the same
+    object, can drop its runs. Traces are kept packed (`pack_frame`) and never changed once stored."""
 
     trace: Trace | None = None  # the run on the Denoise tab (the first of N)
     runs: list[Trace] = field(default_factory=list)  # all N runs
@@ -153,16 +169,53 @@ class Session:
     sample_texts: dict[int, list[str]] = field(default_factory=dict)  # calm: frame -> its head samples decoded
     vocabulary: tuple | None = None  # cdcd: the token embedding cloud and its strings, taken once after the run
     tab: str = "denoise"  # the visible tab (the latent plot is drawn only when its tab is shown)
+    model_path: Path | None = None  # the resolved folder of the model that made `trace` (None: loaded or example)
+    key: str | None = None  # the browser session (Gradio's session hash) once its runs are counted
+    dropped: str = ""  # why the runs are gone (the memory budget dropped them), shown instead of "Generate first"
+
+    def __deepcopy__(self, memo) -> Session:
+        """Gradio deep-copies a State's first value for each visitor: share the first paint's (read-only) traces."""
+        return replace(self, runs=list(self.runs), history=list(self.history), compared=list(self.compared))
+
+    def nbytes(self) -> int:
+        traces = {id(t): t for t in [self.trace, *self.runs, *self.history, *self.compared] if t is not None}
+        vocabulary = held_bytes(self.vocabulary[0].numpy()) + 100 * len(self.vocabulary[1]) if self.vocabulary else 0
+        return sum(trace_bytes(t) for t in traces.values()) + held_bytes(self.sample_texts) + vocabulary
+
+    def drop(self, why: str = DROPPED) -> None:
+        """Let go of every run (the memory budget needs the room, or the tab closed)."""
+        self.trace, self.runs, self.history, self.compared = None, [], [], []
+        self.sample_texts, self.vocabulary, self.model_path, self.dropped = {}, None, None, why
+
+
+def missing(session: Session | None, what: str) -> str:
+    """What to say when the session has no run: that it was dropped, if it was, else `what`."""
+    return session.dropped if session is not None and session.dropped else what
+
+
+def user_key(request: gr.Request | None) -> str:
+    return request.session_hash if request is not None else "local"
+
+
+def keep(session: Session, request: gr.Request | None) -> Session:
+    """Count the session's runs (just changed) against the page's memory budget, as used now."""
+    session.key, session.dropped = user_key(request), ""
+    page().memory.keep(session.key, session, session.nbytes())
+    return session
 
 
 class Page:
-    """The page's server-side state shared by all users: allowed roots, loaded models, runs in flight."""
+    """The page's server-side state shared by all users: allowed roots, loaded models, runs in flight, the memory
+    budget over every session's runs."""
 
-    def __init__(self, roots: list[Path] | None = None, released_options: dict | None = None):
+    def __init__(self, roots: list[Path] | None = None, released_options: dict | None = None,
+                 memory_mb: float = MEMORY_BUDGET_MB):
         self.roots = [Path(r) for r in (roots or default_roots())]
-        self.models = ModelCache(released_options=released_options)
+        self.models = ModelCache(released_options=released_options, roots=self.roots)
         self.registry = RunRegistry()
+        self.memory = SessionMemory(memory_mb)
         self.examples = load_examples()
+        self.exports = Path(tempfile.mkdtemp(prefix="dlm-export-"))
 
     def choices(self) -> list[str]:
         """Shipped names first, then the other checkpoint folders under the roots (a shipped one listed once)."""
@@ -177,6 +230,10 @@ class Page:
     def model(self, choice: str):
         return self.models.get(self.path(choice))
 
+    def public(self, message: str) -> str:
+        """`message` without the server's paths (see `explorer.webapp.public`)."""
+        return public(message, self.roots)
+
 
 PAGE: Page | None = None
 
@@ -190,9 +247,12 @@ def page() -> Page:
 
 # --- small HTML pieces -----------------------------------------------------------------------------------------
 
+# Every message and every value from a trace (a loaded file is anyone's) is escaped before it goes into HTML or
+# Markdown, and messages name no server path (`Page.public`).
+
 def error_box(message: str) -> str:
     return ('<div class="dlm-error" style="border:1px solid #d62728;background:#fdecea;color:#8a1c1c;'
-            f'padding:8px 12px;border-radius:6px"><b>Cannot do that:</b> {html.escape(message)}</div>')
+            f'padding:8px 12px;border-radius:6px"><b>Cannot do that:</b> {text(page().public(message))}</div>')
 
 
 def notice_box(messages: list[str]) -> str:
@@ -201,19 +261,29 @@ def notice_box(messages: list[str]) -> str:
         return ""
     return ('<div class="dlm-warning" style="border:1px solid #b8860b;background:#fff8e1;color:#5c4400;'
             'padding:8px 12px;border-radius:6px"><b>Note:</b> '
-            + "<br>".join(html.escape(m) for m in messages) + "</div>")
+            + "<br>".join(text(page().public(m)) for m in messages) + "</div>")
+
+
+def warn(message: str) -> None:
+    """A toast (Gradio renders its message as HTML)."""
+    gr.Warning(html.escape(page().public(message), quote=False))
+
+
+def text(value) -> str:
+    """Any value as HTML text."""
+    return html.escape(str(value))
 
 
 def stats_line(trace: Trace, running: bool = False, runs: int = 1) -> str:
     s = trace.stats
     if running:
-        return f"step {s['steps']} · nfe {s['nfe']} · {s['wall_s']:.2f} s so far …"
+        return f"step {text(s['steps'])} · nfe {text(s['nfe'])} · {s['wall_s']:.2f} s so far …"
     caches = sorted({f.cache for f in trace.frames if f.cache})
     extra = (f" · cache {'/'.join(caches)}" if caches else "") + (f" · stopped: {s['stop']}" if "stop" in s else "")
     extra += f" · {runs} runs (stats of the first)" if runs > 1 else ""
-    return (f"**nfe** {s['nfe']} · **wall** {s['wall_s']:.2f} s · **{s['tokens_per_s']:.1f} tokens/s** · "
-            f"{len(trace.frames)} frames · {trace.model['name']} ({trace.model['family']}), sampler "
-            f"{trace.sampler['name']}{extra}")
+    return (f"**nfe** {text(s['nfe'])} · **wall** {s['wall_s']:.2f} s · **{s['tokens_per_s']:.1f} tokens/s** · "
+            f"{len(trace.frames)} frames · {text(trace.model['name'])} ({text(trace.model['family'])}), sampler "
+            f"{text(trace.sampler['name'])}{text(extra)}")
 
 
 def empty_figure(message: str) -> go.Figure:
@@ -228,20 +298,21 @@ def empty_figure(message: str) -> go.Figure:
 def latent_figure(session: Session, index: int, method: str, source: str = "this run"):
     """The Latent tab's plot for frame `index` of the session's run (or the compared runs at the same progress)."""
     if source == "compared runs":
-        runs = [t for t in session.compared if t.frames[-1].hidden is not None]
+        runs = [unpacked(t) for t in session.compared if t.frames[-1].hidden is not None]
         if len(runs) < 1:
-            return empty_figure("No compared run has hidden states: compare runs of the ar, mdlm or bd3lm families")
+            return empty_figure(missing(session, "No compared run has hidden states: compare runs of the ar, mdlm "
+                                                 "or bd3lm families"))
         progress = index / max(len(session.trace.frames) - 1, 1) if session.trace else 1.0
         return hidden_state_paths(runs, method=method, upto=[frame_at_progress(t, progress) for t in runs])
-    trace = session.trace
-    if trace is None:
-        return empty_figure("Generate first")
+    if session.trace is None:
+        return empty_figure(missing(session, "Generate first"))
+    trace = unpacked(session.trace)
     family = trace.model["family"]
     if family == "calm" and trace.frames[-1].samples:
         return head_samples(trace, index, session.sample_texts.get(index % len(trace.frames)))
     if family == "cdcd" and trace.frames[-1].latent is not None:
         if session.vocabulary is None:  # a loaded trace: take the cloud from its checkpoint
-            session.vocabulary = vocabulary_points(page().model(trace.model["name"]))
+            session.vocabulary = vocabulary_points(trace_model(session))
         points, strings = session.vocabulary
         return latent_trajectories(trace, points, strings, upto=index, method=method)
     if trace.frames[-1].hidden is not None:
@@ -249,17 +320,40 @@ def latent_figure(session: Session, index: int, method: str, source: str = "this
     return empty_figure("This trace has no continuous states (record it at level 'full')")
 
 
+def trace_model(session: Session):
+    """The model behind the session's trace: the folder its run used (kept on the server, so a root folder that
+    shares a shipped checkpoint's name is never mistaken for it); for a loaded trace or the first-paint example
+    the checkpoint it names (else its model name), resolved inside the roots like a typed choice, its token ids
+    checked against that model's vocabulary."""
+    if session.model_path is not None:
+        return page().models.get(session.model_path)
+    trace = session.trace
+    names = [n for n in (trace.model.get("checkpoint"), trace.model["name"]) if n]
+    for k, name in enumerate(names):
+        try:
+            model = page().model(name)
+            break
+        except (ValueError, FileNotFoundError):
+            if k == len(names) - 1:
+                raise
+    trace.check_token_ids(model.tokenizer.get_vocab_size())
+    return model
+
+
 def show(session: Session, index: int, color_by: str, method: str = "pca", source: str = "this run") -> tuple:
     """(canvas, heatmap, step slider, latent-tab canvas, latent slider, latent plot, edit-tab canvas, N runs) for a
     stored frame: replay never runs the model."""
     trace = session.trace
+    if session.key:
+        page().memory.touch(session.key)
     last = len(trace.frames) - 1
     index = min(max(int(index) if int(index) >= 0 else last + 1 + int(index), 0), last)  # -1 = the last frame
     view = tokens_html(trace, index, color_by)
     latent = latent_figure(session, index, method, source) if session.tab == "latent" else gr.skip()
     multiples = small_multiples_html(session.runs, index, color_by) if len(session.runs) > 1 else ""
-    paused = (f'<div class="dlm-paused" style="font-size:15px;color:#555">paused at step {trace.frames[index].step} '
-              f"of {trace.frames[-1].step} (frame {index}; scrub on the Denoise tab)</div>")
+    paused = (f'<div class="dlm-paused" style="font-size:15px;color:#555">paused at step '
+              f"{text(trace.frames[index].step)} of {text(trace.frames[-1].step)} (frame {index}; scrub on the Denoise "
+              "tab)</div>")
     return view, step_heatmap(trace, index), index, view, index, latent, paused + view, multiples
 
 
@@ -282,7 +376,7 @@ def family_controls(choice):
     try:
         family = family_at(path, config)
     except ValueError as err:  # a config.json of no layout we know: say so rather than show no sampler
-        gr.Warning(str(err))
+        warn(str(err))
         return tuple(gr.skip() for _ in range(10))
     choices = list(SAMPLERS.get(family, ()))
     calm = family == "calm"
@@ -328,8 +422,9 @@ def decoded_samples(model, trace: Trace) -> dict[int, list[str]]:
     out = {}
     with torch.no_grad():
         for index, frame in enumerate(trace.frames):
-            if frame.samples:
-                chunks = model.autoencoder.decode(torch.tensor(frame.samples, device=model.device)).argmax(-1)
+            if frame.samples is not None and len(frame.samples):
+                samples = torch.as_tensor(np.asarray(frame.samples, dtype=np.float32), device=model.device)
+                chunks = model.autoencoder.decode(samples).argmax(-1)
                 out[index] = ["".join(display_string(model.tokenizer, t) for t in c) for c in chunks.tolist()]
     return out
 
@@ -338,13 +433,14 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
              cache=None, n=1, cfg_scale=0.0, constraints="", chat=True, session=None, request: gr.Request = None):
     """Stream a generation (N runs in lockstep): the canvas every step, the heatmap every PLOT_EVERY_S. `chat`: wrap
     the prompt in the checkpoint's chat template, when it has one."""
-    session = copy.copy(session) if session is not None else Session()
-    user = request.session_hash if request is not None else "local"
+    session = session if session is not None else Session()
+    user = user_key(request)
     out = Outputs()
     token = None
     try:
         token = page().registry.start(user)
-        model = page().model(checkpoint)
+        path = page().path(checkpoint)
+        model = page().models.get(path)
         chunk = model.config.autoencoder.chunk if model.family == "calm" else 1
         req = Request(sampler, int(gen_length), int(steps), int(block_length), float(temperature),
                       float(threshold), cache, int(n), float(cfg_scale or 0), constraints or "")
@@ -362,17 +458,18 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
                       multiples=small_multiples_html(traces, -1, color_by) if len(traces) > 1 else "")
         traces = live.traces
     except ValueError as err:  # samplers name the bad knob, its value and the allowed range
-        gr.Warning(str(err))
+        warn(str(err))
         yield out(error=error_box(str(err)), step=gr.update(interactive=True))
         return
     finally:
         if token is not None:
             page().registry.finish(user, token)
     for message in live.notices:
-        gr.Warning(message)
-    session.trace, session.runs, session.history = traces[0], traces, []
+        warn(message)
+    session.trace, session.runs, session.history, session.model_path = traces[0], traces, [], path
     session.sample_texts = decoded_samples(model, traces[0]) if model.family == "calm" else {}
     session.vocabulary = vocabulary_points(model) if model.family == "cdcd" else None
+    keep(session, request)
     view, plot, _step, latent_view, _latent_step, latent, edit_view, multiples = show(session, -1, color_by)
     stats = stats_line(traces[0], False, len(traces)) + prompt_note(prompt or "", given)
     yield out(view=view, stats=stats, error=notice_box(live.notices), plot=plot,
@@ -388,6 +485,14 @@ def rerun_on_release(*args, request: gr.Request = None):
         yield Outputs()()
         return
     yield from generate(*args[:-1], request=request)
+
+
+def with_request(handler):
+    """`handler(*inputs, request=...)` (a generator) as Gradio calls it: Gradio hands the request only to a parameter
+    before any *inputs, so without this every user of the handler would be one user ("local")."""
+    def event(request: gr.Request, *inputs):
+        yield from handler(*inputs, request=request)
+    return event
 
 
 class Outputs:
@@ -406,7 +511,8 @@ class Outputs:
 def replay(session, step, color_by, method="pca", source="this run"):
     """Redraw a stored frame (no model call)."""
     if session is None or session.trace is None:
-        return ("<i>Generate first; then the step slider replays the recorded frames.</i>",) + (gr.skip(),) * 7
+        what = missing(session, "Generate first; then the step slider replays the recorded frames.")
+        return (f"<i>{text(what)}</i>",) + (gr.skip(),) * 7
     return show(session, step, color_by, method, source)
 
 
@@ -434,8 +540,15 @@ def play(session, step, color_by, fps, method="pca", source="this run"):
 
 def stop(request: gr.Request = None):
     """The Stop button: cancels the running generation (wired with `cancels`) and frees the user's run slot."""
-    page().registry.cancel(request.session_hash if request is not None else "local")
+    page().registry.cancel(user_key(request))
     return notice_box(["run stopped"])
+
+
+def close_session(request: gr.Request):
+    """The tab closed (or reloaded; Gradio hears its heartbeat connection end): let go of its runs now. Gradio keeps
+    its own record of the session (the last value of each output, about a megabyte) for reconnects, at most
+    STATE_SESSIONS of them."""
+    page().memory.forget(user_key(request))
 
 
 # --- Compare -----------------------------------------------------------------------------------------------------
@@ -460,8 +573,8 @@ def compare(prompt, gen_length, steps, temperature, seed, color_by, *slots, requ
     one, when the box is ticked); each run's panel fills in live."""
     chat, session_in = slots[-2:]
     slots = slots[:-2]
-    session = copy.copy(session_in) if session_in is not None else Session()
-    user = request.session_hash if request is not None else "local"
+    session = session_in if session_in is not None else Session()
+    user = user_key(request)
     specs = [(slots[i + 1], slots[i + 2]) for i in range(0, 3 * COMPARE_SLOTS, 3) if slots[i] and slots[i + 1]]
     token = None
     try:
@@ -484,6 +597,7 @@ def compare(prompt, gen_length, steps, temperature, seed, color_by, *slots, requ
                 yield (side_by_side_html(done + traces, 1.0, color_by), gr.skip(), gr.skip(), "", gr.skip())
             done.append(live.traces[0])
         session.compared = done
+        keep(session, request)
     except ValueError as err:
         yield gr.skip(), gr.skip(), gr.skip(), error_box(str(err)), gr.skip()
         return
@@ -498,16 +612,17 @@ def compare_table(traces: list[Trace]) -> str:
     rows = ["| run | steps | nfe | wall (s) | tokens/s | text |", "|---|---|---|---|---|---|"]
     for trace in traces:
         s = trace.stats
-        text = trace.text.replace("\n", " ").replace("|", "\\|")[:60]
-        rows.append(f"| {run_label(trace)} | {s['steps']} | {s['nfe']} | {s['wall_s']:.2f} | {s['tokens_per_s']:.1f} "
-                    f"| {text} |")
+        said = html.escape(trace.text.replace("\n", " ")[:60]).replace("|", "\\|")
+        label = html.escape(run_label(trace)).replace("|", "\\|")
+        rows.append(f"| {label} | {text(s['steps'])} | {text(s['nfe'])} | {s['wall_s']:.2f} | "
+                    f"{s['tokens_per_s']:.1f} | {said} |")
     return "\n".join(rows)
 
 
 def compare_view(session, progress, color_by):
     """The compared runs at `progress` in [0, 1] of each run (no model call)."""
     if session is None or not session.compared:
-        return "<i>Run a comparison first.</i>", gr.skip()
+        return f"<i>{text(missing(session, 'Run a comparison first.'))}</i>", gr.skip()
     return side_by_side_html(session.compared, float(progress), color_by), progress_plot(session.compared,
                                                                                           float(progress))
 
@@ -536,7 +651,7 @@ def slot_samplers(choice):
 
 def on_tab(session, step, color_by, method, source, evt: gr.SelectData):
     """Remember the visible tab; draw the latent plot when its tab opens."""
-    session = copy.copy(session) if session is not None else Session()
+    session = session if session is not None else Session()
     session.tab = "latent" if "Latent" in str(evt.value) else "other"
     if session.tab != "latent" or session.trace is None:
         return session, gr.skip()
@@ -546,7 +661,7 @@ def on_tab(session, step, color_by, method, source, evt: gr.SelectData):
 def latent(session, step, method, source):
     """The latent plot for frame `step` (PCA or UMAP, this run or the compared runs)."""
     if session is None or session.trace is None:
-        return empty_figure("Generate first")
+        return empty_figure(missing(session, "Generate first"))
     try:
         return latent_figure(session, int(step), method, source)
     except ValueError as err:
@@ -569,9 +684,8 @@ def candidates(session, step, position):
     """The model's top candidates at `position` given the canvas at frame `step` (one network call)."""
     try:
         if session is None or session.trace is None:
-            raise ValueError("generate first, then pause at a step and pick a position")
-        model = page().model(session.trace.model["name"])
-        options = top_candidates(model, session.trace, int(step), int(position), k=8)
+            raise ValueError(missing(session, "generate first, then pause at a step and pick a position"))
+        options = top_candidates(trace_model(session), session.trace, int(step), int(position), k=8)
     except ValueError as err:
         return gr.update(choices=[], value=None), error_box(str(err))
     labels = [(f"{o['text']!r}  p={o['prob']:.3f}", str(o["id"])) for o in options]
@@ -580,17 +694,17 @@ def candidates(session, step, position):
 
 def continue_with(session, step, position, token, color_by, request: gr.Request = None):
     """Resume the run from frame `step` with `token` forced at `position`; the previous trace is kept for Rewind."""
-    session = copy.copy(session) if session is not None else Session()
-    user = request.session_hash if request is not None else "local"
+    session = session if session is not None else Session()
+    user = user_key(request)
     out = Outputs()
     token_slot = None
     try:
         if session.trace is None:
-            raise ValueError("generate first, then pause at a step and pick a position")
+            raise ValueError(missing(session, "generate first, then pause at a step and pick a position"))
         if token in (None, ""):
             raise ValueError("pick a candidate token first (Show candidates)")
         token_slot = page().registry.start(user)
-        model = page().model(session.trace.model["name"])
+        model = trace_model(session)
         index = min(max(int(step), 0), len(session.trace.frames) - 1)
         description, prompt_ids, frames_iter = resume(model, session.trace, index, {int(position): int(token)})
         head, frames, started = session.trace.frames[: index + 1], [], time.perf_counter()
@@ -607,8 +721,11 @@ def continue_with(session, step, position, token, color_by, request: gr.Request 
     finally:
         if token_slot is not None:
             page().registry.finish(user, token_slot)
-    session.history = session.history + [session.trace]
+    for frame in edited.frames:
+        pack_frame(frame)
+    session.history = (session.history + [session.trace])[-MAX_REWIND:]  # the oldest edits can no longer be undone
     session.trace, session.runs = edited, [edited]
+    keep(session, request)
     yield edited_outputs(session, color_by)
 
 
@@ -620,49 +737,68 @@ def edited_outputs(session: Session, color_by: str) -> tuple:
                      latent=latent_plot, edit_view=edit_view)
 
 
-def rewind(session, color_by):
-    """Undo the last hand edit: back to the trace before it."""
+def rewind(session, color_by, request: gr.Request = None):
+    """Undo the last hand edit: back to the trace before it (at most MAX_REWIND edits back)."""
     if session is None or not session.history:
-        return Outputs()(error=notice_box(["nothing to rewind: no hand edit yet"]))
-    session = copy.copy(session)
+        return Outputs()(error=notice_box([missing(session, "nothing to rewind: no hand edit yet")]))
     session.trace, session.history = session.history[-1], session.history[:-1]
     session.runs = [session.trace]
+    keep(session, request)
     return edited_outputs(session, color_by)
 
 
 # --- Export and load ---------------------------------------------------------------------------------------------
 
+EXPORT_TTL_S = 600.0  # an export's own copy is deleted after this (Gradio serves the download from its cache)
+
+
 def export(kind: str):
     def handler(session, color_by):
         """Write the session's trace as a file to download: 'json', 'html' (animation) or 'gif'."""
         if session is None or session.trace is None:
-            return None, error_box("nothing to export: generate or load a trace first")
+            return None, error_box(missing(session, "nothing to export: generate or load a trace first"))
         trace = session.trace
-        folder = Path(tempfile.mkdtemp(prefix="dlm-export-"))
-        target = folder / f"{trace.model['name']}-{trace.sampler['name']}.{kind}"
-        if kind == "json":
-            trace.save(target)
-        elif kind == "html":
-            target.write_text(trace_animation_html(trace, color_by=color_by), encoding="utf-8")
-        else:
-            trace_gif(trace, target, color_by=color_by)
+        folder = export_folder()
+        target = folder / f"{safe_filename(str(trace.model['name']) + '-' + str(trace.sampler['name']))}.{kind}"
+        try:
+            if kind == "json":
+                unpacked(trace).save(target)
+            elif kind == "html":
+                target.write_text(trace_animation_html(trace, color_by=color_by), encoding="utf-8")
+            else:
+                trace_gif(trace, target, color_by=color_by)
+        except ValueError as err:
+            return None, error_box(str(err))
         return str(target), ""
     return handler
 
 
-def load_trace(file, color_by, session):
-    """Load a trace JSON (written here or by the CLI) into the Denoise view; it replays without its model."""
-    out = Outputs()
+def export_folder() -> Path:
+    """A fresh folder for one export under the page's, after deleting the exports older than EXPORT_TTL_S."""
+    page().exports.mkdir(parents=True, exist_ok=True)  # a temporary-file cleaner may have taken it
+    for old in page().exports.iterdir():
+        if time.time() - old.stat().st_mtime > EXPORT_TTL_S:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=page().exports))
+
+
+def load_trace(file, color_by, session, request: gr.Request = None):
+    """Load a trace JSON (written here or by the CLI; at most MAX_UPLOAD_MB, checked field by field) into the
+    Denoise view; it replays without its model. The outputs of /generate, then the Export tab's message box."""
     try:
         if file is None:
             raise ValueError("choose a trace JSON file to load")
-        trace = Trace.load(file if isinstance(file, str) else file.name)
-    except (ValueError, KeyError, TypeError, OSError) as err:
-        return out(error=error_box(f"could not load the trace: {err}"))
-    session = copy.copy(session) if session is not None else Session()
+        trace = Trace.load(file if isinstance(file, str) else file.name, max_bytes=int(MAX_UPLOAD_MB * 1e6))
+    except (ValueError, OSError) as err:
+        message = error_box(f"could not load the trace: {err}")
+        return Outputs()(error=message) + (message,)
+    for frame in trace.frames:
+        pack_frame(frame)
+    session = session if session is not None else Session()
     session.trace, session.runs, session.history, session.sample_texts = trace, [trace], [], {}
-    session.vocabulary = None
-    return edited_outputs(session, color_by)
+    session.vocabulary, session.model_path = None, None
+    keep(session, request)
+    return edited_outputs(session, color_by) + ("",)
 
 
 # --- layout ------------------------------------------------------------------------------------------------------
@@ -674,16 +810,21 @@ def first_paint(examples: dict[str, Trace]) -> tuple[Session, list[Trace]]:
     return Session(trace=denoise, runs=[denoise] if denoise else [], compared=compared), compared
 
 
-def build_demo(roots: list[Path] | None = None, released_options: dict | None = None) -> gr.Blocks:
-    """The page. `released_options`: explorer.load's device / dtype / device_map for released folders."""
+def build_demo(roots: list[Path] | None = None, released_options: dict | None = None,
+               memory_mb: float = MEMORY_BUDGET_MB) -> gr.Blocks:
+    """The page. `released_options`: explorer.load's device / dtype / device_map for released folders; `memory_mb`:
+    the budget over every session's runs (the least recently used are dropped beyond it)."""
     global PAGE
-    PAGE = Page(roots, released_options)
+    PAGE = Page(roots, released_options, memory_mb)
     names = PAGE.choices()
     default = "mdlm-tiny" if "mdlm-tiny" in names else (names[0] if names else None)
     every_sampler = list(dict.fromkeys(name for family in SAMPLERS.values() for name in family))  # the API takes all
     start, compared = first_paint(PAGE.examples)
     trace = start.trace
-    with gr.Blocks(title="diffusion-LM explorer") as demo:
+    # the scrubbers over the first paint's frames (Gradio lets positional arguments win over keywords: none here)
+    first_range = slider_range(trace) if trace else {"minimum": 0, "maximum": 1, "value": 0}
+    # Gradio's copies of uploads and downloads are deleted once an hour old (checked every 10 minutes)
+    with gr.Blocks(title="diffusion-LM explorer", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# diffusion-LM explorer\nWatch a masked canvas turn into text, step by step; compare samplers "
                     "and families; look at the latent space; edit a run; export it. The first view is a "
                     "precomputed example: press **Generate** to run a model.")
@@ -695,7 +836,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
                         checkpoint = gr.Dropdown(names, value=default, label="checkpoint", elem_id="checkpoint",
                                                  allow_custom_value=True,
                                                  info="a shipped checkpoint, or a folder under: "
-                                                      + ", ".join(str(r) for r in PAGE.roots))
+                                                      + root_names(PAGE.roots))
                         prompt = gr.Textbox("ROMEO:", label="prompt", lines=2, elem_id="prompt")
                         chat = gr.Checkbox(True, label="chat template", elem_id="chat_template", visible=False,
                                            info="wrap the prompt as one user turn in the checkpoint's chat template "
@@ -747,8 +888,8 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
                                                 min_width=60)
                             fps = gr.Slider(1, 20, 6, step=1, label="frames / s", elem_id="fps", min_width=120)
                         with gr.Row():
-                            step = gr.Slider(0, 1, 0, step=1, label="step (replays recorded frames)", elem_id="step",
-                                             **(slider_range(trace) if trace else {}))
+                            step = gr.Slider(step=1, label="step (replays recorded frames)", elem_id="step",
+                                             **first_range)
                             color_by = gr.Radio(list(COLOR_MODES), value=COLOR_MODES[0], label="colour by",
                                                 elem_id="color_by")
                         stats = gr.Markdown(stats_line(trace) if trace else "", elem_id="stats")
@@ -797,8 +938,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
                                       elem_id="latent_source")
                     method = gr.Radio(["pca", "umap"], value="pca", label="projection", elem_id="method",
                                       info="UMAP takes a few seconds per fit (cached while you scrub); PCA is instant")
-                latent_step = gr.Slider(0, 1, 0, step=1, label="step", elem_id="latent_step",
-                                        **(slider_range(trace) if trace else {}))
+                latent_step = gr.Slider(step=1, label="step", elem_id="latent_step", **first_range)
                 latent_view = gr.HTML("", elem_id="latent_tokens")
                 latent_plot = gr.Plot(elem_id="latent", show_label=False)
                 jump_box = gr.Textbox("", elem_id="jump", show_label=False, container=False)
@@ -840,7 +980,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
         generation = run.click(generate, run_inputs, run_outputs, api_name="generate", **runs)
 
         for slider in (gen_length, steps, block_length, n_runs, temperature):
-            slider.release(rerun_on_release, run_inputs + [auto], run_outputs, api_name=False, **runs)
+            slider.release(with_request(rerun_on_release), run_inputs + [auto], run_outputs, api_name=False, **runs)
         shown = [view, plot, step, latent_view, latent_step, latent_plot, edit_view, multiples]
         scrub = [session, step, color_by, method, source]
         free = {"concurrency_limit": None}  # replay never waits behind a generation
@@ -853,7 +993,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
         pause.click(None, cancels=[playing])
         stop_button.click(stop, None, error, cancels=[generation], api_name="stop")
         compare_inputs = [c_prompt, c_length, c_steps, c_temperature, c_seed, color_by, *slot_inputs, c_chat, session]
-        comparing = c_run.click(compare, compare_inputs, [side, c_plot, c_table, c_error, session],
+        comparing = c_run.click(with_request(compare), compare_inputs, [side, c_plot, c_table, c_error, session],
                                 api_name="compare", **runs)
         c_stop.click(stop, None, c_error, cancels=[comparing], api_name=False)
         progress.input(compare_view, [session, progress, color_by], [side, c_plot], api_name="compare_view", **free)
@@ -870,15 +1010,19 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
         resume_button.click(continue_with, [session, step, position, choices, color_by], run_outputs,
                             api_name="resume", **runs)
         rewind_button.click(rewind, [session, color_by], run_outputs, api_name="rewind", **free)
-        for button, kind in ((json_button, "json"), (html_button, "html"), (gif_button, "gif")):
-            button.click(export(kind), [session, color_by], [download, export_error], api_name=f"export_{kind}")
-        upload.upload(load_trace, [upload, color_by, session], run_outputs, api_name="load_trace", **free)
+        for button, kind in ((json_button, "json"), (html_button, "html"), (gif_button, "gif")):  # as costly as runs
+            button.click(export(kind), [session, color_by], [download, export_error], api_name=f"export_{kind}",
+                         **runs)
+        upload.upload(load_trace, [upload, color_by, session], run_outputs + [export_error], api_name="load_trace",
+                      **runs)
+        demo.unload(close_session)
     return demo.queue(default_concurrency_limit=1)
 
 
 def launch_options() -> dict:
-    """What `launch` needs besides host and port (Gradio 6 takes the page's CSS and scripts here)."""
-    return {"css": CSS, "head": HEAD}
+    """What `launch` needs besides host and port (Gradio 6 takes the page's CSS and scripts here; Gradio refuses
+    larger uploads before they reach the page)."""
+    return {"css": CSS, "head": HEAD, "max_file_size": f"{MAX_UPLOAD_MB}mb", "state_session_capacity": STATE_SESSIONS}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -895,13 +1039,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="released folders: the weights' dtype (default: bfloat16 on a GPU, float32 on the CPU)")
     parser.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
                         help="released folders: spread the blocks over several GPUs with accelerate")
+    parser.add_argument("--memory-budget-mb", type=float, default=MEMORY_BUDGET_MB,
+                        help="memory for the runs of all sessions together; beyond it the least recently used "
+                             f"sessions' runs are dropped (default {MEMORY_BUDGET_MB})")
     args = parser.parse_args(argv)
+    if not args.memory_budget_mb > 0:
+        parser.error(f"--memory-budget-mb must be > 0, got {args.memory_budget_mb:g}")
     roots = default_roots() + [Path(r) for r in args.checkpoint_root or []]
     from explorer.released import load_options
 
     released = load_options(args.device, args.dtype, args.device_map)
     warm_umap()  # numba compiles UMAP in the background, before the first latent view asks for it
-    build_demo(roots, released).launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
+    build_demo(roots, released, args.memory_budget_mb).launch(server_name=args.host, server_port=args.port,
+                                                                share=args.share, **launch_options())
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def progress_plot(traces: list[Trace], progress: float | None = None, labels: li
 
 def side_by_side_html(traces: list[Trace], progress: float, color_by: str = "confidence",
                       labels: list[str] | None = None) -> str:
-    """Canvases of 2-4 runs at the same progress, in a grid; each panel names its run, step and nfe."""
+    """Canvases of 2-4 runs at the same progress, in a grid; each panel names its run, step and nfe (every value
+    from a trace is escaped: a loaded trace is anyone's)."""
     labels = labels or [run_label(t) for t in traces]
     panels = []
     for k, (trace, label) in enumerate(zip(traces, labels)):
@@ -80,8 +81,9 @@ def side_by_side_html(traces: list[Trace], progress: float, color_by: str = "con
         panels.append(
             f'<div class="dlm-panel" data-run="{k}" data-frame="{index}" style="border:2px solid {colour};'
             f'border-radius:8px;padding:8px;min-height:140px"><div style="font-weight:600;color:{colour}">'
-            f"{html.escape(label)}</div><div style='font-size:13px;color:#555'>step {frame.step} of "
-            f"{trace.frames[-1].step} · nfe {frame.nfe} of {trace.stats.get('nfe', trace.frames[-1].nfe)}</div>"
+            f"{html.escape(label)}</div><div style='font-size:13px;color:#555'>step {_text(frame.step)} of "
+            f"{_text(trace.frames[-1].step)} · nfe {_text(frame.nfe)} of "
+            f"{_text(trace.stats.get('nfe', trace.frames[-1].nfe))}</div>"
             f"{tokens_html(trace, index, color_by)}</div>")
     return ('<div class="dlm-compare" style="display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));'
             f'gap:10px">{"".join(panels)}</div>')
@@ -107,7 +109,8 @@ def small_multiples_html(traces: list[Trace], index: int = -1, color_by: str = "
     for k, trace in enumerate(traces):
         i = min(index % len(trace.frames) if index < 0 else index, len(trace.frames) - 1)
         cells.append(f'<div class="dlm-multiple" data-run="{k}" style="font-size:11px;border:1px solid #ccc;'
-                     f'border-radius:6px;padding:4px"><div style="color:#555">seed {trace.sampler.get("seed")}</div>'
+                     'border-radius:6px;padding:4px"><div style="color:#555">'
+                     f'seed {_text(trace.sampler.get("seed"))}</div>'
                      f"{tokens_html(trace, i, color_by, show_prompt=False, font_size=11)}"
                      "</div>")
     header = (f'<div class="dlm-diversity" style="font-size:14px;margin-bottom:4px"><b>{stats["runs"]} runs</b>: '
@@ -115,3 +118,8 @@ def small_multiples_html(traces: list[Trace], index: int = -1, color_by: str = "
               f'differ between two runs {stats["pairwise_differing"]:.0%}</div>')
     return (header + '<div class="dlm-multiples" style="display:grid;grid-template-columns:repeat(auto-fill,'
             f'minmax(220px,1fr));gap:6px">{"".join(cells)}</div>')
+
+
+def _text(value) -> str:
+    """A trace's value as HTML text."""
+    return html.escape(str(value))
