@@ -14,8 +14,9 @@ import torch
 
 import explorer
 from explorer.hub import CHECKPOINT_DIR
+from explorer.models import weights
 from explorer.models.calm import Autoencoder
-from explorer.released import chat_prompt, llada, memory
+from explorer.released import chat_prompt, llada
 from explorer.released.synthetic import tiny_dit_config, write_tiny_dit, write_tiny_llada
 
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -126,7 +127,7 @@ def test_memory_is_checked_before_the_model_is_built(folder, monkeypatch):
         init(self, config)
 
     monkeypatch.setattr(transformer.Transformer, "__init__", recording_init)
-    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)
+    monkeypatch.setattr(weights, "available_bytes", lambda device: 2**20)
     with pytest.raises(ValueError, match=r"config.json: 0.00B parameters in float32 need about 0.3 GiB, 0.0 GiB "
                                          r"available on cpu; its sizes are too large for this machine"):
         explorer.load(folder)
@@ -137,7 +138,7 @@ def test_weights_are_checked_against_the_config_from_the_header_before_loading(f
     def never(*args, **kwargs):
         raise AssertionError("no tensor may be read before the keys and shapes are checked")
 
-    monkeypatch.setattr(memory.SafetensorsFolder, "tensor", never)
+    monkeypatch.setattr(weights.SafetensorsFolder, "tensor", never)
     edit_config(folder, backbone(n_layers=2))  # the file holds 4 layers
     with pytest.raises(ValueError, match=r"model.safetensors: weights do not match the ar layout of config.json: "
                                          r"0 missing keys \[\], \d+ unexpected keys \['backbone.blocks.2"):
@@ -204,11 +205,11 @@ def llada_folder(tmp_path) -> Path:
 
 
 def index_of(folder: Path) -> dict:
-    return json.loads((folder / memory.INDEX).read_text())
+    return json.loads((folder / weights.INDEX).read_text())
 
 
 def write_index(folder: Path, index: dict) -> None:
-    (folder / memory.INDEX).write_text(json.dumps(index))
+    (folder / weights.INDEX).write_text(json.dumps(index))
 
 
 @pytest.mark.parametrize("weight_map", [["model-00001-of-00002.safetensors"], {"model.transformer.wte.weight": None},

@@ -15,7 +15,7 @@ pytest.importorskip("accelerate")
 import explorer
 from explorer.released import LAYOUTS, load_released
 from explorer.released.llada import LLaDAConfig, LLaDAModel, backbone_config
-from explorer.released.memory import GiB, NotEnoughMemory, SafetensorsFolder
+from explorer.models.weights import GiB, NotEnoughMemory, SafetensorsFolder
 from explorer.released.placement import check_placement_memory, plan_placement
 from explorer.released.synthetic import (
     released_config,

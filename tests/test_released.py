@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import explorer
+from explorer.models import weights
 from explorer.released import (
     LAYOUTS,
     NotEnoughMemory,
     chat_prompt,
     detect_layout,
-    memory,
 )
 from explorer.released.synthetic import (
     EOS_ID,
@@ -178,22 +178,22 @@ def test_pickle_only_folder_is_refused_without_unpickling(pickle_only_folder):
 
 
 def test_memory_estimate_refuses_before_reading_weights(folder, monkeypatch):
-    monkeypatch.setattr(memory, "available_bytes", lambda device: 1024)
+    monkeypatch.setattr(weights, "available_bytes", lambda device: 1024)
     read = []
-    monkeypatch.setattr(memory.SafetensorsFolder, "tensor", lambda self, *a, **k: read.append(a) or None)
+    monkeypatch.setattr(weights.SafetensorsFolder, "tensor", lambda self, *a, **k: read.append(a) or None)
     with pytest.raises(NotEnoughMemory, match=r"need about 0\.3 GiB, 0\.0 GiB available on cpu; pass device="):
         explorer.load(folder, device="cpu")
     assert not read
 
 
 def test_memory_helpers():
-    assert memory.pick_dtype(torch.device("cpu")) == torch.float32
-    assert memory.pick_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16
+    assert weights.pick_dtype(torch.device("cpu")) == torch.float32
+    assert weights.pick_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be a floating torch dtype"):
-        memory.pick_dtype(torch.device("cpu"), "int8")
+        weights.pick_dtype(torch.device("cpu"), "int8")
     n = 8_000_000_000
-    assert memory.estimate_bytes(n, torch.bfloat16) > 2 * n
-    assert memory.available_bytes(torch.device("cpu")) > 0
+    assert weights.estimate_bytes(n, torch.bfloat16) > 2 * n
+    assert weights.available_bytes(torch.device("cpu")) > 0
 
 
 def test_bfloat16_load_is_close(folder, tensors):
@@ -225,7 +225,7 @@ def test_tied_head_layout(tmp_path, tensors):
 
 def test_default_device_and_dtype_follow_what_is_available(monkeypatch):
     """CUDA when there is one, with bf16 there; fp32 on the CPU (the CUDA load itself is checked on a GPU machine)."""
-    from explorer.released.memory import pick_dtype, resolve_device
+    from explorer.models.weights import pick_dtype, resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from explorer.data.tokenizer import BOS, EOS, MASK, PAD, SPECIAL_TOKENS, TOKENIZER, load_tokenizer
+from explorer.models.weights import SafetensorsFolder, check_layout, check_memory
 from explorer.nn import KVCache, Transformer
 
 WEIGHTS = "model.safetensors"
@@ -267,8 +268,6 @@ def build_and_load(build, path: Path, layout: str, weights: str = WEIGHTS) -> nn
     """`build()` (a module from a checked config) sized on the meta device and refused when it would not fit in
     memory, then the keys and shapes of `path / weights` checked against it from the safetensors header; only
     then built for real and loaded (float32, never a pickle)."""
-    from explorer.released.memory import SafetensorsFolder, check_layout, check_memory  # (it imports this module)
-
     with torch.device("meta"):  # sizes only: nothing allocated, nothing initialised
         sized = build()
     elements = sum(p.numel() for p in sized.parameters()) + sum(b.numel() for b in sized.buffers())

@@ -24,7 +24,7 @@ from explorer.released.llada import (
     is_llada,
     load_llada,
 )
-from explorer.released.memory import NotEnoughMemory, SafetensorsFolder, check_memory
+from explorer.models.weights import NotEnoughMemory, SafetensorsFolder, check_memory
 from explorer.released.placement import (
     Placement,
     check_device_exists,

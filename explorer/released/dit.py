@@ -58,7 +58,7 @@ from explorer.nn import KVCache, TransformerConfig
 from explorer.nn.transformer import Attention, Rotary, window
 from explorer.released.base import ReleasedModel
 from explorer.released.llada import rope_permutation
-from explorer.released.memory import PICKLE_SUFFIXES, SafetensorsFolder, check_layout
+from explorer.models.weights import PICKLE_SUFFIXES, SafetensorsFolder, check_layout
 from explorer.released.placement import (
     Placement,
     check_placement_memory,

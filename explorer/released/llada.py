@@ -37,7 +37,7 @@ from explorer.models.mdlm import MDLMConfig, MDLMModel
 from explorer.nn import Transformer, TransformerConfig
 from explorer.nn.transformer import Block, Rotary
 from explorer.released.base import ReleasedModel
-from explorer.released.memory import SafetensorsFolder, check_layout
+from explorer.models.weights import SafetensorsFolder, check_layout
 from explorer.released.placement import (
     Placement,
     check_placement_memory,

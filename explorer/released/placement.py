@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from explorer.released.memory import (
+from explorer.models.weights import (
     GiB,
     NotEnoughMemory,
     available_bytes,

@@ -1,4 +1,5 @@
-"""Memory-aware reading of released safetensors folders: lazy (memory-mapped) tensors, never a pickle.
+"""Memory-aware reading of safetensors folders (ours and released ones): lazy (memory-mapped) tensors, never a
+pickle.
 
 A released folder holds `model.safetensors`, or shards listed by `model.safetensors.index.json`
 (`{"weight_map": {key: shard file}}`). `SafetensorsFolder` reads only the headers up front (key
