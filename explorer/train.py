@@ -36,7 +36,7 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -549,13 +549,52 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, max_minutes: 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None, progress: bool, device: str,
            dist: Dist) -> Path:
-    state_dir = out / "train_state"
-    log_path = out / "train_log.jsonl"
     if dist.main:
-        recover_unit(state_dir)  # a save killed between its renames
+        recover_unit(out / "train_state")  # a save killed between its renames
     if dist.active:
         torch.distributed.barrier()
-    if resume:  # every rank reads OUT (multi-node runs need it on a shared filesystem to resume)
+    check_resume(cfg, out, resume, dist)
+    run = start_run(cfg, out, resume, dist, device)
+    # DDP also broadcasts rank 0's weights, so every rank starts from the same state. No
+    # find_unused_parameters: every trainable parameter of every family gets a gradient (see the docstring)
+    net = LossOf(run.model)
+    if dist.active:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[torch.device(device).index] if torch.device(device).type == "cuda" else None)
+    budget_end = time.time() + max_minutes * 60 if max_minutes else None
+    bar = tqdm(total=cfg.steps, initial=run.step, desc=f"train {cfg.family}", disable=not (progress and dist.main),
+               unit="step")
+    with open(run.log_path, "a") if dist.main else nullcontext() as log:
+        while run.step < cfg.steps:
+            totals, grad_norm = run.optimizer_step(net)
+            val_loss = run.validate() if run.step % cfg.eval_every == 0 or run.step == cfg.steps else None
+            if dist.main:
+                record = run.record(totals, grad_norm, val_loss)
+                log.write(json.dumps(record, allow_nan=False) + "\n")
+                log.flush()
+                bar.update(1)
+                if val_loss is not None:
+                    bar.set_postfix(val=record["val_loss"])
+                bar.set_postfix(loss=record["loss"], refresh=False)
+            if cfg.snapshot_every and run.step % cfg.snapshot_every == 0:  # e.g. metric-vs-training studies
+                run.snapshot()  # before the state: a run killed before the state's commit redoes this step
+            if run.step % cfg.save_every == 0 or run.step == cfg.steps:
+                run.checkpoint(log)
+            if budget_end and broadcast(time.time() > budget_end, dist):  # rank 0's clock decides for all
+                run.checkpoint(log)
+                bar.write(f"stopped at step {run.step} after --max-minutes {max_minutes}; continue with --resume")
+                break
+    bar.close()
+    if dist.active:
+        torch.distributed.barrier()  # rank 0's files are complete before any rank returns
+    return out
+
+
+def check_resume(cfg: TrainConfig, out: Path, resume: bool, dist: Dist) -> None:
+    """Refuse a resume whose settings differ from the saved run's (beyond RESUMABLE_CHANGES), and a fresh run
+    over a saved one. Every rank reads OUT (multi-node runs need it on a shared filesystem to resume)."""
+    state_dir = out / "train_state"
+    if resume:
         saved = read_state(state_dir)
         defaults = asdict(TrainConfig(family=cfg.family))  # knobs added after the run was saved
         changed = {k for k, v in asdict(cfg).items() if saved["train_config"].get(k, defaults[k]) != v}
@@ -570,6 +609,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
     elif dist.main and (state_dir / "state.json").is_file():
         raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it or pick another --out")
 
+
+def start_run(cfg: TrainConfig, out: Path, resume: bool, dist: Dist, device: str) -> Run:
+    """The model, optimizer and data of a new run (rank 0 writes its tokenizer and an empty log), or of a saved
+    one at the step it reached (its log cut back to that step)."""
     works = load_corpus(cfg.corpus)
     if resume:
         tokenizer = load_tokenizer(out)
@@ -578,135 +621,151 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
 
         tokenizer = tokenizer_for(cfg, works) if dist.main else None
         tokenizer = Tokenizer.from_str(broadcast(tokenizer.to_str() if dist.main else None, dist))
-    train_stream = TokenStream(works, "train", tokenizer)
-    val_stream = TokenStream(works, "val", tokenizer)
     model = build_model(cfg, tokenizer).to(device).train()
-    optimizer = make_optimizer(model, cfg)
-    step, tokens_seen, wall = 0, 0, 0.0
-    clip_info: dict = {}
+    run = Run(cfg, out, dist, device, model, make_optimizer(model, cfg), TokenStream(works, "train", tokenizer),
+              TokenStream(works, "val", tokenizer))
     if resume:
-        meta, weights = load_state(state_dir, list(model.parameters()), optimizer, device)
-        load_weights(model, model.with_tied_head(weights), state_dir / "weights.safetensors")
-        step, tokens_seen, wall = meta["step"], meta["tokens_seen"], meta["wall_s"]
-        clip_info = meta.get("clip", {})
+        meta, weights = load_state(run.state_dir, list(model.parameters()), run.optimizer, device)
+        load_weights(model, model.with_tied_head(weights), run.state_dir / "weights.safetensors")
+        run.step, run.tokens_seen, run.wall = meta["step"], meta["tokens_seen"], meta["wall_s"]
+        run.clip_info = meta.get("clip", {})
+        run.saved_step = run.step
         if dist.main:
-            truncate_log(log_path, step)  # drop what the killed run logged after its last save
+            truncate_log(run.log_path, run.step)  # drop what the killed run logged after its last save
     else:
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
             tokenizer.save(str(out / "tokenizer.json"))
-            log_path.write_text("")
+            run.log_path.write_text("")
             if cfg.family == "bd3lm":
-                clip_info = choose_clip(model, cfg, val_stream)
-        clip_info = broadcast(clip_info, dist)
-    saved_step = step if resume else None  # the last good checkpoint, for the message if the run diverges
-    loss_kwargs = {"clip": tuple(clip_info["window"]) if clip_info.get("window") else None} if cfg.family == "bd3lm" else {}
-    # DDP also broadcasts rank 0's weights, so every rank starts from the same state. No
-    # find_unused_parameters: every trainable parameter of every family gets a gradient (see the docstring)
-    net = LossOf(model)
-    if dist.active:
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[torch.device(device).index] if torch.device(device).type == "cuda" else None)
-    shards = dist.world_size * cfg.grad_accum
-    micro = cfg.batch_size // shards
-    autocast = (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if cfg.precision == "bf16" else nullcontext
+                run.clip_info = choose_clip(model, cfg, run.val_stream)
+        run.clip_info = broadcast(run.clip_info, dist)
+    return run
 
-    def kept() -> str:
-        return f"the last checkpoint, step {saved_step} in {state_dir}, is untouched" if saved_step is not None \
-            else "no checkpoint was saved yet"
 
-    def snapshot():
-        check_finite(step, {"largest |weight|": largest_weight(model)}, kept())  # every rank, so all stop alike
-        if dist.main:
-            training = {"steps_done": step, "tokens_seen": tokens_seen, "wall_s": round(wall, 1),
-                        "train_config": asdict(cfg)}
-            write_unit(out / "snapshots" / f"step-{step}",
-                       lambda folder: model.save_pretrained(folder, extra={"training": training}))
+@dataclass
+class Run:
+    """One process's share of a training run: the model, its optimizer and data, and how far it has come."""
 
-    def checkpoint():
-        nonlocal saved_step
-        check_finite(step, {"largest |weight|": largest_weight(model)}, kept())
-        if not dist.main:
+    cfg: TrainConfig
+    out: Path
+    dist: Dist
+    device: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_stream: TokenStream
+    val_stream: TokenStream
+    step: int = 0
+    tokens_seen: int = 0
+    wall: float = 0.0  # seconds spent in optimizer steps, over every session of the run
+    clip_info: dict = field(default_factory=dict)  # bd3lm's chosen clipped-schedule window
+    saved_step: int | None = None  # the last good checkpoint, for the message if the run diverges
+
+    @property
+    def state_dir(self) -> Path:
+        return self.out / "train_state"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "train_log.jsonl"
+
+    def autocast(self):
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.cfg.precision == "bf16" \
+            else nullcontext()
+
+    def kept(self) -> str:
+        return f"the last checkpoint, step {self.saved_step} in {self.state_dir}, is untouched" \
+            if self.saved_step is not None else "no checkpoint was saved yet"
+
+    def optimizer_step(self, net: torch.nn.Module) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One optimizer step on the global batch of `self.step`, split into this rank's grad_accum micro-batches;
+        returns the step's mean losses over every micro-batch of every rank and the gradient norm."""
+        cfg, dist = self.cfg, self.dist
+        shards = dist.world_size * cfg.grad_accum
+        micro = cfg.batch_size // shards
+        t0 = time.time()
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+        batch = self.train_stream.random_batch(cfg.batch_size, cfg.seq_len, generator)  # the global batch
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(cfg, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_kwargs = annealing(cfg, self.step)
+        if cfg.family == "bd3lm":
+            loss_kwargs["clip"] = tuple(self.clip_info["window"]) if self.clip_info.get("window") else None
+        totals: dict[str, torch.Tensor] = {}
+        for k in range(cfg.grad_accum):
+            shard = dist.rank * cfg.grad_accum + k
+            seed = step_seed(cfg, self.step, shard, shards)
+            torch.manual_seed(seed)  # dropout noise of this micro-batch (seeds CUDA too)
+            noise = generator if shards == 1 else torch.Generator().manual_seed(seed)
+            part = batch[shard * micro:(shard + 1) * micro].to(self.device)
+            sync = k == cfg.grad_accum - 1 or not dist.active
+            with (nullcontext() if sync else net.no_sync()), self.autocast():
+                out_loss = net(part, noise, loss_kwargs)
+            (out_loss["loss"] / cfg.grad_accum).backward()  # DDP then averages over ranks
+            for key in ("loss", "warp_loss"):
+                if key in out_loss:
+                    totals[key] = totals.get(key, 0.0) + out_loss[key].detach().float() / shards
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if dist.active:  # the step's mean loss over all micro-batches of all ranks
+            keys = sorted(totals)
+            flat = torch.stack([totals[key] for key in keys])
+            torch.distributed.all_reduce(flat)
+            totals = dict(zip(keys, flat))
+        check_finite(self.step + 1, totals | {"grad_norm": grad_norm}, self.kept())  # same values on every rank
+        self.optimizer.step()
+        self.step += 1
+        self.tokens_seen += batch.numel()
+        self.wall += time.time() - t0
+        return totals, grad_norm
+
+    def validate(self) -> float:
+        """The validation loss: rank 0 measures, every rank checks it."""
+        with self.autocast():
+            val_loss = broadcast(estimate_loss(self.model, self.val_stream, self.cfg) if self.dist.main else None,
+                                 self.dist)
+        check_finite(self.step, {"val_loss": val_loss}, self.kept())
+        return val_loss
+
+    def record(self, totals: dict[str, torch.Tensor], grad_norm: torch.Tensor, val_loss: float | None) -> dict:
+        """The step's line of train_log.jsonl."""
+        record = {"step": self.step, "loss": round(totals["loss"].item(), 5), "lr": lr_at(self.cfg, self.step - 1),
+                  "grad_norm": round(float(grad_norm), 4), "tokens_seen": self.tokens_seen,
+                  "wall_s": round(self.wall, 2)}
+        if "warp_loss" in totals:
+            record["warp_loss"] = round(totals["warp_loss"].item(), 5)
+        if val_loss is not None:
+            record["val_loss"] = round(val_loss, 5)
+        return record
+
+    def snapshot(self) -> None:
+        """A loadable copy of the model at this step under OUT/snapshots/step-N."""
+        check_finite(self.step, {"largest |weight|": largest_weight(self.model)}, self.kept())  # every rank alike
+        if self.dist.main:
+            training = {"steps_done": self.step, "tokens_seen": self.tokens_seen, "wall_s": round(self.wall, 1),
+                        "train_config": asdict(self.cfg)}
+            write_unit(self.out / "snapshots" / f"step-{self.step}",
+                       lambda folder: self.model.save_pretrained(folder, extra={"training": training}))
+
+    def checkpoint(self, log) -> None:
+        """The exported model in OUT and the resumable state in OUT/train_state, for this step."""
+        check_finite(self.step, {"largest |weight|": largest_weight(self.model)}, self.kept())
+        if not self.dist.main:
             return
-        extra = {"tokens_seen": tokens_seen, "wall_s": round(wall, 1), "train_config": asdict(cfg),
-                 "device": device_name(device) + (f" x {dist.world_size} ranks" if dist.active else ""),
+        dist = self.dist
+        extra = {"tokens_seen": self.tokens_seen, "wall_s": round(self.wall, 1), "train_config": asdict(self.cfg),
+                 "device": device_name(self.device) + (f" x {dist.world_size} ranks" if dist.active else ""),
                  "world_size": dist.world_size}
-        if clip_info:
-            extra["clip"] = clip_info
+        if self.clip_info:
+            extra["clip"] = self.clip_info
         # the exported model first: a run killed before the state's commit redoes this step and exports it again
-        model.save_pretrained(out, extra={"training": extra | {"steps_done": step}})
+        self.model.save_pretrained(self.out, extra={"training": extra | {"steps_done": self.step}})
         save_stage("export")
         log.flush()
         os.fsync(log.fileno())  # the log holds every step the state is about to cover
-        save_state(state_dir, model.storable_state(), list(model.parameters()), optimizer, {"step": step} | extra)
-        saved_step = step
-
-    started = time.time()
-    budget_end = started + max_minutes * 60 if max_minutes else None
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.family}", disable=not (progress and dist.main),
-               unit="step")
-    with open(log_path, "a") if dist.main else nullcontext() as log:
-        while step < cfg.steps:
-            t0 = time.time()
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            batch = train_stream.random_batch(cfg.batch_size, cfg.seq_len, generator)  # the global batch
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(cfg, step)
-            optimizer.zero_grad(set_to_none=True)
-            totals: dict[str, torch.Tensor] = {}
-            for k in range(cfg.grad_accum):
-                shard = dist.rank * cfg.grad_accum + k
-                seed = step_seed(cfg, step, shard, shards)
-                torch.manual_seed(seed)  # dropout noise of this micro-batch (seeds CUDA too)
-                noise = generator if shards == 1 else torch.Generator().manual_seed(seed)
-                part = batch[shard * micro:(shard + 1) * micro].to(device)
-                sync = k == cfg.grad_accum - 1 or not dist.active
-                with (nullcontext() if sync else net.no_sync()), autocast():
-                    out_loss = net(part, noise, loss_kwargs | annealing(cfg, step))
-                (out_loss["loss"] / cfg.grad_accum).backward()  # DDP then averages over ranks
-                for key in ("loss", "warp_loss"):
-                    if key in out_loss:
-                        totals[key] = totals.get(key, 0.0) + out_loss[key].detach().float() / shards
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if dist.active:  # the step's mean loss over all micro-batches of all ranks
-                keys = sorted(totals)
-                flat = torch.stack([totals[key] for key in keys])
-                torch.distributed.all_reduce(flat)
-                totals = dict(zip(keys, flat))
-            check_finite(step + 1, totals | {"grad_norm": grad_norm}, kept())  # same values on every rank
-            optimizer.step()
-            step += 1
-            tokens_seen += batch.numel()
-            wall += time.time() - t0
-            val_loss = None
-            if step % cfg.eval_every == 0 or step == cfg.steps:  # rank 0 measures, every rank checks
-                with autocast():
-                    val_loss = broadcast(estimate_loss(model, val_stream, cfg) if dist.main else None, dist)
-                check_finite(step, {"val_loss": val_loss}, kept())
-            if dist.main:
-                record = {"step": step, "loss": round(totals["loss"].item(), 5), "lr": lr_at(cfg, step - 1),
-                          "grad_norm": round(float(grad_norm), 4), "tokens_seen": tokens_seen, "wall_s": round(wall, 2)}
-                if "warp_loss" in totals:
-                    record["warp_loss"] = round(totals["warp_loss"].item(), 5)
-                if val_loss is not None:
-                    record["val_loss"] = round(val_loss, 5)
-                    bar.set_postfix(val=record["val_loss"])
-                log.write(json.dumps(record, allow_nan=False) + "\n")
-                log.flush()
-                bar.update(1)
-                bar.set_postfix(loss=record["loss"], refresh=False)
-            if cfg.snapshot_every and step % cfg.snapshot_every == 0:  # e.g. metric-vs-training studies
-                snapshot()  # before the state: a run killed before the state's commit redoes this step
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                checkpoint()
-            if budget_end and broadcast(time.time() > budget_end, dist):  # rank 0's clock decides for all
-                checkpoint()
-                bar.write(f"stopped at step {step} after --max-minutes {max_minutes}; continue with --resume")
-                break
-    bar.close()
-    if dist.active:
-        torch.distributed.barrier()  # rank 0's files are complete before any rank returns
-    return out
+        save_state(self.state_dir, self.model.storable_state(), list(self.model.parameters()), self.optimizer,
+                   {"step": self.step} | extra)
+        self.saved_step = self.step
 
 
 class LossOf(torch.nn.Module):
