@@ -321,7 +321,8 @@ def fill_region(model, prompt_ids: list[int], length: int, pinned: dict[int, int
 def _masked_loop(model, prompt_ids, params, generator, record, rule_class, hidden: bool | None
                  ) -> Iterator[Frame]:
     """The semi-autoregressive loop every masked sampler shares (blocks, caches, guidance, stop rules, frames); the
-    commit rule (LLaDARule, AncestralRule) decides which positions each step commits. `prompt_ids` is the fixed prompt. With `params.infill` > 0 the prompt had masks: `stream` moved the prompt from
+    commit rule (LLaDARule, AncestralRule) decides which positions each step commits. `prompt_ids` is the fixed
+    prompt. With `params.infill` > 0 the prompt had masks: `stream` moved the prompt from
     its first [MASK] on into the region the run fills (`infill` positions before the generated ones, its tokens
     pinned), and the first block fills those masks too, counted in its schedule."""
     params.validate(model)
@@ -337,7 +338,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, rule_class, hidde
     proposal = canvas[P:].clone().cpu()
     block_len = params.block_length or G
     rule = rule_class(params, params.steps // params.blocks)
-    nfe, step = 0, 0
+    step = 0
     # (R, d) latest hidden state per region position (NaN = never computed), when recorded
     states = torch.full((R, model.config.backbone.d_model), float("nan")) if record_hidden(record, hidden) else None
     nothing_to_do = not bool((canvas[P:] == mask_id).any())
@@ -345,9 +346,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, rule_class, hidde
                        proposal=proposal, confidence=confidence, hidden=states)
     if first is not None:
         yield first
-    cached_logits, cached_canvas, cached_hidden = None, None, None
-    cache_mode = getattr(params, "cache", "none")
-    kv = model.new_cache() if cache_mode != "none" else None
+    denoise = _Denoiser(model, params, P, rule.reuses_logits, want_hidden=states is not None)
     for block in range(params.blocks):
         # the first block also owns the prompt's masks: counted in its schedule, eligible with its positions
         lo, hi = P + (0 if block == 0 else I + block * block_len), P + I + (block + 1) * block_len
@@ -363,20 +362,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, rule_class, hidde
             if plan == "skip":
                 block_step += 1
                 continue
-            cache_label, pass_hidden = None, None
-            if (rule.reuses_logits and not model.time_conditioned and cached_canvas is not None
-                    and torch.equal(cached_canvas, canvas)):
-                logits, pass_hidden = cached_logits, cached_hidden  # no time conditioning: same canvas, same logits
-            elif kv is not None:
-                logits, offset, cache_label, pass_hidden = _cached_logits(
-                    model, canvas, kv, block_step == 0, cache_mode, lo, hi, return_hidden=True)  # hidden: no extra cost
-                nfe += 1
-            else:
-                logits, used, pass_hidden = guided_logits(model, canvas, P, getattr(params, "cfg_scale", 0.0),
-                                                           return_hidden=states is not None,
-                                                           t=rule.time(block_step))
-                nfe += used
-                cached_logits, cached_canvas, cached_hidden, offset = logits, canvas.clone(), pass_hidden, 0
+            logits, offset, cache_label, pass_hidden = denoise(canvas, block_step == 0, lo, hi, rule.time(block_step))
             if states is not None:
                 keep_states(states, pass_hidden, offset, P)
             # Positions to sample: the current block's masked ones (all masked ones in the window when
@@ -407,15 +393,13 @@ def _masked_loop(model, prompt_ids, params, generator, record, rule_class, hidde
             stop = find_stop(model, canvas[P + I:hi]) if block_done and params.stop_at_eos else None
             if stop is not None:  # the answer has ended: pad the blocks left instead of computing them
                 stop = (stop[0] + I, stop[1])  # a region position
-                padding = (canvas[P:] == mask_id).nonzero().squeeze(-1)  # (F,) generated positions
-                fill = _pad_id(model, int(canvas[P + stop[0]]))
-                canvas[P + padding] = fill
+                padding, fill = _pad_after_stop(model, canvas, P, stop[0])
                 gen_pos = torch.cat([gen_pos, padding.cpu()])
                 if record == "full":  # padding is placed, not proposed or scored
                     proposal[padding.cpu()] = fill
                     step_conf[padding.cpu()] = float("nan")
             done = stop is not None or (block == params.blocks - 1 and block_done)
-            frame = make_frame(record, done, step, canvas[P:], gen_pos.tolist(), nfe,
+            frame = make_frame(record, done, step, canvas[P:], gen_pos.tolist(), denoise.nfe,
                                t=_mask_rate(canvas[P:], mask_id), block=block, proposal=proposal,
                                confidence=step_conf, cache=cache_label, stop=stop[1] if stop else None,
                                hidden=states)
@@ -423,6 +407,44 @@ def _masked_loop(model, prompt_ids, params, generator, record, rule_class, hidde
                 yield frame
             if stop is not None:
                 return
+
+
+class _Denoiser:
+    """Where a step's logits come from: the last pass's, when the canvas has not changed since (the ancestral rule,
+    without time conditioning); the KV cache's window (prefix / dual cache); else a full pass, with classifier-free
+    guidance when asked. Counts the forward passes (NFE)."""
+
+    def __init__(self, model, params, prompt_len: int, reuses_logits: bool, want_hidden: bool):
+        self.model, self.prompt_len, self.want_hidden = model, prompt_len, want_hidden
+        self.cfg_scale = getattr(params, "cfg_scale", 0.0)
+        self.cache_mode = getattr(params, "cache", "none")
+        self.kv = model.new_cache() if self.cache_mode != "none" else None
+        self.reuses = reuses_logits and not model.time_conditioned  # no time input: same canvas, same logits
+        self.last = None  # (canvas, logits, hidden) of the last full pass
+        self.nfe = 0
+
+    def __call__(self, canvas: torch.Tensor, block_start: bool, lo: int, hi: int, t: float | None):
+        """(logits (W, V) for canvas[offset:offset + W], offset, the cache's label, hidden states (W, d) or None)."""
+        if self.reuses and self.last is not None and torch.equal(self.last[0], canvas):
+            return self.last[1], 0, None, self.last[2]
+        if self.kv is not None:  # the hidden states come at no extra cost
+            self.nfe += 1
+            return _cached_logits(self.model, canvas, self.kv, block_start, self.cache_mode, lo, hi,
+                                  return_hidden=True)
+        logits, used, hidden = guided_logits(self.model, canvas, self.prompt_len, self.cfg_scale,
+                                             return_hidden=self.want_hidden, t=t)
+        self.nfe += used
+        self.last = (canvas.clone(), logits, hidden)
+        return logits, 0, None, hidden
+
+
+def _pad_after_stop(model, canvas: torch.Tensor, prompt_len: int, stop_at: int) -> tuple[torch.Tensor, int]:
+    """Fill every still-masked generated position once the answer has stopped at region position `stop_at`;
+    returns those positions (F,) and the fill token."""
+    padding = (canvas[prompt_len:] == model.mask_id).nonzero().squeeze(-1)  # (F,) generated positions
+    fill = _pad_id(model, int(canvas[prompt_len + stop_at]))
+    canvas[prompt_len + padding] = fill
+    return padding, fill
 
 
 def _pad_id(model, stop_token: int) -> int:
