@@ -63,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch", default="torch==2.13.0", help="the torch requirement to install first "
                         "(default torch==2.13.0, this machine's CPU build)")
     parser.add_argument("--keep", action="store_true", help="keep the virtual environment and print its path")
-    parser.add_argument("pytest_args", nargs="*", help="arguments for pytest (after --); default: the whole suite")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # everything after -- goes to pytest untouched (argparse would read pytest's own options as ours)
+    ours, pytest_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    parser.epilog = "arguments after -- go to pytest (default: the whole suite)"
+    args = parser.parse_args(ours)
 
     folder = Path(tempfile.mkdtemp(prefix=f"dlm-explorer-{args.mode}-"))
     venv = folder / "venv"
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{len(changed)} packages differ from constraints.txt (constraints -> {args.mode}):")
         for name, (before, after) in changed.items():
             print(f"  {name}: {before or '-'} -> {after or '-'}")
-        result = run([str(venv / "bin" / "pytest"), "-p", "no:cacheprovider", *args.pytest_args], cwd=ROOT)
+        result = run([str(venv / "bin" / "pytest"), "-p", "no:cacheprovider", *pytest_args], cwd=ROOT)
         print(f"\n{args.mode}: pytest exited {result.returncode}; {len(changed)} packages differ from constraints.txt")
         return result.returncode
     finally:
