@@ -242,7 +242,7 @@ def hostile_traces(folder: Path) -> tuple[Path, Path]:
     """(a trace that passes every check but carries a script in each of its strings, one whose step is a script)."""
     import json
 
-    from explorer.webapp import EXAMPLES_DIR
+    from explorer.page.examples import EXAMPLES_DIR
 
     payload = '<img src=x onerror="window.__pwned=1">'
     data = json.loads((EXAMPLES_DIR / "mdlm-tiny.json").read_text())

@@ -72,11 +72,11 @@ HEAD = """
 """
 
 
-def first_paint(examples: dict[str, Trace]) -> Session:
+def first_paint(examples: dict[str, Trace]) -> tuple[Session, list[Trace]]:
     """The session every visitor starts with: precomputed example traces, drawn before any model runs."""
-    denoise_trace = examples.get("mdlm-tiny")
+    first = examples.get("mdlm-tiny")
     compared = [examples[k] for k in ("ar-tiny", "mdlm-tiny", "bd3lm-tiny-b16", "calm-tiny-k4") if k in examples]
-    return Session(trace=denoise_trace, runs=[denoise_trace] if denoise_trace else [], compared=compared)
+    return Session(trace=first, runs=[first] if first else [], compared=compared), compared
 
 
 def build_demo(roots: list[Path] | None = None, released_options: dict | None = None,
@@ -85,7 +85,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
     the budget over every session's runs (the least recently used are dropped beyond it)."""
     common.PAGE = Page(roots, released_options, memory_mb)
     names = common.PAGE.choices()
-    start = first_paint(common.PAGE.examples)
+    start, compared = first_paint(common.PAGE.examples)
     # the scrubbers over the first paint's frames (Gradio lets positional arguments win over keywords: none here)
     first_range = slider_range(start.trace) if start.trace else {"minimum": 0, "maximum": 1, "value": 0}
     # Gradio's copies of uploads and downloads are deleted once an hour old (checked every 10 minutes)
@@ -97,7 +97,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
                 d = denoise.build(names, "mdlm-tiny" if "mdlm-tiny" in names else next(iter(names), None),
                                   start.trace, first_range)
             with gr.Tab("Compare", id="compare"):
-                c = compare.build(names, start.compared)
+                c = compare.build(names, compared)
             with gr.Tab("Latent space", id="latent_tab"):
                 lat = latent.build(first_range)
             with gr.Tab("Edit and infill", id="edit"):
