@@ -570,3 +570,17 @@ def test_the_scrubbers_span_the_first_paints_frames():
     frames = len(load_examples()["mdlm-tiny"].frames)
     sliders = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in ("step", "latent_step")}
     assert [(s.minimum, s.maximum, s.value) for s in sliders.values()] == [(0, frames - 1, frames - 1)] * 2
+
+
+# --- the launcher ------------------------------------------------------------------------------------------------
+
+def test_the_launcher_names_a_bad_device_in_one_line():
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    result = subprocess.run([sys.executable, "app.py", "--device", "bogus"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
+    assert result.stderr.startswith("error: device = 'bogus' is not a device") and result.stderr.count("\n") == 1
