@@ -411,3 +411,14 @@ def test_the_page_lists_each_shipped_checkpoint_once():
     choices = common.Page().choices()  # the default root is the shipped checkpoints' own folder
     assert choices[: len(explorer.shipped())] == list(explorer.shipped())
     assert len(choices) == len(set(choices)) and not any(c.startswith("checkpoints/") for c in choices)
+
+
+def test_the_rules_import_without_gradio():
+    """The page's rules serve the CLI (`python -m explorer examples`) and tests without loading Gradio."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom explorer.page import examples, folders, memory, requests\n"
+            "print(sorted(m for m in ('gradio', 'explorer.page.layout') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
