@@ -24,7 +24,7 @@ from explorer.page.common import (
 )
 from explorer.page.folders import family_at
 from explorer.page.memory import LiveRuns
-from explorer.page.requests import Request, check_request, model_prompt, sampler_knobs
+from explorer.page.requests import EVERY_SAMPLER, Request, check_request, model_prompt, sampler_knobs
 from explorer.page.views import Shared
 from explorer.sampling import SAMPLERS, Trace, sampler_for
 from explorer.viz.compare import progress_plot, side_by_side_html
@@ -125,7 +125,6 @@ def slot_samplers(choice):
 
 def build(names: list[str], compared: list[Trace]) -> SimpleNamespace:
     """The Compare tab's components; the precomputed example comparison shows first."""
-    every_sampler = list(dict.fromkeys(name for family in SAMPLERS.values() for name in family))  # the API takes all
     slots = []
     shipped = list(explorer.shipped())
     defaults = [c for c in ("ar-tiny", "mdlm-tiny", "bd3lm-tiny-b16", "calm-tiny-k4") if c in shipped]
@@ -136,7 +135,7 @@ def build(names: list[str], compared: list[Trace]) -> SimpleNamespace:
                 on = gr.Checkbox(k < 3, label=f"run {k + 1}", elem_id=f"slot{k}_on")
                 checkpoint = gr.Dropdown(names, value=choice, label="checkpoint", elem_id=f"slot{k}_ckpt",
                                          allow_custom_value=True)
-                sampler = gr.Dropdown(every_sampler, value=default_sampler(choice) if choice else None,
+                sampler = gr.Dropdown(EVERY_SAMPLER, value=default_sampler(choice) if choice else None,
                                       label="sampler", elem_id=f"slot{k}_sampler")
                 checkpoint.change(slot_samplers, checkpoint, sampler, api_name=False)
                 slots += [on, checkpoint, sampler]

@@ -31,6 +31,7 @@ from explorer.page.folders import family_at, has_chat_template, root_names
 from explorer.page.memory import LiveRuns
 from explorer.page.requests import (
     CACHES,
+    EVERY_SAMPLER,
     EXTRA_KNOBS,
     MAX_LENGTH,
     MAX_RUNS,
@@ -87,17 +88,23 @@ def knob_default(spec, knob: str):
     return owner.default(knob)
 
 
+def box_value(spec, knob: str) -> dict:
+    """What the box of an EXTRA_KNOBS knob holds for `spec`: its default in a choice or a tick box; a text box is
+    left empty (the sampler's default, shown as its placeholder)."""
+    definition = EXTRA_KNOBS[knob]
+    if definition.metadata["choices"] or str(definition.type) == "bool":
+        return {"value": knob_default(spec, knob)}
+    return {"value": "", "placeholder": f"default: {knob_default(spec, knob)}"}
+
+
 def knob_box(knob: str, spec) -> gr.components.Component:
-    """The control of a registry knob the page has no slider for: a choice, a tick box, else a text box whose
-    empty value means the sampler's default."""
+    """The control of a registry knob the page has no slider for: a choice, a tick box, else a text box."""
     definition = EXTRA_KNOBS[knob]
     shown = {"label": knob, "elem_id": control_of(knob), "visible": knob in shown_knobs(spec),
-             "info": definition.metadata["help"]}
+             "info": definition.metadata["help"]} | box_value(spec, knob)
     if definition.metadata["choices"]:
-        return gr.Dropdown(list(definition.metadata["choices"]), value=knob_default(spec, knob), **shown)
-    if str(definition.type) == "bool":
-        return gr.Checkbox(knob_default(spec, knob), **shown)
-    return gr.Textbox("", placeholder=f"default: {knob_default(spec, knob)}", **shown)
+        return gr.Dropdown(list(definition.metadata["choices"]), **shown)
+    return (gr.Checkbox if str(definition.type) == "bool" else gr.Textbox)(**shown)
 
 
 def family_controls(choice):
@@ -151,13 +158,9 @@ def sampler_controls(choice, sampler):
     for control in SAMPLER_CONTROLS:  # word constraints keep the page's own help: they are text, not token ids
         explained = {"info": knob_help(spec, knobs[control])} if control in knobs and control != "constraints" else {}
         updates.append(gr.update(visible=control in knobs, **explained))
-    for knob, definition in EXTRA_KNOBS.items():
+    for knob in EXTRA_KNOBS:
         explained = {"info": knob_help(spec, knob)} if knob in knobs.values() else {}
-        if definition.metadata["choices"] or str(definition.type) == "bool":
-            explained["value"] = knob_default(spec, knob)
-        else:
-            explained |= {"value": "", "placeholder": f"default: {knob_default(spec, knob)}"}
-        updates.append(gr.update(visible=knob in knobs.values(), **explained))
+        updates.append(gr.update(visible=knob in knobs.values(), **explained, **box_value(spec, knob)))
     return tuple(updates)
 
 
@@ -280,74 +283,82 @@ def play(session, step, color_by, fps, method="pca", source="this run"):
 # --- the tab -----------------------------------------------------------------------------------------------------
 
 def build(names: list[str], default: str | None, trace: Trace | None, first_range: dict) -> SimpleNamespace:
-    """The Denoise tab's components, for the default family's default sampler (the page narrows them once loaded)."""
-    spec = sampler_for(DEFAULT_FAMILY)
-    every_sampler = list(dict.fromkeys(name for family in SAMPLERS.values() for name in family))  # the API takes all
+    """The Denoise tab's components: the run's controls beside what it shows."""
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            checkpoint = gr.Dropdown(names, value=default, label="checkpoint", elem_id="checkpoint",
-                                     allow_custom_value=True,
-                                     info="a shipped checkpoint, or a folder under: " + root_names(page().roots))
-            prompt = gr.Textbox("ROMEO:", label="prompt", lines=2, elem_id="prompt")
-            chat = gr.Checkbox(True, label="chat template", elem_id="chat_template", visible=False,
-                               info="wrap the prompt as one user turn in the checkpoint's chat template (what an "
-                                    "Instruct model was tuned on)")
-            sampler = gr.Radio(every_sampler, value=spec.name, label="sampler (remasking rule)", elem_id="sampler",
-                               info=sampler_info(DEFAULT_FAMILY))
-            chunk_size = gr.Radio([], label="K (tokens per vector)", elem_id="chunk_size", visible=False,
-                                  info="CALM: tokens packed into one latent vector; switches checkpoint")
-            gen_length = gr.Slider(1, MAX_LENGTH, spec.default("gen_length"), step=1, label="gen length",
-                                   elem_id="gen_length", info=knob_help(spec, "gen_length"))
-            steps = gr.Slider(1, 2 * MAX_LENGTH, spec.default("steps"), step=1, label="steps", elem_id="steps",
-                              info=knob_help(spec, "steps"))
-            block_length = gr.Slider(1, 128, spec.default("gen_length"), step=1, label="K (block size)",
-                                     elem_id="block_length", info=knob_help(spec, "block_length"))
-            # the API checks N against this maximum: the largest any family takes (family_controls narrows the
-            # slider; check_request and the calm sampler refuse what a family does not take)
-            n_runs = gr.Slider(1, max(MAX_RUNS, MAX_CANDIDATES), 1, step=1,
-                               label="N (runs drawn at once, seeds seed .. seed+N-1)", elem_id="n_runs")
-            temperature = gr.Slider(0, 2, spec.default("temperature"), step=0.05, label="temperature",
-                                    elem_id="temperature", info=knob_help(spec, "temperature"))
-            with gr.Accordion("more knobs", open=False):
-                threshold = gr.Slider(0.05, 1, sampler_for(DEFAULT_FAMILY, "threshold").default("threshold"),
-                                      step=0.05, label="threshold", elem_id="threshold", visible=False,
-                                      info="threshold sampler: commit every token at least this sure")
-                cfg_scale = gr.Slider(0, 4, spec.default("cfg_scale"), step=0.25, label="guidance (cfg scale)",
-                                      elem_id="cfg_scale", info=knob_help(spec, "cfg_scale"))
-                cache = gr.Radio(list(dict.fromkeys(c for caches in CACHES.values() for c in caches)),
-                                 value=CACHES[DEFAULT_FAMILY][0], label="cache", elem_id="cache",
-                                 info=knob_help(spec, "cache"))
-                constraints = gr.Textbox("", label="word constraints", elem_id="constraints",
-                                         placeholder="0:Once, 5:upon",
-                                         info="pin words at generated positions (mdlm, cdcd)")
-                knobs = [knob_box(knob, spec) for knob in EXTRA_KNOBS]
-                seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
-                auto = gr.Checkbox(False, label="re-run when a slider is released", elem_id="auto")
-            with gr.Row():
-                run = gr.Button("Generate", variant="primary", elem_id="generate")
-                stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+            controls = build_controls(names, default)
         with gr.Column(scale=2):
-            error = gr.HTML("", elem_id="error")
-            view = gr.HTML(tokens_html(trace) if trace else "<i>Press Generate.</i>", elem_id="tokens")
-            with gr.Row():
-                back = gr.Button("◀ step", elem_id="back", elem_classes="dlm-back", min_width=60)
-                play_button = gr.Button("▶ play", elem_id="play", elem_classes="dlm-play", min_width=60)
-                pause = gr.Button("❚❚ pause", elem_id="pause", elem_classes="dlm-pause", min_width=60)
-                forward = gr.Button("step ▶", elem_id="forward", elem_classes="dlm-forward", min_width=60)
-                fps = gr.Slider(1, 20, 6, step=1, label="frames / s", elem_id="fps", min_width=120)
-            with gr.Row():
-                step = gr.Slider(step=1, label="step (replays recorded frames)", elem_id="step", **first_range)
-                color_by = gr.Radio(list(COLOR_MODES), value=COLOR_MODES[0], label="colour by", elem_id="color_by")
-            stats = gr.Markdown(stats_line(trace) if trace else "", elem_id="stats")
-            multiples = gr.HTML("", elem_id="multiples")
-            plot = gr.Plot(step_heatmap(trace) if trace else None, elem_id="heatmap", show_label=False)
-            gr.Markdown(LEARN, elem_classes="dlm-learn")
-    return SimpleNamespace(
-        checkpoint=checkpoint, prompt=prompt, chat=chat, sampler=sampler, chunk_size=chunk_size, gen_length=gen_length,
-        steps=steps, block_length=block_length, n_runs=n_runs, temperature=temperature, threshold=threshold,
-        cfg_scale=cfg_scale, cache=cache, constraints=constraints, knobs=knobs, seed=seed, auto=auto, run=run,
-        stop=stop_button, error=error, view=view, back=back, play=play_button, pause=pause, forward=forward, fps=fps,
-        step=step, color_by=color_by, stats=stats, multiples=multiples, plot=plot)
+            views = build_views(trace, first_range)
+    return SimpleNamespace(**controls, **views)
+
+
+def build_controls(names: list[str], default: str | None) -> dict:
+    """The checkpoint, the prompt, the sampler and its knobs, for the default family's default sampler (the page
+    narrows them to the checkpoint's family once loaded)."""
+    spec = sampler_for(DEFAULT_FAMILY)
+    checkpoint = gr.Dropdown(names, value=default, label="checkpoint", elem_id="checkpoint", allow_custom_value=True,
+                             info="a shipped checkpoint, or a folder under: " + root_names(page().roots))
+    prompt = gr.Textbox("ROMEO:", label="prompt", lines=2, elem_id="prompt")
+    chat = gr.Checkbox(True, label="chat template", elem_id="chat_template", visible=False,
+                       info="wrap the prompt as one user turn in the checkpoint's chat template (what an Instruct "
+                            "model was tuned on)")
+    sampler = gr.Radio(EVERY_SAMPLER, value=spec.name, label="sampler (remasking rule)", elem_id="sampler",
+                       info=sampler_info(DEFAULT_FAMILY))
+    chunk_size = gr.Radio([], label="K (tokens per vector)", elem_id="chunk_size", visible=False,
+                          info="CALM: tokens packed into one latent vector; switches checkpoint")
+    gen_length = gr.Slider(1, MAX_LENGTH, spec.default("gen_length"), step=1, label="gen length",
+                           elem_id="gen_length", info=knob_help(spec, "gen_length"))
+    steps = gr.Slider(1, 2 * MAX_LENGTH, spec.default("steps"), step=1, label="steps", elem_id="steps",
+                      info=knob_help(spec, "steps"))
+    block_length = gr.Slider(1, 128, spec.default("gen_length"), step=1, label="K (block size)",
+                             elem_id="block_length", info=knob_help(spec, "block_length"))  # None: gen_length
+    # the API checks N against this maximum: the largest any family takes (family_controls narrows the slider;
+    # check_request and the calm sampler refuse what a family does not take)
+    n_runs = gr.Slider(1, max(MAX_RUNS, MAX_CANDIDATES), 1, step=1,
+                       label="N (runs drawn at once, seeds seed .. seed+N-1)", elem_id="n_runs")
+    temperature = gr.Slider(0, 2, spec.default("temperature"), step=0.05, label="temperature", elem_id="temperature",
+                            info=knob_help(spec, "temperature"))
+    with gr.Accordion("more knobs", open=False):
+        thresholded = sampler_for(DEFAULT_FAMILY, "threshold")  # shown for the samplers whose default sets one
+        threshold = gr.Slider(0.05, 1, thresholded.default("threshold"), step=0.05, label="threshold",
+                              elem_id="threshold", visible=False, info=knob_help(thresholded, "threshold"))
+        cfg_scale = gr.Slider(0, 4, spec.default("cfg_scale"), step=0.25, label="guidance (cfg scale)",
+                              elem_id="cfg_scale", info=knob_help(spec, "cfg_scale"))
+        cache = gr.Radio(list(dict.fromkeys(c for caches in CACHES.values() for c in caches)),
+                         value=CACHES[DEFAULT_FAMILY][0], label="cache", elem_id="cache", info=knob_help(spec, "cache"))
+        constraints = gr.Textbox("", label="word constraints", elem_id="constraints", placeholder="0:Once, 5:upon",
+                                 info="pin words at generated positions (mdlm, cdcd)")
+        knobs = [knob_box(knob, spec) for knob in EXTRA_KNOBS]
+        seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
+        auto = gr.Checkbox(False, label="re-run when a slider is released", elem_id="auto")
+    with gr.Row():
+        run = gr.Button("Generate", variant="primary", elem_id="generate")
+        stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+    return dict(checkpoint=checkpoint, prompt=prompt, chat=chat, sampler=sampler, chunk_size=chunk_size,
+                gen_length=gen_length, steps=steps, block_length=block_length, n_runs=n_runs, temperature=temperature,
+                threshold=threshold, cfg_scale=cfg_scale, cache=cache, constraints=constraints, knobs=knobs,
+                seed=seed, auto=auto, run=run, stop=stop_button)
+
+
+def build_views(trace: Trace | None, first_range: dict) -> dict:
+    """The canvas, its playback and scrubber, the stats, the N runs and the heatmap (the first paint's example)."""
+    error = gr.HTML("", elem_id="error")
+    view = gr.HTML(tokens_html(trace) if trace else "<i>Press Generate.</i>", elem_id="tokens")
+    with gr.Row():
+        back = gr.Button("◀ step", elem_id="back", elem_classes="dlm-back", min_width=60)
+        play_button = gr.Button("▶ play", elem_id="play", elem_classes="dlm-play", min_width=60)
+        pause = gr.Button("❚❚ pause", elem_id="pause", elem_classes="dlm-pause", min_width=60)
+        forward = gr.Button("step ▶", elem_id="forward", elem_classes="dlm-forward", min_width=60)
+        fps = gr.Slider(1, 20, 6, step=1, label="frames / s", elem_id="fps", min_width=120)
+    with gr.Row():
+        step = gr.Slider(step=1, label="step (replays recorded frames)", elem_id="step", **first_range)
+        color_by = gr.Radio(list(COLOR_MODES), value=COLOR_MODES[0], label="colour by", elem_id="color_by")
+    stats = gr.Markdown(stats_line(trace) if trace else "", elem_id="stats")
+    multiples = gr.HTML("", elem_id="multiples")
+    plot = gr.Plot(step_heatmap(trace) if trace else None, elem_id="heatmap", show_label=False)
+    gr.Markdown(LEARN, elem_classes="dlm-learn")
+    return dict(error=error, view=view, back=back, play=play_button, pause=pause, forward=forward, fps=fps, step=step,
+                color_by=color_by, stats=stats, multiples=multiples, plot=plot)
 
 
 def wire(demo: gr.Blocks, d: SimpleNamespace, shared: Shared) -> None:

@@ -22,6 +22,7 @@ CONTROLS = {  # registry knob -> the Denoise control (elem_id) that sets it; eac
     "n_candidates": "n_runs",
 }
 EXTRA_KNOBS = {name: f for name, f in every_knob().items() if name not in CONTROLS}  # empty box = sampler's default
+EVERY_SAMPLER = list(dict.fromkeys(n for names in SAMPLERS.values() for n in names))  # the page's API takes each
 MODEL_KNOBS = [name for name, f in EXTRA_KNOBS.items() if "SamplerModel" in str(f.type)]  # e.g. draft_refine's drafter
 
 
