@@ -68,7 +68,7 @@ def answers(url: str) -> bool:
 
 
 def page_module():
-    """The page's module (`explorer.page.layout`)."""
+    """The page's module (`explorer.page.layout`; `.common` holds its process-wide state, PAGE)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from explorer.page import layout
 
@@ -190,7 +190,7 @@ os._exit(0)  # no goodbyes: every connection drops at once, as when the tabs clo
 
 def memory_use(url: str, inputs: list, users: int, progress) -> dict:
     """RSS of this process (the server's) before, with and after `users` simulated users (see the module doc)."""
-    memory = page_module().page().memory
+    memory = page_module().common.page().memory
     started = time.perf_counter()
     while memory.sessions and time.perf_counter() - started < TIMEOUT_S:  # the timing client's session closes
         time.sleep(0.1)
@@ -232,7 +232,7 @@ def run_app_bench(repeats: int = 5, json_path: str | Path = "bench_results/app.j
                            "python": platform.python_version(), "torch": torch.__version__},
                "repeats": repeats, "run": run,
                "targets": {"first_frame_s": FIRST_FRAME_TARGET_S, "first_paint_s": FIRST_PAINT_TARGET_S}}
-    previous = page_module().PAGE  # the page state of a page already served in this process (tests)
+    previous = page_module().common.PAGE  # the page state of a page already served in this process (tests)
     with tqdm(total=1 + repeats + 1 + 3 * repeats + 1, desc="bench app") as progress:
         demo, url, results["server_start"] = start_server()
         progress.update()
@@ -250,7 +250,7 @@ def run_app_bench(repeats: int = 5, json_path: str | Path = "bench_results/app.j
             results["memory"] = memory_use(url, list(run.values()), users, progress)
         finally:
             demo.close()
-            page_module().PAGE = previous  # build_demo replaced the process-wide page state: give it back
+            page_module().common.PAGE = previous  # build_demo replaced the process-wide page state: give it back
     results["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     write_results(json_path, results, app_table(results))
     return results

@@ -345,7 +345,7 @@ def cmd_bench(args):
 
 
 def cmd_examples(args):
-    from explorer.webapp import EXAMPLES_DIR, write_examples
+    from explorer.page.examples import EXAMPLES_DIR, write_examples
 
     for path in write_examples(Path(args.out) if args.out else EXAMPLES_DIR):
         print(f"wrote {path}")

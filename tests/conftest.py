@@ -126,9 +126,9 @@ def mock_model(tokenizer):
 def app_url(tmp_path_factory):
     """The explorer page served in this process on a free 127.0.0.1 port, shut down after the session. Besides
     the shipped checkpoints it may open a "released" root: a tiny LLaDA-layout folder with a chat template."""
+    from explorer.page.folders import default_roots
     from explorer.page.layout import build_demo, launch_options
     from explorer.released.synthetic import write_tiny_llada
-    from explorer.webapp import default_roots
 
     released = tmp_path_factory.mktemp("page-root") / "released"
     write_tiny_llada(released / "LLaDA-chat", eot=True)

@@ -57,10 +57,10 @@ def test_n_runs_show_as_small_multiples_with_their_diversity(client):
 
 
 def test_replay_step_buttons_and_play_redraw_stored_frames(client, monkeypatch):
-    from explorer.page import layout as app
+    from explorer.page.common import page
 
     call(client)
-    monkeypatch.setattr(app.page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
+    monkeypatch.setattr(page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
     view, *_ = client.predict(4, "commit_step", "pca", "this run", api_name="/replay")
     assert view.count('class="dlm-token"') == 4 and masks(view) == 12, view
     view, _plot, step, *_ = client.predict(4, "confidence", "pca", "this run", api_name="/step_back")
@@ -121,14 +121,14 @@ def test_untrained_block_size_runs_with_a_visible_note(client):
 
 
 def test_continuous_diffusion_shows_entropy_and_latent_paths(client, monkeypatch):
-    from explorer.page import layout as app
+    from explorer.page.common import page
 
     view, stats, error, plot, *_ = call(client, checkpoint="cdcd-tiny", sampler="euler", gen_length=12, steps=10,
                                         temperature=1.0)
     assert not error and view.count('class="dlm-token"') == 12, error or view
     assert "**nfe** 10 " in stats and "11 frames" in stats, stats
     assert "entropy" in plot["plot"]
-    monkeypatch.setattr(app.page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
+    monkeypatch.setattr(page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
     figure = client.predict(3, "pca", "this run", api_name="/latent")
     assert "vocabulary" in figure["plot"]  # the paths up to step 3 over the embedding cloud, without the model
     monkeypatch.undo()
@@ -168,7 +168,7 @@ def test_stop_cancels_a_run_and_frees_the_users_slot(app_url):
 
 
 def test_compare_runs_side_by_side_on_a_shared_progress_timeline(client, monkeypatch):
-    from explorer.page import layout as app
+    from explorer.page.common import page
 
     slots = ["ar-tiny", "ar", "mdlm-tiny", "low_confidence", "bd3lm-tiny-b16", "first_hitting"]
     inputs = ["ROMEO:", 16, 8, 0.0, 0, "confidence"]
@@ -179,7 +179,7 @@ def test_compare_runs_side_by_side_on_a_shared_progress_timeline(client, monkeyp
     assert not error and side.count('class="dlm-panel"') == 3, error or side
     assert len(job.outputs()) > 3  # the panels filled in while the runs went
     assert table.count("\n") == 4 and "ar-tiny · ar" in table  # header, rule, three runs
-    monkeypatch.setattr(app.page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
+    monkeypatch.setattr(page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
     side, plot = client.predict(0.5, "confidence", api_name="/compare_view")
     frames = [int(part.split('"')[0]) for part in side.split('data-frame="')[1:]]
     assert frames == [8, 4, 8], frames  # ar: 17 frames, mdlm 8 steps: 9 frames, bd3lm 16 steps: 17 frames
@@ -193,10 +193,10 @@ def test_compare_runs_side_by_side_on_a_shared_progress_timeline(client, monkeyp
 
 
 def test_latent_plot_and_a_click_jump_replay_without_the_model(client, monkeypatch):
-    from explorer.page import layout as app
+    from explorer.page.common import page
 
     call(client)
-    monkeypatch.setattr(app.page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
+    monkeypatch.setattr(page().models, "get", lambda path: pytest.fail(f"model requested for {path}"))
     figure = json.loads(client.predict(5, "pca", "this run", api_name="/latent")["plot"])
     indices = {point[0] for trace in figure["data"] for point in trace.get("customdata") or []}
     assert indices == set(range(1, 6)), indices  # every marker names its frame (frame 0 has no state yet), up to 5
@@ -252,7 +252,7 @@ def test_load_a_trace_written_by_the_cli_and_a_bad_file(client, tmp_path):
 
 
 def test_releasing_a_slider_reruns_only_when_asked():
-    from explorer.page.layout import rerun_on_release
+    from explorer.page.denoise import rerun_on_release
 
     (untouched,) = list(rerun_on_release(*args(gen_length=8, steps=8, block_length=8), False))
     assert all(type(value).__name__ == "dict" and value.get("__type__") == "update" for value in untouched)
@@ -262,9 +262,9 @@ def test_releasing_a_slider_reruns_only_when_asked():
 
 def test_first_paint_is_a_precomputed_example_that_matches_its_checkpoint():
     import explorer
+    from explorer.page.examples import EXAMPLE_PROMPT, EXAMPLE_RUNS, load_examples
     from explorer.page.layout import first_paint
     from explorer.sampling import generate
-    from explorer.webapp import EXAMPLE_PROMPT, EXAMPLE_RUNS, load_examples
 
     examples = load_examples()
     assert set(examples) == set(EXAMPLE_RUNS)
@@ -287,7 +287,7 @@ def calm_hub(tiny_calm_checkpoints, monkeypatch):
 
 def run_calm(algorithm, temperature, n_candidates, gen_length=12):
     """The page's generate for calm-tiny-k4 (called in process); returns its last outputs."""
-    from explorer.page.layout import generate
+    from explorer.page.denoise import generate
 
     *_, last = generate("calm-tiny-k4", "ROMEO:", algorithm, gen_length, 64, 64, temperature, 0.9, 0, "confidence",
                         "kv", n_candidates)
@@ -295,7 +295,7 @@ def run_calm(algorithm, temperature, n_candidates, gen_length=12):
 
 
 def test_calm_checkpoint_shows_k_algorithm_and_n_instead_of_the_other_knobs(calm_hub):
-    from explorer.page.layout import family_controls, on_chunk_size
+    from explorer.page.denoise import family_controls, on_chunk_size
 
     sampler, cache, block, steps, temperature, threshold, n, chunk_size, cfg, pins = family_controls("calm-tiny-k4")
     assert sampler["choices"] == ["exact", "batch"] and sampler["label"].startswith("algorithm")
@@ -308,7 +308,7 @@ def test_calm_checkpoint_shows_k_algorithm_and_n_instead_of_the_other_knobs(calm
 
 
 def test_other_families_show_their_own_knobs():
-    from explorer.page.layout import family_controls
+    from explorer.page.denoise import family_controls
 
     sampler, cache, block, *_, n, chunk_size, cfg, pins = family_controls("mdlm-tiny")
     assert sampler["label"].startswith("sampler") and cache["visible"] and block["visible"] and cfg["visible"]
@@ -319,7 +319,7 @@ def test_other_families_show_their_own_knobs():
 
 @pytest.mark.parametrize("algorithm", ["exact", "batch"])
 def test_calm_knobs_reach_the_sampler_and_the_head_scatter_replays(calm_hub, algorithm):
-    from explorer.page.layout import latent_figure
+    from explorer.page.views import latent_figure
 
     view, _stats, error, _plot, _step, session, *_ = run_calm(algorithm, 0.5, 7)
     assert not error and view.count('class="dlm-token"') == 12, error or view
@@ -355,28 +355,28 @@ def wait_for(condition, seconds: float = 30.0) -> None:
 def test_a_closed_session_lets_go_of_its_runs(app_url, monkeypatch):
     from gradio_client import Client
 
-    from explorer.page import layout as app
+    from explorer.page.common import page
 
     monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.25")  # the client notices its own close sooner
     user = Client(app_url, verbose=False)
     user.predict(*args(), api_name="/generate")
-    session, nbytes = app.page().memory.sessions[user.session_hash]
+    session, nbytes = page().memory.sessions[user.session_hash]
     assert session.trace is not None and 0 < nbytes < 5_000_000  # 16 tokens x 17 frames, hidden states packed
     user.close()  # as a closed tab: the page hears its heartbeat connection end
-    wait_for(lambda: user.session_hash not in app.page().memory.sessions)
+    wait_for(lambda: user.session_hash not in page().memory.sessions)
     assert session.trace is None and session.runs == [] and session.history == []
 
 
 def test_a_user_whose_run_was_dropped_to_free_memory_is_told_so(app_url, client, monkeypatch):
     from gradio_client import Client
 
-    from explorer.page import layout as app
+    from explorer.page.common import page
 
     call(client)
-    monkeypatch.setattr(app.page().memory, "budget", 1)  # room for one session's runs: the latest
+    monkeypatch.setattr(page().memory, "budget", 1)  # room for one session's runs: the latest
     other = Client(app_url, verbose=False)
     other.predict(*args(), api_name="/generate")
-    assert client.session_hash not in app.page().memory.sessions
+    assert client.session_hash not in page().memory.sessions
     view = client.predict(4, "confidence", "pca", "this run", api_name="/replay")[0]
     assert "your run was dropped to free memory; Generate again" in view, view
     assert "dropped to free memory" in client.predict("confidence", api_name="/export_json")[1]
@@ -387,8 +387,10 @@ def test_a_user_whose_run_was_dropped_to_free_memory_is_told_so(app_url, client,
 
 
 def test_rewind_keeps_at_most_max_rewind_edits():
-    from explorer.page.layout import Outputs, candidates, continue_with, generate, rewind
-    from explorer.webapp import MAX_REWIND
+    from explorer.page.denoise import generate
+    from explorer.page.edit import candidates, continue_with, rewind
+    from explorer.page.memory import MAX_REWIND
+    from explorer.page.views import Outputs
 
     *_, last = generate(*args(gen_length=8, steps=8, block_length=8))
     session = dict(zip(Outputs.names, last))["session"]
@@ -403,35 +405,36 @@ def test_rewind_keeps_at_most_max_rewind_edits():
 
 
 def test_an_upload_over_the_cap_is_refused_with_a_clear_message(tmp_path, monkeypatch):
-    from explorer.page import layout as app
-    from explorer.webapp import EXAMPLES_DIR
+    from explorer.page import export, layout
+    from explorer.page.examples import EXAMPLES_DIR
+    from explorer.page.views import Outputs
 
-    assert app.launch_options()["max_file_size"] == f"{app.MAX_UPLOAD_MB}mb"  # Gradio refuses larger uploads too
+    assert layout.launch_options()["max_file_size"] == f"{layout.MAX_UPLOAD_MB}mb"  # Gradio refuses larger uploads too
     big = tmp_path / "big.json"
     big.write_bytes((EXAMPLES_DIR / "mdlm-tiny.json").read_bytes())
-    monkeypatch.setattr(app, "MAX_UPLOAD_MB", 0.05)
-    error = dict(zip(app.Outputs.names, app.load_trace(str(big), "confidence", None)[:-1]))["error"]
+    monkeypatch.setattr(export, "MAX_UPLOAD_MB", 0.05)
+    error = dict(zip(Outputs.names, export.load_trace(str(big), "confidence", None)[:-1]))["error"]
     assert "could not load the trace: big.json has 0.1 MB; a trace may have at most 0.05 MB here" in error, error
 
 
 def test_exports_and_loading_wait_in_the_runs_queue_and_closing_a_tab_is_heard():
-    from explorer.page import layout as app
+    from explorer.page import common, layout
 
-    before = app.PAGE
+    before = common.PAGE
     try:
-        fns = list(app.build_demo().fns.values())
+        fns = list(layout.build_demo().fns.values())
     finally:
-        app.PAGE = before
+        common.PAGE = before
     limits = {fn.api_name: (fn.concurrency_id, fn.concurrency_limit) for fn in fns}
-    assert limits["generate"] == ("runs", app.RUN_CONCURRENCY)
+    assert limits["generate"] == ("runs", common.RUN_CONCURRENCY)
     for name in ("export_json", "export_html", "export_gif", "load_trace", "resume", "compare"):
         assert limits[name] == limits["generate"], name
-    assert [fn.fn for fn in fns if any(target[1] == "unload" for target in fn.targets)] == [app.close_session]
+    assert [fn.fn for fn in fns if any(target[1] == "unload" for target in fn.targets)] == [common.close_session]
 
 
 def hostile_trace(folder) -> str:
     """A trace that passes every check but carries a script payload in each of its strings."""
-    from explorer.webapp import EXAMPLES_DIR
+    from explorer.page.examples import EXAMPLES_DIR
 
     data = json.loads((EXAMPLES_DIR / "mdlm-tiny.json").read_text())
     data["model"]["name"] = data["model"]["checkpoint"] = data["sampler"]["name"] = PAYLOAD
@@ -461,8 +464,9 @@ def test_a_hostile_trace_is_escaped_wherever_the_page_shows_it(client, tmp_path)
 
 
 def test_show_escapes_values_that_bypassed_the_checks():
-    from explorer.page.layout import Session, show
-    from explorer.webapp import load_examples
+    from explorer.page.common import Session
+    from explorer.page.examples import load_examples
+    from explorer.page.views import show
 
     trace = load_examples()["mdlm-tiny"]
     trace.frames[-1].step = PAYLOAD  # not from a file: Trace.load would refuse it
@@ -488,21 +492,22 @@ def lab(tmp_path, tiny_mdlm):
     """The page with one more root, `lab`: a random mdlm named like the shipped `mdlm-tiny`, and a tiny LLaDA."""
     import torch
 
-    from explorer.page import layout as app
+    from explorer.page import common, layout
+    from explorer.page.folders import default_roots
     from explorer.released.synthetic import write_tiny_llada
-    from explorer.webapp import default_roots
 
     root = tmp_path / "lab"
     tiny_mdlm.save_pretrained(root / "mdlm-tiny", dtype=torch.float32)
     write_tiny_llada(root / "LLaDA-x")
-    before = app.PAGE
-    app.build_demo(default_roots() + [root])
+    before = common.PAGE
+    layout.build_demo(default_roots() + [root])
     yield root
-    app.PAGE = before
+    common.PAGE = before
 
 
 def run_on(label: str):
-    from explorer.page.layout import Outputs, generate
+    from explorer.page.denoise import generate
+    from explorer.page.views import Outputs
 
     *_, last = generate(*args(checkpoint=label, gen_length=8, steps=8, block_length=8))
     out = dict(zip(Outputs.names, last))
@@ -513,9 +518,9 @@ def run_on(label: str):
 @pytest.mark.parametrize("label", ["lab/mdlm-tiny", "lab/LLaDA-x"])
 def test_the_edit_tab_uses_the_model_that_made_the_run(lab, label):
     import explorer
-    from explorer.page.layout import candidates
+    from explorer.page.edit import candidates
+    from explorer.page.memory import unpacked
     from explorer.sampling.edit import top_candidates
-    from explorer.webapp import unpacked
 
     session = run_on(label)
     assert session.trace.model["checkpoint"] == label  # relative to the root's parent, never the server's path
@@ -529,7 +534,8 @@ def test_the_edit_tab_uses_the_model_that_made_the_run(lab, label):
 
 
 def test_exported_and_edited_traces_name_their_checkpoint_relative_to_its_root(lab):
-    from explorer.page.layout import candidates, continue_with, export
+    from explorer.page.edit import candidates, continue_with
+    from explorer.page.export import export
 
     session = run_on("lab/LLaDA-x")
     update, _ = candidates(session, 3, 5)
@@ -542,24 +548,39 @@ def test_exported_and_edited_traces_name_their_checkpoint_relative_to_its_root(l
 def test_a_comparison_counts_as_its_own_users_run(app_url):
     from gradio_client import Client
 
-    from explorer.page import layout as app
+    from explorer.page.common import page
 
     user = Client(app_url, verbose=False)  # Gradio hands the request to /compare too: its run slot and memory
     slots = [True, "ar-tiny", "ar", True, "mdlm-tiny", "low_confidence"] + [False, None, None] * 2
     *_, error = user.predict("ROMEO:", 8, 8, 0.0, 0, "confidence", *slots, True, api_name="/compare")
-    assert not error and len(app.page().memory.sessions[user.session_hash][0].compared) == 2
+    assert not error and len(page().memory.sessions[user.session_hash][0].compared) == 2
     user.close()
 
 
 def test_the_scrubbers_span_the_first_paints_frames():
     """Scrubbing the example before any run: the server's sliders must allow its frames (they stopped at 1)."""
-    from explorer.page import layout as app
+    from explorer.page import common, layout
+    from explorer.page.examples import load_examples
 
-    before = app.PAGE
+    before = common.PAGE
     try:
-        demo = app.build_demo()
+        demo = layout.build_demo()
     finally:
-        app.PAGE = before
-    frames = len(app.load_examples()["mdlm-tiny"].frames)
+        common.PAGE = before
+    frames = len(load_examples()["mdlm-tiny"].frames)
     sliders = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in ("step", "latent_step")}
     assert [(s.minimum, s.maximum, s.value) for s in sliders.values()] == [(0, frames - 1, frames - 1)] * 2
+
+
+# --- the launcher ------------------------------------------------------------------------------------------------
+
+def test_the_launcher_names_a_bad_device_in_one_line():
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    result = subprocess.run([sys.executable, "app.py", "--device", "bogus"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
+    assert result.stderr.startswith("error: device = 'bogus' is not a device") and result.stderr.count("\n") == 1

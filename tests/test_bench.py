@@ -41,11 +41,11 @@ def test_app_bench_times_the_page_end_to_end_and_writes_json_and_markdown(tmp_pa
     from explorer.bench_app import app_table, run_app_bench
 
     out = tmp_path / "app.json"
-    from explorer.page import layout as app
+    from explorer.page import common
 
-    before = app.PAGE
+    before = common.PAGE
     results = run_app_bench(repeats=1, json_path=out, gen_length=16, users=3)
-    assert app.PAGE is before  # a page served earlier in this process keeps its state
+    assert common.PAGE is before  # a page served earlier in this process keeps its state
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(results))
     assert {"date", "machine", "targets", "server_start", "first_paint", "first_paint_skipped", "cold_run", "n1",
@@ -77,7 +77,7 @@ def test_app_bench_rejects_zero_repeats_before_starting_anything(tmp_path, capsy
 
 def test_examples_command_writes_the_first_paint_traces_into_out(tmp_path, capsys):
     from explorer.cli import main
-    from explorer.webapp import EXAMPLE_RUNS, load_examples
+    from explorer.page.examples import EXAMPLE_RUNS, load_examples
 
     assert main(["examples", "--out", str(tmp_path)]) == 0
     assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(EXAMPLE_RUNS)

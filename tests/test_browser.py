@@ -221,6 +221,17 @@ def test_export_tab_downloads_a_trace_and_loads_it_back(page, tmp_path):
 
 
 
+def test_picking_a_sampler_shows_the_knobs_it_takes(page):
+    """The knobs come from the sampler registry: Dream's own appear, LLaDA's blocks and cache go."""
+    page.get_by_text("more knobs").click()
+    page.wait_for_selector("#cache", state="visible")
+    assert page.locator("#knob_top_p").is_visible() and not page.locator("#knob_alg").is_visible()
+    page.locator("#sampler").get_by_label("dream", exact=True).check()
+    page.wait_for_selector("#knob_alg", state="visible")
+    assert not page.locator("#block_length").is_visible() and not page.locator("#cache").is_visible()
+    assert page.locator("#knob_top_p input, #knob_top_p textarea").get_attribute("placeholder") == "default: 0.95"
+
+
 def test_a_released_folder_gets_the_chat_template_box_and_shows_the_wrapped_prompt(page):
     box = page.locator("#chat_template")
     assert not box.is_visible()  # mdlm-tiny has no chat template
@@ -242,7 +253,7 @@ def hostile_traces(folder: Path) -> tuple[Path, Path]:
     """(a trace that passes every check but carries a script in each of its strings, one whose step is a script)."""
     import json
 
-    from explorer.webapp import EXAMPLES_DIR
+    from explorer.page.examples import EXAMPLES_DIR
 
     payload = '<img src=x onerror="window.__pwned=1">'
     data = json.loads((EXAMPLES_DIR / "mdlm-tiny.json").read_text())

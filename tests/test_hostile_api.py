@@ -221,8 +221,8 @@ def test_page_api_takes_calm_n_up_to_the_samplers_limit(app_url):
     500; now N is checked by the family: calm's sampler up to MAX_CANDIDATES, the others' runs up to MAX_RUNS."""
     from gradio_client import Client
 
-    from explorer.page.layout import family_controls, generate
-    from explorer.webapp import MAX_RUNS
+    from explorer.page.denoise import family_controls, generate
+    from explorer.page.requests import MAX_RUNS
 
     client = Client(app_url, verbose=False)
 

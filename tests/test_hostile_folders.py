@@ -278,7 +278,7 @@ def test_a_hostile_chat_template_is_a_value_error_naming_tokenizer_config_json(c
 @pytest.mark.timeout(120)
 def test_the_page_and_the_cli_report_a_hostile_template(tmp_path, capsys):
     from explorer.cli import main
-    from explorer.webapp import model_prompt
+    from explorer.page.requests import model_prompt
 
     folder = write_tiny_llada(tmp_path / "LLaDA-chat", template="{% for i in range(10**9) %}x{% endfor %}")
     with pytest.raises(ValueError, match=r"chat template of LLaDA-chat could not be rendered .*tokenizer_config.json"):

@@ -1,4 +1,4 @@
-"""The page's defences without Gradio (explorer/webapp.py, explorer/viz): the memory budget over sessions, runs kept
+"""The page's defences without Gradio (explorer/page's rules, explorer/viz): the memory budget over sessions, runs kept
 packed, file names from traces, every file a checkpoint folder would read checked inside the roots, no server path in
 a message, and trace values escaped in the compare views."""
 
@@ -12,20 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from explorer.page.folders import SHARD_INDEX, checkpoint_label, public, resolve_checkpoint, safe_filename
+from explorer.page.memory import LiveRuns, SessionMemory, pack_frame, trace_bytes, unpacked
 from explorer.sampling import Trace, generate
 from explorer.viz.compare import side_by_side_html, small_multiples_html
-from explorer.webapp import (
-    SHARD_INDEX,
-    LiveRuns,
-    SessionMemory,
-    checkpoint_label,
-    pack_frame,
-    public,
-    resolve_checkpoint,
-    safe_filename,
-    trace_bytes,
-    unpacked,
-)
 
 PROMPT = "ROMEO:"
 PAYLOAD = '<img src=x onerror="window.__pwned=1">'

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from explorer.page.examples import EXAMPLES_DIR
 from explorer.sampling.trace import MAX_DEPTH, Trace, check_trace_data
-from explorer.webapp import EXAMPLES_DIR
 
 
 @pytest.fixture(scope="module")

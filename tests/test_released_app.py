@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from explorer.page.folders import family_at, local_checkpoints, resolve_checkpoint
 from explorer.released.synthetic import (
     MASK_ID,
     TEMPLATE,
@@ -18,7 +19,6 @@ from explorer.released.synthetic import (
     write_tiny_dit,
     write_tiny_llada,
 )
-from explorer.webapp import family_at, local_checkpoints, resolve_checkpoint
 
 OUTPUTS = ("view", "stats", "error", "plot", "step", "session", "multiples", "latent_view", "latent_step", "latent",
            "edit_view")
@@ -40,17 +40,17 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def page(root):
     """build_demo(roots=[root]) makes `root` the page's only allowed root; the previous page is put back after."""
-    from explorer.page import layout as app
+    from explorer.page import common, layout
 
-    before = app.PAGE
-    app.build_demo(roots=[root])
-    yield app.page()
-    app.PAGE = before
+    before = common.PAGE
+    layout.build_demo(roots=[root])
+    yield common.page()
+    common.PAGE = before
 
 
 def run(label: str, sampler: str, **changes) -> dict:
     """The last output of the page's /generate on `label`, by output name."""
-    from explorer.page.layout import generate
+    from explorer.page.denoise import generate
 
     knobs = {"prompt": "ROMEO:", "sampler": sampler, "gen_length": 8, "steps": 8, "block_length": 8,
              "temperature": 0.0, "threshold": 0.9, "seed": 0, "color_by": "confidence", "cache": "none", "n": 1,
@@ -77,7 +77,7 @@ def test_family_of_a_released_folder_is_mdlm_and_unknown_layouts_are_named(root)
 
 
 def test_family_controls_show_the_masked_samplers(page):
-    from explorer.page.layout import family_controls
+    from explorer.page.denoise import family_controls
 
     label = "released/LLaDA-tiny"
     assert label in page.choices()
@@ -102,7 +102,7 @@ def test_generate_on_a_released_folder_records_a_trace(page, sampler):
 
 
 def test_a_bd3lm_release_gets_the_block_controls_and_generates(page):
-    from explorer.page.layout import family_controls
+    from explorer.page.denoise import family_controls
 
     sampler, cache, block, steps, *_rest = family_controls("released/bd3lm-release")
     assert sampler["choices"][0] == "first_hitting" and cache["value"] == "kv"
@@ -125,7 +125,7 @@ def test_generate_on_a_sharded_folder_and_an_unknown_layout(page):
 def test_the_chat_template_box_wraps_the_prompt_of_a_folder_that_has_one(page):
     from jinja2 import Template
 
-    from explorer.page.layout import chat_control
+    from explorer.page.denoise import chat_control
 
     assert chat_control("released/LLaDA-tiny") == {"__type__": "update", "visible": True, "value": True}
     for label in ("released/LLaDA-base", "mdlm-tiny"):
@@ -143,7 +143,7 @@ def test_the_chat_template_box_wraps_the_prompt_of_a_folder_that_has_one(page):
 
 def test_a_template_that_fails_to_render_is_named(root):
     import explorer
-    from explorer.webapp import model_prompt
+    from explorer.page.requests import model_prompt
 
     model = explorer.load(root / "LLaDA-tiny", device="cpu")
     model.chat_template = "{{ raise_exception('no system role') }}"
@@ -156,7 +156,7 @@ def test_the_page_loads_released_folders_with_its_device_options(root):
     import torch
 
     import explorer
-    from explorer.webapp import ModelCache
+    from explorer.page.folders import ModelCache
 
     cache = ModelCache(released_options={"device": "cpu", "dtype": "bfloat16"})
     model = cache.get(root / "bd3lm-release")
@@ -170,7 +170,7 @@ def test_the_page_loads_released_folders_with_its_device_options(root):
 
 @pytest.mark.parametrize("chat", [True, False])
 def test_compare_wraps_the_prompt_only_for_checkpoints_with_a_chat_template(page, chat):
-    from explorer.page.layout import compare
+    from explorer.page.compare import compare
 
     slots = [True, "released/LLaDA-tiny", "low_confidence", True, "mdlm-tiny", "low_confidence"]
     slots += [False, None, None] * 2

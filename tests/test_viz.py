@@ -46,6 +46,24 @@ def test_text_is_escaped(tiny_mdlm, trace):
     assert "&lt;" in tokens_html(trace, -1)
 
 
+def test_the_pages_panels_escape_hostile_text(trace):
+    """The page's message boxes, stats line and tables take values from anyone's trace file: escaped everywhere."""
+    import copy
+
+    from explorer.viz.panels import compare_table, error_html, notice_html, paused_html, prompt_note, stats_line
+
+    payload = '<img src=x onerror="window.__pwned=1">'
+    hostile = copy.deepcopy(trace)
+    hostile.model["name"] = hostile.sampler["name"] = hostile.text = hostile.stats["stop"] = payload
+    hostile.stats["steps"] = payload  # the running line shows it
+    hostile.frames[-1].step = payload
+    shown = [error_html(payload), notice_html([payload, "ok"]), stats_line(hostile), stats_line(hostile, True),
+             paused_html(hostile, -1), compare_table([hostile]), prompt_note("hi", payload)]
+    for html in shown:
+        assert "<img" not in html and "&lt;img" in html, html
+    assert notice_html([]) == "" and prompt_note("hi", "hi") == ""
+
+
 def test_confidence_heatmap_has_one_row_per_step_and_commit_markers(trace):
     fig = confidence_heatmap(trace)
     heat, marks = fig.data

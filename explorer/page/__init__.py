@@ -1,9 +1,6 @@
 """The explorer page (Gradio): denoise, compare, latent space, edit, export.
 
-`python app.py` (the launcher at the repository root) or `dlm-explorer page` serve it; `build_demo` builds it for
-tests and benchmarks. Gradio is imported only when this package is.
+`python app.py` (the launcher at the repository root) serves it; `layout.build_demo` builds it for tests and
+benchmarks. One module per tab (`denoise`, `compare`, `latent`, `edit`, `export`), what they share in `common` and
+`views`; the rules without Gradio, importable without it, in `folders`, `requests`, `memory` and `examples`.
 """
-
-from explorer.page.layout import build_demo, launch_options, main
-
-__all__ = ["build_demo", "launch_options", "main"]

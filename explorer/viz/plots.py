@@ -11,7 +11,8 @@ from explorer.viz.tokens import COLORSCALE
 
 
 def step_matrix(trace: Trace, field: str = "confidence", upto: int = -1) -> list[list[float | None]]:
-    """(steps, positions): a per-position frame field ("confidence" or "entropy") at each recorded step (None = unknown)."""
+    """(steps, positions): a per-position frame field ("confidence" or "entropy") at each recorded step (None =
+    unknown)."""
     rows = []
     for frame in trace.frames[: upto % len(trace.frames) + 1]:
         values = getattr(frame, field) or [None] * len(frame.tokens or [])
@@ -34,7 +35,8 @@ def confidence_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Heatmap(
         z=confidence_matrix(trace, upto), y=steps, colorscale=COLORSCALE, zmin=0, zmax=1,
-        colorbar={"title": "confidence"}, hovertemplate="position %{x}<br>step %{y}<br>confidence %{z:.3f}<extra></extra>",
+        colorbar={"title": "confidence"},
+        hovertemplate="position %{x}<br>step %{y}<br>confidence %{z:.3f}<extra></extra>",
     ))
     commits = trace.commit_steps(upto)
     xs = [pos for pos, s in enumerate(commits) if s is not None]
@@ -79,3 +81,11 @@ def step_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
     if any(f.entropy for f in trace.frames):
         return entropy_heatmap(trace, upto)
     return confidence_heatmap(trace, upto)
+
+
+def empty_figure(message: str) -> go.Figure:
+    """A blank plot that says why it is blank (no run yet, no states recorded)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 15})
+    fig.update_layout(height=300, xaxis={"visible": False}, yaxis={"visible": False})
+    return fig

@@ -1,5 +1,6 @@
-"""The explorer page's logic without Gradio (explorer/webapp.py): checkpoint allow-listing, the model cache, request
-costs and knobs, the per-user run registry, N runs in lockstep and the shipped example traces."""
+"""The explorer page's rules without Gradio (explorer/page/folders.py, requests.py, memory.py, examples.py):
+checkpoint allow-listing, the model cache, request costs and knobs, the per-user run registry, N runs in lockstep and
+the shipped example traces."""
 
 from __future__ import annotations
 
@@ -11,25 +12,22 @@ import pytest
 import torch
 
 import explorer
-from explorer import webapp
 from explorer.models.base import WEIGHTS
-from explorer.sampling import Trace, generate
-from explorer.webapp import (
+from explorer.page import examples, folders, memory
+from explorer.page.examples import load_examples
+from explorer.page.folders import ModelCache, local_checkpoints, resolve_checkpoint
+from explorer.page.memory import LiveRuns, RunRegistry
+from explorer.page.requests import (
     CACHES,
     MAX_RUNS,
     MAX_WORK,
-    LiveRuns,
-    ModelCache,
     Request,
-    RunRegistry,
     check_request,
-    load_examples,
-    local_checkpoints,
     parse_constraints,
     request_work,
-    resolve_checkpoint,
     sampler_knobs,
 )
+from explorer.sampling import Trace, generate
 
 PROMPT = "ROMEO:"
 
@@ -149,7 +147,7 @@ def test_model_cache_evicts_beyond_its_size(tmp_path, tiny_mdlm):
 def test_model_cache_names_a_checkpoint_it_cannot_load(tmp_path, tiny_mdlm, monkeypatch):
     folder = save(tiny_mdlm, tmp_path / "broken")
     (folder / WEIGHTS).write_bytes(b"not a safetensors file")
-    monkeypatch.setattr(webapp, "time", SimpleNamespace(sleep=lambda s: None, monotonic=time.monotonic,
+    monkeypatch.setattr(folders, "time", SimpleNamespace(sleep=lambda s: None, monotonic=time.monotonic,
                                                         perf_counter=time.perf_counter))
     with pytest.raises(ValueError, match="could not load checkpoint 'broken'"):
         ModelCache().get(folder)
@@ -264,10 +262,10 @@ def test_sampler_knobs_run_on_each_family(tiny_mdlm, tiny_ar, tiny_bd3lm, tiny_c
 
 @pytest.fixture
 def clock(monkeypatch):
-    """webapp's time.monotonic as a clock the test moves."""
+    """memory's time.monotonic (the run registry's clock) as a clock the test moves."""
     now = SimpleNamespace(t=1000.0)
     fake = SimpleNamespace(monotonic=lambda: now.t, perf_counter=time.perf_counter, sleep=time.sleep)
-    monkeypatch.setattr(webapp, "time", fake)
+    monkeypatch.setattr(memory, "time", fake)
     return now
 
 
@@ -309,13 +307,13 @@ def test_run_registry_finish_frees_only_that_run(clock):
 def test_run_registry_ignores_stale_runs(clock, monkeypatch):
     registry = RunRegistry()
     registry.start("u")
-    clock.t += webapp.STALE_RUN_S - 1
+    clock.t += memory.STALE_RUN_S - 1
     with pytest.raises(ValueError, match="still going"):
         registry.start("u")
     clock.t += 1  # the first run is now STALE_RUN_S old: its generator was dropped
     token = registry.start("u")
     assert registry.runs["u"] == [token]  # the stale entry is forgotten
-    monkeypatch.setattr(webapp, "STALE_RUN_S", 0.5)
+    monkeypatch.setattr(memory, "STALE_RUN_S", 0.5)
     clock.t += 0.5
     registry.start("u")
 
@@ -368,12 +366,12 @@ def test_live_runs_collect_a_warning_once(tiny_bd3lm):
 
 def test_live_runs_drop_hidden_states_of_large_requests(tiny_mdlm, monkeypatch):
     rows = MDLM_KNOBS["gen_length"] * (MDLM_KNOBS["steps"] + 1) * 3  # 120
-    monkeypatch.setattr(webapp, "HIDDEN_ROWS", rows)
+    monkeypatch.setattr(memory, "HIDDEN_ROWS", rows)
     live = LiveRuns(tiny_mdlm, PROMPT, "low_confidence", 0, 3, dict(MDLM_KNOBS))
     list(live)
     assert live.notices == [] and all(f.hidden is not None for t in live.traces for f in t.frames)
 
-    monkeypatch.setattr(webapp, "HIDDEN_ROWS", rows - 1)
+    monkeypatch.setattr(memory, "HIDDEN_ROWS", rows - 1)
     live = LiveRuns(tiny_mdlm, PROMPT, "low_confidence", 0, 3, dict(MDLM_KNOBS))
     list(live)
     assert all(f.hidden is None for t in live.traces for f in t.frames)
@@ -382,7 +380,7 @@ def test_live_runs_drop_hidden_states_of_large_requests(tiny_mdlm, monkeypatch):
 
 
 def test_live_runs_ar_counts_one_frame_per_token_for_hidden_rows(tiny_ar, monkeypatch):
-    monkeypatch.setattr(webapp, "HIDDEN_ROWS", 8 * 9 * 2 - 1)  # ar: gen_length x (gen_length + 1) x N = 144
+    monkeypatch.setattr(memory, "HIDDEN_ROWS", 8 * 9 * 2 - 1)  # ar: gen_length x (gen_length + 1) x N = 144
     live = LiveRuns(tiny_ar, PROMPT, "ar", 0, 2, {"gen_length": 8, "temperature": 1.0})
     list(live)
     assert "144 rows" in live.notices[0]
@@ -392,10 +390,10 @@ def test_live_runs_ar_counts_one_frame_per_token_for_hidden_rows(tiny_ar, monkey
 # --- shipped examples ----------------------------------------------------------------------------------------------
 
 def test_load_examples_are_traces_of_the_example_runs():
-    examples = load_examples()
-    assert sorted(examples) == sorted(webapp.EXAMPLE_RUNS)
-    for name, trace in examples.items():
-        checkpoint, sampler, knobs = webapp.EXAMPLE_RUNS[name]
+    found = load_examples()
+    assert sorted(found) == sorted(examples.EXAMPLE_RUNS)
+    for name, trace in found.items():
+        checkpoint, sampler, knobs = examples.EXAMPLE_RUNS[name]
         assert isinstance(trace, Trace) and len(trace.frames) > 1, name
         assert trace.model["checkpoint"] == checkpoint and trace.sampler["name"] == sampler
         assert len(trace.final_tokens) <= knobs["gen_length"] and trace.text
@@ -408,8 +406,19 @@ def test_load_examples_of_an_empty_folder(tmp_path):
 
 def test_the_page_lists_each_shipped_checkpoint_once():
     import explorer
-    from explorer.page import layout as app
+    from explorer.page import common
 
-    choices = app.Page().choices()  # the default root is the shipped checkpoints' own folder
+    choices = common.Page().choices()  # the default root is the shipped checkpoints' own folder
     assert choices[: len(explorer.shipped())] == list(explorer.shipped())
     assert len(choices) == len(set(choices)) and not any(c.startswith("checkpoints/") for c in choices)
+
+
+def test_the_rules_import_without_gradio():
+    """The page's rules serve the CLI (`python -m explorer examples`) and tests without loading Gradio."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom explorer.page import examples, folders, memory, requests\n"
+            "print(sorted(m for m in ('gradio', 'explorer.page.layout') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]

@@ -1,0 +1,45 @@
+"""The precomputed example traces the page paints first, before any model runs (`python -m explorer examples`
+rewrites them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import explorer
+from explorer.sampling import Trace
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"  # explorer/examples: shipped with the package
+
+
+def load_examples(directory: Path = EXAMPLES_DIR) -> dict[str, Trace]:
+    """The precomputed example traces that ship with the app, by file stem (no model runs for them)."""
+    return {path.stem: Trace.load(path) for path in sorted(directory.glob("*.json"))}
+
+
+EXAMPLE_RUNS = {  # name -> (checkpoint, sampler, knobs): the page's first paint, written by `write_examples`
+    "mdlm-tiny": ("mdlm-tiny", "low_confidence", {"gen_length": 64, "steps": 64, "block_length": 64,
+                                                   "temperature": 0.0}),
+    "ar-tiny": ("ar-tiny", "ar", {"gen_length": 32, "temperature": 0.0}),
+    "bd3lm-tiny-b16": ("bd3lm-tiny-b16", "first_hitting", {"gen_length": 32, "steps": 16, "block_length": 16}),
+    "calm-tiny-k4": ("calm-tiny-k4", "batch", {"gen_length": 32, "temperature": 1.0, "n_candidates": 200}),
+}
+EXAMPLE_PROMPT = "ROMEO:"
+
+
+def write_examples(directory: Path = EXAMPLES_DIR, seed: int = 0) -> list[Path]:
+    """Run the example generations on the shipped checkpoints and save their traces (`python -m explorer
+    examples`); hidden states are left out to keep the files small (the page records them for live runs)."""
+    from tqdm import tqdm
+
+    from explorer.sampling import generate
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (checkpoint, sampler, knobs) in tqdm(EXAMPLE_RUNS.items(), desc="example traces"):
+        model = explorer.load(checkpoint)
+        trace = generate(model, EXAMPLE_PROMPT, sampler, seed, record="full", **knobs)
+        for frame in trace.frames:
+            frame.hidden = None
+        trace.model["checkpoint"] = checkpoint  # a name, not this machine's path
+        written.append(trace.save(directory / f"{name}.json"))
+    return written

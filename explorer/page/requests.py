@@ -1,0 +1,172 @@
+"""What one run on the page may ask for, and how the page's controls become a sampler's knobs.
+
+The knobs themselves (names, defaults, help, choices, which sampler takes which) are the sampler registry's
+(`explorer.sampling.registry`): each registry knob has one control on the Denoise tab, a few shaped for the page
+(`CONTROLS`: sliders, the cache radio, word constraints), every other one (`EXTRA_KNOBS`) a box of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from explorer.sampling.common import Sampler
+from explorer.sampling.registry import SAMPLERS, every_knob, sampler_for, user_knobs
+
+MAX_WORK = 65_536  # gen_length x steps x N runs (calm: chunks x N head samples) one request may ask for
+MAX_RUNS = 8  # N runs drawn at once for the families other than calm
+MAX_LENGTH = 256  # bd3lm slides its window past the 128-token context; other families' samplers refuse clearly
+
+CONTROLS = {  # registry knob -> the Denoise control (elem_id) that sets it; each other knob has a box `knob_<name>`
+    "gen_length": "gen_length", "steps": "steps", "block_length": "block_length", "temperature": "temperature",
+    "threshold": "threshold", "cfg_scale": "cfg_scale", "cache": "cache", "kv_cache": "cache", "pinned": "constraints",
+    "n_candidates": "n_runs",
+}
+EXTRA_KNOBS = {name: f for name, f in every_knob().items() if name not in CONTROLS}  # empty box = sampler's default
+EVERY_SAMPLER = list(dict.fromkeys(n for names in SAMPLERS.values() for n in names))  # the page's API takes each
+MODEL_KNOBS = [name for name, f in EXTRA_KNOBS.items() if "SamplerModel" in str(f.type)]  # e.g. draft_refine's drafter
+
+
+def control_of(knob: str) -> str:
+    """The elem_id of the Denoise control that sets a registry knob."""
+    return CONTROLS.get(knob, f"knob_{knob}")
+
+
+def shown_knobs(spec: Sampler) -> list[str]:
+    """The knobs of a sampler that the page shows and sends: its user knobs, but a threshold only where the sampler's
+    default sets one (the slider always holds a number; LLaDA's rules take one as the "threshold" sampler)."""
+    return [name for name in user_knobs(spec) if name != "threshold" or spec.default(name) is not None]
+
+
+def family_takes(family: str, knob: str) -> bool:
+    return any(knob in shown_knobs(sampler_for(family, name)) for name in SAMPLERS[family])
+
+
+def _caches(family: str) -> list[str]:
+    """The cache radio's choices for a family, its default first: mdlm's `cache` (Fast-dLLM's approximate caches),
+    bd3lm's `kv_cache` as "kv" / "none"; none where no sampler of the family has a cache knob."""
+    for spec in (sampler_for(family, name) for name in SAMPLERS[family]):
+        if "cache" in spec.knobs:
+            default = spec.default("cache")
+            return [default] + [c for c in spec.knobs["cache"].metadata["choices"] if c != default]
+        if "kv_cache" in spec.knobs:
+            return ["kv", "none"] if spec.default("kv_cache") else ["none", "kv"]
+    return []
+
+
+CACHES = {family: _caches(family) for family in SAMPLERS if _caches(family)}
+
+
+@dataclass
+class Request:
+    """The Denoise controls of one run."""
+
+    sampler: str | None
+    gen_length: int
+    steps: int
+    block_length: int  # K for masked (semi-autoregressive blocks) and block diffusion
+    temperature: float
+    threshold: float = 0.9
+    cache: str | None = None
+    n: int = 1  # N: runs drawn at once (calm: head samples per chunk of the batch algorithm)
+    cfg_scale: float = 0.0  # classifier-free guidance (mdlm, cdcd)
+    constraints: str = ""  # word constraints "POS:TEXT, POS:TEXT" (mdlm, cdcd)
+    pinned: dict = field(default_factory=dict)
+    knobs: dict = field(default_factory=dict)  # EXTRA_KNOBS as `read_knobs` gives them (None: the sampler's default)
+
+
+def parse_constraints(text: str) -> dict[int, str]:
+    """LLaDA's word constraints: "0:Once, 5:upon" -> {0: "Once", 5: " upon"} (positions in the generated region)."""
+    pins = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        pos, sep, word = item.partition(":")
+        if not sep or not pos.strip().isdigit() or not word.strip():
+            raise ValueError(f"word constraints must look like 0:Once, 5:upon (position:text), got {item!r}")
+        pins[int(pos)] = word.strip() if int(pos) == 0 else " " + word.strip()
+    return pins
+
+
+def read_knobs(values: dict) -> dict:
+    """The EXTRA_KNOBS boxes as knob values: text as its knob's type (empty: None, the sampler's default; a model
+    knob stays a checkpoint name for the page to load), a checkbox or a choice as given."""
+    knobs = {}
+    for name, value in values.items():
+        kind = str(EXTRA_KNOBS[name].type)
+        if isinstance(value, str):
+            value = value.strip() or None
+        if isinstance(value, str) and not EXTRA_KNOBS[name].metadata["choices"] and name not in MODEL_KNOBS:
+            number = int if "int" in kind.split("|")[0] else float
+            try:
+                value = number(value)
+            except ValueError:
+                raise ValueError(f"{name} must be {'an integer' if number is int else 'a number'} (empty: the "
+                                 f"sampler's default), got {value!r}") from None
+        knobs[name] = value
+    return knobs
+
+
+
+def request_work(family: str, request: Request, chunk: int = 1) -> int:
+    """What a request costs in token-steps: gen_length x steps x N (ar: one step per token; calm: one step per
+    chunk of K tokens, N head samples each; draft_refine: its steps again in each refinement round)."""
+    if family == "calm":
+        return -(-request.gen_length // max(chunk, 1)) * request.n
+    steps = request.gen_length if family == "ar" else request.steps
+    spec = sampler_for(family, request.sampler)
+    if "rounds" in spec.knobs:
+        steps *= max(request.knobs.get("rounds") or spec.default("rounds"), 1)
+    return request.gen_length * steps * request.n
+
+
+def check_request(family: str, request: Request, chunk: int = 1) -> None:
+    if family != "calm" and not 1 <= request.n <= MAX_RUNS:
+        raise ValueError(f"N (runs) must be in [1, {MAX_RUNS}], got {request.n}")
+    work = request_work(family, request, chunk)
+    if work > MAX_WORK:
+        chunks = -(-request.gen_length // max(chunk, 1))
+        what = (f"{chunks} chunks x N {request.n} head samples" if family == "calm" else
+                f"gen_length {request.gen_length} x steps {request.gen_length if family == 'ar' else request.steps}"
+                f" x N {request.n} runs")
+        raise ValueError(f"request too large: {what} = {work:,}; this server allows at most {MAX_WORK:,} "
+                         "(lower gen length, steps or N)")
+
+
+def sampler_knobs(family: str, request: Request) -> dict:
+    """The page's controls as the knobs of the chosen sampler (None: the family's default), each sent only to a
+    sampler that takes it (`shown_knobs`: the page hides the others' controls). `cache` is Fast-dLLM's cache for
+    mdlm, the exact KV cache for bd3lm; N is calm's head samples. Word constraints and guidance on a family that has
+    none are refused."""
+    spec = sampler_for(family, request.sampler)
+    pins = parse_constraints(request.constraints) | request.pinned
+    if pins and not family_takes(family, "pinned"):
+        raise ValueError(f"word constraints need a masked-diffusion (mdlm) or continuous-diffusion (cdcd) "
+                         f"checkpoint; the {family} family generates in order")
+    if request.cfg_scale and not family_takes(family, "cfg_scale"):
+        guided = " and ".join(f for f in SAMPLERS if family_takes(f, "cfg_scale"))
+        raise ValueError(f"guidance (cfg_scale) applies to the {guided} families, not {family}")
+    values = {"gen_length": int(request.gen_length), "steps": int(request.steps),
+              "block_length": int(request.block_length), "temperature": float(request.temperature),
+              "threshold": float(request.threshold), "cfg_scale": float(request.cfg_scale), "pinned": pins,
+              "n_candidates": int(request.n)}
+    if family in CACHES:
+        cache = request.cache or CACHES[family][0]
+        if cache not in CACHES[family]:
+            raise ValueError(f"cache must be one of {CACHES[family]} for the {family} family, got {cache!r}")
+        values |= {"cache": cache, "kv_cache": cache == "kv"}
+    values |= {name: value for name, value in request.knobs.items() if value is not None}
+    return {name: values[name] for name in shown_knobs(spec) if name in values}
+
+
+def model_prompt(model, prompt: str, chat: bool) -> str:
+    """The prompt the model is given: one user turn in the checkpoint's chat template when `chat` is ticked and the
+    checkpoint has a template (what an Instruct model was tuned on), else the prompt as typed."""
+    if not chat or not model.chat_template:
+        return prompt
+    from jinja2 import TemplateError
+
+    from explorer.released import chat_prompt
+
+    try:
+        return chat_prompt(model, prompt)
+    except TemplateError as err:  # the page shows ValueErrors; the folder's template is not ours to fix
+        raise ValueError(f"the chat template of {model.name} could not be rendered ({err}); untick "
+                         "'chat template' to send the prompt as typed") from None

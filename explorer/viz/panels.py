@@ -1,0 +1,69 @@
+"""Small HTML and Markdown pieces of the explorer page: message boxes, the stats line, the comparison table.
+
+Every message and every value from a trace (a loaded file is anyone's) is escaped before it goes into HTML or
+Markdown; the page takes the server's paths out of messages before they get here.
+"""
+
+from __future__ import annotations
+
+import html
+
+from explorer.sampling.trace import Trace
+from explorer.viz.compare import run_label
+
+
+def text(value) -> str:
+    """Any value as HTML text."""
+    return html.escape(str(value))
+
+
+def error_html(message: str) -> str:
+    return ('<div class="dlm-error" style="border:1px solid #d62728;background:#fdecea;color:#8a1c1c;'
+            f'padding:8px 12px;border-radius:6px"><b>Cannot do that:</b> {text(message)}</div>')
+
+
+def notice_html(messages: list[str]) -> str:
+    """Warnings that do not stop a run (e.g. a block size the checkpoint was not trained with)."""
+    if not messages:
+        return ""
+    return ('<div class="dlm-warning" style="border:1px solid #b8860b;background:#fff8e1;color:#5c4400;'
+            'padding:8px 12px;border-radius:6px"><b>Note:</b> ' + "<br>".join(text(m) for m in messages) + "</div>")
+
+
+def stats_line(trace: Trace, running: bool = False, runs: int = 1) -> str:
+    s = trace.stats
+    if running:
+        return f"step {text(s['steps'])} · nfe {text(s['nfe'])} · {s['wall_s']:.2f} s so far …"
+    caches = sorted({f.cache for f in trace.frames if f.cache})
+    extra = (f" · cache {'/'.join(caches)}" if caches else "") + (f" · stopped: {s['stop']}" if "stop" in s else "")
+    extra += f" · {runs} runs (stats of the first)" if runs > 1 else ""
+    return (f"**nfe** {text(s['nfe'])} · **wall** {s['wall_s']:.2f} s · **{s['tokens_per_s']:.1f} tokens/s** · "
+            f"{len(trace.frames)} frames · {text(trace.model['name'])} ({text(trace.model['family'])}), sampler "
+            f"{text(trace.sampler['name'])}{text(extra)}")
+
+
+def prompt_note(prompt: str, given: str) -> str:
+    """A collapsible line for the stats showing what the model got, when the chat template changed the prompt."""
+    if given == prompt:
+        return ""
+    return ("\n\n<details class=\"dlm-chat\"><summary>chat template applied: the prompt the model got</summary>"
+            f"<pre>{html.escape(given)}</pre></details>")
+
+
+def paused_html(trace: Trace, index: int) -> str:
+    """Above the Edit tab's canvas: the frame it shows."""
+    return (f'<div class="dlm-paused" style="font-size:15px;color:#555">paused at step '
+            f"{text(trace.frames[index].step)} of {text(trace.frames[-1].step)} (frame {index}; scrub on the Denoise "
+            "tab)</div>")
+
+
+def compare_table(traces: list[Trace]) -> str:
+    """The compared runs' cost and text, one Markdown row each."""
+    rows = ["| run | steps | nfe | wall (s) | tokens/s | text |", "|---|---|---|---|---|---|"]
+    for trace in traces:
+        s = trace.stats
+        said = html.escape(trace.text.replace("\n", " ")[:60]).replace("|", "\\|")
+        label = html.escape(run_label(trace)).replace("|", "\\|")
+        rows.append(f"| {label} | {text(s['steps'])} | {text(s['nfe'])} | {s['wall_s']:.2f} | "
+                    f"{s['tokens_per_s']:.1f} | {said} |")
+    return "\n".join(rows)
