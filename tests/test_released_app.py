@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.page.folders import family_at, local_checkpoints, resolve_checkpoint
+from explorer.page.folders import family_at, local_checkpoints, resolve_checkpoint, sampler_at
 from explorer.released.synthetic import (
     MASK_ID,
     TEMPLATE,
@@ -19,6 +19,8 @@ from explorer.released.synthetic import (
     write_tiny_dit,
     write_tiny_llada,
 )
+from support import dream_config, reference_network
+from support import write_folder as write_dream_folder
 
 OUTPUTS = ("view", "stats", "error", "plot", "step", "session", "multiples", "latent_view", "latent_step", "latent",
            "edit_view")
@@ -31,6 +33,7 @@ def root(tmp_path_factory) -> Path:
     write_tiny_llada(root / "LLaDA-sharded", shards=2)
     write_tiny_llada(root / "LLaDA-base", template=None)  # a tokenizer without a chat template, like a Base release
     write_tiny_dit(root / "bd3lm-release", tiny_dit_config("bd3lm"))
+    write_dream_folder(root / "Dream-tiny", dream_config(), reference_network(dream_config()))
     write_folder(root / "Mystery", released_tensors(), config={"architectures": ["MysteryLM"], "hidden_size": 32})
     (root / "no-weights").mkdir()
     (root / "no-weights" / "config.json").write_text(json.dumps(released_config()))
@@ -62,7 +65,7 @@ def run(label: str, sampler: str, **changes) -> dict:
 def test_released_folders_are_listed_and_resolved(root):
     found = local_checkpoints([root])
     assert set(found) == {"released/LLaDA-tiny", "released/LLaDA-sharded", "released/LLaDA-base",
-                          "released/Mystery", "released/bd3lm-release"}  # weights or index
+                          "released/Mystery", "released/bd3lm-release", "released/Dream-tiny"}  # weights or index
     assert resolve_checkpoint("released/LLaDA-sharded", [root]) == (root / "LLaDA-sharded").resolve()
     with pytest.raises(ValueError, match="no config.json and model.safetensors"):
         resolve_checkpoint(str(root / "no-weights"), [root])
@@ -87,6 +90,21 @@ def test_family_controls_show_the_masked_samplers(page):
     assert cfg["visible"] and constraints["visible"]
     with pytest.warns(UserWarning, match=r"unknown architecture \['MysteryLM'\]"):
         assert all(out == {"__type__": "update"} for out in family_controls("released/Mystery"))
+
+
+def test_a_dream_folder_gets_dreams_own_sampler_as_the_api_does(page, root):
+    """The page's default for a Dream release is the sampler `explorer.generate` runs when none is named."""
+    import explorer
+    from explorer.page.compare import default_sampler
+    from explorer.page.denoise import family_controls
+
+    assert sampler_at(root / "Dream-tiny") == "dream" and sampler_at(root / "LLaDA-tiny") is None
+    sampler, *_ = family_controls("released/Dream-tiny")
+    assert sampler["value"] == "dream" and "low_confidence" in sampler["choices"]
+    assert family_controls("released/LLaDA-tiny")[0]["value"] == "low_confidence"
+    assert default_sampler("released/Dream-tiny") == "dream"
+    trace = explorer.generate(explorer.load(root / "Dream-tiny"), [1, 2, 3], gen_length=4, steps=4, record="none")
+    assert trace.sampler["name"] == "dream"
 
 
 @pytest.mark.parametrize("sampler", ["low_confidence", "threshold"])

@@ -22,7 +22,7 @@ from explorer.page.common import (
     user_key,
     with_request,
 )
-from explorer.page.folders import family_at
+from explorer.page.folders import family_at, sampler_at
 from explorer.page.memory import LiveRuns
 from explorer.page.requests import EVERY_SAMPLER, Request, check_request, model_prompt, sampler_knobs
 from explorer.page.views import Shared
@@ -41,7 +41,8 @@ LEARN = ("**Comparing runs.** Each run's canvas at the same fraction of its own 
 
 def default_sampler(choice: str) -> str | None:
     try:
-        return SAMPLERS[family_at(page().path(choice))][0]
+        path = page().path(choice)
+        return sampler_for(family_at(path), sampler_at(path)).name
     except (ValueError, FileNotFoundError, KeyError):
         return None
 

@@ -27,7 +27,7 @@ from explorer.page.common import (
     warn,
     with_request,
 )
-from explorer.page.folders import family_at, has_chat_template, root_names
+from explorer.page.folders import family_at, has_chat_template, root_names, sampler_at
 from explorer.page.memory import LiveRuns
 from explorer.page.requests import (
     CACHES,
@@ -123,7 +123,7 @@ def family_controls(choice):
         warn(str(err))
         return tuple(gr.skip() for _ in range(10))
     choices = list(SAMPLERS[family])
-    spec = sampler_for(family)
+    spec = sampler_for(family, sampler_at(path, config))  # Dream's folders: Dream's own loop, as the API picks
     shown = {control_of(k) for k in shown_knobs(spec)}
     calm = family == "calm"
     steps = {"value": spec.default("steps")} if "steps" in spec.knobs else {}
@@ -136,7 +136,7 @@ def family_controls(choice):
          {"minimum": 1, "maximum": MAX_RUNS, "value": 1, "label": "N (runs drawn at once, seeds seed .. seed+N-1)"})
     chunk_sizes = calm_chunk_sizes()
     cache = {"value": CACHES[family][0]} if family in CACHES else {}
-    return (gr.update(choices=choices, value=choices[0], info=sampler_info(family),
+    return (gr.update(choices=choices, value=spec.name, info=sampler_info(family),
                       label="algorithm (temperature below 1)" if calm else "sampler (remasking rule)"),
             gr.update(visible="cache" in shown, **cache), gr.update(visible="block_length" in shown, **block),
             gr.update(visible="steps" in shown, **steps), gr.update(**temperature),

@@ -170,6 +170,17 @@ def family_at(path: Path, config: dict | None = None) -> str:
     return family
 
 
+def sampler_at(path: Path, config: dict | None = None) -> str | None:
+    """The sampler a checkpoint folder's runs get when none is named: a released layout's own (Dream's), else None
+    (the family's first), as `explorer.generate` picks it."""
+    config = read_config(path) if config is None else config
+    if "family" in config:
+        return None
+    from explorer.released import released_sampler
+
+    return released_sampler(config)
+
+
 def has_chat_template(path: Path) -> bool:
     """Whether a checkpoint folder's tokenizer_config.json carries a chat template (released Instruct models); the
     page then offers to wrap the prompt in it."""

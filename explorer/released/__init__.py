@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from explorer.models.base import read_config
+from explorer.models.weights import NotEnoughMemory, SafetensorsFolder, check_memory
 from explorer.released.dit import dit_family, is_dit_release, load_dit
 from explorer.released.dream import DreamModel, is_dream, load_dream
 from explorer.released.llada import (
@@ -24,7 +25,6 @@ from explorer.released.llada import (
     is_llada,
     load_llada,
 )
-from explorer.models.weights import NotEnoughMemory, SafetensorsFolder, check_memory
 from explorer.released.placement import (
     Placement,
     check_device_exists,
@@ -68,6 +68,12 @@ def released_family(config: dict) -> str | None:
         return None
     family = LAYOUT_FAMILIES.get(name, "mdlm")
     return family(config) if callable(family) else family
+
+
+def released_sampler(config: dict) -> str | None:
+    """The sampler a released layout's runs get when none is named (Dream's own loop for Dream), else None (the
+    family's first), read from the layout's model class so the page picks what `explorer.generate` would."""
+    return {"dream": DreamModel.default_sampler}.get(detect_layout(config))
 
 
 def load_options(device=None, dtype=None, device_map=None) -> dict:
@@ -115,4 +121,5 @@ def load_released(path: str | Path, device=None, dtype=None, config: dict | None
 
 __all__ = ["LAYOUTS", "DreamModel", "LLaDAConfig", "LLaDAModel", "NotEnoughMemory", "Placement", "SafetensorsFolder",
            "chat_prompt", "check_memory", "check_placement_memory", "detect_layout", "finish_placement", "load_dream",
-           "load_llada", "load_options", "load_released", "plan_placement", "register", "released_family"]
+           "load_llada", "load_options", "load_released", "plan_placement", "register", "released_family",
+           "released_sampler"]
