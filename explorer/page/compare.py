@@ -138,7 +138,7 @@ def build(names: list[str], compared: list[Trace]) -> SimpleNamespace:
                                          allow_custom_value=True)
                 sampler = gr.Dropdown(EVERY_SAMPLER, value=default_sampler(choice) if choice else None,
                                       label="sampler", elem_id=f"slot{k}_sampler")
-                checkpoint.change(slot_samplers, checkpoint, sampler, api_name=False)
+                checkpoint.change(slot_samplers, checkpoint, sampler, api_visibility="private")
                 slots += [on, checkpoint, sampler]
     with gr.Row():
         prompt = gr.Textbox("ROMEO:", label="prompt", elem_id="c_prompt", scale=2)
@@ -171,7 +171,7 @@ def wire(c: SimpleNamespace, shared: Shared) -> None:
               shared.session]
     comparing = c.run.click(with_request(compare), inputs, [c.side, c.plot, c.table, c.error, shared.session],
                             api_name="compare", **RUNS)
-    c.stop.click(stop, None, c.error, cancels=[comparing], api_name=False)
+    c.stop.click(stop, None, c.error, cancels=[comparing], api_visibility="private")
     c.progress.input(compare_view, [shared.session, c.progress, shared.color_by], [c.side, c.plot],
                      api_name="compare_view", **FREE)
     playing = c.play.click(compare_play, [shared.session, c.progress, shared.color_by, shared.fps],

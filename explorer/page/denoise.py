@@ -367,21 +367,21 @@ def wire(demo: gr.Blocks, d: SimpleNamespace, shared: Shared) -> None:
               d.cfg_scale, d.constraints]
     by_sampler = [getattr(d, control) for control in SAMPLER_CONTROLS] + d.knobs
     for event in (d.checkpoint.change, demo.load):  # the family's samplers only, then the default sampler's knobs
-        (event(family_controls, d.checkpoint, family, api_name=False)
-         .then(sampler_controls, [d.checkpoint, d.sampler], by_sampler, api_name=False)
-         .then(chat_control, d.checkpoint, d.chat, api_name=False))
-    d.sampler.input(sampler_controls, [d.checkpoint, d.sampler], by_sampler, api_name=False)
-    d.chunk_size.input(on_chunk_size, [d.chunk_size, d.checkpoint], d.checkpoint, api_name=False)
+        (event(family_controls, d.checkpoint, family, api_visibility="private")
+         .then(sampler_controls, [d.checkpoint, d.sampler], by_sampler, api_visibility="private")
+         .then(chat_control, d.checkpoint, d.chat, api_visibility="private"))
+    d.sampler.input(sampler_controls, [d.checkpoint, d.sampler], by_sampler, api_visibility="private")
+    d.chunk_size.input(on_chunk_size, [d.chunk_size, d.checkpoint], d.checkpoint, api_visibility="private")
     run_inputs = [d.checkpoint, d.prompt, d.sampler, d.gen_length, d.steps, d.block_length, d.temperature,
                   d.threshold, d.seed, d.color_by, d.cache, d.n_runs, d.cfg_scale, d.constraints, d.chat,
                   shared.session, *d.knobs]
     generation = d.run.click(with_request(generate), run_inputs, shared.run_outputs(), api_name="generate", **RUNS)
     for slider in (d.gen_length, d.steps, d.block_length, d.n_runs, d.temperature):
-        slider.release(with_request(rerun_on_release), run_inputs + [d.auto], shared.run_outputs(), api_name=False,
+        slider.release(with_request(rerun_on_release), run_inputs + [d.auto], shared.run_outputs(), api_visibility="private",
                        **RUNS)
     scrub = [shared.session, d.step, d.color_by, shared.method, shared.source]
     d.step.input(replay, scrub, shared.shown(), api_name="replay", **FREE)
-    d.color_by.change(replay, scrub, shared.shown(), api_name=False, **FREE)
+    d.color_by.change(replay, scrub, shared.shown(), api_visibility="private", **FREE)
     d.back.click(step_by(-1), scrub, shared.shown(), api_name="step_back", **FREE)
     d.forward.click(step_by(+1), scrub, shared.shown(), api_name="step_forward", **FREE)
     playing = d.play.click(play, [shared.session, d.step, d.color_by, d.fps, shared.method, shared.source],

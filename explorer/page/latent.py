@@ -65,11 +65,11 @@ def build(first_range: dict) -> SimpleNamespace:
 def wire(tabs: gr.Tabs, lat: SimpleNamespace, shared: Shared) -> None:
     """The Latent tab's events: its own scrubber and a click on a point move every view, like the Denoise one."""
     tabs.select(on_tab, [shared.session, shared.step, shared.color_by, lat.method, lat.source],
-                [shared.session, lat.plot], api_name=False)
-    for control in (lat.method, lat.source):
-        control.change(latent, [shared.session, lat.step, lat.method, lat.source], lat.plot,
-                       api_name="latent" if control is lat.method else False)
+                [shared.session, lat.plot], api_visibility="private")
+    lat.method.change(latent, [shared.session, lat.step, lat.method, lat.source], lat.plot, api_name="latent")
+    lat.source.change(latent, [shared.session, lat.step, lat.method, lat.source], lat.plot,
+                      api_visibility="private")
     redraw = [shared.session, lat.step, shared.color_by, lat.method, lat.source]
-    lat.step.input(replay, redraw, shared.shown(), api_name=False, **FREE)
+    lat.step.input(replay, redraw, shared.shown(), api_visibility="private", **FREE)
     lat.jump.change(jump, [shared.session, lat.jump, shared.color_by, lat.method, lat.source], shared.shown(),
                     api_name="jump", **FREE)
