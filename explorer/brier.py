@@ -197,7 +197,7 @@ def brier_vs_cross_entropy(checkpoints: list[str], out: str, split: str = "test"
 
     import explorer
     from explorer.eval import evaluate
-    from explorer.measure import write_results
+    from explorer.bench.measure import write_results
 
     if len(checkpoints) < 3:
         raise ValueError(f"the correlation needs at least 3 checkpoints, got {len(checkpoints)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from explorer.eval import evaluate
+from explorer.eval import evaluate, prompts_from_val, robustness, sample_quality
 from explorer.hub import load, resolve, shipped
 from explorer.models.base import CONFIG, read_config
 
@@ -191,15 +191,11 @@ def cdcd_metrics(model, judge, windows: int = 64, levels: int = 12, samples: int
     perplexity (judged by an AR checkpoint) of `samples` continuations of validation prompts."""
     import statistics
 
-    import torch
     from tqdm.auto import tqdm
 
-    from explorer.bench import generative_ppl
-    from explorer.bench_block import prompts_from_val
     from explorer.data import TokenStream, load_corpus
     from explorer.models.cdcd import ce_per_noise_level
     from explorer.sampling import generate
-    from explorer.sampling.bd3lm import unigram_entropy
 
     test = TokenStream(load_corpus(), "test", model.tokenizer).windows(model.max_seq_len)[:windows]
     curve = ce_per_noise_level(model, test, levels=levels, progress=True)
@@ -210,9 +206,7 @@ def cdcd_metrics(model, judge, windows: int = 64, levels: int = 12, samples: int
     return {"ce_per_noise_level": curve | {"split": "test", "windows": int(len(test))},
             "ce_mean_over_levels": round(statistics.mean(curve["ce"]), 4),
             "generation": {"judge": judge.name, "samples": samples, "gen_length": 64, "steps": steps,
-                           "prompt_length": len(prompts[0]),
-                           "gen_ppl": round(generative_ppl(judge, prompts, outs), 2),
-                           "unigram_entropy": round(statistics.mean(unigram_entropy(torch.tensor(o)) for o in outs), 3),
+                           "prompt_length": len(prompts[0]), **sample_quality(judge, prompts, outs),
                            "example": model.tokenizer.decode(prompts[0]) + " | " + traces[0].text}}
 
 
@@ -349,7 +343,6 @@ def write_autoencoder_card(folder: Path) -> Path:
     from explorer.data import TokenStream, load_corpus, load_tokenizer
     from explorer.data.tokenizer import SHIPPED_TOKENIZER
     from explorer.models.calm import Autoencoder
-    from explorer.train_autoencoder import robustness
 
     autoencoder = Autoencoder.from_pretrained(folder)
     K = autoencoder.config.chunk
@@ -432,7 +425,6 @@ def write_calm_card(folder: Path, model) -> Path:
     """A CALM language model: BrierLM (the many-sample estimator) on the test split, its autoencoder, training."""
     from explorer.brier import brier_lm
     from explorer.data import TokenStream, load_corpus
-    from explorer.train_autoencoder import robustness
 
     config = read_config(folder)
     K = model.chunk

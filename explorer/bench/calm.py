@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from explorer.bench_block import prompts_from_val
+from explorer.bench.measure import write_results
 from explorer.brier import ar_continuations, brier_lm, brier_windows
+from explorer.eval import prompts_from_val
 from explorer.hub import load
-from explorer.measure import write_results
 from explorer.sampling import generate
 from explorer.sampling.calm import CALMParams, next_chunk
 

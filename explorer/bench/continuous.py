@@ -18,21 +18,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from explorer.bench import generative_ppl
-from explorer.bench_block import prompts_from_val
+from explorer.bench.measure import timed, write_results
+from explorer.eval import prompts_from_val, sample_quality
 from explorer.hub import load
-from explorer.measure import timed, write_results
 from explorer.sampling import generate
-from explorer.sampling.bd3lm import unigram_entropy
 
 STEP_COUNTS = (10, 20, 50, 100, 200)
 
 
 def _row(traces, judge, prompts, seconds: float) -> dict:
     outs = [t.final_tokens for t in traces]
-    return {"nfe_mean": statistics.mean(t.stats["nfe"] for t in traces), "wall_s": round(seconds, 3),
-            "gen_ppl": round(generative_ppl(judge, prompts, outs), 2),
-            "unigram_entropy": round(statistics.mean(unigram_entropy(torch.tensor(o)) for o in outs), 3)}
+    return {"nfe_mean": statistics.mean(t.stats["nfe"] for t in traces), "wall_s": round(seconds, 3)} \
+        | sample_quality(judge, prompts, outs)
 
 
 def run_continuous_bench(checkpoints: list[str], masked_checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny",

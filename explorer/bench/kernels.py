@@ -3,7 +3,7 @@
 On the CPU: each chunked reference against the naive whole-tensor path at LLaDA scale
 (B = 1, L = 1,024, V = 126,464 by default): wall time (median of interleaved repeats in this
 process) and peak extra memory of one call (in a fresh subprocess: the resident high-water mark, reset just
-before the call, minus the resident size then; see `explorer.measure.peak_extra_bytes`). Targets from the kernels issue:
+before the call, minus the resident size then; see `explorer.bench.measure.peak_extra_bytes`). Targets from the kernels issue:
 at least 8x less memory, no slower.
 
 On a CUDA device, when present: the dispatched functions (Triton kernels) against the naive path,
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from explorer import kernels
-from explorer.measure import in_fresh_process, peak_extra_bytes, timed, write_results
+from explorer.bench.measure import in_fresh_process, peak_extra_bytes, timed, write_results
 
 LLADA_VOCAB = 126_464
 CASES = ("sample_and_score", "head_sample_and_score", "expected_embedding", "energy_score")
@@ -127,8 +127,8 @@ def run_kernels_bench(json_path: str | Path = "bench_results/kernels.json", repe
                "naive_s": round(statistics.median(times["naive"]), 6)}
         row["time_ratio"] = round(row["ours_s"] / max(row["naive_s"], 1e-9), 3)  # < 1: ours faster
         if memory:
-            ours_b, naive_b = in_fresh_process("explorer.bench_kernels:measure_call", case=case, impl="kernels", sizes=sizes), \
-                in_fresh_process("explorer.bench_kernels:measure_call", case=case, impl="naive", sizes=sizes)
+            ours_b, naive_b = in_fresh_process("explorer.bench.kernels:measure_call", case=case, impl="kernels", sizes=sizes), \
+                in_fresh_process("explorer.bench.kernels:measure_call", case=case, impl="naive", sizes=sizes)
             row |= {"ours_mb": round(ours_b / 2**20, 1), "naive_mb": round(naive_b / 2**20, 1),
                     "memory_ratio": round(naive_b / max(ours_b, 1), 2)}  # > 1: ours smaller
         results["cpu_rows"].append(row)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from explorer.kernels import reference
-from explorer.measure import write_results
+from explorer.bench.measure import write_results
 
 VOCAB = 126_464  # LLaDA's vocabulary
 GAPS = (8, 12, 14, 16, 17, 18, 19, 20, 22, 24)
