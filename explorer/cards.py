@@ -211,7 +211,8 @@ def cdcd_metrics(model, judge, windows: int = 64, levels: int = 12, samples: int
 
 
 def plot_cdcd(folder: Path, model, metrics: dict, twin_metrics: dict | None, twin_name: str | None) -> Path:
-    """ce_per_noise_level.png: CE over log t (with the twin's curve), the learned warp's fit and its sampling density."""
+    """ce_per_noise_level.png: CE over log t (with the twin's curve), the learned warp's fit and its sampling
+    density."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -284,7 +285,8 @@ on the same device ({tt.get('wall_s', 0) / 60:.1f} vs {training.get('wall_s', 0)
 | model | CE averaged over noise levels (test) | gen. PPL ({gen['judge']}), {gen['steps']} steps | unigram entropy |
 |---|---|---|---|
 | {folder.name} (time warping) | {metrics['ce_mean_over_levels']:.3f} | {gen['gen_ppl']} | {gen['unigram_entropy']} |
-| {twin_name} (uniform in log t) | {twin_metrics['ce_mean_over_levels']:.3f} | {tg['gen_ppl']} | {tg['unigram_entropy']} |
+| {twin_name} (uniform in log t) | {twin_metrics['ce_mean_over_levels']:.3f} | {tg['gen_ppl']} | \
+{tg['unigram_entropy']} |
 """
     device = training.get("device", "a 2-core CPU (one thread)")
     text = f"""# {folder.name}
@@ -368,7 +370,8 @@ def write_autoencoder_card(folder: Path) -> Path:
     rows = "\n".join(f"| {s} | {100 * v:.3f}% |" for s, v in curve.items())
     tc = training.get("train_config", {})
     commands = "\n".join(
-        f"python -m explorer train-autoencoder --chunk {K} --latent-dim {c.latent_dim} --d-model {c.d_model} --steps {run['steps']} "
+        f"python -m explorer train-autoencoder --chunk {K} --latent-dim {c.latent_dim} --d-model {c.d_model} "
+        f"--steps {run['steps']} "
         f"--batch-size {tc.get('batch_size')} --lr {tc.get('lr')} --out {folder}{' --resume' if run['resume'] else ''}"
         for run in training.get("runs", [{"steps": tc.get("steps"), "resume": False}]))
     text = f"""# {folder.name}

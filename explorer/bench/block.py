@@ -112,7 +112,8 @@ def draft_refine(model, judge, prompts, drafter: str, gen_length: int = 64, roun
     for name, run in tqdm(methods.items(), desc="draft-refine", leave=False):
         traces = [run(p, i) for i, p in enumerate(prompts)]
         outs = [t.final_tokens for t in traces]
-        rows[name] = {"nfe_mean": statistics.mean(t.stats["nfe"] for t in traces)} | sample_quality(judge, prompts, outs)
+        rows[name] = {"nfe_mean": statistics.mean(t.stats["nfe"] for t in traces),
+                      **sample_quality(judge, prompts, outs)}
     return {"judge": judge.name, "gen_length": gen_length, "samples": len(prompts), "methods": rows}
 
 

@@ -140,7 +140,8 @@ def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny
     kw = dict(gen_length=g, steps=g, block_length=block, temperature=0.7, seed=0, record="none")
     ours_s, _ = timed(lambda: generate(model, prompt, "low_confidence", **kw), repeats)
     theirs_s, _ = timed(lambda: llada_generate(model, prompt, g, g, block, 0.7, 0), repeats)
-    results["vs_llada"] = {"gen_length": g, "block_length": block, "identical_tokens_at_T0": ours.final_tokens == theirs,
+    results["vs_llada"] = {"gen_length": g, "block_length": block,
+                           "identical_tokens_at_T0": ours.final_tokens == theirs,
                            "ours_s_T0.7": round(ours_s, 4), "llada_s_T0.7": round(theirs_s, 4),
                            "speedup": round(theirs_s / ours_s, 2)}
     progress.update()
@@ -172,7 +173,8 @@ def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny
         compare[name] = {"nfe_mean": statistics.mean(nfes), "gen_ppl": round(generative_ppl(judge, prompts, outs), 2)}
         if name != "fixed":
             compare[name]["nfe_reduction"] = round(compare["fixed"]["nfe_mean"] / compare[name]["nfe_mean"], 2)
-            compare[name]["gen_ppl_change_pct"] = round(100 * (compare[name]["gen_ppl"] / compare["fixed"]["gen_ppl"] - 1), 1)
+            compare[name]["gen_ppl_change_pct"] = round(
+                100 * (compare[name]["gen_ppl"] / compare["fixed"]["gen_ppl"] - 1), 1)
         progress.update()
     results["threshold"] = compare | {"judge": judge_name, "samples": samples, "gen_length": gen}
     progress.close()
