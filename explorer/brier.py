@@ -126,7 +126,8 @@ def brier_lm(model, split: str = "test", context: int = 64, max_windows: int | N
     if estimator == "exact" and model.family != "ar":
         raise ValueError(f"estimator='exact' needs token probabilities (the ar family); {model.family} uses 'sample'")
     if context < 1 or context + max(ORDERS) > model.max_seq_len - (1 if model.family == "ar" else 0):
-        raise ValueError(f"context must be in [1, {model.max_seq_len - max(ORDERS) - 1}] for {model.name}, got {context}")
+        raise ValueError(f"context must be in [1, {model.max_seq_len - max(ORDERS) - 1}] for {model.name}, "
+                         f"got {context}")
     if not isinstance(samples, int) or isinstance(samples, bool) or not 2 <= samples <= 1024:
         raise ValueError(f"samples must be an integer in [2, 1024] (continuations per prefix), got {samples!r}")
     model.eval()
@@ -196,8 +197,8 @@ def brier_vs_cross_entropy(checkpoints: list[str], out: str, split: str = "test"
     from pathlib import Path
 
     import explorer
+    from explorer.bench.measure import write_results
     from explorer.eval import evaluate
-    from explorer.measure import write_results
 
     if len(checkpoints) < 3:
         raise ValueError(f"the correlation needs at least 3 checkpoints, got {len(checkpoints)}")

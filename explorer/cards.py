@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from explorer.eval import evaluate
+from explorer.eval import evaluate, prompts_from_val, robustness, sample_quality
 from explorer.hub import load, resolve, shipped
 from explorer.models.base import CONFIG, read_config
 
@@ -191,15 +191,11 @@ def cdcd_metrics(model, judge, windows: int = 64, levels: int = 12, samples: int
     perplexity (judged by an AR checkpoint) of `samples` continuations of validation prompts."""
     import statistics
 
-    import torch
     from tqdm.auto import tqdm
 
-    from explorer.bench import generative_ppl
-    from explorer.bench_block import prompts_from_val
     from explorer.data import TokenStream, load_corpus
     from explorer.models.cdcd import ce_per_noise_level
     from explorer.sampling import generate
-    from explorer.sampling.bd3lm import unigram_entropy
 
     test = TokenStream(load_corpus(), "test", model.tokenizer).windows(model.max_seq_len)[:windows]
     curve = ce_per_noise_level(model, test, levels=levels, progress=True)
@@ -210,14 +206,13 @@ def cdcd_metrics(model, judge, windows: int = 64, levels: int = 12, samples: int
     return {"ce_per_noise_level": curve | {"split": "test", "windows": int(len(test))},
             "ce_mean_over_levels": round(statistics.mean(curve["ce"]), 4),
             "generation": {"judge": judge.name, "samples": samples, "gen_length": 64, "steps": steps,
-                           "prompt_length": len(prompts[0]),
-                           "gen_ppl": round(generative_ppl(judge, prompts, outs), 2),
-                           "unigram_entropy": round(statistics.mean(unigram_entropy(torch.tensor(o)) for o in outs), 3),
+                           "prompt_length": len(prompts[0]), **sample_quality(judge, prompts, outs),
                            "example": model.tokenizer.decode(prompts[0]) + " | " + traces[0].text}}
 
 
 def plot_cdcd(folder: Path, model, metrics: dict, twin_metrics: dict | None, twin_name: str | None) -> Path:
-    """ce_per_noise_level.png: CE over log t (with the twin's curve), the learned warp's fit and its sampling density."""
+    """ce_per_noise_level.png: CE over log t (with the twin's curve), the learned warp's fit and its sampling
+    density."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,7 +285,8 @@ on the same device ({tt.get('wall_s', 0) / 60:.1f} vs {training.get('wall_s', 0)
 | model | CE averaged over noise levels (test) | gen. PPL ({gen['judge']}), {gen['steps']} steps | unigram entropy |
 |---|---|---|---|
 | {folder.name} (time warping) | {metrics['ce_mean_over_levels']:.3f} | {gen['gen_ppl']} | {gen['unigram_entropy']} |
-| {twin_name} (uniform in log t) | {twin_metrics['ce_mean_over_levels']:.3f} | {tg['gen_ppl']} | {tg['unigram_entropy']} |
+| {twin_name} (uniform in log t) | {twin_metrics['ce_mean_over_levels']:.3f} | {tg['gen_ppl']} | \
+{tg['unigram_entropy']} |
 """
     device = training.get("device", "a 2-core CPU (one thread)")
     text = f"""# {folder.name}
@@ -349,7 +345,6 @@ def write_autoencoder_card(folder: Path) -> Path:
     from explorer.data import TokenStream, load_corpus, load_tokenizer
     from explorer.data.tokenizer import SHIPPED_TOKENIZER
     from explorer.models.calm import Autoencoder
-    from explorer.train_autoencoder import robustness
 
     autoencoder = Autoencoder.from_pretrained(folder)
     K = autoencoder.config.chunk
@@ -375,7 +370,8 @@ def write_autoencoder_card(folder: Path) -> Path:
     rows = "\n".join(f"| {s} | {100 * v:.3f}% |" for s, v in curve.items())
     tc = training.get("train_config", {})
     commands = "\n".join(
-        f"python -m explorer train-autoencoder --chunk {K} --latent-dim {c.latent_dim} --d-model {c.d_model} --steps {run['steps']} "
+        f"python -m explorer train-autoencoder --chunk {K} --latent-dim {c.latent_dim} --d-model {c.d_model} "
+        f"--steps {run['steps']} "
         f"--batch-size {tc.get('batch_size')} --lr {tc.get('lr')} --out {folder}{' --resume' if run['resume'] else ''}"
         for run in training.get("runs", [{"steps": tc.get("steps"), "resume": False}]))
     text = f"""# {folder.name}
@@ -432,7 +428,6 @@ def write_calm_card(folder: Path, model) -> Path:
     """A CALM language model: BrierLM (the many-sample estimator) on the test split, its autoencoder, training."""
     from explorer.brier import brier_lm
     from explorer.data import TokenStream, load_corpus
-    from explorer.train_autoencoder import robustness
 
     config = read_config(folder)
     K = model.chunk

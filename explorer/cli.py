@@ -310,36 +310,36 @@ def cmd_bench(args):
     check_output("--json" if args.json else "--out", json_path, make_folders=True)
     repeats = args.repeats if args.repeats is not None else 5 if args.suite == "app" else 3
     if args.suite == "app":
-        from explorer.bench_app import run_app_bench
+        from explorer.bench.app import run_app_bench
 
         run_app_bench(repeats, json_path, args.checkpoint)
         return
     if args.suite == "noise":
-        from explorer.bench_noise import run_noise_bench
+        from explorer.bench.noise import run_noise_bench
 
         run_noise_bench(json_path)
         return
     if args.suite == "kernels":
-        from explorer.bench_kernels import run_kernels_bench
+        from explorer.bench.kernels import run_kernels_bench
 
         run_kernels_bench(json_path, repeats, length=args.length, vocab=args.vocab, d=args.d, cpu=not args.no_cpu)
         return
     if args.suite == "block":
-        from explorer.bench_block import run_block_bench
+        from explorer.bench.block import run_block_bench
 
         run_block_bench(args.block_checkpoint, args.checkpoint, args.judge, repeats, json_path=json_path)
         return
     if args.suite == "continuous":
-        from explorer.bench_continuous import run_continuous_bench
+        from explorer.bench.continuous import run_continuous_bench
 
         run_continuous_bench(args.continuous_checkpoint, args.checkpoint, args.judge, json_path=json_path)
         return
     if args.suite == "calm":
-        from explorer.bench_calm import run_calm_bench
+        from explorer.bench.calm import run_calm_bench
 
         run_calm_bench(args.calm_checkpoint, args.judge, repeats=repeats, json_path=json_path)
         return
-    from explorer.bench import run_sampling_bench
+    from explorer.bench.sampling import run_sampling_bench
 
     run_sampling_bench(args.checkpoint, args.judge, repeats, json_path)
 

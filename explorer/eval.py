@@ -1,21 +1,31 @@
-"""Perplexity on a held-out split: exact for `ar`, the NELBO bound for `mdlm` and `bd3lm`.
+"""Evaluation: what the model cards, the benchmarks and the notebooks measure.
 
+Perplexity on a held-out split: exact for `ar`, the NELBO bound for `mdlm` and `bd3lm`.
 Both families score exactly the same tokens: the split cut into consecutive windows of the
 model's context length. The diffusion bound averages the continuous-time NELBO over `n_t`
 low-discrepancy mask rates per window and is token-weighted over the whole split.
+
+Sample quality: continuations of validation prompts judged by an AR checkpoint (generative
+perplexity) beside their unigram entropy. Autoencoder robustness: CALM's reconstruction under
+noise on the latent. BrierLM, the likelihood-free metric, has its own module (`explorer.brier`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from explorer.data import TokenStream, load_corpus
+from explorer.models.calm import Autoencoder, collapsed_dimensions, reconstruction_accuracy
 from explorer.models.mdlm import low_discrepancy_t
+from explorer.sampling.bd3lm import unigram_entropy
+
+NOISE_SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)  # the robustness curve: accuracy of decode(mean + sigma eps)
 
 
 @torch.no_grad()
@@ -42,6 +52,41 @@ def evaluate(model, split: str = "test", corpus: str | None = None, n_t: int = 8
             "ppl": round(math.exp(nll), 3), "bound": model.family != "ar",
             "n_t": n_t if model.family != "ar" else None, "checkpoint": model.name,
             "window": model.max_seq_len}
+
+
+def prompts_from_val(tokenizer, count: int, length: int = 16) -> list[list[int]]:
+    """`count` prompts of `length` tokens spread evenly over the validation split."""
+    windows = TokenStream(load_corpus(), "val", tokenizer).windows(length)
+    return [windows[i].tolist() for i in torch.linspace(0, len(windows) - 1, count).long()]
+
+
+@torch.no_grad()
+def generative_ppl(judge, prompts: list[list[int]], outputs: list[list[int]]) -> float:
+    """Perplexity the AR judge assigns to the generated tokens given <bos> + prompt."""
+    nll, count = 0.0, 0
+    for prompt, out in zip(prompts, outputs):
+        ids = torch.tensor([[judge.bos_id] + prompt + out])
+        logp = judge(ids[:, :-1]).log_softmax(-1)[0]
+        targets = ids[0, 1:]
+        token_logp = logp.gather(-1, targets[:, None]).squeeze(-1)[len(prompt):]
+        nll -= float(token_logp.sum())
+        count += len(out)
+    return math.exp(nll / count)
+
+
+def sample_quality(judge, prompts: list[list[int]], outputs: list[list[int]]) -> dict:
+    """Generative perplexity and the mean unigram entropy (nats) of the outputs: repetitive text scores well on
+    perplexity alone, the entropy shows it."""
+    return {"gen_ppl": round(generative_ppl(judge, prompts, outputs), 2),
+            "unigram_entropy": round(statistics.mean(unigram_entropy(torch.tensor(o)) for o in outputs), 3)}
+
+
+@torch.no_grad()
+def robustness(autoencoder: Autoencoder, chunks: torch.Tensor) -> dict:
+    """Accuracy (clean and under Gaussian noise on the latent) and collapsed dimensions on `chunks` (N, K)."""
+    curve = {str(s): round(reconstruction_accuracy(autoencoder, chunks, s), 6) for s in NOISE_SIGMAS}
+    return {"accuracy": curve["0.0"], "accuracy_under_noise": curve, "chunks": int(len(chunks)),
+            "collapsed_dims": collapsed_dimensions(autoencoder, chunks), "latent_dim": autoencoder.config.latent_dim}
 
 
 def compare(checkpoints: list[str], out: str | Path, split: str = "test", n_t: int = 8,

@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 
 from explorer.data import TokenStream, load_corpus, load_tokenizer
 from explorer.data.tokenizer import MASK, SHIPPED_TOKENIZER
+from explorer.eval import robustness
 from explorer.models.base import read_config
-from explorer.models.calm import Autoencoder, AutoencoderConfig, collapsed_dimensions, reconstruction_accuracy
+from explorer.models.calm import Autoencoder, AutoencoderConfig
 from explorer.train import (
     MAX_SEED,
     check_finite,
@@ -45,7 +46,6 @@ from explorer.train import (
 
 WINDOW = 128  # tokens per training window, cut into WINDOW / K chunks
 LEGACY_STATE = "train_state.safetensors"  # the AdamW moments of runs saved before OUT/train_state
-NOISE_SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)  # the robustness curve: accuracy of decode(mean + sigma eps)
 
 
 @dataclass(frozen=True)
@@ -75,14 +75,6 @@ def _lr(cfg: AutoencoderTrainConfig, step: int) -> float:
         return cfg.lr * (step + 1) / 100
     progress = min(1.0, (step - 100) / max(1, cfg.steps - 100))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-@torch.no_grad()
-def robustness(autoencoder: Autoencoder, chunks: torch.Tensor) -> dict:
-    """Accuracy (clean and under Gaussian noise on the latent) and collapsed dimensions on `chunks` (N, K)."""
-    curve = {str(s): round(reconstruction_accuracy(autoencoder, chunks, s), 6) for s in NOISE_SIGMAS}
-    return {"accuracy": curve["0.0"], "accuracy_under_noise": curve, "chunks": int(len(chunks)),
-            "collapsed_dims": collapsed_dimensions(autoencoder, chunks), "latent_dim": autoencoder.config.latent_dim}
 
 
 def train_autoencoder(cfg: AutoencoderTrainConfig, out: str | Path, device: str = "cpu", resume: bool = False,

@@ -2,7 +2,7 @@ import json
 
 import torch
 
-from explorer.bench import llada_generate, run_sampling_bench, sampling_table
+from explorer.bench.sampling import llada_generate, run_sampling_bench, sampling_table
 from explorer.sampling import generate
 
 
@@ -38,7 +38,7 @@ def test_sampling_bench_runs_end_to_end_and_writes_json_and_markdown(tmp_path):
 
 
 def test_app_bench_times_the_page_end_to_end_and_writes_json_and_markdown(tmp_path):
-    from explorer.bench_app import app_table, run_app_bench
+    from explorer.bench.app import app_table, run_app_bench
 
     out = tmp_path / "app.json"
     from explorer.page import common

@@ -226,7 +226,7 @@ def test_brier_lm_for_calm_uses_chunk_aligned_prefixes(tiny_calm):
 
 
 def test_equivalent_temperature_interpolates_the_ar_collision_curve():
-    from explorer.bench_calm import equivalent_temperature
+    from explorer.bench.calm import equivalent_temperature
 
     ar = [{"temperature": 1.0, "collision": 0.2}, {"temperature": 0.8, "collision": 0.3},
           {"temperature": 0.6, "collision": 0.5}]
@@ -236,7 +236,7 @@ def test_equivalent_temperature_interpolates_the_ar_collision_curve():
 
 
 def test_calm_bench_end_to_end_on_tiny_models(tiny_calm, tiny_ar, tmp_path):
-    from explorer.bench_calm import calm_table, run_calm_bench
+    from explorer.bench.calm import calm_table, run_calm_bench
 
     torch.manual_seed(0)
     ae2 = Autoencoder(AutoencoderConfig(chunk=2, d_model=32, d_ff=64, latent_dim=8))

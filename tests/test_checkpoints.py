@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import explorer
-from explorer.bench import generative_ppl
-from explorer.eval import evaluate
+from explorer.eval import evaluate, generative_ppl, prompts_from_val
 from explorer.hub import describe, shipped
 from explorer.models.base import read_config
 
@@ -130,8 +129,6 @@ def test_cdcd_denoiser_reads_tokens_at_low_noise_and_falls_back_to_unigrams_at_h
 
 
 def test_cdcd_samples_read_like_shakespeare_to_ar_tiny_and_warping_helps(ar):
-    from explorer.bench_block import prompts_from_val
-
     prompts = prompts_from_val(ar.tokenizer, 4)
     gen_ppl = {}
     for name, knobs in (("cdcd-tiny", {}), ("cdcd-tiny-nowarp", {}), ("cdcd-tiny", {"clamp": True})):

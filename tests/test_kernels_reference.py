@@ -138,7 +138,7 @@ def test_the_gumbel_noise_follows_the_gumbel_distribution_in_its_upper_tail():
 
 def test_the_noise_bench_shows_the_former_noise_distorting_the_tail_and_ours_not(tmp_path):
     """Exact tail-win probabilities on LLaDA's vocabulary (`python -m explorer bench noise`)."""
-    from explorer.bench_noise import run_noise_bench
+    from explorer.bench.noise import run_noise_bench
 
     results = run_noise_bench(tmp_path / "noise.json", gaps=(12, 17, 20))
     rows = {r["gap"]: r for r in results["rows"]}

@@ -370,7 +370,7 @@ def test_no_top_level_kernels_package_ships():
 # --- the bench (small sizes only; `python -m explorer bench kernels` defaults to LLaDA scale) ----------
 
 def test_kernels_bench_small_writes_json_and_markdown(tmp_path):
-    from explorer.bench_kernels import kernels_table, run_kernels_bench
+    from explorer.bench.kernels import kernels_table, run_kernels_bench
 
     out = tmp_path / "kernels.json"
     results = run_kernels_bench(out, repeats=1, length=8, vocab=301, d=16, n=3, m=5, latent=4, memory=False)
@@ -386,11 +386,11 @@ def test_kernels_bench_small_writes_json_and_markdown(tmp_path):
 
 
 def test_bench_cli_has_a_kernels_suite(monkeypatch):
-    import explorer.bench_kernels
+    import explorer.bench.kernels
     from explorer.cli import main
 
     seen = {}
-    monkeypatch.setattr(explorer.bench_kernels, "run_kernels_bench", lambda path, repeats, **kw: seen.update(
+    monkeypatch.setattr(explorer.bench.kernels, "run_kernels_bench", lambda path, repeats, **kw: seen.update(
         path=path, repeats=repeats, **kw))
     main(["bench", "kernels", "--repeats", "2", "--length", "16"])
     assert seen == {"path": "bench_results/kernels.json", "repeats": 2, "length": 16, "vocab": 126_464, "d": 512,
@@ -400,7 +400,7 @@ def test_bench_cli_has_a_kernels_suite(monkeypatch):
 
 
 def test_naive_bench_paths_agree_with_the_kernels():
-    from explorer import bench_kernels as bk
+    from explorer.bench import kernels as bk
 
     sizes = {"batch": 1, "length": 6, "vocab": 97, "d": 8, "n": 3, "m": 4, "latent": 5}
     logits, = bk.make_inputs("sample_and_score", sizes)

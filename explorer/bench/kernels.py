@@ -3,8 +3,8 @@
 On the CPU: each chunked reference against the naive whole-tensor path at LLaDA scale
 (B = 1, L = 1,024, V = 126,464 by default): wall time (median of interleaved repeats in this
 process) and peak extra memory of one call (in a fresh subprocess: the resident high-water mark, reset just
-before the call, minus the resident size then; see `explorer.measure.peak_extra_bytes`). Targets from the kernels issue:
-at least 8x less memory, no slower.
+before the call, minus the resident size then; see `explorer.bench.measure.peak_extra_bytes`). Targets from the
+kernels issue: at least 8x less memory, no slower.
 
 On a CUDA device, when present: the dispatched functions (Triton kernels) against the naive path,
 and the achieved memory bandwidth (bytes the kernel must read / its time) as a fraction of the
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import platform
 import statistics
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from explorer import kernels
-from explorer.measure import in_fresh_process, peak_extra_bytes, timed, write_results
+from explorer.bench.measure import in_fresh_process, peak_extra_bytes, timed, write_results
 
 LLADA_VOCAB = 126_464
 CASES = ("sample_and_score", "head_sample_and_score", "expected_embedding", "energy_score")
@@ -65,9 +66,11 @@ def make_inputs(case: str, sizes: dict, device: str = "cpu") -> tuple:
     if case == "sample_and_score":
         return (torch.randn(b, length, vocab, generator=g).mul_(3).to(device),)
     if case == "head_sample_and_score":
-        return torch.randn(b, length, d, generator=g).to(device), torch.randn(vocab, d, generator=g).div_(d ** 0.5).to(device)
+        return (torch.randn(b, length, d, generator=g).to(device),
+                torch.randn(vocab, d, generator=g).div_(d ** 0.5).to(device))
     if case == "expected_embedding":
-        return torch.randn(b, length, vocab, generator=g).mul_(3).to(device), torch.randn(vocab, d, generator=g).to(device)
+        return (torch.randn(b, length, vocab, generator=g).mul_(3).to(device),
+                torch.randn(vocab, d, generator=g).to(device))
     if case == "energy_score":
         return (torch.randn(b * length, sizes["n"], sizes["latent"], generator=g).to(device),
                 torch.randn(b * length, sizes["m"], sizes["latent"], generator=g).to(device))
@@ -121,14 +124,14 @@ def run_kernels_bench(json_path: str | Path = "bench_results/kernels.json", repe
         times = {"kernels": [], "naive": []}
         for _ in range(repeats):  # interleaved, so drifts of the machine hit both alike
             for impl in times:
-                times[impl].append(timed(lambda: call(case, impl, inputs), 1)[0])
+                times[impl].append(timed(partial(call, case, impl, inputs), 1)[0])
         row = {"case": case, "device": "cpu", "ours": "chunked reference",
                "ours_s": round(statistics.median(times["kernels"]), 6),
                "naive_s": round(statistics.median(times["naive"]), 6)}
         row["time_ratio"] = round(row["ours_s"] / max(row["naive_s"], 1e-9), 3)  # < 1: ours faster
         if memory:
-            ours_b, naive_b = in_fresh_process("explorer.bench_kernels:measure_call", case=case, impl="kernels", sizes=sizes), \
-                in_fresh_process("explorer.bench_kernels:measure_call", case=case, impl="naive", sizes=sizes)
+            ours_b = in_fresh_process("explorer.bench.kernels:measure_call", case=case, impl="kernels", sizes=sizes)
+            naive_b = in_fresh_process("explorer.bench.kernels:measure_call", case=case, impl="naive", sizes=sizes)
             row |= {"ours_mb": round(ours_b / 2**20, 1), "naive_mb": round(naive_b / 2**20, 1),
                     "memory_ratio": round(naive_b / max(ours_b, 1), 2)}  # > 1: ours smaller
         results["cpu_rows"].append(row)
@@ -144,7 +147,7 @@ def _cuda_rows(sizes: dict, repeats: int, cases) -> list[dict]:
     sync = torch.cuda.synchronize
     probe = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
     probe.clone()
-    copy_s = timed(lambda: probe.clone(), max(repeats, 5), sync)[0]
+    copy_s = timed(probe.clone, max(repeats, 5), sync)[0]
     copy_bw = 2 * probe.numel() / copy_s  # read + write
     del probe
     rows = []
@@ -152,8 +155,8 @@ def _cuda_rows(sizes: dict, repeats: int, cases) -> list[dict]:
         inputs = make_inputs(case, sizes, "cuda")
         for impl in ("kernels", "naive"):
             call(case, impl, inputs)  # compile / warm up
-        ours_s = timed(lambda: call(case, "kernels", inputs), max(repeats, 5), sync)[0]
-        naive_s = timed(lambda: call(case, "naive", inputs), max(repeats, 5), sync)[0]
+        ours_s = timed(partial(call, case, "kernels", inputs), max(repeats, 5), sync)[0]
+        naive_s = timed(partial(call, case, "naive", inputs), max(repeats, 5), sync)[0]
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         call(case, "kernels", inputs)
@@ -181,7 +184,8 @@ def kernels_table(results: dict) -> str:
              f"N={s['n']}, M={s['m']}, l={s['latent']}; T={results['temperature']}; torch {results['torch']}, "
              f"{results['torch_threads']} threads.",
              "",
-             "| kernel | device | ours | ours s | naive s | time ratio (ours/naive) | ours MB | naive MB | memory ratio (naive/ours) | bandwidth |",
+             "| kernel | device | ours | ours s | naive s | time ratio (ours/naive) | ours MB | naive MB "
+             "| memory ratio (naive/ours) | bandwidth |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["cpu_rows"] + results["cuda_rows"]:
         bw = f"{row['bandwidth_gbs']} GB/s ({row['bandwidth_fraction']:.0%} of copy)" if "bandwidth_gbs" in row else ""

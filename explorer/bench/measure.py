@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository: explorer/bench/measure.py
 
 
 def timed(fn, repeats: int, sync=lambda: None) -> tuple[float, object]:

@@ -19,8 +19,8 @@ import math
 import numpy as np
 import torch
 
+from explorer.bench.measure import write_results
 from explorer.kernels import reference
-from explorer.measure import write_results
 
 VOCAB = 126_464  # LLaDA's vocabulary
 GAPS = (8, 12, 14, 16, 17, 18, 19, 20, 22, 24)
@@ -90,7 +90,8 @@ def noise_table(results: dict) -> str:
              "probability that a tail token is sampled (T = 1), computed exactly for each noise.", "",
              f"Largest noise: former 24-bit {results['former_max']:.2f} (and +inf for the top hash value), ours "
              f"{results['ours_max']:.2f}; smallest noise ours {results['ours_min']:.2f}.", "",
-             "| gap | exact P (float64 / continuous Gumbel) | former 24-bit noise | rel. error | ours (32-bit) | rel. error |",
+             "| gap | exact P (float64 / continuous Gumbel) | former 24-bit noise | rel. error | ours (32-bit) "
+             "| rel. error |",
              "|---|---|---|---|---|---|"]
     for r in results["rows"]:
         lines.append(f"| {r['gap']} | {r['exact']:.3e} | {r['former_24bit']:.3e} | {r['former_rel_error']:+.1%} | "

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from explorer import kernels
-from explorer.data import TokenStream, load_corpus
+from explorer.bench.measure import in_fresh_process, peak_extra_bytes, timed, write_results
+from explorer.eval import generative_ppl, prompts_from_val
 from explorer.hub import load
-from explorer.measure import in_fresh_process, peak_extra_bytes, timed, write_results
 from explorer.sampling import generate
 from explorer.sampling.mdlm import schedule_counts
 
@@ -103,20 +103,6 @@ def _sampling_step(kind: str, logits: torch.Tensor, x: torch.Tensor, temperature
         kernels.sample_and_score(logits[0], temperature, seed=0, rows=rows)
 
 
-@torch.no_grad()
-def generative_ppl(judge, prompts: list[list[int]], outputs: list[list[int]]) -> float:
-    """Perplexity the AR judge assigns to the generated tokens given <bos> + prompt."""
-    nll, count = 0.0, 0
-    for prompt, out in zip(prompts, outputs):
-        ids = torch.tensor([[judge.bos_id] + prompt + out])
-        logp = judge(ids[:, :-1]).log_softmax(-1)[0]
-        targets = ids[0, 1:]
-        token_logp = logp.gather(-1, targets[:, None]).squeeze(-1)[len(prompt):]
-        nll -= float(token_logp.sum())
-        count += len(out)
-    return math.exp(nll / count)
-
-
 def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny", repeats: int = 3,
                        json_path: str | Path = "bench_results/sampling.json", gen_length: int = 128,
                        synthetic_length: int = 256, samples: int = 8) -> dict:
@@ -154,7 +140,8 @@ def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny
     kw = dict(gen_length=g, steps=g, block_length=block, temperature=0.7, seed=0, record="none")
     ours_s, _ = timed(lambda: generate(model, prompt, "low_confidence", **kw), repeats)
     theirs_s, _ = timed(lambda: llada_generate(model, prompt, g, g, block, 0.7, 0), repeats)
-    results["vs_llada"] = {"gen_length": g, "block_length": block, "identical_tokens_at_T0": ours.final_tokens == theirs,
+    results["vs_llada"] = {"gen_length": g, "block_length": block,
+                           "identical_tokens_at_T0": ours.final_tokens == theirs,
                            "ours_s_T0.7": round(ours_s, 4), "llada_s_T0.7": round(theirs_s, 4),
                            "speedup": round(theirs_s / ours_s, 2)}
     progress.update()
@@ -163,8 +150,8 @@ def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny
     memory = []
     for vocab, length in ((model.tokenizer.get_vocab_size(), gen_length), (LLADA_VOCAB, synthetic_length)):
         sizes = dict(batch=1, length=length, vocab=vocab, temperature=0.7)
-        ours_b = in_fresh_process("explorer.bench:step_memory", kind="ours", **sizes)
-        llada_b = in_fresh_process("explorer.bench:step_memory", kind="llada", **sizes)
+        ours_b = in_fresh_process("explorer.bench.sampling:step_memory", kind="ours", **sizes)
+        llada_b = in_fresh_process("explorer.bench.sampling:step_memory", kind="llada", **sizes)
         memory.append({"vocab": vocab, "length": length, "logits_mb": round(length * vocab * 4 / 2**20, 1),
                        "ours_mb": round(ours_b / 2**20, 1), "llada_mb": round(llada_b / 2**20, 1),
                        "ratio": round(ours_b / max(llada_b, 1), 4)})
@@ -173,9 +160,7 @@ def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny
 
     # 3. threshold vs fixed schedule, judged by the AR model on prompts from the validation split
     judge = load(judge_name)
-    windows = TokenStream(load_corpus(), "val", model.tokenizer).windows(16)
-    picks = torch.linspace(0, len(windows) - 1, samples).long()
-    prompts = [windows[i].tolist() for i in picks]
+    prompts = prompts_from_val(model.tokenizer, samples)
     gen = max(32, gen_length - 32)  # prompt (16) + generation within the 128-token context, whole blocks of 32
     compare = {}
     for name, extra in [("fixed", {})] + [(f"threshold_{tau}", {"threshold": tau}) for tau in THRESHOLDS]:
@@ -188,7 +173,8 @@ def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny
         compare[name] = {"nfe_mean": statistics.mean(nfes), "gen_ppl": round(generative_ppl(judge, prompts, outs), 2)}
         if name != "fixed":
             compare[name]["nfe_reduction"] = round(compare["fixed"]["nfe_mean"] / compare[name]["nfe_mean"], 2)
-            compare[name]["gen_ppl_change_pct"] = round(100 * (compare[name]["gen_ppl"] / compare["fixed"]["gen_ppl"] - 1), 1)
+            compare[name]["gen_ppl_change_pct"] = round(
+                100 * (compare[name]["gen_ppl"] / compare["fixed"]["gen_ppl"] - 1), 1)
         progress.update()
     results["threshold"] = compare | {"judge": judge_name, "samples": samples, "gen_length": gen}
     progress.close()

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from explorer.measure import write_results
+from explorer.bench.measure import write_results
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from explorer.bench_block import prompts_from_val
+from explorer.bench.measure import write_results
 from explorer.brier import ar_continuations, brier_lm, brier_windows
+from explorer.eval import prompts_from_val
 from explorer.hub import load
-from explorer.measure import write_results
 from explorer.sampling import generate
 from explorer.sampling.calm import CALMParams, next_chunk
 
@@ -58,7 +58,8 @@ def backbone_macs(backbone: nn.Module, attended: float) -> float:
 def decoder_macs(autoencoder: nn.Module) -> int:
     """One latent vector decoded into K tokens' logits (the per-token layer runs K times, the head is tied)."""
     c = autoencoder.config
-    per_chunk = linear_macs(autoencoder.from_latent) + linear_macs(autoencoder.dec_mix) + linear_macs(autoencoder.dec_expand)
+    per_chunk = (linear_macs(autoencoder.from_latent) + linear_macs(autoencoder.dec_mix)
+                 + linear_macs(autoencoder.dec_expand))
     return per_chunk + c.chunk * (linear_macs(autoencoder.dec_token) + c.d_model * c.vocab_size)
 
 
@@ -204,7 +205,8 @@ def run_calm_bench(checkpoints: list[str] = CALM_CHECKPOINTS, baseline_name: str
         if model.family != "calm":
             raise ValueError(f"{model.name} is a {model.family} checkpoint; bench calm compares calm checkpoints")
         if gen_length % model.chunk:
-            raise ValueError(f"gen_length ({gen_length}) must be a multiple of every K; {model.name} has K={model.chunk}")
+            raise ValueError(f"gen_length ({gen_length}) must be a multiple of every K; "
+                             f"{model.name} has K={model.chunk}")
     by_name = {m.name: m for m in calms}
     probe = by_name.get(temperature_checkpoint) if temperature_checkpoint else next(
         (m for m in calms if m.chunk == SPAN), calms[0])
@@ -214,9 +216,9 @@ def run_calm_bench(checkpoints: list[str] = CALM_CHECKPOINTS, baseline_name: str
     windows = brier_windows(baseline.tokenizer, "test", 64, None, stride=1)
     windows = windows[torch.linspace(0, len(windows) - 1, temperature_prefixes).long()][:, : 64 + SPAN]
     settings = len([1 for T in BATCH_TEMPERATURES for n in batch_n if round(1 / T) <= n]) + 1 + len(exact_temperatures)
-    results = {"baseline": baseline.name, "gen_length": gen_length, "prompts": samples, "prompt_length": len(prompts[0]),
-               "repeats": repeats, "brier_stride": brier_stride, "torch_threads": torch.get_num_threads(),
-               "torch": torch.__version__}
+    results = {"baseline": baseline.name, "gen_length": gen_length, "prompts": samples,
+               "prompt_length": len(prompts[0]), "repeats": repeats, "brier_stride": brier_stride,
+               "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     with tqdm(total=2 + len(calms) + 1 + settings, desc="bench calm") as progress:
         results["tradeoff"] = k_tradeoff(baseline, calms, prompts, gen_length, repeats, brier_stride, progress)
         results["temperature"] = temperature_study(baseline, probe, windows, batch_n, exact_temperatures, progress)
@@ -227,10 +229,10 @@ def run_calm_bench(checkpoints: list[str] = CALM_CHECKPOINTS, baseline_name: str
 
 def calm_table(r: dict) -> str:
     lines = [f"K trade-off: `{r['baseline']}` against CALM with the same backbone preset. BrierLM on the test split "
-             f"(positions every {r['brier_stride']} tokens, context 64; sample estimator, exact in brackets); FLOPs and "
-             f"passes per generated token at temperature 1 over a mean attended context of "
-             f"{r['prompt_length'] + r['gen_length'] // 2} tokens; tokens/s: median of {r['repeats']} interleaved rounds "
-             f"of {r['prompts']} prompts x {r['gen_length']} tokens, batch 1, {r['torch_threads']} threads, "
+             f"(positions every {r['brier_stride']} tokens, context 64; sample estimator, exact in brackets); "
+             f"FLOPs and passes per generated token at temperature 1 over a mean attended context of "
+             f"{r['prompt_length'] + r['gen_length'] // 2} tokens; tokens/s: median of {r['repeats']} interleaved "
+             f"rounds of {r['prompts']} prompts x {r['gen_length']} tokens, batch 1, {r['torch_threads']} threads, "
              f"torch {r['torch']}.", "",
              "| checkpoint | K | params | training tokens | BrierLM | Brier-1 | backbone passes / token | "
              "head passes / token | MFLOPs / token | FLOPs vs AR | tokens/s | speed vs AR |",
@@ -246,13 +248,14 @@ def calm_table(r: dict) -> str:
     t = r["temperature"]
     lines += ["", f"Temperature without likelihoods (`{t['checkpoint']}`, {t['prefixes']} test prefixes, the next "
               f"{t['span']} tokens sampled twice): accuracy = sampled tokens equal to the truth, collision = tokens on "
-              f"which the two samples agree. The exact algorithm gives up after {t['exact_max_draws']} head samples for a "
-              "chunk and lets the batch rule (N = 200) pick it.", "",
-              "| sampler | setting | accuracy | collision | head samples / chunk | exact gave up | equivalent AR temperature |",
+              f"which the two samples agree. The exact algorithm gives up after {t['exact_max_draws']} head samples "
+              "for a chunk and lets the batch rule (N = 200) pick it.", "",
+              "| sampler | setting | accuracy | collision | head samples / chunk | exact gave up "
+              "| equivalent AR temperature |",
               "|---|---|---|---|---|---|---|"]
     for row in t["ar"]:
-        lines.append(f"| AR softmax | T = {row['temperature']} | {row['accuracy']:.4f} | {row['collision']:.4f} | - | - | "
-                     f"{row['temperature']} |")
+        lines.append(f"| AR softmax | T = {row['temperature']} | {row['accuracy']:.4f} | {row['collision']:.4f} "
+                     f"| - | - | {row['temperature']} |")
     for row in t["calm"]:
         setting = (f"T = 1/{round(1 / row['temperature'])}, N = {row['N']}" if row["algorithm"] == "batch"
                    else f"T = {row['temperature']}")
@@ -273,11 +276,17 @@ def plot_calm_bench(r: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     rows = r["tradeoff"]
     ar, calm = rows[0], rows[1:]
-    flops = lambda rs: [r["flops"] / 1e6 for r in rs]
-    brier1 = lambda rs: [100 * r["brierlm"]["brier_n"]["1"] for r in rs]
+
+    def flops(rs):
+        return [r["flops"] / 1e6 for r in rs]
+
+    def brier1(rs):
+        return [100 * r["brierlm"]["brier_n"]["1"] for r in rs]
+
     left.plot(flops(calm), [c["brierlm"]["sample"] for c in calm], "o-", color="#D55E00", label="CALM: BrierLM")
     left.plot(flops(calm), brier1(calm), "o--", color="#D55E00", alpha=0.5, label="CALM: 100 x Brier-1")
-    left.plot(flops([ar]), [ar["brierlm"]["sample"]], "s", color="#0072B2", markersize=8, label=f"{ar['checkpoint']}: BrierLM")
+    left.plot(flops([ar]), [ar["brierlm"]["sample"]], "s", color="#0072B2", markersize=8,
+              label=f"{ar['checkpoint']}: BrierLM")
     left.plot(flops([ar]), brier1([ar]), "s", color="#0072B2", alpha=0.5, markersize=8,
               label=f"{ar['checkpoint']}: 100 x Brier-1")
     for row, y in zip(rows, brier1(rows)):

@@ -17,12 +17,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from explorer.bench import generative_ppl
+from explorer.bench.measure import timed, write_results
 from explorer.data import TokenStream, load_corpus
+from explorer.eval import generative_ppl, prompts_from_val, sample_quality
 from explorer.hub import load
-from explorer.measure import timed, write_results
 from explorer.sampling import generate
-from explorer.sampling.bd3lm import unigram_entropy
 
 
 def interleaved(a, b, repeats: int) -> tuple[float, float, float]:
@@ -30,11 +29,6 @@ def interleaved(a, b, repeats: int) -> tuple[float, float, float]:
     pairs = [(timed(a, 1)[0], timed(b, 1)[0]) for _ in range(repeats)]
     return (statistics.median(x for x, _ in pairs), statistics.median(y for _, y in pairs),
             statistics.median(y / x for x, y in pairs))
-
-
-def prompts_from_val(tokenizer, count: int, length: int = 16) -> list[list[int]]:
-    windows = TokenStream(load_corpus(), "val", tokenizer).windows(length)
-    return [windows[i].tolist() for i in torch.linspace(0, len(windows) - 1, count).long()]
 
 
 def kv_cache_speed(model, repeats: int, gen_length: int = 256) -> dict:
@@ -119,8 +113,7 @@ def draft_refine(model, judge, prompts, drafter: str, gen_length: int = 64, roun
         traces = [run(p, i) for i, p in enumerate(prompts)]
         outs = [t.final_tokens for t in traces]
         rows[name] = {"nfe_mean": statistics.mean(t.stats["nfe"] for t in traces),
-                      "gen_ppl": round(generative_ppl(judge, prompts, outs), 2),
-                      "unigram_entropy": round(statistics.mean(unigram_entropy(torch.tensor(o)) for o in outs), 3)}
+                      **sample_quality(judge, prompts, outs)}
     return {"judge": judge.name, "gen_length": gen_length, "samples": len(prompts), "methods": rows}
 
 

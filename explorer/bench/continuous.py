@@ -7,7 +7,8 @@ alone). Rows: the main checkpoint with its own schedule (warped when it learned 
 steps even in log t, every other checkpoint given (e.g. the one trained without warping), each
 also with Diffusion-LM's clamping, and
 masked diffusion (`mdlm-tiny`: MDLM's ancestral sampler at T = 1, and LLaDA's low-confidence rule at
-T = 0) at the same network evaluations (it cannot use more than one per token). Wall time is measured per configuration in this process.
+T = 0) at the same network evaluations (it cannot use more than one per token). Wall time is measured
+per configuration in this process.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from explorer.bench import generative_ppl
-from explorer.bench_block import prompts_from_val
+from explorer.bench.measure import timed, write_results
+from explorer.eval import prompts_from_val, sample_quality
 from explorer.hub import load
-from explorer.measure import timed, write_results
 from explorer.sampling import generate
-from explorer.sampling.bd3lm import unigram_entropy
 
 STEP_COUNTS = (10, 20, 50, 100, 200)
 
@@ -31,8 +30,7 @@ STEP_COUNTS = (10, 20, 50, 100, 200)
 def _row(traces, judge, prompts, seconds: float) -> dict:
     outs = [t.final_tokens for t in traces]
     return {"nfe_mean": statistics.mean(t.stats["nfe"] for t in traces), "wall_s": round(seconds, 3),
-            "gen_ppl": round(generative_ppl(judge, prompts, outs), 2),
-            "unigram_entropy": round(statistics.mean(unigram_entropy(torch.tensor(o)) for o in outs), 3)}
+            **sample_quality(judge, prompts, outs)}
 
 
 def run_continuous_bench(checkpoints: list[str], masked_checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny",
@@ -81,8 +79,8 @@ def continuous_table(r: dict) -> str:
              "| sampler | " + " | ".join(f"{n} steps" for n in r["steps"]) + " |",
              "|---|" + "---|" * len(r["steps"])]
     for name, row in r["rows"].items():
-        cells = [f"{row[str(n)]['gen_ppl']} (H {row[str(n)]['unigram_entropy']:.2f}, {row[str(n)]['nfe_mean']:.0f} NFE, "
-                 f"{row[str(n)]['wall_s']:.1f}s)" for n in r["steps"]]
+        cells = [f"{row[str(n)]['gen_ppl']} (H {row[str(n)]['unigram_entropy']:.2f}, "
+                 f"{row[str(n)]['nfe_mean']:.0f} NFE, {row[str(n)]['wall_s']:.1f}s)" for n in r["steps"]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Cells: generative perplexity (H = unigram entropy in nats of the outputs, network evaluations per "
               "sample, wall time)."]
