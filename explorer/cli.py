@@ -230,7 +230,7 @@ def cmd_eval(args):
         from explorer.brier import brier_lm
 
         if args.table:  # several ar checkpoints: does BrierLM track their cross-entropy?
-            from explorer.brier import brier_vs_cross_entropy
+            from explorer.bench.brier_study import brier_vs_cross_entropy
 
             brier_vs_cross_entropy(args.checkpoint, args.table, args.split, args.context, args.stride, args.samples)
             return

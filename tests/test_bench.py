@@ -26,7 +26,8 @@ def test_sampling_bench_runs_end_to_end_and_writes_json_and_markdown(tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "sampling.json"
     results = run_sampling_bench("mdlm-tiny", "ar-tiny", repeats=1, json_path=out, gen_length=32,
-                                 synthetic_length=16, samples=2)
+                                 synthetic_length=64, samples=2)  # 64: the float64 noise LLaDA adds outweighs the
+    # allocator noise of a fresh process (at 16 the two measured 57-88 MB against 76 MB)
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(results))
     assert [row["record"] for row in saved["overhead"]] == ["none", "tokens", "full"] * 2

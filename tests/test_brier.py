@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.brier import ORDERS, brier_lm, pearson, sample_brier, spearman
+from explorer.bench.brier_study import pearson, spearman
+from explorer.brier import ORDERS, brier_lm, sample_brier
 
 
 def test_two_sample_estimate_is_unbiased_for_the_brier_score():

@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository: explorer/bench/measure.py
-
 
 def timed(fn, repeats: int, sync=lambda: None) -> tuple[float, object]:
     """(median seconds over `repeats` calls, the last result)."""
@@ -52,7 +50,7 @@ def peak_extra_bytes(run) -> int:
 def in_fresh_process(function: str, **kwargs) -> int:
     """Run `module:function(**kwargs)` (which returns an int) in a new single-threaded Python process."""
     module, name = function.split(":")
-    code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); import {module} as m; "
+    code = (f"import json; import {module} as m; "
             f"print(m.{name}(**json.loads({json.dumps(json.dumps(kwargs))})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=os.environ | {"OMP_NUM_THREADS": "1"})
