@@ -87,7 +87,8 @@ def _add_sample(sub):
     p = sub.add_parser("sample", help="generate text, optionally writing the trace")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="shipped name (python -m explorer list) or folder")
-    which.add_argument("--chunk", type=int, help="calm: the shipped checkpoint trained with K = CHUNK tokens per vector")
+    which.add_argument("--chunk", type=int,
+                       help="calm: the shipped checkpoint trained with K = CHUNK tokens per vector")
     p.add_argument("--prompt", default="", help="text to continue (empty: unconditional; [MASK] marks positions "
                    "to fill, for masked-diffusion samplers)")
     p.add_argument("--sampler", default=None, help="; ".join(f"{family}: {', '.join(names)}" for family, names in
@@ -292,9 +293,11 @@ def _add_bench(sub):
     p.add_argument("--block-checkpoint", default="bd3lm-tiny-b16", help="block: the block-diffusion checkpoint")
     p.add_argument("--continuous-checkpoint", nargs="+", default=["cdcd-tiny", "cdcd-tiny-nowarp"],
                    help="continuous: cdcd checkpoints (the first is the main one; the others are compared with it)")
-    p.add_argument("--calm-checkpoint", nargs="+", default=["calm-tiny-k1", "calm-tiny-k2", "calm-tiny-k4", "calm-tiny-k8"],
+    p.add_argument("--calm-checkpoint", nargs="+",
+                   default=["calm-tiny-k1", "calm-tiny-k2", "calm-tiny-k4", "calm-tiny-k8"],
                    help="calm: the CALM checkpoints of the K trade-off (compared with --judge as the AR baseline)")
-    p.add_argument("--judge", default="ar-tiny", help="AR checkpoint judging generative perplexity (calm: the baseline)")
+    p.add_argument("--judge", default="ar-tiny",
+                   help="AR checkpoint judging generative perplexity (calm: the baseline)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; app: 5)")
     p.add_argument("--out", default="bench_results",
                    help="folder for <suite>.json and its .md table (default bench_results)")
@@ -418,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"card": cmd_card, "train": cmd_train, "train-autoencoder": cmd_train_autoencoder, "sample": cmd_sample,
-                "eval": cmd_eval, "list": cmd_list, "samplers": cmd_samplers, "bench": cmd_bench, "export": cmd_export, "examples": cmd_examples}
+                "eval": cmd_eval, "list": cmd_list, "samplers": cmd_samplers, "bench": cmd_bench, "export": cmd_export,
+                "examples": cmd_examples}
     try:
         commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

@@ -102,7 +102,7 @@ class TrainConfig:
     t_min: float = 1.0  # cdcd only: smallest noise scale
     t_max: float = 300.0  # cdcd only: largest noise scale
     chunk: int = 4  # calm only: tokens per latent vector (K); must match the autoencoder
-    autoencoder: str | None = None  # calm only: folder of the trained autoencoder (python -m explorer train-autoencoder)
+    autoencoder: str | None = None  # calm only: the trained autoencoder's folder (explorer train-autoencoder)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -184,7 +184,8 @@ def build_model(cfg: TrainConfig, tokenizer):
                              f"the run's tokenizer has {tokenizer.get_vocab_size()}: the autoencoder and the calm "
                              "model must share one tokenizer")
         base = preset(cfg.preset, attention="causal", **overrides)
-        config = CALMConfig(backbone=base.with_(max_seq_len=base.max_seq_len // cfg.chunk), autoencoder=autoencoder.config)
+        config = CALMConfig(backbone=base.with_(max_seq_len=base.max_seq_len // cfg.chunk),
+                            autoencoder=autoencoder.config)
     elif cfg.family == "cdcd":
         config = CDCDConfig(backbone=preset(cfg.preset, attention="bidirectional", time_conditioning=True, **overrides),
                             t_min=cfg.t_min, t_max=cfg.t_max, time_warping=cfg.time_warping)

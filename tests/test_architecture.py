@@ -100,3 +100,16 @@ def test_nothing_edits_sys_path():
     files = [*PACKAGE.rglob("*.py"), Path(__file__).with_name("conftest.py")]
     editors = [str(path) for path in files if "sys.path" in path.read_text()]
     assert not editors, f"sys.path edited in {editors}: import the installed package instead"
+
+
+def test_the_code_passes_ruff():
+    """pyproject's [tool.ruff] (line length 120, import order, pyflakes) over the package, tests, scripts and
+    notebooks."""
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]

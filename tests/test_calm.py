@@ -241,7 +241,8 @@ def test_calm_bench_end_to_end_on_tiny_models(tiny_calm, tiny_ar, tmp_path):
     torch.manual_seed(0)
     ae2 = Autoencoder(AutoencoderConfig(chunk=2, d_model=32, d_ff=64, latent_dim=8))
     backbone = TransformerConfig(vocab_size=2048, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=64)
-    k2 = CALMModel(CALMConfig(backbone=backbone, autoencoder=ae2.config, head_layers=2, head_noise_dim=8), tiny_ar.tokenizer)
+    k2 = CALMModel(CALMConfig(backbone=backbone, autoencoder=ae2.config, head_layers=2, head_noise_dim=8),
+                   tiny_ar.tokenizer)
     k2.autoencoder.load_state_dict(ae2.state_dict())
     k4 = CALMModel(tiny_calm.config.__class__(**{**tiny_calm.config.__dict__,
                                                   "backbone": tiny_calm.config.backbone.with_(max_seq_len=32)}),
@@ -285,7 +286,8 @@ def test_autoencoder_then_calm_training_then_cards(tmp_path):
     ae_dir = train_autoencoder(AutoencoderTrainConfig(chunk=4, steps=20, batch_size=2, latent_dim=8, d_model=32),
                                tmp_path / "ae", progress=False)
     ae_card = write_card(str(ae_dir)).read_text()
-    assert "robustness.png" in ae_card and "train-autoencoder --chunk 4 --latent-dim 8 --d-model 32 --steps 20" in ae_card
+    assert "robustness.png" in ae_card
+    assert "train-autoencoder --chunk 4 --latent-dim 8 --d-model 32 --steps 20" in ae_card
     with pytest.raises(ValueError, match="K=4"):
         train(TrainConfig(family="calm", chunk=2, autoencoder=str(ae_dir), steps=2), tmp_path / "bad", progress=False)
     cfg = TrainConfig(family="calm", chunk=4, autoencoder=str(ae_dir), steps=3, batch_size=2, seq_len=32, d_model=32,

@@ -41,10 +41,11 @@ def _import_interpreted():
                 for name in [n for n in sys.modules if n == "triton" or n.startswith("triton.")]:
                     del sys.modules[name]
         pytest.importorskip("triton")
-        for name in ("explorer.kernels.triton_common", "explorer.kernels.triton_embedding", "explorer.kernels.triton_sample",
-                     "explorer.kernels.triton_energy"):
+        for name in ("explorer.kernels.triton_common", "explorer.kernels.triton_embedding",
+                     "explorer.kernels.triton_sample", "explorer.kernels.triton_energy"):
             sys.modules.pop(name, None)  # re-decorate in interpreter mode even if imported before
-        return [importlib.import_module(n) for n in ("explorer.kernels.triton_sample", "explorer.kernels.triton_embedding",
+        return [importlib.import_module(n) for n in ("explorer.kernels.triton_sample",
+                                                     "explorer.kernels.triton_embedding",
                                                      "explorer.kernels.triton_energy")]
     finally:
         if saved is None:
@@ -150,7 +151,8 @@ def test_non_contiguous_inputs():
     logits = torch.randn(70, 9).t()  # (9, 70), last-dim stride 9
     assert_same(TS.sample_and_score(logits, 0.9, seed=1, block_v=32), reference.sample_and_score(logits, 0.9, seed=1))
     embedding = torch.randn(16, 70).t()
-    for a, b in zip(TE.expected_embedding(logits, embedding, 0.9), reference.expected_embedding(logits, embedding, 0.9)):
+    for a, b in zip(TE.expected_embedding(logits, embedding, 0.9),
+                    reference.expected_embedding(logits, embedding, 0.9)):
         assert torch.allclose(a, b, atol=1e-5)
 
 
@@ -232,15 +234,19 @@ def test_cpu_tensors_use_the_reference_without_importing_triton():
     (lambda: kernels.sample_and_score(torch.zeros(3, 4), -0.1), "temperature must be a finite number >= 0"),
     (lambda: kernels.sample_and_score(torch.zeros(3, 4), float("nan")), "temperature"),
     (lambda: kernels.sample_and_score(torch.zeros(3, 4), 1.0, top_k=0), "top_k must be None or an integer >= 1"),
-    (lambda: kernels.sample_and_score(torch.zeros(3, 4), 1.0, top_p=0.0), r"top_p must be None or a number in \(0, 1\]"),
+    (lambda: kernels.sample_and_score(torch.zeros(3, 4), 1.0, top_p=0.0),
+     r"top_p must be None or a number in \(0, 1\]"),
     (lambda: kernels.sample_and_score(torch.zeros(3, 4), 1.0, top_p=1.5), "top_p"),
-    (lambda: kernels.sample_and_score(torch.zeros(3, 4), rows=torch.tensor([0.0])), r"rows must be None or a 1-D integer"),
+    (lambda: kernels.sample_and_score(torch.zeros(3, 4), rows=torch.tensor([0.0])),
+     r"rows must be None or a 1-D integer"),
     (lambda: kernels.sample_and_score(torch.zeros(3, 4), rows=torch.tensor([3])), "0 <= row < 3"),
     (lambda: kernels.sample_and_score(torch.zeros(3, 4), offset=-1), "offset must be >= 0"),
-    (lambda: kernels.head_sample_and_score(torch.zeros(2, 3, 8), torch.zeros(10, 7)), r"weight must have shape \(V, d\)"),
+    (lambda: kernels.head_sample_and_score(torch.zeros(2, 3, 8), torch.zeros(10, 7)),
+     r"weight must have shape \(V, d\)"),
     (lambda: kernels.head_sample_and_score(torch.zeros(2, 3, 8), torch.zeros(10)), r"weight must have shape \(V, d\)"),
     (lambda: kernels.expected_embedding(torch.zeros(2, 10), torch.zeros(9, 4)), r"embedding must have shape \(V, d\)"),
-    (lambda: kernels.energy_score(torch.zeros(2, 1, 4), torch.zeros(2, 3, 4)), r"samples must have shape \(B, N, l\) with N >= 2"),
+    (lambda: kernels.energy_score(torch.zeros(2, 1, 4), torch.zeros(2, 3, 4)),
+     r"samples must have shape \(B, N, l\) with N >= 2"),
     (lambda: kernels.energy_score(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)), r"targets must have shape \(B, M, l\)"),
     (lambda: kernels.energy_score(torch.zeros(3, 4), torch.zeros(2, 3, 4)), r"samples must have shape \(B, N, l\)"),
 ])

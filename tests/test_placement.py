@@ -13,9 +13,9 @@ import torch
 pytest.importorskip("accelerate")
 
 import explorer
+from explorer.models.weights import GiB, NotEnoughMemory, SafetensorsFolder
 from explorer.released import LAYOUTS, load_released
 from explorer.released.llada import LLaDAConfig, LLaDAModel, backbone_config
-from explorer.models.weights import GiB, NotEnoughMemory, SafetensorsFolder
 from explorer.released.placement import check_placement_memory, plan_placement
 from explorer.released.synthetic import (
     released_config,
@@ -174,7 +174,8 @@ def test_conflicting_knobs(folder):
 def test_layout_without_device_maps_is_refused(tmp_path, monkeypatch):
     monkeypatch.setitem(LAYOUTS, "plain", (lambda c: c.get("model_type") == "plain", lambda path, device, dtype: None))
     (tmp_path / "config.json").write_text('{"model_type": "plain"}')
-    with pytest.raises(ValueError, match=r"device_map is not supported for the 'plain' layout.*'dream', 'kuleshov-dit', 'llada'"):
+    with pytest.raises(ValueError,
+                       match=r"device_map is not supported for the 'plain' layout.*'dream', 'kuleshov-dit', 'llada'"):
         load_released(tmp_path, device_map="auto")
 
 

@@ -220,7 +220,8 @@ def test_tied_head_layout(tmp_path, tensors):
     ids = torch.arange(4, 12)[None]
     with torch.no_grad():
         torch.testing.assert_close(model.backbone(ids), reference_logits(
-            tied | {"model.transformer.ff_out.weight": tied["model.transformer.wte.weight"]}, ids), atol=1e-5, rtol=1e-5)
+            tied | {"model.transformer.ff_out.weight": tied["model.transformer.wte.weight"]}, ids),
+            atol=1e-5, rtol=1e-5)
 
 
 def test_default_device_and_dtype_follow_what_is_available(monkeypatch):

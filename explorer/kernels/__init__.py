@@ -84,7 +84,8 @@ def _check_rows(rows, n: int) -> None:
         return
     if not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.dtype.is_floating_point \
             or rows.dtype == torch.bool or rows.is_complex():
-        got = f"{rows.dtype} tensor of shape {tuple(rows.shape)}" if isinstance(rows, torch.Tensor) else type(rows).__name__
+        got = (f"{rows.dtype} tensor of shape {tuple(rows.shape)}" if isinstance(rows, torch.Tensor)
+               else type(rows).__name__)
         raise ValueError(f"rows must be None or a 1-D integer tensor of shape (R,) indexing the {n} rows of the "
                          f"flattened (N, V) logits, got {got}")
     if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n):

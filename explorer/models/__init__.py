@@ -7,6 +7,8 @@ from explorer.models.calm import CALMConfig, CALMModel
 from explorer.models.cdcd import CDCDConfig, CDCDModel
 from explorer.models.mdlm import MDLMConfig, MDLMModel
 
-FAMILIES: dict[str, type[LanguageModel]] = {"ar": ARModel, "mdlm": MDLMModel, "bd3lm": BD3LMModel, "cdcd": CDCDModel, "calm": CALMModel}
+FAMILIES: dict[str, type[LanguageModel]] = {"ar": ARModel, "mdlm": MDLMModel, "bd3lm": BD3LMModel, "cdcd": CDCDModel,
+                                            "calm": CALMModel}
 
-__all__ = ["FAMILIES", "ARConfig", "ARModel", "BD3LMConfig", "BD3LMModel", "CALMConfig", "CALMModel", "CDCDConfig", "CDCDModel", "LanguageModel", "MDLMConfig", "MDLMModel"]
+__all__ = ["FAMILIES", "ARConfig", "ARModel", "BD3LMConfig", "BD3LMModel", "CALMConfig", "CALMModel", "CDCDConfig",
+           "CDCDModel", "LanguageModel", "MDLMConfig", "MDLMModel"]

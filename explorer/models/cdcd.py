@@ -195,7 +195,8 @@ class CDCDModel(LanguageModel):
             return self.warp.inverse(u)
         return u
 
-    def loss(self, batch: torch.Tensor, generator: torch.Generator | None = None, s: torch.Tensor | None = None) -> dict:
+    def loss(self, batch: torch.Tensor, generator: torch.Generator | None = None,
+             s: torch.Tensor | None = None) -> dict:
         """Cross-entropy of the clean tokens at the noisy positions (the model's loss, unweighted), plus the
         warp's fit to it. `nll_sum` / `tokens` average the cross-entropy over noisy positions."""
         B, L = batch.shape

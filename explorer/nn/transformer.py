@@ -28,7 +28,8 @@ class TransformerConfig:
     n_heads: int = 4  # attention heads (head dim = d_model / n_heads)
     d_ff: int = 688  # SwiGLU hidden width (about 8/3 d_model)
     max_seq_len: int = 128  # longest sequence the rotary table and KV cache hold
-    attention: str = "causal"  # "causal", "bidirectional" or "block_causal" (the caller passes the mask; none = all keys)
+    # "causal", "bidirectional" or "block_causal" (the caller passes the mask; none = all keys)
+    attention: str = "causal"
     rope_theta: float = 10000.0  # rotary base frequency
     norm_eps: float = 1e-5  # RMSNorm epsilon
     dropout: float = 0.0  # dropout on attention output and MLP output during training

@@ -54,11 +54,11 @@ from explorer.data.tokenizer import load_tokenizer
 from explorer.models.base import config_int, read_config
 from explorer.models.bd3lm import BD3LMConfig, BD3LMModel
 from explorer.models.mdlm import MDLMConfig, MDLMModel
+from explorer.models.weights import PICKLE_SUFFIXES, SafetensorsFolder, check_layout
 from explorer.nn import KVCache, TransformerConfig
 from explorer.nn.transformer import Attention, Rotary, window
 from explorer.released.base import ReleasedModel
 from explorer.released.llada import rope_permutation
-from explorer.models.weights import PICKLE_SUFFIXES, SafetensorsFolder, check_layout
 from explorer.released.placement import (
     Placement,
     check_placement_memory,

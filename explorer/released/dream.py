@@ -16,9 +16,9 @@ from torch import nn
 from explorer.data.tokenizer import load_tokenizer
 from explorer.models.base import config_float, config_int, read_config
 from explorer.models.mdlm import MDLMModel
+from explorer.models.weights import INDEX, SINGLE, SafetensorsFolder
 from explorer.released.base import ReleasedModel
 from explorer.released.llada import read_chat_template
-from explorer.models.weights import INDEX, SINGLE, SafetensorsFolder
 from explorer.released.placement import (
     Placement,
     check_placement_memory,

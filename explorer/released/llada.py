@@ -34,10 +34,10 @@ from torch import nn
 from explorer.data.tokenizer import load_tokenizer
 from explorer.models.base import config_float, config_int, read_config
 from explorer.models.mdlm import MDLMConfig, MDLMModel
+from explorer.models.weights import SafetensorsFolder, check_layout
 from explorer.nn import Transformer, TransformerConfig
 from explorer.nn.transformer import Block, Rotary
 from explorer.released.base import ReleasedModel
-from explorer.models.weights import SafetensorsFolder, check_layout
 from explorer.released.placement import (
     Placement,
     check_placement_memory,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from explorer.nn import Transformer, TransformerConfig
 from explorer.models.weights import GiB, estimate_bytes
+from explorer.nn import Transformer, TransformerConfig
 
 LLADA_8B = TransformerConfig(vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, d_ff=12288,
                              max_seq_len=4096, attention="bidirectional", rope_theta=500000.0, tie_embeddings=False)

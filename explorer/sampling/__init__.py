@@ -97,7 +97,8 @@ def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed
     params, frames_fn = build_sampler(model.family, spec.name, **knobs)
     generator = torch.Generator().manual_seed(int(seed))
     description = {"name": spec.name, "seed": int(seed), "record": record,
-                   **{k: v.name if isinstance(v, torch.nn.Module) else v for k, v in vars(params).items()}}  # a model knob
+                   # a model knob (the drafter) is recorded by its name
+                   **{k: v.name if isinstance(v, torch.nn.Module) else v for k, v in vars(params).items()}}
     # (the drafter) is recorded by its name
     description["pinned"] = {str(k): v for k, v in params.pinned.items()} if hasattr(params, "pinned") else {}
     return description, prompt_ids, _without_grad(frames_fn(model, prompt_ids, params, generator, record))

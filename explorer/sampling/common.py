@@ -149,7 +149,8 @@ def make_frame(record: str, final: bool, step: int, canvas: torch.Tensor, commit
         t=t,
         block=block,
         proposal=proposal.tolist() if full and proposal is not None else None,
-        confidence=[None if math.isnan(c) else c for c in confidence.tolist()] if full and confidence is not None else None,
+        confidence=([None if math.isnan(c) else c for c in confidence.tolist()]
+                    if full and confidence is not None else None),
         cache=cache,
         stop=stop,
         revised=sorted(int(p) for p in revised) if revised is not None else None,

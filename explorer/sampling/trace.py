@@ -29,12 +29,15 @@ class Frame:
     proposal: list[int] | None = None  # level "full": the model's x0 guess at every position
     confidence: list[float | None] | None = None  # level "full": score of the proposal (commit-time score once fixed)
     latent: list[list[float]] | None = None  # level "full": continuous state per position, where the family has one
-    cache: str | None = None  # cache behind this step's network call: "kv" (exact), "prefix"/"dual" (approximate), "refresh"
+    # cache behind this step's network call: "kv" (exact), "prefix"/"dual" (approximate), "refresh"
+    cache: str | None = None
     stop: str | None = None  # final frame of variable-length sampling: "eos", "eot", "entropy" or "length"
-    revised: list[int] | None = None  # positions whose token changed (draft-and-refine: vs the draft; cdcd: vs the last step)
+    # positions whose token changed (draft-and-refine: vs the draft; cdcd: vs the last step)
+    revised: list[int] | None = None
     noise: float | None = None  # cdcd: the Gaussian noise scale sigma of the state after this step (0 = clean)
     entropy: list[float] | None = None  # level "full", cdcd: entropy (nats) of the model's softmax per position
-    samples: list[list[float]] | None = None  # level "full", calm: energy-head samples for this chunk (its predictive spread)
+    # level "full", calm: energy-head samples for this chunk (its predictive spread)
+    samples: list[list[float]] | None = None
     # level "full", discrete families (ar, mdlm, bd3lm): each position's last-layer hidden state after the final
     # norm (what the LM head reads; ar: the state that predicted the position's token) as known after this step.
     # A position this step's pass did not compute (bd3lm's finished blocks, Fast-dLLM's cached positions) keeps

@@ -19,8 +19,12 @@ import html
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 METHODS = ("pca", "umap")
 PREVIEW_CHARS = 80  # hover preview of a step's text
@@ -123,7 +127,7 @@ def _as_traces(traces) -> list:
     return list(traces) if isinstance(traces, (list, tuple)) else [traces]
 
 
-def vocabulary_points(model) -> tuple["torch.Tensor", list[str]]:
+def vocabulary_points(model) -> tuple[torch.Tensor, list[str]]:
     """A cdcd model's token points (V, De) on the CPU and a display string per token (the embedding cloud)."""
     import torch
 

@@ -64,7 +64,8 @@ def tokens_html(trace: Trace, step_index: int = -1, color_by: str = "confidence"
     for pos, (tok, value) in enumerate(zip(frame.tokens, values)):
         if tok == trace.mask_id:
             parts.append(f'<span class="dlm-mask" data-pos="{pos}" title="position {pos}: masked" '
-                         f'style="background:{MASK_COLOR};color:#888;border-radius:3px;margin:0 1px">&nbsp;·&nbsp;</span>')
+                         f'style="background:{MASK_COLOR};color:#888;border-radius:3px;margin:0 1px">'
+                         '&nbsp;·&nbsp;</span>')
             continue
         text = _visible(trace.token_strings.get(tok, f"<{tok}>"))
         if value is None:
