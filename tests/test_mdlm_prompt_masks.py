@@ -55,7 +55,7 @@ def test_word_constraints_count_from_the_generated_part(mdlm_tiny):
 
 def test_dream_fills_prompt_masks_like_its_published_loop(mdlm_tiny):
     """Dream's loop scores every mask of the canvas, the prompt's too: the same canvas as the restated loop."""
-    from test_dream_sampler import counter_uniform_origin, dream_published_loop
+    from test_sampling_dream import counter_uniform_origin, dream_published_loop
 
     ids = mdlm_tiny.tokenizer.encode("ROMEO: [MASK] [MASK] is").ids
     with torch.no_grad():
