@@ -15,7 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
+# plotly imports pandas on first use: two sessions drawing their first figures at once could see it half-imported
+# (plotly 6.0: "partially initialized module 'pandas'"), so the page imports it once, before any request
 import gradio as gr
+import pandas  # noqa: F401
 
 from explorer.page import common, compare, denoise, edit, export, latent
 from explorer.page.common import Page, Session, close_session
