@@ -207,7 +207,8 @@ def test_calm_language_models_predict_the_next_tokens():
     for K, (brier1_min, brier2_min) in CALM_BRIER_MIN.items():
         model = explorer.load(f"calm-tiny-k{K}")
         assert model.chunk == K
-        brier = brier_lm(model, "test", stride=32, progress=False)["brier"]
+        brier = brier_lm(model, "test", stride=32, progress=False, samples=2)["brier"]  # as measured (the 16-sample
+        # default has the same expectation at 8x the cost; the cards use it)
         assert brier["1"] >= brier1_min and brier["2"] >= brier2_min, (K, brier)
 
 
