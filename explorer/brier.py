@@ -56,11 +56,15 @@ def brier_windows(tokenizer, split: str, context: int, max_windows: int | None, 
 
 
 @torch.no_grad()
-def ar_continuations(model, prefixes: torch.Tensor, length: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
-    """(B, length) tokens sampled at `temperature` after <bos> + each prefix (B, P), with a KV cache."""
+def ar_continuations(model, prefixes: torch.Tensor, length: int, seed: int, temperature: float = 1.0,
+                     samples: int = 1) -> torch.Tensor:
+    """(B samples, length) tokens sampled at `temperature` after <bos> + each prefix (B, P), with a KV cache:
+    `samples` continuations of each prefix (rows b * samples ...), sharing one pass over the prefix."""
     cache = model.new_cache()
     bos = torch.full((len(prefixes), 1), model.bos_id, dtype=torch.long)
     logits = model(torch.cat([bos, prefixes], 1).to(model.device), cache=cache, logits_for=slice(-1, None))[:, -1]
+    cache.repeat_interleave(samples)
+    logits = logits.repeat_interleave(samples, 0)  # (B samples, V)
     out = []
     for step in range(length):
         tokens = kernels.sample_and_score(logits.float(), temperature, seed=seed, offset=step * logits.numel())[0]
@@ -80,10 +84,13 @@ def ar_logprobs(model, prefixes: torch.Tensor, continuation: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def calm_continuations(model, prefixes: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
-    """(B, length) tokens: whole chunks decoded from one head sample each, after chunk-aligned prefixes."""
+def calm_continuations(model, prefixes: torch.Tensor, length: int, generator: torch.Generator,
+                       samples: int = 1) -> torch.Tensor:
+    """(B samples, length) tokens: whole chunks decoded from one head sample each, after chunk-aligned prefixes;
+    `samples` continuations of each prefix (rows b * samples ...), sharing one pass over the prefix."""
     cache = model.new_cache()
-    hidden = model.prefix_state(prefixes, cache)  # (B, d)
+    hidden = model.prefix_state(prefixes, cache).repeat_interleave(samples, 0)  # (B samples, d)
+    cache.repeat_interleave(samples)
     out = []
     while sum(c.shape[1] for c in out) < length:
         z = model.sample_latents(hidden, 1, generator)[:, 0]  # (B, l)
@@ -99,12 +106,11 @@ def sampled_continuations(model, prefixes: torch.Tensor, length: int, seed: int,
     from explorer.sampling import generate
 
     B = len(prefixes)
-    if model.family in ("ar", "calm"):  # batched: each prefix repeated S times draws S different continuations
-        repeated = prefixes.repeat_interleave(samples, 0)  # (B S, P)
+    if model.family in ("ar", "calm"):  # batched: S rows per prefix draw S different continuations
         if model.family == "ar":
-            out = ar_continuations(model, repeated, length, seed)
+            out = ar_continuations(model, prefixes, length, seed, samples=samples)
         else:
-            out = calm_continuations(model, repeated, length, torch.Generator().manual_seed(seed))
+            out = calm_continuations(model, prefixes, length, torch.Generator().manual_seed(seed), samples=samples)
         return out.view(B, samples, length)
     knobs = {"mdlm": dict(sampler="ancestral", steps=length, temperature=1.0),
              "bd3lm": dict(temperature=1.0, top_p=1.0, stop_at_eos=False, min_entropy=0.0),

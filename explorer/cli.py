@@ -288,7 +288,8 @@ def cmd_samplers(args):
 
 def _add_bench(sub):
     p = sub.add_parser("bench", help="benchmarks, written as JSON and a markdown table")
-    p.add_argument("suite", choices=["sampling", "kernels", "block", "continuous", "calm", "app", "noise"])
+    p.add_argument("suite", choices=["sampling", "kernels", "block", "continuous", "calm", "app", "noise",
+                                          "defaults"])
     p.add_argument("--checkpoint", default="mdlm-tiny", help="masked-diffusion checkpoint")
     p.add_argument("--block-checkpoint", default="bd3lm-tiny-b16", help="block: the block-diffusion checkpoint")
     p.add_argument("--continuous-checkpoint", nargs="+", default=["cdcd-tiny", "cdcd-tiny-nowarp"],
@@ -336,6 +337,11 @@ def cmd_bench(args):
         from explorer.bench.continuous import run_continuous_bench
 
         run_continuous_bench(args.continuous_checkpoint, args.checkpoint, args.judge, json_path=json_path)
+        return
+    if args.suite == "defaults":
+        from explorer.bench.defaults import run_defaults_bench
+
+        run_defaults_bench(args.judge, json_path=json_path)
         return
     if args.suite == "calm":
         from explorer.bench.calm import run_calm_bench

@@ -226,6 +226,10 @@ def init_from(model, checkpoint: str) -> None:
     mine, theirs = model.backbone.state_dict(), source.backbone.state_dict()
     if {k: v.shape for k, v in mine.items()} != {k: v.shape for k, v in theirs.items()}:
         raise ValueError(f"init: {checkpoint} has a different backbone shape than this run")
+    if getattr(source.config, "shift", False) and not getattr(model.config, "shift", False):
+        raise ValueError(f"init: {checkpoint} was trained with Dream's shift (output i predicts token i + 1); a "
+                         f"{model.family} run without it would start misaligned: pass --shift (mdlm) or start from an "
+                         "unshifted checkpoint such as mdlm-tiny-scratch")
     model.backbone.load_state_dict(theirs)
 
 

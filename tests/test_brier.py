@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from explorer.bench.brier_study import pearson, spearman
-from explorer.brier import ORDERS, brier_lm, sample_brier
+from explorer.brier import ORDERS, ar_continuations, brier_lm, sample_brier
 
 
 def test_two_sample_estimate_is_unbiased_for_the_brier_score():
@@ -78,3 +78,13 @@ def test_brier_lm_bad_input(tiny_mdlm, tiny_ar):
         brier_lm(tiny_ar, estimator="magic", max_windows=1, progress=False)
     with pytest.raises(ValueError, match=r"samples must be an integer in \[2, 1024\]"):
         brier_lm(tiny_ar, samples=1, max_windows=1, progress=False)
+
+
+def test_continuations_of_one_prefix_share_its_pass(tiny_ar):
+    """S samples per prefix run the prefix once and repeat its keys: the same tokens as S copies of the prefix."""
+    prefixes = torch.randint(5, tiny_ar.config.backbone.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
+    for temperature in (0.0, 1.0):
+        shared = ar_continuations(tiny_ar, prefixes, 4, seed=3, temperature=temperature, samples=3)
+        copied = ar_continuations(tiny_ar, prefixes.repeat_interleave(3, 0), 4, seed=3, temperature=temperature)
+        assert shared.shape == (6, 4) and torch.equal(shared, copied)
+    assert not torch.equal(shared[0], shared[1]) or not torch.equal(shared[1], shared[2])  # T = 1: they differ

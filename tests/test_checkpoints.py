@@ -13,13 +13,14 @@ from explorer.hub import describe, shipped
 from explorer.models.base import read_config
 
 AR_TEST_PPL_MAX = 40.0  # measured 36.38 (card, whole test split)
-MDLM_TEST_BOUND_MAX = 115.0  # measured 105.0 (n_t=2, first 128 test windows); 103.64 on the whole split, n_t=8
-MDLM_GEN_PPL_MAX = 40.0  # measured 30.7 (the four prompts below, judged by ar-tiny)
-# mdlm-tiny-ar (adapted from ar-tiny), same windows and prompts: the from-scratch mdlm-tiny fails both
-ADAPTED_BOUND_MAX = 58.0  # measured 51.72 (ar-tiny 31.28 there; mdlm-tiny 105.0); 56.41 on the whole split, n_t=8
-ADAPTED_GEN_PPL_MAX = 12.0  # measured 6.83 at T = 0.7 (mdlm-tiny: 30.7)
-# bd3lm bounds on the first 128 test windows, n_t=2 (the mdlm bound above uses the same windows)
-BD3_BOUND_MAX = {4: 81.0, 16: 91.0}  # measured 73.55 and 82.52 (ar-tiny 31.28, mdlm-tiny 105.0 there)
+# mdlm-tiny (adapted from ar-tiny): n_t=2 on the first 128 test windows, and the four prompts below judged by ar-tiny;
+# the from-scratch mdlm-tiny-scratch fails both
+MDLM_TEST_BOUND_MAX = 58.0  # measured 51.72 (ar-tiny 31.28 there); 56.41 on the whole split, n_t=8
+MDLM_GEN_PPL_MAX = 12.0  # measured 6.83 at T = 0.7
+SCRATCH_TEST_BOUND_MAX = 115.0  # mdlm-tiny-scratch, same windows: measured 105.0; 103.64 on the whole split, n_t=8
+SCRATCH_GEN_PPL_MAX = 40.0  # measured 30.7
+# bd3lm bounds on the first 128 test windows, n_t=2 (the mdlm bounds above use the same windows)
+BD3_BOUND_MAX = {4: 81.0, 16: 91.0}  # measured 73.55 and 82.52 (ar-tiny 31.28, mdlm-tiny-scratch 105.0 there)
 BD3_GEN_PPL_MAX = 175.0  # measured 127.1 on seeds 0-15; 127-158 over four disjoint sets of 16 seeds (T=1 draws
 #                         vary: sets of 4 seeds ranged 99-174, too noisy to gate on)
 # cdcd: 4 validation prompts, 64 tokens, 100 Euler steps, judged by ar-tiny (an untrained model: thousands)
@@ -38,12 +39,17 @@ def mdlm():
 
 
 @pytest.fixture(scope="module")
+def scratch():
+    return explorer.load("mdlm-tiny-scratch")
+
+
+@pytest.fixture(scope="module")
 def blocks():
     return {size: explorer.load(f"bd3lm-tiny-b{size}") for size in (4, 16)}
 
 
 def test_shipped_checkpoints_come_with_cards_and_measured_metrics():
-    for name in ("ar-tiny", "mdlm-tiny", "mdlm-tiny-ar", "bd3lm-tiny-b4", "bd3lm-tiny-b16"):
+    for name in ("ar-tiny", "mdlm-tiny", "mdlm-tiny-scratch", "bd3lm-tiny-b4", "bd3lm-tiny-b16"):
         folder = shipped()[name]
         card = (folder / "README.md").read_text()
         info = describe(folder)
@@ -58,11 +64,13 @@ def test_ar_tiny_test_perplexity(ar):
     assert result["ppl"] < AR_TEST_PPL_MAX
 
 
-def test_mdlm_tiny_test_bound_and_ordering(ar, mdlm):
+def test_mdlm_tiny_test_bound_and_ordering(ar, mdlm, scratch):
+    """AR < masked diffusion adapted from it < masked diffusion from scratch, on the same windows."""
     bound = evaluate(mdlm, "test", n_t=2, max_windows=128, progress=False)["ppl"]
+    from_scratch = evaluate(scratch, "test", n_t=2, max_windows=128, progress=False)["ppl"]
     exact = evaluate(ar, "test", max_windows=128, progress=False)["ppl"]
-    assert bound < MDLM_TEST_BOUND_MAX
-    assert exact < bound  # the diffusion bound stays above AR at equal (small) compute, as in the papers
+    assert bound < MDLM_TEST_BOUND_MAX and from_scratch < SCRATCH_TEST_BOUND_MAX
+    assert exact < bound < from_scratch  # the bound stays above AR at equal (small) compute, as in the papers
 
 
 def masked_samples_gen_ppl(model, judge) -> float:
@@ -77,26 +85,25 @@ def masked_samples_gen_ppl(model, judge) -> float:
     return generative_ppl(judge, prompts, outputs)
 
 
-def test_mdlm_tiny_samples_read_like_shakespeare_to_ar_tiny(ar, mdlm):
+def test_mdlm_tiny_samples_read_like_shakespeare_to_ar_tiny(ar, mdlm, scratch):
     assert masked_samples_gen_ppl(mdlm, ar) < MDLM_GEN_PPL_MAX
+    assert masked_samples_gen_ppl(scratch, ar) < SCRATCH_GEN_PPL_MAX
 
 
-def test_mdlm_adapted_from_ar_tiny_beats_the_scratch_model(ar):
-    """Dream's recipe (AR init, shift, DiffuLLaMA's annealing) on our own ar-tiny: a tighter bound and samples
-    that ar-tiny finds far more likely than the from-scratch model's."""
-    adapted = explorer.load("mdlm-tiny-ar")
-    assert adapted.config.shift and adapted.logit_shift == 1
-    assert evaluate(adapted, "test", n_t=2, max_windows=128, progress=False)["ppl"] < ADAPTED_BOUND_MAX
-    assert masked_samples_gen_ppl(adapted, ar) < ADAPTED_GEN_PPL_MAX
-    card = (shipped()["mdlm-tiny-ar"] / "README.md").read_text()
+def test_mdlm_tiny_card_tells_how_it_was_adapted_from_ar_tiny(mdlm):
+    """Dream's recipe (AR init, shift, DiffuLLaMA's annealing) on our own ar-tiny, in the card with both curves."""
+    assert mdlm.config.shift and mdlm.logit_shift == 1
+    card = (shipped()["mdlm-tiny"] / "README.md").read_text()
     assert "--init ar-tiny" in card and "Shift" in card and "annealing" in card and "unigram entropy" in card
-    assert (shipped()["mdlm-tiny-ar"] / "adaptation_curve.png").is_file()
+    assert "mdlm-tiny-scratch" in card
+    assert (shipped()["mdlm-tiny"] / "adaptation_curve.png").is_file()
 
 
-def test_block_size_ordering_holds_on_the_test_split(ar, mdlm, blocks):
-    """The papers' ordering AR < L'=4 < L'=16 < MDLM, as measured on the shipped checkpoints."""
+def test_block_size_ordering_holds_on_the_test_split(ar, scratch, blocks):
+    """The papers' ordering AR < L'=4 < L'=16 < MDLM, as measured on the shipped checkpoints (the block
+    diffusion models were fine-tuned from mdlm-tiny-scratch, as BD3-LM fine-tunes from MDLM)."""
     ppl = {name: evaluate(model, "test", n_t=2, max_windows=128, progress=False)["ppl"]
-           for name, model in (("ar", ar), ("mdlm", mdlm), (4, blocks[4]), (16, blocks[16]))}
+           for name, model in (("ar", ar), ("mdlm", scratch), (4, blocks[4]), (16, blocks[16]))}
     assert ppl["ar"] < ppl[4] < ppl[16] < ppl["mdlm"], ppl
     assert ppl[4] < BD3_BOUND_MAX[4] and ppl[16] < BD3_BOUND_MAX[16], ppl
 

@@ -96,8 +96,10 @@ def test_sample_block_diffusion_with_and_without_the_kv_cache(tmp_path):
 
 def test_train_bd3lm_from_an_init_checkpoint_with_a_clip_search(tmp_path):
     out = tmp_path / "b4"
-    cli("train", "--family", "bd3lm", "--init", "mdlm-tiny", "--block-size", "4", "--clip", "search", "--steps", "2",
-        "--batch-size", "2", "--seq-len", "32", "--eval-every", "2", "--out", str(out))
+    shifted = cli("train", "--family", "bd3lm", "--init", "mdlm-tiny", "--out", str(tmp_path / "no"), check=False)
+    assert shifted.returncode == 2 and "shift" in shifted.stderr and "mdlm-tiny-scratch" in shifted.stderr
+    cli("train", "--family", "bd3lm", "--init", "mdlm-tiny-scratch", "--block-size", "4", "--clip", "search",
+        "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--eval-every", "2", "--out", str(out))
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["block_size"] == 4 and config["training"]["clip"]["mode"] == "search"
     assert len(config["training"]["clip"]["variance"]) == 5

@@ -138,6 +138,12 @@ class KVCache:
             self.keys[layer], self.values[layer] = full_k[:, :, :keep], full_v[:, :, :keep]
         return full_k, full_v
 
+    def repeat_interleave(self, repeats: int) -> None:
+        """Repeat each batch row `repeats` times (rows b*repeats .. (b+1)*repeats - 1 copy row b): many
+        continuations of one prefix share the prefix's pass."""
+        self.keys = [None if k is None else k.repeat_interleave(repeats, 0) for k in self.keys]
+        self.values = [None if v is None else v.repeat_interleave(repeats, 0) for v in self.values]
+
     def crop(self, length: int) -> None:
         """Forget every position from `length` on."""
         self.length = min(self.length, length)

@@ -1,0 +1,114 @@
+"""`python -m explorer bench defaults`: which sampler settings show each family at its best on the shipped checkpoints.
+
+Every setting of `GRID` continues the same validation prompts (16 tokens, then 64 generated); an AR checkpoint
+judges the outputs (generative perplexity: lower reads more like the corpus to it) and the mean unigram entropy of
+the outputs stands beside it, because repetitive text scores well on perplexity alone. The real continuations of
+the prompts are scored the same way (the `corpus` row): a setting counts as fluent only while its entropy stays
+within `ENTROPY_TOLERANCE` of the corpus's. Per checkpoint the table marks the best such setting and the one the
+API and the page use by default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from explorer.bench.measure import write_results
+from explorer.data import TokenStream, load_corpus
+from explorer.eval import sample_quality
+from explorer.hub import load
+from explorer.page.examples import EXAMPLE_RUNS
+from explorer.sampling import generate
+from explorer.sampling.registry import sampler_for
+
+ENTROPY_TOLERANCE = 0.15  # a setting's unigram entropy may fall this far (relative) below the corpus's
+PROMPT_LENGTH, GEN_LENGTH = 16, 64
+
+# checkpoint -> [(sampler, knobs)]: knobs not named keep the registry's defaults
+GRID = {
+    "mdlm-tiny": [("low_confidence", {}), ("low_confidence", {"temperature": 0.8}),
+                  ("low_confidence", {"block_length": 16}),
+                  ("low_confidence", {"block_length": 16, "temperature": 0.7}),
+                  ("low_confidence", {"block_length": 16, "temperature": 0.8}),
+                  ("low_confidence", {"block_length": 16, "temperature": 1.0}),
+                  ("low_confidence", {"block_length": 32, "temperature": 0.8}), ("ancestral", {}), ("dream", {})],
+    "cdcd-tiny": [("euler", {"clamp": 0.0}), ("euler", {"clamp": 1.0}), ("euler", {"clamp": 0.5}),
+                  ("euler", {"clamp": 0.25}), ("euler", {"clamp": 0.1}), ("euler", {"clamp": 0.0, "temperature": 0.8}),
+                  ("euler", {"clamp": 0.25, "temperature": 0.8}), ("euler", {"clamp": 0.5, "temperature": 0.8})],
+    "ar-tiny": [("ar", {}), ("ar", {"temperature": 0.8}), ("ar", {"temperature": 0.7})],
+    "bd3lm-tiny-b4": [("first_hitting", {}), ("first_hitting", {"temperature": 0.8}),
+                      ("low_confidence", {"temperature": 0.7})],
+}
+
+
+def corpus_samples(tokenizer, count: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompts, their real continuations): `count` windows spread evenly over the validation split."""
+    windows = TokenStream(load_corpus(), "val", tokenizer).windows(PROMPT_LENGTH + GEN_LENGTH)
+    picked = [windows[i].tolist() for i in torch.linspace(0, len(windows) - 1, count).long()]
+    return [w[:PROMPT_LENGTH] for w in picked], [w[PROMPT_LENGTH:] for w in picked]
+
+
+def page_setting(checkpoint: str) -> tuple[str, dict] | None:
+    """The sampler and knobs the page's first view uses for `checkpoint`, if it has an example."""
+    if checkpoint not in EXAMPLE_RUNS:
+        return None
+    _, sampler, knobs = EXAMPLE_RUNS[checkpoint]
+    return sampler, {k: v for k, v in knobs.items() if k not in ("gen_length", "steps")}
+
+
+def label(sampler: str, knobs: dict) -> str:
+    return sampler + "".join(f", {k}={v}" for k, v in knobs.items())
+
+
+def is_api_default(family: str, sampler: str, knobs: dict) -> bool:
+    """Whether `explorer.generate(model, prompt)` with no knobs runs this setting."""
+    default = sampler_for(family)
+    return sampler == default.name and all(default.default(k) == v for k, v in knobs.items())
+
+
+def run_defaults_bench(judge_name: str = "ar-tiny", samples: int = 8,
+                       json_path: str | Path = "bench_results/defaults.json", grid: dict | None = None) -> dict:
+    grid = GRID if grid is None else grid
+    judge = load(judge_name)
+    prompts, references = corpus_samples(judge.tokenizer, samples)
+    corpus = sample_quality(judge, prompts, references)
+    results = {"judge": judge.name, "samples": samples, "prompt_length": PROMPT_LENGTH, "gen_length": GEN_LENGTH,
+               "entropy_tolerance": ENTROPY_TOLERANCE, "corpus": corpus, "checkpoints": {}}
+    floor = corpus["unigram_entropy"] * (1 - ENTROPY_TOLERANCE)
+    with tqdm(total=sum(len(v) for v in grid.values()), desc="bench defaults") as progress:
+        for checkpoint, settings in grid.items():
+            model = load(checkpoint)
+            rows = []
+            for sampler, knobs in settings:
+                outputs = [generate(model, prompt, sampler, seed=seed, gen_length=GEN_LENGTH, record="none",
+                                    **knobs).final_tokens for seed, prompt in enumerate(prompts)]
+                rows.append({"setting": label(sampler, knobs), "sampler": sampler, "knobs": knobs,
+                             "api_default": is_api_default(model.family, sampler, knobs),
+                             **sample_quality(judge, prompts, outputs)})
+                progress.update()
+            fluent = [r for r in rows if r["unigram_entropy"] >= floor]
+            best = min(fluent or rows, key=lambda r: r["gen_ppl"])
+            page = page_setting(checkpoint)
+            results["checkpoints"][checkpoint] = {
+                "rows": rows, "best": best["setting"], "page": label(*page) if page else None}
+    write_results(json_path, results, defaults_table(results))
+    return results
+
+
+def defaults_table(r: dict) -> str:
+    corpus = r["corpus"]
+    lines = [f"Sampler settings per shipped checkpoint: {r['samples']} validation prompts of {r['prompt_length']} "
+             f"tokens, {r['gen_length']} generated tokens (seeds 0-{r['samples'] - 1}), judged by `{r['judge']}`. "
+             f"The corpus's own continuations: generative PPL {corpus['gen_ppl']}, unigram entropy "
+             f"{corpus['unigram_entropy']:.2f} nats; **best** = the lowest perplexity among settings whose entropy "
+             f"is at most {r['entropy_tolerance']:.0%} below the corpus's.", "",
+             "| checkpoint | setting | gen. PPL | unigram entropy (nats) | |", "|---|---|---|---|---|"]
+    for checkpoint, c in r["checkpoints"].items():
+        for row in c["rows"]:
+            marks = [m for m, setting in (("**best**", c["best"]), ("page", c["page"])) if setting == row["setting"]]
+            marks += ["API default"] if row["api_default"] else []
+            lines.append(f"| {checkpoint} | {row['setting']} | {row['gen_ppl']} | {row['unigram_entropy']:.2f} | "
+                         f"{', '.join(marks)} |")
+    return "\n".join(lines) + "\n"
