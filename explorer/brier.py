@@ -57,21 +57,24 @@ def brier_windows(tokenizer, split: str, context: int, max_windows: int | None, 
 
 @torch.no_grad()
 def ar_continuations(model, prefixes: torch.Tensor, length: int, seed: int, temperature: float = 1.0,
-                     samples: int = 1) -> torch.Tensor:
+                     samples: int = 1, return_probs: bool = False):
     """(B samples, length) tokens sampled at `temperature` after <bos> + each prefix (B, P), with a KV cache:
-    `samples` continuations of each prefix (rows b * samples ...), sharing one pass over the prefix."""
+    `samples` continuations of each prefix (rows b * samples ...), sharing one pass over the prefix. With
+    `return_probs` also the model's (untempered) probability of each drawn token given what precedes it."""
     cache = model.new_cache()
     bos = torch.full((len(prefixes), 1), model.bos_id, dtype=torch.long)
     logits = model(torch.cat([bos, prefixes], 1).to(model.device), cache=cache, logits_for=slice(-1, None))[:, -1]
     cache.repeat_interleave(samples)
     logits = logits.repeat_interleave(samples, 0)  # (B samples, V)
-    out = []
+    out, probs = [], []
     for step in range(length):
-        tokens = kernels.sample_and_score(logits.float(), temperature, seed=seed, offset=step * logits.numel())[0]
+        tokens, prob, *_ = kernels.sample_and_score(logits.float(), temperature, seed=seed,
+                                                    offset=step * logits.numel())
         out.append(tokens.cpu())
+        probs.append(prob.cpu())
         if step < length - 1:
             logits = model(tokens[:, None], cache=cache)[:, -1]
-    return torch.stack(out, 1)
+    return (torch.stack(out, 1), torch.stack(probs, 1)) if return_probs else torch.stack(out, 1)
 
 
 @torch.no_grad()
@@ -141,12 +144,12 @@ def brier_lm(model, split: str = "test", context: int = 64, max_windows: int | N
     per_prefix = []  # (B, 4) estimates of every batch
     for b, batch in enumerate(tqdm(windows.split(batch_size), desc=f"brier {model.name}", disable=not progress)):
         prefixes, targets = batch[:, :context], batch[:, context:]
-        drawn = sampled_continuations(model, prefixes, max(ORDERS), seed * 7919 + b, samples)  # (B, S, 4)
+        batch_seed = seed * 7919 + b
         if estimator == "exact":
             logp = ar_logprobs(model, prefixes, targets).cumsum(1)  # (B, 4): log P(y_{1:n})
-            flat = drawn.flatten(0, 1)  # (B S, 4)
-            probs = ar_logprobs(model, prefixes.repeat_interleave(samples, 0), flat).cumsum(1).exp()
-            collision = probs.view(len(prefixes), samples, -1).mean(1)  # (B, 4): E_{z~P} P(z_{1:n})
+            _, probs = ar_continuations(model, prefixes, max(ORDERS), batch_seed, samples=samples, return_probs=True)
+            # (B, 4): E_{z~P} P(z_{1:n}), each drawn continuation's probability from the pass that drew it
+            collision = probs.cumprod(1).view(len(prefixes), samples, -1).mean(1)
             bos = torch.full((len(prefixes), 1), model.bos_id, dtype=torch.long)
             with torch.no_grad():
                 first = model(torch.cat([bos, prefixes], 1).to(model.device), logits_for=slice(-1, None))[:, -1]
@@ -154,6 +157,7 @@ def brier_lm(model, split: str = "test", context: int = 64, max_windows: int | N
             collision[:, 0] = first.pow(2).sum(-1).cpu()  # exact for n = 1
             per_prefix.append(2 * logp.exp() - collision)
         else:
+            drawn = sampled_continuations(model, prefixes, max(ORDERS), batch_seed, samples)  # (B, S, 4)
             per_prefix.append(torch.stack([sample_brier(drawn[..., :n], targets[:, :n]) for n in ORDERS], 1))
     estimates = torch.cat(per_prefix).double()  # (N, 4)
     mean, se = estimates.mean(0), estimates.std(0) / math.sqrt(len(estimates))
