@@ -35,7 +35,8 @@ INTRO = ("Watch a masked canvas turn into text, step by step; compare samplers a
 # both are in view on a laptop screen (1280 x 800). "Presentation" (a class on <body>, set by HEAD's script) hides the
 # rarely used controls and the explanations, and enlarges the type and the canvas for the back of a room. Gradio adds
 # a more specific copy of each rule scoped to its container, which a body class cannot outrank: the sizes are
-# variables set on <body> (Gradio's own type sizes are variables of :root, which <body> overrides for the page).
+# variables set on <body> (Gradio's own type sizes are variables of :root, which <body> overrides for the page). Its
+# container clips rather than hides its overflow: "hidden" makes it a scroll box, inside which nothing ever sticks.
 CSS = """
 body {--dlm-canvas-font: 18px; --dlm-small-font: 13px; --dlm-canvas-min: 120px;
       --dlm-canvas-max: max(240px, calc(100vh - 230px))}
@@ -50,6 +51,7 @@ body.dlm-present {--dlm-canvas-font: 34px; --dlm-small-font: 20px; --dlm-canvas-
 #latent {min-height: 540px}
 #jump {position: absolute; left: -10000px; width: 1px; height: 1px; overflow: hidden}
 #actions {position: sticky; top: 0; z-index: 20; background: var(--background-fill-primary)}
+.gradio-container {overflow: clip !important}
 #tokens .dlm-tokens, #edit_tokens .dlm-tokens, #latent_tokens .dlm-tokens {font-size: var(--dlm-canvas-font) !important}
 #multiples .dlm-tokens {font-size: var(--dlm-small-font) !important}
 .dlm-present .dlm-tokens {font-size: 24px !important}
