@@ -34,8 +34,11 @@ def integer_ticks(low: int, high: int, most: int = 10) -> dict:
 
 
 def _integer_axes(fig: go.Figure, steps: list[int], positions: int) -> None:
-    """Integer ticks on a heatmap's axes: steps (y) and positions (x)."""
-    fig.update_layout(xaxis=integer_ticks(0, max(positions - 1, 0)), yaxis=integer_ticks(min(steps), max(steps)))
+    """Integer ticks on a heatmap's axes: positions (x) and steps (y; plotly's own where a step is no int, as in a
+    trace that never went through Trace.load's checks)."""
+    fig.update_layout(xaxis=integer_ticks(0, max(positions - 1, 0)))
+    if all(isinstance(s, int) for s in steps):
+        fig.update_layout(yaxis=integer_ticks(min(steps), max(steps)))
 
 
 def confidence_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
