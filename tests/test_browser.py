@@ -409,6 +409,27 @@ def test_token_rows_wrap_inside_their_panels_and_panels_do_not_overlap(sized_pag
     assert_tokens_inside(page, "#side_by_side .dlm-panel", 4)  # the precomputed comparison, four runs
 
 
+def test_the_notebook_widgets_canvas_wraps_inside_a_narrow_output(browser):
+    """The scrubber widget's canvas in a box as narrow as a notebook output's flex row of ipywidgets' default
+    width (300 px): every token inside it, the legend above the tokens."""
+    from explorer.page.examples import load_examples
+    from explorer.viz.widgets import scrubber
+
+    trace = load_examples()["mdlm-tiny"]
+    box = scrubber(trace)
+    box.children[0].children[0].value = 3  # the scrubber: rows of masked tokens
+    page = browser.new_page(viewport={"width": 800, "height": 600})
+    try:
+        page.set_content('<div style="display:flex;width:300px"><div id="output" style="flex:1 1 auto">'
+                         f"{box.children[1].value}</div></div>")
+        assert page.locator("#output .dlm-mask").count() > 40
+        assert_tokens_inside(page, "#output", 1)
+        legend, tokens = (page.locator(f"#output {part}").bounding_box() for part in (".dlm-legend", ".dlm-tokens"))
+        assert legend["y"] + legend["height"] <= tokens["y"] + 1
+    finally:
+        page.close()
+
+
 def test_the_canvas_legend_follows_colour_by(page):
     legend = page.locator("#tokens .dlm-legend")
     assert legend.get_attribute("data-color-by") == "confidence" and "masked" in legend.inner_text()
