@@ -357,7 +357,7 @@ def build_views(trace: Trace | None, first_range: dict) -> dict:
     stats = gr.Markdown(stats_line(trace) if trace else "", elem_id="stats")
     multiples = gr.HTML("", elem_id="multiples")
     plot = gr.Plot(step_heatmap(trace) if trace else None, elem_id="heatmap", show_label=False)
-    gr.Markdown(LEARN, elem_classes=["dlm-learn", RARE])
+    gr.Markdown(LEARN, elem_classes="dlm-learn")
     return dict(error=error, view=view, back=back, play=play_button, pause=pause, forward=forward, fps=fps, step=step,
                 color_by=color_by, stats=stats, multiples=multiples, plot=plot)
 

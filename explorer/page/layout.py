@@ -57,7 +57,8 @@ body.dlm-present {--dlm-canvas-font: 34px; --dlm-small-font: 20px; --dlm-canvas-
 .dlm-present .dlm-tokens {font-size: 24px !important}
 .dlm-present .dlm-legend {font-size: 20px !important}
 .dlm-present #controls {flex: 0 0 380px !important}
-.dlm-present .dlm-rare, .dlm-present #intro, .dlm-present .info-text {display: none !important}
+.dlm-present .dlm-rare, .dlm-present .dlm-learn, .dlm-present #intro, .dlm-present .info-text {display: none !important}
+body, .gradio-container {font-size: 16px}
 #title h1 {margin: 0}
 #presentation {flex: 0 0 auto !important; width: auto !important; align-self: center}
 """
@@ -119,7 +120,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
     # Gradio's copies of uploads and downloads are deleted once an hour old (checked every 10 minutes)
     with gr.Blocks(title="diffusion-LM explorer", delete_cache=(600, 3600)) as demo:
         with gr.Row(equal_height=True):
-            gr.Markdown("# diffusion-LM explorer", elem_id="title", scale=4)
+            gr.Markdown("# diffusion-LM explorer", elem_id="title")
             gr.Checkbox(False, label="presentation (large type, fewer knobs)", elem_id="presentation",
                         container=False)
         gr.Markdown(INTRO, elem_id="intro")
