@@ -37,25 +37,64 @@ def browser():
             browser.close()
 
 
-@pytest.fixture
-def page(browser, app_url):
-    """A fresh page (a new user session) at projector-like size, opened on the explorer."""
-    page = browser.new_page(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+SIZES = {"laptop": (1280, 800), "projector": (1920, 1080)}  # the window sizes a newcomer and a demo audience meet
+# Gradio shows a status tracker over each output of a running event (class "hide" when idle). The page's load events
+# (the checkpoint's family sets the knobs) end seconds after the first paint and reset what was typed before: a test
+# starts once they are over (some seen, none running for 300 ms)
+WATCH_EVENTS = """
+window.__dlmEvents = {seen: 0, busy: new Set(), last: 0};
+new MutationObserver(changes => {
+  for (const change of changes) {
+    const tracker = change.target;
+    if (!tracker.dataset || tracker.dataset.testid !== 'status-tracker') continue;
+    const events = window.__dlmEvents;
+    if (tracker.classList.contains('hide')) events.busy.delete(tracker);
+    else { events.busy.add(tracker); events.seen += 1; }
+    events.last = performance.now();
+  }
+}).observe(document, {attributes: true, attributeFilter: ['class'], subtree: true});
+"""
+SETTLED = ("(() => { const e = window.__dlmEvents;"
+           " return e.seen > 0 && e.busy.size === 0 && performance.now() - e.last > 300; })()")
+
+
+def open_page(browser, app_url: str, width: int, height: int):
+    """A fresh page (a new user session) of the given size, opened on the explorer once its load events are over."""
+    page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
     page.set_default_timeout(60_000)
+    page.add_init_script(WATCH_EVENTS)
     page.goto(app_url)
     page.wait_for_selector("#generate")
     page.wait_for_function(f"{STATS}?.includes('tokens/s')")  # the first paint's stats are drawn
+    page.wait_for_function(SETTLED)
+    return page
+
+
+@pytest.fixture
+def page(browser, app_url):
+    """A fresh page at projector-like size."""
+    page = open_page(browser, app_url, 1440, 1000)
     try:
         yield page
     finally:
         page.close()
 
 
-def screenshot(page, name: str) -> Path:
+@pytest.fixture(params=list(SIZES))
+def sized_page(request, browser, app_url):
+    """A fresh page at a laptop's and at a projector's window size."""
+    page = open_page(browser, app_url, *SIZES[request.param])
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def screenshot(page, name: str, full_page: bool = True) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.wait_for_timeout(400)  # let plotly finish drawing
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     assert path.stat().st_size > 20_000
     return path
 
@@ -82,6 +121,48 @@ def generate(page) -> None:
 
 def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
+
+
+def in_view(page, selector: str) -> bool:
+    """Whether the element's whole box is inside the window, as the page is scrolled now."""
+    box, window = page.locator(selector).bounding_box(), page.viewport_size
+    return (box is not None and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= window["width"]
+            and box["y"] + box["height"] <= window["height"])
+
+
+# the token boxes (prompt, tokens, masks) that reach outside their panel's box, as [panel, text, side]
+OUTSIDE = """(selector) => {
+  const out = [];
+  document.querySelectorAll(selector).forEach((panel, k) => {
+    const box = panel.getBoundingClientRect();
+    panel.querySelectorAll('.dlm-prompt, .dlm-token, .dlm-mask').forEach(token => {
+      for (const r of token.getClientRects()) {
+        if (r.left < box.left - 1) out.push([k, token.textContent, 'left']);
+        if (r.right > box.right + 1) out.push([k, token.textContent, 'right']);
+        if (r.top < box.top - 1 || r.bottom > box.bottom + 1) out.push([k, token.textContent, 'top/bottom']);
+      }
+    });
+  });
+  return out;
+}"""
+# the pairs of panels whose boxes overlap
+OVERLAPS = """(selector) => {
+  const boxes = Array.from(document.querySelectorAll(selector), el => el.getBoundingClientRect());
+  const apart = (a, b) => a.right <= b.left + 1 || b.right <= a.left + 1 ||
+                          a.bottom <= b.top + 1 || b.bottom <= a.top + 1;
+  return boxes.flatMap((a, i) => boxes.slice(i + 1).flatMap((b, j) => apart(a, b) ? [] : [[i, i + 1 + j]]));
+}"""
+
+
+def assert_tokens_inside(page, panels: str, count: int) -> None:
+    """`count` panels (`panels` selects them), no token reaching outside its panel, no two panels overlapping."""
+    assert page.locator(panels).count() == count
+    assert page.evaluate(OUTSIDE, panels) == [], page.evaluate(OUTSIDE, panels)[:5]
+    assert page.evaluate(OVERLAPS, panels) == []
+
+
+def font_px(page, selector: str) -> float:
+    return page.evaluate(f"parseFloat(getComputedStyle(document.querySelector('{selector}')).fontSize)")
 
 
 def test_first_paint_shows_the_example_before_any_model_runs(page):
@@ -293,3 +374,90 @@ def test_a_hostile_trace_runs_no_script_and_the_page_stays_usable(page, tmp_path
     generate(page)  # the page still runs models
     page.wait_for_function(f"document.querySelectorAll(\"{COLOURED}\").length === 8")
     assert page.evaluate("window.__pwned") is None
+
+
+def test_generate_stop_and_the_canvas_are_in_view_together_without_scrolling(sized_page):
+    """Generate / Stop sit above the knobs and the canvas's height is capped: on a laptop and a projector both are
+    on screen as the page opens and after a default run; scrolled down to the knobs, Generate stays (sticky)."""
+    page = sized_page
+    assert page.evaluate("window.scrollY") == 0
+    for selector in ("#generate", "#stop", "#tokens"):
+        assert in_view(page, selector), (selector, page.locator(selector).bounding_box())
+    assert page.locator("#tokens").bounding_box()["height"] >= 120
+    generate(page)  # the default knobs: 64 tokens
+    assert in_view(page, "#generate") and in_view(page, "#tokens")
+    page.locator("#temperature").scroll_into_view_if_needed()
+    page.mouse.wheel(0, 600)
+    page.wait_for_function("window.scrollY > 0")
+    assert in_view(page, "#generate"), page.locator("#generate").bounding_box()
+
+
+def test_token_rows_wrap_inside_their_panels_and_panels_do_not_overlap(sized_page):
+    """Canvas, N = 4 small multiples and the Compare panels: every token box inside its panel, masked rows too."""
+    page = sized_page
+    for elem_id, value in (("gen_length", 48), ("steps", 8), ("block_length", 48), ("n_runs", 4)):
+        set_number(page, elem_id, value)
+    generate(page)
+    page.wait_for_function("document.querySelectorAll('#multiples .dlm-multiple').length === 4")
+    for step in (8, 1):  # the finished run; rows of masked tokens
+        set_number(page, "step", step)
+        page.wait_for_function(f"document.querySelectorAll('#tokens span.dlm-mask').length === {48 - 6 * step}")
+        assert_tokens_inside(page, "#tokens", 1)
+        assert_tokens_inside(page, "#multiples .dlm-multiple", 4)
+    open_tab(page, "Compare")
+    page.wait_for_selector("#side_by_side .dlm-panel")
+    assert_tokens_inside(page, "#side_by_side .dlm-panel", 4)  # the precomputed comparison, four runs
+
+
+def test_the_notebook_widgets_canvas_wraps_inside_a_narrow_output(browser):
+    """The scrubber widget's canvas in a box as narrow as a notebook output's flex row of ipywidgets' default
+    width (300 px): every token inside it, the legend above the tokens."""
+    from explorer.page.examples import load_examples
+    from explorer.viz.widgets import scrubber
+
+    trace = load_examples()["mdlm-tiny"]
+    box = scrubber(trace)
+    box.children[0].children[0].value = 3  # the scrubber: rows of masked tokens
+    page = browser.new_page(viewport={"width": 800, "height": 600})
+    try:
+        page.set_content('<div style="display:flex;width:300px"><div id="output" style="flex:1 1 auto">'
+                         f"{box.children[1].value}</div></div>")
+        assert page.locator("#output .dlm-mask").count() > 40
+        assert_tokens_inside(page, "#output", 1)
+        legend, tokens = (page.locator(f"#output {part}").bounding_box() for part in (".dlm-legend", ".dlm-tokens"))
+        assert legend["y"] + legend["height"] <= tokens["y"] + 1
+    finally:
+        page.close()
+
+
+def test_the_canvas_legend_follows_colour_by(page):
+    legend = page.locator("#tokens .dlm-legend")
+    assert legend.get_attribute("data-color-by") == "confidence" and "masked" in legend.inner_text()
+    assert in_view(page, "#tokens .dlm-legend")
+    page.get_by_label("commit_step").check()
+    page.wait_for_selector("#tokens .dlm-legend[data-color-by=commit_step]")
+    assert "commit step" in legend.inner_text() and "masked" in legend.inner_text()
+
+
+def test_presentation_mode_enlarges_the_canvas_and_hides_the_rarely_used_knobs(browser, app_url):
+    """At 1920 x 1080 the presentation box enlarges the tokens, hides the rarely used controls and the explanations,
+    and keeps Generate and the (larger) canvas on screen; its screenshot is the README's."""
+    page = open_page(browser, app_url, *SIZES["projector"])
+    try:
+        rare = ("#n_runs", "#fps", "#intro", ".dlm-learn")
+        normal, width = font_px(page, "#tokens .dlm-tokens"), page.locator("#tokens").bounding_box()["width"]
+        assert all(page.locator(s).first.is_visible() for s in rare) and page.get_by_text("more knobs").is_visible()
+        page.locator("#presentation input").check()
+        page.wait_for_function("document.body.classList.contains('dlm-present')")
+        assert font_px(page, "#tokens .dlm-tokens") >= 1.5 * normal
+        assert page.locator("#tokens").bounding_box()["width"] > width
+        assert not any(page.locator(s).first.is_visible() for s in rare)
+        assert not page.get_by_text("more knobs").is_visible()
+        assert page.locator("#prompt").is_visible() and page.locator("#steps").is_visible()
+        assert in_view(page, "#generate") and in_view(page, "#tokens")
+        screenshot(page, "presentation", full_page=False)
+        page.locator("#presentation input").uncheck()
+        page.wait_for_function("!document.body.classList.contains('dlm-present')")
+        assert font_px(page, "#tokens .dlm-tokens") == normal and page.locator("#n_runs").is_visible()
+    finally:
+        page.close()

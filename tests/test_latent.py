@@ -158,6 +158,17 @@ def test_latent_trajectory_markers_carry_their_frame_index_and_the_step_text(tin
     assert [c[3] for c in path.customdata] == [step_preview(trace, i) for i in range(4)]
 
 
+def test_the_cdcd_latent_legend_sits_above_the_plot_clear_of_the_colour_bar(tiny_cdcd):
+    """The step colour bar takes the right edge: the legend goes in one row above the plot (plotly's default, a column
+    at the right, covered the bar's labels)."""
+    trace = explorer.generate(tiny_cdcd, steps=4, gen_length=6, record="full", seed=0)
+    points, strings = vocabulary_points(tiny_cdcd)
+    fig = latent_trajectories(trace, points, strings, positions=[0, 1])
+    assert sum(bool(t.marker.showscale) for t in fig.data) == 1  # the one colour bar, at plotly's right edge
+    legend = fig.layout.legend
+    assert legend.orientation == "h" and legend.y > 1 and legend.yanchor == "bottom"
+
+
 # --- hidden states of discrete families -------------------------------------------------------
 
 @pytest.fixture(scope="module")

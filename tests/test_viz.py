@@ -1,3 +1,4 @@
+import copy
 import re
 
 import pytest
@@ -6,10 +7,13 @@ from explorer.sampling import generate
 from explorer.viz import (
     confidence_heatmap,
     confidence_matrix,
+    entropy_heatmap,
     frame_values,
     tokens_html,
 )
-from explorer.viz.tokens import MASK_COLOR
+from explorer.viz.panels import canvas_html, legend_html
+from explorer.viz.plots import integer_ticks
+from explorer.viz.tokens import MASK_COLOR, TOKEN_BOX
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +40,51 @@ def test_colour_by_commit_step_orders_tokens_by_when_they_were_committed(trace):
     assert values == pytest.approx([s / last for s in steps])
     with pytest.raises(ValueError, match="color_by"):
         frame_values(trace, -1, "rainbow")
+
+
+def test_tokens_are_boxes_that_wrap_and_a_run_of_newlines_breaks_the_row_once(trace):
+    """Bare inline spans side by side give the browser no place to break a row of tokens: each token and mask is a
+    box (`TOKEN_BOX`, the exported page's rule too). Newlines show as ↵; "\n", "\n" between speeches cost one row."""
+    shown = copy.deepcopy(trace)
+    newline, word, inner = 9_000_001, 9_000_002, 9_000_003  # ids of no real token, with strings set here
+    shown.token_strings.update({newline: "\n", word: "w", inner: "x\ny"})
+    shown.frames[-1].tokens = [word, newline, newline, inner] + [word] * (len(shown.frames[-1].tokens) - 4)
+    html = tokens_html(shown, -1)
+    boxes = re.findall(r'<span class="dlm-(?:token|mask)"[^>]*style="([^"]*)"', html + tokens_html(trace, 3))
+    assert boxes and all(style.startswith(TOKEN_BOX) for style in boxes)
+    assert "display:inline-block" in TOKEN_BOX and "max-width:100%" in TOKEN_BOX
+    assert html.count("<br>") == 2  # one after the run of two newlines, one inside "x\ny"
+    assert re.search(r">↵</span><span[^>]*>↵</span><br><span[^>]*>x↵<br>y</span><span", html)
+
+
+def test_the_canvas_legend_names_its_scale_and_the_masked_colour_and_follows_colour_by(trace):
+    by_confidence, by_step = canvas_html(trace, 3, "confidence"), canvas_html(trace, 3, "commit_step")
+    for shown, mode in ((by_confidence, "confidence"), (by_step, "commit_step")):
+        assert f'class="dlm-legend" data-color-by="{mode}"' in shown and "linear-gradient" in shown
+        assert MASK_COLOR in shown and "masked" in shown and "prompt" in shown
+        assert tokens_html(trace, 3, mode) in shown
+    assert "confidence" in legend_html(trace, "confidence") and "0</span>" in by_confidence
+    assert "commit step" in by_step and f"step {trace.frames[-1].step}</span>" in by_step
+    assert legend_html(trace, "confidence") != legend_html(trace, "commit_step")
+    assert 'class="dlm-token"' not in legend_html(trace) and 'class="dlm-mask"' not in legend_html(trace)
+    with pytest.raises(ValueError, match="color_by"):
+        legend_html(trace, "rainbow")
+
+
+def test_heatmap_ticks_are_integer_steps_and_positions_mid_run(trace, tiny_cdcd):
+    """Plotly's own ticks put steps at -0.5, 0.5 while a run has one or two frames: the axes get integer ticks."""
+    continuous = generate(tiny_cdcd, "ROMEO:", gen_length=6, steps=3, record="full")
+    figures = [confidence_heatmap(trace, upto) for upto in (0, 1, 2, -1)]
+    figures += [entropy_heatmap(continuous, upto) for upto in (1, -1)]
+    for fig in figures:
+        steps = list(fig.data[0].y)
+        for axis, low, high in ((fig.layout.yaxis, min(steps), max(steps)), (fig.layout.xaxis, 0, 15)):
+            assert axis.tickmode == "array" and axis.tickvals, axis
+            assert all(isinstance(v, int) and low <= v <= high for v in axis.tickvals), axis.tickvals
+    assert list(confidence_heatmap(trace, 1).layout.yaxis.tickvals) == [0, 1]
+    assert integer_ticks(0, 64)["tickvals"] == [0, 10, 20, 30, 40, 50, 60]
+    assert integer_ticks(3, 9)["tickvals"] == [3, 4, 5, 6, 7, 8, 9]
+    assert integer_ticks(0, 200)["tickvals"] == list(range(0, 201, 20))
 
 
 def test_text_is_escaped(tiny_mdlm, trace):
@@ -89,6 +138,19 @@ def test_widgets_build(trace, tiny_mdlm):
     steps_slider = controls.children[0].children[0]
     steps_slider.value = 4  # re-runs the sampler
     assert "dlm-token" in controls.children[1].children[0].children[1].value
+
+
+def test_the_notebook_scrubber_is_output_wide_and_shows_the_legend_of_its_colouring(trace):
+    """The widget's canvas takes the output's width (ipywidgets' HTML is a fixed-width flex row otherwise) so its
+    token boxes wrap, under the legend of the chosen colouring."""
+    from explorer.viz.widgets import scrubber
+
+    box = scrubber(trace)
+    view, mode = box.children[1], box.children[0].children[1]
+    assert view.layout.width == "100%" and TOKEN_BOX in view.value
+    assert 'data-color-by="confidence"' in view.value
+    mode.value = "commit_step"
+    assert 'data-color-by="commit_step"' in view.value and view.value == canvas_html(trace, -1, "commit_step")
 
 
 def test_widgets_drive_continuous_diffusion(tiny_cdcd):

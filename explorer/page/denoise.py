@@ -48,11 +48,12 @@ from explorer.page.views import Outputs, Shared, replay, show, slider_range
 from explorer.sampling import SAMPLERS, Trace, sampler_for
 from explorer.sampling.calm import MAX_CANDIDATES
 from explorer.sampling.registry import REGISTRY
-from explorer.viz import COLOR_MODES, step_heatmap, tokens_html
+from explorer.viz import COLOR_MODES, step_heatmap
 from explorer.viz.compare import small_multiples_html
 from explorer.viz.latent import vocabulary_points
-from explorer.viz.panels import prompt_note, stats_line
+from explorer.viz.panels import canvas_html, prompt_note, stats_line
 
+RARE = "dlm-rare"  # the class of the controls presentation mode hides (the page's CSS)
 PLOT_EVERY_S = 0.5  # redraw the heatmap at most this often while streaming (the token view updates every step)
 DEFAULT_FAMILY = "mdlm"  # whose sampler and knobs the page shows first (the default checkpoint is mdlm-tiny)
 SAMPLER_CONTROLS = ("gen_length", "steps", "block_length", "temperature", "threshold", "cfg_scale", "cache",
@@ -224,7 +225,7 @@ def generate(checkpoint, prompt, sampler, gen_length, steps, block_length, tempe
             plot = gr.skip()
             if time.perf_counter() - last_plot > PLOT_EVERY_S:
                 plot, last_plot = step_heatmap(traces[0]), time.perf_counter()
-            yield out(view=tokens_html(traces[0], -1, color_by), stats=stats_line(traces[0], True),
+            yield out(view=canvas_html(traces[0], -1, color_by), stats=stats_line(traces[0], True),
                       error=notice_box(live.notices), plot=plot, step=gr.update(interactive=False),
                       multiples=small_multiples_html(traces, -1, color_by) if len(traces) > 1 else "")
         traces = live.traces
@@ -285,7 +286,7 @@ def play(session, step, color_by, fps, method="pca", source="this run"):
 def build(names: list[str], default: str | None, trace: Trace | None, first_range: dict) -> SimpleNamespace:
     """The Denoise tab's components: the run's controls beside what it shows."""
     with gr.Row():
-        with gr.Column(scale=1, min_width=320):
+        with gr.Column(scale=1, min_width=320, elem_id="controls"):
             controls = build_controls(names, default)
         with gr.Column(scale=2):
             views = build_views(trace, first_range)
@@ -296,6 +297,9 @@ def build_controls(names: list[str], default: str | None) -> dict:
     """The checkpoint, the prompt, the sampler and its knobs, for the default family's default sampler (the page
     narrows them to the checkpoint's family once loaded)."""
     spec = sampler_for(DEFAULT_FAMILY)
+    with gr.Row(elem_id="actions"):  # above the knobs (and sticky): in view with the canvas on a laptop screen
+        run = gr.Button("Generate", variant="primary", elem_id="generate")
+        stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
     checkpoint = gr.Dropdown(names, value=default, label="checkpoint", elem_id="checkpoint", allow_custom_value=True,
                              info="a shipped checkpoint, or a folder under: " + root_names(page().roots))
     prompt = gr.Textbox("ROMEO:", label="prompt", lines=2, elem_id="prompt")
@@ -315,10 +319,10 @@ def build_controls(names: list[str], default: str | None) -> dict:
     # the API checks N against this maximum: the largest any family takes (family_controls narrows the slider;
     # check_request and the calm sampler refuse what a family does not take)
     n_runs = gr.Slider(1, max(MAX_RUNS, MAX_CANDIDATES), 1, step=1,
-                       label="N (runs drawn at once, seeds seed .. seed+N-1)", elem_id="n_runs")
+                       label="N (runs drawn at once, seeds seed .. seed+N-1)", elem_id="n_runs", elem_classes=RARE)
     temperature = gr.Slider(0, 2, spec.default("temperature"), step=0.05, label="temperature", elem_id="temperature",
                             info=knob_help(spec, "temperature"))
-    with gr.Accordion("more knobs", open=False):
+    with gr.Accordion("more knobs", open=False, elem_classes=RARE):
         thresholded = sampler_for(DEFAULT_FAMILY, "threshold")  # shown for the samplers whose default sets one
         threshold = gr.Slider(0.05, 1, thresholded.default("threshold"), step=0.05, label="threshold",
                               elem_id="threshold", visible=False, info=knob_help(thresholded, "threshold"))
@@ -331,9 +335,6 @@ def build_controls(names: list[str], default: str | None) -> dict:
         knobs = [knob_box(knob, spec) for knob in EXTRA_KNOBS]
         seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
         auto = gr.Checkbox(False, label="re-run when a slider is released", elem_id="auto")
-    with gr.Row():
-        run = gr.Button("Generate", variant="primary", elem_id="generate")
-        stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
     return dict(checkpoint=checkpoint, prompt=prompt, chat=chat, sampler=sampler, chunk_size=chunk_size,
                 gen_length=gen_length, steps=steps, block_length=block_length, n_runs=n_runs, temperature=temperature,
                 threshold=threshold, cfg_scale=cfg_scale, cache=cache, constraints=constraints, knobs=knobs,
@@ -343,13 +344,13 @@ def build_controls(names: list[str], default: str | None) -> dict:
 def build_views(trace: Trace | None, first_range: dict) -> dict:
     """The canvas, its playback and scrubber, the stats, the N runs and the heatmap (the first paint's example)."""
     error = gr.HTML("", elem_id="error")
-    view = gr.HTML(tokens_html(trace) if trace else "<i>Press Generate.</i>", elem_id="tokens")
+    view = gr.HTML(canvas_html(trace, -1, COLOR_MODES[0]) if trace else "<i>Press Generate.</i>", elem_id="tokens")
     with gr.Row():
         back = gr.Button("◀ step", elem_id="back", elem_classes="dlm-back", min_width=60)
         play_button = gr.Button("▶ play", elem_id="play", elem_classes="dlm-play", min_width=60)
         pause = gr.Button("❚❚ pause", elem_id="pause", elem_classes="dlm-pause", min_width=60)
         forward = gr.Button("step ▶", elem_id="forward", elem_classes="dlm-forward", min_width=60)
-        fps = gr.Slider(1, 20, 6, step=1, label="frames / s", elem_id="fps", min_width=120)
+        fps = gr.Slider(1, 20, 6, step=1, label="frames / s", elem_id="fps", min_width=120, elem_classes=RARE)
     with gr.Row():
         step = gr.Slider(step=1, label="step (replays recorded frames)", elem_id="step", **first_range)
         color_by = gr.Radio(list(COLOR_MODES), value=COLOR_MODES[0], label="colour by", elem_id="color_by")

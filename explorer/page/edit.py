@@ -25,8 +25,7 @@ from explorer.page.memory import MAX_REWIND, pack_frame
 from explorer.page.views import Outputs, Shared, edited_outputs, trace_model
 from explorer.sampling import build_trace
 from explorer.sampling.edit import resume, spliced_trace, top_candidates
-from explorer.viz import tokens_html
-from explorer.viz.panels import stats_line
+from explorer.viz.panels import canvas_html, stats_line
 
 LEARN = ("**Editing a run** (masked diffusion). Pause at a step, pick a position, choose one of the model's top "
          "candidates there and continue: the sampler resumes from that canvas with your token fixed. Rewind undoes "
@@ -67,7 +66,7 @@ def continue_with(session, step, position, token, color_by, request: gr.Request 
             for frame in frames_iter:
                 frames.append(frame)  # streamed views share the frames; the kept trace is spliced (copied) once
                 partial = build_trace(model, prompt_ids, description, head + frames, time.perf_counter() - started)
-                yield out(view=tokens_html(partial, -1, color_by), edit_view=tokens_html(partial, -1, color_by),
+                yield out(view=canvas_html(partial, -1, color_by), edit_view=canvas_html(partial, -1, color_by),
                           stats=stats_line(partial, True))
         edited = spliced_trace(model, session.trace, index, frames, time.perf_counter() - started)
     except ValueError as err:

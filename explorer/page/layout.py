@@ -29,16 +29,38 @@ from explorer.sampling import Trace
 from explorer.viz.latent import warm_umap
 
 STATE_SESSIONS = 500  # sessions Gradio keeps, the least recently used dropped beyond it (its default: 10,000)
-INTRO = ("# diffusion-LM explorer\nWatch a masked canvas turn into text, step by step; compare samplers and families; "
-         "look at the latent space; edit a run; export it. The first view is a precomputed example: press "
-         "**Generate** to run a model.")
+INTRO = ("Watch a masked canvas turn into text, step by step; compare samplers and families; look at the latent space; "
+         "edit a run; export it. The first view is a precomputed example: press **Generate** to run a model.")
+# Generate sits above the knobs and stays on screen while they scroll (sticky); the canvas's height is capped so that
+# both are in view on a laptop screen (1280 x 800). "Presentation" (a class on <body>, set by HEAD's script) hides the
+# rarely used controls and the explanations, and enlarges the type and the canvas for the back of a room. Gradio adds
+# a more specific copy of each rule scoped to its container, which a body class cannot outrank: the sizes are
+# variables set on <body> (Gradio's own type sizes are variables of :root, which <body> overrides for the page). Its
+# container clips rather than hides its overflow: "hidden" makes it a scroll box, inside which nothing ever sticks.
 CSS = """
+body {--dlm-canvas-font: 18px; --dlm-small-font: 13px; --dlm-canvas-min: 120px;
+      --dlm-canvas-max: max(240px, calc(100vh - 230px))}
+body.dlm-present {--dlm-canvas-font: 34px; --dlm-small-font: 20px; --dlm-canvas-min: 50vh;
+                  --dlm-canvas-max: calc(100vh - 150px); --text-sm: 16px; --text-md: 20px; --text-lg: 22px;
+                  --body-text-size: 20px; --block-label-text-size: 18px; --block-info-text-size: 16px;
+                  --block-title-text-size: 20px; --checkbox-label-text-size: 20px; --input-text-size: 20px;
+                  --section-header-text-size: 20px; --button-large-text-size: 24px}
 #tokens, #edit_tokens, #latent_tokens {min-height: 120px}
+#tokens {min-height: var(--dlm-canvas-min); max-height: var(--dlm-canvas-max); overflow-y: auto}
 #heatmap {min-height: 380px}
 #latent {min-height: 540px}
 #jump {position: absolute; left: -10000px; width: 1px; height: 1px; overflow: hidden}
-.dlm-tokens {font-size: 18px !important}
+#actions {position: sticky; top: 0; z-index: 20; background: var(--background-fill-primary)}
+.gradio-container {overflow: clip !important}
+#tokens .dlm-tokens, #edit_tokens .dlm-tokens, #latent_tokens .dlm-tokens {font-size: var(--dlm-canvas-font) !important}
+#multiples .dlm-tokens {font-size: var(--dlm-small-font) !important}
+.dlm-present .dlm-tokens {font-size: 24px !important}
+.dlm-present .dlm-legend {font-size: 20px !important}
+.dlm-present #controls {flex: 0 0 380px !important}
+.dlm-present .dlm-rare, .dlm-present .dlm-learn, .dlm-present #intro, .dlm-present .info-text {display: none !important}
 body, .gradio-container {font-size: 16px}
+#title h1 {margin: 0}
+#presentation {flex: 0 0 auto !important; width: auto !important; align-self: center}
 """
 # Keys: space plays / pauses, arrows step back / forward (in the visible tab); a click on a latent-plot point whose
 # customdata starts with a frame index jumps there through the hidden #jump box.
@@ -49,6 +71,10 @@ HEAD = """
   function visible(cls) {
     return Array.from(document.querySelectorAll('.' + cls)).find(el => el.offsetParent !== null);
   }
+  document.addEventListener('change', e => {  // the presentation box: large type, fewer knobs
+    const box = e.target.closest && e.target.closest('#presentation input');
+    if (box) document.body.classList.toggle('dlm-present', box.checked);
+  }, true);
   document.addEventListener('click', e => {
     if (e.target.closest('.dlm-play')) playing = true;
     if (e.target.closest('.dlm-pause')) playing = false;
@@ -93,7 +119,11 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
     first_range = slider_range(start.trace) if start.trace else {"minimum": 0, "maximum": 1, "value": 0}
     # Gradio's copies of uploads and downloads are deleted once an hour old (checked every 10 minutes)
     with gr.Blocks(title="diffusion-LM explorer", delete_cache=(600, 3600)) as demo:
-        gr.Markdown(INTRO)
+        with gr.Row(equal_height=True):
+            gr.Markdown("# diffusion-LM explorer", elem_id="title")
+            gr.Checkbox(False, label="presentation (large type, fewer knobs)", elem_id="presentation",
+                        container=False)
+        gr.Markdown(INTRO, elem_id="intro")
         session = gr.State(start)
         with gr.Tabs() as tabs:
             with gr.Tab("Denoise", id="denoise"):

@@ -10,10 +10,10 @@ import gradio as gr
 from explorer.page.common import Session, missing, page
 from explorer.page.memory import unpacked
 from explorer.sampling import Trace
-from explorer.viz import head_samples, hidden_state_paths, latent_trajectories, step_heatmap, tokens_html
+from explorer.viz import head_samples, hidden_state_paths, latent_trajectories, step_heatmap
 from explorer.viz.compare import frame_at_progress, small_multiples_html
 from explorer.viz.latent import vocabulary_points
-from explorer.viz.panels import paused_html, stats_line, text
+from explorer.viz.panels import canvas_html, paused_html, stats_line, text
 from explorer.viz.plots import empty_figure
 
 SHOWN = ("view", "plot", "step", "latent_view", "latent_step", "latent", "edit_view", "multiples")  # `show`'s outputs
@@ -104,7 +104,7 @@ def show(session: Session, index: int, color_by: str, method: str = "pca", sourc
         page().memory.touch(session.key)
     last = len(trace.frames) - 1
     index = min(max(int(index) if int(index) >= 0 else last + 1 + int(index), 0), last)  # -1 = the last frame
-    view = tokens_html(trace, index, color_by)
+    view = canvas_html(trace, index, color_by)
     latent = latent_figure(session, index, method, source) if session.tab == "latent" else gr.skip()
     multiples = small_multiples_html(session.runs, index, color_by) if len(session.runs) > 1 else ""
     return view, step_heatmap(trace, index), index, view, index, latent, paused_html(trace, index) + view, multiples

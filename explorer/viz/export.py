@@ -7,7 +7,16 @@ import json
 from pathlib import Path
 
 from explorer.sampling.trace import Trace
-from explorer.viz.tokens import COLOR_MODES, MASK_COLOR, PROMPT_COLOR, frame_values, level, palette, text_color
+from explorer.viz.tokens import (
+    COLOR_MODES,
+    MASK_COLOR,
+    PROMPT_COLOR,
+    TOKEN_BOX,
+    frame_values,
+    level,
+    palette,
+    text_color,
+)
 
 MODE_LABELS = {"confidence": "confidence", "commit_step": "commit step"}
 
@@ -44,7 +53,8 @@ def _codes(trace: Trace, index: int, color_by: str) -> list[int]:
     return codes + [-1] * (len(trace.frames[index].tokens) - len(codes))
 
 
-def _legend_ends(trace: Trace, color_by: str) -> tuple[str, str]:
+def legend_ends(trace: Trace, color_by: str) -> tuple[str, str]:
+    """The labels at the two ends of the colour scale of `color_by`."""
     return ("0", "1") if color_by == "confidence" else ("step 0", f"step {max(trace.frames[-1].step, 1)}")
 
 
@@ -78,11 +88,11 @@ fieldset label{margin-right:12px;cursor:pointer}
 #bar{width:280px;height:22px;border-radius:4px;border:1px solid #aaa}
 .swatch{display:inline-block;width:28px;height:22px;border-radius:4px;border:1px solid #aaa;vertical-align:middle}
 #canvas{font:26px/1.5 ui-monospace,Menlo,Consolas,monospace}
-#canvas span{display:inline-block;border-radius:4px;margin:3px 1px;padding:0 3px;white-space:pre}
 #canvas .prompt{color:#555}
 #canvas .mask{color:#888}
 .keys{color:#666;font-size:18px;margin-top:24px}
 """
+_STYLE += "#canvas span{" + TOKEN_BOX + "}\n"  # the page's token boxes: the rows wrap alike
 
 _SCRIPT = """
 const D = JSON.parse(document.getElementById('trace-data').textContent);
@@ -175,7 +185,7 @@ def trace_animation_html(trace: Trace, color_by: str = "confidence", fps: float 
             "palette": ["#{:02x}{:02x}{:02x}".format(*_rgb(rgb)) for rgb in colours],
             "ink": [text_color(rgb) for rgb in colours],
             "mask": MASK_COLOR, "neutral": PROMPT_COLOR, "labels": MODE_LABELS,
-            "ends": {mode: _legend_ends(trace, mode) for mode in COLOR_MODES}}
+            "ends": {mode: legend_ends(trace, mode) for mode in COLOR_MODES}}
     data["strings"] = [trace.token_strings.get(t, f"<{t}>") for t in strings]
     modes = "".join(f'<label><input type="radio" name="mode" value="{m}"> {MODE_LABELS[m]}</label>'
                     for m in COLOR_MODES)
@@ -274,7 +284,7 @@ class _Painter:
                 cx += self.font.getlength(part)
 
     def draw_legend(self, draw, y: int) -> None:
-        low, high = _legend_ends(self.trace, self.color_by)
+        low, high = legend_ends(self.trace, self.color_by)
         x = self.margin
         draw.text((x, y + self.line // 2), f"{MODE_LABELS[self.color_by]}:  {low}", font=self.small, fill=(60, 60, 60),
                   anchor="lm")

@@ -32,6 +32,9 @@ UMAP_CACHE_SIZE = 8  # fitted UMAP projections kept (each holds (N, 2) coordinat
 _umap_fits: OrderedDict = OrderedDict()
 _umap_lock = threading.Lock()
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+# the legend of a plot with a colour bar: one row above the plot (at the right, plotly's default, it covers the bar's
+# labels)
+TOP_LEGEND = {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}
 
 
 @dataclass
@@ -206,7 +209,7 @@ def latent_trajectories(traces, embeddings, vocab_strings: list[str], positions:
         title={"text": f"{method.upper()} of the embedding space: paths from noise to tokens"
                        + (f" ({projection.note})" if projection.note else ""), "font": {"size": 13}},
         xaxis_title="component 1", yaxis_title="component 2", height=520, showlegend=True,
-        margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        margin={"l": 50, "r": 20, "t": 70, "b": 40}, legend=TOP_LEGEND, title_y=0.98,
         meta={"method": projection.method, "params": _jsonable(projection.params)},
     )
     return fig
@@ -353,7 +356,7 @@ def hidden_state_paths(traces, method: str = "pca", upto=None, labels: list[str]
         xaxis={"title": {"text": "component 1"}, "range": [low[0] - pad[0], high[0] + pad[0]]},
         yaxis={"title": {"text": "component 2"}, "range": [low[1] - pad[1], high[1] + pad[1]]},
         height=560, showlegend=True, margin={"l": 50, "r": 20, "t": 70, "b": 40},
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}, title_y=0.98,
+        legend=TOP_LEGEND, title_y=0.98,
         meta={"method": projection.method, "params": _jsonable(projection.params)},
     )
     return fig

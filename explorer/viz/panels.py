@@ -1,4 +1,5 @@
-"""Small HTML and Markdown pieces of the explorer page: message boxes, the stats line, the comparison table.
+"""Small HTML and Markdown pieces of the explorer page: message boxes, the stats line, the canvas with its colour
+legend (the notebook widget's too), the comparison table.
 
 Every message and every value from a trace (a loaded file is anyone's) is escaped before it goes into HTML or
 Markdown; the page takes the server's paths out of messages before they get here.
@@ -10,6 +11,10 @@ import html
 
 from explorer.sampling.trace import Trace
 from explorer.viz.compare import run_label
+from explorer.viz.export import MODE_LABELS, legend_ends
+from explorer.viz.tokens import COLOR_MODES, LEVELS, MASK_COLOR, PROMPT_COLOR, palette, tokens_html
+
+SWATCH = "display:inline-block;width:1.6em;height:1em;border-radius:3px;border:1px solid #aaa;vertical-align:middle"
 
 
 def text(value) -> str:
@@ -28,6 +33,29 @@ def notice_html(messages: list[str]) -> str:
         return ""
     return ('<div class="dlm-warning" style="border:1px solid #b8860b;background:#fff8e1;color:#5c4400;'
             'padding:8px 12px;border-radius:6px"><b>Note:</b> ' + "<br>".join(text(m) for m in messages) + "</div>")
+
+
+def legend_html(trace: Trace, color_by: str = "confidence") -> str:
+    """What the canvas's colours mean, in one line: the colour scale of `color_by` between its ends, and the masked
+    and the prompt colours named."""
+    if color_by not in COLOR_MODES:
+        raise ValueError(f"color_by must be one of {COLOR_MODES}, got {color_by!r}")
+    low, high = legend_ends(trace, color_by)
+    meaning = "dark = unsure, yellow = sure" if color_by == "confidence" else "dark = early, yellow = late"
+    stops = ",".join(palette()[i] for i in range(0, LEVELS, LEVELS // 8)) + "," + palette()[-1]
+    return (f'<div class="dlm-legend" data-color-by="{color_by}" style="display:flex;flex-wrap:wrap;align-items:center;'
+            'gap:2px 8px;font-size:14px;color:#444;margin-bottom:4px">'
+            f"<b>{text(MODE_LABELS[color_by])}</b><span>{text(low)}</span>"
+            f'<span class="dlm-legend-bar" style="{SWATCH};width:140px;background:linear-gradient(to right,{stops})">'
+            f"</span><span>{text(high)}</span><span>({meaning})</span>"
+            f'<span><span class="dlm-legend-masked" style="{SWATCH};background:{MASK_COLOR}"></span> masked (grey ·, '
+            f'not yet decided)</span><span><span style="{SWATCH};background:{PROMPT_COLOR}"></span> prompt / no '
+            "score</span></div>")
+
+
+def canvas_html(trace: Trace, index: int = -1, color_by: str = "confidence") -> str:
+    """The canvas of frame `index` with its colour legend above it."""
+    return f'<div class="dlm-canvas">{legend_html(trace, color_by)}{tokens_html(trace, index, color_by)}</div>'
 
 
 def stats_line(trace: Trace, running: bool = False, runs: int = 1) -> str:

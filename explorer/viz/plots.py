@@ -25,6 +25,22 @@ def confidence_matrix(trace: Trace, upto: int = -1) -> list[list[float | None]]:
     return step_matrix(trace, "confidence", upto)
 
 
+def integer_ticks(low: int, high: int, most: int = 10) -> dict:
+    """An axis's ticks at integers from `low` to `high`, at most about `most`, spaced 1, 2 or 5 x 10^k (plotly's own
+    pick puts steps at -0.5, 0.5 while a run has one or two frames)."""
+    spacing = next(m * 10**k for k in range(12) for m in (1, 2, 5) if (high - low) / (m * 10**k) <= most)
+    first = -(-low // spacing) * spacing  # the first multiple of `spacing` from `low` on
+    return {"tickmode": "array", "tickvals": list(range(first, high + 1, spacing))}
+
+
+def _integer_axes(fig: go.Figure, steps: list[int], positions: int) -> None:
+    """Integer ticks on a heatmap's axes: positions (x) and steps (y; plotly's own where a step is no int, as in a
+    trace that never went through Trace.load's checks)."""
+    fig.update_layout(xaxis=integer_ticks(0, max(positions - 1, 0)))
+    if all(isinstance(s, int) for s in steps):
+        fig.update_layout(yaxis=integer_ticks(min(steps), max(steps)))
+
+
 def confidence_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
     """Heatmap of confidence (position x step) with a marker where each token was committed.
 
@@ -51,6 +67,7 @@ def confidence_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
         margin={"l": 50, "r": 20, "t": 30, "b": 40}, legend={"orientation": "h", "y": 1.08},
         title={"text": f"{trace.model.get('name')} · {trace.sampler.get('name')}", "font": {"size": 13}},
     )
+    _integer_axes(fig, steps, len(frames[-1].tokens or []))
     return fig
 
 
@@ -73,6 +90,7 @@ def entropy_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
         margin={"l": 50, "r": 20, "t": 30, "b": 40},
         title={"text": f"{trace.model.get('name')} · entropy of the softmax per position", "font": {"size": 13}},
     )
+    _integer_axes(fig, [f.step for f in frames], len(frames[-1].tokens or []))
     return fig
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import html
 import math
+import re
 
 from plotly.colors import sample_colorscale
 
@@ -15,6 +16,10 @@ MASK_COLOR = "#d9d9d9"
 PROMPT_COLOR = "#f2f2f2"
 COLOR_MODES = ("confidence", "commit_step")
 LEVELS = 256  # colour steps of the palette every view indexes into (sampling the plotly scale per token is slow)
+# one token's box, also the exported page's stylesheet rule: boxes (not bare inline spans, which have no break between
+# them) wrap the rows inside any container, a token too wide for its container breaks inside its box
+TOKEN_BOX = ("display:inline-block;max-width:100%;white-space:pre-wrap;overflow-wrap:anywhere;border-radius:4px;"
+             "margin:3px 1px;padding:0 3px")
 
 
 @functools.lru_cache(maxsize=1)
@@ -34,7 +39,17 @@ def text_color(rgb: str) -> str:
 
 
 def _visible(text: str) -> str:
-    return html.escape(text).replace(" ", "&nbsp;").replace("\n", "↵<br>")
+    """A piece of text in its box: escaped, spaces kept, each newline shown as ↵; a newline inside the piece breaks
+    the row there, the ones it ends with break it after the box (`_breaks`)."""
+    shown = html.escape(text).replace(" ", "&nbsp;")
+    return re.sub(r"\n+", lambda m: "↵" * len(m.group()) + ("<br>" if m.end() < len(m.string) else ""), shown)
+
+
+def _breaks(texts: list[str]) -> list[bool]:
+    """Whether the row breaks after each piece of text: after one that ends with a newline, once per run of newlines
+    (a piece of newlines only after it keeps the break for itself), so "\n\n" between speeches costs one row."""
+    return [text.endswith("\n") and not (following and not following.strip("\n"))
+            for text, following in zip(texts, texts[1:] + [None])]
 
 
 def frame_values(trace: Trace, step_index: int, color_by: str = "confidence") -> list[float | None]:
@@ -54,26 +69,29 @@ def frame_values(trace: Trace, step_index: int, color_by: str = "confidence") ->
 def tokens_html(trace: Trace, step_index: int = -1, color_by: str = "confidence", show_prompt: bool = True,
                 font_size: int = 16) -> str:
     """An HTML block: the prompt in light grey, then each generated token coloured by its value;
-    masked positions are neutral grey boxes. Each span carries data-pos / data-value for tests and tools."""
+    masked positions are neutral grey boxes. Each token is a box (`TOKEN_BOX`) so the rows wrap inside any container;
+    each span carries data-pos / data-value for tests and tools."""
     frame = trace.frames[step_index]
     values = frame_values(trace, step_index, color_by)
-    parts = [f'<div class="dlm-tokens" style="font-family:monospace;line-height:1.9;font-size:{font_size}px">']
+    texts, spans = [], []  # the text of each piece (for the row breaks) and its HTML
     if show_prompt and trace.prompt_ids:
-        parts.append(f'<span class="dlm-prompt" style="background:{PROMPT_COLOR};color:#555">'
+        texts.append(trace.prompt_text)
+        spans.append(f'<span class="dlm-prompt" style="background:{PROMPT_COLOR};color:#555;overflow-wrap:anywhere">'
                      f"{_visible(trace.prompt_text)}</span>")
     for pos, (tok, value) in enumerate(zip(frame.tokens, values)):
         if tok == trace.mask_id:
-            parts.append(f'<span class="dlm-mask" data-pos="{pos}" title="position {pos}: masked" '
-                         f'style="background:{MASK_COLOR};color:#888;border-radius:3px;margin:0 1px">'
-                         '&nbsp;·&nbsp;</span>')
+            texts.append("·")
+            spans.append(f'<span class="dlm-mask" data-pos="{pos}" title="position {pos}: masked" '
+                         f'style="{TOKEN_BOX};background:{MASK_COLOR};color:#888">·</span>')
             continue
-        text = _visible(trace.token_strings.get(tok, f"<{tok}>"))
+        texts.append(trace.token_strings.get(tok, f"<{tok}>"))
         if value is None:
             style, label = f"background:{PROMPT_COLOR}", "fixed"
         else:
             rgb = palette()[level(value)]
             style, label = f"background:{rgb};color:{text_color(rgb)}", f"{color_by} {value:.2f}"
-        parts.append(f'<span class="dlm-token" data-pos="{pos}" data-value="{"" if value is None else f"{value:.4f}"}" '
-                     f'title="position {pos}: {label}" style="{style};border-radius:3px">{text}</span>')
-    parts.append("</div>")
-    return "".join(parts)
+        spans.append(f'<span class="dlm-token" data-pos="{pos}" data-value="{"" if value is None else f"{value:.4f}"}" '
+                     f'title="position {pos}: {label}" style="{TOKEN_BOX};{style}">{_visible(texts[-1])}</span>')
+    rows = "".join(span + ("<br>" if brk else "") for span, brk in zip(spans, _breaks(texts)))
+    return (f'<div class="dlm-tokens" style="font-family:monospace;line-height:1.5;font-size:{font_size}px">'
+            f"{rows}</div>")

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from explorer.sampling.trace import Trace
+from explorer.viz.panels import canvas_html
 from explorer.viz.plots import step_heatmap
-from explorer.viz.tokens import COLOR_MODES, tokens_html
+from explorer.viz.tokens import COLOR_MODES
 
 
 def scrubber(trace: Trace, color_by: str = "confidence"):
-    """A step slider and a colour toggle over a recorded trace; replays without the model."""
+    """A step slider and a colour toggle over a recorded trace, and the canvas with its colour legend (as wide as the
+    output, so its rows wrap); replays without the model."""
     import ipywidgets as w
 
     step = w.IntSlider(value=len(trace.frames) - 1, min=0, max=len(trace.frames) - 1, description="step",
                        continuous_update=True)
     mode = w.ToggleButtons(options=list(COLOR_MODES), value=color_by, description="colour by")
-    view = w.HTML(tokens_html(trace, step.value, mode.value))
+    view = w.HTML(canvas_html(trace, step.value, mode.value), layout=w.Layout(width="100%"))
 
     def redraw(_=None):
-        view.value = tokens_html(trace, step.value, mode.value)
+        view.value = canvas_html(trace, step.value, mode.value)
 
     step.observe(redraw, "value")
     mode.observe(redraw, "value")
