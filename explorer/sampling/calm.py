@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import numbers
 import random
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator
@@ -151,14 +150,15 @@ def calm_sampler(model, prompt_ids: list[int], params: CALMParams, generator: to
     cache = model.new_cache()
     hidden = model.prefix_state(torch.tensor([context], dtype=torch.long), cache=cache)[0]  # (d,)
     nfe = 1
+    notes: list[str] = []  # the chunk's frame takes them (at level "none", the final frame)
     for step in range(G // K):
-        chunk, z, probs, _ = next_chunk(model, hidden, params, generator, rng)
+        chunk, z, probs, _ = next_chunk(model, hidden, params, generator, rng, notes)
         lo = step * K
         canvas[lo : lo + K] = chunk
         confidence[lo : lo + K] = probs
         final = step == G // K - 1
         frame = make_frame(record, final, step + 1, canvas, range(lo, lo + K), nfe, block=step, proposal=canvas,
-                           confidence=confidence)
+                           confidence=confidence, notes=notes)
         if frame is not None:
             if record == "full":
                 frame.latent = [[round(v, 4) for v in z.tolist()]]
@@ -171,9 +171,11 @@ def calm_sampler(model, prompt_ids: list[int], params: CALMParams, generator: to
             nfe += 1
 
 
-def next_chunk(model, hidden: torch.Tensor, params: CALMParams, generator, rng) -> tuple:
+def next_chunk(model, hidden: torch.Tensor, params: CALMParams, generator, rng, notes: list[str] | None = None
+               ) -> tuple:
     """(tokens (K,), the chosen latent (l,), decoder confidence (K,), head samples the algorithm consumed) of
-    the next chunk after the backbone state `hidden` (d,)."""
+    the next chunk after the backbone state `hidden` (d,). A chunk for which the exact algorithm gave up says so in
+    `notes`, when given."""
     decoded: dict[tuple, tuple] = {}
     drawn = 0
     pending: list[tuple] = []  # exact algorithm: samples computed in a block, not yet consumed
@@ -208,8 +210,9 @@ def next_chunk(model, hidden: torch.Tensor, params: CALMParams, generator, rng) 
     elif params.algorithm == "exact":
         key, _ = exact_temperature_sample(draw_from_blocks, params.temperature, rng, params.max_draws)
         if key is None:
-            warnings.warn(f"exact temperature sampling needed more than max_draws={params.max_draws} head samples "
-                          "for a chunk; that chunk used the batch rule (raise max_draws or temperature)")
+            if notes is not None:
+                notes.append(f"exact temperature sampling needed more than max_draws={params.max_draws} head "
+                             "samples for a chunk; that chunk used the batch rule (raise max_draws or temperature)")
             key = batch_temperature_sample(draw(params.n_candidates), params.temperature, rng)
     else:
         key = batch_temperature_sample(draw(params.n_candidates), params.temperature, rng)
