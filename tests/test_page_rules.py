@@ -5,7 +5,9 @@ the shipped example traces."""
 from __future__ import annotations
 
 import os
+import threading
 import time
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -422,3 +424,60 @@ def test_the_rules_import_without_gradio():
             "print(sorted(m for m in ('gradio', 'explorer.page.layout') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
+
+
+# --- issue 20: a run's own notes ------------------------------------------------------------------------------------
+
+STEPS_OVER = {"gen_length": 8, "steps": 16, "block_length": 8, "temperature": 1.0}  # more steps than tokens
+
+
+@pytest.mark.filterwarnings("ignore:another user's note")
+def test_live_runs_note_their_own_run_and_not_warnings_from_other_threads(tiny_mdlm, monkeypatch):
+    """A warning raised in another thread (another user's request; Gradio's queue) while the run steps is not one of
+    the run's notes; the run's own note (steps reduced to fit) is, once."""
+    forward = tiny_mdlm.forward
+
+    def busy_server(*args, **kwargs):  # another thread warns while this run's step is in progress
+        other = threading.Thread(target=warnings.warn, args=("another user's note",))
+        other.start()
+        other.join()
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_mdlm, "forward", busy_server)
+    live = LiveRuns(tiny_mdlm, PROMPT, "low_confidence", 0, 2, dict(STEPS_OVER))
+    list(live)
+    assert live.notices == ["steps reduced to fit: 16 steps for 8 masked tokens, and a step commits at least one "
+                            "token, so 8 steps run"]
+    assert [t.stats["steps"] for t in live.traces] == [8, 8]
+
+
+def test_the_steps_reduced_note_is_on_the_first_frame_and_is_a_warning_for_python_code(tiny_mdlm, tiny_bd3lm):
+    with pytest.warns(UserWarning, match="steps reduced to fit: 16 steps for 8 masked tokens"):
+        trace = generate(tiny_mdlm, PROMPT, "low_confidence", 0, **STEPS_OVER)
+    assert trace.frames[0].notes and "so 8 steps run" in trace.frames[0].notes[0]
+    assert all(f.notes is None for f in trace.frames[1:]) and trace.stats["steps"] == 8
+    # two blocks of 4: 4 steps per block > 4 tokens per block would be fine; 8 per block is not
+    trace = generate(tiny_mdlm, PROMPT, "low_confidence", 0, gen_length=8, steps=16, block_length=4)
+    assert "16 steps for 8 masked tokens" in trace.frames[0].notes[0] and trace.stats["steps"] == 8
+    exact = generate(tiny_mdlm, PROMPT, "low_confidence", 0, gen_length=8, steps=8, block_length=4)
+    assert all(f.notes is None for f in exact.frames)
+    assert all(f.notes is None for f in generate(tiny_mdlm, PROMPT, "ancestral", 0, gen_length=8, steps=16).frames)
+    # at level "none" the note waits for the one frame kept
+    assert "steps reduced" in generate(tiny_mdlm, PROMPT, "low_confidence", 0, "none", **STEPS_OVER).frames[0].notes[0]
+    # bd3lm: steps per block beyond the block's tokens
+    knobs = {"gen_length": 8, "block_length": tiny_bd3lm.block_size, "steps": 2 * tiny_bd3lm.block_size,
+             "stop_at_eos": False, "min_entropy": 0.0}
+    trace = generate(tiny_bd3lm, PROMPT, "low_confidence", 0, **knobs)
+    assert trace.frames[0].notes == [f"steps reduced to fit: {knobs['steps']} steps per block for blocks of "
+                                     f"{knobs['block_length']} tokens, and a step commits at least one token, so at "
+                                     f"most {knobs['block_length']} steps per block run"]
+
+
+def test_notes_round_trip_through_a_trace_file_and_are_checked(tiny_mdlm, tmp_path):
+    trace = generate(tiny_mdlm, PROMPT, "low_confidence", 0, **STEPS_OVER)
+    again = Trace.load(trace.save(tmp_path / "t.json"))
+    assert again.frames[0].notes == trace.frames[0].notes
+    data = trace.to_dict()
+    data["frames"][0]["notes"] = ["fine", 3]
+    with pytest.raises(ValueError, match=r"frames\[0\]\.notes\[1\] must be a string, got an int"):
+        Trace.from_dict(data)
