@@ -243,11 +243,13 @@ def test_load_a_trace_written_by_the_cli_and_a_bad_file(client, tmp_path):
     trace = tmp_path / "cli.json"
     main(["sample", "--checkpoint", "mdlm-tiny", "--prompt", "ROMEO:", "--gen-length", "12", "--steps", "6",
           "--record", "full", "--trace", str(trace), "--no-animation"])
-    view, stats, error, *_ = client.predict(handle_file(str(trace)), "confidence", api_name="/load_trace")
-    assert not error and view.count('class="dlm-token"') == 12 and "nfe** 6" in stats
+    view, stats, error, *_, prompt, export_error = client.predict(handle_file(str(trace)), "confidence",
+                                                                  api_name="/load_trace")
+    assert not error and not export_error and view.count('class="dlm-token"') == 12 and "nfe** 6" in stats
+    assert prompt == "ROMEO:"  # the loaded trace's prompt fills the prompt box
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema": 99}')
-    error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")[2]
+    error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")[-1]  # the Export tab's box
     assert "could not load the trace" in error and "schema" in error, error
 
 
@@ -407,13 +409,12 @@ def test_rewind_keeps_at_most_max_rewind_edits():
 def test_an_upload_over_the_cap_is_refused_with_a_clear_message(tmp_path, monkeypatch):
     from explorer.page import export, layout
     from explorer.page.examples import EXAMPLES_DIR
-    from explorer.page.views import Outputs
 
     assert layout.launch_options()["max_file_size"] == f"{layout.MAX_UPLOAD_MB}mb"  # Gradio refuses larger uploads too
     big = tmp_path / "big.json"
     big.write_bytes((EXAMPLES_DIR / "mdlm-tiny.json").read_bytes())
     monkeypatch.setattr(export, "MAX_UPLOAD_MB", 0.05)
-    error = dict(zip(Outputs.names, export.load_trace(str(big), "confidence", None)[:-1]))["error"]
+    error = export.load_trace(str(big), "confidence", None)[-1]  # the Export tab's box
     assert "could not load the trace: big.json has 0.1 MB; a trace may have at most 0.05 MB here" in error, error
 
 
@@ -450,8 +451,9 @@ def hostile_trace(folder) -> str:
 def test_a_hostile_trace_is_escaped_wherever_the_page_shows_it(client, tmp_path):
     from gradio_client import handle_file
 
-    view, stats, error, _plot, _step, multiples, latent_view, _ls, _latent, edit_view, export_error = client.predict(
-        handle_file(hostile_trace(tmp_path)), "confidence", api_name="/load_trace")
+    view, stats, error, _plot, _step, multiples, latent_view, _ls, _latent, edit_view, prompt, export_error = (
+        client.predict(handle_file(hostile_trace(tmp_path)), "confidence", api_name="/load_trace"))
+    assert prompt == PAYLOAD  # as text in the prompt box
     assert not error and not export_error and view.count("&lt;img&nbsp;src=x&nbsp;onerror=") == 65  # prompt, 64 tokens
     for shown in (view, stats, multiples, latent_view, edit_view):
         assert "<img" not in shown, shown[:300]
@@ -482,7 +484,7 @@ def test_a_bad_trace_file_is_named_without_the_servers_upload_path(client, tmp_p
     *_, error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")  # the Export tab's box
     assert "could not load the trace: broken.json is not a trace JSON file" in error and "/tmp" not in error, error
     bad.write_text(json.dumps([]))
-    error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")[2]
+    error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")[-1]
     assert "could not load the trace: broken.json is not a trace JSON file: a trace must be a JSON object, got a " \
            "list" in error, error
 
@@ -584,3 +586,28 @@ def test_the_launcher_names_a_bad_device_in_one_line():
                             timeout=300)
     assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
     assert result.stderr.startswith("error: device = 'bogus' is not a device") and result.stderr.count("\n") == 1
+
+
+# --- issue 20: messages where they belong, knob ranges that follow the model, the server's address -----------------
+
+SKIP = {"__type__": "update"}  # gr.skip(): the output is left as it is
+
+
+def test_a_bad_upload_is_named_on_the_export_tab_by_its_base_name_and_the_denoise_tab_keeps_its_run(tmp_path,
+                                                                                                    monkeypatch):
+    import tempfile
+
+    from explorer.page import export
+
+    uploads = tmp_path / "uploads" / "3f9a"  # an upload folder the page does not know as a temporary one
+    uploads.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "elsewhere"))
+    bad = uploads / "broken.json"
+    bad.write_text('{"schema": 1, "frames": [')
+    *denoise, prompt, box = export.load_trace(str(bad), "confidence", None)
+    assert "could not load the trace: broken.json is not a trace JSON file: Expecting value" in box, box
+    assert str(tmp_path) not in box and "uploads" not in box
+    assert denoise == [SKIP] * len(denoise) and prompt == SKIP  # the Denoise tab's run and message stay
+    *_, prompt, box = export.load_trace(None, "confidence", None)
+    assert "choose a trace JSON file" in box and prompt == SKIP

@@ -115,7 +115,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
         compare.wire(c, shared)
         latent.wire(tabs, lat, shared)
         edit.wire(e, shared)
-        export.wire(x, shared)
+        export.wire(x, shared, d.prompt)
         demo.unload(close_session)
     return demo.queue(default_concurrency_limit=1)
 
