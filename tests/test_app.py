@@ -601,6 +601,7 @@ def test_a_bad_upload_is_named_on_the_export_tab_by_its_base_name_and_the_denois
 
     uploads = tmp_path / "uploads" / "3f9a"  # an upload folder the page does not know as a temporary one
     uploads.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "elsewhere"))
     bad = uploads / "broken.json"
