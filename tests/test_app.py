@@ -299,11 +299,13 @@ def run_calm(algorithm, temperature, n_candidates, gen_length=12):
 def test_calm_checkpoint_shows_k_algorithm_and_n_instead_of_the_other_knobs(calm_hub):
     from explorer.page.denoise import family_controls, on_chunk_size
 
-    sampler, cache, block, steps, temperature, threshold, n, chunk_size, cfg, pins = family_controls("calm-tiny-k4")
+    sampler, cache, block, steps, temperature, threshold, n, gen_length, chunk_size, cfg, pins = family_controls(
+        "calm-tiny-k4")
     assert sampler["choices"] == ["exact", "batch"] and sampler["label"].startswith("algorithm")
     assert not any(u["visible"] for u in (cache, block, steps, threshold, cfg, pins))
     assert n["label"].startswith("N (head samples") and n["maximum"] == 500
     assert temperature["value"] == 1.0 and temperature["maximum"] == 1
+    assert gen_length["maximum"] == 64 and gen_length["step"] == gen_length["minimum"] == 4  # 16 chunks of K = 4
     assert chunk_size["choices"] == [2, 4] and chunk_size["value"] == 4 and chunk_size["visible"]
     assert on_chunk_size(2, "calm-tiny-k4")["value"] == "calm-tiny-k2"  # K switches the checkpoint
     assert "value" not in on_chunk_size(4, "calm-tiny-k4")  # already there
@@ -312,7 +314,7 @@ def test_calm_checkpoint_shows_k_algorithm_and_n_instead_of_the_other_knobs(calm
 def test_other_families_show_their_own_knobs():
     from explorer.page.denoise import family_controls
 
-    sampler, cache, block, *_, n, chunk_size, cfg, pins = family_controls("mdlm-tiny")
+    sampler, cache, block, *_, n, _gen_length, chunk_size, cfg, pins = family_controls("mdlm-tiny")
     assert sampler["label"].startswith("sampler") and cache["visible"] and block["visible"] and cfg["visible"]
     assert n["label"].startswith("N (runs") and not chunk_size["visible"]
     _sampler, _cache, block, steps, *_ = family_controls("bd3lm-tiny-b4")
@@ -612,3 +614,43 @@ def test_a_bad_upload_is_named_on_the_export_tab_by_its_base_name_and_the_denois
     assert denoise == [SKIP] * len(denoise) and prompt == SKIP  # the Denoise tab's run and message stay
     *_, prompt, box = export.load_trace(None, "confidence", None)
     assert "choose a trace JSON file" in box and prompt == SKIP
+
+
+def test_a_checkpoint_of_another_family_takes_its_own_defaults_and_ranges():
+    """cdcd-tiny's 200 steps and temperature do not carry over to ar-tiny; each slider's range is the checkpoint's."""
+    from explorer.page.denoise import FAMILY_CONTROLS, family_controls
+    from explorer.sampling import sampler_for
+
+    cdcd = dict(zip(FAMILY_CONTROLS, family_controls("cdcd-tiny")))
+    assert cdcd["steps"]["value"] == 200 and cdcd["gen_length"]["maximum"] == 128
+    ar = dict(zip(FAMILY_CONTROLS, family_controls("ar-tiny")))
+    assert ar["temperature"]["value"] == sampler_for("ar").default("temperature")
+    assert ar["steps"]["value"] == ar["gen_length"]["value"] == sampler_for("ar").default("gen_length")
+    assert not ar["steps"]["visible"] and ar["gen_length"]["maximum"] == 128
+    bd3lm = dict(zip(FAMILY_CONTROLS, family_controls("bd3lm-tiny-b16")))
+    assert bd3lm["gen_length"]["maximum"] == 256 and bd3lm["block_length"]["value"] == 16
+    mdlm = dict(zip(FAMILY_CONTROLS, family_controls("mdlm-tiny")))
+    assert mdlm["block_length"]["value"] == mdlm["gen_length"]["value"] == 64  # not bd3lm's blocks of 16
+
+
+def test_calms_temperature_slider_explains_zero_and_zero_is_refused_in_words(calm_hub):
+    from explorer.page.denoise import FAMILY_CONTROLS, SAMPLER_CONTROLS, family_controls, sampler_controls
+
+    temperature = dict(zip(FAMILY_CONTROLS, family_controls("calm-tiny-k4")))["temperature"]
+    assert temperature["minimum"] == 0 and temperature["maximum"] == 1  # no raw "less than minimum" error at 0
+    info = dict(zip(SAMPLER_CONTROLS, sampler_controls("calm-tiny-k4", "exact")))["temperature"]["info"]
+    assert "not 0: greedy decoding needs likelihoods" in info, info
+    error = run_calm("exact", 0.0, 7)[2]
+    assert "temperature must be in (0, 1]" in error and "0, greedy decoding, needs likelihoods" in error, error
+
+
+def test_more_steps_than_tokens_says_it_was_reduced_to_fit():
+    from explorer.page.denoise import generate
+    from explorer.page.views import Outputs
+
+    *_, last = generate(*args(gen_length=8, steps=16, block_length=8))
+    out = dict(zip(Outputs.names, last))
+    assert "steps reduced to fit: 16 steps for 8 masked tokens" in out["error"] and "so 8 steps run" in out["error"]
+    assert out["session"].trace.stats["steps"] == 8
+    *_, last = generate(*args(gen_length=8, steps=8, block_length=8))
+    assert "steps reduced" not in dict(zip(Outputs.names, last))["error"]

@@ -481,3 +481,79 @@ def test_notes_round_trip_through_a_trace_file_and_are_checked(tiny_mdlm, tmp_pa
     data["frames"][0]["notes"] = ["fine", 3]
     with pytest.raises(ValueError, match=r"frames\[0\]\.notes\[1\] must be a string, got an int"):
         Trace.from_dict(data)
+
+
+# --- issue 20: the sliders' ranges follow the checkpoint -----------------------------------------------------------
+
+def shipped_config(name: str) -> dict:
+    from explorer.models.base import read_config
+
+    return read_config(explorer.shipped()[name])
+
+
+def settings(name: str, sampler: str | None = None) -> dict:
+    from explorer.page.requests import slider_settings
+    from explorer.sampling import sampler_for
+
+    config = shipped_config(name)
+    return slider_settings(config["family"], sampler_for(config["family"], sampler), config)
+
+
+def test_checkpoint_shape_reads_context_chunk_and_block_size_without_loading():
+    from explorer.page.requests import checkpoint_shape
+
+    assert checkpoint_shape(shipped_config("mdlm-tiny")) == (128, 1, None)
+    assert checkpoint_shape(shipped_config("bd3lm-tiny-b4")) == (128, 1, 4)
+    assert checkpoint_shape(shipped_config("calm-tiny-k8")) == (128, 8, None)  # 16 chunk positions x K = 8
+    assert checkpoint_shape({"max_sequence_length": 64}) == (64, 1, None)  # LLaDA's field
+    assert checkpoint_shape({"model_length": 1024, "block_size": 4}) == (1024, 1, 4)  # the DiT releases
+    for hostile in ({}, {"model": {"backbone": {"max_seq_len": "128"}}}, {"model": [1]}, {"model_length": -3}):
+        assert checkpoint_shape(hostile) == (None, 1, None)
+
+
+def test_the_gen_length_slider_stops_at_the_checkpoints_context():
+    from explorer.page.requests import MAX_LENGTH, slider_settings
+    from explorer.sampling import sampler_for
+
+    for name in ("mdlm-tiny", "ar-tiny", "cdcd-tiny"):
+        assert settings(name)["gen_length"] == {"minimum": 1, "maximum": 128, "step": 1, "value": 64}, name
+    assert settings("bd3lm-tiny-b16")["gen_length"]["maximum"] == MAX_LENGTH  # it slides its window past 128
+    calm = settings("calm-tiny-k8")["gen_length"]
+    assert (calm["minimum"], calm["maximum"], calm["step"], calm["value"]) == (8, 128, 8, 64)  # whole chunks
+    small = slider_settings("mdlm", sampler_for("mdlm"), {"max_sequence_length": 48})  # a released folder
+    assert small["gen_length"]["maximum"] == small["gen_length"]["value"] == 48 == small["steps"]["maximum"]
+    assert slider_settings("mdlm", sampler_for("mdlm"), {})["gen_length"]["maximum"] == MAX_LENGTH  # not given
+
+
+def test_other_sliders_follow_the_family():
+    from explorer.page.requests import MAX_LENGTH
+
+    mdlm = settings("mdlm-tiny")
+    assert mdlm["steps"]["maximum"] == 128 and mdlm["block_length"]["maximum"] == 128  # more steps are skipped
+    assert settings("cdcd-tiny")["steps"] == {"minimum": 1, "maximum": 2 * MAX_LENGTH, "value": 200}
+    bd3lm = settings("bd3lm-tiny-b4")
+    assert bd3lm["block_length"]["value"] == bd3lm["steps"]["value"] == 4  # the block size it was trained with
+    assert bd3lm["block_length"]["maximum"] == bd3lm["steps"]["maximum"] == 128  # per block, within its context
+    assert settings("calm-tiny-k4")["temperature"] == {"minimum": 0, "maximum": 1, "value": 1.0}
+    assert settings("ar-tiny")["temperature"]["maximum"] == 2
+
+
+def test_a_family_switch_takes_the_new_familys_registry_defaults():
+    """Each checkpoint's settings are the registry defaults of its family: cdcd-tiny's 200 steps and temperature do
+    not reach ar-tiny (whose one step per token is its gen length), nor mdlm's 0 a cdcd run."""
+    from explorer.sampling import sampler_for
+
+    cdcd, ar, mdlm = settings("cdcd-tiny"), settings("ar-tiny"), settings("mdlm-tiny")
+    assert (cdcd["steps"]["value"], cdcd["temperature"]["value"]) == (200, sampler_for("cdcd").default("temperature"))
+    assert ar["temperature"]["value"] == sampler_for("ar").default("temperature")
+    assert ar["steps"]["value"] == sampler_for("ar").default("gen_length") == ar["gen_length"]["value"]
+    assert (mdlm["steps"]["value"], mdlm["temperature"]["value"]) == (64, 0.0)
+    assert settings("mdlm-tiny", "ancestral")["temperature"]["value"] == 1.0  # the sampler's own default
+
+
+def test_the_chat_template_box_is_offered_only_where_a_template_is(tmp_path):
+    from explorer.released.synthetic import write_tiny_llada
+
+    assert folders.has_chat_template(write_tiny_llada(tmp_path / "chat"))
+    assert not folders.has_chat_template(write_tiny_llada(tmp_path / "base", template=None))
+    assert not any(folders.has_chat_template(folder) for folder in explorer.shipped().values())

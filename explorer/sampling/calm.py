@@ -50,7 +50,8 @@ def check_temperature(temperature: float, algorithm: str, n_candidates: int) -> 
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature <= 1:
         raise ValueError(f"temperature must be in (0, 1] for CALM's likelihood-free sampling (it can sharpen the "
-                         f"model's distribution, not flatten it), got {temperature!r}")
+                         f"model's distribution, not flatten it; 0, greedy decoding, needs likelihoods, which CALM "
+                         f"does not have: the lowest is 1/{MAX_CANDIDATES}), got {temperature!r}")
     if 1 / temperature > MAX_CANDIDATES:  # exact draws 1/T samples per try and falls back to batch: 1/T <= N
         raise ValueError(f"temperature must be at least 1/{MAX_CANDIDATES} (1/T head samples must agree, at most "
                          f"N = {MAX_CANDIDATES}), got {temperature}")
@@ -111,7 +112,8 @@ def batch_temperature_sample(candidates: list[Hashable], temperature: float, rng
 @dataclass(frozen=True)
 class CALMParams(SamplerParams):
     gen_length: int = knob(64, "tokens to generate (a multiple of the model's chunk size K)")
-    temperature: float = knob(1.0, "in (0, 1]: 1 decodes one head sample per chunk")
+    temperature: float = knob(1.0, "in (0, 1]: 1 decodes one head sample per chunk, lower sharpens (1/T head samples "
+                                   "must agree); not 0: greedy decoding needs likelihoods, which CALM does not have")
     algorithm: str = knob("exact", 'temperature < 1: "exact" (Alg. 1) or "batch" (N candidates)')
     n_candidates: int = knob(200, "N for the batch approximation")
     max_draws: int = knob(2000, "exact algorithm: head samples per chunk before falling back to the batch rule")
