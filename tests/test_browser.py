@@ -293,3 +293,67 @@ def test_a_hostile_trace_runs_no_script_and_the_page_stays_usable(page, tmp_path
     generate(page)  # the page still runs models
     page.wait_for_function(f"document.querySelectorAll(\"{COLOURED}\").length === 8")
     assert page.evaluate("window.__pwned") is None
+
+
+# --- issue 20 (points 7, 8): upload errors where the upload happened; knob ranges that follow the model --------------
+
+LAPTOP = {"width": 1280, "height": 800}
+
+
+def pick_checkpoint(page, name: str) -> None:
+    page.locator("#checkpoint input").click()
+    page.locator("#checkpoint input").fill(name)
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def slider_is(page, elem_id: str, attribute: str, value: str) -> None:
+    """Wait until the number box of a slider has `attribute` (max, min, step, value) equal to `value`."""
+    page.wait_for_function("([id, name, value]) => { const box = document.querySelector(`#${id} input[type=number]`);"
+                           " return box && String(box[name]) === value; }", arg=[elem_id, attribute, value])
+
+
+def test_the_gen_length_slider_stops_at_the_checkpoints_context(page):
+    page.set_viewport_size(LAPTOP)
+    slider_is(page, "gen_length", "max", "128")  # mdlm-tiny: a 128-token context (the slider used to go to 256)
+    assert page.locator("#gen_length input[type=range]").get_attribute("max") == "128"
+    set_number(page, "gen_length", 100000)
+    slider_is(page, "gen_length", "value", "128")  # the box keeps to the checkpoint's range
+    pick_checkpoint(page, "bd3lm-tiny-b16")  # block diffusion slides its window past its context
+    slider_is(page, "gen_length", "max", "256")
+    slider_is(page, "block_length", "value", "16")  # the block size it was trained with
+    pick_checkpoint(page, "calm-tiny-k4")  # whole chunks of K = 4 tokens; temperature in [0, 1]
+    slider_is(page, "gen_length", "step", "4")
+    slider_is(page, "gen_length", "max", "128")
+    slider_is(page, "temperature", "max", "1")
+    assert page.locator("#temperature input[type=number]").get_attribute("min") == "0"
+    assert "not 0: greedy decoding needs likelihoods" in page.locator("#temperature").inner_text()
+    pick_checkpoint(page, "cdcd-tiny")
+    slider_is(page, "steps", "value", "200")
+    pick_checkpoint(page, "ar-tiny")  # cdcd's settings do not carry over
+    slider_is(page, "temperature", "value", "1")
+    assert not page.locator("#steps").is_visible()
+    screenshot(page, "ranges-laptop")
+
+
+def test_a_bad_upload_is_named_on_the_export_tab_and_a_good_one_fills_the_prompt(page, tmp_path):
+    import explorer
+
+    page.set_viewport_size(LAPTOP)
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"schema": 1, "frames": [')
+    open_tab(page, "Export")
+    page.set_input_files("#upload input[type=file]", str(bad))
+    page.wait_for_selector("#export_error .dlm-error")
+    said = page.locator("#export_error").inner_text()
+    assert "could not load the trace: broken.json is not a trace JSON file" in said, said
+    assert "/" not in said.split("broken.json")[0], said  # the base name alone: no upload folder
+    open_tab(page, "Denoise")
+    page.wait_for_selector("#tokens span.dlm-token")
+    assert page.locator("#error .dlm-error").count() == 0  # the Denoise tab keeps the run it shows
+    good = tmp_path / "juliet.json"
+    explorer.generate(explorer.load("mdlm-tiny"), "JULIET:", gen_length=8, steps=8, record="full").save(good)
+    open_tab(page, "Export")
+    page.click("#upload button[aria-label=Clear]")
+    page.set_input_files("#upload input[type=file]", str(good))
+    page.wait_for_function("document.querySelector('#prompt textarea').value === 'JULIET:'")
+    assert page.locator("#export_error .dlm-error").count() == 0
