@@ -1,4 +1,4 @@
-"""`python -m explorer {list,train,sample,eval,bench,export,examples}`."""
+"""`python -m explorer {app,list,train,sample,eval,bench,export,examples}`."""
 
 from __future__ import annotations
 
@@ -407,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_bench(sub)
     _add_export(sub)
+    sub.add_parser("app", help="serve the explorer page, as `python app.py` does (`app --help`: its options)",
+                   add_help=False)
     sub.add_parser("list", help="the shipped checkpoints")
     sub.add_parser("samplers", help="every sampler by family, with its knobs and their defaults")
     card = sub.add_parser("card", help="evaluate a checkpoint and write its model card")
@@ -419,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["app"]:  # the page's launcher reads its own options (and the GRADIO_SERVER_* variables)
+        from explorer.page.launch import main as serve
+
+        serve(argv[1:], prog=f"{program_name()} app")
+        return 0
     args = build_parser().parse_args(argv)
     commands = {"card": cmd_card, "train": cmd_train, "train-autoencoder": cmd_train_autoencoder, "sample": cmd_sample,
                 "eval": cmd_eval, "list": cmd_list, "samplers": cmd_samplers, "bench": cmd_bench, "export": cmd_export,

@@ -4,8 +4,10 @@ module session; a second client is a second user)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -654,3 +656,61 @@ def test_more_steps_than_tokens_says_it_was_reduced_to_fit():
     assert out["session"].trace.stats["steps"] == 8
     *_, last = generate(*args(gen_length=8, steps=8, block_length=8))
     assert "steps reduced" not in dict(zip(Outputs.names, last))["error"]
+
+
+@pytest.mark.parametrize("flags, environ, expected", [
+    ((None, None), {}, ("127.0.0.1", 7860)),  # neither: this machine only, Gradio's port
+    ((None, None), {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8080"}, ("0.0.0.0", 8080)),
+    (("127.0.0.1", 9000), {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8080"}, ("127.0.0.1", 9000)),
+    ((None, 9000), {"GRADIO_SERVER_NAME": "0.0.0.0"}, ("0.0.0.0", 9000)),
+    ((None, None), {"GRADIO_SERVER_NAME": "", "GRADIO_SERVER_PORT": " 7861 "}, ("127.0.0.1", 7861)),
+])
+def test_flags_win_over_gradios_environment_variables_and_neither_serves_this_machine(flags, environ, expected):
+    from explorer.page.launch import server_address
+
+    assert server_address(*flags, environ=environ) == expected
+
+
+@pytest.mark.parametrize("flags, environ, where, shown", [
+    ((None, None), {"GRADIO_SERVER_PORT": "abc"}, "GRADIO_SERVER_PORT", "'abc'"),
+    ((None, None), {"GRADIO_SERVER_PORT": "70000"}, "GRADIO_SERVER_PORT", "'70000'"),
+    ((None, 0), {"GRADIO_SERVER_PORT": "8080"}, "--port", "'0'"),
+])
+def test_a_bad_port_is_named_with_where_it_came_from(flags, environ, where, shown):
+    from explorer.page.launch import server_address
+
+    with pytest.raises(ValueError) as caught:
+        server_address(*flags, environ=environ)
+    assert str(caught.value) == f"{where} must be a port number in [1, 65535], got {shown}"
+
+
+def test_app_py_and_the_cli_app_command_serve_where_flags_or_the_environment_say(monkeypatch):
+    """The launchers hand Gradio the address (no server is started: build_demo is a stand-in)."""
+    import explorer.viz.latent
+    from explorer.cli import main as cli
+    from explorer.page import launch, layout
+
+    launched = []
+    monkeypatch.setattr(layout, "build_demo", lambda *a: SimpleNamespace(launch=lambda **kw: launched.append(kw)))
+    monkeypatch.setattr(explorer.viz.latent, "warm_umap", lambda: None)
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "8080")
+    launch.main([])
+    assert cli(["app", "--port", "9000"]) == 0
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "not a port")  # a flag wins, and Gradio is handed the port it serves
+    launch.main(["--host", "127.0.0.1", "--port", "9001"])
+    assert os.environ["GRADIO_SERVER_PORT"] == "9001"
+    assert [(kw["server_name"], kw["server_port"]) for kw in launched] == [("0.0.0.0", 8080), ("0.0.0.0", 9000),
+                                                                          ("127.0.0.1", 9001)]
+
+
+def test_a_bad_gradio_server_port_is_one_error_line_before_gradio_reads_it():
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=os.environ | {"GRADIO_SERVER_PORT": "abc"})
+    assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
+    assert result.stderr == "error: GRADIO_SERVER_PORT must be a port number in [1, 65535], got 'abc'\n"
