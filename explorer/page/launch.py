@@ -14,6 +14,7 @@ from pathlib import Path
 from explorer.page.folders import default_roots
 from explorer.page.memory import MEMORY_BUDGET_MB
 
+DESCRIPTION = "Serve the diffusion-LM explorer page."
 HOST, PORT = "127.0.0.1", 7860  # where the page listens unless told: this machine only, Gradio's port
 
 
@@ -29,9 +30,8 @@ def server_address(host: str | None, port: int | None, environ=os.environ) -> tu
     return (host if host is not None else environ.get("GRADIO_SERVER_NAME") or HOST), int(given)
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    """`python app.py [options]` (and `python -m explorer app [options]`, whose `prog` names it so)."""
-    parser = argparse.ArgumentParser(prog=prog, description="Serve the diffusion-LM explorer page.")
+def add_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The launcher's options, on `python app.py`'s parser and on the CLI's `app` command."""
     parser.add_argument("--host", default=None, help=f"interface to bind (default: $GRADIO_SERVER_NAME, else {HOST}: "
                         "this machine only; 0.0.0.0 serves every interface)")
     parser.add_argument("--port", type=int, default=None, help=f"port (default: $GRADIO_SERVER_PORT, else {PORT})")
@@ -48,26 +48,35 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--memory-budget-mb", type=float, default=MEMORY_BUDGET_MB,
                         help="memory for the runs of all sessions together; beyond it the least recently used "
                              f"sessions' runs are dropped (default {MEMORY_BUDGET_MB})")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Check the options (a ValueError names the bad one), then import Gradio and serve the page until stopped."""
     if not args.memory_budget_mb > 0:
-        parser.error(f"--memory-budget-mb must be > 0, got {args.memory_budget_mb:g}")
-    roots = default_roots() + [Path(r) for r in args.checkpoint_root or []]
+        raise ValueError(f"--memory-budget-mb must be > 0, got {args.memory_budget_mb:g}")
+    host, port = server_address(args.host, args.port)
     from explorer.released import load_options
 
-    try:
-        host, port = server_address(args.host, args.port)
-        released = load_options(args.device, args.dtype, args.device_map)
-    except ValueError as err:  # e.g. --device bogus: one line, as the CLI says it, not a traceback
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    released = load_options(args.device, args.dtype, args.device_map)  # e.g. --device bogus is refused here
     os.environ["GRADIO_SERVER_PORT"] = str(port)  # Gradio reads it on import: a --port flag wins over a bad value
     from explorer.page.layout import build_demo, launch_options
     from explorer.viz.latent import warm_umap
 
     warm_umap()  # numba compiles UMAP in the background, before the first latent view asks for it
+    roots = default_roots() + [Path(r) for r in args.checkpoint_root or []]
     build_demo(roots, released, args.memory_budget_mb).launch(server_name=host, server_port=port, share=args.share,
                                                                 **launch_options())
 
+
+def main(argv: list[str] | None = None) -> None:
+    """`python app.py [options]`: a bad option is one `error:` line (exit 2), as the CLI says it, not a traceback."""
+    args = add_options(argparse.ArgumentParser(description=DESCRIPTION)).parse_args(argv)
+    try:
+        serve(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 if __name__ == "__main__":
     main()
