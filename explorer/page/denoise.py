@@ -377,8 +377,10 @@ def wire(demo: gr.Blocks, d: SimpleNamespace, shared: Shared) -> None:
                   shared.session, *d.knobs]
     generation = d.run.click(with_request(generate), run_inputs, shared.run_outputs(), api_name="generate", **RUNS)
     for slider in (d.gen_length, d.steps, d.block_length, d.n_runs, d.temperature):
+        # unprocessed values: a number typed past a slider's range (the box then keeps to it) is not Gradio's raw
+        # "greater than maximum" toast; unticked, nothing happens, ticked, the run names the knob
         slider.release(with_request(rerun_on_release), run_inputs + [d.auto], shared.run_outputs(),
-                       api_visibility="private",
+                       api_visibility="private", preprocess=False,
                        **RUNS)
     scrub = [shared.session, d.step, d.color_by, shared.method, shared.source]
     d.step.input(replay, scrub, shared.shown(), api_name="replay", **FREE)
