@@ -1,7 +1,7 @@
 """The page's launcher: `python app.py` and `python -m explorer app` read their options here and check them (a bad
 port or device is one `error:` line, exit 2) before Gradio is imported: Gradio reads GRADIO_SERVER_PORT when it is
 imported and fails on a bad one with a traceback. Where the page listens: the --host / --port flags, else Gradio's
-GRADIO_SERVER_NAME / GRADIO_SERVER_PORT environment variables (what Hugging Face Spaces and containers set), else
+GRADIO_SERVER_NAME / GRADIO_SERVER_PORT environment variables (how a container or a Hugging Face Space says it), else
 127.0.0.1:7860 (this machine only)."""
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
 
 if __name__ == "__main__":
     main()

@@ -101,7 +101,7 @@ def slider_settings(family: str, spec: Sampler, config: dict) -> dict[str, dict]
     return {
         "gen_length": {"minimum": chunk, "maximum": longest, "step": chunk, "value": length},
         "steps": {"minimum": 1, "maximum": most_steps, "value": min(steps or length, most_steps)},
-        "block_length": {"minimum": 1, "maximum": context or MAX_LENGTH if family == "bd3lm" else longest,
+        "block_length": {"minimum": 1, "maximum": (context or MAX_LENGTH) if family == "bd3lm" else longest,
                          "value": block or length},
         "temperature": {"minimum": 0, "maximum": 1 if family == "calm" else 2, "value": spec.default("temperature")},
     }
