@@ -4,7 +4,7 @@ The page lives in the package (`explorer.page`); this file is the launcher the d
 expect at the repository root.
 """
 
-from explorer.page.layout import main
+from explorer.page.launch import main
 
 if __name__ == "__main__":
     main()

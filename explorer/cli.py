@@ -1,4 +1,4 @@
-"""`python -m explorer {list,train,sample,eval,bench,export,examples}`."""
+"""`python -m explorer {app,list,train,sample,eval,bench,export,examples}`."""
 
 from __future__ import annotations
 
@@ -353,6 +353,18 @@ def cmd_bench(args):
     run_sampling_bench(args.checkpoint, args.judge, repeats, json_path)
 
 
+def _add_app(sub):
+    from explorer.page.launch import DESCRIPTION, add_options
+
+    add_options(sub.add_parser("app", help="serve the explorer page, as `python app.py` does", description=DESCRIPTION))
+
+
+def cmd_app(args):
+    from explorer.page.launch import serve  # Gradio is imported only once the options are checked
+
+    serve(args)
+
+
 def cmd_examples(args):
     from explorer.page.examples import EXAMPLES_DIR, write_examples
 
@@ -413,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_bench(sub)
     _add_export(sub)
+    _add_app(sub)
     sub.add_parser("list", help="the shipped checkpoints")
     sub.add_parser("samplers", help="every sampler by family, with its knobs and their defaults")
     card = sub.add_parser("card", help="evaluate a checkpoint and write its model card")
@@ -428,7 +441,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"card": cmd_card, "train": cmd_train, "train-autoencoder": cmd_train_autoencoder, "sample": cmd_sample,
                 "eval": cmd_eval, "list": cmd_list, "samplers": cmd_samplers, "bench": cmd_bench, "export": cmd_export,
-                "examples": cmd_examples}
+                "examples": cmd_examples, "app": cmd_app}
     try:
         commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

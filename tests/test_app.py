@@ -4,8 +4,10 @@ module session; a second client is a second user)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -243,11 +245,13 @@ def test_load_a_trace_written_by_the_cli_and_a_bad_file(client, tmp_path):
     trace = tmp_path / "cli.json"
     main(["sample", "--checkpoint", "mdlm-tiny", "--prompt", "ROMEO:", "--gen-length", "12", "--steps", "6",
           "--record", "full", "--trace", str(trace), "--no-animation"])
-    view, stats, error, *_ = client.predict(handle_file(str(trace)), "confidence", api_name="/load_trace")
-    assert not error and view.count('class="dlm-token"') == 12 and "nfe** 6" in stats
+    view, stats, error, *_, prompt, export_error = client.predict(handle_file(str(trace)), "confidence",
+                                                                  api_name="/load_trace")
+    assert not error and not export_error and view.count('class="dlm-token"') == 12 and "nfe** 6" in stats
+    assert prompt == "ROMEO:"  # the loaded trace's prompt fills the prompt box
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema": 99}')
-    error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")[2]
+    error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")[-1]  # the Export tab's box
     assert "could not load the trace" in error and "schema" in error, error
 
 
@@ -297,11 +301,13 @@ def run_calm(algorithm, temperature, n_candidates, gen_length=12):
 def test_calm_checkpoint_shows_k_algorithm_and_n_instead_of_the_other_knobs(calm_hub):
     from explorer.page.denoise import family_controls, on_chunk_size
 
-    sampler, cache, block, steps, temperature, threshold, n, chunk_size, cfg, pins = family_controls("calm-tiny-k4")
+    sampler, cache, block, steps, temperature, threshold, n, gen_length, chunk_size, cfg, pins = family_controls(
+        "calm-tiny-k4")
     assert sampler["choices"] == ["exact", "batch"] and sampler["label"].startswith("algorithm")
     assert not any(u["visible"] for u in (cache, block, steps, threshold, cfg, pins))
     assert n["label"].startswith("N (head samples") and n["maximum"] == 500
     assert temperature["value"] == 1.0 and temperature["maximum"] == 1
+    assert gen_length["maximum"] == 64 and gen_length["step"] == gen_length["minimum"] == 4  # 16 chunks of K = 4
     assert chunk_size["choices"] == [2, 4] and chunk_size["value"] == 4 and chunk_size["visible"]
     assert on_chunk_size(2, "calm-tiny-k4")["value"] == "calm-tiny-k2"  # K switches the checkpoint
     assert "value" not in on_chunk_size(4, "calm-tiny-k4")  # already there
@@ -310,7 +316,7 @@ def test_calm_checkpoint_shows_k_algorithm_and_n_instead_of_the_other_knobs(calm
 def test_other_families_show_their_own_knobs():
     from explorer.page.denoise import family_controls
 
-    sampler, cache, block, *_, n, chunk_size, cfg, pins = family_controls("mdlm-tiny")
+    sampler, cache, block, *_, n, _gen_length, chunk_size, cfg, pins = family_controls("mdlm-tiny")
     assert sampler["label"].startswith("sampler") and cache["visible"] and block["visible"] and cfg["visible"]
     assert n["label"].startswith("N (runs") and not chunk_size["visible"]
     _sampler, _cache, block, steps, *_ = family_controls("bd3lm-tiny-b4")
@@ -407,13 +413,12 @@ def test_rewind_keeps_at_most_max_rewind_edits():
 def test_an_upload_over_the_cap_is_refused_with_a_clear_message(tmp_path, monkeypatch):
     from explorer.page import export, layout
     from explorer.page.examples import EXAMPLES_DIR
-    from explorer.page.views import Outputs
 
     assert layout.launch_options()["max_file_size"] == f"{layout.MAX_UPLOAD_MB}mb"  # Gradio refuses larger uploads too
     big = tmp_path / "big.json"
     big.write_bytes((EXAMPLES_DIR / "mdlm-tiny.json").read_bytes())
     monkeypatch.setattr(export, "MAX_UPLOAD_MB", 0.05)
-    error = dict(zip(Outputs.names, export.load_trace(str(big), "confidence", None)[:-1]))["error"]
+    error = export.load_trace(str(big), "confidence", None)[-1]  # the Export tab's box
     assert "could not load the trace: big.json has 0.1 MB; a trace may have at most 0.05 MB here" in error, error
 
 
@@ -450,8 +455,9 @@ def hostile_trace(folder) -> str:
 def test_a_hostile_trace_is_escaped_wherever_the_page_shows_it(client, tmp_path):
     from gradio_client import handle_file
 
-    view, stats, error, _plot, _step, multiples, latent_view, _ls, _latent, edit_view, export_error = client.predict(
-        handle_file(hostile_trace(tmp_path)), "confidence", api_name="/load_trace")
+    view, stats, error, _plot, _step, multiples, latent_view, _ls, _latent, edit_view, prompt, export_error = (
+        client.predict(handle_file(hostile_trace(tmp_path)), "confidence", api_name="/load_trace"))
+    assert prompt == PAYLOAD  # as text in the prompt box
     assert not error and not export_error and view.count("&lt;img&nbsp;src=x&nbsp;onerror=") == 65  # prompt, 64 tokens
     for shown in (view, stats, multiples, latent_view, edit_view):
         assert "<img" not in shown, shown[:300]
@@ -482,7 +488,7 @@ def test_a_bad_trace_file_is_named_without_the_servers_upload_path(client, tmp_p
     *_, error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")  # the Export tab's box
     assert "could not load the trace: broken.json is not a trace JSON file" in error and "/tmp" not in error, error
     bad.write_text(json.dumps([]))
-    error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")[2]
+    error = client.predict(handle_file(str(bad)), "confidence", api_name="/load_trace")[-1]
     assert "could not load the trace: broken.json is not a trace JSON file: a trace must be a JSON object, got a " \
            "list" in error, error
 
@@ -584,3 +590,127 @@ def test_the_launcher_names_a_bad_device_in_one_line():
                             timeout=300)
     assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
     assert result.stderr.startswith("error: device = 'bogus' is not a device") and result.stderr.count("\n") == 1
+
+
+# --- issue 20: messages where they belong, knob ranges that follow the model, the server's address -----------------
+
+SKIP = {"__type__": "update"}  # gr.skip(): the output is left as it is
+
+
+def test_a_bad_upload_is_named_on_the_export_tab_by_its_base_name_and_the_denoise_tab_keeps_its_run(tmp_path,
+                                                                                                    monkeypatch):
+    import tempfile
+
+    from explorer.page import export
+
+    uploads = tmp_path / "uploads" / "3f9a"  # an upload folder the page does not know as a temporary one
+    uploads.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "elsewhere"))
+    bad = uploads / "broken.json"
+    bad.write_text('{"schema": 1, "frames": [')
+    *denoise, prompt, box = export.load_trace(str(bad), "confidence", None)
+    assert "could not load the trace: broken.json is not a trace JSON file: Expecting value" in box, box
+    assert str(tmp_path) not in box and "uploads" not in box
+    assert denoise == [SKIP] * len(denoise) and prompt == SKIP  # the Denoise tab's run and message stay
+    *_, prompt, box = export.load_trace(None, "confidence", None)
+    assert "choose a trace JSON file" in box and prompt == SKIP
+
+
+def test_a_checkpoint_of_another_family_takes_its_own_defaults_and_ranges():
+    """cdcd-tiny's 200 steps and temperature do not carry over to ar-tiny; each slider's range is the checkpoint's."""
+    from explorer.page.denoise import FAMILY_CONTROLS, family_controls
+    from explorer.sampling import sampler_for
+
+    cdcd = dict(zip(FAMILY_CONTROLS, family_controls("cdcd-tiny")))
+    assert cdcd["steps"]["value"] == 200 and cdcd["gen_length"]["maximum"] == 128
+    ar = dict(zip(FAMILY_CONTROLS, family_controls("ar-tiny")))
+    assert ar["temperature"]["value"] == sampler_for("ar").default("temperature")
+    assert ar["steps"]["value"] == ar["gen_length"]["value"] == sampler_for("ar").default("gen_length")
+    assert not ar["steps"]["visible"] and ar["gen_length"]["maximum"] == 128
+    bd3lm = dict(zip(FAMILY_CONTROLS, family_controls("bd3lm-tiny-b16")))
+    assert bd3lm["gen_length"]["maximum"] == 256 and bd3lm["block_length"]["value"] == 16
+    mdlm = dict(zip(FAMILY_CONTROLS, family_controls("mdlm-tiny")))
+    assert mdlm["block_length"]["value"] == mdlm["gen_length"]["value"] == 64  # not bd3lm's blocks of 16
+
+
+def test_calms_temperature_slider_explains_zero_and_zero_is_refused_in_words(calm_hub):
+    from explorer.page.denoise import FAMILY_CONTROLS, SAMPLER_CONTROLS, family_controls, sampler_controls
+
+    temperature = dict(zip(FAMILY_CONTROLS, family_controls("calm-tiny-k4")))["temperature"]
+    assert temperature["minimum"] == 0 and temperature["maximum"] == 1  # no raw "less than minimum" error at 0
+    info = dict(zip(SAMPLER_CONTROLS, sampler_controls("calm-tiny-k4", "exact")))["temperature"]["info"]
+    assert "not 0: greedy decoding needs likelihoods" in info, info
+    error = run_calm("exact", 0.0, 7)[2]
+    assert "temperature must be in (0, 1]" in error and "0, greedy decoding, needs likelihoods" in error, error
+
+
+def test_more_steps_than_tokens_says_it_was_reduced_to_fit():
+    from explorer.page.denoise import generate
+    from explorer.page.views import Outputs
+
+    *_, last = generate(*args(gen_length=8, steps=16, block_length=8))
+    out = dict(zip(Outputs.names, last))
+    assert "steps reduced to fit: 16 steps for 8 masked tokens" in out["error"] and "so 8 steps run" in out["error"]
+    assert out["session"].trace.stats["steps"] == 8
+    *_, last = generate(*args(gen_length=8, steps=8, block_length=8))
+    assert "steps reduced" not in dict(zip(Outputs.names, last))["error"]
+
+
+@pytest.mark.parametrize("flags, environ, expected", [
+    ((None, None), {}, ("127.0.0.1", 7860)),  # neither: this machine only, Gradio's port
+    ((None, None), {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8080"}, ("0.0.0.0", 8080)),
+    (("127.0.0.1", 9000), {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8080"}, ("127.0.0.1", 9000)),
+    ((None, 9000), {"GRADIO_SERVER_NAME": "0.0.0.0"}, ("0.0.0.0", 9000)),
+    ((None, None), {"GRADIO_SERVER_NAME": "", "GRADIO_SERVER_PORT": " 7861 "}, ("127.0.0.1", 7861)),
+])
+def test_flags_win_over_gradios_environment_variables_and_neither_serves_this_machine(flags, environ, expected):
+    from explorer.page.launch import server_address
+
+    assert server_address(*flags, environ=environ) == expected
+
+
+@pytest.mark.parametrize("flags, environ, where, shown", [
+    ((None, None), {"GRADIO_SERVER_PORT": "abc"}, "GRADIO_SERVER_PORT", "'abc'"),
+    ((None, None), {"GRADIO_SERVER_PORT": "70000"}, "GRADIO_SERVER_PORT", "'70000'"),
+    ((None, 0), {"GRADIO_SERVER_PORT": "8080"}, "--port", "'0'"),
+])
+def test_a_bad_port_is_named_with_where_it_came_from(flags, environ, where, shown):
+    from explorer.page.launch import server_address
+
+    with pytest.raises(ValueError) as caught:
+        server_address(*flags, environ=environ)
+    assert str(caught.value) == f"{where} must be a port number in [1, 65535], got {shown}"
+
+
+def test_app_py_and_the_cli_app_command_serve_where_flags_or_the_environment_say(monkeypatch):
+    """The launchers hand Gradio the address (no server is started: build_demo is a stand-in)."""
+    import explorer.viz.latent
+    from explorer.cli import main as cli
+    from explorer.page import launch, layout
+
+    launched = []
+    monkeypatch.setattr(layout, "build_demo", lambda *a: SimpleNamespace(launch=lambda **kw: launched.append(kw)))
+    monkeypatch.setattr(explorer.viz.latent, "warm_umap", lambda: None)
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "8080")
+    launch.main([])
+    assert cli(["app", "--port", "9000"]) == 0
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "not a port")  # a flag wins, and Gradio is handed the port it serves
+    launch.main(["--host", "127.0.0.1", "--port", "9001"])
+    assert os.environ["GRADIO_SERVER_PORT"] == "9001"
+    assert [(kw["server_name"], kw["server_port"]) for kw in launched] == [("0.0.0.0", 8080), ("0.0.0.0", 9000),
+                                                                          ("127.0.0.1", 9001)]
+
+
+def test_a_bad_gradio_server_port_is_one_error_line_before_gradio_reads_it():
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=os.environ | {"GRADIO_SERVER_PORT": "abc"})
+    assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
+    assert result.stderr == "error: GRADIO_SERVER_PORT must be a port number in [1, 65535], got 'abc'\n"

@@ -67,6 +67,8 @@ def open_page(browser, app_url: str, width: int, height: int):
     page.wait_for_selector("#generate")
     page.wait_for_function(f"{STATS}?.includes('tokens/s')")  # the first paint's stats are drawn
     page.wait_for_function(SETTLED)
+    # the load event has set the checkpoint's controls (mdlm-tiny's 128-token context), so typing is not undone
+    page.wait_for_function("document.querySelector('#gen_length input[type=number]')?.max === '128'")
     return page
 
 
@@ -461,3 +463,70 @@ def test_presentation_mode_enlarges_the_canvas_and_hides_the_rarely_used_knobs(b
         assert font_px(page, "#tokens .dlm-tokens") == normal and page.locator("#n_runs").is_visible()
     finally:
         page.close()
+
+
+# --- issue 20 (points 7, 8): upload errors where the upload happened; knob ranges that follow the model --------------
+
+LAPTOP = {"width": 1280, "height": 800}
+
+
+def pick_checkpoint(page, name: str) -> None:
+    page.locator("#checkpoint input").click()
+    page.locator("#checkpoint input").fill(name)
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def slider_is(page, elem_id: str, attribute: str, value: str) -> None:
+    """Wait until the number box of a slider has `attribute` (max, min, step, value) equal to `value`."""
+    page.wait_for_function("([id, name, value]) => { const box = document.querySelector(`#${id} input[type=number]`);"
+                           " return box && String(box[name]) === value; }", arg=[elem_id, attribute, value])
+
+
+def test_the_gen_length_slider_stops_at_the_checkpoints_context(page):
+    page.set_viewport_size(LAPTOP)
+    slider_is(page, "gen_length", "max", "128")  # mdlm-tiny: a 128-token context (the slider used to go to 256)
+    assert page.locator("#gen_length input[type=range]").get_attribute("max") == "128"
+    set_number(page, "gen_length", 100000)
+    slider_is(page, "gen_length", "value", "128")  # the box keeps to the checkpoint's range
+    page.wait_for_timeout(1500)  # the slider's release event has answered: no raw "greater than maximum" toast
+    assert not any("greater than maximum" in toast for toast in page.locator(".toast-body").all_inner_texts())
+    pick_checkpoint(page, "bd3lm-tiny-b16")  # block diffusion slides its window past its context
+    slider_is(page, "gen_length", "max", "256")
+    slider_is(page, "block_length", "value", "16")  # the block size it was trained with
+    pick_checkpoint(page, "calm-tiny-k4")  # whole chunks of K = 4 tokens; temperature in [0, 1]
+    slider_is(page, "gen_length", "step", "4")
+    slider_is(page, "gen_length", "max", "128")
+    slider_is(page, "temperature", "max", "1")
+    assert page.locator("#temperature input[type=number]").get_attribute("min") == "0"
+    page.wait_for_function("document.querySelector('#temperature').innerText.includes('not 0: greedy decoding "
+                           "needs likelihoods')")  # its help says what 0 would mean
+    pick_checkpoint(page, "cdcd-tiny")
+    slider_is(page, "steps", "value", "200")
+    pick_checkpoint(page, "ar-tiny")  # cdcd's settings do not carry over
+    slider_is(page, "temperature", "value", "1")
+    page.wait_for_selector("#steps", state="hidden")  # ar: one step per token
+    screenshot(page, "ranges-laptop")
+
+
+def test_a_bad_upload_is_named_on_the_export_tab_and_a_good_one_fills_the_prompt(page, tmp_path):
+    import explorer
+
+    page.set_viewport_size(LAPTOP)
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"schema": 1, "frames": [')
+    open_tab(page, "Export")
+    page.set_input_files("#upload input[type=file]", str(bad))
+    page.wait_for_selector("#export_error .dlm-error")
+    said = page.locator("#export_error").inner_text()
+    assert "could not load the trace: broken.json is not a trace JSON file" in said, said
+    assert "/" not in said.split("broken.json")[0], said  # the base name alone: no upload folder
+    open_tab(page, "Denoise")
+    page.wait_for_selector("#tokens span.dlm-token")
+    assert page.locator("#error .dlm-error").count() == 0  # the Denoise tab keeps the run it shows
+    good = tmp_path / "juliet.json"
+    explorer.generate(explorer.load("mdlm-tiny"), "JULIET:", gen_length=8, steps=8, record="full").save(good)
+    open_tab(page, "Export")
+    page.click("#upload button[aria-label=Clear]")
+    page.set_input_files("#upload input[type=file]", str(good))
+    page.wait_for_function("document.querySelector('#prompt textarea').value === 'JULIET:'")
+    assert page.locator("#export_error .dlm-error").count() == 0

@@ -5,7 +5,9 @@ the shipped example traces."""
 from __future__ import annotations
 
 import os
+import threading
 import time
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -422,3 +424,136 @@ def test_the_rules_import_without_gradio():
             "print(sorted(m for m in ('gradio', 'explorer.page.layout') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
+
+
+# --- issue 20: a run's own notes ------------------------------------------------------------------------------------
+
+STEPS_OVER = {"gen_length": 8, "steps": 16, "block_length": 8, "temperature": 1.0}  # more steps than tokens
+
+
+@pytest.mark.filterwarnings("ignore:another user's note")
+def test_live_runs_note_their_own_run_and_not_warnings_from_other_threads(tiny_mdlm, monkeypatch):
+    """A warning raised in another thread (another user's request; Gradio's queue) while the run steps is not one of
+    the run's notes; the run's own note (steps reduced to fit) is, once."""
+    forward = tiny_mdlm.forward
+
+    def busy_server(*args, **kwargs):  # another thread warns while this run's step is in progress
+        other = threading.Thread(target=warnings.warn, args=("another user's note",))
+        other.start()
+        other.join()
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_mdlm, "forward", busy_server)
+    live = LiveRuns(tiny_mdlm, PROMPT, "low_confidence", 0, 2, dict(STEPS_OVER))
+    list(live)
+    assert live.notices == ["steps reduced to fit: 16 steps for 8 masked tokens, and a step commits at least one "
+                            "token, so 8 steps run"]
+    assert [t.stats["steps"] for t in live.traces] == [8, 8]
+
+
+def test_the_steps_reduced_note_is_on_the_first_frame_and_is_a_warning_for_python_code(tiny_mdlm, tiny_bd3lm):
+    with pytest.warns(UserWarning, match="steps reduced to fit: 16 steps for 8 masked tokens"):
+        trace = generate(tiny_mdlm, PROMPT, "low_confidence", 0, **STEPS_OVER)
+    assert trace.frames[0].notes and "so 8 steps run" in trace.frames[0].notes[0]
+    assert all(f.notes is None for f in trace.frames[1:]) and trace.stats["steps"] == 8
+    # two blocks of 4: 4 steps per block > 4 tokens per block would be fine; 8 per block is not
+    trace = generate(tiny_mdlm, PROMPT, "low_confidence", 0, gen_length=8, steps=16, block_length=4)
+    assert "16 steps for 8 masked tokens" in trace.frames[0].notes[0] and trace.stats["steps"] == 8
+    exact = generate(tiny_mdlm, PROMPT, "low_confidence", 0, gen_length=8, steps=8, block_length=4)
+    assert all(f.notes is None for f in exact.frames)
+    assert all(f.notes is None for f in generate(tiny_mdlm, PROMPT, "ancestral", 0, gen_length=8, steps=16).frames)
+    # at level "none" the note waits for the one frame kept
+    assert "steps reduced" in generate(tiny_mdlm, PROMPT, "low_confidence", 0, "none", **STEPS_OVER).frames[0].notes[0]
+    # bd3lm: steps per block beyond the block's tokens
+    knobs = {"gen_length": 8, "block_length": tiny_bd3lm.block_size, "steps": 2 * tiny_bd3lm.block_size,
+             "stop_at_eos": False, "min_entropy": 0.0}
+    trace = generate(tiny_bd3lm, PROMPT, "low_confidence", 0, **knobs)
+    assert trace.frames[0].notes == [f"steps reduced to fit: {knobs['steps']} steps per block for blocks of "
+                                     f"{knobs['block_length']} tokens, and a step commits at least one token, so at "
+                                     f"most {knobs['block_length']} steps per block run"]
+
+
+def test_notes_round_trip_through_a_trace_file_and_are_checked(tiny_mdlm, tmp_path):
+    trace = generate(tiny_mdlm, PROMPT, "low_confidence", 0, **STEPS_OVER)
+    again = Trace.load(trace.save(tmp_path / "t.json"))
+    assert again.frames[0].notes == trace.frames[0].notes
+    data = trace.to_dict()
+    data["frames"][0]["notes"] = ["fine", 3]
+    with pytest.raises(ValueError, match=r"frames\[0\]\.notes\[1\] must be a string, got an int"):
+        Trace.from_dict(data)
+
+
+# --- issue 20: the sliders' ranges follow the checkpoint -----------------------------------------------------------
+
+def shipped_config(name: str) -> dict:
+    from explorer.models.base import read_config
+
+    return read_config(explorer.shipped()[name])
+
+
+def settings(name: str, sampler: str | None = None) -> dict:
+    from explorer.page.requests import slider_settings
+    from explorer.sampling import sampler_for
+
+    config = shipped_config(name)
+    return slider_settings(config["family"], sampler_for(config["family"], sampler), config)
+
+
+def test_checkpoint_shape_reads_context_chunk_and_block_size_without_loading():
+    from explorer.page.requests import checkpoint_shape
+
+    assert checkpoint_shape(shipped_config("mdlm-tiny")) == (128, 1, None)
+    assert checkpoint_shape(shipped_config("bd3lm-tiny-b4")) == (128, 1, 4)
+    assert checkpoint_shape(shipped_config("calm-tiny-k8")) == (128, 8, None)  # 16 chunk positions x K = 8
+    assert checkpoint_shape({"max_sequence_length": 64}) == (64, 1, None)  # LLaDA's field
+    assert checkpoint_shape({"model_length": 1024, "block_size": 4}) == (1024, 1, 4)  # the DiT releases
+    for hostile in ({}, {"model": {"backbone": {"max_seq_len": "128"}}}, {"model": [1]}, {"model_length": -3}):
+        assert checkpoint_shape(hostile) == (None, 1, None)
+
+
+def test_the_gen_length_slider_stops_at_the_checkpoints_context():
+    from explorer.page.requests import MAX_LENGTH, slider_settings
+    from explorer.sampling import sampler_for
+
+    for name in ("mdlm-tiny", "ar-tiny", "cdcd-tiny"):
+        assert settings(name)["gen_length"] == {"minimum": 1, "maximum": 128, "step": 1, "value": 64}, name
+    assert settings("bd3lm-tiny-b16")["gen_length"]["maximum"] == MAX_LENGTH  # it slides its window past 128
+    calm = settings("calm-tiny-k8")["gen_length"]
+    assert (calm["minimum"], calm["maximum"], calm["step"], calm["value"]) == (8, 128, 8, 64)  # whole chunks
+    small = slider_settings("mdlm", sampler_for("mdlm"), {"max_sequence_length": 48})  # a released folder
+    assert small["gen_length"]["maximum"] == small["gen_length"]["value"] == 48 == small["steps"]["maximum"]
+    assert slider_settings("mdlm", sampler_for("mdlm"), {})["gen_length"]["maximum"] == MAX_LENGTH  # not given
+
+
+def test_other_sliders_follow_the_family():
+    from explorer.page.requests import MAX_LENGTH
+
+    mdlm = settings("mdlm-tiny")
+    assert mdlm["steps"]["maximum"] == 128 and mdlm["block_length"]["maximum"] == 128  # more steps are skipped
+    assert settings("cdcd-tiny")["steps"] == {"minimum": 1, "maximum": 2 * MAX_LENGTH, "value": 200}
+    bd3lm = settings("bd3lm-tiny-b4")
+    assert bd3lm["block_length"]["value"] == bd3lm["steps"]["value"] == 4  # the block size it was trained with
+    assert bd3lm["block_length"]["maximum"] == bd3lm["steps"]["maximum"] == 128  # per block, within its context
+    assert settings("calm-tiny-k4")["temperature"] == {"minimum": 0, "maximum": 1, "value": 1.0}
+    assert settings("ar-tiny")["temperature"]["maximum"] == 2
+
+
+def test_a_family_switch_takes_the_new_familys_registry_defaults():
+    """Each checkpoint's settings are the registry defaults of its family: cdcd-tiny's 200 steps and temperature do
+    not reach ar-tiny (whose one step per token is its gen length), nor mdlm's 0 a cdcd run."""
+    from explorer.sampling import sampler_for
+
+    cdcd, ar, mdlm = settings("cdcd-tiny"), settings("ar-tiny"), settings("mdlm-tiny")
+    assert (cdcd["steps"]["value"], cdcd["temperature"]["value"]) == (200, sampler_for("cdcd").default("temperature"))
+    assert ar["temperature"]["value"] == sampler_for("ar").default("temperature")
+    assert ar["steps"]["value"] == sampler_for("ar").default("gen_length") == ar["gen_length"]["value"]
+    assert (mdlm["steps"]["value"], mdlm["temperature"]["value"]) == (64, 0.0)
+    assert settings("mdlm-tiny", "ancestral")["temperature"]["value"] == 1.0  # the sampler's own default
+
+
+def test_the_chat_template_box_is_offered_only_where_a_template_is(tmp_path):
+    from explorer.released.synthetic import write_tiny_llada
+
+    assert folders.has_chat_template(write_tiny_llada(tmp_path / "chat"))
+    assert not folders.has_chat_template(write_tiny_llada(tmp_path / "base", template=None))
+    assert not any(folders.has_chat_template(folder) for folder in explorer.shipped().values())

@@ -86,7 +86,8 @@ def test_family_controls_show_the_masked_samplers(page):
     assert label in page.choices()
     sampler, cache, block, steps, *_rest, cfg, constraints = family_controls(label)
     assert sampler["choices"][0] == "low_confidence" and "threshold" in sampler["choices"]
-    assert cache["value"] == "none" and block["visible"] and steps["visible"] and "value" not in block
+    assert cache["value"] == "none" and block["visible"] and steps["visible"]
+    assert block["value"] == 64  # the registry's None: one block of the whole gen length (its context, 64 tokens)
     assert cfg["visible"] and constraints["visible"]
     with pytest.warns(UserWarning, match=r"unknown architecture \['MysteryLM'\]"):
         assert all(out == {"__type__": "update"} for out in family_controls("released/Mystery"))

@@ -43,6 +43,7 @@ from explorer.page.requests import (
     read_knobs,
     sampler_knobs,
     shown_knobs,
+    slider_settings,
 )
 from explorer.page.views import Outputs, Shared, replay, show, slider_range
 from explorer.sampling import SAMPLERS, Trace, sampler_for
@@ -58,6 +59,8 @@ PLOT_EVERY_S = 0.5  # redraw the heatmap at most this often while streaming (the
 DEFAULT_FAMILY = "mdlm"  # whose sampler and knobs the page shows first (the default checkpoint is mdlm-tiny)
 SAMPLER_CONTROLS = ("gen_length", "steps", "block_length", "temperature", "threshold", "cfg_scale", "cache",
                     "constraints")  # the sliders and boxes shown, and explained, for the sampler that takes them
+FAMILY_CONTROLS = ("sampler", "cache", "block_length", "steps", "temperature", "threshold", "n_runs", "gen_length",
+                   "chunk_size", "cfg_scale", "constraints")  # what `family_controls` sets when a checkpoint is chosen
 LEARN = ("**What you see.** The canvas after each step: the prompt in light grey, each generated token coloured by the "
          "model's confidence when it was committed (Viridis: dark = unsure, yellow = sure; grey dots are still "
          "masked), or by the step that committed it. The heatmap is confidence per position (x) over steps (y); red "
@@ -109,29 +112,26 @@ def knob_box(knob: str, spec) -> gr.components.Component:
 
 
 def family_controls(choice):
-    """Show the family's samplers and the knobs of its default sampler with their registry defaults (calm: K, the
-    algorithm, N head samples and a temperature in (0, 1] instead of steps, blocks, cache and threshold); block
-    diffusion sets the block size it was trained with. A released folder (LLaDA, Dream: no "family" in its
-    config.json) gets the mdlm controls."""
+    """The controls of FAMILY_CONTROLS for a checkpoint: the family's samplers and the knobs of its default sampler
+    at their registry defaults, each slider's range from the checkpoint (`slider_settings`: nothing carries over
+    from another family); calm: K, the algorithm, N head samples and a temperature in [0, 1] instead of steps,
+    blocks, cache and threshold. A released folder (LLaDA, Dream: no "family" in its config.json) gets the mdlm
+    controls."""
     try:
         path = page().path(choice)
         config = read_config(path)
     except (ValueError, FileNotFoundError):
-        return tuple(gr.skip() for _ in range(10))
+        return tuple(gr.skip() for _ in FAMILY_CONTROLS)
     try:
         family = family_at(path, config)
     except ValueError as err:  # a config.json of no layout we know: say so rather than show no sampler
         warn(str(err))
-        return tuple(gr.skip() for _ in range(10))
+        return tuple(gr.skip() for _ in FAMILY_CONTROLS)
     choices = list(SAMPLERS[family])
     spec = sampler_for(family, sampler_at(path, config))  # Dream's folders: Dream's own loop, as the API picks
     shown = {control_of(k) for k in shown_knobs(spec)}
     calm = family == "calm"
-    steps = {"value": spec.default("steps")} if "steps" in spec.knobs else {}
-    block = {}
-    if family == "bd3lm":  # the registry's None: the checkpoint's own block size (ours nest it; releases do not)
-        block = steps = {"value": config.get("model", config)["block_size"]}
-    temperature = {"value": spec.default("temperature"), "minimum": 0.05 if calm else 0, "maximum": 1 if calm else 2}
+    sliders = slider_settings(family, spec, config)
     n = ({"minimum": 2, "maximum": MAX_CANDIDATES, "value": spec.default("n_candidates"),
           "label": "N (head samples per chunk)"} if calm else
          {"minimum": 1, "maximum": MAX_RUNS, "value": 1, "label": "N (runs drawn at once, seeds seed .. seed+N-1)"})
@@ -139,9 +139,10 @@ def family_controls(choice):
     cache = {"value": CACHES[family][0]} if family in CACHES else {}
     return (gr.update(choices=choices, value=spec.name, info=sampler_info(family),
                       label="algorithm (temperature below 1)" if calm else "sampler (remasking rule)"),
-            gr.update(visible="cache" in shown, **cache), gr.update(visible="block_length" in shown, **block),
-            gr.update(visible="steps" in shown, **steps), gr.update(**temperature),
-            gr.update(visible="threshold" in shown), gr.update(**n),
+            gr.update(visible="cache" in shown, **cache),
+            gr.update(visible="block_length" in shown, **sliders["block_length"]),
+            gr.update(visible="steps" in shown, **sliders["steps"]), gr.update(**sliders["temperature"]),
+            gr.update(visible="threshold" in shown), gr.update(**n), gr.update(**sliders["gen_length"]),
             gr.update(choices=sorted(set(chunk_sizes.values())), value=chunk_sizes.get(path.name), visible=calm),
             gr.update(visible="cfg_scale" in shown), gr.update(visible="constraints" in shown))
 
@@ -364,8 +365,7 @@ def build_views(trace: Trace | None, first_range: dict) -> dict:
 
 def wire(demo: gr.Blocks, d: SimpleNamespace, shared: Shared) -> None:
     """The Denoise tab's events."""
-    family = [d.sampler, d.cache, d.block_length, d.steps, d.temperature, d.threshold, d.n_runs, d.chunk_size,
-              d.cfg_scale, d.constraints]
+    family = [getattr(d, control) for control in FAMILY_CONTROLS]
     by_sampler = [getattr(d, control) for control in SAMPLER_CONTROLS] + d.knobs
     for event in (d.checkpoint.change, demo.load):  # the family's samplers only, then the default sampler's knobs
         (event(family_controls, d.checkpoint, family, api_visibility="private")
@@ -378,8 +378,10 @@ def wire(demo: gr.Blocks, d: SimpleNamespace, shared: Shared) -> None:
                   shared.session, *d.knobs]
     generation = d.run.click(with_request(generate), run_inputs, shared.run_outputs(), api_name="generate", **RUNS)
     for slider in (d.gen_length, d.steps, d.block_length, d.n_runs, d.temperature):
+        # unprocessed values: a number typed past a slider's range (the box then keeps to it) is not Gradio's raw
+        # "greater than maximum" toast; unticked, nothing happens, ticked, the run names the knob
         slider.release(with_request(rerun_on_release), run_inputs + [d.auto], shared.run_outputs(),
-                       api_visibility="private",
+                       api_visibility="private", preprocess=False,
                        **RUNS)
     scrub = [shared.session, d.step, d.color_by, shared.method, shared.source]
     d.step.input(replay, scrub, shared.shown(), api_name="replay", **FREE)

@@ -56,21 +56,24 @@ def export_folder() -> Path:
 
 def load_trace(file, color_by, session, request: gr.Request = None):
     """Load a trace JSON (written here or by the CLI; at most MAX_UPLOAD_MB, checked field by field) into the
-    Denoise view; it replays without its model. The outputs of /generate, then the Export tab's message box."""
+    Denoise view; it replays without its model, and its prompt fills the prompt box. The outputs of /generate, the
+    prompt box, then the Export tab's message box: a file that cannot be loaded is named there, where it was
+    uploaded, by its base name alone (the server's upload folder stays private), and the Denoise tab keeps its run."""
+    path = None if file is None else Path(file if isinstance(file, str) else file.name)
     try:
-        if file is None:
+        if path is None:
             raise ValueError("choose a trace JSON file to load")
-        trace = Trace.load(file if isinstance(file, str) else file.name, max_bytes=int(MAX_UPLOAD_MB * 1e6))
+        trace = Trace.load(path, max_bytes=int(MAX_UPLOAD_MB * 1e6))
     except (ValueError, OSError) as err:
-        message = error_box(f"could not load the trace: {err}")
-        return Outputs()(error=message) + (message,)
+        said = str(err).replace(str(path), path.name) if path else str(err)
+        return Outputs()() + (gr.skip(), error_box(f"could not load the trace: {said}"))
     for frame in trace.frames:
         pack_frame(frame)
     session = session if session is not None else Session()
     session.trace, session.runs, session.history, session.sample_texts = trace, [trace], [], {}
     session.vocabulary, session.model_path = None, None
     keep(session, request)
-    return edited_outputs(session, color_by) + ("",)
+    return edited_outputs(session, color_by) + (trace.prompt_text, "")
 
 
 def build() -> SimpleNamespace:
@@ -85,10 +88,11 @@ def build() -> SimpleNamespace:
     return SimpleNamespace(buttons=buttons, download=download, upload=upload, error=error)
 
 
-def wire(x: SimpleNamespace, shared: Shared) -> None:
-    """The Export tab's events: writing and loading files wait in the runs' queue (they cost as much as a run)."""
+def wire(x: SimpleNamespace, shared: Shared, prompt: gr.Textbox) -> None:
+    """The Export tab's events: writing and loading files wait in the runs' queue (they cost as much as a run); a
+    loaded trace's prompt fills the Denoise tab's `prompt` box."""
     for kind, button in x.buttons.items():
         button.click(export(kind), [shared.session, shared.color_by], [x.download, x.error], api_name=f"export_{kind}",
                      **RUNS)
-    x.upload.upload(load_trace, [x.upload, shared.color_by, shared.session], shared.run_outputs() + [x.error],
+    x.upload.upload(load_trace, [x.upload, shared.color_by, shared.session], shared.run_outputs() + [prompt, x.error],
                     api_name="load_trace", **RUNS)

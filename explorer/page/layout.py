@@ -11,8 +11,6 @@ API endpoints (gradio_client): `/generate` (streams), `/replay`, `/play`, `/step
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 # plotly imports pandas on first use: two sessions drawing their first figures at once could see it half-imported
@@ -22,11 +20,9 @@ import pandas  # noqa: F401
 
 from explorer.page import common, compare, denoise, edit, export, latent
 from explorer.page.common import Page, Session, close_session
-from explorer.page.folders import default_roots
 from explorer.page.memory import MAX_UPLOAD_MB, MEMORY_BUDGET_MB
 from explorer.page.views import Shared, slider_range
 from explorer.sampling import Trace
-from explorer.viz.latent import warm_umap
 
 STATE_SESSIONS = 500  # sessions Gradio keeps, the least recently used dropped beyond it (its default: 10,000)
 INTRO = ("Watch a masked canvas turn into text, step by step; compare samplers and families; look at the latent space; "
@@ -145,7 +141,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
         compare.wire(c, shared)
         latent.wire(tabs, lat, shared)
         edit.wire(e, shared)
-        export.wire(x, shared)
+        export.wire(x, shared, d.prompt)
         demo.unload(close_session)
     return demo.queue(default_concurrency_limit=1)
 
@@ -154,40 +150,3 @@ def launch_options() -> dict:
     """What `launch` needs besides host and port (Gradio 6 takes the page's CSS and scripts here; Gradio refuses
     larger uploads before they reach the page)."""
     return {"css": CSS, "head": HEAD, "max_file_size": f"{MAX_UPLOAD_MB}mb", "state_session_capacity": STATE_SESSIONS}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve the diffusion-LM explorer page.")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
-    parser.add_argument("--checkpoint-root", action="append", default=None, metavar="DIR",
-                        help="a folder whose checkpoint subfolders the page may open (repeatable; default: the "
-                             "shipped checkpoints only)")
-    parser.add_argument("--device", default=None, help="released folders: cpu, cuda or cuda:N (default: cuda if "
-                        "any, else cpu; our own checkpoints always run on the CPU)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="released folders: the weights' dtype (default: bfloat16 on a GPU, float32 on the CPU)")
-    parser.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
-                        help="released folders: spread the blocks over several GPUs with accelerate")
-    parser.add_argument("--memory-budget-mb", type=float, default=MEMORY_BUDGET_MB,
-                        help="memory for the runs of all sessions together; beyond it the least recently used "
-                             f"sessions' runs are dropped (default {MEMORY_BUDGET_MB})")
-    args = parser.parse_args(argv)
-    if not args.memory_budget_mb > 0:
-        parser.error(f"--memory-budget-mb must be > 0, got {args.memory_budget_mb:g}")
-    roots = default_roots() + [Path(r) for r in args.checkpoint_root or []]
-    from explorer.released import load_options
-
-    try:
-        released = load_options(args.device, args.dtype, args.device_map)
-    except ValueError as err:  # e.g. --device bogus: one line, as the CLI says it, not a traceback
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    warm_umap()  # numba compiles UMAP in the background, before the first latent view asks for it
-    build_demo(roots, released, args.memory_budget_mb).launch(server_name=args.host, server_port=args.port,
-                                                                share=args.share, **launch_options())
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,6 @@ import ctypes
 import functools
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Iterator
@@ -195,12 +194,11 @@ class LiveRuns:
             for k in sorted(pending):
                 description, prompt_ids, frames_iter = streams[k]
                 started = time.perf_counter()
-                with torch.no_grad(), warnings.catch_warnings(record=True) as caught:  # grad mode is per thread
-                    warnings.simplefilter("always")  # and Gradio may resume us on another one
+                with torch.no_grad():  # grad mode is per thread, and Gradio may resume us on another one
                     frame = next(frames_iter, None)
                 busy[k] += time.perf_counter() - started
-                if k == 0:
-                    self.notices.extend(str(w.message) for w in caught if str(w.message) not in self.notices)
+                if k == 0 and frame is not None:  # the run's own notes (the process's warnings hold other users')
+                    self.notices += [note for note in frame.notes or [] if note not in self.notices]
                 if frame is None:
                     pending.discard(k)
                 else:

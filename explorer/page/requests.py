@@ -56,6 +56,57 @@ def _caches(family: str) -> list[str]:
 CACHES = {family: _caches(family) for family in SAMPLERS if _caches(family)}
 
 
+# --- the sliders' ranges follow the checkpoint --------------------------------------------------------------------
+
+CONTEXT_FIELDS = ("max_sequence_length", "model_length", "max_position_embeddings")  # LLaDA, the DiTs, Dream
+
+
+def _positive_int(config: dict, *keys: str) -> int | None:
+    """config[keys[0]][keys[1]]...: a positive int, else None (a field missing or not a number)."""
+    for key in keys:
+        config = config.get(key) if isinstance(config, dict) else None
+    return config if type(config) is int and config > 0 else None
+
+
+def checkpoint_shape(config: dict) -> tuple[int | None, int, int | None]:
+    """(context in tokens, tokens per step K, trained block size) read from a checkpoint folder's config.json
+    without loading it: ours nest the backbone under "model" (calm: chunk positions x K tokens); a released layout
+    names its context in one of CONTEXT_FIELDS (the loader may cap it; the page caps gen length lower anyway). None:
+    not given."""
+    model = config.get("model", config)
+    chunk = _positive_int(model, "autoencoder", "chunk") or 1
+    positions = _positive_int(model, "backbone", "max_seq_len")
+    context = positions * chunk if positions else next(
+        filter(None, (_positive_int(config, name) for name in CONTEXT_FIELDS)), None)
+    return context, chunk, _positive_int(model, "block_size")
+
+
+def slider_settings(family: str, spec: Sampler, config: dict) -> dict[str, dict]:
+    """The Denoise sliders for a checkpoint of `family` run by `spec`, as gr.update keywords. Ranges follow the
+    checkpoint: gen length up to its context (bd3lm slides its window past it: MAX_LENGTH; calm in whole chunks of
+    K), LLaDA's steps up to the gen length (more would be skipped), steps per block and block size of bd3lm up to the
+    context, cdcd's Euler steps up to 2 x MAX_LENGTH, temperature to 2 (calm: to 1, its registry help says what 0
+    means). Values are the registry defaults of `spec` (bd3lm: the block size it was trained with), so nothing
+    carries over from another checkpoint's family; a family without a steps knob (ar, calm) takes one per token."""
+    context, chunk, block_size = checkpoint_shape(config)
+    longest = MAX_LENGTH if family == "bd3lm" or context is None else min(context, MAX_LENGTH)
+    longest -= longest % chunk
+    length = min(spec.default("gen_length"), longest)
+    length -= length % chunk
+    steps = spec.default("steps") if "steps" in spec.knobs else None
+    block = spec.default("block_length") if "block_length" in spec.knobs else None
+    if family == "bd3lm":  # the registry's None: the checkpoint's own block size (ours nest it; releases do not)
+        block = steps = block_size or block or longest
+    most_steps = {"cdcd": 2 * MAX_LENGTH, "bd3lm": context or MAX_LENGTH}.get(family, longest)
+    return {
+        "gen_length": {"minimum": chunk, "maximum": longest, "step": chunk, "value": length},
+        "steps": {"minimum": 1, "maximum": most_steps, "value": min(steps or length, most_steps)},
+        "block_length": {"minimum": 1, "maximum": (context or MAX_LENGTH) if family == "bd3lm" else longest,
+                         "value": block or length},
+        "temperature": {"minimum": 0, "maximum": 1 if family == "calm" else 2, "value": spec.default("temperature")},
+    }
+
+
 @dataclass
 class Request:
     """The Denoise controls of one run."""

@@ -7,6 +7,7 @@ sampler with its family, its knobs (default, help) and the generator that runs i
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -73,11 +74,21 @@ def _without_grad(frames: Iterator[Frame]) -> Iterator[Frame]:
     yield from frames
 
 
+def _warn_notes(frames: Iterator[Frame]) -> Iterator[Frame]:
+    """A sampler's frames; the notes each carries (e.g. steps reduced to fit) are also raised as UserWarnings, the
+    way Python code hears of them. The page reads `Frame.notes` instead: it never catches the process's warnings,
+    which hold other users' too."""
+    for frame in frames:
+        for note in frame.notes or []:
+            warnings.warn(note, stacklevel=2)
+        yield frame
+
+
 def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed: int = 0, record: str = "tokens",
            **knobs) -> tuple[dict, list[int], Iterator[Frame]]:
     """(sampler description, prompt ids, frame generator): the building block of live viewers. The frames run
-    without autograd whatever the caller's grad mode; bad knobs raise ValueError (the sampler's own at the first
-    frame)."""
+    without autograd whatever the caller's grad mode and carry the sampler's notes (`Frame.notes`, also raised as
+    warnings); bad knobs raise ValueError (the sampler's own at the first frame)."""
     if record not in RECORD_LEVELS:
         raise ValueError(f"record must be one of {RECORD_LEVELS}, got {record!r}")
     check_int("seed", seed, 0, MAX_SEED)
@@ -101,7 +112,7 @@ def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed
                    **{k: v.name if isinstance(v, torch.nn.Module) else v for k, v in vars(params).items()}}
     # (the drafter) is recorded by its name
     description["pinned"] = {str(k): v for k, v in params.pinned.items()} if hasattr(params, "pinned") else {}
-    return description, prompt_ids, _without_grad(frames_fn(model, prompt_ids, params, generator, record))
+    return description, prompt_ids, _warn_notes(_without_grad(frames_fn(model, prompt_ids, params, generator, record)))
 
 
 def generate(model, prompt: str | list[int] = "", sampler: str | None = None, seed: int = 0, record: str = "tokens",

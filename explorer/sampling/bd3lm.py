@@ -13,7 +13,6 @@ from the blocks still visible. It stops early at `<eos>` or when the unigram ent
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -82,9 +81,18 @@ class BlockParams(SamplerParams):
         check_range("min_entropy", self.min_entropy, 0)
         check_flag("kv_cache", self.kv_cache)
         check_flag("stop_at_eos", self.stop_at_eos)
+
+    def notes(self, model) -> list[str]:
+        """What to tell the user before the run: a block size the checkpoint was not trained with; more steps per
+        block than tokens in a block (a step commits at least one token, so the steps left over are skipped)."""
+        block, said = self.block(model), []
         if block != model.block_size:
-            warnings.warn(f"block_length {block} differs from the block size this checkpoint was trained with "
-                          f"({model.block_size}); quality may suffer", stacklevel=3)
+            said.append(f"block_length {block} differs from the block size this checkpoint was trained with "
+                        f"({model.block_size}); quality may suffer")
+        if self.threshold is None and self.steps is not None and self.steps > block:
+            said.append(f"steps reduced to fit: {self.steps} steps per block for blocks of {block} tokens, and a "
+                        f"step commits at least one token, so at most {block} steps per block run")
+        return said
 
 
 def unigram_entropy(tokens: torch.Tensor) -> float:
@@ -109,6 +117,7 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
     """Yield the initial canvas, then one Frame per network step (block index and cache use recorded).
     `hidden`: record hidden states (None = at level "full"): each step updates the positions its pass ran."""
     params.validate(model)
+    notes = params.notes(model)  # the first frame made takes them
     block = params.block(model)
     mask_id, device = model.mask_id, model.device
     P, G, context = len(prompt_ids), params.gen_length, model.max_seq_len
@@ -124,7 +133,7 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
     # (G, d) latest hidden state per generated position (NaN = never computed), when recorded
     states = torch.full((G, model.config.backbone.d_model), float("nan")) if record_hidden(record, hidden) else None
     first = make_frame(record, False, 0, sequence[P:].cpu(), [], 0, t=1.0, block=0, proposal=proposal,
-                       confidence=confidence, hidden=states)
+                       confidence=confidence, hidden=states, notes=notes)
     if first is not None:
         yield first
     first_block, last_block = P // block, (P + G - 1) // block
@@ -183,7 +192,7 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
                                t=round(float((shown == mask_id).float().mean()) if len(shown) else 0.0, 6),
                                block=index, proposal=proposal[: len(shown)], confidence=confidence[: len(shown)],
                                cache=cache_label, stop=(reason or "length") if final else None,
-                               hidden=None if states is None else states[: len(shown)])
+                               hidden=None if states is None else states[: len(shown)], notes=notes)
             if frame is not None:
                 yield frame
             if final:

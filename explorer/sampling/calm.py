@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import numbers
 import random
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator
@@ -51,7 +50,8 @@ def check_temperature(temperature: float, algorithm: str, n_candidates: int) -> 
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature <= 1:
         raise ValueError(f"temperature must be in (0, 1] for CALM's likelihood-free sampling (it can sharpen the "
-                         f"model's distribution, not flatten it), got {temperature!r}")
+                         f"model's distribution, not flatten it; 0, greedy decoding, needs likelihoods, which CALM "
+                         f"does not have: the lowest is 1/{MAX_CANDIDATES}), got {temperature!r}")
     if 1 / temperature > MAX_CANDIDATES:  # exact draws 1/T samples per try and falls back to batch: 1/T <= N
         raise ValueError(f"temperature must be at least 1/{MAX_CANDIDATES} (1/T head samples must agree, at most "
                          f"N = {MAX_CANDIDATES}), got {temperature}")
@@ -112,7 +112,8 @@ def batch_temperature_sample(candidates: list[Hashable], temperature: float, rng
 @dataclass(frozen=True)
 class CALMParams(SamplerParams):
     gen_length: int = knob(64, "tokens to generate (a multiple of the model's chunk size K)")
-    temperature: float = knob(1.0, "in (0, 1]: 1 decodes one head sample per chunk")
+    temperature: float = knob(1.0, "in (0, 1]: 1 decodes one head sample per chunk, lower sharpens (1/T head samples "
+                                   "must agree); not 0: greedy decoding needs likelihoods, which CALM does not have")
     algorithm: str = knob("exact", 'temperature < 1: "exact" (Alg. 1) or "batch" (N candidates)')
     n_candidates: int = knob(200, "N for the batch approximation")
     max_draws: int = knob(2000, "exact algorithm: head samples per chunk before falling back to the batch rule")
@@ -151,14 +152,15 @@ def calm_sampler(model, prompt_ids: list[int], params: CALMParams, generator: to
     cache = model.new_cache()
     hidden = model.prefix_state(torch.tensor([context], dtype=torch.long), cache=cache)[0]  # (d,)
     nfe = 1
+    notes: list[str] = []  # the chunk's frame takes them (at level "none", the final frame)
     for step in range(G // K):
-        chunk, z, probs, _ = next_chunk(model, hidden, params, generator, rng)
+        chunk, z, probs, _ = next_chunk(model, hidden, params, generator, rng, notes)
         lo = step * K
         canvas[lo : lo + K] = chunk
         confidence[lo : lo + K] = probs
         final = step == G // K - 1
         frame = make_frame(record, final, step + 1, canvas, range(lo, lo + K), nfe, block=step, proposal=canvas,
-                           confidence=confidence)
+                           confidence=confidence, notes=notes)
         if frame is not None:
             if record == "full":
                 frame.latent = [[round(v, 4) for v in z.tolist()]]
@@ -171,9 +173,11 @@ def calm_sampler(model, prompt_ids: list[int], params: CALMParams, generator: to
             nfe += 1
 
 
-def next_chunk(model, hidden: torch.Tensor, params: CALMParams, generator, rng) -> tuple:
+def next_chunk(model, hidden: torch.Tensor, params: CALMParams, generator, rng, notes: list[str] | None = None
+               ) -> tuple:
     """(tokens (K,), the chosen latent (l,), decoder confidence (K,), head samples the algorithm consumed) of
-    the next chunk after the backbone state `hidden` (d,)."""
+    the next chunk after the backbone state `hidden` (d,). A chunk for which the exact algorithm gave up says so in
+    `notes`, when given."""
     decoded: dict[tuple, tuple] = {}
     drawn = 0
     pending: list[tuple] = []  # exact algorithm: samples computed in a block, not yet consumed
@@ -208,8 +212,9 @@ def next_chunk(model, hidden: torch.Tensor, params: CALMParams, generator, rng) 
     elif params.algorithm == "exact":
         key, _ = exact_temperature_sample(draw_from_blocks, params.temperature, rng, params.max_draws)
         if key is None:
-            warnings.warn(f"exact temperature sampling needed more than max_draws={params.max_draws} head samples "
-                          "for a chunk; that chunk used the batch rule (raise max_draws or temperature)")
+            if notes is not None:
+                notes.append(f"exact temperature sampling needed more than max_draws={params.max_draws} head "
+                             "samples for a chunk; that chunk used the batch rule (raise max_draws or temperature)")
             key = batch_temperature_sample(draw(params.n_candidates), params.temperature, rng)
     else:
         key = batch_temperature_sample(draw(params.n_candidates), params.temperature, rng)

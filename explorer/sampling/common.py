@@ -134,12 +134,17 @@ def keep_states(states: torch.Tensor, hidden: torch.Tensor, start: int, prompt_l
 
 def make_frame(record: str, final: bool, step: int, canvas: torch.Tensor, committed, nfe: int, *,
                t=None, block=None, proposal=None, confidence=None, remasked=(), cache=None, stop=None,
-               revised=None, hidden=None) -> Frame | None:
+               revised=None, hidden=None, notes: list[str] | None = None) -> Frame | None:
     """A Frame with what the recording level asks for; None at level 'none' except for the final frame.
-    `hidden` (G, d): latest hidden state per position, NaN rows where never computed (stored as None rows)."""
+    `hidden` (G, d): latest hidden state per position, NaN rows where never computed (stored as None rows).
+    `notes`: what the sampler has said since its last frame; a frame that is made takes them and empties the list
+    (at level 'none' they wait for the final frame)."""
     if record == "none" and not final:
         return None
     full = record == "full"
+    said = list(notes) if notes else None
+    if notes:
+        notes.clear()
     return Frame(
         step=step,
         tokens=canvas.tolist(),
@@ -155,6 +160,7 @@ def make_frame(record: str, final: bool, step: int, canvas: torch.Tensor, commit
         stop=stop,
         revised=sorted(int(p) for p in revised) if revised is not None else None,
         hidden=_state_rows(hidden) if hidden is not None else None,
+        notes=said,
     )
 
 

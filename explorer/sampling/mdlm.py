@@ -260,6 +260,15 @@ class LLaDARule:
     def time(self, block_step: int) -> float | None:
         return None  # LLaDA's loop has no time: a time-conditioned model takes the masked fraction
 
+    def notes(self, masked: list[int]) -> list[str]:
+        """What to tell the user before the run (`masked`: masks per block): a fixed schedule with more steps than
+        masks skips the steps left over, since a step commits at least one token."""
+        ran = sum(min(self.steps, m) for m in masked)
+        if not self.fixed_schedule or ran == self.steps * len(masked):
+            return []
+        return [f"steps reduced to fit: {self.params.steps} steps for {sum(masked)} masked tokens, and a step "
+                f"commits at least one token, so {ran} steps run"]
+
     def commit(self, block_step: int, scores: Scores) -> torch.Tensor:
         """Indices into scores.rows that commit this step."""
         p = self.params
@@ -286,6 +295,10 @@ class AncestralRule:
 
     def time(self, block_step: int) -> float:
         return self.times[block_step]
+
+    def notes(self, masked: list[int]) -> list[str]:
+        """Nothing to say: more time steps than masks is a finer time grid (unchanged canvases reuse the logits)."""
+        return []
 
     def commit(self, block_step: int, scores: Scores) -> torch.Tensor:
         t, s = self.times[block_step], self.times[block_step + 1]
@@ -337,19 +350,21 @@ def _masked_loop(model, prompt_ids, params, generator, record, rule_class, hidde
     confidence = torch.full((R,), float("nan"))  # commit-time probability per region position
     proposal = canvas[P:].clone().cpu()
     block_len = params.block_length or G
+    # the first block also owns the prompt's masks: counted in its schedule, eligible with its positions
+    bounds = [(P + (0 if block == 0 else I + block * block_len), P + I + (block + 1) * block_len)
+              for block in range(params.blocks)]
     rule = rule_class(params, params.steps // params.blocks)
+    notes = rule.notes([int((canvas[lo:hi] == mask_id).sum()) for lo, hi in bounds])  # the first frame takes them
     step = 0
     # (R, d) latest hidden state per region position (NaN = never computed), when recorded
     states = torch.full((R, model.config.backbone.d_model), float("nan")) if record_hidden(record, hidden) else None
     nothing_to_do = not bool((canvas[P:] == mask_id).any())
     first = make_frame(record, nothing_to_do, 0, canvas[P:], [], 0, t=_mask_rate(canvas[P:], mask_id), block=0,
-                       proposal=proposal, confidence=confidence, hidden=states)
+                       proposal=proposal, confidence=confidence, hidden=states, notes=notes)
     if first is not None:
         yield first
     denoise = _Denoiser(model, params, P, rule.reuses_logits, want_hidden=states is not None)
-    for block in range(params.blocks):
-        # the first block also owns the prompt's masks: counted in its schedule, eligible with its positions
-        lo, hi = P + (0 if block == 0 else I + block * block_len), P + I + (block + 1) * block_len
+    for block, (lo, hi) in enumerate(bounds):
         in_block = torch.zeros(P + R, dtype=torch.bool, device=device)
         in_block[lo:hi] = True
         rule.start_block(int((canvas[lo:hi] == mask_id).sum()))
@@ -402,7 +417,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, rule_class, hidde
             frame = make_frame(record, done, step, canvas[P:], gen_pos.tolist(), denoise.nfe,
                                t=_mask_rate(canvas[P:], mask_id), block=block, proposal=proposal,
                                confidence=step_conf, cache=cache_label, stop=stop[1] if stop else None,
-                               hidden=states)
+                               hidden=states, notes=notes)
             if frame is not None:
                 yield frame
             if stop is not None:

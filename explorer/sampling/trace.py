@@ -44,6 +44,9 @@ class Frame:
     # its latest state; a None row was never computed (ar's future tokens, bd3lm's future blocks, the draft
     # frames of draft-and-refine, whose drafter is another model). Stored rounded to 4 decimals.
     hidden: list[list[float] | None] | None = None
+    # what the sampler says about the run at this step, for people (e.g. "steps reduced to fit"); the run's own notes,
+    # never warnings caught from the process
+    notes: list[str] | None = None
 
 
 @dataclass
@@ -220,6 +223,9 @@ def _check_frame(frame, where: str, length: int, widths: dict[str, int]) -> None
             _number(frame[key], f"{where}.{key}")
     for key in ("cache", "stop"):
         _optional_string(frame, key, where)
+    for k, note in enumerate(_list(frame, "notes", where) if frame.get("notes") is not None else []):
+        if not isinstance(note, str):
+            raise ValueError(f"{where}.notes[{k}] must be a string, got {_kind(note)}")
     _ints(_list(frame, "tokens", where, length), f"{where}.tokens")
     for key in ("committed", "remasked", "revised"):  # positions
         if frame.get(key) is not None:
