@@ -291,7 +291,7 @@ def cdcd_metrics(model, judge, windows: int = 64, levels: int = 12, samples: int
     test = TokenStream(load_corpus(), "test", model.tokenizer).windows(model.max_seq_len)[:windows]
     curve = ce_per_noise_level(model, test, levels=levels, progress=True)
     prompts = prompts_from_val(model.tokenizer, samples)
-    traces = [generate(model, p, gen_length=64, steps=steps, seed=i, record="none")
+    traces = [generate(model, p, gen_length=64, steps=steps, seed=i, record="none", clamp=0.0)  # CDCD's plain ODE
               for i, p in enumerate(tqdm(prompts, desc="samples", leave=False))]
     outs = [t.final_tokens for t in traces]
     return {"ce_per_noise_level": curve | {"split": "test", "windows": int(len(test))},

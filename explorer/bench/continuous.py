@@ -43,10 +43,10 @@ def run_continuous_bench(checkpoints: list[str], masked_checkpoint: str = "mdlm-
     configs = {}
     for index, model in enumerate(models):
         own = "warped" if model.warp is not None else "log"
-        configs[f"{model.name} ({own} schedule)"] = (model, "cdcd", {})
+        configs[f"{model.name} ({own} schedule)"] = (model, "cdcd", {"clamp": 0.0})
         if index == 0 and model.warp is not None:
-            configs[f"{model.name} (log schedule)"] = (model, "cdcd", {"schedule": "log"})
-        configs[f"{model.name} ({own} schedule, clamping)"] = (model, "cdcd", {"clamp": True})
+            configs[f"{model.name} (log schedule)"] = (model, "cdcd", {"schedule": "log", "clamp": 0.0})
+        configs[f"{model.name} ({own} schedule, clamping)"] = (model, "cdcd", {"clamp": 1.0})
     configs[f"{masked.name} (ancestral, T=1)"] = (masked, "mdlm", {"sampler": "ancestral"})
     configs[f"{masked.name} (low_confidence, T=0)"] = (masked, "mdlm", {"sampler": "low_confidence"})
     results = {"judge": judge.name, "samples": samples, "gen_length": gen_length, "prompt_length": len(prompts[0]),

@@ -19,11 +19,11 @@ from explorer.bench.measure import write_results
 from explorer.data import TokenStream, load_corpus
 from explorer.eval import sample_quality
 from explorer.hub import load
-from explorer.page.examples import EXAMPLE_RUNS
+from explorer.page.requests import SHOWCASE
 from explorer.sampling import generate
 from explorer.sampling.registry import sampler_for
 
-ENTROPY_TOLERANCE = 0.15  # a setting's unigram entropy may fall this far (relative) below the corpus's
+ENTROPY_TOLERANCE = 0.25  # a setting's unigram entropy may fall this far (relative) below the corpus's
 PROMPT_LENGTH, GEN_LENGTH = 16, 64
 
 # checkpoint -> [(sampler, knobs)]: knobs not named keep the registry's defaults
@@ -35,8 +35,9 @@ GRID = {
                   ("low_confidence", {"block_length": 16, "temperature": 1.0}),
                   ("low_confidence", {"block_length": 32, "temperature": 0.8}), ("ancestral", {}), ("dream", {})],
     "cdcd-tiny": [("euler", {"clamp": 0.0}), ("euler", {"clamp": 1.0}), ("euler", {"clamp": 0.5}),
-                  ("euler", {"clamp": 0.25}), ("euler", {"clamp": 0.1}), ("euler", {"clamp": 0.0, "temperature": 0.8}),
-                  ("euler", {"clamp": 0.25, "temperature": 0.8}), ("euler", {"clamp": 0.5, "temperature": 0.8})],
+                  ("euler", {"clamp": 0.25}), ("euler", {"clamp": 0.0, "temperature": 0.8}),
+                  ("euler", {"clamp": 0.5, "temperature": 0.8}), ("euler", {"clamp": 1.0, "temperature": 0.8}),
+                  ("euler", {"clamp": 1.0, "temperature": 0.6})],
     "ar-tiny": [("ar", {}), ("ar", {"temperature": 0.8}), ("ar", {"temperature": 0.7})],
     "bd3lm-tiny-b4": [("first_hitting", {}), ("first_hitting", {"temperature": 0.8}),
                       ("low_confidence", {"temperature": 0.7})],
@@ -50,12 +51,14 @@ def corpus_samples(tokenizer, count: int) -> tuple[list[list[int]], list[list[in
     return [w[:PROMPT_LENGTH] for w in picked], [w[PROMPT_LENGTH:] for w in picked]
 
 
-def page_setting(checkpoint: str) -> tuple[str, dict] | None:
-    """The sampler and knobs the page's first view uses for `checkpoint`, if it has an example."""
-    if checkpoint not in EXAMPLE_RUNS:
-        return None
-    _, sampler, knobs = EXAMPLE_RUNS[checkpoint]
-    return sampler, {k: v for k, v in knobs.items() if k not in ("gen_length", "steps")}
+def is_page_start(family: str, sampler: str, knobs: dict) -> bool:
+    """Whether the page starts a checkpoint of `family` with this setting (SHOWCASE, else the API's default)."""
+    if family not in SHOWCASE:
+        return is_api_default(family, sampler, knobs)
+    name, preset = SHOWCASE[family]
+    default = sampler_for(family, name)
+    return sampler == name and all(preset.get(k, default.default(k)) == v for k, v in knobs.items()) and all(
+        k in knobs for k in preset)
 
 
 def label(sampler: str, knobs: dict) -> str:
@@ -86,13 +89,13 @@ def run_defaults_bench(judge_name: str = "ar-tiny", samples: int = 8,
                                     **knobs).final_tokens for seed, prompt in enumerate(prompts)]
                 rows.append({"setting": label(sampler, knobs), "sampler": sampler, "knobs": knobs,
                              "api_default": is_api_default(model.family, sampler, knobs),
+                             "page": is_page_start(model.family, sampler, knobs),
                              **sample_quality(judge, prompts, outputs)})
                 progress.update()
             fluent = [r for r in rows if r["unigram_entropy"] >= floor]
             best = min(fluent or rows, key=lambda r: r["gen_ppl"])
-            page = page_setting(checkpoint)
             results["checkpoints"][checkpoint] = {
-                "rows": rows, "best": best["setting"], "page": label(*page) if page else None}
+                "rows": rows, "best": best["setting"]}
     write_results(json_path, results, defaults_table(results))
     return results
 
@@ -107,8 +110,8 @@ def defaults_table(r: dict) -> str:
              "| checkpoint | setting | gen. PPL | unigram entropy (nats) | |", "|---|---|---|---|---|"]
     for checkpoint, c in r["checkpoints"].items():
         for row in c["rows"]:
-            marks = [m for m, setting in (("**best**", c["best"]), ("page", c["page"])) if setting == row["setting"]]
-            marks += ["API default"] if row["api_default"] else []
+            marks = (["**best**"] if row["setting"] == c["best"] else []) + (
+                ["API default"] if row["api_default"] else []) + (["page"] if row["page"] else [])
             lines.append(f"| {checkpoint} | {row['setting']} | {row['gen_ppl']} | {row['unigram_entropy']:.2f} | "
                          f"{', '.join(marks)} |")
     return "\n".join(lines) + "\n"

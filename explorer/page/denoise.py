@@ -40,6 +40,7 @@ from explorer.page.requests import (
     check_request,
     control_of,
     model_prompt,
+    page_sampler,
     read_knobs,
     sampler_knobs,
     shown_knobs,
@@ -128,10 +129,10 @@ def family_controls(choice):
         warn(str(err))
         return tuple(gr.skip() for _ in FAMILY_CONTROLS)
     choices = list(SAMPLERS[family])
-    spec = sampler_for(family, sampler_at(path, config))  # Dream's folders: Dream's own loop, as the API picks
+    spec, preset = page_sampler(family, sampler_at(path, config))  # Dream's folders: Dream's own loop
     shown = {control_of(k) for k in shown_knobs(spec)}
     calm = family == "calm"
-    sliders = slider_settings(family, spec, config)
+    sliders = slider_settings(family, spec, config, preset)
     n = ({"minimum": 2, "maximum": MAX_CANDIDATES, "value": spec.default("n_candidates"),
           "label": "N (head samples per chunk)"} if calm else
          {"minimum": 1, "maximum": MAX_RUNS, "value": 1, "label": "N (runs drawn at once, seeds seed .. seed+N-1)"})
@@ -297,7 +298,7 @@ def build(names: list[str], default: str | None, trace: Trace | None, first_rang
 def build_controls(names: list[str], default: str | None) -> dict:
     """The checkpoint, the prompt, the sampler and its knobs, for the default family's default sampler (the page
     narrows them to the checkpoint's family once loaded)."""
-    spec = sampler_for(DEFAULT_FAMILY)
+    spec, preset = page_sampler(DEFAULT_FAMILY)
     with gr.Row(elem_id="actions"):  # above the knobs (and sticky): in view with the canvas on a laptop screen
         run = gr.Button("Generate", variant="primary", elem_id="generate")
         stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -315,13 +316,15 @@ def build_controls(names: list[str], default: str | None) -> dict:
                            elem_id="gen_length", info=knob_help(spec, "gen_length"))
     steps = gr.Slider(1, 2 * MAX_LENGTH, spec.default("steps"), step=1, label="steps", elem_id="steps",
                       info=knob_help(spec, "steps"))
-    block_length = gr.Slider(1, 128, spec.default("gen_length"), step=1, label="K (block size)",
-                             elem_id="block_length", info=knob_help(spec, "block_length"))  # None: gen_length
+    block_length = gr.Slider(1, 128, preset.get("block_length", spec.default("gen_length")), step=1,
+                             label="K (block size)", elem_id="block_length",
+                             info=knob_help(spec, "block_length"))  # None: gen_length
     # the API checks N against this maximum: the largest any family takes (family_controls narrows the slider;
     # check_request and the calm sampler refuse what a family does not take)
     n_runs = gr.Slider(1, max(MAX_RUNS, MAX_CANDIDATES), 1, step=1,
                        label="N (runs drawn at once, seeds seed .. seed+N-1)", elem_id="n_runs", elem_classes=RARE)
-    temperature = gr.Slider(0, 2, spec.default("temperature"), step=0.05, label="temperature", elem_id="temperature",
+    temperature = gr.Slider(0, 2, preset.get("temperature", spec.default("temperature")), step=0.05,
+                            label="temperature", elem_id="temperature",
                             info=knob_help(spec, "temperature"))
     with gr.Accordion("more knobs", open=False, elem_classes=RARE):
         thresholded = sampler_for(DEFAULT_FAMILY, "threshold")  # shown for the samplers whose default sets one

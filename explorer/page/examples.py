@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import explorer
+from explorer.page.requests import SHOWCASE
 from explorer.sampling import Trace
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"  # explorer/examples: shipped with the package
@@ -16,11 +17,16 @@ def load_examples(directory: Path = EXAMPLES_DIR) -> dict[str, Trace]:
     return {path.stem: Trace.load(path) for path in sorted(directory.glob("*.json"))}
 
 
+def _showcase(family: str, **knobs) -> tuple[str, dict]:
+    """The page's starting sampler and knobs for `family` (SHOWCASE), with `knobs` on top."""
+    sampler, preset = SHOWCASE[family]
+    return sampler, preset | knobs
+
+
 EXAMPLE_RUNS = {  # name -> (checkpoint, sampler, knobs): the page's first paint, written by `write_examples`
-    "mdlm-tiny": ("mdlm-tiny", "low_confidence", {"gen_length": 64, "steps": 64, "block_length": 64,
-                                                   "temperature": 0.0}),
-    "ar-tiny": ("ar-tiny", "ar", {"gen_length": 32, "temperature": 0.0}),
-    "bd3lm-tiny-b16": ("bd3lm-tiny-b16", "first_hitting", {"gen_length": 32, "steps": 16, "block_length": 16}),
+    "mdlm-tiny": ("mdlm-tiny", *_showcase("mdlm", gen_length=64, steps=64)),
+    "ar-tiny": ("ar-tiny", *_showcase("ar", gen_length=32)),
+    "bd3lm-tiny-b16": ("bd3lm-tiny-b16", *_showcase("bd3lm", gen_length=32, steps=16, block_length=16)),
     "calm-tiny-k4": ("calm-tiny-k4", "batch", {"gen_length": 32, "temperature": 1.0, "n_candidates": 200}),
 }
 EXAMPLE_PROMPT = "ROMEO:"

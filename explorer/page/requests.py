@@ -81,20 +81,39 @@ def checkpoint_shape(config: dict) -> tuple[int | None, int, int | None]:
     return context, chunk, _positive_int(model, "block_size")
 
 
-def slider_settings(family: str, spec: Sampler, config: dict) -> dict[str, dict]:
+# What the page starts each family with, where it is not the API's (published) default: the best-reading settings on
+# the shipped checkpoints, the lowest generative perplexity at a unigram entropy within 25% of the corpus's
+# (`python -m explorer bench defaults`, bench_results/defaults.md). Knobs not named keep the registry's defaults.
+SHOWCASE = {"mdlm": ("low_confidence", {"block_length": 16, "temperature": 0.7}),
+            "ar": ("ar", {"temperature": 0.7}),
+            "bd3lm": ("low_confidence", {"temperature": 0.7})}
+
+
+def page_sampler(family: str, released: str | None = None) -> tuple[Sampler, dict]:
+    """The sampler the page starts a checkpoint of `family` with and its SHOWCASE knobs; `released`: the sampler a
+    released folder names (Dream's), which takes its registry defaults."""
+    if released:
+        return sampler_for(family, released), {}
+    name, knobs = SHOWCASE.get(family, (None, {}))
+    return sampler_for(family, name), knobs
+
+
+def slider_settings(family: str, spec: Sampler, config: dict, preset: dict | None = None) -> dict[str, dict]:
     """The Denoise sliders for a checkpoint of `family` run by `spec`, as gr.update keywords. Ranges follow the
     checkpoint: gen length up to its context (bd3lm slides its window past it: MAX_LENGTH; calm in whole chunks of
     K), LLaDA's steps up to the gen length (more would be skipped), steps per block and block size of bd3lm up to the
     context, cdcd's Euler steps up to 2 x MAX_LENGTH, temperature to 2 (calm: to 1, its registry help says what 0
-    means). Values are the registry defaults of `spec` (bd3lm: the block size it was trained with), so nothing
-    carries over from another checkpoint's family; a family without a steps knob (ar, calm) takes one per token."""
+    means). Values are the `preset` knobs (SHOWCASE), else the registry defaults of `spec` (bd3lm: the block size it
+    was trained with), so nothing carries over from another checkpoint's family; a family without a steps knob (ar,
+    calm) takes one per token."""
+    preset = preset or {}
     context, chunk, block_size = checkpoint_shape(config)
     longest = MAX_LENGTH if family == "bd3lm" or context is None else min(context, MAX_LENGTH)
     longest -= longest % chunk
     length = min(spec.default("gen_length"), longest)
     length -= length % chunk
     steps = spec.default("steps") if "steps" in spec.knobs else None
-    block = spec.default("block_length") if "block_length" in spec.knobs else None
+    block = preset.get("block_length", spec.default("block_length")) if "block_length" in spec.knobs else None
     if family == "bd3lm":  # the registry's None: the checkpoint's own block size (ours nest it; releases do not)
         block = steps = block_size or block or longest
     most_steps = {"cdcd": 2 * MAX_LENGTH, "bd3lm": context or MAX_LENGTH}.get(family, longest)
@@ -103,7 +122,8 @@ def slider_settings(family: str, spec: Sampler, config: dict) -> dict[str, dict]
         "steps": {"minimum": 1, "maximum": most_steps, "value": min(steps or length, most_steps)},
         "block_length": {"minimum": 1, "maximum": (context or MAX_LENGTH) if family == "bd3lm" else longest,
                          "value": block or length},
-        "temperature": {"minimum": 0, "maximum": 1 if family == "calm" else 2, "value": spec.default("temperature")},
+        "temperature": {"minimum": 0, "maximum": 1 if family == "calm" else 2,
+                        "value": preset.get("temperature", spec.default("temperature"))},
     }
 
 
