@@ -621,18 +621,21 @@ def test_a_bad_upload_is_named_on_the_export_tab_by_its_base_name_and_the_denois
 def test_a_checkpoint_of_another_family_takes_its_own_defaults_and_ranges():
     """cdcd-tiny's 200 steps and temperature do not carry over to ar-tiny; each slider's range is the checkpoint's."""
     from explorer.page.denoise import FAMILY_CONTROLS, family_controls
+    from explorer.page.requests import SHOWCASE
     from explorer.sampling import sampler_for
 
     cdcd = dict(zip(FAMILY_CONTROLS, family_controls("cdcd-tiny")))
     assert cdcd["steps"]["value"] == 200 and cdcd["gen_length"]["maximum"] == 128
     ar = dict(zip(FAMILY_CONTROLS, family_controls("ar-tiny")))
-    assert ar["temperature"]["value"] == sampler_for("ar").default("temperature")
+    assert ar["temperature"]["value"] == SHOWCASE["ar"][1]["temperature"] != cdcd["temperature"]["value"]
     assert ar["steps"]["value"] == ar["gen_length"]["value"] == sampler_for("ar").default("gen_length")
     assert not ar["steps"]["visible"] and ar["gen_length"]["maximum"] == 128
     bd3lm = dict(zip(FAMILY_CONTROLS, family_controls("bd3lm-tiny-b16")))
     assert bd3lm["gen_length"]["maximum"] == 256 and bd3lm["block_length"]["value"] == 16
     mdlm = dict(zip(FAMILY_CONTROLS, family_controls("mdlm-tiny")))
-    assert mdlm["block_length"]["value"] == mdlm["gen_length"]["value"] == 64  # not bd3lm's blocks of 16
+    assert mdlm["gen_length"]["value"] == sampler_for("mdlm").default("gen_length")
+    assert (mdlm["block_length"]["value"], mdlm["temperature"]["value"]) == (16, 0.7)  # the page's SHOWCASE
+    assert cdcd["temperature"]["value"] == sampler_for("cdcd").default("temperature")
 
 
 def test_calms_temperature_slider_explains_zero_and_zero_is_refused_in_words(calm_hub):

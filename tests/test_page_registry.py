@@ -129,7 +129,7 @@ def test_the_page_runs_the_samplers_it_could_not_run_before(sampler, boxes):
     *_, last = generate("mdlm-tiny", "ROMEO:", sampler, 8, 8, 8, 0.0, 0.9, 0, "confidence", "none", 1, 0.0, "", True,
                         None, *values)
     out = dict(zip(Outputs.names, last))
-    assert not out["error"], out["error"]
+    assert "dlm-error" not in out["error"], out["error"]  # notes may show (draft-and-refine's refine steps reduced)
     trace = out["session"].trace
     assert trace.sampler["name"] == sampler and len(trace.final_tokens) == 8
     assert {name: trace.sampler[name] for name in boxes} == read_knobs(boxes)  # the drafter by its name
