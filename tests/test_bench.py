@@ -1,4 +1,5 @@
 import json
+import math
 
 import torch
 
@@ -87,3 +88,21 @@ def test_examples_command_writes_the_first_paint_traces_into_out(tmp_path, capsy
     assert all(trace.model["checkpoint"] == EXAMPLE_RUNS[name][0] for name, trace in written.items())
     for name in ("mdlm-tiny", "ar-tiny"):  # temperature 0: the shipped traces are what the command writes
         assert written[name].final_tokens == shipped[name].final_tokens
+
+
+def test_defaults_bench_marks_the_api_default_the_page_start_and_the_best(tmp_path):
+    from explorer.bench.defaults import run_defaults_bench
+    from explorer.page.requests import SHOWCASE
+
+    sampler, showcase = SHOWCASE["mdlm"]
+    grid = {"mdlm-tiny": [("low_confidence", {}), (sampler, showcase), ("threshold", {"block_length": 8})]}
+    out = tmp_path / "defaults.json"
+    results = run_defaults_bench(samples=2, json_path=out, grid=grid, gen_length=16)
+    rows = results["checkpoints"]["mdlm-tiny"]["rows"]
+    assert [r["api_default"] for r in rows] == [True, False, False]
+    assert [r["page"] for r in rows] == [False, True, False]
+    assert rows[0]["nfe"] == 16 and rows[2]["nfe"] <= 16 and all(r["gen_ppl"] > 1 for r in rows)
+    assert results["checkpoints"]["mdlm-tiny"]["best"] in {r["setting"] for r in rows}
+    table = out.with_suffix(".md").read_text()
+    assert "| API default |" in table and "page |" in table and "**best**" in table
+    assert 2.0 < results["corpus"]["unigram_entropy"] <= math.log(16) + 1e-6  # 16 real tokens, mostly distinct

@@ -10,6 +10,7 @@ API and the page use by default.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import torch
@@ -33,7 +34,12 @@ GRID = {
                   ("low_confidence", {"block_length": 16, "temperature": 0.7}),
                   ("low_confidence", {"block_length": 16, "temperature": 0.8}),
                   ("low_confidence", {"block_length": 16, "temperature": 1.0}),
-                  ("low_confidence", {"block_length": 32, "temperature": 0.8}), ("ancestral", {}), ("dream", {})],
+                  ("low_confidence", {"block_length": 32, "temperature": 0.8}), ("ancestral", {}), ("dream", {}),
+                  # Fast-dLLM's parallel rules on its semi-autoregressive setting (blocks of 32, T = 0): fewer network
+                  # evaluations where the model is confident; the fixed schedule beside them
+                  ("low_confidence", {"block_length": 32}),
+                  *[("threshold", {"block_length": 32, "threshold": tau}) for tau in (0.9, 0.7, 0.5, 0.3)],
+                  *[("factor", {"block_length": 32, "factor": f}) for f in (1.0, 2.0)]],
     "cdcd-tiny": [("euler", {"clamp": 0.0}), ("euler", {"clamp": 1.0}), ("euler", {"clamp": 0.5}),
                   ("euler", {"clamp": 0.25}), ("euler", {"clamp": 0.0, "temperature": 0.8}),
                   ("euler", {"clamp": 0.5, "temperature": 0.8}), ("euler", {"clamp": 1.0, "temperature": 0.8}),
@@ -44,9 +50,9 @@ GRID = {
 }
 
 
-def corpus_samples(tokenizer, count: int) -> tuple[list[list[int]], list[list[int]]]:
+def corpus_samples(tokenizer, count: int, gen_length: int = GEN_LENGTH) -> tuple[list[list[int]], list[list[int]]]:
     """(prompts, their real continuations): `count` windows spread evenly over the validation split."""
-    windows = TokenStream(load_corpus(), "val", tokenizer).windows(PROMPT_LENGTH + GEN_LENGTH)
+    windows = TokenStream(load_corpus(), "val", tokenizer).windows(PROMPT_LENGTH + gen_length)
     picked = [windows[i].tolist() for i in torch.linspace(0, len(windows) - 1, count).long()]
     return [w[:PROMPT_LENGTH] for w in picked], [w[PROMPT_LENGTH:] for w in picked]
 
@@ -72,12 +78,13 @@ def is_api_default(family: str, sampler: str, knobs: dict) -> bool:
 
 
 def run_defaults_bench(judge_name: str = "ar-tiny", samples: int = 8,
-                       json_path: str | Path = "bench_results/defaults.json", grid: dict | None = None) -> dict:
+                       json_path: str | Path = "bench_results/defaults.json", grid: dict | None = None,
+                       gen_length: int = GEN_LENGTH) -> dict:
     grid = GRID if grid is None else grid
     judge = load(judge_name)
-    prompts, references = corpus_samples(judge.tokenizer, samples)
+    prompts, references = corpus_samples(judge.tokenizer, samples, gen_length)
     corpus = sample_quality(judge, prompts, references)
-    results = {"judge": judge.name, "samples": samples, "prompt_length": PROMPT_LENGTH, "gen_length": GEN_LENGTH,
+    results = {"judge": judge.name, "samples": samples, "prompt_length": PROMPT_LENGTH, "gen_length": gen_length,
                "entropy_tolerance": ENTROPY_TOLERANCE, "corpus": corpus, "checkpoints": {}}
     floor = corpus["unigram_entropy"] * (1 - ENTROPY_TOLERANCE)
     with tqdm(total=sum(len(v) for v in grid.values()), desc="bench defaults") as progress:
@@ -85,9 +92,11 @@ def run_defaults_bench(judge_name: str = "ar-tiny", samples: int = 8,
             model = load(checkpoint)
             rows = []
             for sampler, knobs in settings:
-                outputs = [generate(model, prompt, sampler, seed=seed, gen_length=GEN_LENGTH, record="none",
-                                    **knobs).final_tokens for seed, prompt in enumerate(prompts)]
+                traces = [generate(model, prompt, sampler, seed=seed, gen_length=gen_length, record="none", **knobs)
+                          for seed, prompt in enumerate(prompts)]
+                outputs = [t.final_tokens for t in traces]
                 rows.append({"setting": label(sampler, knobs), "sampler": sampler, "knobs": knobs,
+                             "nfe": statistics.mean(t.stats["nfe"] for t in traces),
                              "api_default": is_api_default(model.family, sampler, knobs),
                              "page": is_page_start(model.family, sampler, knobs),
                              **sample_quality(judge, prompts, outputs)})
@@ -107,11 +116,13 @@ def defaults_table(r: dict) -> str:
              f"The corpus's own continuations: generative PPL {corpus['gen_ppl']}, unigram entropy "
              f"{corpus['unigram_entropy']:.2f} nats; **best** = the lowest perplexity among settings whose entropy "
              f"is at most {r['entropy_tolerance']:.0%} below the corpus's.", "",
-             "| checkpoint | setting | gen. PPL | unigram entropy (nats) | |", "|---|---|---|---|---|"]
+             "| checkpoint | setting | network evaluations | gen. PPL | unigram entropy (nats) | |",
+             "|---|---|---|---|---|---|"]
     for checkpoint, c in r["checkpoints"].items():
         for row in c["rows"]:
             marks = (["**best**"] if row["setting"] == c["best"] else []) + (
                 ["API default"] if row["api_default"] else []) + (["page"] if row["page"] else [])
-            lines.append(f"| {checkpoint} | {row['setting']} | {row['gen_ppl']} | {row['unigram_entropy']:.2f} | "
+            lines.append(f"| {checkpoint} | {row['setting']} | {row['nfe']:g} | {row['gen_ppl']} | "
+                         f"{row['unigram_entropy']:.2f} | "
                          f"{', '.join(marks)} |")
     return "\n".join(lines) + "\n"
