@@ -629,13 +629,26 @@ def test_a_checkpoint_of_another_family_takes_its_own_defaults_and_ranges():
     ar = dict(zip(FAMILY_CONTROLS, family_controls("ar-tiny")))
     assert ar["temperature"]["value"] == SHOWCASE["ar"][1]["temperature"] != cdcd["temperature"]["value"]
     assert ar["steps"]["value"] == ar["gen_length"]["value"] == sampler_for("ar").default("gen_length")
-    assert not ar["steps"]["visible"] and ar["gen_length"]["maximum"] == 128
+    assert not ar["steps"]["visible"] and ar["gen_length"]["maximum"] == 256  # it slides its window past 128
     bd3lm = dict(zip(FAMILY_CONTROLS, family_controls("bd3lm-tiny-b16")))
     assert bd3lm["gen_length"]["maximum"] == 256 and bd3lm["block_length"]["value"] == 16
     mdlm = dict(zip(FAMILY_CONTROLS, family_controls("mdlm-tiny")))
     assert mdlm["gen_length"]["value"] == sampler_for("mdlm").default("gen_length")
     assert (mdlm["block_length"]["value"], mdlm["temperature"]["value"]) == (16, 0.7)  # the page's SHOWCASE
     assert cdcd["temperature"]["value"] == sampler_for("cdcd").default("temperature")
+
+
+def test_ar_runs_past_its_context_on_the_page_and_gen_lengths_help_names_each_family():
+    from explorer.page.denoise import SAMPLER_CONTROLS, generate, sampler_controls
+    from explorer.page.views import Outputs
+
+    *_, last = generate(*args(checkpoint="ar-tiny", sampler="ar", gen_length=140, temperature=0.7))
+    out = dict(zip(Outputs.names, last))
+    assert "dlm-error" not in out["error"], out["error"]  # a note (hidden states not kept) may stand there
+    assert len(out["session"].trace.final_tokens) == 140  # ar-tiny's context is 128 tokens
+    for checkpoint, sampler in (("ar-tiny", "ar"), ("mdlm-tiny", "low_confidence")):
+        info = dict(zip(SAMPLER_CONTROLS, sampler_controls(checkpoint, sampler)))["gen_length"]["info"]
+        assert "ar and bd3lm generate past the model's context" in info and "mdlm, cdcd and calm cannot" in info
 
 
 def test_calms_temperature_slider_explains_zero_and_zero_is_refused_in_words(calm_hub):

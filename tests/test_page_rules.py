@@ -515,9 +515,10 @@ def test_the_gen_length_slider_stops_at_the_checkpoints_context():
     from explorer.page.requests import MAX_LENGTH, slider_settings
     from explorer.sampling import sampler_for
 
-    for name in ("mdlm-tiny", "ar-tiny", "cdcd-tiny"):
+    for name in ("mdlm-tiny", "cdcd-tiny"):
         assert settings(name)["gen_length"] == {"minimum": 1, "maximum": 128, "step": 1, "value": 64}, name
-    assert settings("bd3lm-tiny-b16")["gen_length"]["maximum"] == MAX_LENGTH  # it slides its window past 128
+    assert settings("ar-tiny")["gen_length"] == {"minimum": 1, "maximum": MAX_LENGTH, "step": 1, "value": 64}
+    assert settings("bd3lm-tiny-b16")["gen_length"]["maximum"] == MAX_LENGTH  # both slide their window past 128
     calm = settings("calm-tiny-k8")["gen_length"]
     assert (calm["minimum"], calm["maximum"], calm["step"], calm["value"]) == (8, 128, 8, 64)  # whole chunks
     small = slider_settings("mdlm", sampler_for("mdlm"), {"max_sequence_length": 48})  # a released folder

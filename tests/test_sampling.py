@@ -129,6 +129,25 @@ def test_ar_sampler_matches_greedy_recomputation_without_cache(tiny_ar):
     assert [f.committed for f in trace.frames[1:]] == [[i] for i in range(12)]
 
 
+@pytest.mark.parametrize("direction", ["l2r", "r2l"])
+def test_ar_generates_past_its_context_with_a_sliding_window(tokenizer, direction):
+    """Past a 16-token context each step reads <bos> + the last 15 tokens (model order), as a plain loop would."""
+    from explorer.models import ARConfig, ARModel
+    from support import tiny_backbone
+
+    torch.manual_seed(0)
+    model = ARModel(ARConfig(backbone=tiny_backbone("causal").with_(max_seq_len=16), direction=direction),
+                    tokenizer).eval()
+    trace = generate(model, "to be or not to be", gen_length=40, temperature=0.0, record="full")
+    ids = trace.prompt_ids[::-1] if direction == "r2l" else list(trace.prompt_ids)  # model order
+    with torch.no_grad():
+        for _ in range(40):
+            ids.append(int(model(torch.tensor([[model.bos_id] + ids[-15:]]))[0, -1].argmax()))
+    generated = ids[-40:]
+    assert trace.final_tokens == (generated[::-1] if direction == "r2l" else generated)
+    assert all(row is not None for row in trace.frames[-1].hidden)  # every step recorded its state
+
+
 def test_right_to_left_model_fills_the_canvas_backwards(tiny_ar_r2l):
     trace = generate(tiny_ar_r2l, "the end.", gen_length=6, temperature=1.0, seed=0)
     assert [f.committed for f in trace.frames[1:]] == [[5], [4], [3], [2], [1], [0]]
@@ -160,9 +179,15 @@ def test_bad_knobs_name_the_knob_and_range(tiny_mdlm, knobs, message):
 
 def test_prompt_longer_than_the_context_names_the_limit(tiny_mdlm, tiny_ar):
     long_prompt = "to be or not to be " * 40
-    for model, knobs in ((tiny_mdlm, {"steps": 8}), (tiny_ar, {})):  # ar has no steps knob
-        with pytest.raises(ValueError, match="context of 128 tokens"):
-            generate(model, long_prompt, gen_length=8, **knobs)
+    with pytest.raises(ValueError, match="context of 128 tokens"):
+        generate(tiny_mdlm, long_prompt, gen_length=8, steps=8)
+    # ar slides its window: it reads <bos> and the prompt's last 127 tokens
+    trace = generate(tiny_ar, long_prompt, gen_length=8, temperature=0.0)
+    ids = [tiny_ar.bos_id] + trace.prompt_ids[-127:]
+    with torch.no_grad():
+        for _ in range(8):
+            ids = [tiny_ar.bos_id] + (ids[1:] + [int(tiny_ar(torch.tensor([ids]))[0, -1].argmax())])[-127:]
+    assert len(trace.prompt_ids) > 127 and trace.final_tokens == ids[-8:]
 
 
 def test_empty_prompt_is_unconditional_generation(tiny_mdlm, tiny_ar):

@@ -33,6 +33,7 @@ from explorer.page.requests import (
     CACHES,
     EVERY_SAMPLER,
     EXTRA_KNOBS,
+    LENGTH_NOTE,
     MAX_LENGTH,
     MAX_RUNS,
     MODEL_KNOBS,
@@ -83,7 +84,9 @@ def sampler_info(family: str) -> str:
 
 
 def knob_help(spec, knob: str) -> str:
-    return spec.knobs[knob].metadata["help"]
+    """The registry's help of a knob; gen length's also says which families may run past the model's context."""
+    text = spec.knobs[knob].metadata["help"]
+    return f"{text}; {LENGTH_NOTE}" if knob == "gen_length" else text
 
 
 def knob_default(spec, knob: str):

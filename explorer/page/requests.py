@@ -14,7 +14,10 @@ from explorer.sampling.registry import SAMPLERS, every_knob, sampler_for, user_k
 
 MAX_WORK = 65_536  # gen_length x steps x N runs (calm: chunks x N head samples) one request may ask for
 MAX_RUNS = 8  # N runs drawn at once for the families other than calm
-MAX_LENGTH = 256  # bd3lm slides its window past the 128-token context; other families' samplers refuse clearly
+MAX_LENGTH = 256  # ar and bd3lm slide their window past the 128-token context; other families' samplers refuse clearly
+SLIDING = ("ar", "bd3lm")  # families that generate past the model's context; the others' whole canvas must fit it
+LENGTH_NOTE = ("ar and bd3lm generate past the model's context with a sliding window; mdlm, cdcd and calm cannot "
+               "(prompt and generated text must fit it)")
 
 CONTROLS = {  # registry knob -> the Denoise control (elem_id) that sets it; each other knob has a box `knob_<name>`
     "gen_length": "gen_length", "steps": "steps", "block_length": "block_length", "temperature": "temperature",
@@ -100,15 +103,15 @@ def page_sampler(family: str, released: str | None = None) -> tuple[Sampler, dic
 
 def slider_settings(family: str, spec: Sampler, config: dict, preset: dict | None = None) -> dict[str, dict]:
     """The Denoise sliders for a checkpoint of `family` run by `spec`, as gr.update keywords. Ranges follow the
-    checkpoint: gen length up to its context (bd3lm slides its window past it: MAX_LENGTH; calm in whole chunks of
-    K), LLaDA's steps up to the gen length (more would be skipped), steps per block and block size of bd3lm up to the
-    context, cdcd's Euler steps up to 2 x MAX_LENGTH, temperature to 2 (calm: to 1, its registry help says what 0
-    means). Values are the `preset` knobs (SHOWCASE), else the registry defaults of `spec` (bd3lm: the block size it
-    was trained with), so nothing carries over from another checkpoint's family; a family without a steps knob (ar,
-    calm) takes one per token."""
+    checkpoint: gen length up to its context (ar and bd3lm slide their window past it: MAX_LENGTH; calm in whole
+    chunks of K), LLaDA's steps up to the gen length (more would be skipped), steps per block and block size of
+    bd3lm up to the context, cdcd's Euler steps up to 2 x MAX_LENGTH, temperature to 2 (calm: to 1, its registry
+    help says what 0 means). Values are the `preset` knobs (SHOWCASE), else the registry defaults of `spec` (bd3lm:
+    the block size it was trained with), so nothing carries over from another checkpoint's family; a family without
+    a steps knob (ar, calm) takes one per token."""
     preset = preset or {}
     context, chunk, block_size = checkpoint_shape(config)
-    longest = MAX_LENGTH if family == "bd3lm" or context is None else min(context, MAX_LENGTH)
+    longest = MAX_LENGTH if family in SLIDING or context is None else min(context, MAX_LENGTH)
     longest -= longest % chunk
     length = min(spec.default("gen_length"), longest)
     length -= length % chunk

@@ -1,4 +1,9 @@
-"""Autoregressive sampling with a KV cache: temperature, top-k, top-p; left-to-right or right-to-left."""
+"""Autoregressive sampling with a KV cache: temperature, top-k, top-p; left-to-right or right-to-left.
+
+Generation may run past the model's context with a sliding window: once `<bos>` + prompt + generated tokens
+no longer fit, each step reads `<bos>` and the last max_seq_len - 1 tokens (model order: the nearest ones for a
+right-to-left model too), re-run without a cache, as the model was trained (every window read after `<bos>`).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from explorer.sampling.trace import Frame
 
 @dataclass(frozen=True)
 class ARParams(SamplerParams):
-    gen_length: int = knob(64, "tokens to generate")
+    gen_length: int = knob(64, "tokens to generate (past the context: a sliding window)")
     temperature: float = knob(1.0, "softmax temperature (0 = greedy)")
     top_k: int | None = knob(None, "keep the k most likely tokens")
     top_p: float | None = knob(None, "nucleus mass kept, in (0, 1]")
@@ -45,13 +50,9 @@ def autoregressive(model, prompt_ids: list[int], params: ARParams, generator: to
     """
     params.validate(model)
     G = params.gen_length
-    if 1 + len(prompt_ids) + G > model.max_seq_len:
-        raise ValueError(
-            f"<bos> + prompt ({len(prompt_ids)} tokens) + gen_length ({G}) exceeds the model's context of "
-            f"{model.max_seq_len} tokens"
-        )
     backwards = model.config.direction == "r2l"
-    context = [model.bos_id] + (prompt_ids[::-1] if backwards else list(prompt_ids))
+    context = prompt_ids[::-1] if backwards else list(prompt_ids)  # model order, without <bos>
+    window = model.max_seq_len - 1  # tokens read after <bos> once the context is full
     canvas = torch.full((G,), model.mask_id, dtype=torch.long)  # reading order
     confidence = torch.full((G,), float("nan"))
     # (G, d) hidden state that predicted each position's token (NaN = not generated yet), when recorded
@@ -59,8 +60,9 @@ def autoregressive(model, prompt_ids: list[int], params: ARParams, generator: to
     first = make_frame(record, False, 0, canvas, [], 0, proposal=canvas, confidence=confidence, hidden=states)
     if first is not None:
         yield first
-    cache = model.new_cache()
-    logits, state = model(torch.tensor([context], device=model.device), cache=cache, return_hidden=True)
+    cache = model.new_cache() if len(context) <= window else None  # None: past the context, re-run each window
+    logits, state = model(torch.tensor([[model.bos_id] + context[-window:]], device=model.device), cache=cache,
+                          return_hidden=True)
     logits, state = logits[0, -1:], state[0, -1]  # (1, V), (d,): the backbone computes the state anyway
     for i in range(G):
         tokens, prob, _, _ = kernels.sample_and_score(
@@ -75,9 +77,15 @@ def autoregressive(model, prompt_ids: list[int], params: ARParams, generator: to
                            hidden=states)
         if frame is not None:
             yield frame
-        if i < G - 1:
-            logits, state = model(tokens.view(1, 1).to(model.device), cache=cache, return_hidden=True)
-            logits, state = logits[0, -1:], state[0, -1]
+        if i == G - 1:
+            break
+        context.append(int(tokens[0]))
+        if len(context) > window:  # the window slides: positions restart at <bos>, so the cache cannot be reused
+            cache, ids = None, [model.bos_id] + context[-window:]
+        else:
+            ids = context[-1:]
+        logits, state = model(torch.tensor([ids], device=model.device), cache=cache, return_hidden=True)
+        logits, state = logits[0, -1:], state[0, -1]
 
 
 SAMPLERS = [Sampler("ar", "ar", ARParams, autoregressive, "autoregressive decoding")]

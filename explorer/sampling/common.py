@@ -11,7 +11,7 @@ import torch
 
 from explorer.sampling.trace import RECORD_LEVELS, Frame
 
-MAX_GEN_LENGTH = 65_536  # tokens one run may generate (bd3lm slides past its context; the others stop at theirs)
+MAX_GEN_LENGTH = 65_536  # tokens one run may generate (ar and bd3lm slide past the context; others stop there)
 MAX_STEPS = 100_000  # network steps one knob may ask for (per run; bd3lm: per block)
 MAX_SEED = 2**63 - 1  # seeds are 0 .. MAX_SEED (what a torch.Generator takes)
 
