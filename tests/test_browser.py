@@ -279,6 +279,11 @@ def test_edit_tab_picks_a_candidate_and_continues(page):
     page.wait_for_function("document.querySelector('#edit_tokens') && "
                            "document.querySelectorAll('#edit_tokens span.dlm-mask').length === 0 && "
                            "document.querySelectorAll('#edit_tokens span.dlm-token').length === 16")
+    # one numbering, the scrubber's: the edited canvas counts as a step of its own, no separate "frame" count
+    page.wait_for_function("document.querySelector('#step input[type=number]').value !== '6'")
+    last = page.locator("#step input[type=number]").input_value()
+    assert page.locator("#edit_tokens .dlm-step").inner_text() == f"step {last} of {last}"
+    assert "frame" not in page.locator("#edit_tokens").inner_text()
     screenshot(page, "edit")
     page.click("#rewind")
     page.wait_for_timeout(300)
@@ -530,3 +535,20 @@ def test_a_bad_upload_is_named_on_the_export_tab_and_a_good_one_fills_the_prompt
     page.set_input_files("#upload input[type=file]", str(good))
     page.wait_for_function("document.querySelector('#prompt textarea').value === 'JULIET:'")
     assert page.locator("#export_error .dlm-error").count() == 0
+
+
+def test_a_click_on_a_token_of_the_edit_canvas_picks_its_position(page):
+    """Issue 20.11: a click picks the position (typing still works) and outlines it; the canvas names its step as
+    the scrubber numbers it."""
+    set_number(page, "step", 20)  # the Edit tab's canvas is the scrubber's frame of the first-paint example
+    open_tab(page, "Edit and infill")
+    page.wait_for_selector("#edit_tokens span.dlm-token[data-pos]")
+    assert page.locator("#edit_tokens .dlm-step").inner_text().startswith("step 20 of ")
+    token = page.locator("#edit_tokens span.dlm-token[data-pos]").nth(3)
+    pos = token.get_attribute("data-pos")
+    token.click()
+    page.wait_for_function(f"document.querySelector('#position input[type=number]').value === '{pos}'")
+    page.wait_for_selector(f"#edit_tokens span[data-pos='{pos}'][data-selected]")
+    assert f"position {pos} picked" in page.locator("#edit_tokens .dlm-paused").inner_text()
+    set_number(page, "position", 0)  # typing still picks
+    page.wait_for_selector("#edit_tokens span[data-pos='0'][data-selected]")

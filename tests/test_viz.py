@@ -106,8 +106,9 @@ def test_the_pages_panels_escape_hostile_text(trace):
     hostile.model["name"] = hostile.sampler["name"] = hostile.text = hostile.stats["stop"] = payload
     hostile.stats["steps"] = payload  # the running line shows it
     hostile.frames[-1].step = payload
+    hostile.token_strings = {k: payload for k in hostile.token_strings}  # the picked token is named
     shown = [error_html(payload), notice_html([payload, "ok"]), stats_line(hostile), stats_line(hostile, True),
-             paused_html(hostile, -1), compare_table([hostile]), prompt_note("hi", payload)]
+             paused_html(hostile, -1, 0), compare_table([hostile]), prompt_note("hi", payload)]
     for html in shown:
         assert "<img" not in html and "&lt;img" in html, html
     assert notice_html([]) == "" and prompt_note("hi", "hi") == ""
@@ -162,3 +163,41 @@ def test_widgets_drive_continuous_diffusion(tiny_cdcd):
     steps_slider.value = 5  # re-runs the sampler: 5 Euler steps -> 6 frames
     scrubber_box = controls.children[1].children[0]
     assert scrubber_box.children[0].children[0].max == 5
+
+
+def test_every_canvas_numbers_its_step_as_the_scrubber_does_an_edit_counting_as_one(trace):
+    """After an edit the trace holds the paused frame and the edited canvas at the same sampler step: the label is the
+    frame's index out of the last index (the scrubber's number), never 'step 8 of 8 (frame 9)'."""
+    from explorer.viz.panels import paused_html, step_label
+
+    last = len(trace.frames) - 1
+    assert step_label(trace, 3) == "step 3 of 8" == f"step 3 of {last}"
+    assert '<div class="dlm-step"' in canvas_html(trace, -1) and "step 8 of 8" in canvas_html(trace, -1)
+    edited = copy.deepcopy(trace)  # as spliced_trace leaves it: frames[:4], the edited canvas (step 3 again), the rest
+    edited.frames.insert(4, copy.deepcopy(edited.frames[3]))
+    edited.sampler["edits"] = [{"frame": 3, "at_step": 3, "tokens": {"5": 7}, "seed": None}]
+    assert [f.step for f in edited.frames[3:6]] == [3, 3, 4]
+    assert step_label(edited, 4) == "step 4 of 9 (your edit)" and step_label(edited, -1) == "step 9 of 9"
+    shown = canvas_html(edited, -1)
+    assert "step 9 of 9" in shown and "frame" not in re.sub(r"<[^>]+>", "", shown).split("confidence")[0]
+    assert "step" not in paused_html(edited, 4) and "frame" not in paused_html(edited, 4)
+
+
+def test_a_click_on_a_token_picks_its_position_and_the_canvas_outlines_it(trace):
+    """The Edit tab's hidden #pick box receives 'POSITION|time' from a click; anything else changes nothing."""
+    from html import unescape
+
+    import gradio as gr
+
+    from explorer.page.edit import pick
+    from explorer.viz.panels import paused_html
+
+    assert pick("12|1733400000000") == 12 and pick("0|5") == 0
+    for bad in ("", None, "-1|5", "x|5", "1e3|5", "<img>|5", f"{2**40}|5"):
+        assert isinstance(pick(bad), type(gr.skip())), bad
+    shown = canvas_html(trace, 3, selected=5)
+    assert shown.count('data-selected="true"') == 1 and 'data-pos="5" data-selected="true"' in shown
+    assert 'data-selected' not in canvas_html(trace, 3)
+    said = paused_html(trace, -1, 5)
+    assert "position 5 picked: " in said and repr(trace.token_strings[trace.frames[-1].tokens[5]]) in unescape(said)
+    assert "picked" not in paused_html(trace, -1, 99)  # out of range: nothing picked

@@ -22,16 +22,33 @@ from explorer.page.common import (
     user_key,
 )
 from explorer.page.memory import MAX_REWIND, pack_frame
-from explorer.page.views import Outputs, Shared, edited_outputs, trace_model
+from explorer.page.views import Outputs, Shared, edited_outputs, frame_index, trace_model
 from explorer.sampling import build_trace
 from explorer.sampling.edit import resume, spliced_trace, top_candidates
-from explorer.viz.panels import canvas_html, stats_line
+from explorer.sampling.trace import MAX_ID
+from explorer.viz.panels import canvas_html, paused_html, stats_line
 
-LEARN = ("**Editing a run** (masked diffusion). Pause at a step, pick a position, choose one of the model's top "
-         "candidates there and continue: the sampler resumes from that canvas with your token fixed. Rewind undoes "
-         "the last edit. Word constraints on the Denoise tab (`0:Once, 5:upon`, as in LLaDA's demo) pin words before "
-         "the run starts (each word gets a leading space unless it is at position 0). Learn more: "
-         "`notebooks/02_samplers.ipynb`." + OPEN_NOTEBOOKS)
+LEARN = ("**Editing a run** (masked diffusion). Pause at a step, click a token (or type its position), choose one "
+         "of the model's top candidates there and continue: the sampler resumes from that canvas with your token "
+         "fixed. Rewind undoes the last edit. Word constraints on the Denoise tab (`0:Once, 5:upon`, as in LLaDA's "
+         "demo) pin words before the run starts (each word gets a leading space unless it is at position 0). Learn "
+         "more: `notebooks/02_samplers.ipynb`." + OPEN_NOTEBOOKS)
+
+
+def pick(value):
+    """A click on a token of the Edit tab's canvas: its position arrives as 'POSITION|time' in the hidden #pick box
+    (the time makes a second click on the same token a new input). Anything else leaves the position as it is."""
+    head = str(value or "").split("|")[0]
+    return int(head) if head.isdigit() and int(head) <= MAX_ID else gr.skip()
+
+
+def picked_view(session, step, position, color_by):
+    """The Edit tab's canvas at frame `step` with `position` (clicked or typed) outlined and named above it."""
+    if session is None or session.trace is None:
+        return gr.skip()
+    trace, index = session.trace, frame_index(session.trace, step)
+    position = int(position) if position is not None else None
+    return paused_html(trace, index, position) + canvas_html(trace, index, color_by, selected=position)
 
 
 def candidates(session, step, position):
@@ -97,6 +114,7 @@ def build() -> SimpleNamespace:
     """The Edit tab's components (its canvas is the Denoise scrubber's frame)."""
     gr.Markdown(LEARN, elem_classes="dlm-learn")
     view = gr.HTML("", elem_id="edit_tokens")
+    pick_box = gr.Textbox("", elem_id="pick", show_label=False, container=False)  # a click's position (layout.HEAD)
     with gr.Row():
         position = gr.Number(0, precision=0, label="position (0 = first generated token)", elem_id="position")
         show_candidates = gr.Button("Show candidates", elem_id="show_candidates")
@@ -105,12 +123,16 @@ def build() -> SimpleNamespace:
         resume_button = gr.Button("Continue with this token", variant="primary", elem_id="resume")
         rewind_button = gr.Button("Rewind the last edit", elem_id="rewind")
     error = gr.HTML("", elem_id="edit_error")
-    return SimpleNamespace(view=view, position=position, show_candidates=show_candidates, choices=choices,
-                           resume=resume_button, rewind=rewind_button, error=error)
+    return SimpleNamespace(view=view, pick=pick_box, position=position, show_candidates=show_candidates,
+                           choices=choices, resume=resume_button, rewind=rewind_button, error=error)
 
 
 def wire(e: SimpleNamespace, shared: Shared) -> None:
-    """The Edit tab's events: a continued or rewound run redraws every tab, like a generation."""
+    """The Edit tab's events: a click on a token picks its position; a continued or rewound run redraws every tab,
+    like a generation."""
+    e.pick.change(pick, e.pick, e.position, api_name="pick", **FREE)
+    e.position.change(picked_view, [shared.session, shared.step, e.position, shared.color_by], e.view,
+                      api_name="picked_view", **FREE)
     e.show_candidates.click(candidates, [shared.session, shared.step, e.position], [e.choices, e.error],
                             api_name="candidates")
     e.resume.click(continue_with, [shared.session, shared.step, e.position, e.choices, shared.color_by],

@@ -5,8 +5,8 @@ builds its components and wires its events) and serves it. What may be opened an
 rules (`explorer.page.folders`, `requests`, `memory`, `examples`), generation in `explorer.sampling`, every picture
 in `explorer.viz` (the notebooks draw with the same functions). Run `python app.py` and open http://127.0.0.1:7860.
 API endpoints (gradio_client): `/generate` (streams), `/replay`, `/play`, `/step_back`, `/step_forward`, `/compare`,
-`/compare_view`, `/compare_play`, `/latent`, `/jump`, `/candidates`, `/resume`, `/rewind`, `/export_json`,
-`/export_html`, `/export_gif`, `/load_trace`, `/stop`.
+`/compare_view`, `/compare_play`, `/latent`, `/jump`, `/pick`, `/picked_view`, `/candidates`, `/resume`, `/rewind`,
+`/export_json`, `/export_html`, `/export_gif`, `/load_trace`, `/stop`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ body.dlm-present {--dlm-canvas-font: 34px; --dlm-small-font: 20px; --dlm-canvas-
 #tokens {min-height: var(--dlm-canvas-min); max-height: var(--dlm-canvas-max); overflow-y: auto}
 #heatmap {min-height: 380px}
 #latent {min-height: 540px}
-#jump {position: absolute; left: -10000px; width: 1px; height: 1px; overflow: hidden}
+#jump, #pick {position: absolute; left: -10000px; width: 1px; height: 1px; overflow: hidden}
 #actions {position: sticky; top: 0; z-index: 20; background: var(--background-fill-primary)}
 .gradio-container {overflow: clip !important}
 #tokens .dlm-tokens, #edit_tokens .dlm-tokens, #latent_tokens .dlm-tokens {font-size: var(--dlm-canvas-font) !important}
@@ -59,11 +59,18 @@ body, .gradio-container {font-size: 16px}
 #presentation {flex: 0 0 auto !important; width: auto !important; align-self: center}
 """
 # Keys: space plays / pauses, arrows step back / forward (in the visible tab); a click on a latent-plot point whose
-# customdata starts with a frame index jumps there through the hidden #jump box.
+# customdata starts with a frame index jumps there through the hidden #jump box; a click on a token of the Edit
+# tab's canvas sends its data-pos through the hidden #pick box.
 HEAD = """
 <script>
 (function () {
   let playing = false;
+  function send(id, value) {  // into a hidden Gradio textbox; the time makes a repeated value a new input
+    const box = document.querySelector(id + ' textarea, ' + id + ' input');
+    if (!box) return;
+    box.value = value + '|' + Date.now();
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+  }
   function visible(cls) {
     return Array.from(document.querySelectorAll('.' + cls)).find(el => el.offsetParent !== null);
   }
@@ -87,10 +94,11 @@ HEAD = """
     const point = div && (div._hoverdata || [])[0];
     if (!point || point.customdata === undefined) return;
     const index = Array.isArray(point.customdata) ? point.customdata[0] : point.customdata;
-    const box = document.querySelector('#jump textarea, #jump input');
-    if (!box) return;
-    box.value = index + '|' + Date.now();
-    box.dispatchEvent(new Event('input', {bubbles: true}));
+    send('#jump', index);
+  }, true);
+  document.addEventListener('click', e => {
+    const token = e.target.closest && e.target.closest('#edit_tokens [data-pos]');
+    if (token) send('#pick', token.dataset.pos);
   }, true);
 })();
 </script>

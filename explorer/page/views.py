@@ -97,13 +97,18 @@ def trace_model(session: Session):
     return model
 
 
+def frame_index(trace: Trace, index) -> int:
+    """A scrubber value as a frame index of `trace`: -1 = the last frame, out-of-range values clamped."""
+    last = len(trace.frames) - 1
+    return min(max(int(index) if int(index) >= 0 else last + 1 + int(index), 0), last)
+
+
 def show(session: Session, index: int, color_by: str, method: str = "pca", source: str = "this run") -> tuple:
     """The `SHOWN` outputs for a stored frame: replay never runs the model."""
     trace = session.trace
     if session.key:
         page().memory.touch(session.key)
-    last = len(trace.frames) - 1
-    index = min(max(int(index) if int(index) >= 0 else last + 1 + int(index), 0), last)  # -1 = the last frame
+    index = frame_index(trace, index)
     view = canvas_html(trace, index, color_by)
     latent = latent_figure(session, index, method, source) if session.tab == "latent" else gr.skip()
     multiples = small_multiples_html(session.runs, index, color_by) if len(session.runs) > 1 else ""

@@ -53,9 +53,11 @@ def legend_html(trace: Trace, color_by: str = "confidence") -> str:
             "score</span></div>")
 
 
-def canvas_html(trace: Trace, index: int = -1, color_by: str = "confidence") -> str:
-    """The canvas of frame `index` with its colour legend above it."""
-    return f'<div class="dlm-canvas">{legend_html(trace, color_by)}{tokens_html(trace, index, color_by)}</div>'
+def canvas_html(trace: Trace, index: int = -1, color_by: str = "confidence", selected: int | None = None) -> str:
+    """The canvas of frame `index` under its step and its colour legend (position `selected` outlined)."""
+    step = f'<div class="dlm-step" style="font-size:14px;color:#444">{text(step_label(trace, index))}</div>'
+    tokens = tokens_html(trace, index, color_by, selected=selected)
+    return f'<div class="dlm-canvas">{step}{legend_html(trace, color_by)}{tokens}</div>'
 
 
 def stats_line(trace: Trace, running: bool = False, runs: int = 1) -> str:
@@ -78,11 +80,26 @@ def prompt_note(prompt: str, given: str) -> str:
             f"<pre>{html.escape(given)}</pre></details>")
 
 
-def paused_html(trace: Trace, index: int) -> str:
-    """Above the Edit tab's canvas: the frame it shows."""
-    return (f'<div class="dlm-paused" style="font-size:15px;color:#555">paused at step '
-            f"{text(trace.frames[index].step)} of {text(trace.frames[-1].step)} (frame {index}; scrub on the Denoise "
-            "tab)</div>")
+def step_label(trace: Trace, index: int) -> str:
+    """Frame `index` as the page numbers it everywhere: step `index` of the last frame's index, the scrubber's number
+    (one step per recorded frame, so the canvas an edit placed by hand counts as a step of its own and the resumed
+    steps number on from it)."""
+    last = len(trace.frames) - 1
+    index = index if index >= 0 else last + 1 + index
+    edited = any(edit.get("frame") == index - 1 for edit in trace.sampler.get("edits", []))
+    return f"step {index} of {last}" + (" (your edit)" if edited else "")
+
+
+def paused_html(trace: Trace, index: int, position: int | None = None) -> str:
+    """Above the Edit tab's canvas (which names its step): how to move and pick, and the position picked (if any)."""
+    picked = "click a token to pick its position"
+    tokens = trace.frames[index].tokens
+    if position is not None and tokens is not None and 0 <= position < len(tokens):
+        tok = tokens[position]
+        said = "masked" if tok == trace.mask_id else repr(trace.token_strings.get(tok, f"<{tok}>"))
+        picked = f"position {position} picked: {said}"
+    return (f'<div class="dlm-paused" style="font-size:15px;color:#555">paused here (scrub on the Denoise tab); '
+            f"{text(picked)}</div>")
 
 
 def compare_table(traces: list[Trace]) -> str:

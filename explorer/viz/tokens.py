@@ -20,6 +20,7 @@ LEVELS = 256  # colour steps of the palette every view indexes into (sampling th
 # them) wrap the rows inside any container, a token too wide for its container breaks inside its box
 TOKEN_BOX = ("display:inline-block;max-width:100%;white-space:pre-wrap;overflow-wrap:anywhere;border-radius:4px;"
              "margin:3px 1px;padding:0 3px")
+SELECTED_BOX = "outline:3px solid #d62728;outline-offset:1px"  # the position picked for an edit
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,10 +68,11 @@ def frame_values(trace: Trace, step_index: int, color_by: str = "confidence") ->
 
 
 def tokens_html(trace: Trace, step_index: int = -1, color_by: str = "confidence", show_prompt: bool = True,
-                font_size: int = 16) -> str:
+                font_size: int = 16, selected: int | None = None) -> str:
     """An HTML block: the prompt in light grey, then each generated token coloured by its value;
     masked positions are neutral grey boxes. Each token is a box (`TOKEN_BOX`) so the rows wrap inside any container;
-    each span carries data-pos / data-value for tests and tools."""
+    each span carries data-pos / data-value for tests and tools. Position `selected` (if any) is outlined and
+    carries data-selected."""
     frame = trace.frames[step_index]
     values = frame_values(trace, step_index, color_by)
     texts, spans = [], []  # the text of each piece (for the row breaks) and its HTML
@@ -79,10 +81,12 @@ def tokens_html(trace: Trace, step_index: int = -1, color_by: str = "confidence"
         spans.append(f'<span class="dlm-prompt" style="background:{PROMPT_COLOR};color:#555;overflow-wrap:anywhere">'
                      f"{_visible(trace.prompt_text)}</span>")
     for pos, (tok, value) in enumerate(zip(frame.tokens, values)):
+        mark = ' data-selected="true"' if pos == selected else ""
+        box = TOKEN_BOX + (";" + SELECTED_BOX if pos == selected else "")
         if tok == trace.mask_id:
             texts.append("·")
-            spans.append(f'<span class="dlm-mask" data-pos="{pos}" title="position {pos}: masked" '
-                         f'style="{TOKEN_BOX};background:{MASK_COLOR};color:#888">·</span>')
+            spans.append(f'<span class="dlm-mask" data-pos="{pos}"{mark} title="position {pos}: masked" '
+                         f'style="{box};background:{MASK_COLOR};color:#888">·</span>')
             continue
         texts.append(trace.token_strings.get(tok, f"<{tok}>"))
         if value is None:
@@ -90,8 +94,9 @@ def tokens_html(trace: Trace, step_index: int = -1, color_by: str = "confidence"
         else:
             rgb = palette()[level(value)]
             style, label = f"background:{rgb};color:{text_color(rgb)}", f"{color_by} {value:.2f}"
-        spans.append(f'<span class="dlm-token" data-pos="{pos}" data-value="{"" if value is None else f"{value:.4f}"}" '
-                     f'title="position {pos}: {label}" style="{TOKEN_BOX};{style}">{_visible(texts[-1])}</span>')
+        spans.append(f'<span class="dlm-token" data-pos="{pos}"{mark} '
+                     f'data-value="{"" if value is None else f"{value:.4f}"}" '
+                     f'title="position {pos}: {label}" style="{box};{style}">{_visible(texts[-1])}</span>')
     rows = "".join(span + ("<br>" if brk else "") for span, brk in zip(spans, _breaks(texts)))
     return (f'<div class="dlm-tokens" style="font-family:monospace;line-height:1.5;font-size:{font_size}px">'
             f"{rows}</div>")
