@@ -117,7 +117,7 @@ def sampled_continuations(model, prefixes: torch.Tensor, length: int, seed: int,
         return out.view(B, samples, length)
     knobs = {"mdlm": dict(sampler="ancestral", steps=length, temperature=1.0),
              "bd3lm": dict(temperature=1.0, top_p=1.0, stop_at_eos=False, min_entropy=0.0),
-             "cdcd": dict(steps=50, clamp=0.0)}[model.family]
+             "cdcd": dict(steps=50, clamp=0.0, temperature=1.0)}[model.family]
     gen = length if model.family != "bd3lm" else -(-length // model.block_size) * model.block_size
     rows = [[generate(model, prefix, gen_length=gen, seed=(seed * 100_003 + i) * 131 + k, record="none",
                       **knobs).final_tokens[:length] for k in range(samples)]

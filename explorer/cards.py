@@ -17,9 +17,9 @@ from explorer.models.base import CONFIG, read_config
 REPRODUCE = {
     "ar-tiny": "python -m explorer train --family ar --out checkpoints/ar-tiny --steps 2400 --batch-size 16 "
                "--lr 2e-3 --warmup 100 --dropout 0.1 --weight-decay 0.1 --eval-every 200 --save-every 100 --threads 1",
-    "mdlm-tiny-scratch": "python -m explorer train --family mdlm --out checkpoints/mdlm-tiny-scratch --steps 6000 --batch-size 16 "
-                 "--lr 2e-3 --warmup 100 --dropout 0.1 --weight-decay 0.1 --eval-every 500 --save-every 100 "
-                 "--threads 1",
+    "mdlm-tiny-scratch": "python -m explorer train --family mdlm --out checkpoints/mdlm-tiny-scratch --steps 6000 "
+                         "--batch-size 16 --lr 2e-3 --warmup 100 --dropout 0.1 --weight-decay 0.1 --eval-every 500 "
+                         "--save-every 100 --threads 1",
 }
 REPRODUCE["mdlm-tiny"] = (
     "python -m explorer train --family mdlm --init ar-tiny --shift --anneal-steps 500 --out checkpoints/mdlm-tiny "
@@ -47,9 +47,9 @@ ABOUT = {
             "the log-linear schedule, 1/t weighting, low-discrepancy t and the SUBS parameterization, no time "
             "conditioning. Perplexity is an upper bound (NELBO averaged over 8 low-discrepancy mask rates per window).",
     "bd3lm": "Block diffusion (BD3-LM): autoregressive over blocks, masked diffusion inside each block, trained with "
-             "the vectorized pass over x_t (+) x0 and per-block mask rates (weight 1/t), fine-tuned from mdlm-tiny-scratch "
-             "as published. Perplexity is an upper bound evaluated with the unclipped schedule (8 low-discrepancy mask "
-             "rates per window).",
+             "the vectorized pass over x_t (+) x0 and per-block mask rates (weight 1/t), fine-tuned from "
+             "mdlm-tiny-scratch as published. Perplexity is an upper bound evaluated with the unclipped schedule (8 "
+             "low-discrepancy mask rates per window).",
     "cdcd": "Continuous diffusion on token embeddings (CDCD): tokens are points of a learned embedding table "
             "(L2-normalised, scaled by sqrt(d)); training adds Gaussian noise x = e + t eps (variance exploding, "
             "t in [t_min, t_max]) and the bidirectional Transformer, conditioned on log(t)/4 through adaptive norms, "
@@ -291,7 +291,8 @@ def cdcd_metrics(model, judge, windows: int = 64, levels: int = 12, samples: int
     test = TokenStream(load_corpus(), "test", model.tokenizer).windows(model.max_seq_len)[:windows]
     curve = ce_per_noise_level(model, test, levels=levels, progress=True)
     prompts = prompts_from_val(model.tokenizer, samples)
-    traces = [generate(model, p, gen_length=64, steps=steps, seed=i, record="none", clamp=0.0)  # CDCD's plain ODE
+    traces = [generate(model, p, gen_length=64, steps=steps, seed=i, record="none", clamp=0.0,
+                       temperature=1.0)  # CDCD's plain ODE
               for i, p in enumerate(tqdm(prompts, desc="samples", leave=False))]
     outs = [t.final_tokens for t in traces]
     return {"ce_per_noise_level": curve | {"split": "test", "windows": int(len(test))},

@@ -43,10 +43,11 @@ def run_continuous_bench(checkpoints: list[str], masked_checkpoint: str = "mdlm-
     configs = {}
     for index, model in enumerate(models):
         own = "warped" if model.warp is not None else "log"
-        configs[f"{model.name} ({own} schedule)"] = (model, "cdcd", {"clamp": 0.0})
+        plain = {"clamp": 0.0, "temperature": 1.0}  # CDCD's sampler (the API's default clamps at temperature 0.6)
+        configs[f"{model.name} ({own} schedule)"] = (model, "cdcd", plain)
         if index == 0 and model.warp is not None:
-            configs[f"{model.name} (log schedule)"] = (model, "cdcd", {"schedule": "log", "clamp": 0.0})
-        configs[f"{model.name} ({own} schedule, clamping)"] = (model, "cdcd", {"clamp": 1.0})
+            configs[f"{model.name} (log schedule)"] = (model, "cdcd", plain | {"schedule": "log"})
+        configs[f"{model.name} ({own} schedule, clamping)"] = (model, "cdcd", plain | {"clamp": 1.0})
     configs[f"{masked.name} (ancestral, T=1)"] = (masked, "mdlm", {"sampler": "ancestral"})
     configs[f"{masked.name} (low_confidence, T=0)"] = (masked, "mdlm", {"sampler": "low_confidence"})
     results = {"judge": judge.name, "samples": samples, "gen_length": gen_length, "prompt_length": len(prompts[0]),
