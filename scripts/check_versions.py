@@ -20,6 +20,8 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from packaging.version import Version
+
 ROOT = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -39,7 +41,7 @@ def pins(text: str) -> dict[str, str]:
 
 
 def lower_bounds(torch_pin: str) -> list[str]:
-    """`name==floor` for every direct dependency of the package and its dev extra that declares `>=floor`."""
+    """`name==floor` for every direct dependency of the package and its extras that declares `>=floor`."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = list(project["dependencies"])
     for extra in project["optional-dependencies"].values():
@@ -47,8 +49,12 @@ def lower_bounds(torch_pin: str) -> list[str]:
     floors = {}
     for requirement in requirements:
         match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*>=\s*([0-9][^,;\s]*)", requirement)
-        if match and normalise(match.group(1)) != "torch":
-            floors[normalise(match.group(1))] = match.group(2)
+        if not match or normalise(match.group(1)) == "torch":
+            continue
+        name, floor = normalise(match.group(1)), match.group(2)
+        # a package named twice (plotly: the core and the notebooks extra) takes its higher floor
+        if name not in floors or Version(floor) > Version(floors[name]):
+            floors[name] = floor
     return [f"{name}=={version}" for name, version in sorted(floors.items())] + [torch_pin]
 
 
