@@ -177,6 +177,25 @@ def test_bad_knobs_name_the_knob_and_range(tiny_mdlm, knobs, message):
         generate(tiny_mdlm, PROMPT, **knobs)
 
 
+@pytest.mark.parametrize("model, sampler, knobs", [
+    ("tiny_mdlm", "random", dict(threshold=0.5)),  # before: committed every position whose uniform draw was >= 0.5
+    ("tiny_mdlm", "random", dict(factor=1.0)),
+    ("tiny_mdlm", "entropy", dict(threshold=0.5)),  # -entropy is never >= 0.5: one token per step, silently
+    ("tiny_bd3lm", "first_hitting", dict(threshold=0.5)),
+    ("tiny_bd3lm", "entropy", dict(threshold=0.5)),
+])
+def test_confidence_rules_are_refused_by_samplers_without_confidences(request, model, sampler, knobs):
+    (name,) = knobs
+    with pytest.raises(ValueError, match=rf"^{name} do not apply to .*sampler='{sampler}'.* is a knob of mdlm"):
+        generate(request.getfixturevalue(model), PROMPT, sampler, gen_length=8, steps=8, **knobs)
+
+
+def test_confidence_rules_still_apply_to_confidence_scores(tiny_mdlm):
+    for sampler in ("low_confidence", "margin"):
+        trace = generate(tiny_mdlm, PROMPT, sampler, gen_length=8, steps=8, threshold=0.01)
+        assert trace.sampler["threshold"] == 0.01 and tiny_mdlm.mask_id not in trace.final_tokens
+
+
 def test_prompt_longer_than_the_context_names_the_limit(tiny_mdlm, tiny_ar):
     long_prompt = "to be or not to be " * 40
     with pytest.raises(ValueError, match="context of 128 tokens"):

@@ -34,7 +34,7 @@ from explorer.sampling.common import (
     record_hidden,
     step_seed,
 )
-from explorer.sampling.mdlm import REMASKING_RULES, rule_scores, schedule_counts, select_commits
+from explorer.sampling.mdlm import NOT_CONFIDENCES, REMASKING_RULES, rule_scores, schedule_counts, select_commits
 from explorer.sampling.trace import Frame
 
 
@@ -201,8 +201,9 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
 
 SAMPLERS = [
     Sampler("bd3lm", "first_hitting", BlockParams, block_diffusion, "BD3-LM's first-hitting sampler",
-            fixed={"remasking": "random"}),
-    *(Sampler("bd3lm", rule, BlockParams, block_diffusion, "LLaDA's rules inside blocks", fixed={"remasking": rule})
+            fixed={"remasking": "random", "threshold": None}),  # a threshold needs confidences (see mdlm.SAMPLERS)
+    *(Sampler("bd3lm", rule, BlockParams, block_diffusion, "LLaDA's rules inside blocks",
+              fixed={"remasking": rule} | ({"threshold": None} if rule in NOT_CONFIDENCES else {}))
       for rule in ("low_confidence", "margin", "entropy")),
     Sampler("bd3lm", "threshold", BlockParams, block_diffusion, "Fast-dLLM's threshold rule inside blocks",
             fixed={"remasking": "low_confidence"}, defaults={"threshold": 0.9}),

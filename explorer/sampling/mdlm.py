@@ -474,8 +474,14 @@ def _mask_rate(region: torch.Tensor, mask_id: int) -> float:
     return round(float((region == mask_id).float().mean()), 6)
 
 
+# Fast-dLLM's threshold and factor compare a confidence in (0, 1]: the random rule's scores are uniform draws and the
+# entropy rule's are negative nats, so those names fix both off and `build_sampler` refuses them by name
+NOT_CONFIDENCES = ("random", "entropy")
+NO_CONFIDENCE_RULES = {"threshold": None, "factor": None}
+
 SAMPLERS = [
-    *(Sampler("mdlm", rule, MaskedParams, masked_diffusion, "LLaDA's loop", fixed={"remasking": rule})
+    *(Sampler("mdlm", rule, MaskedParams, masked_diffusion, "LLaDA's loop",
+              fixed={"remasking": rule} | (NO_CONFIDENCE_RULES if rule in NOT_CONFIDENCES else {}))
       for rule in REMASKING_RULES),
     Sampler("mdlm", "threshold", MaskedParams, masked_diffusion, "Fast-dLLM's threshold rule",
             fixed={"remasking": "low_confidence"}, defaults={"threshold": 0.9}),
