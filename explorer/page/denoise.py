@@ -132,7 +132,8 @@ def family_controls(choice):
         warn(str(err))
         return tuple(gr.skip() for _ in FAMILY_CONTROLS)
     choices = list(SAMPLERS[family])
-    spec, preset = page_sampler(family, sampler_at(path, config))  # Dream's folders: Dream's own loop
+    # our checkpoints start at SHOWCASE; released ones at the papers' defaults (Dream's folders: Dream's own loop)
+    spec, preset = page_sampler(family, sampler_at(path, config), own="family" in config)
     shown = {control_of(k) for k in shown_knobs(spec)}
     calm = family == "calm"
     sliders = slider_settings(family, spec, config, preset)

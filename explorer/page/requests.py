@@ -84,18 +84,19 @@ def checkpoint_shape(config: dict) -> tuple[int | None, int, int | None]:
     return context, chunk, _positive_int(model, "block_size")
 
 
-# What the page starts each family with, where it is not the API's (published) default: the best-reading settings on
-# the shipped checkpoints, the lowest generative perplexity at a unigram entropy within 25% of the corpus's
-# (`python -m explorer bench defaults`, bench_results/defaults.md). Knobs not named keep the registry's defaults.
+# What the page starts our own checkpoints of each family with, where it is not the API's (published) default: the
+# best-reading settings on the shipped checkpoints, the lowest generative perplexity at a unigram entropy within 25%
+# of the corpus's (`python -m explorer bench defaults`, bench_results/defaults.md). Knobs not named keep the
+# registry's defaults.
 SHOWCASE = {"mdlm": ("low_confidence", {"block_length": 16, "temperature": 0.7}),
             "ar": ("ar", {"temperature": 0.7}),
             "bd3lm": ("low_confidence", {"temperature": 0.7})}
 
 
-def page_sampler(family: str, released: str | None = None) -> tuple[Sampler, dict]:
-    """The sampler the page starts a checkpoint of `family` with and its SHOWCASE knobs; `released`: the sampler a
-    released folder names (Dream's), which takes its registry defaults."""
-    if released:
+def page_sampler(family: str, released: str | None = None, own: bool = True) -> tuple[Sampler, dict]:
+    """The sampler the page starts a checkpoint of `family` with and its SHOWCASE knobs. Released checkpoints
+    (`own` False) keep the papers' defaults, and `released` names the sampler their folder asks for (Dream's)."""
+    if released or not own:
         return sampler_for(family, released), {}
     name, knobs = SHOWCASE.get(family, (None, {}))
     return sampler_for(family, name), knobs
