@@ -206,6 +206,28 @@ def test_latent_plot_and_a_click_jump_replay_without_the_model(client, monkeypat
     assert step == 7 and masks(view) == 9
 
 
+def test_following_positions_fades_the_other_paths_and_a_bad_box_keeps_the_last(client):
+    call(client, gen_length=16, steps=16)
+    figure = json.loads(client.predict("3, 5-6", 16, "pca", "this run", api_name="/follow")[0]["plot"])
+    faded, followed, _now = ({point[1] for point in trace["customdata"]} for trace in figure["data"]
+                             if trace["mode"] == "markers")
+    assert followed == {3, 5, 6} and faded == set(range(16)) - followed
+    plot, error = client.predict("3, x", 16, "pca", "this run", api_name="/follow")
+    assert "follow positions must look like 2, 5-7" in error and "got &#x27;x&#x27;" in error
+    figure = json.loads(client.predict(16, "pca", "this run", api_name="/latent")["plot"])
+    assert {point[1] for point in figure["data"][3]["customdata"]} == {3, 5, 6}  # the last good choice stays
+    figure = json.loads(client.predict("40", 16, "pca", "this run", api_name="/follow")[0]["plot"])
+    assert "positions must be one or more of 0 .. 15" in figure["layout"]["annotations"][0]["text"]
+    client.predict("", 16, "pca", "this run", api_name="/follow")  # empty: every path alike again
+
+
+def test_the_latent_tab_says_what_a_run_will_show_before_there_is_one(client):
+    client.predict("mdlm-tiny", "confidence", api_name="/example")
+    figure = json.loads(client.predict(3, "pca", "this run", api_name="/latent")["plot"])
+    said = figure["layout"]["annotations"][0]["text"].replace("<br>", " ")
+    assert "saved without its hidden states" in said and "Press Generate" in said
+
+
 def test_edit_a_paused_run_then_rewind(client):
     original = call(client, gen_length=16, steps=16)[0]
     update, error = client.predict(6, 10, api_name="/candidates")
@@ -266,17 +288,32 @@ def test_releasing_a_slider_reruns_only_when_asked():
 
 def test_first_paint_is_a_precomputed_example_that_matches_its_checkpoint():
     import explorer
-    from explorer.page.examples import EXAMPLE_PROMPT, EXAMPLE_RUNS, load_examples
+    from explorer.page.examples import COMPARED, EXAMPLE_RUNS, load_examples
     from explorer.page.layout import first_paint
     from explorer.sampling import generate
 
     examples = load_examples()
     assert set(examples) == set(EXAMPLE_RUNS)
     session, compared = first_paint(examples)
-    assert session.trace.model["name"] == "mdlm-tiny" and len(compared) == 4
-    checkpoint, sampler, knobs = EXAMPLE_RUNS["mdlm-tiny"]
-    again = generate(explorer.load(checkpoint), EXAMPLE_PROMPT, sampler, 0, record="tokens", **knobs)
+    assert session.trace is examples["mdlm-tiny"] and [t.model["checkpoint"] for t in compared] == list(COMPARED)
+    assert len({t.prompt_text for t in compared}) == 1  # the Compare tab's first runs share one prompt
+    checkpoint, prompt, sampler, knobs = EXAMPLE_RUNS["mdlm-tiny"]
+    again = generate(explorer.load(checkpoint), prompt, sampler, 0, record="tokens", **knobs)
     assert again.final_tokens == examples["mdlm-tiny"].final_tokens  # rerun `python -m explorer examples` if not
+    assert len({examples[name].prompt_text for name in EXAMPLE_RUNS}) >= 3  # the picker offers varied prompts
+
+
+def test_example_picker_replays_an_example_and_fills_prompt_and_checkpoint(client):
+    from explorer.page.examples import load_examples
+
+    trace = load_examples()["mdlm-tiny-rosalind"]
+    view, stats, error, *_, prompt, checkpoint = client.predict("mdlm-tiny-rosalind", "confidence", api_name="/example")
+    assert not error and prompt == trace.prompt_text and checkpoint == "mdlm-tiny"
+    assert view.count('class="dlm-token"') == len(trace.final_tokens) and masks(view) == 0
+    played = client.predict(3, "confidence", "pca", "this run", api_name="/replay")[0]  # as a run of one's own
+    assert masks(played) > 0
+    with pytest.raises(Exception, match="not in the list of choices"):  # Gradio checks the picker's choices
+        client.predict("nope", "confidence", api_name="/example")
 
 
 # --- in-process: the CALM controls ----------------------------------------------------------------------------

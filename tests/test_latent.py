@@ -233,3 +233,17 @@ def test_hidden_state_paths_bad_input(mdlm_runs, tiny_mdlm, tiny_ar):
         hidden_state_paths(mdlm_runs, labels=["one"])
     ar = explorer.generate(tiny_ar, "ROMEO:", gen_length=6, record="full")  # one point per position (never revised)
     assert [len(d.x) for d in marker_traces(hidden_state_paths(ar))] == [6, 6]
+
+
+def test_hidden_state_paths_follow_chosen_positions_with_the_rest_faded(mdlm_runs):
+    every = hidden_state_paths(mdlm_runs[0])
+    followed = hidden_state_paths(mdlm_runs[0], positions=[2, 5])
+    assert followed.layout.meta == every.layout.meta  # the same projection: only the drawing changes
+    faded, paths, now = marker_traces(followed)
+    assert {c[1] for c in paths.customdata} == {2, 5} and {c[1] for c in now.customdata} == {2, 5}
+    assert {c[1] for c in faded.customdata} == set(range(12)) - {2, 5} and faded.marker.color == "#cccccc"
+    assert len(faded.x) + len(paths.x) == len(marker_traces(every)[0].x)  # every state is still drawn once
+    with pytest.raises(ValueError, match=r"positions must be one or more of 0 \.\. 11 .*\[12\]"):
+        hidden_state_paths(mdlm_runs[0], positions=[1, 12])
+    with pytest.raises(ValueError, match="got none"):
+        hidden_state_paths(mdlm_runs[0], positions=[])

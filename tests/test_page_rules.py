@@ -18,7 +18,7 @@ from explorer.models.base import WEIGHTS
 from explorer.page import examples, folders, memory
 from explorer.page.examples import load_examples
 from explorer.page.folders import ModelCache, local_checkpoints, resolve_checkpoint
-from explorer.page.memory import LiveRuns, RunRegistry
+from explorer.page.memory import LiveRuns, RunRegistry, unpacked
 from explorer.page.requests import (
     CACHES,
     MAX_RUNS,
@@ -26,10 +26,12 @@ from explorer.page.requests import (
     Request,
     check_request,
     parse_constraints,
+    parse_positions,
     request_work,
     sampler_knobs,
 )
 from explorer.sampling import Trace, generate
+from explorer.viz import hidden_state_paths
 
 PROMPT = "ROMEO:"
 
@@ -156,6 +158,14 @@ def test_model_cache_names_a_checkpoint_it_cannot_load(tmp_path, tiny_mdlm, monk
 
 
 # --- requests ------------------------------------------------------------------------------------------------------
+
+def test_parse_positions_reads_lists_and_ranges_and_names_the_box():
+    assert parse_positions("5-7, 2 , 6") == [2, 5, 6, 7] and parse_positions("  ") is None
+    for bad, said in (("a", "must look like"), ("3-", "must look like"), ("-2", "must look like"),
+                      ("7-5", "must run upwards"), ("0-100000", "at most 256 long")):
+        with pytest.raises(ValueError, match=f"follow positions.*{said}"):
+            parse_positions(bad)
+
 
 def test_parse_constraints():
     assert parse_constraints("0:Once, 5:upon") == {0: "Once", 5: " upon"}
@@ -366,27 +376,30 @@ def test_live_runs_collect_a_warning_once(tiny_bd3lm):
     assert len(live.traces) == 3
 
 
-def test_live_runs_drop_hidden_states_of_large_requests(tiny_mdlm, monkeypatch):
+def test_live_runs_keep_every_kth_hidden_state_of_large_requests(tiny_mdlm, monkeypatch):
     rows = MDLM_KNOBS["gen_length"] * (MDLM_KNOBS["steps"] + 1) * 3  # 120
     monkeypatch.setattr(memory, "HIDDEN_ROWS", rows)
     live = LiveRuns(tiny_mdlm, PROMPT, "low_confidence", 0, 3, dict(MDLM_KNOBS))
     list(live)
     assert live.notices == [] and all(f.hidden is not None for t in live.traces for f in t.frames)
 
-    monkeypatch.setattr(memory, "HIDDEN_ROWS", rows - 1)
+    monkeypatch.setattr(memory, "HIDDEN_ROWS", rows // 2 - 1)  # three times too many rows: every third frame
     live = LiveRuns(tiny_mdlm, PROMPT, "low_confidence", 0, 3, dict(MDLM_KNOBS))
     list(live)
-    assert all(f.hidden is None for t in live.traces for f in t.frames)
-    assert len(live.notices) == 1 and "hidden states are not kept" in live.notices[0] and "120 rows" in live.notices[0]
+    for trace in live.traces:
+        last = len(trace.frames) - 1
+        assert [i for i, f in enumerate(trace.frames) if f.hidden is not None] == sorted({*range(0, last, 3), last})
+    assert len(live.notices) == 1 and "kept every 3 steps" in live.notices[0] and "120 rows" in live.notices[0]
     assert all(f.proposal is not None for f in live.traces[0].frames)  # the rest of the full record stays
+    assert hidden_state_paths(unpacked(live.traces[0])).data  # the latent view still draws the run
 
 
 def test_live_runs_ar_counts_one_frame_per_token_for_hidden_rows(tiny_ar, monkeypatch):
     monkeypatch.setattr(memory, "HIDDEN_ROWS", 8 * 9 * 2 - 1)  # ar: gen_length x (gen_length + 1) x N = 144
     live = LiveRuns(tiny_ar, PROMPT, "ar", 0, 2, {"gen_length": 8, "temperature": 1.0})
     list(live)
-    assert "144 rows" in live.notices[0]
-    assert all(f.hidden is None for t in live.traces for f in t.frames)
+    assert "144 rows" in live.notices[0] and "every 2 steps" in live.notices[0]
+    assert [f.hidden is not None for f in live.traces[0].frames] == [i % 2 == 0 or i == 8 for i in range(9)]
 
 
 # --- shipped examples ----------------------------------------------------------------------------------------------

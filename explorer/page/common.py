@@ -36,6 +36,7 @@ class Session:
     compared: list[Trace] = field(default_factory=list)  # the Compare tab's runs
     sample_texts: dict[int, list[str]] = field(default_factory=dict)  # calm: frame -> its head samples decoded
     vocabulary: tuple | None = None  # cdcd: the token embedding cloud and its strings, taken once after the run
+    follow: list[int] | None = None  # the Latent tab's followed positions (None: every path alike)
     tab: str = "denoise"  # the visible tab (the latent plot is drawn only when its tab is shown)
     model_path: Path | None = None  # the resolved folder of the model that made `trace` (None: loaded or example)
     key: str | None = None  # the browser session (Gradio's session hash) once its runs are counted

@@ -22,6 +22,7 @@ from explorer.page.common import (
     user_key,
     with_request,
 )
+from explorer.page.examples import EXAMPLE_PROMPT
 from explorer.page.folders import family_at, sampler_at
 from explorer.page.memory import LiveRuns
 from explorer.page.requests import EVERY_SAMPLER, Request, check_request, model_prompt, sampler_knobs
@@ -141,7 +142,7 @@ def build(names: list[str], compared: list[Trace]) -> SimpleNamespace:
                 checkpoint.change(slot_samplers, checkpoint, sampler, api_visibility="private")
                 slots += [on, checkpoint, sampler]
     with gr.Row():
-        prompt = gr.Textbox("ROMEO:", label="prompt", elem_id="c_prompt", scale=2)
+        prompt = gr.Textbox(EXAMPLE_PROMPT, label="prompt", elem_id="c_prompt", scale=2)
         gen_length = gr.Slider(4, 128, 32, step=4, label="gen length", elem_id="c_length")
         steps = gr.Slider(1, 128, 32, step=1, label="steps", elem_id="c_steps")
         temperature = gr.Slider(0, 2, 0, step=0.05, label="temperature", elem_id="c_temperature")

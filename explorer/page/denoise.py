@@ -27,6 +27,7 @@ from explorer.page.common import (
     warn,
     with_request,
 )
+from explorer.page.examples import EXAMPLE_PROMPT, EXAMPLE_RUNS, example_label
 from explorer.page.folders import family_at, has_chat_template, root_names, sampler_at
 from explorer.page.memory import LiveRuns
 from explorer.page.requests import (
@@ -47,7 +48,7 @@ from explorer.page.requests import (
     shown_knobs,
     slider_settings,
 )
-from explorer.page.views import Outputs, Shared, replay, show, slider_range
+from explorer.page.views import Outputs, Shared, replay, show, slider_range, take_trace
 from explorer.sampling import SAMPLERS, Trace, sampler_for
 from explorer.sampling.calm import MAX_CANDIDATES
 from explorer.sampling.registry import REGISTRY
@@ -287,6 +288,16 @@ def play(session, step, color_by, fps, method="pca", source="this run"):
         time.sleep(1.0 / max(float(fps), 0.5))
 
 
+def show_example(name, color_by, session, request: gr.Request = None):
+    """A shipped example run replaces the session's run (replayed, no model call); its prompt and checkpoint fill
+    their boxes (the checkpoint's sampler and knobs follow, as when it is chosen). The outputs of /generate, then
+    the prompt box and the checkpoint. (Gradio refuses a name that is not one of the picker's choices.)"""
+    trace = page().examples[name]
+    checkpoint = trace.model.get("checkpoint")
+    return (take_trace(session, trace, color_by, request)
+            + (trace.prompt_text, checkpoint if checkpoint in page().choices() else gr.skip()))
+
+
 # --- the tab -----------------------------------------------------------------------------------------------------
 
 def build(names: list[str], default: str | None, trace: Trace | None, first_range: dict) -> SimpleNamespace:
@@ -308,7 +319,11 @@ def build_controls(names: list[str], default: str | None) -> dict:
         stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
     checkpoint = gr.Dropdown(names, value=default, label="checkpoint", elem_id="checkpoint", allow_custom_value=True,
                              info="a shipped checkpoint, or a folder under: " + root_names(page().roots))
-    prompt = gr.Textbox("ROMEO:", label="prompt", lines=2, elem_id="prompt")
+    prompt = gr.Textbox(EXAMPLE_PROMPT, label="prompt", lines=2, elem_id="prompt")
+    examples = [name for name in EXAMPLE_RUNS if name in page().examples]
+    example = gr.Dropdown([(example_label(name, page().examples[name]), name) for name in examples],
+                          value=examples[0] if examples else None, label="example run (precomputed)",
+                          elem_id="example", info="replays a shipped run without the model; Generate runs your own")
     chat = gr.Checkbox(True, label="chat template", elem_id="chat_template", visible=False,
                        info="wrap the prompt as one user turn in the checkpoint's chat template (what an Instruct "
                             "model was tuned on)")
@@ -343,10 +358,10 @@ def build_controls(names: list[str], default: str | None) -> dict:
         knobs = [knob_box(knob, spec) for knob in EXTRA_KNOBS]
         seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
         auto = gr.Checkbox(False, label="re-run when a slider is released", elem_id="auto")
-    return dict(checkpoint=checkpoint, prompt=prompt, chat=chat, sampler=sampler, chunk_size=chunk_size,
-                gen_length=gen_length, steps=steps, block_length=block_length, n_runs=n_runs, temperature=temperature,
-                threshold=threshold, cfg_scale=cfg_scale, cache=cache, constraints=constraints, knobs=knobs,
-                seed=seed, auto=auto, run=run, stop=stop_button)
+    return dict(checkpoint=checkpoint, prompt=prompt, example=example, chat=chat, sampler=sampler,
+                chunk_size=chunk_size, gen_length=gen_length, steps=steps, block_length=block_length, n_runs=n_runs,
+                temperature=temperature, threshold=threshold, cfg_scale=cfg_scale, cache=cache,
+                constraints=constraints, knobs=knobs, seed=seed, auto=auto, run=run, stop=stop_button)
 
 
 def build_views(trace: Trace | None, first_range: dict) -> dict:
@@ -378,6 +393,8 @@ def wire(demo: gr.Blocks, d: SimpleNamespace, shared: Shared) -> None:
         (event(family_controls, d.checkpoint, family, api_visibility="private")
          .then(sampler_controls, [d.checkpoint, d.sampler], by_sampler, api_visibility="private")
          .then(chat_control, d.checkpoint, d.chat, api_visibility="private"))
+    d.example.input(show_example, [d.example, d.color_by, shared.session],
+                    shared.run_outputs() + [d.prompt, d.checkpoint], api_name="example", **RUNS)
     d.sampler.input(sampler_controls, [d.checkpoint, d.sampler], by_sampler, api_visibility="private")
     d.chunk_size.input(on_chunk_size, [d.chunk_size, d.checkpoint], d.checkpoint, api_visibility="private")
     run_inputs = [d.checkpoint, d.prompt, d.sampler, d.gen_length, d.steps, d.block_length, d.temperature,

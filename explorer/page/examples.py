@@ -23,13 +23,24 @@ def _showcase(family: str, **knobs) -> tuple[str, dict]:
     return sampler, preset | knobs
 
 
-EXAMPLE_RUNS = {  # name -> (checkpoint, sampler, knobs): the page's first paint, written by `write_examples`
-    "mdlm-tiny": ("mdlm-tiny", *_showcase("mdlm", gen_length=64, steps=64)),
-    "ar-tiny": ("ar-tiny", *_showcase("ar", gen_length=32)),
-    "bd3lm-tiny-b16": ("bd3lm-tiny-b16", *_showcase("bd3lm", gen_length=32, steps=16, block_length=16)),
-    "calm-tiny-k4": ("calm-tiny-k4", "batch", {"gen_length": 32, "temperature": 1.0, "n_candidates": 200}),
+EXAMPLE_PROMPT = "Romeo.\n"  # the corpus's plays name each speaker on a line of their own: "Romeo." (not "ROMEO:")
+# name -> (checkpoint, prompt, sampler, knobs), written by `write_examples`; the first is the first paint
+EXAMPLE_RUNS = {
+    "mdlm-tiny": ("mdlm-tiny", EXAMPLE_PROMPT, *_showcase("mdlm", gen_length=64, steps=64)),
+    "mdlm-tiny-rosalind": ("mdlm-tiny", "ROSALIND.\n", *_showcase("mdlm", gen_length=64, steps=64)),
+    "mdlm-tiny-falstaff": ("mdlm-tiny", "Falstaff.\nCome,", *_showcase("mdlm", gen_length=64, steps=64)),
+    "ar-tiny": ("ar-tiny", EXAMPLE_PROMPT, *_showcase("ar", gen_length=32)),
+    "bd3lm-tiny-b16": ("bd3lm-tiny-b16", EXAMPLE_PROMPT, *_showcase("bd3lm", gen_length=32, steps=16, block_length=16)),
+    "calm-tiny-k4": ("calm-tiny-k4", EXAMPLE_PROMPT, "batch", {"gen_length": 32, "temperature": 1.0,
+                                                              "n_candidates": 200}),
 }
-EXAMPLE_PROMPT = "ROMEO:"
+COMPARED = ("ar-tiny", "mdlm-tiny", "bd3lm-tiny-b16", "calm-tiny-k4")  # the Compare tab's first paint: one prompt
+
+
+def example_label(name: str, trace: Trace) -> str:
+    """How the example picker names an example: its prompt (newlines as ↵), checkpoint and sampler."""
+    prompt = trace.prompt_text.strip().replace("\n", " ↵ ") or "(no prompt)"
+    return f"{prompt} · {trace.model.get('checkpoint', name)} · {trace.sampler['name']}"
 
 
 def write_examples(directory: Path = EXAMPLES_DIR, seed: int = 0) -> list[Path]:
@@ -41,9 +52,9 @@ def write_examples(directory: Path = EXAMPLES_DIR, seed: int = 0) -> list[Path]:
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, (checkpoint, sampler, knobs) in tqdm(EXAMPLE_RUNS.items(), desc="example traces"):
+    for name, (checkpoint, prompt, sampler, knobs) in tqdm(EXAMPLE_RUNS.items(), desc="example traces"):
         model = explorer.load(checkpoint)
-        trace = generate(model, EXAMPLE_PROMPT, sampler, seed, record="full", **knobs)
+        trace = generate(model, prompt, sampler, seed, record="full", **knobs)
         for frame in trace.frames:
             frame.hidden = None
         trace.model["checkpoint"] = checkpoint  # a name, not this machine's path

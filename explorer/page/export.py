@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from explorer.page.common import RUNS, Session, error_box, keep, missing, page
+from explorer.page.common import RUNS, error_box, missing, page
 from explorer.page.folders import safe_filename
 from explorer.page.memory import MAX_UPLOAD_MB, pack_frame, unpacked
-from explorer.page.views import Outputs, Shared, edited_outputs
+from explorer.page.views import Outputs, Shared, take_trace
 from explorer.sampling import Trace
 from explorer.viz import trace_animation_html, trace_gif
 
@@ -69,11 +69,7 @@ def load_trace(file, color_by, session, request: gr.Request = None):
         return Outputs()() + (gr.skip(), error_box(f"could not load the trace: {said}"))
     for frame in trace.frames:
         pack_frame(frame)
-    session = session if session is not None else Session()
-    session.trace, session.runs, session.history, session.sample_texts = trace, [trace], [], {}
-    session.vocabulary, session.model_path = None, None
-    keep(session, request)
-    return edited_outputs(session, color_by) + (trace.prompt_text, "")
+    return take_trace(session, trace, color_by, request) + (trace.prompt_text, "")
 
 
 def build() -> SimpleNamespace:

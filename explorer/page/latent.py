@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from explorer.page.common import FREE, OPEN_NOTEBOOKS, Session, missing
+from explorer.page.common import FREE, OPEN_NOTEBOOKS, Session, error_box
+from explorer.page.requests import parse_positions
 from explorer.page.views import Shared, latent_figure, replay, show
-from explorer.viz.plots import empty_figure
 
 LEARN = ("**Latent space.** A 2-D projection (PCA or UMAP) fitted once over every state of the run(s), so the axes "
          "never move while you scrub. Continuous diffusion: the paths of positions from noise to token embeddings "
@@ -30,12 +30,18 @@ def on_tab(session, step, color_by, method, source, evt: gr.SelectData):
 
 def latent(session, step, method, source):
     """The latent plot for frame `step` (PCA or UMAP, this run or the compared runs)."""
-    if session is None or session.trace is None:
-        return empty_figure(missing(session, "Generate first"))
+    return latent_figure(session if session is not None else Session(), int(step), method, source)
+
+
+def follow(session, text, step, method, source):
+    """The "follow positions" box: those positions' paths in full, the rest faded (empty: every path alike). A box
+    that cannot be read keeps the positions followed before and says why beside it."""
+    session = session if session is not None else Session()
     try:
-        return latent_figure(session, int(step), method, source)
+        session.follow = parse_positions(text)
     except ValueError as err:
-        return empty_figure(str(err))
+        return session, gr.skip(), error_box(str(err))
+    return session, latent_figure(session, int(step), method, source), ""
 
 
 def jump(session, value, color_by, method, source):
@@ -54,12 +60,17 @@ def build(first_range: dict) -> SimpleNamespace:
         source = gr.Radio(["this run", "compared runs"], value="this run", label="states of", elem_id="latent_source")
         method = gr.Radio(["pca", "umap"], value="pca", label="projection", elem_id="method",
                           info="UMAP takes a few seconds per fit (cached while you scrub); PCA is instant")
+    positions = gr.Textbox("", label="follow positions", elem_id="follow", placeholder="e.g. 0, 5-7 then Enter",
+                           info="draw these generated positions' paths in full and fade the rest (empty: all alike; "
+                                "continuous diffusion: the positions whose paths are drawn, first 8 by default)")
+    error = gr.HTML("", elem_id="latent_error")
     step = gr.Slider(step=1, label="step", elem_id="latent_step", **first_range)
     view = gr.HTML("", elem_id="latent_tokens")
     plot = gr.Plot(elem_id="latent", show_label=False)
     jump_box = gr.Textbox("", elem_id="jump", show_label=False, container=False)
     gr.Markdown(LEARN, elem_classes="dlm-learn")
-    return SimpleNamespace(source=source, method=method, step=step, view=view, plot=plot, jump=jump_box)
+    return SimpleNamespace(source=source, method=method, positions=positions, error=error, step=step, view=view,
+                           plot=plot, jump=jump_box)
 
 
 def wire(tabs: gr.Tabs, lat: SimpleNamespace, shared: Shared) -> None:
@@ -69,6 +80,8 @@ def wire(tabs: gr.Tabs, lat: SimpleNamespace, shared: Shared) -> None:
     lat.method.change(latent, [shared.session, lat.step, lat.method, lat.source], lat.plot, api_name="latent")
     lat.source.change(latent, [shared.session, lat.step, lat.method, lat.source], lat.plot,
                       api_visibility="private")
+    lat.positions.submit(follow, [shared.session, lat.positions, lat.step, lat.method, lat.source],
+                         [shared.session, lat.plot, lat.error], api_name="follow")
     redraw = [shared.session, lat.step, shared.color_by, lat.method, lat.source]
     lat.step.input(replay, redraw, shared.shown(), api_visibility="private", **FREE)
     lat.jump.change(jump, [shared.session, lat.jump, shared.color_by, lat.method, lat.source], shared.shown(),

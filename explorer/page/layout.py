@@ -4,9 +4,9 @@ This module builds the page from the tabs (`explorer.page.denoise`, `compare`, `
 builds its components and wires its events) and serves it. What may be opened and run lives in the Gradio-free
 rules (`explorer.page.folders`, `requests`, `memory`, `examples`), generation in `explorer.sampling`, every picture
 in `explorer.viz` (the notebooks draw with the same functions). Run `python app.py` and open http://127.0.0.1:7860.
-API endpoints (gradio_client): `/generate` (streams), `/replay`, `/play`, `/step_back`, `/step_forward`, `/compare`,
-`/compare_view`, `/compare_play`, `/latent`, `/jump`, `/pick`, `/picked_view`, `/candidates`, `/resume`, `/rewind`,
-`/export_json`, `/export_html`, `/export_gif`, `/load_trace`, `/stop`.
+API endpoints (gradio_client): `/generate` (streams), `/example`, `/replay`, `/play`, `/step_back`, `/step_forward`,
+`/compare`, `/compare_view`, `/compare_play`, `/latent`, `/follow`, `/jump`, `/pick`, `/picked_view`, `/candidates`,
+`/resume`, `/rewind`, `/export_json`, `/export_html`, `/export_gif`, `/load_trace`, `/stop`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pandas  # noqa: F401
 
 from explorer.page import common, compare, denoise, edit, export, latent
 from explorer.page.common import Page, Session, close_session
+from explorer.page.examples import COMPARED, EXAMPLE_RUNS
 from explorer.page.memory import MAX_UPLOAD_MB, MEMORY_BUDGET_MB
 from explorer.page.views import Shared, slider_range
 from explorer.sampling import Trace
@@ -107,8 +108,8 @@ HEAD = """
 
 def first_paint(examples: dict[str, Trace]) -> tuple[Session, list[Trace]]:
     """The session every visitor starts with: precomputed example traces, drawn before any model runs."""
-    first = examples.get("mdlm-tiny")
-    compared = [examples[k] for k in ("ar-tiny", "mdlm-tiny", "bd3lm-tiny-b16", "calm-tiny-k4") if k in examples]
+    first = examples.get(next(iter(EXAMPLE_RUNS)))
+    compared = [examples[k] for k in COMPARED if k in examples]
     return Session(trace=first, runs=[first] if first else [], compared=compared), compared
 
 

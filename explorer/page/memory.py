@@ -17,7 +17,8 @@ import torch
 from explorer.sampling import Frame, Trace, build_trace, stream
 
 RUNS_PER_USER = 1  # generations one browser session may have going at once
-HIDDEN_ROWS = 8_192  # hidden states are kept when gen_length x frames x N stays under this (~4 MB packed)
+HIDDEN_ROWS = 8_192  # hidden states kept per live request, gen_length x frames x N (~4 MB packed at d = 256): larger
+# requests keep them every k-th frame (and the newest), so the latent view always has a path to draw
 STALE_RUN_S = 600.0  # a run registered longer ago than this is treated as gone (its generator was dropped)
 MEMORY_BUDGET_MB = 1024  # the runs of every session together; the least recently used sessions are dropped beyond it
 MAX_REWIND = 8  # hand edits a session can rewind (each keeps the trace before it)
@@ -184,10 +185,10 @@ class LiveRuns:
                    for k in range(self.runs)]
         frames: list[list] = [[] for _ in streams]
         rows = self.knobs["gen_length"] * (self.knobs.get("steps", self.knobs["gen_length"]) + 1) * self.runs
-        keep_hidden = rows <= HIDDEN_ROWS
-        if not keep_hidden and self.model.family in ("ar", "mdlm", "bd3lm"):
-            self.notices.append(f"hidden states are not kept for this run (gen_length x steps x N = {rows:,} rows "
-                                f"> {HIDDEN_ROWS:,}); the latent view needs a smaller run")
+        stride = -(-rows // HIDDEN_ROWS)  # keep the hidden states of every stride-th frame
+        if stride > 1 and self.model.family in ("ar", "mdlm", "bd3lm"):
+            self.notices.append(f"hidden states are kept every {stride} steps (gen_length x steps x N = {rows:,} rows "
+                                f"> {HIDDEN_ROWS:,}): the latent view's paths skip the steps between")
         busy = [0.0] * len(streams)
         pending = set(range(len(streams)))
         while pending:
@@ -202,9 +203,10 @@ class LiveRuns:
                 if frame is None:
                     pending.discard(k)
                 else:
-                    if not keep_hidden:
-                        frame.hidden = None
-                    frames[k].append(pack_frame(frame))
+                    kept = frames[k]
+                    if kept and (len(kept) - 1) % stride:  # the newest frame keeps its states until a later one comes
+                        kept[-1].hidden = None
+                    kept.append(pack_frame(frame))
             if not frames[0]:
                 raise ValueError("the sampler produced no frames")
             self.traces = [build_trace(self.model, streams[k][1], streams[k][0], list(frames[k]), busy[k])

@@ -160,6 +160,21 @@ def parse_constraints(text: str) -> dict[int, str]:
     return pins
 
 
+def parse_positions(text: str) -> list[int] | None:
+    """The Latent tab's "follow positions" box: "2, 5-7" -> [2, 5, 6, 7]; empty -> None (every path alike). Each
+    position is checked against the run when drawn."""
+    positions: list[int] = []
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        low, dash, high = item.partition("-")
+        if not low.strip().isdigit() or (dash and not high.strip().isdigit()):
+            raise ValueError(f"follow positions must look like 2, 5-7 (generated positions from 0), got {item[:40]!r}")
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first or last - first >= MAX_LENGTH:
+            raise ValueError(f"follow positions: the range {item[:40]!r} must run upwards, at most {MAX_LENGTH} long")
+        positions += range(first, last + 1)
+    return sorted(set(positions)) or None
+
+
 def read_knobs(values: dict) -> dict:
     """The EXTRA_KNOBS boxes as knob values: text as its knob's type (empty: None, the sampler's default; a model
     knob stays a checkpoint name for the page to load), a checkbox or a choice as given."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from explorer.page.common import Session, missing, page
+from explorer.page.common import Session, keep, missing, page
 from explorer.page.memory import unpacked
 from explorer.sampling import Trace
 from explorer.viz import head_samples, hidden_state_paths, latent_trajectories, step_heatmap
@@ -52,17 +52,37 @@ class Outputs:
         return tuple(values.get(name, gr.skip()) for name in self.names)
 
 
+NO_STATES = {  # why the Latent tab has nothing to draw, in plain words
+    "example": "This precomputed example was saved without its hidden states, to keep the file small. Press Generate "
+               "on the Denoise tab: your run records each position's hidden state at every step, and this view draws "
+               "their paths (continuous diffusion: the noise flowing to token embeddings; CALM: the energy head's "
+               "samples).",
+    "file": "This trace file was recorded without continuous states, so there is nothing to project. Record one with "
+            "`python -m explorer sample --record full --trace F.json`, or press Generate on the Denoise tab.",
+}
+
+
 def latent_figure(session: Session, index: int, method: str, source: str = "this run"):
-    """The Latent tab's plot for frame `index` of the session's run (or the compared runs at the same progress)."""
+    """The Latent tab's plot for frame `index` of the session's run (or the compared runs at the same progress),
+    with the session's followed positions; a request it cannot draw (positions past the run) is said in the plot."""
+    try:
+        return _latent_figure(session, index, method, source)
+    except ValueError as err:
+        return empty_figure(str(err))
+
+
+def _latent_figure(session: Session, index: int, method: str, source: str):
     if source == "compared runs":
         runs = [unpacked(t) for t in session.compared if t.frames[-1].hidden is not None]
         if len(runs) < 1:
             return empty_figure(missing(session, "No compared run has hidden states: compare runs of the ar, mdlm "
                                                  "or bd3lm families"))
         progress = index / max(len(session.trace.frames) - 1, 1) if session.trace else 1.0
-        return hidden_state_paths(runs, method=method, upto=[frame_at_progress(t, progress) for t in runs])
+        return hidden_state_paths(runs, method=method, upto=[frame_at_progress(t, progress) for t in runs],
+                                  positions=session.follow)
     if session.trace is None:
-        return empty_figure(missing(session, "Generate first"))
+        return empty_figure(missing(session, "Nothing to draw yet: press Generate on the Denoise tab. This view then "
+                                             "plots how each position's state moves over the steps."))
     trace = unpacked(session.trace)
     family = trace.model["family"]
     if family == "calm" and trace.frames[-1].samples:
@@ -71,10 +91,11 @@ def latent_figure(session: Session, index: int, method: str, source: str = "this
         if session.vocabulary is None:  # a loaded trace: take the cloud from its checkpoint
             session.vocabulary = vocabulary_points(trace_model(session))
         points, strings = session.vocabulary
-        return latent_trajectories(trace, points, strings, upto=index, method=method)
+        return latent_trajectories(trace, points, strings, positions=session.follow, upto=index, method=method)
     if trace.frames[-1].hidden is not None:
-        return hidden_state_paths([trace], method=method, upto=index)
-    return empty_figure("This trace has no continuous states (record it at level 'full')")
+        return hidden_state_paths([trace], method=method, upto=index, positions=session.follow)
+    shipped = session.model_path is None and any(session.trace is t for t in page().examples.values())
+    return empty_figure(NO_STATES["example" if shipped else "file"])
 
 
 def trace_model(session: Session):
@@ -126,6 +147,16 @@ def replay(session, step, color_by, method="pca", source="this run"):
 def slider_range(trace: Trace) -> dict:
     last = len(trace.frames) - 1
     return {"minimum": 0, "maximum": max(last, 1), "value": last, "interactive": True}
+
+
+def take_trace(session: Session | None, trace: Trace, color_by: str, request: gr.Request | None) -> tuple:
+    """Make a stored `trace` (a loaded file, a shipped example) the session's run, replayed without its model:
+    the outputs of a finished run (`edited_outputs`)."""
+    session = session if session is not None else Session()
+    session.trace, session.runs, session.history, session.sample_texts = trace, [trace], [], {}
+    session.vocabulary, session.model_path = None, None
+    keep(session, request)
+    return edited_outputs(session, color_by)
 
 
 def edited_outputs(session: Session, color_by: str) -> tuple:

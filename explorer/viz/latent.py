@@ -173,10 +173,9 @@ def latent_trajectories(traces, embeddings, vocab_strings: list[str], positions:
     traces = _as_traces(traces)
     cloud = np.asarray(embeddings, dtype=np.float64)
     generated = len(traces[0].frames[-1].tokens)
-    positions = list(range(min(generated, max_positions))) if positions is None else list(positions)
-    for p in positions:
-        if not 0 <= p < generated:
-            raise ValueError(f"positions must be in [0, {generated - 1}], got {p}")
+    if positions is None:
+        positions = range(min(generated, max_positions))
+    positions = _check_positions(positions, generated)
     paths = [(r, p, trajectory_points(trace, p)) for r, trace in enumerate(traces) for p in positions]
     projection = project([cloud] + [path for _, _, path in paths], method=method, seed=seed)
     cloud_xy, path_xy = projection.coords[0], projection.coords[1:]
@@ -285,7 +284,8 @@ def head_samples(trace, upto: int = -1, sample_texts: list[str] | None = None):
     return fig
 
 
-def hidden_state_paths(traces, method: str = "pca", upto=None, labels: list[str] | None = None, seed: int = 0):
+def hidden_state_paths(traces, method: str = "pca", upto=None, labels: list[str] | None = None, seed: int = 0,
+                       positions: list[int] | None = None):
     """Plotly figure: each generated position's final hidden state over the steps, as a path.
 
     `traces`: one discrete Trace (ar, mdlm, bd3lm) recorded at level "full", or a list of runs compared on
@@ -293,7 +293,8 @@ def hidden_state_paths(traces, method: str = "pca", upto=None, labels: list[str]
     over every distinct state of every run, and the axis ranges cover them all, so scrubbing and comparing
     never move the axes; its method and parameters are in `fig.layout.meta`. A path gets a point each time the
     position's state changes. `upto`: the frame index drawn up to (an int for every run, or one per run; None =
-    the last frame); the states as of that frame are highlighted.
+    the last frame); the states as of that frame are highlighted. `positions`: the generated positions whose paths
+    are drawn in full, the others faded behind them (None: every path alike; the projection is the same either way).
     """
     import plotly.graph_objects as go
 
@@ -319,25 +320,40 @@ def hidden_state_paths(traces, method: str = "pca", upto=None, labels: list[str]
     every = np.concatenate(projection.coords)
     several = len(traces) > 1
     fig = go.Figure()
+    followed = None if positions is None else set(_check_positions(positions, max(len(paths) for paths in runs)))
     for r, (trace, paths, xy, end, name) in enumerate(zip(traces, runs, projection.coords, ends, names)):
         previews = [step_preview(trace, i) for i in range(len(trace.frames))]
         color = RUN_COLORS[r % len(RUN_COLORS)]
-        line_x, line_y, marks, now = [], [], [], []  # marks, now: (x, y, customdata); now: the states at `end`
+        # per group (the followed paths, the faded rest): line points with None breaks, marks and the states at `end`,
+        # each mark as (x, y, customdata)
+        groups = {True: ([], [], [], []), False: ([], [], [], [])}
         k = 0
         for pos, path in enumerate(paths):
             drawn = [(i, *xy[k + j]) for j, (i, _) in enumerate(path) if i <= end]  # (frame index, x, y)
             k += len(path)
             if not drawn:
                 continue
+            line_x, line_y, marks, now = groups[followed is None or pos in followed]
             line_x += [x for _, x, _ in drawn] + [None]
             line_y += [y for _, _, y in drawn] + [None]
             marks += [(x, y, [i, pos, trace.frames[i].step, previews[i]]) for i, x, y in drawn]
             now.append((drawn[-1][1], drawn[-1][2], [end, pos, trace.frames[end].step, previews[end]]))
         hover = f"{html.escape(name)}<br>position %{{customdata[1]}}, step %{{customdata[2]}}<br>%{{customdata[3]}}"
         group = f"run {r}"
+        faded_x, faded_y, faded_marks, _ = groups[False]
+        if faded_marks:  # behind the followed paths: thin, pale, still hoverable and clickable
+            fig.add_trace(go.Scatter(x=faded_x, y=faded_y, mode="lines", legendgroup=group, showlegend=False,
+                                     line={"width": 1, "color": "#dddddd"}, hoverinfo="skip"))
+            fig.add_trace(go.Scatter(x=[x for x, _, _ in faded_marks], y=[y for _, y, _ in faded_marks],
+                                     mode="markers", name=f"{name}: other positions", legendgroup=group,
+                                     marker={"size": 4, "color": "#cccccc", "opacity": 0.5},
+                                     customdata=[c for _, _, c in faded_marks],
+                                     hovertemplate=hover + "<extra></extra>"))
+        line_x, line_y, marks, now = groups[True]
         fig.add_trace(go.Scatter(x=line_x, y=line_y, mode="lines", name=name, legendgroup=group, showlegend=False,
-                                 line={"width": 1, "color": color if several else "#bbbbbb"}, opacity=0.4,
-                                 hoverinfo="skip"))
+                                 line={"width": 1 if followed is None else 2,
+                                       "color": color if several or followed is not None else "#bbbbbb"},
+                                 opacity=0.4 if followed is None else 0.8, hoverinfo="skip"))
         marker = {"size": 5, "color": color} if several else {
             "size": 5, "color": [c[2] for _, _, c in marks], "colorscale": COLORSCALE, "cmin": 0,
             "cmax": trace.frames[-1].step, "showscale": True, "colorbar": {"title": "step"}}
@@ -360,6 +376,16 @@ def hidden_state_paths(traces, method: str = "pca", upto=None, labels: list[str]
         meta={"method": projection.method, "params": _jsonable(projection.params)},
     )
     return fig
+
+
+def _check_positions(positions, generated: int) -> list[int]:
+    """`positions` as generated-position indices, each in [0, generated - 1]."""
+    positions = [int(p) for p in positions]
+    bad = [p for p in positions if not 0 <= p < generated]
+    if bad or not positions:
+        raise ValueError(f"positions must be one or more of 0 .. {generated - 1} (the generated positions), got "
+                         f"{bad or 'none'}")
+    return positions
 
 
 def _state_paths(trace, name: str) -> list[list[tuple[int, list[float]]]]:

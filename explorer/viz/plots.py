@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import html
 import math
+import textwrap
 
 import plotly.graph_objects as go
 
 from explorer.sampling.trace import Trace
 from explorer.viz.tokens import COLORSCALE
+
+EMPTY_WRAP = 70  # characters per line of an empty plot's message
 
 
 def step_matrix(trace: Trace, field: str = "confidence", upto: int = -1) -> list[list[float | None]]:
@@ -102,8 +106,11 @@ def step_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
 
 
 def empty_figure(message: str) -> go.Figure:
-    """A blank plot that says why it is blank (no run yet, no states recorded)."""
+    """A blank plot that says why it is blank (no run yet, no states recorded): the message escaped (plotly reads
+    tags in annotations) and wrapped, since an annotation never wraps by itself."""
     fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 15})
+    lines = textwrap.wrap(message, EMPTY_WRAP) or [""]
+    fig.add_annotation(text="<br>".join(html.escape(line) for line in lines), showarrow=False, x=0.5, y=0.5,
+                       xref="paper", yref="paper", font={"size": 15}, align="left")
     fig.update_layout(height=300, xaxis={"visible": False}, yaxis={"visible": False})
     return fig
