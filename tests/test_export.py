@@ -134,13 +134,13 @@ def test_play_button_and_keys_step_through_the_replay(mdlm_trace, tmp_path):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(page_path.as_uri())
             caption = page.locator("#caption")
-            assert "step 0 / 8" in caption.text_content()
+            assert "step 0 of 8" in caption.text_content()
             page.click("#play")
-            page.wait_for_function("document.getElementById('caption').textContent.includes('step 8 / 8')",
+            page.wait_for_function("document.getElementById('caption').textContent.includes('step 8 of 8')",
                                    timeout=10_000)
             assert page.locator("#play").text_content().endswith("play")  # stopped at the end
             page.keyboard.press("ArrowLeft")
-            assert "step 7 / 8" in caption.text_content()
+            assert "step 7 of 8" in caption.text_content()
             page.click("input[value=commit_step]")
             assert page.locator("#high").text_content() == "step 8"
             assert page.locator("#canvas span.token").count() + page.locator("#canvas span.mask").count() == 16

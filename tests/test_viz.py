@@ -10,7 +10,9 @@ from explorer.viz import (
     entropy_heatmap,
     frame_values,
     tokens_html,
+    trace_animation_html,
 )
+from explorer.viz.compare import side_by_side_html
 from explorer.viz.panels import canvas_html, legend_html
 from explorer.viz.plots import integer_ticks
 from explorer.viz.tokens import MASK_COLOR, TOKEN_BOX
@@ -104,7 +106,7 @@ def test_the_pages_panels_escape_hostile_text(trace):
     payload = '<img src=x onerror="window.__pwned=1">'
     hostile = copy.deepcopy(trace)
     hostile.model["name"] = hostile.sampler["name"] = hostile.text = hostile.stats["stop"] = payload
-    hostile.stats["steps"] = payload  # the running line shows it
+    hostile.stats["nfe"] = payload  # the running line shows it
     hostile.frames[-1].step = payload
     hostile.token_strings = {k: payload for k in hostile.token_strings}  # the picked token is named
     shown = [error_html(payload), notice_html([payload, "ok"]), stats_line(hostile), stats_line(hostile, True),
@@ -181,6 +183,15 @@ def test_every_canvas_numbers_its_step_as_the_scrubber_does_an_edit_counting_as_
     shown = canvas_html(edited, -1)
     assert "step 9 of 9" in shown and "frame" not in re.sub(r"<[^>]+>", "", shown).split("confidence")[0]
     assert "step" not in paused_html(edited, 4) and "frame" not in paused_html(edited, 4)
+    # the heatmap, the commit colours, the exports and the compare panel number steps the same way
+    pos = edited.frames[4].committed[0]  # committed again on the edited canvas
+    heat = confidence_heatmap(edited)
+    assert list(heat.data[0].y) == list(range(10))  # one row per frame: the edit's row does not overlap step 3's
+    assert edited.commit_steps()[pos] == 4 and heat.data[1].y[list(heat.data[1].x).index(pos)] == 4
+    assert frame_values(edited, 4, "commit_step")[pos] == pytest.approx(4 / 9)
+    animation = trace_animation_html(edited, color_by="commit_step")
+    assert "step 9 of 9 · nfe" in animation and '"last_step": 9' in animation
+    assert "step 9 of 9" in side_by_side_html([edited], 1.0)
 
 
 def test_a_click_on_a_token_picks_its_position_and_the_canvas_outlines_it(trace):

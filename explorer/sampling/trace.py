@@ -67,12 +67,14 @@ class Trace:
         return self.frames[-1].tokens
 
     def commit_steps(self, upto: int = -1) -> list[int | None]:
-        """For each position, the step at which it was last committed up to frame index `upto` (None if never)."""
+        """For each position, the step at which it was last committed up to frame index `upto` (None if never),
+        counted as frame indices: the sampler's own step numbers, except that the canvas of a hand edit counts as a
+        step of its own (as the page, the plots and the exports number steps)."""
         last = upto % len(self.frames)
         steps: list[int | None] = [None] * len(self.frames[last].tokens)
-        for frame in self.frames[: last + 1]:
+        for index, frame in enumerate(self.frames[: last + 1]):
             for pos in frame.committed:
-                steps[pos] = frame.step
+                steps[pos] = index
             for pos in frame.remasked:
                 steps[pos] = None
         return steps

@@ -81,8 +81,8 @@ def side_by_side_html(traces: list[Trace], progress: float, color_by: str = "con
         panels.append(
             f'<div class="dlm-panel" data-run="{k}" data-frame="{index}" style="border:2px solid {colour};'
             f'border-radius:8px;padding:8px;min-height:140px"><div style="font-weight:600;color:{colour}">'
-            f"{html.escape(label)}</div><div style='font-size:13px;color:#555'>step {_text(frame.step)} of "
-            f"{_text(trace.frames[-1].step)} · nfe {_text(frame.nfe)} of "
+            f"{html.escape(label)}</div><div style='font-size:13px;color:#555'>step {index} of "
+            f"{len(trace.frames) - 1} · nfe {_text(frame.nfe)} of "
             f"{_text(trace.stats.get('nfe', trace.frames[-1].nfe))}</div>"
             f"{tokens_html(trace, index, color_by)}</div>")
     return ('<div class="dlm-compare" style="display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));'

@@ -15,6 +15,7 @@ from explorer.viz.tokens import (
     frame_values,
     level,
     palette,
+    step_label,
     text_color,
 )
 
@@ -55,13 +56,12 @@ def _codes(trace: Trace, index: int, color_by: str) -> list[int]:
 
 def legend_ends(trace: Trace, color_by: str) -> tuple[str, str]:
     """The labels at the two ends of the colour scale of `color_by`."""
-    return ("0", "1") if color_by == "confidence" else ("step 0", f"step {max(trace.frames[-1].step, 1)}")
+    return ("0", "1") if color_by == "confidence" else ("step 0", f"step {max(len(trace.frames) - 1, 1)}")
 
 
 def _caption(trace: Trace, index: int) -> str:
-    frame = trace.frames[index]
-    return (f"{trace.model.get('name')} · {trace.sampler.get('name')} · step {frame.step} / {trace.frames[-1].step}"
-            f" · nfe {frame.nfe}")
+    return (f"{trace.model.get('name')} · {trace.sampler.get('name')} · {step_label(trace, index)}"
+            f" · nfe {trace.frames[index].nfe}")
 
 
 def sample_frame_indices(n_frames: int, max_frames: int) -> list[int]:
@@ -122,7 +122,7 @@ function render() {
     nodes.push(...out);
   });
   $('canvas').replaceChildren(...nodes);
-  $('caption').textContent = D.model + ' \\u00b7 ' + D.sampler + ' \\u00b7 step ' + frame.step + ' / ' + D.last_step
+  $('caption').textContent = D.model + ' \\u00b7 ' + D.sampler + ' \\u00b7 step ' + frame.step + ' of ' + D.last_step
     + ' \\u00b7 nfe ' + frame.nfe;
   $('scrub').value = index;
   $('low').textContent = D.ends[mode][0];
@@ -176,11 +176,11 @@ def trace_animation_html(trace: Trace, color_by: str = "confidence", fps: float 
     def sid(token: int) -> int:
         return strings.setdefault(token, len(strings))
 
-    frames = [{"step": trace.frames[i].step, "nfe": trace.frames[i].nfe,
+    frames = [{"step": i, "nfe": trace.frames[i].nfe,
                "tokens": [-1 if t == trace.mask_id else sid(t) for t in trace.frames[i].tokens],
                "colors": {mode: _codes(trace, i, mode) for mode in COLOR_MODES}} for i in indices]
     data = {"model": str(trace.model.get("name")), "sampler": str(trace.sampler.get("name")),
-            "last_step": trace.frames[-1].step, "fps": fps, "color_by": color_by,
+            "last_step": len(trace.frames) - 1, "fps": fps, "color_by": color_by,
             "prompt": [sid(t) for t in trace.prompt_ids], "frames": frames,
             "palette": ["#{:02x}{:02x}{:02x}".format(*_rgb(rgb)) for rgb in colours],
             "ink": [text_color(rgb) for rgb in colours],

@@ -191,15 +191,15 @@ def latent_trajectories(traces, embeddings, vocab_strings: list[str], positions:
         trace = traces[run]
         shown = trace.frames[: upto % len(trace.frames) + 1]
         xy = xy[: len(shown)]
-        steps = [f.step for f in shown]
+        steps = list(range(len(shown)))  # frame indices, as the page numbers steps
         guesses = [trace.token_strings.get(f.tokens[pos], str(f.tokens[pos])) for f in shown]
         label = f"pos {pos}" + (f" · run {run + 1}" if len(traces) > 1 else "")
         fig.add_trace(go.Scatter(
             x=xy[:, 0], y=xy[:, 1], mode="lines+markers", name=label, line={"width": 1, "color": "#888888"},
-            marker={"size": 6, "color": steps, "colorscale": COLORSCALE, "cmin": 0, "cmax": trace.frames[-1].step,
+            marker={"size": 6, "color": steps, "colorscale": COLORSCALE, "cmin": 0, "cmax": len(trace.frames) - 1,
                     "symbol": symbols[run % len(symbols)], "showscale": (run, pos) == paths[0][:2],
                     "colorbar": {"title": "step"}},
-            customdata=[[i, f.noise or 0.0, f.step, previews[run][i]] for i, f in enumerate(shown)], text=guesses,
+            customdata=[[i, f.noise or 0.0, i, previews[run][i]] for i, f in enumerate(shown)], text=guesses,
             hovertemplate=f"{label}<br>step %{{customdata[2]}} (sigma %{{customdata[1]:.3g}})"
                           "<br>nearest token %{text}<br>%{customdata[3]}<extra></extra>",
         ))
@@ -247,7 +247,7 @@ def head_samples(trace, upto: int = -1, sample_texts: list[str] | None = None):
     fig = go.Figure()
     fig.add_trace(go.Scatter(
         x=chosen_xy[earlier, 0], y=chosen_xy[earlier, 1], mode="lines+markers", name="earlier chunks",
-        text=[f"step {trace.frames[chunks[k]].step}: {_quoted(texts[k])}" for k in earlier],
+        text=[f"step {chunks[k]}: {_quoted(texts[k])}" for k in earlier],
         customdata=at([chunks[k] for k in earlier]), line={"width": 1, "color": "#cccccc"},
         marker={"size": 6, "color": "#a0a0a0"},
         hovertemplate="%{text}<br>%{customdata[1]}<extra>chosen earlier</extra>",
@@ -268,7 +268,7 @@ def head_samples(trace, upto: int = -1, sample_texts: list[str] | None = None):
         fig.add_annotation(x=chosen_xy[k, 0], y=chosen_xy[k, 1], text=_quoted(texts[k]), showarrow=False, yshift=14,
                            font={"size": 12, "color": "#d62728"})
         distinct = f" ({len(set(sample_texts))} distinct chunks)" if sample_texts is not None else ""
-        title = f"Energy head at step {trace.frames[index].step}: {len(xy)} samples{distinct} and the chosen latent"
+        title = f"Energy head at step {index}: {len(xy)} samples{distinct} and the chosen latent"
     else:
         title = "Energy head: no chunk generated yet at step 0"
     every = np.concatenate(samples_xy + [chosen_xy])
@@ -336,8 +336,8 @@ def hidden_state_paths(traces, method: str = "pca", upto=None, labels: list[str]
             line_x, line_y, marks, now = groups[followed is None or pos in followed]
             line_x += [x for _, x, _ in drawn] + [None]
             line_y += [y for _, _, y in drawn] + [None]
-            marks += [(x, y, [i, pos, trace.frames[i].step, previews[i]]) for i, x, y in drawn]
-            now.append((drawn[-1][1], drawn[-1][2], [end, pos, trace.frames[end].step, previews[end]]))
+            marks += [(x, y, [i, pos, i, previews[i]]) for i, x, y in drawn]  # step: the frame index
+            now.append((drawn[-1][1], drawn[-1][2], [end, pos, end, previews[end]]))
         hover = f"{html.escape(name)}<br>position %{{customdata[1]}}, step %{{customdata[2]}}<br>%{{customdata[3]}}"
         group = f"run {r}"
         faded_x, faded_y, faded_marks, _ = groups[False]
@@ -356,12 +356,12 @@ def hidden_state_paths(traces, method: str = "pca", upto=None, labels: list[str]
                                  opacity=0.4 if followed is None else 0.8, hoverinfo="skip"))
         marker = {"size": 5, "color": color} if several else {
             "size": 5, "color": [c[2] for _, _, c in marks], "colorscale": COLORSCALE, "cmin": 0,
-            "cmax": trace.frames[-1].step, "showscale": True, "colorbar": {"title": "step"}}
+            "cmax": len(trace.frames) - 1, "showscale": True, "colorbar": {"title": "step"}}
         fig.add_trace(go.Scatter(x=[x for x, _, _ in marks], y=[y for _, y, _ in marks], mode="markers", name=name,
                                  legendgroup=group, marker=marker, customdata=[c for _, _, c in marks],
                                  hovertemplate=hover + "<extra></extra>"))
         fig.add_trace(go.Scatter(x=[x for x, _, _ in now], y=[y for _, y, _ in now], mode="markers",
-                                 name=f"{name}: step {trace.frames[end].step}", legendgroup=group,
+                                 name=f"{name}: step {end}", legendgroup=group,
                                  marker={"size": 10, "color": color, "line": {"width": 1.5, "color": "#000000"}},
                                  customdata=[c for _, _, c in now], hovertemplate=hover + "<extra>now</extra>"))
     low, high = every.min(axis=0), every.max(axis=0)

@@ -12,7 +12,7 @@ import html
 from explorer.sampling.trace import Trace
 from explorer.viz.compare import run_label
 from explorer.viz.export import MODE_LABELS, legend_ends
-from explorer.viz.tokens import COLOR_MODES, LEVELS, MASK_COLOR, PROMPT_COLOR, palette, tokens_html
+from explorer.viz.tokens import COLOR_MODES, LEVELS, MASK_COLOR, PROMPT_COLOR, palette, step_label, tokens_html
 
 SWATCH = "display:inline-block;width:1.6em;height:1em;border-radius:3px;border:1px solid #aaa;vertical-align:middle"
 
@@ -63,7 +63,7 @@ def canvas_html(trace: Trace, index: int = -1, color_by: str = "confidence", sel
 def stats_line(trace: Trace, running: bool = False, runs: int = 1) -> str:
     s = trace.stats
     if running:
-        return f"step {text(s['steps'])} · nfe {text(s['nfe'])} · {s['wall_s']:.2f} s so far …"
+        return f"step {len(trace.frames) - 1} · nfe {text(s['nfe'])} · {s['wall_s']:.2f} s so far …"
     caches = sorted({f.cache for f in trace.frames if f.cache})
     extra = (f" · cache {'/'.join(caches)}" if caches else "") + (f" · stopped: {s['stop']}" if "stop" in s else "")
     extra += f" · {runs} runs (stats of the first)" if runs > 1 else ""
@@ -78,16 +78,6 @@ def prompt_note(prompt: str, given: str) -> str:
         return ""
     return ("\n\n<details class=\"dlm-chat\"><summary>chat template applied: the prompt the model got</summary>"
             f"<pre>{html.escape(given)}</pre></details>")
-
-
-def step_label(trace: Trace, index: int) -> str:
-    """Frame `index` as the page numbers it everywhere: step `index` of the last frame's index, the scrubber's number
-    (one step per recorded frame, so the canvas an edit placed by hand counts as a step of its own and the resumed
-    steps number on from it)."""
-    last = len(trace.frames) - 1
-    index = index if index >= 0 else last + 1 + index
-    edited = any(edit.get("frame") == index - 1 for edit in trace.sampler.get("edits", []))
-    return f"step {index} of {last}" + (" (your edit)" if edited else "")
 
 
 def paused_html(trace: Trace, index: int, position: int | None = None) -> str:

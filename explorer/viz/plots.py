@@ -51,7 +51,7 @@ def confidence_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
     Needs a trace recorded at level "full" for the confidences; the commit markers need "tokens".
     """
     frames = trace.frames[: upto % len(trace.frames) + 1]
-    steps = [f.step for f in frames]
+    steps = list(range(len(frames)))  # frame indices: `Trace.commit_steps` numbers steps so
     fig = go.Figure()
     fig.add_trace(go.Heatmap(
         z=confidence_matrix(trace, upto), y=steps, colorscale=COLORSCALE, zmin=0, zmax=1,
@@ -84,7 +84,7 @@ def entropy_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
     if not any(f.entropy for f in frames):
         raise ValueError("the trace has no entropies; record a cdcd run at level 'full'")
     fig = go.Figure(go.Heatmap(
-        z=step_matrix(trace, "entropy", upto), y=[f.step for f in frames], colorscale=COLORSCALE, zmin=0,
+        z=step_matrix(trace, "entropy", upto), y=list(range(len(frames))), colorscale=COLORSCALE, zmin=0,
         reversescale=True, colorbar={"title": "entropy (nats)"},
         customdata=[[f.noise or 0.0] * len(f.tokens) for f in frames],
         hovertemplate="position %{x}<br>step %{y} (sigma %{customdata:.3g})<br>entropy %{z:.2f} nats<extra></extra>",
@@ -94,7 +94,7 @@ def entropy_heatmap(trace: Trace, upto: int = -1) -> go.Figure:
         margin={"l": 50, "r": 20, "t": 30, "b": 40},
         title={"text": f"{trace.model.get('name')} · entropy of the softmax per position", "font": {"size": 13}},
     )
-    _integer_axes(fig, [f.step for f in frames], len(frames[-1].tokens or []))
+    _integer_axes(fig, list(range(len(frames))), len(frames[-1].tokens or []))
     return fig
 
 

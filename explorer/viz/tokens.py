@@ -53,6 +53,16 @@ def _breaks(texts: list[str]) -> list[bool]:
             for text, following in zip(texts, texts[1:] + [None])]
 
 
+def step_label(trace: Trace, index: int) -> str:
+    """Frame `index` as the page numbers it everywhere: step `index` of the last frame's index, the scrubber's number
+    (one step per recorded frame, so the canvas an edit placed by hand counts as a step of its own and the resumed
+    steps number on from it)."""
+    last = len(trace.frames) - 1
+    index = index if index >= 0 else last + 1 + index
+    edited = any(edit.get("frame") == index - 1 for edit in trace.sampler.get("edits", []))
+    return f"step {index} of {last}" + (" (your edit)" if edited else "")
+
+
 def frame_values(trace: Trace, step_index: int, color_by: str = "confidence") -> list[float | None]:
     """Per-position value in [0, 1] to colour by (None = no colour: masked or unknown)."""
     if color_by not in COLOR_MODES:
@@ -60,7 +70,7 @@ def frame_values(trace: Trace, step_index: int, color_by: str = "confidence") ->
     frame = trace.frames[step_index]
     masked = [t == trace.mask_id for t in frame.tokens]
     if color_by == "commit_step":
-        last = max(trace.frames[-1].step, 1)
+        last = max(len(trace.frames) - 1, 1)
         steps = trace.commit_steps(step_index)
         return [None if m or s is None else s / last for m, s in zip(masked, steps)]
     conf = frame.confidence or [None] * len(frame.tokens)
