@@ -1,6 +1,6 @@
 """The explorer page in a real browser: Debian chromium driven by Playwright, one test per tab.
 
-Screenshots of each view are saved as test artefacts in runs/screenshots/ (the README's pictures are copies).
+Screenshots of each view are saved as test artefacts in runs/screenshots/ (the pictures in docs/ are copies).
 Needs /usr/bin/chromium: run `scripts/install_chromium.sh` (Debian package, no Playwright browser download).
 """
 
@@ -448,7 +448,7 @@ def test_the_canvas_legend_follows_colour_by(page):
 
 def test_presentation_mode_enlarges_the_canvas_and_hides_the_rarely_used_knobs(browser, app_url):
     """At 1920 x 1080 the presentation box enlarges the tokens, hides the rarely used controls and the explanations,
-    and keeps Generate and the (larger) canvas on screen; its screenshot is the README's."""
+    and keeps Generate and the (larger) canvas on screen; its screenshot is docs/page.md's."""
     page = open_page(browser, app_url, *SIZES["projector"])
     try:
         rare = ("#n_runs", "#fps", "#intro", ".dlm-learn")

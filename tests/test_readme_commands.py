@@ -1,6 +1,6 @@
-"""Every command line README.md shows (code blocks and inline code): the cheap ones run with their sizes shrunk, from
-a temporary folder; the expensive ones (train, bench, card, eval tables, examples) go through the CLI's parser, so a
-renamed or removed flag fails here. Optional parts `[--a | --b x]` are tried one at a time."""
+"""Every command line README.md and docs/*.md show (code blocks and inline code): the cheap ones run with their sizes
+shrunk, from a temporary folder; the expensive ones (train, bench, card, eval tables, examples) go through the CLI's
+parser, so a renamed or removed flag fails here. Optional parts `[--a | --b x]` are tried one at a time."""
 
 from __future__ import annotations
 
@@ -20,15 +20,19 @@ SHRUNK = {"sample": {"--gen-length": "4", "--steps": "2", "--block-length": "4"}
 OUTPUTS = ("--trace", "--json", "--table", "--html", "--gif")
 
 
-def readme_commands() -> list[str]:
-    """The `python -m explorer ...` / `dlm-explorer ...` lines in README.md, in order: code block lines with their
-    continuations joined and comments dropped, inline code with its line breaks."""
-    text = (ROOT / "README.md").read_text()
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # the README sends readers to docs/
+
+
+def readme_commands() -> list[tuple[str, str]]:
+    """(document, command) for the `python -m explorer ...` / `dlm-explorer ...` lines in README.md and docs/*.md, in
+    order: code block lines with their continuations joined and comments dropped, inline code with its line breaks."""
     found = []
-    for block, inline in re.findall(r"^```[^\n]*\n(.*?)^```|`([^`]+)`", text, flags=re.S | re.M):
-        lines = block.replace("\\\n", " ").splitlines() if block else [inline]
-        found += [" ".join(re.sub(r"\s#.*", "", line).split()) for line in lines]
-    return [line for line in found if line.startswith(PROGRAMS)]
+    for document in DOCUMENTS:
+        text, name = document.read_text(), str(document.relative_to(ROOT))
+        for block, inline in re.findall(r"^```[^\n]*\n(.*?)^```|`([^`]+)`", text, flags=re.S | re.M):
+            lines = block.replace("\\\n", " ").splitlines() if block else [inline]
+            found += [(name, " ".join(re.sub(r"\s#.*", "", line).split())) for line in lines]
+    return [(name, line) for name, line in found if line.startswith(PROGRAMS)]
 
 
 def variants(command: str) -> list[list[str]]:
@@ -40,22 +44,29 @@ def variants(command: str) -> list[list[str]]:
     return [[PLACEHOLDERS.get(a, a) for a in shlex.split(f"{base} {extra}")] for extra in ["", *alternatives]]
 
 
-CASES = list({" ".join(argv): (command, argv) for command in readme_commands() for argv in variants(command)}
-             .values())  # each distinct argv once (the README repeats some)
+CASES = list({" ".join(argv): (f"{name}: `{command}`", argv) for name, command in readme_commands()
+              for argv in variants(command)}.values())  # each distinct argv once (the documents repeat some)
 
 
-def test_the_readme_shows_commands_of_every_kind():
+def test_the_docs_show_commands_of_every_kind():
     kinds = {argv[0] for _, argv in CASES}
     assert {"list", "sample", "eval", "export", "train", "train-autoencoder", "bench", "card", "examples"} <= kinds
     assert any("--clamp" in argv for _, argv in CASES) and any("--device-map" in argv for _, argv in CASES)
+
+
+def test_commands_are_read_from_the_readme_and_the_docs_it_links():
+    """The reference material moved from the README to docs/: its commands stay tested there."""
+    names = {name for name, _ in readme_commands()}
+    assert {"README.md", "docs/cli.md", "docs/benchmarks.md", "docs/calm.md"} <= names, names
 
 
 @pytest.mark.parametrize("command, argv", CASES, ids=[" ".join(argv) for _, argv in CASES])
 def test_readme_command_parses(command, argv):
     try:
         build_parser().parse_args(argv)
-    except SystemExit:
-        pytest.fail(f"the CLI no longer takes the README's `{command}` (as {argv}); see the usage above")
+    except SystemExit as exit:
+        if exit.code:  # `--help` exits 0
+            pytest.fail(f"the CLI no longer takes {command} (as {argv}); see the usage above")
 
 
 def shrunk(argv: list[str]) -> list[str]:
@@ -100,6 +111,6 @@ def test_readme_command_runs(command, argv, workdir, monkeypatch, capsys):
             argv[i] = str(ROOT / arg)
     code = main(argv)
     out, err = capsys.readouterr()
-    assert code == 0, f"`{command}` run as {argv} failed:\n{err}"
+    assert code == 0, f"{command} run as {argv} failed:\n{err}"
     if argv[0] == "sample":
         assert "nfe" in err
