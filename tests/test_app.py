@@ -228,6 +228,22 @@ def test_the_latent_tab_says_what_a_run_will_show_before_there_is_one(client):
     assert "saved without its hidden states" in said and "Press Generate" in said
 
 
+def test_learn_more_links_open_the_executed_notebooks_served_by_the_page(app_url):
+    import urllib.error
+    import urllib.request
+
+    from explorer.page import denoise
+    from support import ROOT
+
+    links = re.findall(r"\]\((/gradio_api/file=[^)]+)\)", denoise.LEARN)
+    stems = [Path(link).stem for link in links]
+    assert "00_tour" in stems and "07_train_and_sample_by_hand" in stems, denoise.LEARN
+    with urllib.request.urlopen(app_url.rstrip("/") + links[0]) as reply:  # the page serves the executed copy
+        assert reply.headers["content-type"].startswith("text/html") and b"<html" in reply.read(2000).lower()
+    with pytest.raises(urllib.error.HTTPError, match="403"):  # and nothing else of the checkout
+        urllib.request.urlopen(f"{app_url}gradio_api/file={(ROOT / 'README.md').as_posix()}")
+
+
 def test_edit_a_paused_run_then_rewind(client):
     original = call(client, gen_length=16, steps=16)[0]
     update, error = client.predict(6, 10, api_name="/candidates")

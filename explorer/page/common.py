@@ -20,8 +20,22 @@ from explorer.viz.panels import error_html, notice_html
 RUN_CONCURRENCY = 2  # generations running at once over all users (2 CPU cores here)
 RUNS = {"concurrency_id": "runs", "concurrency_limit": RUN_CONCURRENCY}  # events as costly as a run share its queue
 FREE = {"concurrency_limit": None}  # replay never waits behind a generation
-OPEN_NOTEBOOKS = (" To open a notebook: install the notebooks extra once (`pip install -c constraints.txt -e "
+OPEN_NOTEBOOKS = (" To run a notebook yourself: install the notebooks extra once (`pip install -c constraints.txt -e "
                   "\".[notebooks]\"` in the repository), then `jupyter lab notebooks/00_tour.ipynb` (any of them).")
+NOTEBOOK_HTML = Path(__file__).resolve().parents[2] / "docs" / "notebooks"  # executed copies (a source checkout)
+
+
+def learn_more(*notebooks: str) -> str:
+    """'Learn more:' and the notebooks (stems, e.g. "01_masked_diffusion", each with what it teaches after a '|'),
+    each a link to its executed HTML copy where this checkout has one (the page serves that folder; the link opens
+    a new tab), else its path; then how to run one."""
+    named = []
+    for entry in notebooks:
+        stem, _, what = entry.partition("|")
+        copy = NOTEBOOK_HTML / f"{stem}.html"
+        shown = f"[{stem}](/gradio_api/file={copy.as_posix()})" if copy.is_file() else f"`notebooks/{stem}.ipynb`"
+        named.append(shown + (f" ({what})" if what else ""))
+    return " Learn more: " + ", ".join(named) + "." + OPEN_NOTEBOOKS
 
 
 @dataclass

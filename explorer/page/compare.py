@@ -11,11 +11,11 @@ import gradio as gr
 import explorer
 from explorer.page.common import (
     FREE,
-    OPEN_NOTEBOOKS,
     RUNS,
     Session,
     error_box,
     keep,
+    learn_more,
     missing,
     page,
     stop,
@@ -36,8 +36,7 @@ LEARN = ("**Comparing runs.** Each run's canvas at the same fraction of its own 
          "at 100%), so a 64-step sampler and a 16-step one line up. The plot shows when each position was committed: "
          "AR draws a diagonal, block diffusion a staircase of blocks, masked diffusion a scatter (confident positions "
          "first), CALM steps of K tokens; continuous diffusion commits everything at its last step (its tokens "
-         "settle gradually: see its entropy heatmap). Learn more: `notebooks/00_tour.ipynb` (every family on one "
-         "prompt)." + OPEN_NOTEBOOKS)
+         "settle gradually: see its entropy heatmap)." + learn_more("00_tour|every family on one prompt"))
 
 
 def default_sampler(choice: str) -> str | None:

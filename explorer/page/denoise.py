@@ -15,11 +15,11 @@ from explorer.hub import calm_chunk_sizes, calm_for_chunk
 from explorer.models.base import read_config
 from explorer.page.common import (
     FREE,
-    OPEN_NOTEBOOKS,
     RUNS,
     Session,
     error_box,
     keep,
+    learn_more,
     notice_box,
     page,
     stop,
@@ -69,9 +69,10 @@ LEARN = ("**What you see.** The canvas after each step: the prompt in light grey
          "masked), or by the step that committed it. The heatmap is confidence per position (x) over steps (y); red "
          "crosses mark commits. Continuous diffusion shows the softmax entropy instead. With N > 1 the runs below "
          "are the same sampler with seeds seed .. seed + N - 1, with how much they differ. Keys: space plays / "
-         "pauses, arrows step. Learn more: `notebooks/01_masked_diffusion.ipynb`, `02_samplers.ipynb` (remasking "
-         "rules, Fast-dLLM), `03_block_diffusion.ipynb`, `04_continuous_diffusion.ipynb`, `05_calm.ipynb`, and the "
-         "tour `00_tour.ipynb`." + OPEN_NOTEBOOKS)
+         "pauses, arrows step." + learn_more("00_tour|the tour", "01_masked_diffusion",
+                                               "02_samplers|remasking rules, Fast-dLLM", "03_block_diffusion",
+                                               "04_continuous_diffusion", "05_calm",
+                                               "07_train_and_sample_by_hand|train one, write the sampler"))
 
 
 # --- controls read from the sampler registry ---------------------------------------------------------------------

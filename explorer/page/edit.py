@@ -11,11 +11,11 @@ import torch
 
 from explorer.page.common import (
     FREE,
-    OPEN_NOTEBOOKS,
     RUNS,
     Session,
     error_box,
     keep,
+    learn_more,
     missing,
     notice_box,
     page,
@@ -31,8 +31,8 @@ from explorer.viz.panels import canvas_html, paused_html, stats_line
 LEARN = ("**Editing a run** (masked diffusion). Pause at a step, click a token (or type its position), choose one "
          "of the model's top candidates there and continue: the sampler resumes from that canvas with your token "
          "fixed. Rewind undoes the last edit. Word constraints on the Denoise tab (`0:Once, 5:upon`, as in LLaDA's "
-         "demo) pin words before the run starts (each word gets a leading space unless it is at position 0). Learn "
-         "more: `notebooks/02_samplers.ipynb`." + OPEN_NOTEBOOKS)
+         "demo) pin words before the run starts (each word gets a leading space unless it is at position 0)."
+         + learn_more("02_samplers"))
 
 
 def pick(value):

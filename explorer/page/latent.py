@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from explorer.page.common import FREE, OPEN_NOTEBOOKS, Session, error_box
+from explorer.page.common import FREE, Session, error_box, learn_more
 from explorer.page.requests import parse_positions
 from explorer.page.views import Shared, latent_figure, replay, show
 
@@ -15,8 +15,7 @@ LEARN = ("**Latent space.** A 2-D projection (PCA or UMAP) fitted once over ever
          "never move while you scrub. Continuous diffusion: the paths of positions from noise to token embeddings "
          "over the vocabulary cloud; CALM: the energy head's samples for a chunk around the latent it chose; masked / "
          "block diffusion and AR: each position's final hidden state over the steps. Hover a point to preview that "
-         "step's text; click it to jump the scrubber there. Learn more: `notebooks/04_continuous_diffusion.ipynb`, "
-         "`05_calm.ipynb`." + OPEN_NOTEBOOKS)
+         "step's text; click it to jump the scrubber there." + learn_more("04_continuous_diffusion", "05_calm"))
 
 
 def on_tab(session, step, color_by, method, source, evt: gr.SelectData):

@@ -19,7 +19,7 @@ import gradio as gr
 import pandas  # noqa: F401
 
 from explorer.page import common, compare, denoise, edit, export, latent
-from explorer.page.common import Page, Session, close_session
+from explorer.page.common import NOTEBOOK_HTML, Page, Session, close_session
 from explorer.page.examples import COMPARED, EXAMPLE_RUNS
 from explorer.page.memory import MAX_UPLOAD_MB, MEMORY_BUDGET_MB
 from explorer.page.views import Shared, slider_range
@@ -118,6 +118,8 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
     """The page. `released_options`: explorer.load's device / dtype / device_map for released folders; `memory_mb`:
     the budget over every session's runs (the least recently used are dropped beyond it)."""
     common.PAGE = Page(roots, released_options, memory_mb)
+    if NOTEBOOK_HTML.is_dir():  # the executed notebooks the "Learn more" notes link to
+        gr.set_static_paths([NOTEBOOK_HTML])
     names = common.PAGE.choices()
     start, compared = first_paint(common.PAGE.examples)
     # the scrubbers over the first paint's frames (Gradio lets positional arguments win over keywords: none here)
