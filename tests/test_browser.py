@@ -472,7 +472,6 @@ def test_presentation_mode_enlarges_the_canvas_and_hides_the_rarely_used_knobs(b
 
 # --- issue 20 (points 7, 8): upload errors where the upload happened; knob ranges that follow the model --------------
 
-LAPTOP = {"width": 1280, "height": 800}
 
 
 def pick_checkpoint(page, name: str) -> None:
@@ -487,8 +486,8 @@ def slider_is(page, elem_id: str, attribute: str, value: str) -> None:
                            " return box && String(box[name]) === value; }", arg=[elem_id, attribute, value])
 
 
-def test_the_gen_length_slider_stops_at_the_checkpoints_context(page):
-    page.set_viewport_size(LAPTOP)
+def test_the_gen_length_slider_stops_at_the_checkpoints_context(sized_page):
+    page = sized_page
     slider_is(page, "gen_length", "max", "128")  # mdlm-tiny: a 128-token context (the slider used to go to 256)
     assert page.locator("#gen_length input[type=range]").get_attribute("max") == "128"
     set_number(page, "gen_length", 100000)
@@ -510,13 +509,13 @@ def test_the_gen_length_slider_stops_at_the_checkpoints_context(page):
     pick_checkpoint(page, "ar-tiny")  # cdcd's settings do not carry over
     slider_is(page, "temperature", "value", "0.7")  # ar starts at its SHOWCASE temperature (cdcd: 0.6)
     page.wait_for_selector("#steps", state="hidden")  # ar: one step per token
-    screenshot(page, "ranges-laptop")
+    screenshot(page, f"ranges-{page.viewport_size['width']}")
 
 
-def test_a_bad_upload_is_named_on_the_export_tab_and_a_good_one_fills_the_prompt(page, tmp_path):
+def test_a_bad_upload_is_named_on_the_export_tab_and_a_good_one_fills_the_prompt(sized_page, tmp_path):
     import explorer
 
-    page.set_viewport_size(LAPTOP)
+    page = sized_page
     bad = tmp_path / "broken.json"
     bad.write_text('{"schema": 1, "frames": [')
     open_tab(page, "Export")
@@ -552,3 +551,82 @@ def test_a_click_on_a_token_of_the_edit_canvas_picks_its_position(page):
     assert f"position {pos} picked" in page.locator("#edit_tokens .dlm-paused").inner_text()
     set_number(page, "position", 0)  # typing still picks
     page.wait_for_selector("#edit_tokens span[data-pos='0'][data-selected]")
+
+
+# --- issue 20 (points 1, 6, 8, 10, 12) at both window sizes ---------------------------------------------------------
+
+def no_error_shown(page) -> None:
+    """No Gradio error badge over an output and no toast: what a person would see go wrong."""
+    toasts = page.locator(".toast-body").all_inner_texts()
+    badges = page.locator("[data-testid=status-tracker]").filter(has_text="Error").all_inner_texts()
+    assert not toasts and not badges, (toasts, badges)
+
+
+def test_the_first_view_plays_steps_recolours_and_picks_examples_like_a_run_of_ones_own(sized_page):
+    """Point 1: the example a visitor meets first plays, pauses, steps by button and key and switches colouring with
+    no error badge or toast; point 12: the picker offers examples with other prompts, and one fills the prompt."""
+    page = sized_page
+    last = int(page.locator("#step input[type=number]").input_value())
+    assert last > 1 and page.locator("#step input[type=range]").get_attribute("max") == str(last)
+    set_number(page, "step", 2)
+    page.click("#play")
+    page.wait_for_function("Number(document.querySelector('#step input[type=number]').value) > 4")
+    page.click("#pause")
+    page.click("#back")
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("ArrowRight")
+    page.get_by_label("commit_step").check()
+    page.wait_for_function("document.querySelector('#tokens span.dlm-token').title.includes('commit_step')")
+    no_error_shown(page)
+    page.locator("#example input").click()
+    options = page.get_by_role("option").all_inner_texts()
+    assert len({option.split(" · ")[0] for option in options}) >= 3, options  # varied prompts
+    page.get_by_role("option", name="ROSALIND. · mdlm-tiny · low_confidence").click()
+    page.wait_for_function("document.querySelector('#prompt textarea').value.startsWith('ROSALIND.')")
+    page.wait_for_function(f"{STATS}?.includes('mdlm-tiny')")
+    assert masks(page) == 0
+    no_error_shown(page)
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_a_runs_notes_reach_only_its_own_users_page(browser, app_url, size):
+    """Point 6: user A's run notes (bd3lm at a block size it was not trained with) show on A's page and never on
+    the page of user B, who recolours and runs at the same time."""
+    first, second = (open_page(browser, app_url, *SIZES[size]) for _ in range(2))
+    try:
+        pick_checkpoint(first, "bd3lm-tiny-b16")
+        slider_is(first, "block_length", "value", "16")
+        for elem_id, value in (("gen_length", 16), ("steps", 8), ("block_length", 8)):
+            set_number(first, elem_id, value)
+        first.click("#generate")
+        second.get_by_label("commit_step").check()
+        generate(second)
+        first.wait_for_function("document.querySelector('#error')?.innerText.includes('block_length 8 differs')")
+        assert "differs" not in second.locator("#error").inner_text()
+        assert second.locator("#error .dlm-warning").count() == 0
+        no_error_shown(first)
+        no_error_shown(second)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_latent_tab_explains_itself_then_follows_chosen_positions(sized_page):
+    """Point 10: before a run of one's own the Latent tab says in plain words what will appear; after a default
+    run its paths are drawn and a few positions can be followed, the rest faded."""
+    page = sized_page
+    open_tab(page, "Latent space")
+    page.wait_for_function("document.querySelector('#latent')?.innerText.includes('saved without its hidden "
+                           "states')")
+    open_tab(page, "Denoise")
+    generate(page)  # the default knobs: 64 tokens, 64 steps
+    open_tab(page, "Latent space")
+    page.wait_for_selector("#latent .js-plotly-plot .scatterlayer .point")
+    page.locator("#follow textarea, #follow input").first.fill("3, 10-12")
+    page.locator("#follow textarea, #follow input").first.press("Enter")
+    page.wait_for_function("document.querySelector('#latent')?.innerText.includes('other positions')")
+    page.locator("#follow textarea, #follow input").first.fill("3-")
+    page.locator("#follow textarea, #follow input").first.press("Enter")
+    page.wait_for_function("document.querySelector('#latent_error')?.innerText.includes('follow positions must')")
+    no_error_shown(page)
+    screenshot(page, f"latent-follow-{page.viewport_size['width']}")
