@@ -56,24 +56,17 @@ def corpus_samples(tokenizer, count: int, gen_length: int = GEN_LENGTH) -> tuple
     return [w[:PROMPT_LENGTH] for w in picked], [w[PROMPT_LENGTH:] for w in picked]
 
 
-def is_page_start(family: str, sampler: str, knobs: dict) -> bool:
-    """Whether the page starts a checkpoint of `family` with this setting (SHOWCASE, else the API's default)."""
-    if family not in SHOWCASE:
-        return is_api_default(family, sampler, knobs)
-    name, preset = SHOWCASE[family]
-    default = sampler_for(family, name)
-    return sampler == name and all(preset.get(k, default.default(k)) == v for k, v in knobs.items()) and all(
-        k in knobs for k in preset)
-
-
 def label(sampler: str, knobs: dict) -> str:
     return sampler + "".join(f", {k}={v}" for k, v in knobs.items())
 
 
-def is_api_default(family: str, sampler: str, knobs: dict) -> bool:
-    """Whether `explorer.generate(model, prompt)` with no knobs runs this setting."""
-    default = sampler_for(family)
-    return sampler == default.name and all(default.default(k) == v for k, v in knobs.items())
+def runs_as(family: str, sampler: str, knobs: dict, start: tuple[str | None, dict] = (None, {})) -> bool:
+    """Whether this setting is what a surface starts `family` with: `start` = (sampler name, knobs set on top of
+    its defaults); (None, {}) is the API's default, `explorer.generate(model, prompt)` with no knobs."""
+    name, preset = start
+    default = sampler_for(family, name)
+    return (sampler == default.name and all(k in knobs for k in preset)
+            and all(preset.get(k, default.default(k)) == v for k, v in knobs.items()))
 
 
 def run_defaults_bench(judge_name: str = "ar-tiny", samples: int = 8,
@@ -96,8 +89,8 @@ def run_defaults_bench(judge_name: str = "ar-tiny", samples: int = 8,
                 outputs = [t.final_tokens for t in traces]
                 rows.append({"setting": label(sampler, knobs), "sampler": sampler, "knobs": knobs,
                              "nfe": statistics.mean(t.stats["nfe"] for t in traces),
-                             "api_default": is_api_default(model.family, sampler, knobs),
-                             "page": is_page_start(model.family, sampler, knobs),
+                             "api_default": runs_as(model.family, sampler, knobs),
+                             "page": runs_as(model.family, sampler, knobs, SHOWCASE.get(model.family, (None, {}))),
                              **sample_quality(judge, prompts, outputs)})
                 progress.update()
             fluent = [r for r in rows if r["unigram_entropy"] >= floor]

@@ -49,6 +49,15 @@ class SamplerParams:
         raise NotImplementedError
 
 
+class TokenPerStepParams(SamplerParams):
+    """Params whose `steps` defaults to `gen_length`: one token per network evaluation (LLaDA's and Dream's
+    READMEs: 512 steps for 512 tokens)."""
+
+    @classmethod
+    def resolve(cls, given: dict) -> dict:
+        return {"steps": given.get("gen_length", cls.default_of("gen_length"))} | given
+
+
 @dataclass(frozen=True)
 class Sampler:
     """One sampler as users name it: the family it runs on, its Params (every knob: default, help; `validate`

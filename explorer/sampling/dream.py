@@ -29,7 +29,7 @@ from explorer.sampling.common import (
     MAX_GEN_LENGTH,
     MAX_STEPS,
     Sampler,
-    SamplerParams,
+    TokenPerStepParams,
     check_int,
     check_range,
     check_sampling_knobs,
@@ -47,7 +47,7 @@ ROW_CHUNK_ELEMENTS = 1 << 22  # masked rows x vocabulary scored at once (16 MB o
 
 
 @dataclass(frozen=True)
-class DreamParams(SamplerParams):
+class DreamParams(TokenPerStepParams):
     gen_length: int = knob(64, "tokens to generate after the prompt")
     steps: int = knob(64, "network evaluations: time runs from 1 to eps in this many steps")
     alg: str = knob("entropy", "which positions commit (Dream's README uses entropy)", choices=ALGORITHMS)
@@ -59,11 +59,6 @@ class DreamParams(SamplerParams):
     pinned: dict[int, int] = knob({}, "canvas position (after the prompt) -> token id, fixed")
     infill: int = knob(0, "prompt positions from its first [MASK] on, filled like generated ones (see split_at_mask)",
                        user=False)
-
-    @classmethod
-    def resolve(cls, given: dict) -> dict:
-        """steps defaults to gen_length, as in Dream's README (512 steps for 512 tokens)."""
-        return {"steps": given.get("gen_length", cls.default_of("gen_length"))} | given
 
     def validate(self, model) -> None:
         vocab_size = model.tokenizer.get_vocab_size()

@@ -27,6 +27,7 @@ from explorer.sampling.common import (
     MAX_STEPS,
     Sampler,
     SamplerParams,
+    TokenPerStepParams,
     check_flag,
     check_int,
     check_range,
@@ -44,7 +45,7 @@ CACHE_MODES = ("none", "prefix", "dual")
 
 
 @dataclass(frozen=True)
-class MaskedParams(SamplerParams):
+class MaskedParams(TokenPerStepParams):
     gen_length: int = knob(64, "tokens to generate after the prompt")
     steps: int = knob(64, "network evaluations for the fixed schedule (split evenly over blocks)")
     block_length: int | None = knob(None, "semi-autoregressive block size; None = gen_length (one block)")
@@ -66,11 +67,6 @@ class MaskedParams(SamplerParams):
     @property
     def blocks(self) -> int:
         return self.gen_length // (self.block_length or self.gen_length)
-
-    @classmethod
-    def resolve(cls, given: dict) -> dict:
-        """steps defaults to gen_length: one token per network evaluation."""
-        return {"steps": given.get("gen_length", cls.default_of("gen_length"))} | given
 
     def validate(self, model) -> None:
         vocab_size = model.tokenizer.get_vocab_size()
