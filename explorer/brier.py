@@ -78,12 +78,14 @@ def ar_continuations(model, prefixes: torch.Tensor, length: int, seed: int, temp
 
 
 @torch.no_grad()
-def ar_logprobs(model, prefixes: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
-    """(B, n) log P of each continuation token given <bos> + prefix + the continuation so far."""
+def ar_logprobs(model, prefixes: torch.Tensor, continuation: torch.Tensor, with_first: bool = False):
+    """(B, n) log P of each continuation token given <bos> + prefix + the continuation so far; `with_first` also
+    returns the whole distribution of the first token, (B, V) probabilities, from the same pass."""
     bos = torch.full((len(prefixes), 1), model.bos_id, dtype=torch.long)
     ids = torch.cat([bos, prefixes, continuation], 1).to(model.device)
     logp = model(ids[:, :-1], logits_for=slice(prefixes.shape[1], None)).float().log_softmax(-1)  # (B, n, V)
-    return logp.gather(-1, continuation.to(model.device)[..., None]).squeeze(-1).cpu()
+    taken = logp.gather(-1, continuation.to(model.device)[..., None]).squeeze(-1).cpu()
+    return (taken, logp[:, 0].exp().cpu()) if with_first else taken
 
 
 @torch.no_grad()
@@ -146,15 +148,12 @@ def brier_lm(model, split: str = "test", context: int = 64, max_windows: int | N
         prefixes, targets = batch[:, :context], batch[:, context:]
         batch_seed = seed * 7919 + b
         if estimator == "exact":
-            logp = ar_logprobs(model, prefixes, targets).cumsum(1)  # (B, 4): log P(y_{1:n})
+            logp, first = ar_logprobs(model, prefixes, targets, with_first=True)
+            logp = logp.cumsum(1)  # (B, 4): log P(y_{1:n})
             _, probs = ar_continuations(model, prefixes, max(ORDERS), batch_seed, samples=samples, return_probs=True)
             # (B, 4): E_{z~P} P(z_{1:n}), each drawn continuation's probability from the pass that drew it
             collision = probs.cumprod(1).view(len(prefixes), samples, -1).mean(1)
-            bos = torch.full((len(prefixes), 1), model.bos_id, dtype=torch.long)
-            with torch.no_grad():
-                first = model(torch.cat([bos, prefixes], 1).to(model.device), logits_for=slice(-1, None))[:, -1]
-                first = first.float().softmax(-1)
-            collision[:, 0] = first.pow(2).sum(-1).cpu()  # exact for n = 1
+            collision[:, 0] = first.pow(2).sum(-1)  # exact for n = 1
             per_prefix.append(2 * logp.exp() - collision)
         else:
             drawn = sampled_continuations(model, prefixes, max(ORDERS), batch_seed, samples)  # (B, S, 4)
