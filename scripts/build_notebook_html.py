@@ -61,19 +61,27 @@ def is_plotly(output) -> bool:
     return PLOTLY in data or "Plotly.newPlot" in str(data.get("text/html", ""))
 
 
+def widget_outputs(nb):
+    """The outputs of a notebook's ipywidgets Output widgets (kept in its widget state, not in a cell)."""
+    widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    for model in widgets.get("state", {}).values():
+        yield from model.get("state", {}).get("outputs", [])
+
+
 def check_images(nb, name: str) -> dict:
-    """Raise MissingImage naming the cell of the first plotly figure without an image/png; else the counts of
-    plotly figures and of PNG outputs (matplotlib's, IPython.display.Image's and the figures')."""
+    """Raise MissingImage naming the cell (or widget) of the first plotly figure without an image/png; else the
+    counts of the cells' plotly figures and PNG outputs (matplotlib's, IPython.display.Image's and the figures')."""
     figures = images = 0
     for index, cell in enumerate(nb.cells):
         for output in cell.get("outputs", []):
             has_png = "image/png" in output.get("data", {})
-            if is_plotly(output):
-                if not has_png:
-                    raise MissingImage(f"{name}: cell {index} shows a plotly figure without an image/png: call "
-                                       "explorer.viz.use_png_fallback() in the notebook's first code cell")
-                figures += 1
+            if is_plotly(output) and not has_png:
+                raise MissingImage(f"{name}: cell {index} shows a plotly figure without an image/png: call "
+                                   "explorer.viz.use_png_fallback() in the notebook's first code cell")
+            figures += is_plotly(output)
             images += has_png
+    if any(is_plotly(output) and "image/png" not in output.get("data", {}) for output in widget_outputs(nb)):
+        raise MissingImage(f"{name}: an ipywidgets Output shows a plotly figure without an image/png")
     return {"plotly_figures": figures, "images": images}
 
 
@@ -88,9 +96,8 @@ def execute(path: Path):
 def to_html(nb, record: dict, stems: set[str]) -> str:
     """nbconvert's HTML of a run notebook: the figures' plotly JSON dropped (their PNG stays), links to the other
     notebooks pointed at their HTML, the build record in the head."""
-    for cell in nb.cells:
-        for output in cell.get("outputs", []):
-            output.get("data", {}).pop(PLOTLY, None)
+    for output in [*(out for cell in nb.cells for out in cell.get("outputs", [])), *widget_outputs(nb)]:
+        output.get("data", {}).pop(PLOTLY, None)
     body, _ = HTMLExporter().from_notebook_node(nb)
 
     def relink(match: re.Match) -> str:  # href="02_samplers.ipynb" -> href="02_samplers.html" (all in one folder)

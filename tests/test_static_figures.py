@@ -162,6 +162,11 @@ def test_the_build_names_the_cell_of_a_figure_without_an_image():
     nb.cells[1].outputs.append(plotly_output(png=False))
     with pytest.raises(build_html.MissingImage, match=r"x\.ipynb: cell 1 shows a plotly figure without an image/png"):
         build_html.check_images(nb, "x.ipynb")
+    nb.cells[1].outputs.pop()
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"a1": {
+        "model_name": "OutputModel", "state": {"outputs": [plotly_output(png=False)]}}}}}
+    with pytest.raises(build_html.MissingImage, match="x.ipynb: an ipywidgets Output shows a plotly figure"):
+        build_html.check_images(nb, "x.ipynb")
 
 
 def test_the_tour_runs_with_an_image_for_every_figure():
