@@ -25,16 +25,21 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbconvert import HTMLExporter
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "notebooks"
 PLOTLY = "application/vnd.plotly.v1+json"
 BUILD_META = "dlm-explorer-build"  # <meta name=...> in each HTML's head: its build record, as JSON
-TIMEOUT_S = 900  # per cell, as nbmake's in pyproject.toml
+TIMEOUT_S = 600  # per cell: the slowest (notebook 07's training) takes about two minutes
 
 
-class MissingImage(Exception):
+class BuildError(Exception):
+    """A notebook could not be published: a cell failed or timed out, or a figure has no image."""
+
+
+class MissingImage(BuildError):
     """A plotly figure in a notebook's outputs has no image/png: static viewers would show nothing."""
 
 
@@ -88,8 +93,16 @@ def check_images(nb, name: str) -> dict:
 def execute(path: Path):
     """Run a notebook in a kernel started in its folder; returns the notebook with its outputs."""
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    running = [None]  # the index of the cell being run, for the error
+
+    def start(cell, cell_index):
+        running[0] = cell_index
+
+    try:
+        NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3", on_cell_start=start,
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
+        raise BuildError(f"{path.name}: cell {running[0]} failed: {err}") from err
     return nb
 
 
@@ -142,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         try:
             record = build(path, args.out, stems)
-        except MissingImage as err:
+        except BuildError as err:
             print(f"\nerror: {err}", file=sys.stderr)
             return 1
         size = (args.out / f"{path.stem}.html").stat().st_size

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 from plotly.colors import get_colorscale
-from plotly.io._base_renderers import PlotlyRenderer
+from plotly.io.base_renderers import PlotlyRenderer
 
 DPI = 100
 PT = 72 / DPI  # plotly sizes are CSS pixels, matplotlib's are points
@@ -78,6 +78,7 @@ def figure_png(fig) -> bytes:
     d = _Drawing(figure, layout, template, paper, {}, _categories(traces), font_px)
     _make_axes(d, traces)
     bars = [t for t in traces if t.get("type") == "bar"]
+    colorway = template.get("colorway") or COLORWAY
     for index, trace in enumerate(spec.get("data", [])):
         if trace.get("visible", True) is not True:
             continue
@@ -87,8 +88,7 @@ def figure_png(fig) -> bytes:
             d.skipped.append(kind)
             continue
         ax = d.axes[(trace.get("xaxis", "x"), trace.get("yaxis", "y"))]
-        color = _color((template.get("colorway") or COLORWAY)[index % len(template.get("colorway") or COLORWAY)])
-        handle = draw(d, ax, trace, color, bars)
+        handle = draw(d, ax, trace, _color(colorway[index % len(colorway)]), bars)
         if handle is not None and id(trace) in entries:
             d.legend.append((handle, _plain(trace.get("name") or f"trace {index}")))
     for shape in layout.get("shapes", []):
@@ -100,7 +100,7 @@ def figure_png(fig) -> bytes:
     _title(d, width, height)
     if d.skipped:
         figure.text(0.5, 0.5, f"static copy: {', '.join(dict.fromkeys(d.skipped))} not drawn", ha="center",
-                    va="center", fontsize=14 * PT * 1.2, color="#b00020", parse_math=False,
+                    va="center", fontsize=12, color="#b00020", parse_math=False,
                     bbox={"facecolor": "white", "edgecolor": "#b00020"})
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
@@ -133,14 +133,13 @@ def _coords(d: _Drawing, values, axis: str) -> np.ndarray:
 
 
 def _categories(traces: list[dict]) -> dict[str, list]:
-    """Axes whose values are strings (a bar chart's sampler names): their categories in order of appearance."""
-    found: dict[str, list] = {}
-    for trace in traces:
-        for letter in "xy":
-            values = _values(trace.get(letter))
-            if any(isinstance(v, str) for v in values):
-                seen = found.setdefault(trace.get(f"{letter}axis", letter), [])
-                seen += [v for v in dict.fromkeys(values) if v not in seen]
+    """Axes with strings among their values (a bar chart's sampler names): every value of theirs, a category, in
+    order of appearance."""
+    on_axis = [(trace.get(f"{letter}axis", letter), _values(trace.get(letter))) for trace in traces for letter in "xy"]
+    found: dict[str, list] = {axis: [] for axis, values in on_axis if any(isinstance(v, str) for v in values)}
+    for axis, values in on_axis:
+        if axis in found:
+            found[axis] += [v for v in dict.fromkeys(values) if v is not None and v not in found[axis]]
     return found
 
 
@@ -199,25 +198,20 @@ def _paper(layout, traces, entries, width, height, font_px) -> tuple[float, floa
     legend = layout.get("legend") or {}
     labels = [len(_plain(t.get("name") or "trace 10")) for t in traces if id(t) in entries]
     right = 10 + COLORBAR_PX * sum(map(_has_colorbar, traces))  # plotly.js puts them in the right margin
-    top_needed = 10
-    if _title_text(layout.get("title")):
-        top_needed += 1.6 * _title_px(layout.get("title"))
+    legend_px = 0.0  # a horizontal legend's rows, above or below the plot
     if labels and legend.get("orientation") == "h":
-        if legend.get("y", -0.1) >= 1:
-            rows = _legend_rows(len(labels), max(labels), width, font_px)
-            top_needed += rows * font_px * 1.8
+        legend_px = _legend_rows(len(labels), max(labels), width, font_px) * font_px * 1.8
     elif labels:
         right += min(50 + max(labels) * font_px * 0.6, width * 0.35)
-    right = max(right, margin["r"])
+    above = legend.get("y", -0.1) >= 1
+    top = 10 + (1.6 * _title_px(layout.get("title")) if _title_text(layout.get("title")) else 0) + above * legend_px
     if any(n.get("yref") == "paper" and n.get("y", 0) >= 1 for n in layout.get("annotations", [])):
-        top_needed += 24  # subplot titles
-    top = max(margin["t"], top_needed)
+        top += 24  # subplot titles
     titled = {letter: any(_title_text((layout.get(k) or {}).get("title")) for k in _axis_keys(layout, letter))
               for letter in "xy"}
     left = max(margin["l"], 70 if titled["y"] else 50)
-    bottom = max(margin["b"], 55 if titled["x"] else 35)
-    if labels and legend.get("orientation") == "h" and legend.get("y", -0.1) < 1:
-        bottom += _legend_rows(len(labels), max(labels), width, font_px) * font_px * 1.8
+    bottom = max(margin["b"], 55 if titled["x"] else 35) + (not above) * legend_px
+    right, top = max(right, margin["r"]), max(top, margin["t"])
     return left / width, bottom / height, max(width - left - right, 50) / width, max(height - top - bottom, 50) / height
 
 
