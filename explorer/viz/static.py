@@ -340,16 +340,11 @@ def _draw_legend(d: _Drawing) -> None:
     left, bottom, width, height = d.paper
     handles, labels = zip(*d.legend)
     fontsize = _font(spec.get("font"), d.font_px)
-    if spec.get("orientation") == "h":
-        y = spec.get("y", -0.1)
+    if spec.get("orientation") == "h":  # in rows, in the room _paper left above the plot or at the bottom
         per_row = -(-len(labels) // _legend_rows(len(labels), max(map(len, labels)), d.figure.bbox.width, d.font_px))
-        anchor = (left + spec.get("x", 0) * width, bottom + y * height)
-        if y >= 1:  # above the plot: just above it, under the title
-            anchor = (anchor[0], bottom + height + 4 / d.figure.bbox.height)
-        location = "lower left" if y >= 1 else "upper left"
-        if y < 1:
-            anchor = (anchor[0], bottom - 30 / d.figure.bbox.height)
-    else:
+        y = bottom + height if spec.get("y", -0.1) >= 1 else 0
+        location, anchor = "lower left", (left + spec.get("x", 0) * width, y + 4 / d.figure.bbox.height)
+    else:  # a column right of the plot and its colour bars
         per_row, location = 1, "upper left"
         anchor = (left + width + (COLORBAR_PX * d.colorbars + 10) / d.figure.bbox.width, bottom + height)
     d.figure.legend(handles, labels, loc=location, bbox_to_anchor=anchor, ncol=per_row, frameon=False,
