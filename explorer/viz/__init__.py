@@ -15,6 +15,15 @@ from explorer.viz.plots import confidence_heatmap, confidence_matrix, entropy_he
 from explorer.viz.tokens import COLOR_MODES, COLORSCALE, frame_values, tokens_html
 
 __all__ = ["COLOR_MODES", "COLORSCALE", "Projection", "confidence_heatmap", "confidence_matrix", "entropy_heatmap",
-           "frame_values", "head_samples", "hidden_state_paths", "latent_trajectories", "project", "step_heatmap",
-           "step_matrix", "step_preview", "tokens_html", "trace_animation_html", "trace_gif", "trajectory_points",
-           "vocabulary_points"]
+           "figure_png", "frame_values", "head_samples", "hidden_state_paths", "latent_trajectories", "project",
+           "step_heatmap", "step_matrix", "step_preview", "tokens_html", "trace_animation_html", "trace_gif",
+           "trajectory_points", "use_png_fallback", "vocabulary_points"]
+
+
+def __getattr__(name: str):
+    """figure_png and use_png_fallback (explorer/viz/static.py) load matplotlib, about a second: only when asked."""
+    if name in ("figure_png", "use_png_fallback"):
+        from explorer.viz import static
+
+        return getattr(static, name)
+    raise AttributeError(f"module 'explorer.viz' has no attribute {name!r}")
