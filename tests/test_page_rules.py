@@ -408,9 +408,10 @@ def test_load_examples_are_traces_of_the_example_runs():
     found = load_examples()
     assert sorted(found) == sorted(examples.EXAMPLE_RUNS)
     for name, trace in found.items():
-        checkpoint, sampler, knobs = examples.EXAMPLE_RUNS[name]
+        checkpoint, prompt, sampler, knobs = examples.EXAMPLE_RUNS[name]
         assert isinstance(trace, Trace) and len(trace.frames) > 1, name
         assert trace.model["checkpoint"] == checkpoint and trace.sampler["name"] == sampler
+        assert trace.prompt_text == prompt
         assert len(trace.final_tokens) <= knobs["gen_length"] and trace.text
         assert all(f.hidden is None for f in trace.frames)
 
