@@ -75,6 +75,7 @@ class DraftRecorder:
             raise ValueError(f"record must be one of {RECORD_LEVELS}, got {record!r}")
         self.canvas_length, self.steps, self.full = canvas_length, steps, record == "full"
         self.region = math.ceil(gen_length / canvas_length) * canvas_length  # generate draws whole canvases
+        self.placeholder = placeholder
         self.tokens = [placeholder] * self.region
         self.confidence: list[float | None] = [None] * self.region
         self.entropy: list[float | None] = [None] * self.region
