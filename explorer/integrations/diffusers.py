@@ -92,7 +92,7 @@ def record_pipeline(pipe, input_ids: torch.Tensor, gen_length: int, record: str 
     settings = {k: v for k, v in call_kwargs.items() if k != "generator"} | {"gen_length": gen_length}
     source = {"library": "diffusers", "version": diffusers.__version__, "model_class": type(pipe.model).__name__,
               "pipeline": type(pipe).__name__, "scheduler": type(pipe.scheduler).__name__,
-              "settings": plain_settings(settings | {"scheduler_config": dict(pipe.scheduler.config)})}
+              **plain_settings({"settings": settings, "scheduler_config": dict(pipe.scheduler.config)})}
     frames = recorder.frames if record != "none" else recorder.frames[-1:]
     tokenizer = tokenizer if tokenizer is not None else pipe.tokenizer
     trace = recorded_trace(

@@ -55,8 +55,10 @@ def record_generate(network, input_ids: torch.Tensor, tokenizer=None, record: st
     wall = time.perf_counter() - started
     if record == "none":
         recorder.frames = recorder.frames[-1:]
+    shown = {k: v for k, v in settings.items() if k != "sampler_config"}
+    shown["entropy_bound"] = settings["sampler_config"].entropy_bound  # the sampler's one setting, not its object
     source = {"library": "transformers", "version": transformers.__version__,
-              "model_class": type(network).__name__, "settings": plain_settings(settings)}
+              "model_class": type(network).__name__, "settings": plain_settings(shown)}
     trace = recorded_trace(
         recorder.frames, recorder.prompt_ids, tokenizer,
         model={"name": getattr(network.config, "_name_or_path", "") or type(network).__name__,

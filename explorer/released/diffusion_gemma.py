@@ -60,7 +60,11 @@ class DiffusionGemmaModel(ReleasedModel, nn.Module):
 def load_diffusion_gemma(path: str | Path, device=None, dtype: torch.dtype | None = None) -> DiffusionGemmaModel:
     """Load a DiffusionGemma folder (config.json, safetensors weights, tokenizer.json) as an eval-mode model.
     dtype None: bfloat16 on CUDA, float32 elsewhere."""
-    from transformers import DiffusionGemmaForBlockDiffusion
+    try:
+        from transformers import DiffusionGemmaForBlockDiffusion
+    except ImportError:
+        raise ImportError("DiffusionGemma folders need transformers>=5.25 (transformers.models.diffusion_gemma): "
+                          "pip install -c constraints.txt -e '.[integrations]'") from None
 
     path = Path(path)
     file = path / "config.json"
