@@ -31,6 +31,7 @@ BESIDE = {  # the wings that use the core and never the other way round
     "bench": {"data", "nn", "models", "released", "hub", "sampling", "viz", "kernels", "api", "eval", "brier",
               "page"},
     "cards": {"data", "models", "hub", "sampling", "eval", "brier", "bench", "train", "train_autoencoder"},
+    "integrations": {"data", "sampling"},
 }
 TOP = {  # the entry points
     "page": {"data", "models", "released", "hub", "sampling", "viz", "kernels", "api", "eval"},

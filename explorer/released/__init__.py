@@ -16,6 +16,7 @@ from pathlib import Path
 
 from explorer.models.base import read_config
 from explorer.models.weights import NotEnoughMemory, SafetensorsFolder, check_memory
+from explorer.released.diffusion_gemma import DiffusionGemmaModel, is_diffusion_gemma, load_diffusion_gemma
 from explorer.released.dit import dit_family, is_dit_release, load_dit
 from explorer.released.dream import DreamModel, is_dream, load_dream
 from explorer.released.llada import (
@@ -51,6 +52,7 @@ def register(name: str, detector: Detector, loader: Loader, family: str | Callab
 register("llada", is_llada, load_llada)
 register("dream", is_dream, load_dream)
 register("kuleshov-dit", is_dit_release, load_dit, family=dit_family)  # MDLM -> mdlm, BD3-LM -> bd3lm
+register("diffusion_gemma", is_diffusion_gemma, load_diffusion_gemma, family="diffusion_gemma")  # transformers' loop
 
 
 def detect_layout(config: dict) -> str | None:
@@ -73,7 +75,8 @@ def released_family(config: dict) -> str | None:
 def released_sampler(config: dict) -> str | None:
     """The sampler a released layout's runs get when none is named (Dream's own loop for Dream), else None (the
     family's first), read from the layout's model class so the page picks what `explorer.generate` would."""
-    return {"dream": DreamModel.default_sampler}.get(detect_layout(config))
+    return {"dream": DreamModel.default_sampler,
+            "diffusion_gemma": DiffusionGemmaModel.default_sampler}.get(detect_layout(config))
 
 
 def load_options(device=None, dtype=None, device_map=None) -> dict:

@@ -145,3 +145,44 @@ def write_tiny_dit(folder: str | Path, config: dict, seed: int = 0, shards: int 
     shipped_tokenizer_plus(DIT_EOS).save(str(folder / "tokenizer.json"))
     save_weights(dit_tensors(config, seed), folder, shards)
     return folder
+
+
+DG_CANVAS = 8  # tokens per canvas (DiffusionGemma's released models: 256)
+
+
+def diffusion_gemma_config(**changes):
+    """transformers' DiffusionGemmaConfig at a tiny size, over the shipped tokenizer's 2,048 ids (pad 0, bos 1,
+    eos 2); `changes` override the top-level fields (canvas_length, ...). Two decoder layers, a sliding one and a
+    full one, two experts, and a one-layer vision tower (the class always builds one)."""
+    from transformers import DiffusionGemmaConfig
+    from transformers.models.diffusion_gemma import DiffusionGemmaTextConfig
+
+    text = DiffusionGemmaTextConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, global_head_dim=16, sliding_window=16, max_position_embeddings=512,
+        layer_types=["sliding_attention", "full_attention"], num_experts=2, top_k_experts=1,
+        moe_intermediate_size=32, pad_token_id=0, bos_token_id=1, eos_token_id=EOS_ID)
+    vision = {"model_type": "gemma4_vision", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 8, "patch_size": 4,
+              "position_embedding_size": 16}
+    fields = {"canvas_length": DG_CANVAS, "boi_token_id": VOCAB - 3, "eoi_token_id": VOCAB - 2,
+              "image_token_id": VOCAB - 1} | changes
+    return DiffusionGemmaConfig(text_config=text, vision_config=vision, **fields)
+
+
+def tiny_diffusion_gemma(seed: int = 0, **changes):
+    """A random DiffusionGemmaForBlockDiffusion (about 0.2M parameters) in eval mode, built by transformers."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    torch.manual_seed(seed)  # transformers initialises from the global generator
+    return DiffusionGemmaForBlockDiffusion(diffusion_gemma_config(**changes)).eval()
+
+
+def write_tiny_diffusion_gemma(folder: str | Path, seed: int = 0, **changes) -> Path:
+    """A tiny random DiffusionGemma folder at `folder` as transformers saves one (config.json, generation_config.json,
+    model.safetensors) plus the shipped tokenizer.json; `explorer.load(folder)` reads it."""
+    folder = Path(folder)
+    with torch.random.fork_rng(devices=[]):
+        tiny_diffusion_gemma(seed, **changes).save_pretrained(folder)
+    shipped_tokenizer_plus(None).save(str(folder / "tokenizer.json"))
+    return folder

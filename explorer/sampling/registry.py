@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import Field
 
-from explorer.sampling import ar, bd3lm, calm, cdcd, dream, mdlm, refine
+from explorer.sampling import ar, bd3lm, calm, cdcd, diffusion_gemma, dream, mdlm, refine
 from explorer.sampling.common import Sampler, SamplerParams
 
-MODULES = (ar, mdlm, refine, dream, bd3lm, cdcd, calm)  # the order of a family's samplers: its first is the default
+# the order of a family's samplers: its first is the default
+MODULES = (ar, mdlm, refine, dream, bd3lm, cdcd, calm, diffusion_gemma)
 REGISTRY: dict[tuple[str, str], Sampler] = {(s.family, s.name): s for module in MODULES for s in module.SAMPLERS}
 SAMPLERS: dict[str, tuple[str, ...]] = {}  # family -> its sampler names, the default first
 for _family, _name in REGISTRY:

@@ -12,6 +12,7 @@ RECORD_LEVELS = ("none", "tokens", "full")
 MAX_TRACE_BYTES = 100_000_000  # Trace.load refuses larger files before parsing them (the page allows less)
 MAX_DEPTH = 6  # nesting of free-form entries (model, sampler knobs, stats); a real trace's nest 3 deep
 MAX_ID = 2**31 - 1  # token ids, steps, positions and counts
+MAX_SOURCE_KEYS, MAX_SOURCE_TEXT = 64, 1000  # a trace's `source` block: entries per object, characters per string
 _MISSING = object()  # a required field that is absent (named so in messages)
 
 
@@ -60,6 +61,9 @@ class Trace:
     stats: dict = field(default_factory=dict)  # measured: nfe, wall_s, tokens_per_s, ...
     prompt_text: str = ""
     mask_id: int | None = None
+    # who ran the generation when it was not one of our samplers: {library, version, model_class, settings: {...}}
+    # (explorer.integrations); None for our own runs. Strings, numbers, bools and nulls, one object deep inside.
+    source: dict | None = None
     schema: int = SCHEMA
 
     @property
@@ -175,6 +179,8 @@ def check_trace_data(data) -> None:
     _string(data, "text")
     _optional_string(data, "prompt_text")
     _optional_int(data, "mask_id")
+    if data.get("source") is not None:
+        _check_source(_object(data, "source"), "source", nested=True)
     for key, value in (_object(data, "token_strings") if "token_strings" in data else {}).items():
         _digits(key, "token_strings key")
         if not isinstance(value, str):
@@ -212,6 +218,25 @@ def _check_sampler(sampler: dict) -> None:
             _digits(pos, f"{where}.tokens key")
             _int(tok, f"{where}.tokens[{pos}]")
     _depth(sampler, "sampler")
+
+
+def _check_source(source: dict, where: str, nested: bool) -> None:
+    """Another library's run: short strings, finite numbers, bools and nulls, with objects one level down only."""
+    if len(source) > MAX_SOURCE_KEYS:
+        raise ValueError(f"{where} may hold at most {MAX_SOURCE_KEYS} entries, got {len(source)}")
+    for key, value in source.items():
+        entry = f"{where}.{key[:30]}"
+        if len(key) > 100:
+            raise ValueError(f"{where} keys may have at most 100 characters, got {len(key)}")
+        if isinstance(value, dict) and nested:
+            _check_source(value, entry, nested=False)
+        elif isinstance(value, str):
+            if len(value) > MAX_SOURCE_TEXT:
+                raise ValueError(f"{entry} may have at most {MAX_SOURCE_TEXT} characters, got {len(value)}")
+        elif type(value) is float and not math.isfinite(value):
+            raise ValueError(f"{entry} must be a finite number, got {value}")
+        elif value is not None and type(value) not in (bool, int, float):
+            raise ValueError(f"{entry} must be a string, a number, a bool or null, got {_kind(value)}")
 
 
 def _check_frame(frame, where: str, length: int, widths: dict[str, int]) -> None:

@@ -1,0 +1,102 @@
+"""DiffusionGemma folders (transformers' DiffusionGemmaForBlockDiffusion) as a model of their own family.
+
+The network is transformers' own class, read from the folder's config.json and safetensors weights (never remote
+code, never pickles); generation is transformers' own `generate`, recorded step by step by the "diffusion_gemma"
+family's sampler (explorer.sampling.diffusion_gemma). The tokenizer is the folder's tokenizer.json. DiffusionGemma
+has no mask token: its canvases start as random tokens; the pad id stands for positions not drawn yet (`mask_id`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from explorer.data.tokenizer import load_tokenizer
+from explorer.models.base import config_int, read_config
+from explorer.models.weights import SafetensorsFolder
+from explorer.released.base import ReleasedModel
+
+MAX_CONTEXT = 131_072  # DiffusionGemma's max_position_embeddings
+
+
+def is_diffusion_gemma(config: dict) -> bool:
+    """True for a DiffusionGemma config.json (model_type "diffusion_gemma")."""
+    return isinstance(config, dict) and config.get("model_type") == "diffusion_gemma"
+
+
+class DiffusionGemmaModel(ReleasedModel, nn.Module):
+    """A DiffusionGemma network with what the samplers, the trace and the page read (tokenizer, special ids,
+    context); its only sampler runs the network's own `generate`."""
+
+    family = "diffusion_gemma"
+    default_sampler = "entropy_bound"
+
+    def __init__(self, network: nn.Module, tokenizer, special: dict[str, int | None], max_seq_len: int):
+        super().__init__()
+        self.network = network  # transformers DiffusionGemmaForBlockDiffusion
+        self.tokenizer = tokenizer
+        self.special = special
+        self.layout = self.name = "diffusion_gemma"
+        self._max_seq_len = max_seq_len
+
+    @property
+    def canvas_length(self) -> int:
+        return self.network.config.canvas_length
+
+    @property
+    def max_seq_len(self) -> int:
+        return self._max_seq_len
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.network.parameters())
+
+
+def load_diffusion_gemma(path: str | Path, device=None, dtype: torch.dtype | None = None) -> DiffusionGemmaModel:
+    """Load a DiffusionGemma folder (config.json, safetensors weights, tokenizer.json) as an eval-mode model.
+    dtype None: bfloat16 on CUDA, float32 elsewhere."""
+    try:
+        from transformers import DiffusionGemmaForBlockDiffusion
+    except ImportError:
+        raise ImportError("DiffusionGemma folders need transformers>=5.25 (transformers.models.diffusion_gemma): "
+                          "pip install -c constraints.txt -e '.[integrations]'") from None
+
+    path = Path(path)
+    file = path / "config.json"
+    config = read_config(path)
+    if not is_diffusion_gemma(config):
+        raise ValueError(f"{file}: not a DiffusionGemma config (model_type {config.get('model_type')!r})")
+    text = config.get("text_config")
+    if not isinstance(text, dict):
+        raise ValueError(f"{file}: text_config must be an object, got {type(text).__name__}")
+    vocab = config_int(text.get("vocab_size"), file, "text_config.vocab_size")
+    config_int(config.get("canvas_length", 256), file, "canvas_length")
+    special = {name: None if text.get(f"{name}_token_id") is None else
+               config_int(text[f"{name}_token_id"], file, f"text_config.{name}_token_id", lo=0, hi=vocab - 1)
+               for name in ("pad", "bos", "eos")}
+    if special["pad"] is None:
+        raise ValueError(f"{file}: text_config.pad_token_id is needed (it marks the canvases not drawn yet)")
+    tokenizer_file = path / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise FileNotFoundError(f"{tokenizer_file}: missing tokenizer.json")
+    tokenizer = load_tokenizer(tokenizer_file)
+    if tokenizer.get_vocab_size() > vocab:
+        raise ValueError(f"{tokenizer_file}: {tokenizer.get_vocab_size()} tokens exceed the model's vocab_size {vocab}")
+    SafetensorsFolder(path)  # refuses pickles and names a missing shard before transformers reads anything
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    network = DiffusionGemmaForBlockDiffusion.from_pretrained(
+        path, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype).to(device)
+    network.requires_grad_(False)
+    max_seq_len = min(config_int(text.get("max_position_embeddings", MAX_CONTEXT), file,
+                                 "text_config.max_position_embeddings"), MAX_CONTEXT)
+    model = DiffusionGemmaModel(network.eval(), tokenizer, special | {"mask": special["pad"]}, max_seq_len)
+    model.name = path.name
+    model.checkpoint_path = str(path)
+    model.checkpoint_info = {"family": "diffusion_gemma", "released": "diffusion_gemma", "config": config}
+    return model.eval()

@@ -1,0 +1,170 @@
+"""Other libraries' runs as our Trace: DiffusionGemma's generate (transformers) and LLaDA2Pipeline (diffusers), on tiny
+random models built with the libraries' own config classes, checked against what the libraries return."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import explorer
+from explorer.sampling.trace import Trace
+
+pytest.importorskip("transformers.models.diffusion_gemma")
+diffusers = pytest.importorskip("diffusers")
+
+from explorer.integrations.diffusers import from_animate_json, record_pipeline, to_animate_json  # noqa: E402
+from explorer.integrations.transformers import record_generate  # noqa: E402
+from explorer.released.synthetic import DG_CANVAS, tiny_diffusion_gemma, write_tiny_diffusion_gemma  # noqa: E402
+
+EXAMPLE = Path(explorer.__file__).parent / "examples" / "mdlm-tiny.json"
+
+
+@pytest.fixture(scope="module")
+def dg_network():
+    return tiny_diffusion_gemma(seed=0)
+
+
+@pytest.fixture(scope="module")
+def dg_folder(tmp_path_factory):
+    return write_tiny_diffusion_gemma(tmp_path_factory.mktemp("dg") / "tiny-diffusion-gemma")
+
+
+def decoder_calls(network) -> list[int]:
+    """A counter of the decoder's forward passes (the model calls generate makes per denoising step)."""
+    calls = [0]
+    network.model.decoder.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+# --- the trace's source block -------------------------------------------------------------------------------------
+
+def test_a_trace_written_by_main_still_loads_with_no_source():
+    trace = Trace.load(EXAMPLE)
+    assert trace.source is None and trace.schema == 1
+
+
+def test_source_round_trips_and_hostile_sources_are_refused(tmp_path):
+    data = json.loads(EXAMPLE.read_text())
+    data["source"] = {"library": "transformers", "version": "5.25.0", "settings": {"t_min": 0.4, "steps": 4}}
+    Trace.from_dict(data).save(tmp_path / "t.json")
+    assert Trace.load(tmp_path / "t.json").source == data["source"]
+    for bad, message in [({"a": [1]}, "source.a must be a string"), ({"a": {"b": {"c": 1}}}, "source.a.b must be"),
+                         ({"a": "x" * 1001}, "at most 1000 characters"), ("text", "source must be an object"),
+                         ({str(k): k for k in range(65)}, "at most 64 entries")]:
+        with pytest.raises(ValueError, match=message):
+            Trace.from_dict(data | {"source": bad})
+
+
+# --- transformers: DiffusionGemma's generate ----------------------------------------------------------------------
+
+def test_record_generate_matches_what_generate_returns(dg_network):
+    calls = decoder_calls(dg_network)
+    prompt = torch.tensor([[1, 40, 41, 42]])
+    output, trace = record_generate(dg_network, prompt, record="full", seed=3, max_new_tokens=2 * DG_CANVAS,
+                                    max_denoising_steps=4, stability_threshold=0)
+    generated = output.sequences[0, prompt.shape[1]:].tolist()
+    assert trace.final_tokens == generated  # final tokens equal
+    assert len(trace.frames) - 1 == calls[0] == trace.stats["nfe"]  # one frame per decoder pass, after the first
+    steps = trace.commit_steps()
+    assert all(s is not None for s in steps)  # every position committed once, at the last pass of its canvas
+    for block in range(2):
+        last = max(i for i, f in enumerate(trace.frames) if f.block == block)
+        assert trace.frames[last].committed == list(range(block * DG_CANVAS, (block + 1) * DG_CANVAS))
+        assert trace.frames[last].tokens[: (block + 1) * DG_CANVAS] == generated[: (block + 1) * DG_CANVAS]
+    assert all(len(f.confidence) == 2 * DG_CANVAS for f in trace.frames)
+    assert trace.source["library"] == "transformers" and trace.source["settings"]["max_denoising_steps"] == 4
+    again = Trace.from_dict(json.loads(json.dumps(trace.to_dict())))
+    assert again.source == trace.source and again.final_tokens == generated
+    # the same seed, the same run; the caller's random state untouched
+    state = torch.get_rng_state()
+    _, twice = record_generate(dg_network, prompt, seed=3, max_new_tokens=2 * DG_CANVAS, max_denoising_steps=4,
+                               stability_threshold=0)
+    assert twice.final_tokens == generated and torch.equal(torch.get_rng_state(), state)
+
+
+def test_the_recorder_refuses_max_length_and_batches(dg_network):
+    with pytest.raises(ValueError, match="max_new_tokens instead of max_length"):
+        record_generate(dg_network, torch.tensor([[1, 5]]), max_length=20)
+    with pytest.raises(ValueError, match="batch size 1"):
+        record_generate(dg_network, torch.tensor([[1, 5], [1, 6]]), max_new_tokens=DG_CANVAS, max_denoising_steps=1)
+
+
+def test_a_diffusion_gemma_folder_loads_and_generates_like_any_family(dg_folder):
+    from explorer.page.folders import family_at, sampler_at
+
+    assert (family_at(dg_folder), sampler_at(dg_folder)) == ("diffusion_gemma", "entropy_bound")
+    model = explorer.load(dg_folder, device="cpu")
+    calls = decoder_calls(model.network)
+    trace = explorer.generate(model, prompt="ROMEO:", gen_length=12, steps=3, seed=1, record="full")
+    assert len(trace.final_tokens) == 2 * DG_CANVAS  # whole canvases
+    assert len(trace.frames) - 1 == calls[0] and trace.model["family"] == "diffusion_gemma"
+    assert trace.sampler["name"] == "entropy_bound" and trace.sampler["entropy_bound"] == 0.1
+    assert explorer.generate(model, prompt="ROMEO:", gen_length=12, steps=3, seed=1).final_tokens == \
+        trace.final_tokens  # seeded
+    with pytest.raises(ValueError, match=r"t_max must be greater than t_min"):
+        explorer.generate(model, prompt="ROMEO:", t_min=0.9, t_max=0.5)
+    with pytest.raises(ValueError, match=r"entropy_bound must be in \(0, inf\)"):
+        explorer.generate(model, prompt="ROMEO:", entropy_bound=0)
+    with pytest.raises(ValueError, match="prompt must hold at least one token"):
+        explorer.generate(model, prompt="")
+
+
+def test_importing_explorer_imports_neither_library():
+    code = "import sys, explorer, explorer.integrations; print('diffusers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+# --- diffusers: LLaDA2Pipeline and animate_sampling JSON ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llada2_pipe():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    network = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=1,
+                                           max_position_embeddings=128)).eval()
+    pipe = diffusers.LLaDA2Pipeline(model=network, scheduler=diffusers.BlockRefinementScheduler(block_length=8))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_record_pipeline_matches_what_llada2_returns(llada2_pipe):
+    calls = [0]
+    hook = llada2_pipe.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        output, trace = record_pipeline(llada2_pipe, torch.tensor([[5, 6, 7]]), gen_length=20, block_length=8,
+                                        num_inference_steps=4, mask_token_id=99, eos_token_id=None, record="full",
+                                        threshold=0.95, editing_threshold=None,
+                                        generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert trace.final_tokens == output.sequences[0].tolist() and 99 not in trace.final_tokens
+    assert len(trace.frames) - 1 == calls[0]  # one frame per model call
+    committed = [p for f in trace.frames for p in f.committed]
+    assert sorted(committed) == list(range(20))  # each position unmasked once
+    for i, frame in enumerate(trace.frames[1:], 1):  # a position is a mask exactly until its commit
+        assert [t != 99 for t in frame.tokens] == [s is not None for s in trace.commit_steps(i)]
+    assert trace.source["pipeline"] == "LLaDA2Pipeline" and trace.source["version"] == diffusers.__version__
+
+
+def test_animate_sampling_json_round_trips_and_refuses_hostile_input(llada2_pipe):
+    _, trace = record_pipeline(llada2_pipe, torch.tensor([[5, 6, 7]]), gen_length=12, block_length=8,
+                               num_inference_steps=4, mask_token_id=99, eos_token_id=None)
+    data = json.loads(json.dumps(to_animate_json(trace)))
+    assert data["frames"][3] == {"step": 3, "ids": trace.frames[3].tokens}
+    back = from_animate_json(data)
+    assert [f.tokens for f in back.frames] == [f.tokens for f in trace.frames]
+    assert back.commit_steps() == trace.commit_steps() and back.source["format"] == "animate_sampling"
+    for bad, message in [({"frames": []}, "1 to"), ({"frames": [{"ids": [1, 2]}, {"ids": [1]}]}, "frames\\[0\\] has 2"),
+                         ({"frames": [{"ids": [1, -2]}]}, "token ids"), ({"frames": [{"ids": ["1"]}]}, "token ids"),
+                         ({"frames": [{"ids": [1]}], "vocab": {"x": "a"}}, "decimal token ids"),
+                         ({"frames": [{"ids": [1]}], "mask_token_id": "7"}, "mask_id must be an int")]:
+        with pytest.raises(ValueError, match=message):
+            from_animate_json(bad)
