@@ -125,13 +125,15 @@ def mock_model(tokenizer):
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory):
     """The explorer page served in this process on a free 127.0.0.1 port, shut down after the session. Besides
-    the shipped checkpoints it may open a "released" root: a tiny LLaDA-layout folder with a chat template."""
+    the shipped checkpoints it may open a "released" root: a tiny LLaDA-layout folder with a chat template and a tiny
+    DiffusionGemma folder (a library's own model class)."""
     from explorer.page.folders import default_roots
     from explorer.page.layout import build_demo, launch_options
-    from explorer.released.synthetic import write_tiny_llada
+    from explorer.released.synthetic import write_tiny_diffusion_gemma, write_tiny_llada
 
     released = tmp_path_factory.mktemp("page-root") / "released"
     write_tiny_llada(released / "LLaDA-chat", eot=True)
+    write_tiny_diffusion_gemma(released / "DiffusionGemma-tiny")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

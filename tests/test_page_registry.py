@@ -19,7 +19,18 @@ from explorer.page.requests import (
 from explorer.sampling.registry import SAMPLERS, build_sampler, every_knob, sampler_for, user_knobs
 
 CHECKPOINTS = {"ar": "ar-tiny", "mdlm": "mdlm-tiny", "bd3lm": "bd3lm-tiny-b4", "cdcd": "cdcd-tiny",
-               "calm": "calm-tiny-k4"}  # a shipped checkpoint of each family
+               "calm": "calm-tiny-k4",  # a shipped checkpoint of each family
+               "diffusion_gemma": "released/DiffusionGemma-tiny"}  # a library's family: a folder under a page root
+
+
+@pytest.fixture(scope="module")
+def released_root(tmp_path_factory):
+    """A page root holding a tiny DiffusionGemma folder, as a user's downloads would."""
+    from explorer.released.synthetic import write_tiny_diffusion_gemma
+
+    root = tmp_path_factory.mktemp("page-roots") / "released"
+    write_tiny_diffusion_gemma(root / "DiffusionGemma-tiny")
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +69,14 @@ def test_the_page_has_one_control_for_every_registry_knob_and_none_the_registry_
 
 
 @pytest.mark.parametrize("family", sorted(SAMPLERS))
-def test_each_sampler_shows_and_gets_exactly_its_registry_knobs(family):
+def test_each_sampler_shows_and_gets_exactly_its_registry_knobs(family, released_root, monkeypatch):
     """Per sampler: the controls the page shows (its `sampler_controls` handler) and the knobs it sends
     (`sampler_knobs`) are its registry knobs; per family, together, exactly the registry's user knobs."""
+    from explorer.page import common
     from explorer.page.denoise import SAMPLER_CONTROLS, sampler_controls
+    from explorer.page.folders import default_roots
 
-    if CHECKPOINTS[family] not in explorer.shipped():
-        pytest.skip("shipped checkpoints are not present")
+    monkeypatch.setattr(common, "PAGE", common.Page(default_roots() + [released_root]))
     controls = list(SAMPLER_CONTROLS) + [control_of(k) for k in EXTRA_KNOBS]  # what sampler_controls updates
     sent_by_family, registry = set(), set()
     for name in SAMPLERS[family]:
