@@ -86,6 +86,9 @@ def _judge_logprobs(judge, trace: Trace, tokens: list[int]) -> torch.Tensor:
     if judge.family != "ar" or getattr(judge.config, "direction", "l2r") != "l2r":
         raise ValueError(f"judge must be a left-to-right ar model, got a {judge.family} one")
     ids = [judge.bos_id] + trace.prompt_ids + list(tokens)
+    if max(ids) >= judge.tokenizer.get_vocab_size():
+        raise ValueError(f"the run's token ids go up to {max(ids)}, past the judge's vocabulary: judge with a model "
+                         f"of the run's tokenizer")
     if len(ids) - 1 > judge.max_seq_len:
         raise ValueError(f"<bos> + prompt + output ({len(ids) - 1} tokens) exceed the judge's context of "
                          f"{judge.max_seq_len}")
