@@ -802,3 +802,25 @@ def test_a_bad_gradio_server_port_is_one_error_line_before_gradio_reads_it():
                             env=os.environ | {"GRADIO_SERVER_PORT": "abc"})
     assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
     assert result.stderr == "error: GRADIO_SERVER_PORT must be a port number in [1, 65535], got 'abc'\n"
+
+
+def test_diagnostics_tab_draws_the_four_diagnostics_of_the_run_and_says_what_is_wrong(client):
+    from explorer.page.diagnostics import BEFORE, CHOICES, draw
+
+    call(client, gen_length=16, steps=4, block_length=8)  # 4 tokens per step, two blocks
+
+    def title(which, head=0, judge=True):
+        figure = json.loads(client.predict(which, judge, 1, head, 3, api_name="/diagnostic")["plot"])
+        layout = figure["layout"]
+        return layout["title"]["text"] if "title" in layout else layout["annotations"][0]["text"]
+
+    assert "ECE" in title(CHOICES[0]) and "judge's top-1" in title(CHOICES[0])
+    assert "survives to the end" in title(CHOICES[0], judge=False)
+    drift = title(CHOICES[1])
+    assert "prompt keys/values" in drift and "cache=prefix" in drift and "gen-PPL" in drift
+    assert "pairs committed together" in title(CHOICES[2])
+    assert "layer 1, head 0: where position 3" in title(CHOICES[3])
+    assert "head must be an int in [0, 3]" in title(CHOICES[3], head=9)  # the page stays usable
+    assert "ECE" in title(CHOICES[0])
+    said = draw(None, CHOICES[0], False, 0, 0, 0).layout.annotations[0].text.replace("<br>", " ")
+    assert said == BEFORE

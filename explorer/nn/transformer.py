@@ -7,10 +7,11 @@ passes its own mask (a boolean tensor or a FlexAttention `BlockMask`, see `explo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -160,6 +161,36 @@ class SplitMask:
     clean: torch.Tensor  # (Lq - n, Lk - n) boolean: the other queries over the other keys
 
 
+@dataclass
+class Probe:
+    """What `Transformer.probe` records of the last forward pass, per chosen layer: its keys and values (B, H, Lk,
+    Dh) as attention saw them (rotary applied, cached ones included) and, when asked, its attention probabilities
+    (B, H, Lq, Lk). Only the last pass is kept, so memory stays one pass's worth however many passes run."""
+
+    layers: frozenset[int]
+    attention: bool = False
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+    probs: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def record(self, layer: int, q, k, v, mask, causal: bool, start: int) -> None:
+        if layer not in self.layers:
+            return
+        self.keys[layer], self.values[layer] = k.detach(), v.detach()
+        if not self.attention:
+            return
+        if isinstance(mask, (BlockMask, SplitMask)):
+            raise ValueError("recording attention needs a dense mask (a boolean tensor or none), got "
+                             f"{type(mask).__name__}")
+        Lq, Lk = q.shape[2], k.shape[2]
+        if mask is None and causal:  # query i (at position start + i) sees keys up to it
+            mask = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(start if Lk > Lq else 0)
+        scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Lq, Lk)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        self.probs[layer] = scores.softmax(-1)
+
+
 class Attention(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -168,6 +199,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
         self.dropout = nn.Dropout(config.dropout)
+        self.probe: Probe | None = None  # set only inside `Transformer.probe` (diagnostics)
 
     def forward(self, x, angles, layer: int, cache: KVCache | None, start: int, store: int,
                 mask=None) -> torch.Tensor:
@@ -176,6 +208,8 @@ class Attention(nn.Module):
         q, k = Rotary.rotate(q, angles), Rotary.rotate(k, angles)
         if cache is not None:
             k, v = cache.attend(layer, k, v, start, store)
+        if self.probe is not None:
+            self.probe.record(layer, q, k, v, mask, self.mode == "causal", start)
         if isinstance(mask, BlockMask):
             y = flex_attention_fn(q.device)(q, k, v, block_mask=mask)
         elif isinstance(mask, SplitMask):  # two dense calls that skip the empty clean -> noisy quadrant
@@ -328,3 +362,21 @@ class Transformer(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @contextlib.contextmanager
+    def probe(self, layers: list[int] | None = None, attention: bool = False):
+        """Inside the block, each forward pass records the keys and values (and with `attention` the attention
+        probabilities) of `layers` (None = all) into the yielded `Probe`; outside it, forwards record nothing."""
+        n = self.config.n_layers
+        layers = list(range(n)) if layers is None else layers
+        for layer in layers:
+            if type(layer) is not int or not 0 <= layer < n:
+                raise ValueError(f"layer must be an int in [0, {n - 1}] (the model's layers), got {layer!r}")
+        probe = Probe(frozenset(layers), attention)
+        for block in self.blocks:
+            block.attn.probe = probe
+        try:
+            yield probe
+        finally:
+            for block in self.blocks:
+                block.attn.probe = None

@@ -1,12 +1,12 @@
-"""The explorer page: denoise, compare, look at latent space, edit a paused run, export; one tab each.
+"""The explorer page: denoise, compare, look at latent space, diagnose a run, edit a paused run, export; one tab each.
 
-This module builds the page from the tabs (`explorer.page.denoise`, `compare`, `latent`, `edit`, `export`: each
-builds its components and wires its events) and serves it. What may be opened and run lives in the Gradio-free
-rules (`explorer.page.folders`, `requests`, `memory`, `examples`), generation in `explorer.sampling`, every picture
-in `explorer.viz` (the notebooks draw with the same functions). Run `python app.py` and open http://127.0.0.1:7860.
+This module builds the page from the tabs (`explorer.page.denoise`, `compare`, `latent`, `diagnostics`, `edit`,
+`export`: each builds its components and wires its events) and serves it. What may be opened and run lives in the
+Gradio-free rules (`explorer.page.folders`, `requests`, `memory`, `examples`), generation in `explorer.sampling`,
+every picture in `explorer.viz` (the notebooks draw with the same functions). Run `python app.py` and open http://127.0.0.1:7860.
 API endpoints (gradio_client): `/generate` (streams), `/example`, `/replay`, `/play`, `/step_back`, `/step_forward`,
-`/compare`, `/compare_view`, `/compare_play`, `/latent`, `/follow`, `/jump`, `/pick`, `/picked_view`, `/candidates`,
-`/resume`, `/rewind`, `/export_json`, `/export_html`, `/export_gif`, `/load_trace`, `/stop`.
+`/compare`, `/compare_view`, `/compare_play`, `/latent`, `/follow`, `/jump`, `/diagnostic`, `/pick`, `/picked_view`,
+`/candidates`, `/resume`, `/rewind`, `/export_json`, `/export_html`, `/export_gif`, `/load_trace`, `/stop`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import gradio as gr
 import pandas  # noqa: F401
 
-from explorer.page import common, compare, denoise, edit, export, latent
+from explorer.page import common, compare, denoise, diagnostics, edit, export, latent
 from explorer.page.common import NOTEBOOK_HTML, Page, Session, close_session
 from explorer.page.examples import COMPARED, EXAMPLE_RUNS
 from explorer.page.memory import MAX_UPLOAD_MB, MEMORY_BUDGET_MB
@@ -140,6 +140,8 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
                 c = compare.build(names, compared)
             with gr.Tab("Latent space", id="latent_tab"):
                 lat = latent.build(first_range)
+            with gr.Tab("Diagnostics", id="diagnostics"):
+                dg = diagnostics.build()
             with gr.Tab("Edit and infill", id="edit"):
                 e = edit.build()
             with gr.Tab("Export", id="export"):
@@ -151,6 +153,7 @@ def build_demo(roots: list[Path] | None = None, released_options: dict | None = 
         denoise.wire(demo, d, shared)
         compare.wire(c, shared)
         latent.wire(tabs, lat, shared)
+        diagnostics.wire(dg, shared)
         edit.wire(e, shared)
         export.wire(x, shared, d.prompt)
         demo.unload(close_session)

@@ -1,0 +1,387 @@
+"""Diagnostics of a recorded run: does confidence predict correctness, how much the states drift between steps (why
+caches work), where committing tokens together breaks their dependencies, and where a head attends over the steps.
+
+Each function returns a plotly Figure whose `layout.meta` holds the numbers it shows (e.g. the ECE). The reliability
+diagram and the hidden-state drift read the Trace alone (recorded at level "full"); the others re-run, for each step,
+the network pass that step made, on the canvas it read (exactly, without the run's approximate cache if it had one),
+so they need the model (mdlm or bd3lm families, our Transformer) and stay small: at most `max_passes` passes.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from explorer.sampling import generate, sampler_for
+from explorer.sampling.trace import Trace
+from explorer.viz.plots import empty_figure, integer_ticks
+from explorer.viz.tokens import COLORSCALE
+
+MAX_PASSES = 256  # network passes a diagnostic may re-run by default
+CACHE_MODES = ("prefix", "dual")  # Fast-dLLM's approximate caches compared with the uncached run
+MARGIN = {"l": 50, "r": 20, "t": 60, "b": 40}
+
+
+# --- re-running a step's pass -------------------------------------------------------------------------------------
+
+def _step_logits(model, trace: Trace, step: int, canvas: list[int] | None = None) -> torch.Tensor:
+    """Logits (L, V) of the pass frame `step` (>= 1) made, re-run on the canvas it read (frame step - 1's, or
+    `canvas`): mdlm over prompt + canvas, bd3lm over prompt + canvas up to the end of the step's block (block-causal,
+    as its exact KV cache sees it). L counts from the prompt's first token; the mask token's logit is -inf."""
+    P = len(trace.prompt_ids)
+    canvas = trace.frames[step - 1].tokens if canvas is None else canvas
+    ids = torch.tensor([trace.prompt_ids + list(canvas)], dtype=torch.long, device=model.device)  # (1, P + G)
+    if model.family == "mdlm":
+        logits = model(ids)[0].float()
+    else:  # bd3lm: the run's blocks are aligned on absolute positions
+        block = trace.sampler.get("block_length") or model.block_size
+        hi = min((P // block + (trace.frames[step].block or 0) + 1) * block, ids.shape[1])
+        logits = model.window_logits(ids[:, :hi], 0, None, 0, block_size=block)[0].float()
+    logits[:, model.mask_id] = float("-inf")
+    return logits
+
+
+def _check_rerun(model, trace: Trace, passes: int, max_passes: int) -> None:
+    """Refuse what cannot or should not be re-run: another family, a run past the context, too many passes."""
+    if model.family not in ("mdlm", "bd3lm") or not callable(getattr(getattr(model, "backbone", None), "probe", None)):
+        raise ValueError(f"this diagnostic re-runs masked (mdlm) or block (bd3lm) diffusion models of this project; "
+                         f"got a {model.family} model")
+    if trace.model.get("family") != model.family:
+        raise ValueError(f"the trace was made by a {trace.model.get('family')} model, not this {model.family} one")
+    if len(trace.prompt_ids) + len(trace.frames[0].tokens) > model.max_seq_len:
+        raise ValueError(f"prompt + canvas ({len(trace.prompt_ids) + len(trace.frames[0].tokens)} tokens) exceed the "
+                         f"model's context of {model.max_seq_len}; runs with a sliding window are not re-run")
+    if passes > max_passes:
+        raise ValueError(f"this needs {passes} network passes; max_passes is {max_passes}: record a shorter run "
+                         f"(fewer steps) or raise max_passes")
+
+
+def _title(trace: Trace, text: str) -> dict:
+    return {"text": f"{html.escape(str(trace.model.get('name')))} · {html.escape(str(trace.sampler.get('name')))}"
+                    f"<br><sup>{text}</sup>", "font": {"size": 13}}
+
+
+def _token(trace: Trace, token: int) -> str:
+    return html.escape(trace.token_strings.get(token, str(token)))
+
+
+def _block_starts(trace: Trace) -> list[int]:
+    """Generated positions where a block after the first starts: the leftmost position committed in each block."""
+    firsts: dict[int, int] = {}
+    for frame in trace.frames:
+        if frame.block is not None and frame.committed:
+            firsts[frame.block] = min(firsts.get(frame.block, frame.committed[0]), *frame.committed)
+    return sorted(p for p in firsts.values() if p > 0)
+
+
+# --- does confidence predict correctness -------------------------------------------------------------------------
+
+def _judge_logprobs(judge, trace: Trace, tokens: list[int]) -> torch.Tensor:
+    """Log-probabilities (G, V) an AR judge gives each generated position after <bos> + prompt + the tokens
+    before it."""
+    if judge.family != "ar" or getattr(judge.config, "direction", "l2r") != "l2r":
+        raise ValueError(f"judge must be a left-to-right ar model, got a {judge.family} one")
+    ids = [judge.bos_id] + trace.prompt_ids + list(tokens)
+    if max(ids) >= judge.tokenizer.get_vocab_size():
+        raise ValueError(f"the run's token ids go up to {max(ids)}, past the judge's vocabulary: judge with a model "
+                         f"of the run's tokenizer")
+    if len(ids) - 1 > judge.max_seq_len:
+        raise ValueError(f"<bos> + prompt + output ({len(ids) - 1} tokens) exceed the judge's context of "
+                         f"{judge.max_seq_len}")
+    with torch.no_grad():
+        logits = judge(torch.tensor([ids[:-1]], device=judge.device))[0].float()  # (P + G, V)
+    return logits[len(trace.prompt_ids):].log_softmax(-1)
+
+
+def reliability_diagram(trace: Trace, judge=None, bins: int = 10) -> go.Figure:
+    """Each committed token's confidence at the step it was committed against whether it is right: it survives to
+    the end (without `judge`), or it is the AR `judge`'s top-1 after the final text before it. Bars: the accuracy of
+    each confidence bin; the diagonal is perfect calibration. meta: ece, tokens, against, bins."""
+    if type(bins) is not int or not 2 <= bins <= 50:
+        raise ValueError(f"bins must be an int in [2, 50], got {bins!r}")
+    final = trace.final_tokens
+    top1 = _judge_logprobs(judge, trace, final).argmax(-1).tolist() if judge is not None else None
+    events = []  # (confidence, right) of every commit with a score (padding after a stop has none)
+    for frame in trace.frames:
+        for pos in frame.committed:
+            conf = frame.confidence[pos] if frame.confidence else None
+            if conf is None or math.isnan(conf) or pos >= len(final):
+                continue
+            token = frame.tokens[pos]
+            events.append((conf, token == top1[pos] if top1 is not None else token == final[pos]))
+    if not events:
+        return empty_figure("No committed token of this run has a confidence: record the run at level 'full' with "
+                            "a sampler that scores its tokens (ar, mdlm or bd3lm).")
+    against = "agrees with the judge's top-1" if judge is not None else "survives to the end"
+    table = []
+    for b in range(bins):
+        inside = [(c, ok) for c, ok in events if min(int(c * bins), bins - 1) == b]
+        table.append({"low": b / bins, "high": (b + 1) / bins, "count": len(inside),
+                      "confidence": sum(c for c, _ in inside) / len(inside) if inside else None,
+                      "accuracy": sum(ok for _, ok in inside) / len(inside) if inside else None})
+    ece = sum(row["count"] / len(events) * abs(row["accuracy"] - row["confidence"]) for row in table if row["count"])
+    filled = [row for row in table if row["count"]]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(
+        x=[(row["low"] + row["high"]) / 2 for row in filled], y=[row["accuracy"] for row in filled], width=1 / bins,
+        name="accuracy", marker={"color": "#1f77b4", "line": {"color": "white", "width": 1}},
+        customdata=[[row["low"], row["high"], row["count"], row["confidence"]] for row in filled],
+        hovertemplate="confidence %{customdata[0]:.2f}-%{customdata[1]:.2f}: %{customdata[2]} tokens<br>mean "
+                      "confidence %{customdata[3]:.3f}<br>accuracy %{y:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                             line={"dash": "dash", "color": "#7f7f7f"}, hoverinfo="skip"))
+    fig.update_layout(
+        xaxis={"title": "confidence when committed", "range": [0, 1]},
+        yaxis={"title": f"fraction that {against}", "range": [0, 1.02]}, height=380, margin=MARGIN,
+        legend={"orientation": "h", "y": -0.2}, bargap=0,
+        title=_title(trace, f"ECE {ece:.3f} over {len(events)} committed tokens · right = {against}"),
+        meta={"ece": ece, "tokens": len(events), "against": "judge" if judge is not None else "final", "bins": table})
+    return fig
+
+
+# --- why caches work, and where they break -----------------------------------------------------------------------
+
+def _relative_change(new, old) -> float | None:
+    """||new - old|| / ||old|| of two vectors (None when either is unknown)."""
+    if new is None or old is None:
+        return None
+    new, old = torch.as_tensor(new, dtype=torch.float64), torch.as_tensor(old, dtype=torch.float64)
+    return float((new - old).norm() / old.norm().clamp(min=1e-12))
+
+
+def hidden_drift(trace: Trace) -> list[list[float | None]]:
+    """(steps, positions): how much each generated position's recorded hidden state changed at each step, relative
+    to its norm (row 0, the initial canvas, is all None; None where a state is unknown)."""
+    rows = [[None] * len(trace.frames[0].tokens)]
+    for prev, frame in zip(trace.frames, trace.frames[1:]):
+        old, new = prev.hidden or [], frame.hidden or []
+        rows.append([_relative_change(new[p], old[p]) if p < min(len(old), len(new)) else None
+                     for p in range(len(trace.frames[0].tokens))])
+    return rows
+
+
+def kv_drift(model, trace: Trace, layers: list[int] | None = None,
+             max_passes: int = MAX_PASSES) -> tuple[list[list[float | None]], list[list[float | None]]]:
+    """Each step's pass re-run with `layers`' keys and values recorded: ((steps, prompt + positions) relative change
+    of each position's keys and values (concatenated over heads, averaged over the layers) since the previous step's
+    pass; (steps, layers) the same averaged over the prompt's positions). Row 0 (no pass yet) and step 1 are None."""
+    _check_rerun(model, trace, len(trace.frames) - 1, max_passes)
+    width = len(trace.prompt_ids) + len(trace.frames[0].tokens)
+    per_position, prompt = [[None] * width], [[None] * len(layers or range(model.config.backbone.n_layers))]
+    previous = None
+    with torch.no_grad(), model.backbone.probe(layers) as probe:
+        for step in range(1, len(trace.frames)):
+            _step_logits(model, trace, step)
+            states = {layer: torch.cat([probe.keys[layer][0], probe.values[layer][0]], -1).transpose(0, 1).flatten(1)
+                      for layer in sorted(probe.layers)}  # layer -> (L, 2 H Dh)
+            if previous is None:
+                per_position.append([None] * width)
+                prompt.append([None] * len(states))
+            else:
+                n = min(len(next(iter(states.values()))), len(next(iter(previous.values()))))
+                change = torch.stack([((states[k][:n] - previous[k][:n]).norm(dim=-1) /
+                                       previous[k][:n].norm(dim=-1).clamp(min=1e-12)) for k in states])  # (layers, n)
+                per_position.append(change.mean(0).tolist() + [None] * (width - n))
+                P = len(trace.prompt_ids)
+                prompt.append(change[:, :P].mean(1).tolist() if P else [None] * len(states))
+            previous = states
+    return per_position, prompt
+
+
+def cache_quality(model, trace: Trace, judge=None) -> dict:
+    """The same prompt, seed and knobs with Fast-dLLM's caches: {"none" | "prefix" | "dual": {"agreement": the
+    fraction of final tokens equal to the uncached run's, "gen_ppl": the judge's perplexity of the output (with a
+    judge), "nfe"}}. Re-runs the mdlm sampler (the run itself where its cache matches)."""
+    if model.family != "mdlm" or "cache" not in trace.sampler:
+        raise ValueError("the cache comparison needs a run of an mdlm-family sampler with a cache knob (LLaDA's loop, "
+                         "threshold or factor)")
+    if trace.sampler.get("edits") or trace.sampler.get("infill"):
+        raise ValueError("the cache comparison re-runs the sampler: a run with hand edits or an infilled prompt "
+                         "cannot be re-run as it was")
+    name = trace.sampler["name"]
+    knobs = {k: v for k, v in trace.sampler.items() if k in sampler_for(model.family, name).knobs and k != "infill"}
+    runs = {}
+    for mode in ("none", *CACHE_MODES):
+        runs[mode] = trace if trace.sampler["cache"] == mode else generate(
+            model, trace.prompt_ids, name, trace.sampler["seed"], "tokens", **(knobs | {"cache": mode}))
+    base = runs["none"].final_tokens
+    result = {}
+    for mode, run in runs.items():
+        out = run.final_tokens
+        result[mode] = {"agreement": sum(a == b for a, b in zip(out, base)) / len(base), "nfe": run.stats.get("nfe")}
+        if judge is not None:
+            logp = _judge_logprobs(judge, run, out)
+            result[mode]["gen_ppl"] = math.exp(-float(logp.gather(-1, torch.tensor(out)[:, None]).mean()))
+    return result
+
+
+def state_drift(trace: Trace, model=None, layers: list[int] | None = None, judge=None, caches: bool = True,
+                max_passes: int = MAX_PASSES) -> go.Figure:
+    """Heatmaps over positions x steps of how much each state changed since the previous step (relative to its
+    norm), with the block boundaries: the recorded hidden states (level "full"); with `model`, also `layers`' keys
+    and values re-run for every position, the prompt's included (at negative positions). With an mdlm model and
+    `caches`, the title gives the quality change of the same run with cache="prefix" and "dual" (token agreement,
+    the `judge`'s gen-PPL). meta: mean_hidden_drift, prompt_kv_drift (per step, per layer), caches."""
+    hidden = hidden_drift(trace)
+    has_hidden = any(v is not None for row in hidden for v in row)
+    if not has_hidden and model is None:
+        return empty_figure("This run has no hidden states: record it at level 'full' (the page does for its runs), "
+                            "or pass the model to re-run its keys and values.")
+    P, steps = len(trace.prompt_ids), list(range(len(trace.frames)))
+    panels = [("hidden state (last layer)", hidden, 0)] if has_hidden else []
+    meta = {"mean_hidden_drift": _mean(hidden)}
+    if model is not None:
+        per_position, prompt = kv_drift(model, trace, layers, max_passes)
+        chosen = "all layers" if layers is None else "layers " + ", ".join(map(str, layers))
+        panels.append((f"keys and values ({chosen}, mean)", per_position, -P))
+        meta["prompt_kv_drift"] = prompt
+        meta["mean_prompt_kv_drift"] = _mean(prompt)
+    notes = []
+    if model is not None and caches and model.family == "mdlm" and "cache" in trace.sampler:
+        meta["caches"] = quality = cache_quality(model, trace, judge)
+        for mode in CACHE_MODES:
+            ppl = (f", gen-PPL {quality[mode]['gen_ppl']:.1f} vs {quality['none']['gen_ppl']:.1f}"
+                   if judge is not None else "")
+            notes.append(f"cache={mode}: {quality[mode]['agreement']:.0%} of tokens as without{ppl}")
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=[title for title, _, _ in panels])
+    top = max((max((v for row in z for v in row if v is not None), default=0) for _, z, _ in panels), default=0)
+    for row, (title, z, first) in enumerate(panels, start=1):
+        fig.add_trace(go.Heatmap(
+            z=z, x=list(range(first, first + len(z[0]))), y=steps, colorscale=COLORSCALE, reversescale=True,
+            zmin=0, zmax=max(top, 1e-6), colorbar={"title": "relative change"},
+            hovertemplate=f"{title}<br>position %{{x}}<br>step %{{y}}<br>changed by %{{z:.3f}}<extra></extra>"),
+            row=row, col=1)
+        for start in _block_starts(trace) + ([0] if first < 0 else []):
+            fig.add_vline(x=start - 0.5, line={"color": "#222", "width": 1, "dash": "dot" if start else "solid"},
+                          row=row, col=1)
+        fig.update_yaxes(title="step", autorange="reversed", row=row, col=1, **integer_ticks(0, steps[-1]))
+    fig.update_xaxes(title="position (negative: prompt)", row=len(panels), col=1)
+    mean = f"mean change per step: hidden {meta['mean_hidden_drift']:.3f}" if has_hidden else "mean change per step:"
+    if model is not None and meta["mean_prompt_kv_drift"] is not None:
+        mean += f", prompt keys/values {meta['mean_prompt_kv_drift']:.3f}"
+    fig.update_layout(height=260 + 220 * len(panels), margin={**MARGIN, "t": 90}, meta=meta,
+                      title=_title(trace, "<br>".join([mean, *notes])))
+    return fig
+
+
+def _mean(rows: list[list[float | None]]) -> float | None:
+    values = [v for row in rows for v in row if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+# --- where parallel decoding breaks dependencies -----------------------------------------------------------------
+
+def dependency_pairs(model, trace: Trace, max_passes: int = MAX_PASSES) -> list[dict]:
+    """Every pair (i < j) of tokens committed at the same step, with log p(x_i) + log p(x_j) (the product of the
+    marginals the step sampled from, temperature 1) and log p(x_i, x_j): the model re-queried with one of them
+    fixed, the mean of its two chain-rule orders (log p(x_i) + log p(x_j | x_i) and the other way; the model's
+    conditionals need not agree). One pass per step and one per token of those steps."""
+    groups = []  # (step, committed positions that the step scored): steps that committed two or more
+    for step in range(1, len(trace.frames)):
+        frame = trace.frames[step]
+        scored = [p for p in frame.committed
+                  if not frame.confidence or (frame.confidence[p] is not None and not math.isnan(frame.confidence[p]))]
+        if len(scored) > 1:
+            groups.append((step, sorted(scored)))
+    _check_rerun(model, trace, sum(1 + len(c) for _, c in groups), max_passes)
+    P, pairs = len(trace.prompt_ids), []
+    with torch.no_grad():
+        for step, committed in groups:
+            tokens = trace.frames[step].tokens
+            marginal = _step_logits(model, trace, step).log_softmax(-1)  # (L, V)
+            given = {}  # i -> log-probabilities with x_i fixed
+            for i in committed:
+                canvas = list(trace.frames[step - 1].tokens)
+                canvas[i] = tokens[i]
+                given[i] = _step_logits(model, trace, step, canvas).log_softmax(-1)
+            for a, i in enumerate(committed):
+                for j in committed[a + 1:]:
+                    li, lj = float(marginal[P + i, tokens[i]]), float(marginal[P + j, tokens[j]])
+                    joint = (li + float(given[i][P + j, tokens[j]]) + lj + float(given[j][P + i, tokens[i]])) / 2
+                    pairs.append({"step": step, "i": i, "j": j, "log_product": li + lj, "log_joint": joint})
+    return pairs
+
+
+def parallel_dependencies(model, trace: Trace, worse: float = 1.0, max_passes: int = MAX_PASSES) -> go.Figure:
+    """For tokens committed in the same step: the joint probability (re-queried) against the product of their
+    marginals (what committing them together assumes). Pairs whose joint is more than `worse` nats below the
+    product are marked: committing them one at a time would have let the second see the first. meta: pairs,
+    marked (step, i, j), mean_log_ratio."""
+    if not isinstance(worse, (int, float)) or not 0 <= worse <= 50:
+        raise ValueError(f"worse must be a number of nats in [0, 50], got {worse!r}")
+    pairs = dependency_pairs(model, trace, max_passes)
+    if not pairs:
+        return empty_figure("Every step of this run committed one token: nothing was decoded in parallel. Use fewer "
+                            "steps than tokens, or the threshold / factor rules.")
+    marked = [p for p in pairs if p["log_joint"] < p["log_product"] - worse]
+    tokens = trace.final_tokens
+    fig = go.Figure()
+    low = min(min(p["log_product"], p["log_joint"]) for p in pairs)
+    fig.add_trace(go.Scatter(x=[low, 0], y=[low, 0], mode="lines", name="joint = product (independent)",
+                             line={"dash": "dash", "color": "#7f7f7f"}, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=[low, 0], y=[low - worse, -worse], mode="lines", name=f"{worse:g} nats worse",
+                             line={"dash": "dot", "color": "#d62728"}, hoverinfo="skip"))
+    for name, group, color in (("pairs", [p for p in pairs if p not in marked], "#1f77b4"),
+                               ("worse together", marked, "#d62728")):
+        fig.add_trace(go.Scatter(
+            x=[p["log_product"] for p in group], y=[p["log_joint"] for p in group], mode="markers", name=name,
+            marker={"color": color, "size": 8},
+            text=[f"step {p['step']}: {p['i']} {_token(trace, tokens[p['i']])!r} and {p['j']} "
+                  f"{_token(trace, tokens[p['j']])!r}" for p in group],
+            hovertemplate="%{text}<br>log product %{x:.2f}<br>log joint %{y:.2f}<extra></extra>"))
+    ratio = sum(p["log_joint"] - p["log_product"] for p in pairs) / len(pairs)
+    fig.update_layout(
+        xaxis_title="log p(x_i) + log p(x_j)  (committed together)", yaxis_title="log p(x_i, x_j)  (re-queried)",
+        height=400, margin=MARGIN, legend={"orientation": "h", "y": -0.2},
+        title=_title(trace, f"{len(pairs)} pairs committed together, {len(marked)} more than {worse:g} nats worse "
+                            f"than one at a time · mean log(joint / product) {ratio:+.3f}"),
+        meta={"pairs": len(pairs), "marked": [(p["step"], p["i"], p["j"]) for p in marked], "mean_log_ratio": ratio})
+    return fig
+
+
+# --- attention across steps --------------------------------------------------------------------------------------
+
+def attention_over_steps(model, trace: Trace, position: int, layer: int = 0, head: int = 0,
+                         max_passes: int = MAX_PASSES) -> go.Figure:
+    """Heatmap (keys x steps) of `head` of `layer`'s attention from generated `position` in each step's pass
+    (re-run; prompt keys at negative positions); a row is empty where the pass did not compute the position (bd3lm's
+    later blocks). Crosses mark where each token was committed. meta: layer, head, position, steps."""
+    _check_rerun(model, trace, len(trace.frames) - 1, max_passes)
+    G, P, n_heads = len(trace.frames[0].tokens), len(trace.prompt_ids), model.config.backbone.n_heads
+    if type(position) is not int or not 0 <= position < G:
+        raise ValueError(f"position must be an int in [0, {G - 1}] (the generated positions), got {position!r}")
+    if type(head) is not int or not 0 <= head < n_heads:
+        raise ValueError(f"head must be an int in [0, {n_heads - 1}] (the model's heads), got {head!r}")
+    rows = [[None] * (P + G)]  # the initial canvas: no pass yet
+    with torch.no_grad(), model.backbone.probe([layer], attention=True) as probe:
+        for step in range(1, len(trace.frames)):
+            _step_logits(model, trace, step)
+            probs = probe.probs[layer][0, head]  # (L, L)
+            row = probs[P + position].tolist() if P + position < len(probs) else []
+            rows.append(row + [None] * (P + G - len(row)))
+    commits = trace.commit_steps()
+    fig = go.Figure(go.Heatmap(
+        z=rows, x=list(range(-P, G)), y=list(range(len(rows))), colorscale=COLORSCALE, zmin=0,
+        colorbar={"title": "attention"},
+        hovertemplate="key position %{x}<br>step %{y}<br>attention %{z:.3f}<extra></extra>"))
+    xs = [p for p, s in enumerate(commits) if s is not None]
+    fig.add_trace(go.Scatter(
+        x=xs, y=[commits[p] for p in xs], mode="markers", name="committed",
+        marker={"symbol": "x", "size": 6, "color": "#d62728"}, text=[_token(trace, trace.final_tokens[p]) for p in xs],
+        hovertemplate="position %{x} committed at step %{y}: %{text}<extra></extra>"))
+    fig.add_vline(x=position, line={"color": "#2ca02c", "width": 1})
+    fig.add_vline(x=-0.5, line={"color": "#222", "width": 1})
+    token = _token(trace, trace.final_tokens[position]) if position < len(trace.final_tokens) else ""
+    fig.update_layout(
+        xaxis={"title": "key position (negative: prompt)", **integer_ticks(-P, G - 1)},
+        yaxis={"title": "step", "autorange": "reversed", **integer_ticks(0, len(rows) - 1)}, height=400,
+        margin=MARGIN, legend={"orientation": "h", "y": -0.2},
+        title=_title(trace, f"layer {layer}, head {head}: where position {position} ({token!r} at the end) looks, "
+                            f"step by step"),
+        meta={"layer": layer, "head": head, "position": position, "steps": len(rows) - 1})
+    return fig

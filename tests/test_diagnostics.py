@@ -1,0 +1,165 @@
+"""The four diagnostics of explorer.viz.diagnostics checked against hand computations, and the Transformer's probe."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import explorer
+from explorer.models import BD3LMConfig, BD3LMModel, MDLMConfig, MDLMModel
+from explorer.sampling.trace import Frame, Trace
+from explorer.viz import attention_over_steps, cache_quality, parallel_dependencies, reliability_diagram, state_drift
+from explorer.viz.diagnostics import dependency_pairs, hidden_drift, kv_drift
+from support import tiny_backbone
+
+M = 99  # the mask id of the hand-built traces
+
+
+# two layers: the first layer's keys and values depend on the token alone, so drift shows from the second on
+@pytest.fixture(scope="module")
+def mdlm2(tokenizer):
+    torch.manual_seed(0)
+    return MDLMModel(MDLMConfig(backbone=tiny_backbone("bidirectional").with_(n_layers=2)), tokenizer).eval()
+
+
+@pytest.fixture(scope="module")
+def bd3lm2(tokenizer):
+    torch.manual_seed(0)
+    backbone = tiny_backbone("block_causal").with_(n_layers=2, max_seq_len=32)
+    return BD3LMModel(BD3LMConfig(backbone=backbone, block_size=8), tokenizer).eval()
+
+
+def hand_trace(hidden=None) -> Trace:
+    """4 positions: step 1 commits 0, 1 and 2 (2 is remasked at step 2 and committed again with another token)."""
+    frames = [
+        Frame(0, [M, M, M, M], confidence=[None] * 4),
+        Frame(1, [5, 6, 7, M], committed=[0, 1, 2], confidence=[0.9, 0.8, 0.95, None]),
+        Frame(2, [5, 6, M, M], remasked=[2], confidence=[0.9, 0.8, None, None]),
+        Frame(3, [5, 6, 8, 9], committed=[2, 3], confidence=[0.9, 0.8, 0.3, 0.35]),
+    ]
+    for frame, rows in zip(frames, hidden or []):
+        frame.hidden = rows
+    return Trace({"name": "toy", "family": "mdlm"}, {"name": "hand"}, [1, 2], frames, "", {}, mask_id=M)
+
+
+def test_ece_of_a_hand_built_trace():
+    # (confidence, survives): (0.9, T), (0.8, T), (0.95, F: remasked, 8 in the end), (0.3, T), (0.35, T)
+    # bins of 0.5: [0, 0.5) conf 0.325 acc 1; [0.5, 1] conf 0.88333 acc 0.66667 -> 2/5 * 0.675 + 3/5 * 0.21667
+    fig = reliability_diagram(hand_trace(), bins=2)
+    assert fig.layout.meta["tokens"] == 5
+    assert fig.layout.meta["ece"] == pytest.approx(2 / 5 * 0.675 + 3 / 5 * abs((0.9 + 0.8 + 0.95) / 3 - 2 / 3))
+    assert [b["count"] for b in fig.layout.meta["bins"]] == [2, 3]
+    assert "ECE 0.400" in fig.layout.title.text
+
+
+def test_reliability_against_a_judge_uses_its_top1(tiny_mdlm, tiny_ar):
+    trace = explorer.generate(tiny_mdlm, [5, 6, 7], gen_length=8, steps=4, record="full")
+    ids = torch.tensor([[tiny_ar.bos_id, 5, 6, 7] + trace.final_tokens[:-1]])
+    top1 = tiny_ar(ids)[0, 3:].argmax(-1).tolist()  # the judge's guess at each generated position
+    expected = [trace.final_tokens[p] == top1[p] for p in range(8)]
+    fig = reliability_diagram(trace, judge=tiny_ar)
+    accuracy = sum(b["accuracy"] * b["count"] for b in fig.layout.meta["bins"] if b["count"]) / 8
+    assert accuracy == pytest.approx(sum(expected) / 8)
+    with pytest.raises(ValueError, match="bins must be"):
+        reliability_diagram(trace, bins=1)
+
+
+def test_hidden_drift_is_zero_for_an_unchanged_state_and_the_relative_change_otherwise():
+    a, b = [3.0, 4.0], [3.0, 0.0]
+    hidden = [[None] * 4, [a, a, a, None], [a, b, a, None], [a, b, a, a]]
+    rows = hidden_drift(hand_trace(hidden))
+    assert rows[0] == [None] * 4 and rows[1] == [None] * 4  # nothing known before step 1
+    assert rows[2] == [0.0, pytest.approx(4 / 5), 0.0, None]
+    assert rows[3] == [0.0, 0.0, 0.0, None]
+    fig = state_drift(hand_trace(hidden))
+    assert fig.layout.meta["mean_hidden_drift"] == pytest.approx(0.8 / 6)
+
+
+def test_kv_drift_finished_blocks_keep_their_keys_and_the_mdlm_prompt_does_not(mdlm2, bd3lm2):
+    block = explorer.generate(bd3lm2, list(range(5, 13)), gen_length=16, steps=4, record="full",
+                              sampler="low_confidence")  # prompt = block 0 exactly, then two blocks of 8
+    per_position, prompt = kv_drift(bd3lm2, block)
+    assert all(v == 0.0 for row in prompt[2:] for v in row)  # the prompt's block never sees the later ones
+    later = [s for s, f in enumerate(block.frames) if f.block == 1][1:]
+    assert all(per_position[s][p] == 0.0 for s in later for p in range(16))  # prompt + block 0: finished
+    masked = explorer.generate(mdlm2, [5, 6, 7], gen_length=8, steps=4, record="full")
+    _, prompt = kv_drift(mdlm2, masked, layers=[1])
+    assert all(row[0] > 0 for row in prompt[2:])  # bidirectional: the prompt's keys move as the canvas fills
+    assert prompt[1] == [None]
+    with pytest.raises(ValueError, match="max_passes"):
+        kv_drift(mdlm2, masked, max_passes=2)
+
+
+def test_state_drift_shows_the_cache_runs_quality_change(tiny_mdlm, tiny_ar):
+    trace = explorer.generate(tiny_mdlm, [5, 6, 7], gen_length=8, steps=4, block_length=4, record="full")
+    fig = state_drift(trace, tiny_mdlm, judge=tiny_ar)
+    quality = fig.layout.meta["caches"]
+    assert quality["none"]["agreement"] == 1.0
+    dual = explorer.generate(tiny_mdlm, [5, 6, 7], gen_length=8, steps=4, block_length=4, cache="dual")
+    same = sum(a == b for a, b in zip(dual.final_tokens, trace.final_tokens)) / 8
+    assert quality["dual"]["agreement"] == pytest.approx(same)
+    assert f"cache=dual: {same:.0%} of tokens as without, gen-PPL" in fig.layout.title.text
+    assert cache_quality(tiny_mdlm, trace)["prefix"].keys() == {"agreement", "nfe"}
+
+
+def test_joint_against_product_equals_a_brute_force_computation(tiny_mdlm):
+    trace = explorer.generate(tiny_mdlm, [5, 6, 7], gen_length=6, steps=2, record="full")  # 3 tokens per step
+    pairs = dependency_pairs(tiny_mdlm, trace)
+    assert len(pairs) == 2 * 3
+
+    def logp(canvas, pos, token):
+        logits = tiny_mdlm(torch.tensor([[5, 6, 7] + canvas])).detach()[0, 3 + pos]
+        logits[tiny_mdlm.mask_id] = float("-inf")
+        return float(logits.log_softmax(-1)[token])
+
+    for pair in pairs:
+        before, tokens = trace.frames[pair["step"] - 1].tokens, trace.frames[pair["step"]].tokens
+        i, j = pair["i"], pair["j"]
+        with_i, with_j = list(before), list(before)
+        with_i[i], with_j[j] = tokens[i], tokens[j]
+        li, lj = logp(before, i, tokens[i]), logp(before, j, tokens[j])
+        assert pair["log_product"] == pytest.approx(li + lj, abs=1e-4)
+        joint = (li + logp(with_i, j, tokens[j]) + lj + logp(with_j, i, tokens[i])) / 2
+        assert pair["log_joint"] == pytest.approx(joint, abs=1e-4)
+    fig = parallel_dependencies(tiny_mdlm, trace, worse=0.0)
+    expected = [(p["step"], p["i"], p["j"]) for p in pairs if p["log_joint"] < p["log_product"]]
+    assert [tuple(m) for m in fig.layout.meta["marked"]] == expected
+    one_at_a_time = explorer.generate(tiny_mdlm, [5, 6, 7], gen_length=4, steps=4, record="full")
+    assert parallel_dependencies(tiny_mdlm, one_at_a_time).layout.annotations[0].text.startswith("Every step")
+
+
+def test_attention_rows_sum_to_one_and_the_hook_off_changes_nothing(tiny_mdlm, tiny_bd3lm, tiny_ar):
+    trace = explorer.generate(tiny_mdlm, [5, 6, 7], gen_length=8, steps=4, record="full")
+    fig = attention_over_steps(tiny_mdlm, trace, position=2, layer=0, head=1)
+    rows = fig.data[0].z
+    assert rows[0] == [None] * 11 and all(sum(row) == pytest.approx(1.0, abs=1e-5) for row in rows[1:])
+    block = explorer.generate(tiny_bd3lm, [5, 6, 7], gen_length=16, steps=4, record="full", sampler="low_confidence")
+    rows = attention_over_steps(tiny_bd3lm, block, position=10).data[0].z  # in the second block (positions 8-15)
+    first_block = [s for s, f in enumerate(block.frames) if f.block == 0][1:]
+    assert all(rows[s] == [None] * 19 for s in first_block)  # not computed before its block
+    assert all(v == 0.0 for v in rows[-1][3 + 16:])  # block-causal: no key after its block
+    with pytest.raises(ValueError, match=r"head must be an int in \[0, 1\]"):
+        attention_over_steps(tiny_mdlm, trace, position=2, head=2)
+    with pytest.raises(ValueError, match=r"layer must be an int in \[0, 0\]"):
+        attention_over_steps(tiny_mdlm, trace, position=2, layer=5)
+    with pytest.raises(ValueError, match="masked .mdlm. or block"):
+        attention_over_steps(tiny_ar, trace, position=0)
+    # recording everything while sampling leaves the tokens as they were, and nothing is recorded after the block
+    with tiny_mdlm.backbone.probe(attention=True) as probe:
+        recorded = explorer.generate(tiny_mdlm, [5, 6, 7], gen_length=8, steps=4, record="full")
+    assert recorded.final_tokens == trace.final_tokens and probe.probs
+    assert all(block.attn.probe is None for block in tiny_mdlm.backbone.blocks)
+
+
+def test_causal_attention_recorded_with_a_cache_never_looks_ahead(tiny_ar):
+    cache = tiny_ar.new_cache()
+    with torch.no_grad(), tiny_ar.backbone.probe([0], attention=True) as probe:
+        tiny_ar(torch.tensor([[1, 2, 3]]), cache=cache)
+        full = probe.probs[0][0]  # (H, 3, 3)
+        tiny_ar(torch.tensor([[4, 5]]), cache=cache)
+        window = probe.probs[0][0]  # (H, 2, 5): queries at positions 3 and 4
+    assert torch.equal(full.triu(1), torch.zeros_like(full))
+    assert window[:, 0, 4].abs().max() == 0 and window.sum(-1).allclose(torch.ones(2, 2))
+    assert math.isclose(float(probe.keys[0].shape[2]), 5)
