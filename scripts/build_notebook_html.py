@@ -20,10 +20,12 @@ import html
 import json
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbconvert import HTMLExporter
@@ -99,8 +101,13 @@ def execute(path: Path):
         running[0] = cell_index
 
     try:
-        NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3", on_cell_start=start,
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        # IPC sockets under a fresh folder (absolute: the kernel runs in the notebook's folder), not TCP ports: a
+        # kernel started while another program starts one (nbmake, a second build) can be handed the same ports and
+        # then waits forever
+        with tempfile.TemporaryDirectory() as sockets:
+            kernel = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
+            NotebookClient(nb, km=kernel, timeout=TIMEOUT_S, on_cell_start=start,
+                           resources={"metadata": {"path": str(path.parent)}}).execute()
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
         raise BuildError(f"{path.name}: cell {running[0]} failed: {err}") from err
     return nb

@@ -17,6 +17,12 @@ from plotly.subplots import make_subplots
 import explorer
 from explorer.viz import confidence_heatmap, entropy_heatmap, head_samples, hidden_state_paths, latent_trajectories
 from explorer.viz.compare import progress_plot
+from explorer.viz.diagnostics import (
+    attention_over_steps,
+    parallel_dependencies,
+    reliability_diagram,
+    state_drift,
+)
 from explorer.viz.latent import vocabulary_points
 from explorer.viz.plots import empty_figure
 from explorer.viz.static import figure_png, use_png_fallback
@@ -47,7 +53,8 @@ def traces(tiny_mdlm, tiny_cdcd, tiny_calm_checkpoints):
     cdcd = explorer.generate(tiny_cdcd, "ROMEO:", steps=4, gen_length=6, record="full", seed=0)
     calm = explorer.generate(explorer.load(tiny_calm_checkpoints / "calm-tiny-k4"), "ROMEO:", gen_length=12,
                              record="full", seed=0)
-    return {"mdlm": mdlm, "cdcd": cdcd, "calm": calm, "vocabulary": vocabulary_points(tiny_cdcd)}
+    return {"mdlm": mdlm, "cdcd": cdcd, "calm": calm, "vocabulary": vocabulary_points(tiny_cdcd),
+            "mdlm model": tiny_mdlm}
 
 
 def nfe_bars() -> go.Figure:
@@ -82,6 +89,10 @@ FIGURES = {  # every figure-building function of explorer/viz, and the notebooks
     "hidden_state_paths, two runs": lambda t: hidden_state_paths(t["mdlm"]),
     "progress_plot": lambda t: progress_plot(t["mdlm"] + [t["cdcd"]], progress=0.5),
     "empty_figure": lambda t: empty_figure("no run yet"),
+    "reliability_diagram": lambda t: reliability_diagram(t["mdlm"][0]),
+    "state_drift": lambda t: state_drift(t["mdlm"][0], t["mdlm model"]),
+    "parallel_dependencies": lambda t: parallel_dependencies(t["mdlm model"], t["mdlm"][0]),
+    "attention_over_steps": lambda t: attention_over_steps(t["mdlm model"], t["mdlm"][0], position=2),
     "notebook 01 bars": lambda t: nfe_bars(),
     "notebook 02 subplots": lambda t: speed_against_quality(),
 }
