@@ -6,7 +6,12 @@ import os
 import socket
 from pathlib import Path
 
-import pytest
+# Triton in interpreter mode for this whole process, before anything imports it: diffusers imports triton as it is
+# imported (tests/test_integrations.py), and a second import of triton's C library to switch modes aborts the process.
+# The compile check runs the real compiler in a subprocess without this variable (tests/test_kernels_compile.py).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 import torch
 
 from explorer.data import load_tokenizer

@@ -8,18 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import diffusers  # the `integrations` extra (in `dev`)
 import pytest
 import torch
 
 import explorer
+from explorer.integrations.diffusers import from_animate_json, record_pipeline, to_animate_json
+from explorer.integrations.transformers import record_generate
+from explorer.released.synthetic import DG_CANVAS, tiny_diffusion_gemma, write_tiny_diffusion_gemma
 from explorer.sampling.trace import Trace
-
-pytest.importorskip("transformers.models.diffusion_gemma")
-diffusers = pytest.importorskip("diffusers")
-
-from explorer.integrations.diffusers import from_animate_json, record_pipeline, to_animate_json  # noqa: E402
-from explorer.integrations.transformers import record_generate  # noqa: E402
-from explorer.released.synthetic import DG_CANVAS, tiny_diffusion_gemma, write_tiny_diffusion_gemma  # noqa: E402
 
 EXAMPLE = Path(explorer.__file__).parent / "examples" / "mdlm-tiny.json"
 

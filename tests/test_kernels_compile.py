@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-# not imported here: test_kernels_triton.py must be the first to import triton in this process (interpreter mode)
+# not imported here: this process runs triton in interpreter mode (tests/conftest.py); the real compiler runs in a
+# subprocess
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 ROOT = Path(__file__).resolve().parents[1]
