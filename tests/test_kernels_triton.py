@@ -287,6 +287,39 @@ def test_head_sample_half_weights_and_float64_definition(monkeypatch):
         assert_same(TS.head_sample_and_score(h, w, 0.0), ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("splits", [2, 3, 7, 10])
+def test_head_split_vocabulary_equals_single_pass(splits):
+    """Vocabulary split across programs (V = 301: 10 tiles of 32, the last partial) and merged: the single pass's
+    tokens exactly (same noise per (row, token), ties across splits to the first index) and its scores."""
+    g = torch.Generator().manual_seed(11)
+    hidden, weight = torch.randn(2, 9, 24, generator=g), torch.randn(301, 24, generator=g) * 0.4
+    hidden[0, 0] = (hidden[0, 0] * 4).round() / 4
+    weight[3] = weight[297] = hidden[0, 0].sign() * 2  # row 0: its top logit twice (exact in any summation order),
+    # in the first and the last split
+    for temperature in (0.0, 0.9):
+        one = TS.head_sample_and_score(hidden, weight, temperature, seed=4, offset=9, block_v=32, splits=1)
+        ours = TS.head_sample_and_score(hidden, weight, temperature, seed=4, offset=9, block_v=32, splits=splits)
+        assert_same(ours, one, atol=1e-6)
+        assert_same(ours, reference.head_sample_and_score(hidden, weight, temperature, seed=4, offset=9), atol=1e-5)
+    assert int(TS.head_sample_and_score(hidden, weight, 0.0, block_v=32, splits=splits)[0][0, 0]) == 3
+    assert float(ours[2][0, 0]) == 0.0  # margin: the tie across splits is also the second largest
+
+
+def test_vocab_splits_fill_the_device_and_drop_empty_splits(monkeypatch):
+    from explorer.kernels.triton_common import vocab_splits
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert vocab_splits(1, 10, cpu) == (1, 10)  # off CUDA: the single pass unless forced
+    assert vocab_splits(1, 10, cpu, 6) == (5, 2)  # 6 splits of 2 tiles would leave one empty
+    assert vocab_splits(1, 10, cpu, 50) == (10, 1) and vocab_splits(1, 10, cpu, 0) == (1, 10)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {
+        "multi_processor_count": 132}))
+    assert vocab_splits(64, 1976, cuda) == (9, 220)  # LLaDA head, 1,024 rows: 64 x 9 >= 4 x 132 programs
+    assert vocab_splits(2, 1976, cuda) == (247, 8)  # 264 wanted; 8 tiles each need only 247
+    assert vocab_splits(528, 1976, cuda) == (1, 1976)  # rows alone fill the device: the single pass
+    assert vocab_splits(1, 3, cuda) == (3, 1)
+
+
 # --- expected embedding ----------------------------------------------------------------------------
 
 def test_expected_embedding_reference_and_triton_against_float64(monkeypatch):
@@ -313,6 +346,26 @@ def test_expected_embedding_low_precision():
     ref = reference.expected_embedding(logits, embedding, 0.8)
     ours = TE.expected_embedding(logits, embedding, 0.8)
     assert torch.allclose(ours[0], ref[0], atol=2e-3) and torch.allclose(ours[1], ref[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("splits", [2, 4, 9])
+def test_expected_embedding_split_vocabulary_equals_single_pass(splits):
+    """Split over V = 257 (9 tiles of 32, the last of 1 column): splits whose logits are all -inf (rows 0, 1, 3)
+    merge to nothing; an all -inf row stays NaN; d = 40 in d blocks of 16 (the last partial)."""
+    logits = spiky_logits((2, 5, 257), seed=12)
+    logits[0, 3] = INF
+    embedding = torch.randn(257, 40)
+    for temperature in (0.7, 1.3):
+        one = TE.expected_embedding(logits, embedding, temperature, block_v=32, block_d=16, splits=1)
+        ours = TE.expected_embedding(logits, embedding, temperature, block_v=32, block_d=16, splits=splits)
+        ref = reference.expected_embedding(logits, embedding, temperature)
+        for a, b, c in zip(ours, one, ref):
+            assert torch.allclose(a, b, atol=1e-6, equal_nan=True) and torch.allclose(a, c, atol=1e-5, equal_nan=True)
+        assert torch.isnan(ours[1][0, 3]) and torch.isfinite(ours[1].view(-1)[torch.arange(10) != 3]).all()
+    half = logits.to(torch.bfloat16), embedding.to(torch.bfloat16)
+    for a, b in zip(TE.expected_embedding(*half, 0.8, block_v=32, splits=splits),
+                    reference.expected_embedding(*half, 0.8)):
+        assert torch.allclose(a, b, atol=2e-3, equal_nan=True)
 
 
 # --- energy score ----------------------------------------------------------------------------------

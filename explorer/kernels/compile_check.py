@@ -20,6 +20,7 @@ ARGUMENT_TYPES = {  # scalar and pointer types, as the wrappers pass them (float
     "D": "i32", "offset": "i64", "seedmix": "i32", "temperature": "fp32", "rows_ptr": "*i64", "kth_ptr": "*fp32",
     "tok_ptr": "*i64", "prob_ptr": "*fp32", "margin_ptr": "*fp32", "ent_ptr": "*fp32", "mean_ptr": "*fp32",
     "out_ptr": "*fp32", "sxb": "i64", "sxn": "i64", "syb": "i64", "sym": "i64", "N": "i32", "M": "i32", "L": "i32",
+    "span": "i32", "splits": "i32", "stat_ptr": "*fp32", "idx_ptr": "*i32", "part_ptr": "*fp32",
 }
 
 
@@ -34,12 +35,19 @@ def variants():
                                            "BLOCK_R": 4, "BLOCK_V": 2048})
     for dtype, precision in (("fp32", "ieee"), ("bf16", "tf32")):
         for sample in (True, False):
-            yield (f"head_sample_and_score[{dtype} sample={sample}]", triton_sample._head_kernel,
-                   {"h_ptr": dtype, "w_ptr": dtype},
-                   {"SAMPLE": sample, "PRECISION": precision, "BLOCK_R": 16, "BLOCK_V": 64, "BLOCK_D": 32})
-        yield (f"expected_embedding[{dtype}]", triton_embedding._expected_embedding_kernel,
-               {"logits_ptr": dtype, "emb_ptr": dtype},
-               {"PRECISION": precision, "BLOCK_R": 16, "BLOCK_V": 64, "BLOCK_D": 64})
+            for split in (False, True):
+                yield (f"head_sample_and_score[{dtype} sample={sample} split={split}]", triton_sample._head_kernel,
+                       {"h_ptr": dtype, "w_ptr": dtype}, {"SAMPLE": sample, "SPLIT": split, "PRECISION": precision,
+                                                          "BLOCK_R": 16, "BLOCK_V": 64, "BLOCK_D": 32})
+        for split in (False, True):
+            yield (f"expected_embedding[{dtype} split={split}]", triton_embedding._expected_embedding_kernel,
+                   {"logits_ptr": dtype, "emb_ptr": dtype},
+                   {"SPLIT": split, "PRECISION": precision, "BLOCK_R": 16, "BLOCK_V": 64, "BLOCK_D": 64})
+    for sample in (True, False):
+        yield (f"head_sample_and_score merge[sample={sample}]", triton_sample._merge_kernel, {},
+               {"SAMPLE": sample, "BLOCK_R": triton_sample.MERGE_ROWS})
+    yield ("expected_embedding merge", triton_embedding._expected_embedding_merge_kernel, {},
+           {"BLOCK_R": 16, "BLOCK_D": 64})
     yield ("energy_score[fp32]", triton_energy._energy_kernel, {"x_ptr": "fp32", "y_ptr": "fp32"},
            {"BLOCK_I": 16, "BLOCK_J": 16, "BLOCK_L": 32})
 

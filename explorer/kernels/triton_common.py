@@ -1,4 +1,4 @@
-"""Pieces the Triton kernels share: the online-softmax merge and the tl.dot precision choice."""
+"""Pieces the Triton kernels share: the online-softmax merges, the tl.dot precision choice and the vocabulary split."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 NEG_INF = tl.constexpr(float("-inf"))  # compiled kernels may read only constexpr globals
+PROGRAMS_PER_SM = 4  # split the vocabulary until the grid has this many programs per multiprocessor
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -32,3 +33,39 @@ def softmax_merge(x, tile_max, m, s, h):
     h = alpha * (h + (shift_old - shift_new) * s) + tl.sum(tl.where(e > 0, e * z, 0.0), axis=1)
     s = alpha * s + tl.sum(e, axis=1)
     return m_new, s, h, alpha, e
+
+
+@triton.jit
+def softmax_combine(m, s, h, m2, s2, h2):
+    """Merge two online-softmax states (m, s, h) and (m2, s2, h2) of disjoint column ranges of the same rows.
+
+    Returns (m, s, h, alpha, beta): alpha and beta rescale anything accumulated against m and against m2.
+    A state that is all -inf (s = h = 0) contributes nothing; no inf - inf appears.
+    """
+    m_new = tl.maximum(m, m2)
+    shift_new = tl.where(m_new == NEG_INF, 0.0, m_new)
+    shift_a = tl.where(m == NEG_INF, shift_new, m)
+    shift_b = tl.where(m2 == NEG_INF, shift_new, m2)
+    alpha = tl.exp(shift_a - shift_new)
+    beta = tl.exp(shift_b - shift_new)
+    h = alpha * (h + (shift_a - shift_new) * s) + beta * (h2 + (shift_b - shift_new) * s2)
+    s = alpha * s + beta * s2
+    return m_new, s, h, alpha, beta
+
+
+def vocab_splits(row_programs: int, tiles: int, device: torch.device, splits: int | None = None) -> tuple[int, int]:
+    """(splits, tiles per split) for a grid of `row_programs` programs streaming `tiles` vocabulary tiles each.
+
+    With few rows one program per row block leaves most of a GPU idle while it walks the whole vocabulary;
+    splitting the vocabulary into contiguous runs of tiles gives row_programs x splits programs, enough to fill
+    the device (PROGRAMS_PER_SM per multiprocessor). Many rows keep splits = 1, the single pass. `splits`
+    forces a count (tests); off CUDA (the interpreter) the default is 1. Empty splits are dropped.
+    """
+    if splits is None:
+        if device.type != "cuda":
+            return 1, tiles
+        target = PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+        splits = triton.cdiv(target, max(row_programs, 1))
+    splits = max(1, min(splits, tiles))
+    per_split = triton.cdiv(tiles, splits)
+    return triton.cdiv(tiles, per_split), per_split

@@ -9,6 +9,10 @@ columns, keeping per row a small running state (see `_update`):
     best, bi  running Gumbel-max: max of x / T + gumbel and its (first) index
     bx        raw logit of the current Gumbel-max choice (for its probability)
 
+`head_sample_and_score` can also split the vocabulary across programs (grid (row blocks, splits)) when
+there are too few row blocks to fill the GPU: each program streams one contiguous run of tiles and
+writes its state, and `_merge_kernel` merges the states in split order (see `triton_common.vocab_splits`).
+
 Noise is reference.counter_gumbel (lowbias32 hash, 32-bit uniform) of the counter row * V + v + offset, so
 the sampled token is the reference's (bit-identical on the interpreter; on a GPU `tl.log` may differ
 from torch's by an ulp, which can only matter for exact near-ties). Nothing of size (rows, V) is
@@ -28,9 +32,10 @@ import triton.language as tl
 
 from explorer.kernels import reference
 from explorer.kernels.reference import _as_int32
-from explorer.kernels.triton_common import NEG_INF, dot_precision, softmax_merge
+from explorer.kernels.triton_common import NEG_INF, dot_precision, softmax_combine, softmax_merge, vocab_splits
 
 UNIFORM_MAX = tl.constexpr(reference.UNIFORM_MAX)  # compiled kernels may read only constexpr globals
+MERGE_ROWS = 64  # rows per program of _merge_kernel
 
 
 @triton.jit
@@ -63,6 +68,20 @@ def _init_state(BLOCK_R: tl.constexpr):
 
 
 @triton.jit
+def _merge_top2(m, t2, i1, tm, tt2, ti):
+    """Merge a part's max tm, second value tt2 and first argmax ti into (t2, i1); m is the max before the merge.
+    A repeated max is also the second; ties keep the earlier index (parts are merged in column order)."""
+    return tl.maximum(tl.minimum(m, tm), tl.maximum(t2, tt2)), tl.where(tm > m, ti, i1)
+
+
+@triton.jit
+def _merge_gumbel(best, bi, bx, yb, yi, xb):
+    """Merge a part's Gumbel-max (value yb, index yi, raw logit xb); strict >, so ties keep the earlier index."""
+    take = yb > best
+    return tl.where(take, yb, best), tl.where(take, yi, bi), tl.where(take, xb, bx)
+
+
+@triton.jit
 def _update(x, start, row, V, offset, seedmix, temperature, kth,
             m, s, h, t2, i1, best, bi, bx,
             SAMPLE: tl.constexpr, HAS_TOPK: tl.constexpr, BLOCK_V: tl.constexpr):
@@ -75,8 +94,7 @@ def _update(x, start, row, V, offset, seedmix, temperature, kth,
     count = tl.sum(is_top.to(tl.int32), axis=1)
     second = tl.max(tl.where(is_top, NEG_INF, x), axis=1)
     tt2 = tl.where(count >= 2, tm, second)
-    t2 = tl.maximum(tl.minimum(m, tm), tl.maximum(t2, tt2))
-    i1 = tl.where(tm > m, ti + start, i1)
+    t2, i1 = _merge_top2(m, t2, i1, tm, tt2, ti + start)
     m, s, h, _, _ = softmax_merge(x, tm, m, s, h)
     if SAMPLE:
         cols = start + local
@@ -89,10 +107,7 @@ def _update(x, start, row, V, offset, seedmix, temperature, kth,
         yb = tl.max(y, axis=1)
         yi = tl.argmax(y, axis=1)
         xb = tl.max(tl.where(local[None, :] == yi[:, None], x, NEG_INF), axis=1)
-        take = yb > best
-        best = tl.where(take, yb, best)
-        bi = tl.where(take, yi + start, bi)
-        bx = tl.where(take, xb, bx)
+        best, bi, bx = _merge_gumbel(best, bi, bx, yb, yi + start, xb)
     return m, s, h, t2, i1, best, bi, bx
 
 
@@ -137,16 +152,20 @@ def _sample_kernel(logits_ptr, stride_row, rows_ptr, kth_ptr, n_rows, V, offset,
 
 
 @triton.jit
-def _head_kernel(h_ptr, stride_h, w_ptr, stride_w, n_rows, V, D, offset, seedmix, temperature,
-                 tok_ptr, prob_ptr, margin_ptr, ent_ptr,
-                 SAMPLE: tl.constexpr, PRECISION: tl.constexpr,
+def _head_kernel(h_ptr, stride_h, w_ptr, stride_w, n_rows, V, D, span, offset, seedmix, temperature,
+                 stat_ptr, idx_ptr, tok_ptr, prob_ptr, margin_ptr, ent_ptr,
+                 SAMPLE: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program (i, j) streams rows i * BLOCK_R.. over the columns [j * span, (j + 1) * span) (span: whole tiles).
+    SPLIT: store the state at (row, j) of stat (n_rows, splits, 6) and idx (n_rows, splits, 2) for _merge_kernel;
+    otherwise (one split) write the results."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_ok = r < n_rows
     row = r.to(tl.int64)
     kth = tl.full((BLOCK_R,), NEG_INF, tl.float32)
     m, s, h, t2, i1, best, bi, bx = _init_state(BLOCK_R)
-    for start in range(0, V, BLOCK_V):
+    lo = tl.program_id(1) * span
+    for start in range(lo, tl.minimum(lo + span, V), BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         col_ok = cols < V
         acc = tl.zeros((BLOCK_R, BLOCK_V), tl.float32)
@@ -160,6 +179,42 @@ def _head_kernel(h_ptr, stride_h, w_ptr, stride_w, n_rows, V, D, offset, seedmix
         x = tl.where(r_ok[:, None] & col_ok[None, :], acc, NEG_INF)
         m, s, h, t2, i1, best, bi, bx = _update(x, start, row, V, offset, seedmix, temperature, kth,
                                                 m, s, h, t2, i1, best, bi, bx, SAMPLE, False, BLOCK_V)
+    if SPLIT:
+        at = row * tl.num_programs(1) + tl.program_id(1)
+        tl.store(stat_ptr + at * 6, m, mask=r_ok)
+        tl.store(stat_ptr + at * 6 + 1, s, mask=r_ok)
+        tl.store(stat_ptr + at * 6 + 2, h, mask=r_ok)
+        tl.store(stat_ptr + at * 6 + 3, t2, mask=r_ok)
+        tl.store(stat_ptr + at * 6 + 4, best, mask=r_ok)
+        tl.store(stat_ptr + at * 6 + 5, bx, mask=r_ok)
+        tl.store(idx_ptr + at * 2, i1, mask=r_ok)
+        tl.store(idx_ptr + at * 2 + 1, bi, mask=r_ok)
+    else:
+        _finish(r, r_ok, m, s, h, t2, i1, bi, bx, tok_ptr, prob_ptr, margin_ptr, ent_ptr, SAMPLE)
+
+
+@triton.jit
+def _merge_kernel(stat_ptr, idx_ptr, n_rows, splits, tok_ptr, prob_ptr, margin_ptr, ent_ptr,
+                  SAMPLE: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Merge the per-split states of _head_kernel[SPLIT] in split (= column) order and write the results:
+    the same merges as the single pass, so the same token and scores up to float rounding of s and h."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = r < n_rows
+    m, s, h, t2, i1, best, bi, bx = _init_state(BLOCK_R)
+    for j in range(0, splits):
+        at = r.to(tl.int64) * splits + j
+        m2 = tl.load(stat_ptr + at * 6, mask=r_ok, other=NEG_INF)
+        s2 = tl.load(stat_ptr + at * 6 + 1, mask=r_ok, other=0.0)
+        h2 = tl.load(stat_ptr + at * 6 + 2, mask=r_ok, other=0.0)
+        t22 = tl.load(stat_ptr + at * 6 + 3, mask=r_ok, other=NEG_INF)
+        i12 = tl.load(idx_ptr + at * 2, mask=r_ok, other=0)
+        t2, i1 = _merge_top2(m, t2, i1, m2, t22, i12)
+        m, s, h, _, _ = softmax_combine(m, s, h, m2, s2, h2)
+        if SAMPLE:
+            best2 = tl.load(stat_ptr + at * 6 + 4, mask=r_ok, other=NEG_INF)
+            bx2 = tl.load(stat_ptr + at * 6 + 5, mask=r_ok, other=NEG_INF)
+            bi2 = tl.load(idx_ptr + at * 2 + 1, mask=r_ok, other=0)
+            best, bi, bx = _merge_gumbel(best, bi, bx, best2, bi2, bx2)
     _finish(r, r_ok, m, s, h, t2, i1, bi, bx, tok_ptr, prob_ptr, margin_ptr, ent_ptr, SAMPLE)
 
 
@@ -210,8 +265,11 @@ def sample_and_score(logits, temperature=1.0, top_k=None, top_p=None, seed=0, of
 
 
 def head_sample_and_score(hidden, weight, temperature=1.0, top_k=None, top_p=None, seed=0, offset=0,
-                          block_rows: int = 16, block_v: int = 64, block_d: int = 32):
+                          block_rows: int = 16, block_v: int = 64, block_d: int = 32, splits: int | None = None):
     """Triton version of reference.head_sample_and_score: the matmul tile feeds the streaming state.
+
+    The vocabulary is split across programs when there are few rows (`triton_common.vocab_splits`;
+    `splits` forces a count), with the same tokens and scores as the single pass.
 
     top-k / top-p calls use the reference (it needs the k-th largest logit or the sorted nucleus first).
     float32 inputs multiply in IEEE float32 (no TF32); half inputs in TF32, which holds their values
@@ -233,9 +291,18 @@ def head_sample_and_score(hidden, weight, temperature=1.0, top_k=None, top_p=Non
     sample = temperature != 0
     out = _outputs(n, hidden.device)
     if n:
-        grid = (triton.cdiv(n, block_rows),)
-        _head_kernel[grid](flat, flat.stride(0), weight, weight.stride(0), n, vocab, d, offset, _seedmix(seed),
-                           float(temperature) if sample else 1.0, *out,
-                           SAMPLE=sample, PRECISION=dot_precision(flat.dtype),
-                           BLOCK_R=block_rows, BLOCK_V=block_v, BLOCK_D=block_d)
+        row_blocks = triton.cdiv(n, block_rows)
+        splits, per_split = vocab_splits(row_blocks, triton.cdiv(vocab, block_v), hidden.device, splits)
+        stat = idx = None
+        if splits > 1:  # per (row, split): m, s, h, t2, best, bx and i1, bi
+            stat = torch.empty(n, splits, 6, dtype=torch.float32, device=hidden.device)
+            idx = torch.empty(n, splits, 2, dtype=torch.int32, device=hidden.device)
+        _head_kernel[(row_blocks, splits)](flat, flat.stride(0), weight, weight.stride(0), n, vocab, d,
+                                           per_split * block_v, offset, _seedmix(seed),
+                                           float(temperature) if sample else 1.0, stat, idx, *out,
+                                           SAMPLE=sample, SPLIT=splits > 1, PRECISION=dot_precision(flat.dtype),
+                                           BLOCK_R=block_rows, BLOCK_V=block_v, BLOCK_D=block_d)
+        if splits > 1:
+            _merge_kernel[(triton.cdiv(n, MERGE_ROWS),)](stat, idx, n, splits, *out, SAMPLE=sample,
+                                                         BLOCK_R=MERGE_ROWS)
     return tuple(o.view(hidden.shape[:-1]) for o in out)
