@@ -11,6 +11,7 @@ from pathlib import Path
 import diffusers  # the `integrations` extra (in `dev`)
 import pytest
 import torch
+import transformers
 
 import explorer
 from explorer.integrations.diffusers import from_animate_json, record_pipeline, to_animate_json
@@ -101,6 +102,10 @@ def test_a_diffusion_gemma_folder_loads_and_generates_like_any_family(dg_folder)
     assert len(trace.final_tokens) == 2 * DG_CANVAS  # whole canvases
     assert len(trace.frames) - 1 == calls[0] and trace.model["family"] == "diffusion_gemma"
     assert trace.sampler["name"] == "entropy_bound" and trace.sampler["entropy_bound"] == 0.1
+    assert trace.source == {"library": "transformers", "version": transformers.__version__,
+                            "model_class": "DiffusionGemmaForBlockDiffusion"}  # whose loop made the run
+    assert Trace.from_dict(trace.to_dict()).source == trace.source
+    assert explorer.generate(explorer.load("mdlm-tiny"), "ROMEO:", gen_length=4, steps=2).source is None  # ours
     assert explorer.generate(model, prompt="ROMEO:", gen_length=12, steps=3, seed=1).final_tokens == \
         trace.final_tokens  # seeded
     with pytest.raises(ValueError, match=r"t_max must be greater than t_min"):

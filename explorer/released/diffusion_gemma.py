@@ -56,6 +56,14 @@ class DiffusionGemmaModel(ReleasedModel, nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.network.parameters())
 
+    @property
+    def source(self) -> dict:
+        """The trace's source block: whose loop made the run (the sampler's settings are the trace's sampler)."""
+        import transformers
+
+        return {"library": "transformers", "version": transformers.__version__,
+                "model_class": type(self.network).__name__}
+
 
 def load_diffusion_gemma(path: str | Path, device=None, dtype: torch.dtype | None = None) -> DiffusionGemmaModel:
     """Load a DiffusionGemma folder (config.json, safetensors weights, tokenizer.json) as an eval-mode model.

@@ -153,6 +153,7 @@ def build_trace(model, prompt_ids: list[int], description: dict, frames: list[Fr
                "steps": frames[-1].step, "gen_length": gen, **({"stop": reason} if reason else {})},
         prompt_text=tok.decode(list(prompt_ids), skip_special_tokens=False) if prompt_ids else "",
         mask_id=model.mask_id,
+        source=getattr(model, "source", None),  # another library's loop made it (e.g. transformers' DiffusionGemma)
     )
 
 
