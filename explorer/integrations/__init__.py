@@ -10,7 +10,7 @@ The submodules import their library when imported; `import explorer` imports nei
 from __future__ import annotations
 
 from explorer.data.tokenizer import display_string
-from explorer.sampling.trace import Frame, Trace
+from explorer.sampling.trace import Frame, Trace, token_ids_seen
 
 
 def token_string(tokenizer, token_id: int) -> str:
@@ -29,15 +29,11 @@ def recorded_trace(frames: list[Frame], prompt_ids: list[int], tokenizer, *, mod
     the final canvas without mask ids); `source`: {library, version, model_class, settings}."""
     final = frames[-1].tokens
     answer = [t for t in final if t != mask_id] if answer is None else answer
-    ids = set(prompt_ids) | set(final)
-    for frame in frames:
-        ids.update(frame.tokens or [])
-        ids.update(frame.proposal or [])
     decode = tokenizer.decode if tokenizer is not None else (lambda toks, **_: " ".join(map(str, toks)))
     return Trace(
         model=model, sampler=sampler, prompt_ids=list(prompt_ids), frames=frames,
         text=decode(answer, skip_special_tokens=True),
-        token_strings={i: token_string(tokenizer, i) for i in sorted(ids)},
+        token_strings={i: token_string(tokenizer, i) for i in token_ids_seen(prompt_ids, frames)},
         stats={"nfe": frames[-1].nfe, "wall_s": round(wall_s, 4),
                "tokens_per_s": round(len(answer) / max(wall_s, 1e-9), 2), "steps": frames[-1].step,
                "gen_length": len(final)},

@@ -16,7 +16,7 @@ from explorer.data.tokenizer import display_string
 from explorer.sampling.common import MAX_SEED, check_int
 from explorer.sampling.mdlm import find_stop
 from explorer.sampling.registry import SAMPLERS, build_sampler, sampler_for, user_knobs
-from explorer.sampling.trace import RECORD_LEVELS, SCHEMA, Frame, Trace
+from explorer.sampling.trace import RECORD_LEVELS, SCHEMA, Frame, Trace, token_ids_seen
 
 
 def encode_text(model, knob: str, text: str) -> list[int]:
@@ -131,10 +131,6 @@ def generate(model, prompt: str | list[int] = "", sampler: str | None = None, se
 
 def build_trace(model, prompt_ids: list[int], description: dict, frames: list[Frame], wall_s: float) -> Trace:
     final = frames[-1].tokens
-    ids = set(prompt_ids) | set(final)
-    for frame in frames:
-        ids.update(frame.tokens or [])
-        ids.update(frame.proposal or [])
     tok = model.tokenizer
     stop = find_stop(model, final)  # a released model's answer ends at its first eos / end of turn
     answer = final[: stop[0]] if stop else final
@@ -148,7 +144,7 @@ def build_trace(model, prompt_ids: list[int], description: dict, frames: list[Fr
         prompt_ids=list(prompt_ids),
         frames=frames,
         text=text,
-        token_strings={i: display_string(tok, i) for i in sorted(ids)},
+        token_strings={i: display_string(tok, i) for i in token_ids_seen(prompt_ids, frames)},
         stats={"nfe": frames[-1].nfe, "wall_s": round(wall_s, 4), "tokens_per_s": round(gen / max(wall_s, 1e-9), 2),
                "steps": frames[-1].step, "gen_length": gen, **({"stop": reason} if reason else {})},
         prompt_text=tok.decode(list(prompt_ids), skip_special_tokens=False) if prompt_ids else "",

@@ -373,3 +373,12 @@ def _depth(value, where: str) -> None:
         if not level:
             return
     raise ValueError(f"{where} nests deeper than {MAX_DEPTH} levels")
+
+
+def token_ids_seen(prompt_ids: list[int], frames: list[Frame]) -> list[int]:
+    """Every token id a trace shows (prompt, canvases, proposals), sorted: the keys of its `token_strings`."""
+    ids = set(prompt_ids)
+    for frame in frames:
+        ids.update(frame.tokens or [])
+        ids.update(frame.proposal or [])
+    return sorted(ids)
