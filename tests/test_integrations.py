@@ -7,6 +7,7 @@ import inspect
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import diffusers  # the `integrations` extra (in `dev`)
@@ -18,6 +19,7 @@ import explorer
 from explorer.integrations.diffusers import from_animate_json, record_pipeline, to_animate_json
 from explorer.integrations.transformers import record_generate
 from explorer.released.synthetic import DG_CANVAS, tiny_diffusion_gemma, write_tiny_diffusion_gemma
+from explorer.sampling.diffusion_gemma import QUEUED_FRAMES
 from explorer.sampling.trace import Trace
 
 EXAMPLE = Path(explorer.__file__).parent / "examples" / "mdlm-tiny.json"
@@ -76,6 +78,16 @@ def test_record_generate_matches_what_generate_returns(dg_network):
         assert trace.frames[last].committed == list(range(block * DG_CANVAS, (block + 1) * DG_CANVAS))
         assert trace.frames[last].tokens[: (block + 1) * DG_CANVAS] == generated[: (block + 1) * DG_CANVAS]
     assert all(len(f.confidence) == 2 * DG_CANVAS for f in trace.frames)
+    # hidden states: the decoder's last state of each pass, over the canvas it denoised; the LM head reads the draft
+    assert trace.frames[0].hidden == [None] * 2 * DG_CANVAS
+    assert all(len(f.hidden) == 2 * DG_CANVAS for f in trace.frames)
+    for frame in trace.frames[1:]:
+        lo = frame.block * DG_CANVAS
+        assert all(row is None for row in frame.hidden[lo + DG_CANVAS:])  # canvases not drawn yet
+        state = torch.tensor(frame.hidden[lo : lo + DG_CANVAS])  # (canvas_length, d)
+        assert state.shape == (DG_CANVAS, dg_network.config.text_config.hidden_size)
+        if not frame.committed:  # the last pass of a canvas shows the canvas generate keeps
+            assert dg_network.lm_head(state).argmax(-1).tolist() == frame.tokens[lo : lo + DG_CANVAS]
     assert trace.source["library"] == "transformers" and trace.source["settings"]["max_denoising_steps"] == 4
     again = Trace.from_dict(json.loads(json.dumps(trace.to_dict())))
     assert again.source == trace.source and again.final_tokens == generated
@@ -115,6 +127,31 @@ def test_a_diffusion_gemma_folder_loads_and_generates_like_any_family(dg_folder)
         explorer.generate(model, prompt="ROMEO:", entropy_bound=0)
     with pytest.raises(ValueError, match="prompt must hold at least one token"):
         explorer.generate(model, prompt="")
+
+
+def test_diffusion_gemma_frames_stream_while_generate_runs(dg_folder):
+    model = explorer.load(dg_folder, device="cpu")
+    returned, library_generate = threading.Event(), model.network.generate
+
+    def watched(*args, **kwargs):
+        output = library_generate(*args, **kwargs)
+        returned.set()
+        return output
+
+    model.network.generate = watched
+    _, _, frames = explorer.stream(model, "ROMEO:", gen_length=2 * DG_CANVAS, steps=4, seed=1, record="full")
+    first = next(frames)
+    assert not returned.is_set()  # the first frame came while generate was still running
+    streamed = [first, *frames]
+    assert returned.is_set() and len(streamed) == 2 * 4 + 1 > QUEUED_FRAMES + 1
+    ran = explorer.generate(model, "ROMEO:", gen_length=2 * DG_CANVAS, steps=4, seed=1, record="full")
+    assert [f.tokens for f in streamed] == [f.tokens for f in ran.frames]
+    assert [f.committed for f in streamed] == [f.committed for f in ran.frames]
+    # a reader that stops ends generate at its next pass: no worker is left running
+    _, _, frames = explorer.stream(model, "ROMEO:", gen_length=2 * DG_CANVAS, steps=4, seed=1)
+    next(frames)
+    frames.close()
+    assert not any(t.name == "diffusion-gemma-generate" for t in threading.enumerate())
 
 
 def test_importing_explorer_imports_neither_library():
