@@ -8,15 +8,16 @@ import pytest
 import torch
 
 import explorer
-from explorer.models import BD3LMConfig, BD3LMModel, MDLMConfig, MDLMModel
 from explorer.eval import cache_quality
-from explorer.released.synthetic import DG_CANVAS, write_tiny_diffusion_gemma
+from explorer.models import BD3LMConfig, BD3LMModel, MDLMConfig, MDLMModel
+from explorer.released.synthetic import write_tiny_diffusion_gemma
 from explorer.sampling.trace import Frame, Trace
 from explorer.viz import attention_over_steps, parallel_dependencies, reliability_diagram, state_drift
 from explorer.viz.diagnostics import dependency_pairs, hidden_drift, kv_drift
 from support import tiny_backbone
 
 M = 99  # the mask id of the hand-built traces
+C = 4  # the tiny DiffusionGemma's canvas_length
 
 
 # two layers: the first layer's keys and values depend on the token alone, so drift shows from the second on
@@ -171,23 +172,23 @@ def test_causal_attention_recorded_with_a_cache_never_looks_ahead(tiny_ar):
 
 @pytest.fixture(scope="module")
 def dg(tmp_path_factory):
-    model = explorer.load(write_tiny_diffusion_gemma(tmp_path_factory.mktemp("dg") / "dg"), device="cpu")
-    trace = explorer.generate(model, "ROMEO:", gen_length=2 * DG_CANVAS, steps=2, seed=0, record="full")
+    folder = write_tiny_diffusion_gemma(tmp_path_factory.mktemp("dg") / "dg", canvas_length=C)
+    model = explorer.load(folder, device="cpu")
+    trace = explorer.generate(model, "ROMEO:", gen_length=2 * C, steps=2, seed=0, record="full")
     return model, trace
 
 
 def test_parallel_dependencies_of_a_diffusion_gemma_run_equal_its_decoder_passes(dg):
     model, trace = dg
-    pairs = dependency_pairs(model, trace)  # each canvas is committed at its last pass: 8 tokens together
-    assert len(pairs) == 2 * (DG_CANVAS * (DG_CANVAS - 1) // 2)
-    P = len(trace.prompt_ids)
+    pairs = dependency_pairs(model, trace)  # each canvas is committed at its last pass: C tokens together
+    assert len(pairs) == 2 * (C * (C - 1) // 2)
 
     def logp(step, canvas, pos, token):  # the decoder over the step's canvas after the prompt and earlier canvases
-        lo = trace.frames[step].block * DG_CANVAS
-        logits, _ = model.canvas_pass(trace.prompt_ids + canvas[:lo], canvas[lo : lo + DG_CANVAS])
+        lo = trace.frames[step].block * C
+        logits, _ = model.canvas_pass(trace.prompt_ids + canvas[:lo], canvas[lo : lo + C])
         return float(logits[pos - lo].log_softmax(-1)[token])
 
-    for pair in pairs[:: 9]:
+    for pair in pairs[:: C * (C - 1) // 2]:  # the first pair of each canvas
         step, i, j = pair["step"], pair["i"], pair["j"]
         before, tokens = trace.frames[step - 1].tokens, trace.frames[step].tokens
         with_i, with_j = list(before), list(before)
@@ -196,7 +197,7 @@ def test_parallel_dependencies_of_a_diffusion_gemma_run_equal_its_decoder_passes
         assert pair["log_product"] == pytest.approx(li + lj, abs=1e-4)
         joint = (li + logp(step, with_i, j, tokens[j]) + lj + logp(step, with_j, i, tokens[i])) / 2
         assert pair["log_joint"] == pytest.approx(joint, abs=1e-4)
-    assert P and parallel_dependencies(model, trace).layout.meta["pairs"] == len(pairs)
+    assert parallel_dependencies(model, trace).layout.meta["pairs"] == len(pairs)
 
 
 def test_state_drift_of_a_diffusion_gemma_run_recorded_or_re_run_and_what_it_lacks(dg):
@@ -213,7 +214,7 @@ def test_state_drift_of_a_diffusion_gemma_run_recorded_or_re_run_and_what_it_lac
     assert rerun.layout.meta["hidden"] == "re-run"
     rows = rerun.data[0].z
     first = [s for s, f in enumerate(trace.frames) if f.block == 1][0]
-    assert all(rows[first][p] is None or rows[first][p] == 0.0 for p in range(DG_CANVAS))  # canvas 0: finished
+    assert all(rows[first][p] is None or rows[first][p] == 0.0 for p in range(C))  # canvas 0: finished
     with pytest.raises(ValueError, match="reads each layer's keys and values.*diffusion_gemma model "
                                          r"\(DiffusionGemmaForBlockDiffusion\) does not expose them"):
         kv_drift(model, trace)
