@@ -41,7 +41,7 @@ def _step_pass(model, trace: Trace, step: int, canvas: list[int] | None = None,
     re-run on the canvas it read (frame step - 1's, or `canvas`); L counts from the prompt's first token. mdlm: one
     pass over prompt + canvas; bd3lm: prompt + canvas up to the end of the step's block (block-causal, as its exact
     KV cache sees it); diffusion_gemma: the step's canvas after the prompt and the canvases before it, the rows of
-    other positions NaN. The mask token's logit is -inf."""
+    other positions NaN. mdlm and bd3lm: the mask token's logit is -inf."""
     P = len(trace.prompt_ids)
     canvas = trace.frames[step - 1].tokens if canvas is None else canvas
     if model.family == "diffusion_gemma":
