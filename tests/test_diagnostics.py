@@ -220,6 +220,8 @@ def test_state_drift_of_a_diffusion_gemma_run_recorded_or_re_run_and_what_it_lac
         kv_drift(model, trace)
     with pytest.raises(ValueError, match="reads each layer's attention probabilities"):
         attention_over_steps(model, trace, position=0)
+    with pytest.raises(ValueError, match="canvas_ids must hold canvas_length = 4 ids, got 2"):
+        model.canvas_pass(trace.prompt_ids, [5, 6])
 
 
 def test_the_page_compares_caches_once_per_run(tiny_mdlm, monkeypatch):
