@@ -25,10 +25,10 @@ from explorer.models.calm import Autoencoder, collapsed_dimensions, reconstructi
 from explorer.models.mdlm import low_discrepancy_t
 from explorer.sampling import generate, sampler_for
 from explorer.sampling.bd3lm import unigram_entropy
+from explorer.sampling.mdlm import CACHE_MODES
 from explorer.sampling.trace import Trace
 
 NOISE_SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)  # the robustness curve: accuracy of decode(mean + sigma eps)
-CACHE_MODES = ("none", "prefix", "dual")  # the uncached run, then Fast-dLLM's approximate caches
 
 
 @torch.no_grad()
