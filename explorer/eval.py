@@ -23,7 +23,10 @@ from tqdm.auto import tqdm
 from explorer.data import TokenStream, load_corpus
 from explorer.models.calm import Autoencoder, collapsed_dimensions, reconstruction_accuracy
 from explorer.models.mdlm import low_discrepancy_t
+from explorer.sampling import generate, sampler_for
 from explorer.sampling.bd3lm import unigram_entropy
+from explorer.sampling.mdlm import CACHE_MODES
+from explorer.sampling.trace import Trace
 
 NOISE_SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)  # the robustness curve: accuracy of decode(mean + sigma eps)
 
@@ -65,13 +68,41 @@ def generative_ppl(judge, prompts: list[list[int]], outputs: list[list[int]]) ->
     """Perplexity the AR judge assigns to the generated tokens given <bos> + prompt."""
     nll, count = 0.0, 0
     for prompt, out in zip(prompts, outputs):
-        ids = torch.tensor([[judge.bos_id] + prompt + out])
+        ids = torch.tensor([[judge.bos_id] + prompt + out], device=judge.device)
         logp = judge(ids[:, :-1]).log_softmax(-1)[0]
         targets = ids[0, 1:]
         token_logp = logp.gather(-1, targets[:, None]).squeeze(-1)[len(prompt):]
         nll -= float(token_logp.sum())
         count += len(out)
     return math.exp(nll / count)
+
+
+def cache_quality(model, trace: Trace, judge=None) -> dict:
+    """The run's prompt, seed and knobs with each of Fast-dLLM's caches: {"none" | "prefix" | "dual": {"agreement":
+    the fraction of final tokens equal to the uncached run's, "nfe", and with an AR `judge` "gen_ppl" (its
+    generative perplexity of the output)}}. Re-runs the mdlm sampler twice (the run itself stands for its own
+    cache mode); `explorer.viz.state_drift(..., caches=...)` shows the numbers beside the drift."""
+    if model.family != "mdlm" or "cache" not in trace.sampler:
+        raise ValueError("the cache comparison needs a run of an mdlm-family sampler with a cache knob (LLaDA's loop, "
+                         "threshold or factor)")
+    if trace.sampler.get("edits") or trace.sampler.get("infill"):
+        raise ValueError("the cache comparison re-runs the sampler: a run with hand edits or an infilled prompt "
+                         "cannot be re-run as it was")
+    if judge is not None and (judge.family != "ar" or getattr(judge.config, "direction", "l2r") != "l2r"):
+        raise ValueError(f"judge must be a left-to-right ar model, got a {judge.family} one")
+    name = trace.sampler["name"]
+    knobs = {k: v for k, v in trace.sampler.items() if k in sampler_for(model.family, name).knobs and k != "infill"}
+    runs = {mode: trace if trace.sampler["cache"] == mode else
+            generate(model, trace.prompt_ids, name, trace.sampler["seed"], "tokens", **(knobs | {"cache": mode}))
+            for mode in CACHE_MODES}
+    base = runs["none"].final_tokens
+    result = {}
+    for mode, run in runs.items():
+        out = run.final_tokens
+        result[mode] = {"agreement": sum(a == b for a, b in zip(out, base)) / len(base), "nfe": run.stats.get("nfe")}
+        if judge is not None:
+            result[mode]["gen_ppl"] = generative_ppl(judge, [list(trace.prompt_ids)], [out])
+    return result
 
 
 def sample_quality(judge, prompts: list[list[int]], outputs: list[list[int]]) -> dict:

@@ -246,7 +246,7 @@ def test_learn_more_links_open_the_executed_notebooks_served_by_the_page(app_url
 
 def test_a_diffusion_gemma_folder_runs_and_replays_in_every_tab(client):
     """A library's model (transformers' DiffusionGemma, a tiny random folder) on the page: its run streams to the
-    canvas, replays, compares, exports and loads back; the Latent tab says why it has nothing to project."""
+    canvas, replays, compares, exports and loads back; the Latent tab projects its decoder's hidden states."""
     from gradio_client import handle_file
 
     gemma = dict(checkpoint="released/DiffusionGemma-tiny", sampler="entropy_bound", gen_length=8, steps=8,
@@ -255,7 +255,7 @@ def test_a_diffusion_gemma_folder_runs_and_replays_in_every_tab(client):
     assert "dlm-error" not in error and view.count('class="dlm-token"') == 8 and "DiffusionGemma" in stats, error
     assert client.predict(1, "confidence", "pca", "this run", api_name="/replay")[0] != view
     figure = json.loads(client.predict(1, "pca", "this run", api_name="/latent")["plot"])
-    assert figure["layout"]["annotations"][0]["text"]  # a plain-words message, not an error
+    assert "hidden states" in figure["layout"]["title"]["text"] and any(t.get("x") for t in figure["data"])
     path, error = client.predict("confidence", api_name="/export_json")
     assert not error and json.loads(open(path).read())["model"]["family"] == "diffusion_gemma"
     loaded = client.predict(handle_file(path), "confidence", api_name="/load_trace")[0]

@@ -8,13 +8,16 @@ import pytest
 import torch
 
 import explorer
+from explorer.eval import cache_quality
 from explorer.models import BD3LMConfig, BD3LMModel, MDLMConfig, MDLMModel
+from explorer.released.synthetic import write_tiny_diffusion_gemma
 from explorer.sampling.trace import Frame, Trace
-from explorer.viz import attention_over_steps, cache_quality, parallel_dependencies, reliability_diagram, state_drift
+from explorer.viz import attention_over_steps, parallel_dependencies, reliability_diagram, state_drift
 from explorer.viz.diagnostics import dependency_pairs, hidden_drift, kv_drift
 from support import tiny_backbone
 
 M = 99  # the mask id of the hand-built traces
+C = 4  # the tiny DiffusionGemma's canvas_length
 
 
 # two layers: the first layer's keys and values depend on the token alone, so drift shows from the second on
@@ -94,9 +97,9 @@ def test_kv_drift_finished_blocks_keep_their_keys_and_the_mdlm_prompt_does_not(m
 
 def test_state_drift_shows_the_cache_runs_quality_change(tiny_mdlm, tiny_ar):
     trace = explorer.generate(tiny_mdlm, [5, 6, 7], gen_length=8, steps=4, block_length=4, record="full")
-    fig = state_drift(trace, tiny_mdlm, judge=tiny_ar)
-    quality = fig.layout.meta["caches"]
-    assert quality["none"]["agreement"] == 1.0
+    quality = cache_quality(tiny_mdlm, trace, tiny_ar)
+    fig = state_drift(trace, tiny_mdlm, caches=quality)
+    assert fig.layout.meta["caches"] == quality and quality["none"]["agreement"] == 1.0
     dual = explorer.generate(tiny_mdlm, [5, 6, 7], gen_length=8, steps=4, block_length=4, cache="dual")
     same = sum(a == b for a, b in zip(dual.final_tokens, trace.final_tokens)) / 8
     assert quality["dual"]["agreement"] == pytest.approx(same)
@@ -163,3 +166,75 @@ def test_causal_attention_recorded_with_a_cache_never_looks_ahead(tiny_ar):
     assert torch.equal(full.triu(1), torch.zeros_like(full))
     assert window[:, 0, 4].abs().max() == 0 and window.sum(-1).allclose(torch.ones(2, 2))
     assert math.isclose(float(probe.keys[0].shape[2]), 5)
+
+
+# --- a library's model: DiffusionGemma (transformers), tiny and random ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def dg(tmp_path_factory):
+    folder = write_tiny_diffusion_gemma(tmp_path_factory.mktemp("dg") / "dg", canvas_length=C)
+    model = explorer.load(folder, device="cpu")
+    trace = explorer.generate(model, "ROMEO:", gen_length=2 * C, steps=2, seed=0, record="full")
+    return model, trace
+
+
+def test_parallel_dependencies_of_a_diffusion_gemma_run_equal_its_decoder_passes(dg):
+    model, trace = dg
+    pairs = dependency_pairs(model, trace)  # each canvas is committed at its last pass: C tokens together
+    assert len(pairs) == 2 * (C * (C - 1) // 2)
+
+    def logp(step, canvas, pos, token):  # the decoder over the step's canvas after the prompt and earlier canvases
+        lo = trace.frames[step].block * C
+        logits, _ = model.canvas_pass(trace.prompt_ids + canvas[:lo], canvas[lo : lo + C])
+        return float(logits[pos - lo].log_softmax(-1)[token])
+
+    for pair in pairs[:: C * (C - 1) // 2]:  # the first pair of each canvas
+        step, i, j = pair["step"], pair["i"], pair["j"]
+        before, tokens = trace.frames[step - 1].tokens, trace.frames[step].tokens
+        with_i, with_j = list(before), list(before)
+        with_i[i], with_j[j] = tokens[i], tokens[j]
+        li, lj = logp(step, before, i, tokens[i]), logp(step, before, j, tokens[j])
+        assert pair["log_product"] == pytest.approx(li + lj, abs=1e-4)
+        joint = (li + logp(step, with_i, j, tokens[j]) + lj + logp(step, with_j, i, tokens[i])) / 2
+        assert pair["log_joint"] == pytest.approx(joint, abs=1e-4)
+    assert parallel_dependencies(model, trace).layout.meta["pairs"] == len(pairs)
+
+
+def test_state_drift_of_a_diffusion_gemma_run_recorded_or_re_run_and_what_it_lacks(dg):
+    model, trace = dg
+    recorded = state_drift(trace, model)  # the hidden states generate's passes recorded
+    assert recorded.layout.meta["hidden"] == "recorded" and recorded.layout.meta["mean_hidden_drift"] > 0
+    assert "keys/values not shown: a diffusion_gemma model exposes no per-layer keys" in recorded.layout.title.text
+    assert len(recorded.data) == 1  # the hidden-state panel only
+    bare = Trace.from_dict(trace.to_dict())
+    for frame in bare.frames:
+        frame.hidden = None
+    assert state_drift(bare).layout.annotations[0].text.startswith("This run has no hidden states")
+    rerun = state_drift(bare, model)  # re-run through the model's decoder
+    assert rerun.layout.meta["hidden"] == "re-run"
+    rows = rerun.data[0].z
+    first = [s for s, f in enumerate(trace.frames) if f.block == 1][0]
+    assert all(rows[first][p] is None or rows[first][p] == 0.0 for p in range(C))  # canvas 0: finished
+    with pytest.raises(ValueError, match="reads each layer's keys and values.*diffusion_gemma model "
+                                         r"\(DiffusionGemmaForBlockDiffusion\) does not expose them"):
+        kv_drift(model, trace)
+    with pytest.raises(ValueError, match="reads each layer's attention probabilities"):
+        attention_over_steps(model, trace, position=0)
+    with pytest.raises(ValueError, match="canvas_ids must hold canvas_length = 4 ids, got 2"):
+        model.canvas_pass(trace.prompt_ids, [5, 6])
+
+
+def test_the_page_compares_caches_once_per_run(tiny_mdlm, monkeypatch):
+    from explorer.page import diagnostics
+
+    calls = []
+    monkeypatch.setattr(diagnostics, "cache_quality", lambda *a: calls.append(a) or {"none": {"agreement": 1.0}})
+    comparisons = diagnostics.Comparisons(limit=2)
+    runs = [explorer.generate(tiny_mdlm, [5, 6, 7], gen_length=8, steps=4, seed=s, record="full") for s in (0, 1, 2)]
+    for run in runs[:2] + runs[:2]:
+        comparisons.get(tiny_mdlm, run, None, None)
+    assert len(calls) == 2  # a Draw of the same run reads its comparison back
+    comparisons.get(tiny_mdlm, runs[0], None, "ar-tiny")  # another judge: another comparison
+    comparisons.get(tiny_mdlm, runs[2], None, None)
+    comparisons.get(tiny_mdlm, runs[1], None, None)  # pushed out: at most `limit` kept
+    assert len(calls) == 5 and len(comparisons.results) == 2

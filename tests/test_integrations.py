@@ -3,9 +3,11 @@ random models built with the libraries' own config classes, checked against what
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import diffusers  # the `integrations` extra (in `dev`)
@@ -17,6 +19,7 @@ import explorer
 from explorer.integrations.diffusers import from_animate_json, record_pipeline, to_animate_json
 from explorer.integrations.transformers import record_generate
 from explorer.released.synthetic import DG_CANVAS, tiny_diffusion_gemma, write_tiny_diffusion_gemma
+from explorer.sampling.diffusion_gemma import QUEUED_FRAMES
 from explorer.sampling.trace import Trace
 
 EXAMPLE = Path(explorer.__file__).parent / "examples" / "mdlm-tiny.json"
@@ -75,6 +78,16 @@ def test_record_generate_matches_what_generate_returns(dg_network):
         assert trace.frames[last].committed == list(range(block * DG_CANVAS, (block + 1) * DG_CANVAS))
         assert trace.frames[last].tokens[: (block + 1) * DG_CANVAS] == generated[: (block + 1) * DG_CANVAS]
     assert all(len(f.confidence) == 2 * DG_CANVAS for f in trace.frames)
+    # hidden states: the decoder's last state of each pass, over the canvas it denoised; the LM head reads the draft
+    assert trace.frames[0].hidden == [None] * 2 * DG_CANVAS
+    assert all(len(f.hidden) == 2 * DG_CANVAS for f in trace.frames)
+    for frame in trace.frames[1:]:
+        lo = frame.block * DG_CANVAS
+        assert all(row is None for row in frame.hidden[lo + DG_CANVAS:])  # canvases not drawn yet
+        state = torch.tensor(frame.hidden[lo : lo + DG_CANVAS])  # (canvas_length, d)
+        assert state.shape == (DG_CANVAS, dg_network.config.text_config.hidden_size)
+        if not frame.committed:  # the last pass of a canvas shows the canvas generate keeps
+            assert dg_network.lm_head(state).argmax(-1).tolist() == frame.tokens[lo : lo + DG_CANVAS]
     assert trace.source["library"] == "transformers" and trace.source["settings"]["max_denoising_steps"] == 4
     again = Trace.from_dict(json.loads(json.dumps(trace.to_dict())))
     assert again.source == trace.source and again.final_tokens == generated
@@ -116,6 +129,31 @@ def test_a_diffusion_gemma_folder_loads_and_generates_like_any_family(dg_folder)
         explorer.generate(model, prompt="")
 
 
+def test_diffusion_gemma_frames_stream_while_generate_runs(dg_folder):
+    model = explorer.load(dg_folder, device="cpu")
+    returned, library_generate = threading.Event(), model.network.generate
+
+    def watched(*args, **kwargs):
+        output = library_generate(*args, **kwargs)
+        returned.set()
+        return output
+
+    model.network.generate = watched
+    _, _, frames = explorer.stream(model, "ROMEO:", gen_length=2 * DG_CANVAS, steps=4, seed=1, record="full")
+    first = next(frames)
+    assert not returned.is_set()  # the first frame came while generate was still running
+    streamed = [first, *frames]
+    assert returned.is_set() and len(streamed) == 2 * 4 + 1 > QUEUED_FRAMES + 1
+    ran = explorer.generate(model, "ROMEO:", gen_length=2 * DG_CANVAS, steps=4, seed=1, record="full")
+    assert [f.tokens for f in streamed] == [f.tokens for f in ran.frames]
+    assert [f.committed for f in streamed] == [f.committed for f in ran.frames]
+    # a reader that stops ends generate at its next pass: no worker is left running
+    _, _, frames = explorer.stream(model, "ROMEO:", gen_length=2 * DG_CANVAS, steps=4, seed=1)
+    next(frames)
+    frames.close()
+    assert not any(t.name == "diffusion-gemma-generate" for t in threading.enumerate())
+
+
 def test_importing_explorer_imports_neither_library():
     code = "import sys, explorer, explorer.integrations; print('diffusers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -154,6 +192,68 @@ def test_record_pipeline_matches_what_llada2_returns(llada2_pipe):
     for i, frame in enumerate(trace.frames[1:], 1):  # a position is a mask exactly until its commit
         assert [t != 99 for t in frame.tokens] == [s is not None for s in trace.commit_steps(i)]
     assert trace.source["pipeline"] == "LLaDA2Pipeline" and trace.source["version"] == diffusers.__version__
+
+
+class ChatPrompt:
+    """A stand-in for DiffusionGemma's processor: its chat template gives fixed prompt ids."""
+
+    ids = [1, 40, 41, 42]
+
+    def apply_chat_template(self, messages, **_):
+        return {"input_ids": torch.tensor([self.ids])}
+
+
+@pytest.fixture
+def dg_pipe(dg_network, monkeypatch):
+    """DiffusionGemmaPipeline over the tiny network. diffusers 0.42.1 passes the decoder's mask builder
+    `past_key_values`, which transformers 5.25 renamed `cache`: the keyword is renamed for the call, nothing else."""
+    decoder = dg_network.model.decoder
+    build = decoder.create_diffusion_decoder_attention_mask
+    if "past_key_values" not in inspect.signature(build).parameters:
+        monkeypatch.setattr(decoder, "create_diffusion_decoder_attention_mask",
+                            lambda *a, past_key_values=None, **k: build(*a, cache=past_key_values, **k))
+
+    def make(scheduler):
+        pipe = diffusers.DiffusionGemmaPipeline(model=dg_network, scheduler=scheduler, processor=ChatPrompt())
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return make
+
+
+@pytest.mark.parametrize("scheduler", [diffusers.BlockRefinementScheduler, lambda: diffusers.DiscreteDDIMScheduler(
+    corrector_steps=1)], ids=["block_refinement", "ddim_corrector"])
+def test_record_pipeline_matches_what_diffusion_gemma_pipeline_returns(dg_pipe, dg_network, scheduler):
+    pipe = dg_pipe(scheduler())
+    calls = [0]
+    hook = dg_network.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        output, trace = record_pipeline(pipe, prompt="hi", gen_length=2 * DG_CANVAS, num_inference_steps=4,
+                                        record="full", generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert trace.final_tokens == output.sequences[0].tolist()  # final tokens equal
+    assert trace.prompt_ids == ChatPrompt.ids and trace.model["family"] == "diffusion_gemma"
+    assert len(trace.frames) - 1 == calls[0] == 8  # one frame per model call, corrector sweeps included
+    committed = [p for f in trace.frames for p in f.committed]
+    assert sorted(committed) == list(range(2 * DG_CANVAS))  # each position committed once
+    steps = trace.commit_steps()
+    for s, frame in enumerate(trace.frames):  # a committed token stays unless the step says it revised it
+        for p in range(2 * DG_CANVAS):
+            if steps[p] is not None and steps[p] < s and frame.tokens[p] != trace.frames[s - 1].tokens[p]:
+                assert p in (frame.revised or [])
+    for block in range(2):  # each canvas ends as the pipeline appended it, at its last model call
+        last = max(i for i, f in enumerate(trace.frames) if f.block == block)
+        lo, hi = block * DG_CANVAS, (block + 1) * DG_CANVAS
+        assert trace.frames[last].tokens[lo:hi] == output.sequences[0, lo:hi].tolist()
+        assert all(steps[p] <= last for p in range(lo, hi))
+    assert [len(f.confidence) for f in trace.frames] == [2 * DG_CANVAS] * 9
+    assert trace.source["pipeline"] == "DiffusionGemmaPipeline" and "step" not in vars(pipe.scheduler)  # unwrapped
+    _, again = record_pipeline(pipe, prompt="hi", gen_length=2 * DG_CANVAS, num_inference_steps=4,
+                               generator=torch.Generator().manual_seed(0))
+    assert again.final_tokens == trace.final_tokens  # recording changes nothing the scheduler draws
+    with pytest.raises(ValueError, match="not input_ids"):
+        record_pipeline(pipe, torch.tensor([[1, 2]]), gen_length=DG_CANVAS)
 
 
 def test_animate_sampling_json_round_trips_and_refuses_hostile_input(llada2_pipe):

@@ -2,13 +2,17 @@
 
     from explorer.integrations.diffusers import record_pipeline
     output, trace = record_pipeline(pipe, input_ids=ids, gen_length=32, block_length=8, num_inference_steps=8)
+    output, trace = record_pipeline(dg_pipe, prompt="Why is the sky blue?", gen_length=64, num_inference_steps=8)
 
 `StepRecorder` is a `callback_on_step_end` for LLaDA2Pipeline (BlockRefinementScheduler): the pipeline calls it after
 every model call with the block it refines (`block_x`), the positions the scheduler unmasked (`transfer_index`) and
 re-wrote (`editing_transfer_index`) and the probabilities of its samples (`sampled_probs`); it keeps one Frame per
-call over the generated region [prompt_length, prompt_length + gen_length). DiffusionGemmaPipeline is not recorded
-here (its last per-canvas replacement happens after the callback): record DiffusionGemma with
-`explorer.integrations.transformers`.
+call over the generated region [prompt_length, prompt_length + gen_length).
+
+`CanvasRecorder` records DiffusionGemmaPipeline from its scheduler, not from its callback: the pipeline replaces a
+canvas that converged by its argmax after `callback_on_step_end`, and runs corrector sweeps the callback never sees.
+`record_pipeline` wraps the scheduler's `step` (and `step_correct`) for the call, one Frame per model call, and takes
+each canvas's final tokens from the pipeline's return value (the canvases it appends to the sequence).
 
 animate_sampling JSON (diffusers' example `animate_sampling.py`, which feeds an HTML player): `to_animate_json(trace)`
 and `from_animate_json(data)`. The example was not at hand; the format written here is the one its description
@@ -18,7 +22,10 @@ optional "prompt_ids" and "mask_token_id" (read when present, written always).
 
 from __future__ import annotations
 
+import functools
+import math
 import time
+from contextlib import contextmanager
 
 import diffusers
 import torch
@@ -26,7 +33,7 @@ import torch
 from explorer.integrations import plain_settings, recorded_trace
 from explorer.sampling.trace import MAX_ID, Frame, Trace
 
-__all__ = ["StepRecorder", "from_animate_json", "record_pipeline", "to_animate_json"]
+__all__ = ["CanvasRecorder", "StepRecorder", "from_animate_json", "record_pipeline", "to_animate_json"]
 
 MAX_FRAMES, MAX_IDS, MAX_VOCAB_TEXT = 100_000, 65_536, 200  # bounds of an animate_sampling file we read
 
@@ -73,14 +80,129 @@ class StepRecorder:
         return {}
 
 
-def record_pipeline(pipe, input_ids: torch.Tensor, gen_length: int, record: str = "tokens", tokenizer=None,
-                    **call_kwargs) -> tuple[object, Trace]:
-    """(the pipeline's output, its Trace) of one LLaDA2Pipeline call on `input_ids` (1, P) with `gen_length`;
-    `call_kwargs` are the pipeline's own (block_length, num_inference_steps, threshold, generator, ...); its
-    mask_token_id defaults to the tokenizer's, as the pipeline's does."""
+class CanvasRecorder:
+    """One Frame per model call of DiffusionGemmaPipeline (batch size 1), from its scheduler's outputs: `record` is
+    called with each `step` / `step_correct` output, `finish` with the sequence the pipeline returned. `gen_length`
+    is the call's; canvases not drawn show `placeholder` (the pad id: the model has no mask token)."""
+
+    def __init__(self, canvas_length: int, gen_length: int, placeholder: int, record: str = "tokens"):
+        self.canvas_length, self.placeholder, self.full = canvas_length, placeholder, record == "full"
+        region = math.ceil(gen_length / canvas_length) * canvas_length  # the pipeline draws whole canvases
+        self.tokens = [placeholder] * region
+        self.confidence: list[float | None] = [None] * region
+        self.entropy: list[float | None] = [None] * region
+        self.committed: set[int] = set()
+        self.prompt_ids: list[int] | None = None
+        self.frames = [Frame(step=0, tokens=list(self.tokens), nfe=0, t=1.0, block=0,
+                             proposal=list(self.tokens) if self.full else None,
+                             confidence=list(self.confidence) if self.full else None,
+                             entropy=list(self.entropy) if self.full else None)]
+        self.last_frames: list[int] = []  # per canvas drawn: the frame of its last model call
+        self.block = -1
+
+    def record(self, output, timestep, steps: int, corrector: bool = False) -> None:
+        """One scheduler output: the canvas after the step (`prev_sample`, (1, canvas_length)), the positions it
+        committed (`transfer_index`) or re-wrote (`editing_transfer_index`) where the scheduler says (a corrector sweep:
+        the positions it changed), and with record="full" its samples, their probabilities and the entropy of
+        `pred_logits`. `steps`: the scheduler's
+        predictor steps per canvas (for t)."""
+        sample = output.prev_sample if hasattr(output, "prev_sample") else output[0]
+        if sample.dim() != 2 or sample.shape[0] != 1:
+            raise ValueError(f"CanvasRecorder records one sequence at a time (batch size 1), got a canvas of shape "
+                             f"{tuple(sample.shape)}")
+        step = int(timestep)
+        if step == 0 and not corrector:  # the scheduler starts each canvas at timestep 0
+            self.block += 1
+            self.last_frames.append(0)
+        start = self.block * self.canvas_length
+        if start + sample.shape[1] > len(self.tokens):
+            raise ValueError(f"the pipeline drew past the {len(self.tokens)} positions the recorder was sized for: "
+                             f"give it the call's gen_length")
+        window = slice(start, start + sample.shape[1])
+        before, self.tokens[window] = self.tokens[window], sample[0].tolist()
+
+        def positions(name: str) -> list[int]:  # a (1, canvas_length) bool output -> region positions
+            index = getattr(output, name, None)
+            return [] if index is None else [start + int(i) for i in index[0].nonzero().flatten()]
+
+        committed, edited = positions("transfer_index"), positions("editing_transfer_index")
+        if corrector:  # a corrector sweep resamples a few positions: those it changed are revised
+            edited = [start + i for i, (a, b) in enumerate(zip(before, self.tokens[window])) if a != b]
+        self.committed.update(committed)
+        proposal = None
+        if self.full:
+            proposal = list(self.tokens)
+            if output.sampled_tokens.shape == sample.shape:  # a sample per position (not a corrector's few)
+                proposal[window] = output.sampled_tokens[0].tolist()
+                self.confidence[window] = output.sampled_probs[0].float().tolist()
+            logp = output.pred_logits[0].float().log_softmax(-1)  # (canvas_length, V)
+            self.entropy[window] = (-(logp.exp() * logp).nan_to_num().sum(-1)).tolist()
+        nfe = len(self.frames)
+        self.last_frames[-1] = nfe
+        self.frames.append(Frame(
+            step=nfe, tokens=list(self.tokens), committed=committed, revised=edited or None, nfe=nfe,
+            t=round(max(0.0, 1 - (step + 1) / steps), 6), block=self.block, proposal=proposal,
+            confidence=list(self.confidence) if self.full else None,
+            entropy=list(self.entropy) if self.full else None))
+
+    def finish(self, sequence: list[int]) -> None:
+        """Put in each canvas as the pipeline appended it (`sequence`: its generated tokens): a canvas that converged
+        is replaced by its argmax after the step. At a canvas's last model call its positions not committed yet are
+        committed, and those whose token the replacement changed are revised."""
+        C = self.canvas_length
+        if len(sequence) != len(self.last_frames) * C:
+            raise ValueError(f"the pipeline returned {len(sequence)} tokens for {len(self.last_frames)} canvases of "
+                             f"{C} recorded")
+        for block, last in enumerate(self.last_frames):
+            lo, hi = block * C, (block + 1) * C
+            final, frame = sequence[lo:hi], self.frames[last]
+            changed = [p for p in range(lo, hi) if frame.tokens[p] != final[p - lo]]
+            frame.revised = sorted(set(frame.revised or []) | set(changed)) or None
+            frame.committed = sorted(set(frame.committed) | (set(range(lo, hi)) - self.committed))
+            self.committed.update(range(lo, hi))
+            for later in self.frames[last:]:
+                later.tokens[lo:hi] = final
+
+
+@contextmanager
+def scheduler_recorded(scheduler, recorder: CanvasRecorder):
+    """Inside the block, the scheduler's `step` and `step_correct` (where it has one) hand each output to
+    `recorder`; their signatures stay the scheduler's (the pipeline passes keywords by them)."""
+    names = [name for name in ("step", "step_correct") if hasattr(scheduler, name)]
+    for name in names:
+        original = getattr(scheduler, name)
+
+        @functools.wraps(original)
+        def call(*args, _original=original, _corrector=name == "step_correct", **kwargs):
+            output = _original(*args, **kwargs)
+            timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
+            recorder.record(output, timestep, scheduler.num_inference_steps, corrector=_corrector)
+            return output
+
+        setattr(scheduler, name, call)  # an instance attribute shadows the class's method
+    try:
+        yield
+    finally:
+        for name in names:
+            delattr(scheduler, name)
+
+
+def record_pipeline(pipe, input_ids: torch.Tensor | None = None, gen_length: int = 256, record: str = "tokens",
+                    tokenizer=None, **call_kwargs) -> tuple[object, Trace]:
+    """(the pipeline's output, its Trace) of one call of LLaDA2Pipeline on `input_ids` (1, P), or of
+    DiffusionGemmaPipeline on its own prompt arguments (prompt / messages / image in `call_kwargs`), with
+    `gen_length`; `call_kwargs` are the pipeline's own (block_length, num_inference_steps, threshold, generator, ...).
+    LLaDA2's mask_token_id defaults to the tokenizer's, as the pipeline's does."""
+    if type(pipe).__name__ == "DiffusionGemmaPipeline":
+        if input_ids is not None:
+            raise ValueError("DiffusionGemmaPipeline takes its prompt as prompt= or messages= (its processor "
+                             "tokenizes it), not input_ids")
+        return _record_diffusion_gemma(pipe, gen_length, record, tokenizer, call_kwargs)
     if type(pipe).__name__ != "LLaDA2Pipeline":
-        raise ValueError(f"record_pipeline records LLaDA2Pipeline runs, got {type(pipe).__name__}; record "
-                         "DiffusionGemma with explorer.integrations.transformers.record_generate")
+        raise ValueError(f"record_pipeline records LLaDA2Pipeline and DiffusionGemmaPipeline runs, got "
+                         f"{type(pipe).__name__}")
+    if input_ids is None:
+        raise ValueError("LLaDA2Pipeline needs input_ids, the prompt's token ids (1, P)")
     mask_id = call_kwargs.get("mask_token_id", pipe.mask_token_id)
     if mask_id is None:
         raise ValueError("mask_token_id must be given (or set on the pipeline's tokenizer)")
@@ -89,20 +211,62 @@ def record_pipeline(pipe, input_ids: torch.Tensor, gen_length: int, record: str 
     output = pipe(input_ids=input_ids, gen_length=gen_length, output_type="seq", callback_on_step_end=recorder,
                   callback_on_step_end_tensor_inputs=StepRecorder.tensor_inputs, **call_kwargs)
     wall = time.perf_counter() - started
-    settings = {k: v for k, v in call_kwargs.items() if k != "generator"} | {"gen_length": gen_length}
-    source = {"library": "diffusers", "version": diffusers.__version__, "model_class": type(pipe.model).__name__,
-              "pipeline": type(pipe).__name__, "scheduler": type(pipe.scheduler).__name__,
-              **plain_settings({"settings": settings, "scheduler_config": dict(pipe.scheduler.config)})}
     frames = recorder.frames if record != "none" else recorder.frames[-1:]
-    tokenizer = tokenizer if tokenizer is not None else pipe.tokenizer
     trace = recorded_trace(
-        frames, input_ids[0].tolist(), tokenizer,
-        model={"name": type(pipe.model).__name__, "family": "mdlm",
-               "params": sum(p.numel() for p in pipe.model.parameters()), "checkpoint": None},
+        frames, input_ids[0].tolist(), tokenizer if tokenizer is not None else pipe.tokenizer,
+        model=_model_entry(pipe.model, "mdlm"),
         sampler={"name": type(pipe.scheduler).__name__, "seed": None, "record": record, "gen_length": gen_length,
                  "steps": call_kwargs.get("num_inference_steps"), "block_length": call_kwargs.get("block_length")},
-        source=source, wall_s=wall, mask_id=int(mask_id))
+        source=_source(pipe, call_kwargs, gen_length), wall_s=wall, mask_id=int(mask_id))
     return output, trace
+
+
+def _record_diffusion_gemma(pipe, gen_length: int, record: str, tokenizer, call_kwargs: dict):
+    """record_pipeline for DiffusionGemmaPipeline: the scheduler's outputs recorded (CanvasRecorder), the prompt
+    taken from the encoder's first call (the pipeline tokenizes it inside)."""
+    if "callback_on_step_end" in call_kwargs:
+        raise ValueError("record_pipeline records DiffusionGemmaPipeline from its scheduler; pass no "
+                         "callback_on_step_end")
+    pad = pipe.model.config.get_text_config().pad_token_id
+    recorder = CanvasRecorder(pipe.model.config.canvas_length, gen_length, 0 if pad is None else int(pad), record)
+
+    def keep_prompt(module, args, kwargs):  # the first encoder call reads the whole prompt
+        if recorder.prompt_ids is None:
+            ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+            recorder.prompt_ids = ids[0].tolist()
+
+    hook = pipe.model.model.encoder.register_forward_pre_hook(keep_prompt, with_kwargs=True)
+    started = time.perf_counter()
+    try:
+        with scheduler_recorded(pipe.scheduler, recorder):
+            output = pipe(gen_length=gen_length, output_type="seq", **call_kwargs)
+    finally:
+        hook.remove()
+    wall = time.perf_counter() - started
+    sequence = output.sequences[0].tolist()
+    recorder.finish(sequence)
+    frames = recorder.frames if record != "none" else recorder.frames[-1:]
+    tokenizer = tokenizer if tokenizer is not None else getattr(pipe.processor, "tokenizer", None)
+    trace = recorded_trace(
+        frames, recorder.prompt_ids or [], tokenizer, model=_model_entry(pipe.model, "diffusion_gemma"),
+        sampler={"name": type(pipe.scheduler).__name__, "seed": None, "record": record, "gen_length": gen_length,
+                 "steps": call_kwargs.get("num_inference_steps")},
+        source=_source(pipe, call_kwargs, gen_length), wall_s=wall, mask_id=recorder.placeholder, answer=sequence)
+    return output, trace
+
+
+def _model_entry(network, family: str) -> dict:
+    name = getattr(network.config, "_name_or_path", "") or None
+    return {"name": name or type(network).__name__, "family": family,
+            "params": sum(p.numel() for p in network.parameters()), "checkpoint": name}
+
+
+def _source(pipe, call_kwargs: dict, gen_length: int) -> dict:
+    settings = {k: v for k, v in call_kwargs.items() if k not in ("generator", "prompt", "messages", "image")}
+    return {"library": "diffusers", "version": diffusers.__version__, "model_class": type(pipe.model).__name__,
+            "pipeline": type(pipe).__name__, "scheduler": type(pipe.scheduler).__name__,
+            **plain_settings({"settings": settings | {"gen_length": gen_length},
+                              "scheduler_config": dict(pipe.scheduler.config)})}
 
 
 def to_animate_json(trace: Trace) -> dict:

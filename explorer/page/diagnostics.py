@@ -1,13 +1,20 @@
 """The Diagnostics tab: four questions about the session's run, each one picture from `explorer.viz.diagnostics`
 (the notebook 08_diagnostics draws the same ones). The reliability diagram and the hidden-state drift read the
-stored run; the others re-run the model that made it, a pass per step (small runs only)."""
+stored run; the others re-run the model that made it, a pass per step (small runs only). The cache comparison beside
+the drift (`explorer.eval.cache_quality`: the run generated again with each cache) is computed once per run and judge
+and kept (`Comparisons`), so drawing the same run again does not generate again."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
+from collections import OrderedDict
 from types import SimpleNamespace
 
 import gradio as gr
 
+from explorer.eval import cache_quality
 from explorer.page.common import RUNS, Session, learn_more, missing, page
 from explorer.page.memory import unpacked
 from explorer.page.views import Shared, trace_model
@@ -28,6 +35,34 @@ LEARN = ("**Diagnostics.** *Confidence vs correctness*: is a token's confidence 
          "step." + learn_more("08_diagnostics"))
 
 
+class Comparisons:
+    """`cache_quality` results by run and judge, the `limit` most recent kept: each costs two generations and the
+    judge's passes."""
+
+    def __init__(self, limit: int = 32):
+        self.limit, self.results, self.lock = limit, OrderedDict(), threading.Lock()
+
+    def get(self, model, trace, judge, judge_name: str | None) -> dict | None:
+        """The run's cache comparison (None where the run has no cache knob: not an mdlm sampler with one)."""
+        if model.family != "mdlm" or "cache" not in trace.sampler:
+            return None
+        key = hashlib.sha256(json.dumps([trace.model, trace.sampler, trace.prompt_ids, trace.final_tokens,
+                                         judge_name], sort_keys=True, default=str).encode()).hexdigest()
+        with self.lock:
+            if key in self.results:
+                self.results.move_to_end(key)
+                return self.results[key]
+        result = cache_quality(model, trace, judge)  # outside the lock: other runs' draws go on meanwhile
+        with self.lock:
+            self.results[key] = result
+            while len(self.results) > self.limit:
+                self.results.popitem(last=False)
+        return result
+
+
+COMPARISONS = Comparisons()
+
+
 def draw(session, which, judge, layer, head, position):
     """The chosen diagnostic for the session's run (a message in the plot when it cannot be drawn)."""
     session = session if session is not None else Session()
@@ -40,7 +75,8 @@ def draw(session, which, judge, layer, head, position):
             return reliability_diagram(trace, judge_model)
         model = trace_model(session)
         if which == CHOICES[1]:
-            return state_drift(trace, model, judge=judge_model)
+            caches = COMPARISONS.get(model, trace, judge_model, JUDGE if judge else None)
+            return state_drift(trace, model, caches=caches)
         if which == CHOICES[2]:
             return parallel_dependencies(model, trace)
         return attention_over_steps(model, trace, _int("position", position), _int("layer", layer),

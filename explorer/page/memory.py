@@ -186,7 +186,7 @@ class LiveRuns:
         frames: list[list] = [[] for _ in streams]
         rows = self.knobs["gen_length"] * (self.knobs.get("steps", self.knobs["gen_length"]) + 1) * self.runs
         stride = -(-rows // HIDDEN_ROWS)  # keep the hidden states of every stride-th frame
-        if stride > 1 and self.model.family in ("ar", "mdlm", "bd3lm"):
+        if stride > 1 and self.model.family in ("ar", "mdlm", "bd3lm", "diffusion_gemma"):
             self.notices.append(f"hidden states are kept every {stride} steps (gen_length x steps x N = {rows:,} rows "
                                 f"> {HIDDEN_ROWS:,}): the latent view's paths skip the steps between")
         busy = [0.0] * len(streams)

@@ -56,6 +56,26 @@ class DiffusionGemmaModel(ReleasedModel, nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.network.parameters())
 
+    @torch.no_grad()
+    def canvas_pass(self, context_ids: list[int], canvas_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder pass outside `generate`, for the diagnostics: the encoder reads `context_ids` (the prompt and
+        the finished canvases), the decoder denoises `canvas_ids` (canvas_length ids, at the positions after the
+        context) without self-conditioning. (logits (C, V) float32, last hidden state (C, d) after the final norm:
+        the state the trace records at level "full")."""
+        if len(canvas_ids) != self.canvas_length:
+            raise ValueError(f"canvas_ids must hold canvas_length = {self.canvas_length} ids, got {len(canvas_ids)}")
+        if not context_ids or len(context_ids) + len(canvas_ids) > self.max_seq_len:
+            raise ValueError(f"context_ids must hold 1 to {self.max_seq_len - len(canvas_ids)} ids (the prompt "
+                             f"first), got {len(context_ids)}")
+        kept = []
+        hook = self.network.model.decoder.norm.register_forward_hook(lambda module, args, out: kept.append(out))
+        try:
+            logits = self.network(input_ids=torch.tensor([context_ids], device=self.device),
+                                  decoder_input_ids=torch.tensor([canvas_ids], device=self.device)).logits
+        finally:
+            hook.remove()
+        return logits[0].float(), kept[-1][0].float()
+
     @property
     def source(self) -> dict:
         """The trace's source block: whose loop made the run (the sampler's settings are the trace's sampler)."""

@@ -14,19 +14,27 @@ is what the library calls the draft, the argmax of the step's logits (its temper
 current canvas; finished canvases keep their tokens, canvases not drawn yet show `placeholder` (the model has no mask
 token; the loaders use the pad id). A canvas's positions are committed at its last step, the only point where the
 library fixes tokens (positions it accepts mid-canvas may be redrawn the next step). Level "full" adds each position's
-argmax probability (confidence) and entropy, from the same logits.
+argmax probability (confidence) and entropy, from the same logits, and its hidden state: the decoder's last hidden
+state (after its final norm, what the LM head reads), taken by a forward hook on that norm during the pass.
+
+The sampler streams: generate runs in a worker thread and each frame is yielded once it is final (the next pass began,
+or generate ended), so a live view moves while the library's loop runs.
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from explorer.sampling.common import MAX_GEN_LENGTH, MAX_STEPS, Sampler, SamplerParams, check_int, check_range, knob
 from explorer.sampling.trace import RECORD_LEVELS, Frame
+
+QUEUED_FRAMES = 4  # frames the worker running generate may be ahead of the reader (then generate waits)
 
 
 @dataclass(frozen=True)
@@ -65,8 +73,9 @@ class EntropyBoundParams(SamplerParams):
 
 class DraftRecorder:
     """A streamer for DiffusionGemma's `generate` (batch size 1) that keeps one Frame per decoder pass in `frames`.
-    `gen_length` and `steps` are the call's max_new_tokens and max_denoising_steps; `record` "full" adds confidence
-    and entropy per position."""
+    `gen_length` and `steps` are the call's max_new_tokens and max_denoising_steps; `record` "full" adds confidence,
+    entropy and hidden state per position (the hidden states arrive through `keep_hidden`, a forward hook on the
+    decoder's final norm that run_recorded sets). `on_frame`, when set, receives each frame once it is final."""
 
     _takes_logits = True  # generate then hands put_draft the step's processed logits instead of their argmax
 
@@ -79,18 +88,33 @@ class DraftRecorder:
         self.tokens = [placeholder] * self.region
         self.confidence: list[float | None] = [None] * self.region
         self.entropy: list[float | None] = [None] * self.region
+        self.hidden: list[list[float] | None] = [None] * self.region
+        self.pass_hidden: torch.Tensor | None = None  # (canvas_length, d) of the decoder pass just run
         self.prompt_ids: list[int] | None = None
         self.frames: list[Frame] = []
+        self.on_frame: Callable[[Frame], None] | None = None
         self.block = self.step_in_block = 0
+
+    def keep_hidden(self, module, args, output: torch.Tensor) -> None:
+        """A forward hook on the decoder's final norm: keeps the pass's last hidden state, (1, L, d), for the frame
+        put_draft makes next (the norm's output is left as it is)."""
+        self.pass_hidden = output[0].detach().float().cpu()
+
+    def _append(self, frame: Frame) -> None:
+        """A new frame; the one before it is final now (put changes only the last frame)."""
+        if self.frames and self.on_frame is not None:
+            self.on_frame(self.frames[-1])
+        self.frames.append(frame)
 
     def put(self, value: torch.Tensor) -> None:
         """The prompt (first call), then each finished canvas: its positions are committed in the last frame."""
         ids = self._row(value)
         if self.prompt_ids is None:
             self.prompt_ids = ids
-            self.frames.append(Frame(step=0, tokens=list(self.tokens), nfe=0, t=1.0, block=0,
-                                     proposal=list(self.tokens) if self.full else None,
-                                     confidence=list(self.confidence) if self.full else None))
+            self._append(Frame(step=0, tokens=list(self.tokens), nfe=0, t=1.0, block=0,
+                               proposal=list(self.tokens) if self.full else None,
+                               confidence=list(self.confidence) if self.full else None,
+                               hidden=list(self.hidden) if self.full else None))
             return
         start = self._window(len(ids))
         self.tokens[start : start + len(ids)] = ids  # the argmax, with pads after an eos when generate pads
@@ -116,17 +140,22 @@ class DraftRecorder:
         revised = [start + i for i, (a, b) in enumerate(zip(before, self.tokens[window])) if a != b]
         if self.full and confidence is not None:
             self.confidence[window], self.entropy[window] = confidence, entropy
+        if self.full and self.pass_hidden is not None:
+            self.hidden[window], self.pass_hidden = self.pass_hidden.tolist(), None
         self.step_in_block += 1
         nfe = len(self.frames)  # frame 0 is the prompt's: frame k follows the k-th decoder pass
-        self.frames.append(Frame(
+        self._append(Frame(
             step=nfe, tokens=list(self.tokens), nfe=nfe, t=round(max(0.0, 1 - self.step_in_block / self.steps), 6),
             block=self.block, revised=revised if self.step_in_block > 1 else None,
             proposal=list(self.tokens) if self.full else None,
             confidence=list(self.confidence) if self.full else None,
-            entropy=list(self.entropy) if self.full else None))
+            entropy=list(self.entropy) if self.full else None,
+            hidden=list(self.hidden) if self.full else None))
 
     def end(self) -> None:
-        pass
+        """generate is done: the last frame is final."""
+        if self.frames and self.on_frame is not None:
+            self.on_frame(self.frames[-1])
 
     def _window(self, length: int) -> int:
         """Where the current canvas starts; refused past the region sized from gen_length."""
@@ -146,18 +175,74 @@ class DraftRecorder:
 
 def run_recorded(network, input_ids: torch.Tensor, recorder: DraftRecorder, settings: dict, seed: int | None = None):
     """DiffusionGemma's `generate` with `recorder` as its streamer (never compiled: the streamer sees every step);
-    with `seed`, generate's draws (it uses torch's global generator) come from it and the caller's state is kept."""
+    with `seed`, generate's draws (it uses torch's global generator) come from it and the caller's state is kept.
+    At level "full" the decoder's final norm hands each pass's hidden states to the recorder."""
     devices = [input_ids.device] if input_ids.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
-        return network.generate(input_ids, streamer=recorder, disable_compile=True, return_dict_in_generate=True,
-                                **settings)
+    hook = network.model.decoder.norm.register_forward_hook(recorder.keep_hidden) if recorder.full else None
+    try:
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return network.generate(input_ids, streamer=recorder, disable_compile=True,
+                                    return_dict_in_generate=True, **settings)
+    finally:
+        if hook is not None:
+            hook.remove()
+
+
+class _ReaderGone(Exception):
+    """Raised in generate's streamer once the reader stopped reading: it ends the worker's generate."""
+
+
+_DONE = object()  # the worker's last message: generate returned
+
+
+def stream_recorded(network, input_ids: torch.Tensor, recorder: DraftRecorder, settings: dict,
+                    seed: int | None = None) -> Iterator[Frame]:
+    """run_recorded in a worker thread, yielding each frame as soon as it is final; at most QUEUED_FRAMES wait for
+    the reader (then generate waits too). An error in generate is raised here; closing this iterator ends generate
+    at its next decoder pass."""
+    frames: queue.Queue = queue.Queue(maxsize=QUEUED_FRAMES)
+    gone = threading.Event()
+
+    def send(item) -> None:
+        while not gone.is_set():
+            try:
+                frames.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+        raise _ReaderGone
+
+    def work() -> None:
+        try:
+            run_recorded(network, input_ids, recorder, settings, seed)
+            send(_DONE)
+        except _ReaderGone:
+            pass
+        except BaseException as err:  # handed to the reader, who raises it
+            try:
+                send(err)
+            except _ReaderGone:
+                pass
+
+    recorder.on_frame = send
+    worker = threading.Thread(target=work, name="diffusion-gemma-generate", daemon=True)
+    worker.start()
+    try:
+        while (item := frames.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        gone.set()
+        worker.join()
 
 
 def entropy_bound_sampler(model, prompt_ids: list[int], params: EntropyBoundParams, generator: torch.Generator,
                           record: str = "tokens") -> Iterator[Frame]:
-    """Run the library's loop to its end, then yield its frames (the initial canvas, one per decoder pass)."""
+    """The library's loop in a worker thread, its frames (the initial canvas, one per decoder pass) yielded as they
+    become final; at level "none" only the last, once generate returns."""
     params.validate(model)
     if not prompt_ids:
         raise ValueError("prompt must hold at least one token: DiffusionGemma's encoder reads it before any canvas")
@@ -166,8 +251,12 @@ def entropy_bound_sampler(model, prompt_ids: list[int], params: EntropyBoundPara
                          f"context of {model.max_seq_len} tokens")
     recorder = DraftRecorder(model.canvas_length, params.gen_length, params.steps, model.mask_id, record)
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    run_recorded(model.network, torch.tensor([prompt_ids], device=model.device), recorder, params.settings(), seed)
-    yield from recorder.frames if record != "none" else recorder.frames[-1:]
+    ids = torch.tensor([prompt_ids], device=model.device)
+    if record == "none":
+        run_recorded(model.network, ids, recorder, params.settings(), seed)
+        yield recorder.frames[-1]
+        return
+    yield from stream_recorded(model.network, ids, recorder, params.settings(), seed)
 
 
 SAMPLERS = [Sampler("diffusion_gemma", "entropy_bound", EntropyBoundParams, entropy_bound_sampler,

@@ -2,7 +2,6 @@
 
 from explorer.viz.diagnostics import (
     attention_over_steps,
-    cache_quality,
     parallel_dependencies,
     reliability_diagram,
     state_drift,
@@ -21,7 +20,7 @@ from explorer.viz.latent import (
 from explorer.viz.plots import confidence_heatmap, confidence_matrix, entropy_heatmap, step_heatmap, step_matrix
 from explorer.viz.tokens import COLOR_MODES, COLORSCALE, frame_values, tokens_html
 
-__all__ = ["COLOR_MODES", "COLORSCALE", "Projection", "attention_over_steps", "cache_quality", "confidence_heatmap",
+__all__ = ["COLOR_MODES", "COLORSCALE", "Projection", "attention_over_steps", "confidence_heatmap",
            "confidence_matrix", "entropy_heatmap", "figure_png", "frame_values", "head_samples", "hidden_state_paths",
            "latent_trajectories", "parallel_dependencies", "project", "reliability_diagram", "state_drift",
            "step_heatmap", "step_matrix", "step_preview", "tokens_html", "trace_animation_html", "trace_gif",

@@ -4,7 +4,15 @@ caches work), where committing tokens together breaks their dependencies, and wh
 Each function returns a plotly Figure whose `layout.meta` holds the numbers it shows (e.g. the ECE). The reliability
 diagram and the hidden-state drift read the Trace alone (recorded at level "full"); the others re-run, for each step,
 the network pass that step made, on the canvas it read (exactly, without the run's approximate cache if it had one),
-so they need the model (mdlm or bd3lm families, our Transformer) and stay small: at most `max_passes` passes.
+so they need the model and stay small: at most `max_passes` passes.
+
+What a re-run needs from a model, `_step_pass`, is the logits (and hidden states) of one step's pass: our mdlm and
+bd3lm models give them, and so does a DiffusionGemma model (`canvas_pass`: its decoder over the step's canvas after
+the prompt and the finished canvases; the trace holds the library's draft, not the random canvas the decoder read nor
+its self-conditioning logits, so the pass re-run on a DiffusionGemma run is an approximation of the one it made).
+Keys, values and attention per layer come from our Transformer's probe only: the diagnostics that read them refuse
+other models, naming what is missing. The cache comparison beside the drift (`explorer.eval.cache_quality`) re-runs
+the sampler; `state_drift` draws its numbers.
 """
 
 from __future__ import annotations
@@ -16,40 +24,63 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from explorer.sampling import generate, sampler_for
 from explorer.sampling.trace import Trace
 from explorer.viz.plots import empty_figure, integer_ticks
 from explorer.viz.tokens import COLORSCALE
 
 MAX_PASSES = 256  # network passes a diagnostic may re-run by default
-CACHE_MODES = ("prefix", "dual")  # Fast-dLLM's approximate caches compared with the uncached run
+RERUN_FAMILIES = ("mdlm", "bd3lm", "diffusion_gemma")  # whose step passes `_step_pass` re-runs
 MARGIN = {"l": 50, "r": 20, "t": 60, "b": 40}
 
 
 # --- re-running a step's pass -------------------------------------------------------------------------------------
 
-def _step_logits(model, trace: Trace, step: int, canvas: list[int] | None = None) -> torch.Tensor:
-    """Logits (L, V) of the pass frame `step` (>= 1) made, re-run on the canvas it read (frame step - 1's, or
-    `canvas`): mdlm over prompt + canvas, bd3lm over prompt + canvas up to the end of the step's block (block-causal,
-    as its exact KV cache sees it). L counts from the prompt's first token; the mask token's logit is -inf."""
+def _step_pass(model, trace: Trace, step: int, canvas: list[int] | None = None,
+               hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits (L, V), with `hidden` the last hidden states (L, d), else None) of the pass frame `step` (>= 1) made,
+    re-run on the canvas it read (frame step - 1's, or `canvas`); L counts from the prompt's first token. mdlm: one
+    pass over prompt + canvas; bd3lm: prompt + canvas up to the end of the step's block (block-causal, as its exact
+    KV cache sees it); diffusion_gemma: the step's canvas after the prompt and the canvases before it, the rows of
+    other positions NaN. mdlm and bd3lm: the mask token's logit is -inf."""
     P = len(trace.prompt_ids)
     canvas = trace.frames[step - 1].tokens if canvas is None else canvas
+    if model.family == "diffusion_gemma":
+        C = model.canvas_length
+        lo = (trace.frames[step].block or 0) * C  # the canvas this pass denoised
+        logits, states = model.canvas_pass(trace.prompt_ids + list(canvas[:lo]), list(canvas[lo : lo + C]))
+        out = [x.new_full((P + len(canvas), x.shape[-1]), float("nan")) for x in (logits, states)]
+        for full, part in zip(out, (logits, states)):
+            full[P + lo : P + lo + C] = part
+        return out[0], out[1] if hidden else None
     ids = torch.tensor([trace.prompt_ids + list(canvas)], dtype=torch.long, device=model.device)  # (1, P + G)
     if model.family == "mdlm":
-        logits = model(ids)[0].float()
+        logits, states = model(ids, return_hidden=True)
     else:  # bd3lm: the run's blocks are aligned on absolute positions
         block = trace.sampler.get("block_length") or model.block_size
         hi = min((P // block + (trace.frames[step].block or 0) + 1) * block, ids.shape[1])
-        logits = model.window_logits(ids[:, :hi], 0, None, 0, block_size=block)[0].float()
+        logits, states = model.window_logits(ids[:, :hi], 0, None, 0, block_size=block, return_hidden=True)
+    logits = logits[0].float()
     logits[:, model.mask_id] = float("-inf")
-    return logits
+    return logits, states[0].float() if hidden else None
 
 
-def _check_rerun(model, trace: Trace, passes: int, max_passes: int) -> None:
-    """Refuse what cannot or should not be re-run: another family, a run past the context, too many passes."""
-    if model.family not in ("mdlm", "bd3lm") or not callable(getattr(getattr(model, "backbone", None), "probe", None)):
-        raise ValueError(f"this diagnostic re-runs masked (mdlm) or block (bd3lm) diffusion models of this project; "
-                         f"got a {model.family} model")
+def _has_probe(model) -> bool:
+    """Whether the model records per-layer keys, values and attention (our Transformer's probe)."""
+    return callable(getattr(getattr(model, "backbone", None), "probe", None))
+
+
+def _check_rerun(model, trace: Trace, passes: int, max_passes: int, reads: str | None = None) -> None:
+    """Refuse what cannot or should not be re-run: another family, a model without what the diagnostic `reads`
+    (None: the logits of a step's pass; else per-layer tensors from the probe, named), a run past the context, too
+    many passes."""
+    if model.family not in RERUN_FAMILIES or (model.family != "diffusion_gemma" and not _has_probe(model)):
+        raise ValueError(f"this diagnostic re-runs masked (mdlm) or block (bd3lm) diffusion models of this project, "
+                         f"or DiffusionGemma; got a {model.family} model")
+    if reads is not None and not _has_probe(model):
+        raise ValueError(f"this diagnostic reads each layer's {reads}, which only this project's Transformer records "
+                         f"(its probe); a {model.family} model ({type(getattr(model, 'network', model)).__name__}) "
+                         f"does not expose them. parallel_dependencies and state_drift's hidden-state drift work "
+                         f"with it")
     if trace.model.get("family") != model.family:
         raise ValueError(f"the trace was made by a {trace.model.get('family')} model, not this {model.family} one")
     if len(trace.prompt_ids) + len(trace.frames[0].tokens) > model.max_seq_len:
@@ -153,29 +184,50 @@ def _relative_change(new, old) -> float | None:
     return float((new - old).norm() / old.norm().clamp(min=1e-12))
 
 
-def hidden_drift(trace: Trace) -> list[list[float | None]]:
-    """(steps, positions): how much each generated position's recorded hidden state changed at each step, relative
-    to its norm (row 0, the initial canvas, is all None; None where a state is unknown)."""
-    rows = [[None] * len(trace.frames[0].tokens)]
-    for prev, frame in zip(trace.frames, trace.frames[1:]):
-        old, new = prev.hidden or [], frame.hidden or []
-        rows.append([_relative_change(new[p], old[p]) if p < min(len(old), len(new)) else None
-                     for p in range(len(trace.frames[0].tokens))])
+def hidden_drift(trace: Trace, states: list[list | None] | None = None) -> list[list[float | None]]:
+    """(steps, positions): how much each generated position's hidden state changed at each step, relative to its
+    norm (row 0, the initial canvas, is all None; None where a state is unknown). `states`: per frame, the hidden
+    states (one row per position, None where unknown) when not the trace's recorded ones."""
+    states = [frame.hidden for frame in trace.frames] if states is None else states
+    G = len(trace.frames[0].tokens)
+    rows = [[None] * G]
+    for old, new in zip(states, states[1:]):
+        old, new = old or [], new or []
+        rows.append([_relative_change(new[p], old[p]) if p < min(len(old), len(new)) else None for p in range(G)])
     return rows
+
+
+def rerun_hidden(model, trace: Trace, max_passes: int = MAX_PASSES) -> list[list[list[float] | None]]:
+    """Per frame, each generated position's last hidden state as known after that step, from re-running every
+    step's pass (`_step_pass`): for a run recorded without them (a library's run, a level below "full"). A position
+    a pass did not compute keeps its latest state; None where none was computed yet."""
+    _check_rerun(model, trace, len(trace.frames) - 1, max_passes)
+    P, G = len(trace.prompt_ids), len(trace.frames[0].tokens)
+    latest: list[list[float] | None] = [None] * G
+    states = [list(latest)]
+    with torch.no_grad():
+        for step in range(1, len(trace.frames)):
+            _, hidden = _step_pass(model, trace, step, hidden=True)  # (L, d), NaN rows where not computed
+            for p, row in enumerate(hidden[P : P + G]):
+                if not torch.isnan(row).any():
+                    latest[p] = row.tolist()
+            states.append(list(latest))
+    return states
 
 
 def kv_drift(model, trace: Trace, layers: list[int] | None = None,
              max_passes: int = MAX_PASSES) -> tuple[list[list[float | None]], list[list[float | None]]]:
     """Each step's pass re-run with `layers`' keys and values recorded: ((steps, prompt + positions) relative change
     of each position's keys and values (concatenated over heads, averaged over the layers) since the previous step's
-    pass; (steps, layers) the same averaged over the prompt's positions). Row 0 (no pass yet) and step 1 are None."""
-    _check_rerun(model, trace, len(trace.frames) - 1, max_passes)
+    pass; (steps, layers) the same averaged over the prompt's positions). Row 0 (no pass yet) and step 1 are None.
+    Needs our Transformer's probe."""
+    _check_rerun(model, trace, len(trace.frames) - 1, max_passes, reads="keys and values")
     width = len(trace.prompt_ids) + len(trace.frames[0].tokens)
     per_position, prompt = [[None] * width], [[None] * len(layers or range(model.config.backbone.n_layers))]
     previous = None
     with torch.no_grad(), model.backbone.probe(layers) as probe:
         for step in range(1, len(trace.frames)):
-            _step_logits(model, trace, step)
+            _step_pass(model, trace, step)
             states = {layer: torch.cat([probe.keys[layer][0], probe.values[layer][0]], -1).transpose(0, 1).flatten(1)
                       for layer in sorted(probe.layers)}  # layer -> (L, 2 H Dh)
             if previous is None:
@@ -192,61 +244,42 @@ def kv_drift(model, trace: Trace, layers: list[int] | None = None,
     return per_position, prompt
 
 
-def cache_quality(model, trace: Trace, judge=None) -> dict:
-    """The same prompt, seed and knobs with Fast-dLLM's caches: {"none" | "prefix" | "dual": {"agreement": the
-    fraction of final tokens equal to the uncached run's, "gen_ppl": the judge's perplexity of the output (with a
-    judge), "nfe"}}. Re-runs the mdlm sampler (the run itself where its cache matches)."""
-    if model.family != "mdlm" or "cache" not in trace.sampler:
-        raise ValueError("the cache comparison needs a run of an mdlm-family sampler with a cache knob (LLaDA's loop, "
-                         "threshold or factor)")
-    if trace.sampler.get("edits") or trace.sampler.get("infill"):
-        raise ValueError("the cache comparison re-runs the sampler: a run with hand edits or an infilled prompt "
-                         "cannot be re-run as it was")
-    name = trace.sampler["name"]
-    knobs = {k: v for k, v in trace.sampler.items() if k in sampler_for(model.family, name).knobs and k != "infill"}
-    runs = {}
-    for mode in ("none", *CACHE_MODES):
-        runs[mode] = trace if trace.sampler["cache"] == mode else generate(
-            model, trace.prompt_ids, name, trace.sampler["seed"], "tokens", **(knobs | {"cache": mode}))
-    base = runs["none"].final_tokens
-    result = {}
-    for mode, run in runs.items():
-        out = run.final_tokens
-        result[mode] = {"agreement": sum(a == b for a, b in zip(out, base)) / len(base), "nfe": run.stats.get("nfe")}
-        if judge is not None:
-            logp = _judge_logprobs(judge, run, out)
-            result[mode]["gen_ppl"] = math.exp(-float(logp.gather(-1, torch.tensor(out)[:, None]).mean()))
-    return result
-
-
-def state_drift(trace: Trace, model=None, layers: list[int] | None = None, judge=None, caches: bool = True,
+def state_drift(trace: Trace, model=None, layers: list[int] | None = None, caches: dict | None = None,
                 max_passes: int = MAX_PASSES) -> go.Figure:
     """Heatmaps over positions x steps of how much each state changed since the previous step (relative to its
-    norm), with the block boundaries: the recorded hidden states (level "full"); with `model`, also `layers`' keys
-    and values re-run for every position, the prompt's included (at negative positions). With an mdlm model and
-    `caches`, the title gives the quality change of the same run with cache="prefix" and "dual" (token agreement,
-    the `judge`'s gen-PPL). meta: mean_hidden_drift, prompt_kv_drift (per step, per layer), caches."""
+    norm), with the block boundaries: the hidden states (recorded at level "full"; else, with `model`, re-run); with
+    a `model` of our Transformer, also `layers`' keys and values re-run for every position, the prompt's included (at
+    negative positions; a model without per-layer keys and values, e.g. DiffusionGemma, says so in the title).
+    `caches`: `explorer.eval.cache_quality`'s numbers for this run, shown in the title (token agreement and gen-PPL
+    of cache="prefix" / "dual"). meta: mean_hidden_drift, hidden ("recorded" | "re-run"), prompt_kv_drift (per step,
+    per layer), caches."""
     hidden = hidden_drift(trace)
     has_hidden = any(v is not None for row in hidden for v in row)
+    meta = {"hidden": "recorded" if has_hidden else None, "caches": caches}
+    if not has_hidden and model is not None and model.family in RERUN_FAMILIES:
+        hidden = hidden_drift(trace, rerun_hidden(model, trace, max_passes))
+        has_hidden, meta["hidden"] = True, "re-run"
     if not has_hidden and model is None:
         return empty_figure("This run has no hidden states: record it at level 'full' (the page does for its runs), "
-                            "or pass the model to re-run its keys and values.")
+                            "or pass the model to re-run them.")
     P, steps = len(trace.prompt_ids), list(range(len(trace.frames)))
     panels = [("hidden state (last layer)", hidden, 0)] if has_hidden else []
-    meta = {"mean_hidden_drift": _mean(hidden)}
-    if model is not None:
+    meta["mean_hidden_drift"] = _mean(hidden) if has_hidden else None
+    notes = []
+    if model is not None and _has_probe(model):
         per_position, prompt = kv_drift(model, trace, layers, max_passes)
         chosen = "all layers" if layers is None else "layers " + ", ".join(map(str, layers))
         panels.append((f"keys and values ({chosen}, mean)", per_position, -P))
         meta["prompt_kv_drift"] = prompt
         meta["mean_prompt_kv_drift"] = _mean(prompt)
-    notes = []
-    if model is not None and caches and model.family == "mdlm" and "cache" in trace.sampler:
-        meta["caches"] = quality = cache_quality(model, trace, judge)
-        for mode in CACHE_MODES:
-            ppl = (f", gen-PPL {quality[mode]['gen_ppl']:.1f} vs {quality['none']['gen_ppl']:.1f}"
-                   if judge is not None else "")
-            notes.append(f"cache={mode}: {quality[mode]['agreement']:.0%} of tokens as without{ppl}")
+    elif model is not None:
+        notes.append(f"keys/values not shown: a {html.escape(str(model.family))} model exposes no per-layer keys and "
+                     f"values")
+    for mode, quality in (caches or {}).items():
+        if mode != "none":
+            ppl = (f", gen-PPL {quality['gen_ppl']:.1f} vs {caches['none']['gen_ppl']:.1f}"
+                   if "gen_ppl" in quality else "")
+            notes.append(f"cache={html.escape(str(mode))}: {quality['agreement']:.0%} of tokens as without{ppl}")
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.12,
                         subplot_titles=[title for title, _, _ in panels])
     top = max((max((v for row in z for v in row if v is not None), default=0) for _, z, _ in panels), default=0)
@@ -261,8 +294,10 @@ def state_drift(trace: Trace, model=None, layers: list[int] | None = None, judge
                           row=row, col=1)
         fig.update_yaxes(title="step", autorange="reversed", row=row, col=1, **integer_ticks(0, steps[-1]))
     fig.update_xaxes(title="position (negative: prompt)", row=len(panels), col=1)
-    mean = f"mean change per step: hidden {meta['mean_hidden_drift']:.3f}" if has_hidden else "mean change per step:"
-    if model is not None and meta["mean_prompt_kv_drift"] is not None:
+    mean = "mean change per step:"
+    if has_hidden:
+        mean += f" hidden {meta['mean_hidden_drift']:.3f}" + (" (re-run)" if meta["hidden"] == "re-run" else "")
+    if meta.get("mean_prompt_kv_drift") is not None:
         mean += f", prompt keys/values {meta['mean_prompt_kv_drift']:.3f}"
     fig.update_layout(height=260 + 220 * len(panels), margin={**MARGIN, "t": 90}, meta=meta,
                       title=_title(trace, "<br>".join([mean, *notes])))
@@ -293,12 +328,12 @@ def dependency_pairs(model, trace: Trace, max_passes: int = MAX_PASSES) -> list[
     with torch.no_grad():
         for step, committed in groups:
             tokens = trace.frames[step].tokens
-            marginal = _step_logits(model, trace, step).log_softmax(-1)  # (L, V)
+            marginal = _step_pass(model, trace, step)[0].log_softmax(-1)  # (L, V)
             given = {}  # i -> log-probabilities with x_i fixed
             for i in committed:
                 canvas = list(trace.frames[step - 1].tokens)
                 canvas[i] = tokens[i]
-                given[i] = _step_logits(model, trace, step, canvas).log_softmax(-1)
+                given[i] = _step_pass(model, trace, step, canvas)[0].log_softmax(-1)
             for a, i in enumerate(committed):
                 for j in committed[a + 1:]:
                     li, lj = float(marginal[P + i, tokens[i]]), float(marginal[P + j, tokens[j]])
@@ -351,7 +386,7 @@ def attention_over_steps(model, trace: Trace, position: int, layer: int = 0, hea
     """Heatmap (keys x steps) of `head` of `layer`'s attention from generated `position` in each step's pass
     (re-run; prompt keys at negative positions); a row is empty where the pass did not compute the position (bd3lm's
     later blocks). Crosses mark where each token was committed. meta: layer, head, position, steps."""
-    _check_rerun(model, trace, len(trace.frames) - 1, max_passes)
+    _check_rerun(model, trace, len(trace.frames) - 1, max_passes, reads="attention probabilities")
     G, P, n_heads = len(trace.frames[0].tokens), len(trace.prompt_ids), model.config.backbone.n_heads
     if type(position) is not int or not 0 <= position < G:
         raise ValueError(f"position must be an int in [0, {G - 1}] (the generated positions), got {position!r}")
@@ -360,7 +395,7 @@ def attention_over_steps(model, trace: Trace, position: int, layer: int = 0, hea
     rows = [[None] * (P + G)]  # the initial canvas: no pass yet
     with torch.no_grad(), model.backbone.probe([layer], attention=True) as probe:
         for step in range(1, len(trace.frames)):
-            _step_logits(model, trace, step)
+            _step_pass(model, trace, step)
             probs = probe.probs[layer][0, head]  # (L, L)
             row = probs[P + position].tolist() if P + position < len(probs) else []
             rows.append(row + [None] * (P + G - len(row)))
