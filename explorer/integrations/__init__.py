@@ -10,7 +10,7 @@ The submodules import their library when imported; `import explorer` imports nei
 from __future__ import annotations
 
 from explorer.data.tokenizer import display_string
-from explorer.sampling.trace import Frame, Trace, token_ids_seen
+from explorer.sampling.trace import Frame, Trace
 
 
 def token_string(tokenizer, token_id: int) -> str:
@@ -27,18 +27,10 @@ def recorded_trace(frames: list[Frame], prompt_ids: list[int], tokenizer, *, mod
                    wall_s: float, mask_id: int | None, answer: list[int] | None = None) -> Trace:
     """A Trace of frames recorded from another library's loop. `answer`: the tokens that are the text (default:
     the final canvas without mask ids); `source`: {library, version, model_class, settings}."""
-    final = frames[-1].tokens
-    answer = [t for t in final if t != mask_id] if answer is None else answer
+    answer = [t for t in frames[-1].tokens if t != mask_id] if answer is None else answer
     decode = tokenizer.decode if tokenizer is not None else (lambda toks, **_: " ".join(map(str, toks)))
-    return Trace(
-        model=model, sampler=sampler, prompt_ids=list(prompt_ids), frames=frames,
-        text=decode(answer, skip_special_tokens=True),
-        token_strings={i: token_string(tokenizer, i) for i in token_ids_seen(prompt_ids, frames)},
-        stats={"nfe": frames[-1].nfe, "wall_s": round(wall_s, 4),
-               "tokens_per_s": round(len(answer) / max(wall_s, 1e-9), 2), "steps": frames[-1].step,
-               "gen_length": len(final)},
-        prompt_text=decode(list(prompt_ids), skip_special_tokens=False) if prompt_ids else "",
-        mask_id=mask_id, source=source)
+    return Trace.of_run(frames, prompt_ids, model=model, sampler=sampler, wall_s=wall_s, mask_id=mask_id,
+                        answer=answer, decode=decode, token_string=lambda i: token_string(tokenizer, i), source=source)
 
 
 def plain_settings(settings: dict) -> dict:

@@ -16,7 +16,7 @@ from explorer.data.tokenizer import display_string
 from explorer.sampling.common import MAX_SEED, check_int
 from explorer.sampling.mdlm import find_stop
 from explorer.sampling.registry import SAMPLERS, build_sampler, sampler_for, user_knobs
-from explorer.sampling.trace import RECORD_LEVELS, SCHEMA, Frame, Trace, token_ids_seen
+from explorer.sampling.trace import RECORD_LEVELS, SCHEMA, Frame, Trace
 
 
 def encode_text(model, knob: str, text: str) -> list[int]:
@@ -110,7 +110,6 @@ def stream(model, prompt: str | list[int] = "", sampler: str | None = None, seed
     description = {"name": spec.name, "seed": int(seed), "record": record,
                    # a model knob (the drafter) is recorded by its name
                    **{k: v.name if isinstance(v, torch.nn.Module) else v for k, v in vars(params).items()}}
-    # (the drafter) is recorded by its name
     description["pinned"] = {str(k): v for k, v in params.pinned.items()} if hasattr(params, "pinned") else {}
     return description, prompt_ids, _warn_notes(_without_grad(frames_fn(model, prompt_ids, params, generator, record)))
 
@@ -131,26 +130,15 @@ def generate(model, prompt: str | list[int] = "", sampler: str | None = None, se
 
 def build_trace(model, prompt_ids: list[int], description: dict, frames: list[Frame], wall_s: float) -> Trace:
     final = frames[-1].tokens
-    tok = model.tokenizer
     stop = find_stop(model, final)  # a released model's answer ends at its first eos / end of turn
-    answer = final[: stop[0]] if stop else final
-    text = tok.decode([t for t in answer if t != model.mask_id], skip_special_tokens=True)
-    reason = frames[-1].stop or (stop[1] if stop else None)
-    gen = len(final)
-    return Trace(
+    answer = [t for t in (final[: stop[0]] if stop else final) if t != model.mask_id]
+    return Trace.of_run(
+        frames, prompt_ids, sampler=description, wall_s=wall_s, mask_id=model.mask_id, answer=answer,
         model={"name": model.name, "family": model.family, "params": model.num_parameters(),
                "checkpoint": model.checkpoint_path},
-        sampler=description,
-        prompt_ids=list(prompt_ids),
-        frames=frames,
-        text=text,
-        token_strings={i: display_string(tok, i) for i in token_ids_seen(prompt_ids, frames)},
-        stats={"nfe": frames[-1].nfe, "wall_s": round(wall_s, 4), "tokens_per_s": round(gen / max(wall_s, 1e-9), 2),
-               "steps": frames[-1].step, "gen_length": gen, **({"stop": reason} if reason else {})},
-        prompt_text=tok.decode(list(prompt_ids), skip_special_tokens=False) if prompt_ids else "",
-        mask_id=model.mask_id,
-        source=getattr(model, "source", None),  # another library's loop made it (e.g. transformers' DiffusionGemma)
-    )
+        decode=model.tokenizer.decode, token_string=lambda i: display_string(model.tokenizer, i),
+        stop=frames[-1].stop or (stop[1] if stop else None),
+        source=getattr(model, "source", None))  # another library's loop made it (e.g. transformers' DiffusionGemma)
 
 
 __all__ = ["RECORD_LEVELS", "SAMPLERS", "SCHEMA", "Frame", "Trace", "build_sampler", "build_trace", "generate",

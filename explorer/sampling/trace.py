@@ -66,6 +66,23 @@ class Trace:
     source: dict | None = None
     schema: int = SCHEMA
 
+    @classmethod
+    def of_run(cls, frames: list[Frame], prompt_ids: list[int], *, model: dict, sampler: dict, wall_s: float,
+               mask_id: int | None, answer: list[int], decode, token_string, source: dict | None = None,
+               stop: str | None = None) -> Trace:
+        """The Trace of a finished run, ours or another library's: `answer` is the part of the final canvas that is
+        the text, `decode(ids, skip_special_tokens=...)` and `token_string(id)` say how ids read, `stop` why the run
+        ended early (eos, end of turn), if it did."""
+        gen = len(frames[-1].tokens)
+        return cls(
+            model=model, sampler=sampler, prompt_ids=list(prompt_ids), frames=frames,
+            text=decode(answer, skip_special_tokens=True),
+            token_strings={i: token_string(i) for i in token_ids_seen(prompt_ids, frames)},
+            stats={"nfe": frames[-1].nfe, "wall_s": round(wall_s, 4), "tokens_per_s": round(gen / max(wall_s, 1e-9), 2),
+                   "steps": frames[-1].step, "gen_length": gen, **({"stop": stop} if stop else {})},
+            prompt_text=decode(list(prompt_ids), skip_special_tokens=False) if prompt_ids else "",
+            mask_id=mask_id, source=source)
+
     @property
     def final_tokens(self) -> list[int]:
         return self.frames[-1].tokens
