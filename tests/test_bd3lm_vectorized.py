@@ -3,7 +3,9 @@ outputs nothing reads (the clean tokens past their keys and values)."""
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from explorer.bench.block import training_step_flops
 from explorer.models.bd3lm import BD3LMConfig, BD3LMModel
 from explorer.nn import Transformer, bd3_flex_mask
 from explorer.nn.masks import bd3_split_mask
@@ -94,3 +96,13 @@ def test_outputs_refuses_masks_it_cannot_cut():
         model(ids, mask=bd3_split_mask(8, 4), positions=torch.arange(8).repeat(2), outputs=5)
     with pytest.raises(ValueError, match="outputs needs a dense mask"):
         model(ids, mask=bd3_flex_mask(8, 4), positions=torch.arange(8).repeat(2), outputs=8)
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_training_step_flops_match_the_counted_matmuls(bd3, vectorized):
+    batch = torch.randint(4, 2048, (3, 32))
+    with FlopCounterMode(display=False) as counter:
+        bd3.loss(batch, torch.Generator().manual_seed(0), vectorized=vectorized)
+    flops = training_step_flops(bd3, 3, vectorized)
+    assert flops["linear"] + flops["head"] == counter.get_flop_counts()["Global"][torch.ops.aten.mm]
+    assert flops["attention"] > flops["attention_needed"] > 0
