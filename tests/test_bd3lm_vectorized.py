@@ -94,6 +94,8 @@ def test_outputs_refuses_masks_it_cannot_cut():
     ids = torch.randint(0, 2048, (1, 16))
     with pytest.raises(ValueError, match="outputs with a SplitMask must be 8"):
         model(ids, mask=bd3_split_mask(8, 4), positions=torch.arange(8).repeat(2), outputs=5)
+    with pytest.raises(ValueError, match=r"outputs must be in \[0, 16\]"):
+        model(ids, outputs=-1)
     with pytest.raises(ValueError, match="outputs needs a dense mask"):
         model(ids, mask=bd3_flex_mask(8, 4), positions=torch.arange(8).repeat(2), outputs=8)
 

@@ -358,6 +358,8 @@ class Transformer(nn.Module):
         device = (input_ids if embeds is None else embeds).device
         if (noise_feature is None) == self.config.time_conditioning:
             raise ValueError("noise_feature (B,) is required by time-conditioned backbones and accepted only by them")
+        if outputs is not None and not 0 <= outputs <= L:
+            raise ValueError(f"outputs must be in [0, {L}] (the positions of this pass), got {outputs}")
         start, store, positions = window(cache, L, start, store, positions, self.config.max_seq_len, device)
         angles = self.rotary.angles(positions)
         x = self.embed(input_ids) if embeds is None else embeds  # (B, L, d)
