@@ -5,10 +5,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import explorer
 from explorer.bench.block import training_step_flops
 from explorer.models.bd3lm import BD3LMConfig, BD3LMModel
-from explorer.nn import Transformer, bd3_flex_mask
+from explorer.nn import Transformer, bd3_flex_mask, block_causal_mask
 from explorer.nn.masks import bd3_split_mask
+from explorer.released.synthetic import tiny_dit_config, write_tiny_dit
 from support import tiny_backbone
 
 
@@ -108,3 +110,15 @@ def test_training_step_flops_match_the_counted_matmuls(bd3, vectorized):
     flops = training_step_flops(bd3, 3, vectorized)
     assert flops["linear"] + flops["head"] == counter.get_flop_counts()["Global"][torch.ops.aten.mm]
     assert flops["attention"] > flops["attention_needed"] > 0
+
+
+def test_released_dit_backbone_cuts_its_last_layer_the_same_way(tmp_path):
+    model = explorer.load(write_tiny_dit(tmp_path / "bd3lm", tiny_dit_config("bd3lm")))
+    L = model.backbone.config.max_seq_len
+    ids = torch.randint(0, 2049, (2, L), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(L)
+    mask = block_causal_mask(positions, positions, model.block_size)
+    with torch.no_grad():
+        full = model.backbone(ids, mask=mask)
+        first = model.backbone(ids, mask=mask, outputs=L // 2)
+    assert first.shape[1] == L // 2 and torch.allclose(first, full[:, :L // 2], atol=1e-5)

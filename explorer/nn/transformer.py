@@ -207,6 +207,8 @@ class Attention(nn.Module):
         still supplies its keys and values (the last layer of BD3-LM's training passes)."""
         B, L, D = x.shape
         Lq = L if outputs is None else outputs
+        if not 0 <= Lq <= L:
+            raise ValueError(f"outputs must be in [0, {L}] (the positions of this pass), got {outputs}")
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, Dh)
         q, k = Rotary.rotate(q[:, :, :Lq], (angles[0][:Lq], angles[1][:Lq])), Rotary.rotate(k, angles)
         if cache is not None:
@@ -358,8 +360,6 @@ class Transformer(nn.Module):
         device = (input_ids if embeds is None else embeds).device
         if (noise_feature is None) == self.config.time_conditioning:
             raise ValueError("noise_feature (B,) is required by time-conditioned backbones and accepted only by them")
-        if outputs is not None and not 0 <= outputs <= L:
-            raise ValueError(f"outputs must be in [0, {L}] (the positions of this pass), got {outputs}")
         start, store, positions = window(cache, L, start, store, positions, self.config.max_seq_len, device)
         angles = self.rotary.angles(positions)
         x = self.embed(input_ids) if embeds is None else embeds  # (B, L, d)
