@@ -12,6 +12,7 @@ Every ratio comes from runs interleaved in one process (pairs alternate, the med
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from explorer.bench.measure import timed, write_results
 from explorer.data import TokenStream, load_corpus
 from explorer.eval import generative_ppl, prompts_from_val, sample_quality
 from explorer.hub import load
+from explorer.nn import bd3_dense_mask
 from explorer.sampling import generate
 
 
@@ -42,6 +44,29 @@ def kv_cache_speed(model, repeats: int, gen_length: int = 256) -> dict:
             "cached_s": round(cached_s, 3), "recompute_s": round(fresh_s, 3), "speedup": round(ratio, 2)}
 
 
+def training_step_flops(model, batch_size: int, vectorized: bool) -> dict[str, int]:
+    """Forward FLOPs (2 per multiply-add) of one BD3-LM training pass over (batch_size, max_seq_len) tokens:
+    `linear` (projections and SwiGLU), `attention` (scores and weighted sums as the dense SDPA calls compute them,
+    masked entries included), `attention_needed` (the entries the mask keeps: what a block-sparse kernel would
+    compute), `head` (logits of the noisy half). A backward pass costs about twice as much again."""
+    c = model.config.backbone
+    d, n, L = c.d_model, c.n_layers, c.max_seq_len
+    qkv, rest = 3 * d * d, d * d + 3 * d * c.d_ff  # per token: queries/keys/values; output projection and SwiGLU
+    mask = bd3_dense_mask(L, model.block_size)
+    noisy_kept, clean_kept = int(mask[:L].sum()), int(mask[L:, L:].sum())
+    if vectorized:  # one pass over 2L; its last layer computes outputs of the noisy half only
+        qkv_tokens, rest_tokens = n * 2 * L, (n - 1) * 2 * L + L
+        scores = (n - 1) * (L * 2 * L + L * L) + L * 2 * L
+        kept = (n - 1) * (noisy_kept + clean_kept) + noisy_kept
+    else:  # clean pass over L (its last layer stops at keys and values), then the noisy pass against 2L keys
+        qkv_tokens, rest_tokens = 2 * n * L, (n - 1) * L + n * L
+        scores = (n - 1) * L * L + n * L * 2 * L
+        kept = (n - 1) * clean_kept + n * noisy_kept
+    macs = {"linear": qkv_tokens * qkv + rest_tokens * rest, "attention": scores * 2 * d,
+            "attention_needed": kept * 2 * d, "head": L * d * c.vocab_size}
+    return {part: 2 * batch_size * m for part, m in macs.items()}
+
+
 def training_step_speed(model, repeats: int, batch_size: int = 16) -> dict:
     model.train()
     batch = TokenStream(load_corpus(), "train", model.tokenizer).random_batch(
@@ -53,12 +78,32 @@ def training_step_speed(model, repeats: int, batch_size: int = 16) -> dict:
             model.loss(batch, generator=torch.Generator().manual_seed(0), vectorized=vectorized)["loss"].backward()
         return run
 
+    def cpu_seconds(fn) -> float:
+        start = time.thread_time()
+        fn()
+        return time.thread_time() - start
+
     step(True)(), step(False)()  # warm up
     vec_s, two_s, ratio = interleaved(step(True), step(False), repeats)
+    # also the CPU time of one torch thread (the ops then run in this thread): on a shared machine other
+    # processes stretch the wall time of every op, and of a 2-thread op whenever either thread waits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pairs = [(cpu_seconds(step(True)), cpu_seconds(step(False))) for _ in range(repeats)]
+    finally:
+        torch.set_num_threads(threads)
     model.zero_grad(set_to_none=True)
     model.eval()
+    flops = {name: training_step_flops(model, batch_size, vectorized)
+             for name, vectorized in (("vectorized", True), ("two_pass", False))}
     return {"checkpoint": model.name, "batch": f"{batch_size}x{model.max_seq_len}",
-            "vectorized_s": round(vec_s, 3), "two_pass_s": round(two_s, 3), "speedup": round(ratio, 2)}
+            "vectorized_s": round(vec_s, 3), "two_pass_s": round(two_s, 3), "speedup": round(ratio, 2),
+            "one_thread_cpu": {"vectorized_s": round(statistics.median(x for x, _ in pairs), 3),
+                               "two_pass_s": round(statistics.median(y for _, y in pairs), 3),
+                               "speedup": round(statistics.median(y / x for x, y in pairs), 2)},
+            "forward_gflops": {name: round(sum(f[p] for p in ("linear", "attention", "head")) / 1e9, 2)
+                               for name, f in flops.items()}}
 
 
 def fast_dllm(model, judge, prompts, block: int = 32, repeats: int = 3) -> dict:
@@ -139,13 +184,16 @@ def run_block_bench(block_checkpoint: str = "bd3lm-tiny-b16", masked_checkpoint:
 
 def block_table(r: dict) -> str:
     kv, tr, fd, dr = r["kv_cache"], r["training_step"], r["fast_dllm"], r["draft_refine"]
+    cpu = tr["one_thread_cpu"]
     lines = [f"Block benchmark ({r['torch_threads']} threads, torch {r['torch']}; ratios are medians of "
              f"interleaved pairs)", "", "| measurement | result |", "|---|---|",
              f"| `{kv['checkpoint']}` KV cache vs recomputing the prefix, {kv['gen_length']} tokens, "
              f"L'={kv['block_size']}, {kv['nfe']} NFE | **{kv['speedup']:.2f}x** ({kv['cached_s']:.2f}s vs "
              f"{kv['recompute_s']:.2f}s), identical tokens: {kv['identical_tokens']} |",
              f"| vectorized training step vs two passes ({tr['batch']}, forward + backward) | "
-             f"**{tr['speedup']:.2f}x** ({tr['vectorized_s']:.3f}s vs {tr['two_pass_s']:.3f}s) |"]
+             f"**{tr['speedup']:.2f}x** ({tr['vectorized_s']:.3f}s vs {tr['two_pass_s']:.3f}s); one thread, CPU "
+             f"time: **{cpu['speedup']:.2f}x** ({cpu['vectorized_s']:.3f}s vs {cpu['two_pass_s']:.3f}s); forward "
+             f"GFLOPs {tr['forward_gflops']['vectorized']} vs {tr['forward_gflops']['two_pass']} |"]
     base = fd["variants"]["no cache"]
     for name, row in fd["variants"].items():
         if name == "no cache":

@@ -105,17 +105,18 @@ class BD3LMModel(LanguageModel):
         B, L = x_t.shape
         device = x_t.device
         positions = torch.arange(L, device=device)
+        # the clean tokens' last-layer outputs feed nothing: `outputs` stops them at their keys and values
         if vectorized:
-            if self._backend(device) == "flex":
-                mask = bd3_flex_mask(L, self.block_size, str(device))
+            both = torch.cat([x_t, x0], dim=1)
+            if self._backend(device) == "flex":  # the BlockMask spans all 2L queries, so the last layer does too
+                logits = self.backbone(both, mask=bd3_flex_mask(L, self.block_size, str(device)),
+                                       positions=positions.repeat(2), logits_for=slice(0, L))
             else:
-                mask = bd3_split_mask(L, self.block_size, str(device))
-            logits = self.backbone(torch.cat([x_t, x0], dim=1), mask=mask, positions=positions.repeat(2),
-                                   logits_for=slice(0, L))
+                logits = self.backbone(both, mask=bd3_split_mask(L, self.block_size, str(device)),
+                                       positions=positions.repeat(2), outputs=L)
             return self._exclude_mask(logits)
         cache = self.new_cache()
-        self.backbone(x0, cache=cache, mask=block_causal_mask(positions, positions, self.block_size),
-                      logits_for=slice(0, 0))  # only the keys/values of the clean pass are needed
+        self.backbone(x0, cache=cache, mask=block_causal_mask(positions, positions, self.block_size), outputs=0)
         logits = self.backbone(x_t, cache=cache, start=L, store=0, positions=positions,
                                mask=two_pass_noisy_mask(L, self.block_size, str(device)))
         return self._exclude_mask(logits)

@@ -202,30 +202,42 @@ class Attention(nn.Module):
         self.probe: Probe | None = None  # set only inside `Transformer.probe` (diagnostics)
 
     def forward(self, x, angles, layer: int, cache: KVCache | None, start: int, store: int,
-                mask=None) -> torch.Tensor:
+                mask=None, outputs: int | None = None) -> torch.Tensor:
+        """`outputs`: only the first `outputs` queries' results (B, outputs, d) are computed; every position
+        still supplies its keys and values (the last layer of BD3-LM's training passes)."""
         B, L, D = x.shape
+        Lq = L if outputs is None else outputs
+        if not 0 <= Lq <= L:
+            raise ValueError(f"outputs must be in [0, {L}] (the positions of this pass), got {outputs}")
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, Dh)
-        q, k = Rotary.rotate(q, angles), Rotary.rotate(k, angles)
+        q, k = Rotary.rotate(q[:, :, :Lq], (angles[0][:Lq], angles[1][:Lq])), Rotary.rotate(k, angles)
         if cache is not None:
             k, v = cache.attend(layer, k, v, start, store)
         if self.probe is not None:
             self.probe.record(layer, q, k, v, mask, self.mode == "causal", start)
         if isinstance(mask, BlockMask):
+            if outputs is not None:
+                raise ValueError("outputs needs a dense mask (a boolean tensor, a SplitMask or none), got a BlockMask")
             y = flex_attention_fn(q.device)(q, k, v, block_mask=mask)
         elif isinstance(mask, SplitMask):  # two dense calls that skip the empty clean -> noisy quadrant
             n = mask.noisy.shape[0]
-            noisy = F.scaled_dot_product_attention(q[:, :, :n], k, v, attn_mask=mask.noisy)
-            clean = F.scaled_dot_product_attention(q[:, :, n:], k[:, :, n:], v[:, :, n:], attn_mask=mask.clean)
-            y = torch.cat([noisy, clean], dim=2)  # (B, H, L, Dh)
+            if Lq not in (n, L):
+                raise ValueError(f"outputs with a SplitMask must be {n} (the first part) or all {L}, got {Lq}")
+            y = F.scaled_dot_product_attention(q[:, :, :n], k, v, attn_mask=mask.noisy)  # (B, H, n, Dh)
+            if Lq == L:
+                clean = F.scaled_dot_product_attention(q[:, :, n:], k[:, :, n:], v[:, :, n:], attn_mask=mask.clean)
+                y = torch.cat([y, clean], dim=2)  # (B, H, L, Dh)
         else:
             is_causal = False
             if mask is None and self.mode == "causal" and L > 1:
                 if k.shape[2] == L:
-                    is_causal = True
+                    is_causal = True  # top-left aligned: also right for the first Lq queries alone
                 else:  # a window of new queries after cached positions: query i sees keys <= start + i
                     mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=x.device).tril(start)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, L, Dh)
-        return self.dropout(self.out(y.transpose(1, 2).reshape(B, L, D)))
+            if mask is not None:
+                mask = mask[:Lq]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, Lq, Dh)
+        return self.dropout(self.out(y.transpose(1, 2).reshape(B, Lq, D)))
 
 
 @functools.cache
@@ -277,13 +289,14 @@ class Block(nn.Module):
         # adaptive norm (DiT's adaLN, with gates 1 + g): zero-initialised, so at init the block is the plain one
         self.modulation = nn.Linear(config.d_model, 6 * config.d_model) if config.time_conditioning else None
 
-    def forward(self, x, angles, layer, cache, start, store, mask, condition=None):
+    def forward(self, x, angles, layer, cache, start, store, mask, condition=None, outputs: int | None = None):
+        """`outputs`: return only the first `outputs` positions (B, outputs, d); all of them are keys and values."""
         if self.modulation is None:
-            x = x + self.attn(self.attn_norm(x), angles, layer, cache, start, store, mask)
+            x = x[:, :outputs] + self.attn(self.attn_norm(x), angles, layer, cache, start, store, mask, outputs)
             return x + self.mlp(self.mlp_norm(x))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(condition))[:, None].chunk(6, dim=-1)
-        h = self.attn(modulate(self.attn_norm(x), shift1, scale1), angles, layer, cache, start, store, mask)
-        x = x + (1 + gate1) * h
+        h = self.attn(modulate(self.attn_norm(x), shift1, scale1), angles, layer, cache, start, store, mask, outputs)
+        x = x[:, :outputs] + (1 + gate1) * h
         return x + (1 + gate2) * self.mlp(modulate(self.mlp_norm(x), shift2, scale2))
 
 
@@ -334,13 +347,15 @@ class Transformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False,
                 mask=None, positions: torch.Tensor | None = None, start: int | None = None,
                 store: int | None = None, logits_for: slice = slice(None), embeds: torch.Tensor | None = None,
-                noise_feature: torch.Tensor | None = None):
+                noise_feature: torch.Tensor | None = None, outputs: int | None = None):
         """`input_ids` (B, L), or `embeds` (B, L, d) given instead (continuous inputs; pass input_ids=None).
         `noise_feature` (B,): the noise level per row, required by (and only by) time-conditioned configs.
         `mask`: None (the config's mode), a boolean (Lq, Lk) tensor (True = may attend), a SplitMask or a BlockMask.
         `positions`: (L,) rotary positions, default start..start+L. With a cache, the window starts at
         `start` (default: after the cached positions) and its first `store` positions (default all)
-        are written back to the cache. `logits_for`: the positions that need logits (the head is skipped elsewhere)."""
+        are written back to the cache. `logits_for`: the positions that need logits (the head is skipped elsewhere).
+        `outputs`: only the first `outputs` positions go through the last block past their keys and values (the
+        others only feed attention); logits and hidden states are then of those positions, `logits_for` indexes them."""
         B, L = input_ids.shape if embeds is None else embeds.shape[:2]
         device = (input_ids if embeds is None else embeds).device
         if (noise_feature is None) == self.config.time_conditioning:
@@ -349,11 +364,12 @@ class Transformer(nn.Module):
         angles = self.rotary.angles(positions)
         x = self.embed(input_ids) if embeds is None else embeds  # (B, L, d)
         condition = None if noise_feature is None else self.time_embedding(noise_feature)  # (B, d)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, angles, i, cache, start, store, mask, condition)
+            x = block(x, angles, i, cache, start, store, mask, condition, outputs if i == last else None)
         if cache is not None and store:
             cache.length = max(cache.length, start + store)
-        hidden = self.norm(x)  # (B, L, d)
+        hidden = self.norm(x)  # (B, L or outputs, d)
         if condition is not None:
             shift, scale = self.final_modulation(F.silu(condition))[:, None].chunk(2, dim=-1)
             hidden = modulate(hidden, shift, scale)

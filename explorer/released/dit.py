@@ -188,12 +188,13 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, MLP_RATIO * d), nn.GELU(approximate="tanh"), nn.Linear(MLP_RATIO * d, d))
         self.adaLN_modulation = nn.Linear(spec.cond_dim, 6 * d) if spec.adaln else None
 
-    def forward(self, x, angles, layer, cache, start, store, mask, c):
+    def forward(self, x, angles, layer, cache, start, store, mask, c, outputs: int | None = None):
         if self.adaLN_modulation is None:
-            x = x + self.attn(self.norm1(x), angles, layer, cache, start, store, mask)
+            x = x[:, :outputs] + self.attn(self.norm1(x), angles, layer, cache, start, store, mask, outputs)
             return x + self.mlp(self.norm2(x))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c)[:, None].chunk(6, dim=-1)
-        x = x + gate1 * self.attn(_modulate(self.norm1(x), shift1, scale1), angles, layer, cache, start, store, mask)
+        h = self.attn(_modulate(self.norm1(x), shift1, scale1), angles, layer, cache, start, store, mask, outputs)
+        x = x[:, :outputs] + gate1 * h
         return x + gate2 * self.mlp(_modulate(self.norm2(x), shift2, scale2))
 
 
@@ -238,19 +239,22 @@ class DiTBackbone(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False,
                 mask=None, positions: torch.Tensor | None = None, start: int | None = None,
-                store: int | None = None, logits_for: slice = slice(None), time: float | None = None):
+                store: int | None = None, logits_for: slice = slice(None), time: float | None = None,
+                outputs: int | None = None):
         """As explorer.nn.Transformer.forward (token ids only): `mask`, `positions`, the cache window
-        (`start`, `store`) and `logits_for` mean the same there and here; `time`: the sampler's t (see `sigma`)."""
+        (`start`, `store`), `logits_for` and `outputs` mean the same there and here; `time`: the sampler's t (see
+        `sigma`)."""
         start, store, positions = window(cache, input_ids.shape[1], start, store, positions, self.config.max_seq_len,
                                          input_ids.device)
         angles = self.rotary.angles(positions)
         x = self.embed(input_ids)  # (B, L, d)
         c = F.silu(self.sigma_map(self.sigma(input_ids, time))) if self.sigma_map is not None else None  # (B, cond)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, angles, i, cache, start, store, mask, c)
+            x = block(x, angles, i, cache, start, store, mask, c, outputs if i == last else None)
         if cache is not None and store:
             cache.length = max(cache.length, start + store)
-        hidden = self.output_layer.hidden(x, c)  # (B, L, d)
+        hidden = self.output_layer.hidden(x, c)  # (B, L or outputs, d)
         logits = self.output_layer.linear(hidden[:, logits_for])  # (B, positions in logits_for, V)
         return (logits, hidden) if return_hidden else logits
 
