@@ -286,7 +286,7 @@ def test_kv_drift_and_attention_of_a_diffusion_gemma_run_cover_the_canvas_each_p
     rows = fig.data[0].z
     assert all(rows[s] == [None] * (P + 2 * C) for s in [0, *canvas[0]])  # another canvas's passes
     assert all(sum(rows[s]) == pytest.approx(1.0, abs=1e-5) for s in canvas[1])
-    assert "decoder attention, one softmax over the encoder's cached context" in fig.layout.title.text
+    assert "decoder attention over the cached context (cross) and the canvas (self)" in fig.layout.title.text
     with pytest.raises(ValueError, match=r"head must be an int in \[0, 1\]"):
         attention_over_steps(model, trace, position=0, head=2)
     monkeypatch.setattr(type(model), "probe", None)  # what remains refused: a model without a probe

@@ -453,8 +453,8 @@ def attention_over_steps(model, trace: Trace, position: int, layer: int = 0, hea
     fig.add_vline(x=position, line={"color": "#2ca02c", "width": 1})
     fig.add_vline(x=-0.5, line={"color": "#222", "width": 1})
     token = _token(trace, trace.final_tokens[position]) if position < len(trace.final_tokens) else ""
-    attention = ("decoder attention, one softmax over the encoder's cached context (cross: prompt, finished canvases) "
-                 "and the canvas (self)" if dg else "self-attention over prompt + canvas")
+    attention = ("decoder attention over the cached context (cross) and the canvas (self), one softmax" if dg
+                 else "self-attention over prompt + canvas")
     fig.update_layout(
         xaxis={"title": "key position (negative: prompt)", **integer_ticks(-P, G - 1)},
         yaxis={"title": "step", "autorange": "reversed", **integer_ticks(0, len(rows) - 1)}, height=400,
