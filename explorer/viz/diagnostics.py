@@ -250,7 +250,8 @@ def kv_drift(model, trace: Trace, layers: list[int] | None = None,
             _step_pass(model, trace, step)
             end, states = _pass_end(model, trace, step), []  # per layer (width, 2 H Dh), NaN where not read
             for layer in sorted(probe.layers):
-                kv = torch.cat([probe.keys[layer][0], probe.values[layer][0]], -1).transpose(0, 1).flatten(1)  # (Lk, .)
+                kv = torch.cat([probe.keys[layer][0], probe.values[layer][0]], -1)  # (H, Lk, 2 Dh)
+                kv = kv.transpose(0, 1).flatten(1)  # (Lk, 2 H Dh)
                 states.append(kv.new_full((width, kv.shape[1]), float("nan"), dtype=torch.float32))
                 states[-1][end - len(kv) : end] = kv.float()  # the pass's keys are its last Lk positions
             if previous is None:
@@ -457,8 +458,8 @@ def attention_over_steps(model, trace: Trace, position: int, layer: int = 0, hea
                  else "self-attention over prompt + canvas")
     fig.update_layout(
         xaxis={"title": "key position (negative: prompt)", **integer_ticks(-P, G - 1)},
-        yaxis={"title": "step", "autorange": "reversed", **integer_ticks(0, len(rows) - 1)}, height=400,
-        margin=MARGIN, legend={"orientation": "h", "y": -0.2},
+        yaxis={"title": "step", "autorange": "reversed", **integer_ticks(0, len(rows) - 1)}, height=420,
+        margin={**MARGIN, "t": 80}, legend={"orientation": "h", "y": -0.2},
         title=_title(trace, f"layer {layer}, head {head}: where position {position} ({token!r} at the end) looks, "
                             f"step by step<br>{attention}"),
         meta={"layer": layer, "head": head, "position": position, "steps": len(rows) - 1, "attention": attention})
