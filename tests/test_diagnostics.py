@@ -264,6 +264,11 @@ def test_diffusion_gemma_probe_records_what_its_decoder_attention_reads(dg):
     with pytest.raises(ValueError, match=r"layer must be an int in \[0, 1\]"):
         with model.probe([2]):
             pass
+    from transformers import StaticCache
+
+    static = StaticCache(config=network.config.text_config, max_cache_len=32)  # zero-padded: not what attention read
+    with pytest.raises(ValueError, match="the probe reads a dynamic cache"), model.probe():
+        network(input_ids=torch.tensor([context]), decoder_input_ids=torch.tensor([canvas]), cache=static)
 
 
 def test_kv_drift_and_attention_of_a_diffusion_gemma_run_cover_the_canvas_each_pass_read(dg, monkeypatch):
