@@ -1,4 +1,5 @@
-"""The four diagnostics of explorer.viz.diagnostics checked against hand computations, and the Transformer's probe."""
+"""The four diagnostics of explorer.viz.diagnostics checked against hand computations, and the Transformer's and
+DiffusionGemma's probes."""
 
 from __future__ import annotations
 
@@ -200,12 +201,13 @@ def test_parallel_dependencies_of_a_diffusion_gemma_run_equal_its_decoder_passes
     assert parallel_dependencies(model, trace).layout.meta["pairs"] == len(pairs)
 
 
-def test_state_drift_of_a_diffusion_gemma_run_recorded_or_re_run_and_what_it_lacks(dg):
+def test_state_drift_of_a_diffusion_gemma_run_recorded_or_re_run_with_its_keys_and_values(dg):
     model, trace = dg
-    recorded = state_drift(trace, model)  # the hidden states generate's passes recorded
+    recorded = state_drift(trace, model)  # the hidden states generate's passes recorded; keys/values re-run
     assert recorded.layout.meta["hidden"] == "recorded" and recorded.layout.meta["mean_hidden_drift"] > 0
-    assert "keys/values not shown: a diffusion_gemma model exposes no per-layer keys" in recorded.layout.title.text
-    assert len(recorded.data) == 1  # the hidden-state panel only
+    assert [a.text for a in recorded.layout.annotations] == [
+        "hidden state (last layer)", "keys and values (all layers, mean; the context's from the encoder's cache)"]
+    assert recorded.layout.meta["mean_prompt_kv_drift"] == pytest.approx(0, abs=1e-5)  # a causal encoder's prompt
     bare = Trace.from_dict(trace.to_dict())
     for frame in bare.frames:
         frame.hidden = None
@@ -215,13 +217,90 @@ def test_state_drift_of_a_diffusion_gemma_run_recorded_or_re_run_and_what_it_lac
     rows = rerun.data[0].z
     first = [s for s, f in enumerate(trace.frames) if f.block == 1][0]
     assert all(rows[first][p] is None or rows[first][p] == 0.0 for p in range(C))  # canvas 0: finished
-    with pytest.raises(ValueError, match="reads each layer's keys and values.*diffusion_gemma model "
-                                         r"\(DiffusionGemmaForBlockDiffusion\) does not expose them"):
+    with pytest.raises(ValueError, match="canvas_ids must hold canvas_length = 4 ids, got 2"):
+        model.canvas_pass(trace.prompt_ids, [5, 6])
+
+
+def hand_recorded(model, context, canvas):
+    """What each decoder layer's attention function was handed in one canvas_pass under eager attention: layer ->
+    (keys, values, weights), by wrapping transformers' eager_attention_forward."""
+    from transformers.models.diffusion_gemma import modeling_diffusion_gemma as library
+
+    seen, eager = {}, library.eager_attention_forward
+
+    def spy(module, query, key, value, mask, **kwargs):
+        out = eager(module, query, key, value, mask, **kwargs)
+        if isinstance(module, library.DiffusionGemmaDecoderTextAttention):
+            seen[module.layer_idx] = (key, value, out[1])
+        return out
+
+    text = model.network.config.text_config
+    before, text._attn_implementation, library.eager_attention_forward = text._attn_implementation, "eager", spy
+    try:
+        model.canvas_pass(context, canvas)
+    finally:
+        text._attn_implementation, library.eager_attention_forward = before, eager
+    return seen
+
+
+def test_diffusion_gemma_probe_records_what_its_decoder_attention_reads(dg):
+    model, trace = dg
+    context, canvas = list(range(40, 60)), [7, 8, 9, 10]  # 20 context tokens: past the sliding window of 16
+    hand = hand_recorded(model, context, canvas)
+    with model.probe(attention=True) as probe:
+        model.canvas_pass(context, canvas)
+    for layer, (keys, values, weights) in hand.items():
+        assert torch.equal(probe.keys[layer], keys) and torch.equal(probe.values[layer], values)
+        assert torch.equal(probe.probs[layer], weights.float())
+        assert probe.probs[layer].sum(-1).allclose(torch.ones(1, 2, C))  # (1, H, C, Lk): rows sum to 1
+    assert probe.keys[0].shape == (1, 1, 15 + C, 16) and probe.keys[1].shape == (1, 1, 20 + C, 16)  # sliding, full
+    # off: no hook left, the implementation switched back; on: the library's tokens unchanged
+    network = model.network
+    assert network.config.text_config._attn_implementation == "sdpa"
+    assert not any(layer.self_attn._forward_hooks for layer in network.model.decoder.layers)
+    with model.probe([1], attention=True) as probe:
+        again = explorer.generate(model, "ROMEO:", gen_length=2 * C, steps=2, seed=0, record="full")
+    assert again.final_tokens == trace.final_tokens and list(probe.probs) == [1]
+    with pytest.raises(ValueError, match=r"layer must be an int in \[0, 1\]"):
+        with model.probe([2]):
+            pass
+    from transformers import StaticCache
+
+    static = StaticCache(config=network.config.text_config, max_cache_len=32)  # zero-padded: not what attention read
+    with pytest.raises(ValueError, match="the probe reads a dynamic cache"), model.probe():
+        network(input_ids=torch.tensor([context]), decoder_input_ids=torch.tensor([canvas]), cache=static)
+
+
+def test_kv_drift_and_attention_of_a_diffusion_gemma_run_cover_the_canvas_each_pass_read(dg, monkeypatch):
+    model, trace = dg
+    P = len(trace.prompt_ids)
+    canvas = {b: [s for s, f in enumerate(trace.frames) if f.block == b and s] for b in (0, 1)}
+    per_position, prompt = kv_drift(model, trace)
+    for s in canvas[0]:  # canvas 1 is not read yet
+        assert per_position[s][P + C:] == [None] * C
+    first, *later = canvas[1]
+    assert per_position[first][P + C:] == [None] * C  # canvas 1's first pass: nothing to compare with
+    assert all(v > 0 for v in per_position[first][P : P + C])  # canvas 0: the decoder's keys, then the encoder's
+    assert later and all(per_position[s][p] == pytest.approx(0, abs=1e-5) for s in later for p in range(P + C))
+    assert all(v == pytest.approx(0, abs=1e-5) for row in prompt[2:] for v in row)
+    long = explorer.generate(model, list(range(40, 60)), gen_length=2 * C, steps=2, seed=0, record="full")
+    rows, _ = kv_drift(model, long, layers=[0])  # the sliding layer reads the context's last 15 positions only
+    assert rows[-1][: 20 + C - 15] == [None] * (20 + C - 15) and None not in rows[-1][20 + C - 15 : 20 + C]
+
+    fig = attention_over_steps(model, trace, position=C + 1, layer=1, head=1)
+    rows = fig.data[0].z
+    assert all(rows[s] == [None] * (P + 2 * C) for s in [0, *canvas[0]])  # another canvas's passes
+    assert all(sum(rows[s]) == pytest.approx(1.0, abs=1e-5) for s in canvas[1])
+    assert "decoder attention over the cached context (cross) and the canvas (self)" in fig.layout.title.text
+    with pytest.raises(ValueError, match=r"head must be an int in \[0, 1\]"):
+        attention_over_steps(model, trace, position=0, head=2)
+    monkeypatch.setattr(type(model), "probe", None)  # what remains refused: a model without a probe
+    with pytest.raises(ValueError, match="reads each layer's keys and values, which a model records with a probe.*"
+                                         r"diffusion_gemma model \(DiffusionGemmaForBlockDiffusion\) has none"):
         kv_drift(model, trace)
     with pytest.raises(ValueError, match="reads each layer's attention probabilities"):
         attention_over_steps(model, trace, position=0)
-    with pytest.raises(ValueError, match="canvas_ids must hold canvas_length = 4 ids, got 2"):
-        model.canvas_pass(trace.prompt_ids, [5, 6])
+    assert "keys/values not shown: a diffusion_gemma model has no probe" in state_drift(trace, model).layout.title.text
 
 
 def test_the_page_compares_caches_once_per_run(tiny_mdlm, monkeypatch):

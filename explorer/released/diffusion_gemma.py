@@ -8,6 +8,7 @@ has no mask token: its canvases start as random tokens; the pad id stands for po
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 from explorer.data.tokenizer import load_tokenizer
 from explorer.models.base import config_int, read_config
 from explorer.models.weights import SafetensorsFolder
+from explorer.nn.transformer import Probe
 from explorer.released.base import ReleasedModel
 
 MAX_CONTEXT = 131_072  # DiffusionGemma's max_position_embeddings
@@ -75,6 +77,59 @@ class DiffusionGemmaModel(ReleasedModel, nn.Module):
         finally:
             hook.remove()
         return logits[0].float(), kept[-1][0].float()
+
+    @contextlib.contextmanager
+    def probe(self, layers: list[int] | None = None, attention: bool = False):
+        """Inside the block, each decoder pass records what the self-attention of the decoder's `layers` (None = all)
+        read, into the yielded Probe (our Transformer's record; the last pass only), through forward hooks on those
+        layers' `self_attn`; outside it nothing is hooked and the passes are unchanged.
+
+        DiffusionGemma's decoder has one attention per layer: the canvas's queries over the encoder's cached keys of
+        the context (prompt and finished canvases; transformers' docstrings call this part cross-attention) and the
+        canvas's own keys, in one softmax. keys[layer] and values[layer] (1, H_kv, Lk, Dh) are the tensors that
+        attention reads, as the library computes them: the cached context's (from the encoder) followed by the
+        canvas's (its projection, norm and, for keys, rotary; a full-attention layer's values are its keys' projection
+        under the value norm). H_kv is the model's key/value heads (ours has as many as query heads); a sliding layer's
+        cache keeps only the context's last sliding_window - 1 positions, so the Lk keys are always the last Lk
+        positions of the pass. With `attention`, probs[layer] (1, H, C, Lk): the library's own attention weights of
+        the C canvas queries, under the eager attention implementation for the block (switched back after)."""
+        from transformers.models.diffusion_gemma.modeling_diffusion_gemma import apply_rotary_pos_emb
+
+        n = self.network.config.text_config.num_hidden_layers
+        layers = list(range(n)) if layers is None else layers
+        for layer in layers:
+            if type(layer) is not int or not 0 <= layer < n:
+                raise ValueError(f"layer must be an int in [0, {n - 1}] (the model's layers), got {layer!r}")
+        probe = Probe(frozenset(layers), attention)
+
+        @torch.no_grad()
+        def record(attn, args, kwargs, output):
+            x, (cos, sin), cache = kwargs["hidden_states"], kwargs["position_embeddings"], kwargs["cache"]
+            if cache.is_compileable:  # a static cache is zero-padded past its length: not what attention read
+                raise ValueError("the probe reads a dynamic cache (the default); this pass ran with a static one")
+            shape = (*x.shape[:-1], -1, attn.head_dim)  # (1, C, H_kv, Dh)
+            k = attn.k_proj(x).view(shape)
+            v = attn.v_proj(x).view(shape) if attn.v_proj is not None else k
+            k = apply_rotary_pos_emb(attn.k_norm(k), cos, sin, unsqueeze_dim=2).transpose(1, 2)  # (1, H_kv, C, Dh)
+            v = attn.v_norm(v).transpose(1, 2)
+            cached = cache.layers[attn.layer_idx]
+            probe.keys[attn.layer_idx] = torch.cat([cached.keys, k], dim=-2)  # (1, H_kv, Lk, Dh)
+            probe.values[attn.layer_idx] = torch.cat([cached.values, v], dim=-2)
+            if attention:
+                probe.probs[attn.layer_idx] = output[1].float()  # (1, H, C, Lk)
+
+        text = self.network.config.text_config  # the decoder's attention reads its implementation from here per call
+        before = text._attn_implementation
+        hooks = [self.network.model.decoder.layers[layer].self_attn.register_forward_hook(record, with_kwargs=True)
+                 for layer in sorted(probe.layers)]
+        try:
+            if attention:  # sdpa and flash attention return no weights
+                text._attn_implementation = "eager"
+            yield probe
+        finally:
+            text._attn_implementation = before
+            for hook in hooks:
+                hook.remove()
 
     @property
     def source(self) -> dict:

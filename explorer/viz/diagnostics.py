@@ -10,9 +10,11 @@ What a re-run needs from a model, `_step_pass`, is the logits (and hidden states
 bd3lm models give them, and so does a DiffusionGemma model (`canvas_pass`: its decoder over the step's canvas after
 the prompt and the finished canvases; the trace holds the library's draft, not the random canvas the decoder read nor
 its self-conditioning logits, so the pass re-run on a DiffusionGemma run is an approximation of the one it made).
-Keys, values and attention per layer come from our Transformer's probe only: the diagnostics that read them refuse
-other models, naming what is missing. The cache comparison beside the drift (`explorer.eval.cache_quality`) re-runs
-the sampler; `state_drift` draws its numbers.
+Keys, values and attention per layer come from the model's probe (`_probe`: our Transformer's, or a DiffusionGemma
+model's hooks on its decoder's attention); a step's pass reads keys of the last positions up to its end
+(`_pass_end`) and computes queries of the last ones (all positions for ours, the step's canvas for DiffusionGemma),
+so the other positions' cells stay empty. The cache comparison beside the drift (`explorer.eval.cache_quality`)
+re-runs the sampler; `state_drift` draws its numbers.
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ MARGIN = {"l": 50, "r": 20, "t": 60, "b": 40}
 
 # --- re-running a step's pass -------------------------------------------------------------------------------------
 
+def _pass_end(model, trace: Trace, step: int) -> int:
+    """Where the pass frame `step` (>= 1) made ends, counted from the prompt's first token: mdlm, the canvas's end;
+    bd3lm, the end of the step's block; diffusion_gemma, the end of the step's canvas. The pass's logits, queries and
+    keys are of the last positions before it."""
+    P, G = len(trace.prompt_ids), len(trace.frames[0].tokens)
+    block = trace.frames[step].block or 0
+    if model.family == "diffusion_gemma":
+        return P + (block + 1) * model.canvas_length
+    if model.family == "bd3lm":  # the run's blocks are aligned on absolute positions
+        size = trace.sampler.get("block_length") or model.block_size
+        return min((P // size + block + 1) * size, P + G)
+    return P + G
+
+
 def _step_pass(model, trace: Trace, step: int, canvas: list[int] | None = None,
                hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logits (L, V), with `hidden` the last hidden states (L, d), else None) of the pass frame `step` (>= 1) made,
@@ -42,45 +58,48 @@ def _step_pass(model, trace: Trace, step: int, canvas: list[int] | None = None,
     pass over prompt + canvas; bd3lm: prompt + canvas up to the end of the step's block (block-causal, as its exact
     KV cache sees it); diffusion_gemma: the step's canvas after the prompt and the canvases before it, the rows of
     other positions NaN. mdlm and bd3lm: the mask token's logit is -inf."""
-    P = len(trace.prompt_ids)
+    P, end = len(trace.prompt_ids), _pass_end(model, trace, step)
     canvas = trace.frames[step - 1].tokens if canvas is None else canvas
     if model.family == "diffusion_gemma":
-        C = model.canvas_length
-        lo = (trace.frames[step].block or 0) * C  # the canvas this pass denoised
-        logits, states = model.canvas_pass(trace.prompt_ids + list(canvas[:lo]), list(canvas[lo : lo + C]))
+        lo = end - P - model.canvas_length  # the canvas this pass denoised
+        logits, states = model.canvas_pass(trace.prompt_ids + list(canvas[:lo]), list(canvas[lo : end - P]))
         out = [x.new_full((P + len(canvas), x.shape[-1]), float("nan")) for x in (logits, states)]
         for full, part in zip(out, (logits, states)):
-            full[P + lo : P + lo + C] = part
+            full[P + lo : end] = part
         return out[0], out[1] if hidden else None
     ids = torch.tensor([trace.prompt_ids + list(canvas)], dtype=torch.long, device=model.device)  # (1, P + G)
     if model.family == "mdlm":
         logits, states = model(ids, return_hidden=True)
-    else:  # bd3lm: the run's blocks are aligned on absolute positions
+    else:  # bd3lm: prompt + canvas up to the end of the step's block
         block = trace.sampler.get("block_length") or model.block_size
-        hi = min((P // block + (trace.frames[step].block or 0) + 1) * block, ids.shape[1])
-        logits, states = model.window_logits(ids[:, :hi], 0, None, 0, block_size=block, return_hidden=True)
+        logits, states = model.window_logits(ids[:, :end], 0, None, 0, block_size=block, return_hidden=True)
     logits = logits[0].float()
     logits[:, model.mask_id] = float("-inf")
     return logits, states[0].float() if hidden else None
 
 
-def _has_probe(model) -> bool:
-    """Whether the model records per-layer keys, values and attention (our Transformer's probe)."""
-    return callable(getattr(getattr(model, "backbone", None), "probe", None))
+def _probe(model):
+    """The model's recorder of per-layer keys, values and attention (`with probe(layers, attention=...) as p:` then
+    p.keys / p.values / p.probs by layer): our Transformer's (model.backbone.probe) or a DiffusionGemma model's
+    (model.probe); None for a model without one."""
+    for owner in (getattr(model, "backbone", None), model):
+        if callable(probe := getattr(owner, "probe", None)):
+            return probe
+    return None
 
 
 def _check_rerun(model, trace: Trace, passes: int, max_passes: int, reads: str | None = None) -> None:
     """Refuse what cannot or should not be re-run: another family, a model without what the diagnostic `reads`
     (None: the logits of a step's pass; else per-layer tensors from the probe, named), a run past the context, too
     many passes."""
-    if model.family not in RERUN_FAMILIES or (model.family != "diffusion_gemma" and not _has_probe(model)):
+    if model.family not in RERUN_FAMILIES or (model.family != "diffusion_gemma" and _probe(model) is None):
         raise ValueError(f"this diagnostic re-runs masked (mdlm) or block (bd3lm) diffusion models of this project, "
                          f"or DiffusionGemma; got a {model.family} model")
-    if reads is not None and not _has_probe(model):
-        raise ValueError(f"this diagnostic reads each layer's {reads}, which only this project's Transformer records "
-                         f"(its probe); a {model.family} model ({type(getattr(model, 'network', model)).__name__}) "
-                         f"does not expose them. parallel_dependencies and state_drift's hidden-state drift work "
-                         f"with it")
+    if reads is not None and _probe(model) is None:
+        raise ValueError(f"this diagnostic reads each layer's {reads}, which a model records with a probe (this "
+                         f"project's Transformer and DiffusionGemma models have one); this {model.family} model "
+                         f"({type(getattr(model, 'network', model)).__name__}) has none. parallel_dependencies and "
+                         f"state_drift's hidden-state drift work with it")
     if trace.model.get("family") != model.family:
         raise ValueError(f"the trace was made by a {trace.model.get('family')} model, not this {model.family} one")
     if len(trace.prompt_ids) + len(trace.frames[0].tokens) > model.max_seq_len:
@@ -217,31 +236,45 @@ def rerun_hidden(model, trace: Trace, max_passes: int = MAX_PASSES) -> list[list
 
 def kv_drift(model, trace: Trace, layers: list[int] | None = None,
              max_passes: int = MAX_PASSES) -> tuple[list[list[float | None]], list[list[float | None]]]:
-    """Each step's pass re-run with `layers`' keys and values recorded: ((steps, prompt + positions) relative change
-    of each position's keys and values (concatenated over heads, averaged over the layers) since the previous step's
-    pass; (steps, layers) the same averaged over the prompt's positions). Row 0 (no pass yet) and step 1 are None.
-    Needs our Transformer's probe."""
+    """Each step's pass re-run with `layers`' keys and values recorded by the model's probe: ((steps, prompt +
+    positions) relative change of each position's keys and values (concatenated over heads, averaged over the layers
+    whose passes read the position both times) since the previous step's pass; (steps, layers) the same averaged over
+    the prompt's positions). Row 0 (no pass yet) and step 1 are None, and so is a position that one of the two passes
+    did not read (bd3lm's later blocks; DiffusionGemma's later canvases, and context before a sliding window)."""
     _check_rerun(model, trace, len(trace.frames) - 1, max_passes, reads="keys and values")
-    width = len(trace.prompt_ids) + len(trace.frames[0].tokens)
-    per_position, prompt = [[None] * width], [[None] * len(layers or range(model.config.backbone.n_layers))]
-    previous = None
-    with torch.no_grad(), model.backbone.probe(layers) as probe:
+    P, width = len(trace.prompt_ids), len(trace.prompt_ids) + len(trace.frames[0].tokens)
+    per_position, previous = [[None] * width], None
+    with torch.no_grad(), _probe(model)(layers) as probe:
+        prompt = [[None] * len(probe.layers)]
         for step in range(1, len(trace.frames)):
             _step_pass(model, trace, step)
-            states = {layer: torch.cat([probe.keys[layer][0], probe.values[layer][0]], -1).transpose(0, 1).flatten(1)
-                      for layer in sorted(probe.layers)}  # layer -> (L, 2 H Dh)
+            end, states = _pass_end(model, trace, step), []  # per layer (width, 2 H Dh), NaN where not read
+            for layer in sorted(probe.layers):
+                kv = torch.cat([probe.keys[layer][0], probe.values[layer][0]], -1)  # (H, Lk, 2 Dh)
+                kv = kv.transpose(0, 1).flatten(1)  # (Lk, 2 H Dh)
+                states.append(kv.new_full((width, kv.shape[1]), float("nan"), dtype=torch.float32))
+                states[-1][end - len(kv) : end] = kv.float()  # the pass's keys are its last Lk positions
             if previous is None:
                 per_position.append([None] * width)
                 prompt.append([None] * len(states))
             else:
-                n = min(len(next(iter(states.values()))), len(next(iter(previous.values()))))
-                change = torch.stack([((states[k][:n] - previous[k][:n]).norm(dim=-1) /
-                                       previous[k][:n].norm(dim=-1).clamp(min=1e-12)) for k in states])  # (layers, n)
-                per_position.append(change.mean(0).tolist() + [None] * (width - n))
-                P = len(trace.prompt_ids)
-                prompt.append(change[:, :P].mean(1).tolist() if P else [None] * len(states))
+                change = torch.stack([_relative(new, old) for new, old in zip(states, previous)])  # (layers, width)
+                per_position.append(_values(change.nanmean(0)))
+                prompt.append(_values(change[:, :P].nanmean(1)) if P else [None] * len(states))
             previous = states
     return per_position, prompt
+
+
+def _relative(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """||new - old|| / ||old|| over the last dim: NaN where either is unknown (NaN) or old is zero (DiffusionGemma's
+    pad embedding is zero, and a canvas's first pass is re-run on the pad ids that stand for its random start)."""
+    norm = old.norm(dim=-1)
+    return (new - old).norm(dim=-1) / norm.where(norm > 0, float("nan"))
+
+
+def _values(t: torch.Tensor) -> list[float | None]:
+    """A 1-D tensor as a list, None for NaN (unknown)."""
+    return [None if math.isnan(v) else v for v in t.tolist()]
 
 
 def state_drift(trace: Trace, model=None, layers: list[int] | None = None, caches: dict | None = None,
@@ -249,7 +282,8 @@ def state_drift(trace: Trace, model=None, layers: list[int] | None = None, cache
     """Heatmaps over positions x steps of how much each state changed since the previous step (relative to its
     norm), with the block boundaries: the hidden states (recorded at level "full"; else, with `model`, re-run); with
     a `model` of our Transformer, also `layers`' keys and values re-run for every position, the prompt's included (at
-    negative positions; a model without per-layer keys and values, e.g. DiffusionGemma, says so in the title).
+    negative positions; a DiffusionGemma model's decoder reads the prompt's and finished canvases' from the
+    encoder's cache; a model without a probe says so in the title).
     `caches`: `explorer.eval.cache_quality`'s numbers for this run, shown in the title (token agreement and gen-PPL
     of cache="prefix" / "dual"). meta: mean_hidden_drift, hidden ("recorded" | "re-run"), prompt_kv_drift (per step,
     per layer), caches."""
@@ -266,15 +300,16 @@ def state_drift(trace: Trace, model=None, layers: list[int] | None = None, cache
     panels = [("hidden state (last layer)", hidden, 0)] if has_hidden else []
     meta["mean_hidden_drift"] = _mean(hidden) if has_hidden else None
     notes = []
-    if model is not None and _has_probe(model):
+    if model is not None and _probe(model) is not None:
         per_position, prompt = kv_drift(model, trace, layers, max_passes)
         chosen = "all layers" if layers is None else "layers " + ", ".join(map(str, layers))
-        panels.append((f"keys and values ({chosen}, mean)", per_position, -P))
+        read = "; the context's from the encoder's cache" if model.family == "diffusion_gemma" else ""
+        panels.append((f"keys and values ({chosen}, mean{read})", per_position, -P))
         meta["prompt_kv_drift"] = prompt
         meta["mean_prompt_kv_drift"] = _mean(prompt)
     elif model is not None:
-        notes.append(f"keys/values not shown: a {html.escape(str(model.family))} model exposes no per-layer keys and "
-                     f"values")
+        notes.append(f"keys/values not shown: a {html.escape(str(model.family))} model has no probe of its "
+                     f"per-layer keys and values")
     for mode, quality in (caches or {}).items():
         if mode != "none":
             ppl = (f", gen-PPL {quality['gen_ppl']:.1f} vs {caches['none']['gen_ppl']:.1f}"
@@ -385,20 +420,27 @@ def attention_over_steps(model, trace: Trace, position: int, layer: int = 0, hea
                          max_passes: int = MAX_PASSES) -> go.Figure:
     """Heatmap (keys x steps) of `head` of `layer`'s attention from generated `position` in each step's pass
     (re-run; prompt keys at negative positions); a row is empty where the pass did not compute the position (bd3lm's
-    later blocks). Crosses mark where each token was committed. meta: layer, head, position, steps."""
+    later blocks, DiffusionGemma's other canvases), a cell where the pass read no key there. Our models' attention is
+    self-attention over prompt + canvas; DiffusionGemma's decoder attends in one softmax to the encoder's cached
+    context (prompt and finished canvases: the part transformers calls cross-attention) and the canvas (self), and
+    the title says so. Crosses mark where each token was committed. meta: layer, head, position, steps, attention."""
     _check_rerun(model, trace, len(trace.frames) - 1, max_passes, reads="attention probabilities")
-    G, P, n_heads = len(trace.frames[0].tokens), len(trace.prompt_ids), model.config.backbone.n_heads
+    G, P = len(trace.frames[0].tokens), len(trace.prompt_ids)
+    dg = model.family == "diffusion_gemma"
+    n_heads = model.network.config.text_config.num_attention_heads if dg else model.config.backbone.n_heads
     if type(position) is not int or not 0 <= position < G:
         raise ValueError(f"position must be an int in [0, {G - 1}] (the generated positions), got {position!r}")
     if type(head) is not int or not 0 <= head < n_heads:
         raise ValueError(f"head must be an int in [0, {n_heads - 1}] (the model's heads), got {head!r}")
     rows = [[None] * (P + G)]  # the initial canvas: no pass yet
-    with torch.no_grad(), model.backbone.probe([layer], attention=True) as probe:
+    with torch.no_grad(), _probe(model)([layer], attention=True) as probe:
         for step in range(1, len(trace.frames)):
             _step_pass(model, trace, step)
-            probs = probe.probs[layer][0, head]  # (L, L)
-            row = probs[P + position].tolist() if P + position < len(probs) else []
-            rows.append(row + [None] * (P + G - len(row)))
+            end, probs = _pass_end(model, trace, step), probe.probs[layer][0, head]  # (Lq, Lk): the last positions
+            query, row = P + position - (end - probs.shape[0]), [None] * (P + G)
+            if 0 <= query < probs.shape[0]:
+                row[end - probs.shape[1] : end] = probs[query].tolist()
+            rows.append(row)
     commits = trace.commit_steps()
     fig = go.Figure(go.Heatmap(
         z=rows, x=list(range(-P, G)), y=list(range(len(rows))), colorscale=COLORSCALE, zmin=0,
@@ -412,11 +454,13 @@ def attention_over_steps(model, trace: Trace, position: int, layer: int = 0, hea
     fig.add_vline(x=position, line={"color": "#2ca02c", "width": 1})
     fig.add_vline(x=-0.5, line={"color": "#222", "width": 1})
     token = _token(trace, trace.final_tokens[position]) if position < len(trace.final_tokens) else ""
+    attention = ("decoder attention over the cached context (cross) and the canvas (self), one softmax" if dg
+                 else "self-attention over prompt + canvas")
     fig.update_layout(
         xaxis={"title": "key position (negative: prompt)", **integer_ticks(-P, G - 1)},
-        yaxis={"title": "step", "autorange": "reversed", **integer_ticks(0, len(rows) - 1)}, height=400,
-        margin=MARGIN, legend={"orientation": "h", "y": -0.2},
+        yaxis={"title": "step", "autorange": "reversed", **integer_ticks(0, len(rows) - 1)}, height=420,
+        margin={**MARGIN, "t": 80}, legend={"orientation": "h", "y": -0.2},
         title=_title(trace, f"layer {layer}, head {head}: where position {position} ({token!r} at the end) looks, "
-                            f"step by step"),
-        meta={"layer": layer, "head": head, "position": position, "steps": len(rows) - 1})
+                            f"step by step<br>{attention}"),
+        meta={"layer": layer, "head": head, "position": position, "steps": len(rows) - 1, "attention": attention})
     return fig
