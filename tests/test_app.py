@@ -246,7 +246,8 @@ def test_learn_more_links_open_the_executed_notebooks_served_by_the_page(app_url
 
 def test_a_diffusion_gemma_folder_runs_and_replays_in_every_tab(client):
     """A library's model (transformers' DiffusionGemma, a tiny random folder) on the page: its run streams to the
-    canvas, replays, compares, exports and loads back; the Latent tab projects its decoder's hidden states."""
+    canvas, replays, compares, exports and loads back; the Latent tab projects its decoder's hidden states; the
+    Diagnostics tab draws all four diagnostics of it."""
     from gradio_client import handle_file
 
     gemma = dict(checkpoint="released/DiffusionGemma-tiny", sampler="entropy_bound", gen_length=8, steps=8,
@@ -260,6 +261,11 @@ def test_a_diffusion_gemma_folder_runs_and_replays_in_every_tab(client):
     assert not error and json.loads(open(path).read())["model"]["family"] == "diffusion_gemma"
     loaded = client.predict(handle_file(path), "confidence", api_name="/load_trace")[0]
     assert loaded.count('class="dlm-token"') == 8
+    from explorer.page.diagnostics import CHOICES
+
+    for which, said in zip(CHOICES, ("ECE", "keys/values", "pairs committed together", "where position 3")):
+        layout = json.loads(client.predict(which, False, 0, 0, 3, api_name="/diagnostic")["plot"])["layout"]
+        assert said in layout.get("title", {}).get("text", ""), (which, layout)  # drawn, not a message
 
 
 def test_edit_a_paused_run_then_rewind(client):
