@@ -270,3 +270,31 @@ def test_animate_sampling_json_round_trips_and_refuses_hostile_input(llada2_pipe
                          ({"frames": [{"ids": [1]}], "mask_token_id": "7"}, "mask_id must be an int")]:
         with pytest.raises(ValueError, match=message):
             from_animate_json(bad)
+    for key in ("label", "subtitle", "prompt", "mask_token_id", "block_length"):  # what animate_sampling's player reads
+        assert key in data, key
+    assert data["block_length"] == 8 and isinstance(data["prompt"], str) and back.sampler["block_length"] == 8
+
+
+def test_animate_sampling_files_of_diffusion_gemma_with_pending_canvases_load():
+    """A trajectory as animate_sampling.py's DiffusionGemma capture writes it: no mask token, -1 where the next
+    canvas is not drawn yet, frames from the callback (no initial canvas), the prompt as text."""
+    data = {"method": "diffusion_gemma", "label": "DiffusionGemma · EntropyBoundScheduler", "subtitle": "s",
+            "model_id": "google/diffusiongemma-26B-A4B-it", "prompt": "Why is the sky <b>blue</b>?",
+            "gen_length": 4, "block_length": 2, "mask_token_id": None,
+            "frames": [{"step": 0, "ids": [7, 3, -1, -1]}, {"step": 1, "ids": [5, 3, -1, -1]},
+                       {"step": 2, "ids": [5, 3, 8, 9]}, {"step": 3, "ids": [5, 3, 6, 9]}],
+            "vocab": {"3": " sky", "5": "The", "6": " is", "7": "zz", "8": "q", "9": " blue"}}
+    trace = from_animate_json(json.loads(json.dumps(data)))
+    placeholder = trace.mask_id
+    assert placeholder == 10 and trace.token_strings[placeholder] == "·"
+    assert trace.frames[0].tokens == [7, 3, placeholder, placeholder] and trace.text == "The sky is blue"
+    assert trace.model["name"] == "google/diffusiongemma-26B-A4B-it" and trace.prompt_text == data["prompt"]
+    assert trace.commit_steps() == [1, 0, 3, 2] and trace.source["label"] == data["label"]
+    llada = {**data, "mask_token_id": 99, "frames": [{"step": 0, "ids": [99, -1]}, {"step": 1, "ids": [5, 3]}]}
+    assert from_animate_json(llada).frames[0].tokens == [99, 99]  # not opened yet: still masked
+    for bad, message in [({**data, "prompt": 3}, "prompt must be a string"),
+                         ({**data, "label": "x" * 10_001}, "label must be a string of at most"),
+                         ({**data, "block_length": 0}, "block_length must be an int"),
+                         ({**data, "frames": [{"ids": [1, -3]}]}, "or -1")]:
+        with pytest.raises(ValueError, match=message):
+            from_animate_json(bad)

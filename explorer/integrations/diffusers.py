@@ -14,10 +14,11 @@ canvas that converged by its argmax after `callback_on_step_end`, and runs corre
 `record_pipeline` wraps the scheduler's `step` (and `step_correct`) for the call, one Frame per model call, and takes
 each canvas's final tokens from the pipeline's return value (the canvases it appends to the sequence).
 
-animate_sampling JSON (diffusers' example `animate_sampling.py`, which feeds an HTML player): `to_animate_json(trace)`
-and `from_animate_json(data)`. The example was not at hand; the format written here is the one its description
-gives, `{"frames": [{"step": int, "ids": [int, ...]}], "vocab": {"id": "token"}}`, with ids the generated region, plus
-optional "prompt_ids" and "mask_token_id" (read when present, written always).
+animate_sampling JSON (diffusers' example `examples/discrete_diffusion/animate_sampling.py`: `capture` saves a
+pipeline's run as a trajectory file, `render` draws files side by side in an HTML player): `to_animate_json(trace)`
+writes one (the header its player reads: label, subtitle, prompt, gen_length, block_length, mask_token_id; then
+`frames: [{step, ids}]` over the generated region and `vocab: {"id": text}`), `from_animate_json(data)` reads one,
+their DiffusionGemma files included (ids -1 where a canvas is not drawn yet, no mask token).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from explorer.sampling.trace import MAX_ID, Frame, Trace
 __all__ = ["CanvasRecorder", "StepRecorder", "from_animate_json", "record_pipeline", "to_animate_json"]
 
 MAX_FRAMES, MAX_IDS, MAX_VOCAB_TEXT = 100_000, 65_536, 200  # bounds of an animate_sampling file we read
+MAX_HEADER_TEXT = 10_000  # its prompt, label and model_id
+PENDING = -1  # animate_sampling's id for a position whose canvas is not drawn yet (DiffusionGemma trajectories)
 
 
 class StepRecorder:
@@ -270,18 +273,27 @@ def _source(pipe, call_kwargs: dict, gen_length: int) -> dict:
 
 
 def to_animate_json(trace: Trace) -> dict:
-    """The trace as diffusers' animate_sampling JSON: one {step, ids} per frame (the generated region) and the
-    vocabulary of every id shown."""
-    return {"frames": [{"step": index, "ids": list(frame.tokens)} for index, frame in enumerate(trace.frames)
-                       if frame.tokens is not None],
+    """The trace as a trajectory file of diffusers' animate_sampling.py (its `render` draws it beside theirs): one
+    {step, ids} per frame (the generated region), the vocabulary of every id shown, and the header fields its player
+    reads (label, subtitle, prompt, block_length, mask_token_id); `prompt_ids` is ours (read back when present)."""
+    frames = [frame for frame in trace.frames if frame.tokens is not None]
+    name, sampler = str(trace.model.get("name")), str(trace.sampler.get("name"))
+    return {"method": str((trace.source or {}).get("pipeline") or trace.model.get("family")),
+            "label": f"{name} · {sampler}", "subtitle": f"{trace.stats.get('nfe')} network evaluations (dlm-explorer)",
+            "model_id": trace.model.get("checkpoint") or name, "prompt": trace.prompt_text,
+            "gen_length": len(frames[-1].tokens), "block_length": trace.sampler.get("block_length"),
+            "mask_token_id": trace.mask_id,
+            "frames": [{"step": index, "ids": list(frame.tokens)} for index, frame in enumerate(frames)],
             "vocab": {str(k): v for k, v in sorted(trace.token_strings.items())},
-            "prompt_ids": list(trace.prompt_ids), "mask_token_id": trace.mask_id}
+            "prompt_ids": list(trace.prompt_ids)}
 
 
 def from_animate_json(data, name: str = "animate_sampling") -> Trace:
-    """A Trace from animate_sampling JSON (parsed; hostile until checked): every frame's ids are token ids of one
-    length, the vocabulary maps decimal ids to short strings. Frames hold tokens only (no commits: the format has
-    none; a position counts as committed at the frame where it takes its final token and keeps it)."""
+    """A Trace from an animate_sampling trajectory (parsed; hostile until checked): every frame's ids are token ids
+    of one length, or PENDING (-1: a canvas not drawn yet, in DiffusionGemma's files), the vocabulary maps decimal ids
+    to short strings. PENDING becomes the mask id where the file has one, else a placeholder id shown as "·" (the
+    trace's mask id). Frames hold tokens only (no commits: the format has none; a position counts as committed at the
+    frame where it takes its final token and keeps it)."""
     if not isinstance(data, dict):
         raise ValueError(f"{name}: animate_sampling JSON must be an object, got {type(data).__name__}")
     frames, vocab = data.get("frames"), data.get("vocab", {})
@@ -294,26 +306,40 @@ def from_animate_json(data, name: str = "animate_sampling") -> Trace:
             raise ValueError(f"{name}: frames[{i}].ids must be a list of 1 to {MAX_IDS} token ids")
         if len(ids) != len(rows[0] if rows else ids):
             raise ValueError(f"{name}: frames[{i}].ids has {len(ids)} ids; frames[0] has {len(rows[0])}")
-        if not all(type(t) is int and 0 <= t <= MAX_ID for t in ids):
-            raise ValueError(f"{name}: frames[{i}].ids must hold token ids (ints in [0, {MAX_ID}])")
+        if not all(type(t) is int and (0 <= t < MAX_ID or t == PENDING) for t in ids):
+            raise ValueError(f"{name}: frames[{i}].ids must hold token ids (ints in [0, {MAX_ID - 1}]) or "
+                             f"{PENDING} (not drawn yet)")
         rows.append(ids)
     if not isinstance(vocab, dict) or not all(isinstance(k, str) and k.isascii() and k.isdigit() and
                                               isinstance(v, str) and len(v) <= MAX_VOCAB_TEXT
                                               for k, v in vocab.items()):
         raise ValueError(f"{name}: vocab must map decimal token ids to strings of at most {MAX_VOCAB_TEXT} characters")
+    header = {key: data.get(key) for key in ("prompt", "label", "model_id")}
+    for key, value in header.items():
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_HEADER_TEXT):
+            raise ValueError(f"{name}: {key} must be a string of at most {MAX_HEADER_TEXT} characters")
+    block = data.get("block_length")
+    if block is not None and (type(block) is not int or not 1 <= block <= MAX_IDS):
+        raise ValueError(f"{name}: block_length must be an int in [1, {MAX_IDS}]")
     mask_id, prompt = data.get("mask_token_id"), data.get("prompt_ids", [])
+    if any(PENDING in ids for ids in rows):
+        if mask_id is None:  # no mask token (DiffusionGemma): a placeholder id past every id the file uses
+            mask_id = max(t for ids in rows for t in ids) + 1
+            vocab = {**vocab, str(mask_id): "·"}
+        rows = [[mask_id if t == PENDING else t for t in ids] for ids in rows]
     strings = {str(t): vocab.get(str(t), f"<{t}>") for ids in rows + [prompt if isinstance(prompt, list) else []]
                for t in ids if type(t) is int}
     settled = [_settled_at(rows, p) for p in range(len(rows[0]))]
     out = [{"step": i, "tokens": ids, "committed": [p for p, s in enumerate(settled) if s == i and
                                                     rows[-1][p] != mask_id], "nfe": i}
            for i, ids in enumerate(rows)]
-    trace = {"schema": 1, "model": {"name": name, "family": "imported"},
-             "sampler": {"name": "animate_sampling"}, "stats": {"nfe": len(rows) - 1, "steps": len(rows) - 1,
-                                                                "wall_s": 0, "tokens_per_s": 0},
-             "prompt_ids": prompt, "frames": out, "mask_id": mask_id, "token_strings": strings,
-             "text": "".join(strings[str(t)] for t in rows[-1] if t != mask_id),
-             "source": {"library": "diffusers", "format": "animate_sampling"}}
+    trace = {"schema": 1, "model": {"name": header["model_id"] or header["label"] or name, "family": "imported"},
+             "sampler": {"name": "animate_sampling", **({"block_length": block} if block else {})},
+             "stats": {"nfe": len(rows) - 1, "steps": len(rows) - 1, "wall_s": 0, "tokens_per_s": 0},
+             "prompt_ids": prompt, "prompt_text": header["prompt"] or "", "frames": out, "mask_id": mask_id,
+             "token_strings": strings, "text": "".join(strings[str(t)] for t in rows[-1] if t != mask_id),
+             "source": {"library": "diffusers", "format": "animate_sampling",
+                        **({"label": header["label"]} if header["label"] else {})}}
     return Trace.from_dict(trace)  # checks every field again, prompt_ids and mask_token_id included
 
 
