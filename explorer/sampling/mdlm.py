@@ -146,24 +146,28 @@ def schedule_counts(masked: int, steps: int) -> list[int]:
 
 def guided_logits(model, canvas: torch.Tensor, prompt_len: int, cfg_scale: float, return_hidden: bool = False,
                   t: float | None = None):
-    """Denoiser logits (L, V) of the canvas with the mask token excluded, guided if cfg_scale > 0; the NFE used; and
-    with `return_hidden` the conditional pass's hidden states (L, d) (else None). Samplers read the masked rows only,
-    where these are the SUBS logits (the SUBS carry-over of unmasked rows is skipped). `t`: the sampler's noise
-    level, for time-conditioned models (None: the sampler has no time)."""
+    """Logits (L, V) of the canvas with the mask token excluded, guided if cfg_scale > 0; the NFE used; and with
+    `return_hidden` the conditional pass's hidden states (L, d) (else None). `t`: the sampler's noise level, for
+    time-conditioned models (None: the sampler has no time)."""
     mask_id = model.mask_id
     time = {} if t is None else {"t": t}
-    logits, hidden = model.denoiser_logits(canvas[None], return_hidden=True, **time)
-    logits, hidden = logits[0], (hidden[0] if return_hidden else None)  # (L, V), (L, d)
+    if return_hidden:
+        logits, hidden = model(canvas[None], return_hidden=True, **time)
+        logits, hidden = logits[0], hidden[0]  # (L, V), (L, d)
+    else:
+        logits, hidden = model(canvas[None], **time)[0], None  # (L, V)
     if cfg_scale > 0 and prompt_len > 0:
         uncond_canvas = canvas.clone()
         uncond_canvas[:prompt_len] = mask_id
-        uncond = model.denoiser_logits(uncond_canvas[None], **time)[0]
+        uncond = model(uncond_canvas[None], **time)[0]
         logits[:, mask_id] = 0.0
         uncond[:, mask_id] = 0.0
         logits = uncond.lerp_(logits, cfg_scale + 1)  # uncond + (s + 1)(cond - uncond)
-        logits[:, mask_id] = float("-inf")
-        return logits, 2, hidden
-    return logits, 1, hidden
+        nfe = 2
+    else:
+        nfe = 1
+    logits[:, mask_id] = float("-inf")
+    return logits, nfe, hidden
 
 
 def _cached_logits(model, canvas: torch.Tensor, cache, refresh: bool, mode: str, lo: int, hi: int,
