@@ -94,6 +94,10 @@ def test_a_full_buffer_doubles_and_keeps_what_it_held():
     assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
     assert cache.keys[0].shape[2] == cache.capacity == 24  # 3 -> 6 -> 24 (doubled until the window fits)
     assert cache.length == 13
+    unsized = KVCache(2)
+    with torch.no_grad():
+        model(ids[:, :5], cache=unsized)
+    assert unsized.capacity == unsized.keys[1].shape[2] == 5  # sized by the first write
 
 
 def test_crop_keeps_the_buffer_and_later_windows_overwrite():

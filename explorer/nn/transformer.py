@@ -126,7 +126,7 @@ class KVCache:
     def __init__(self, n_layers: int, capacity: int | None = None):
         if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
             raise ValueError(f"KVCache capacity must be a positive int (positions) or None, got {capacity!r}")
-        self.capacity = capacity  # None: sized by the first write
+        self.capacity = capacity  # positions each buffer holds; None: sized by the first write
         self.keys: list[torch.Tensor | None] = [None] * n_layers  # each (B, H, capacity, Dh)
         self.values: list[torch.Tensor | None] = [None] * n_layers
         self.length = 0  # cached positions
@@ -147,7 +147,8 @@ class KVCache:
         """`buffer` (B, H, C, Dh) with C >= end: allocated at the first write, doubled when too short."""
         if buffer is None:
             B, H, _, Dh = new.shape
-            return new.new_zeros(B, H, max(self.capacity or 0, end), Dh)
+            self.capacity = max(self.capacity or 0, end)
+            return new.new_zeros(B, H, self.capacity, Dh)
         size = buffer.shape[2]
         if end <= size:
             return buffer
