@@ -125,8 +125,9 @@ class LanguageModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def new_cache(self) -> KVCache:
-        """An empty key/value cache for this backbone (exact for ar and bd3lm, approximate for mdlm)."""
-        return KVCache(self.config.backbone.n_layers)
+        """An empty key/value cache for this backbone (exact for ar and bd3lm, approximate for mdlm), its buffers
+        sized for the whole context (no position goes past it)."""
+        return KVCache(self.config.backbone.n_layers, capacity=self.max_seq_len)
 
     def config_dict(self) -> dict:
         return {"family": self.family, "model": asdict(self.config)}

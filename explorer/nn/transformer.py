@@ -111,33 +111,51 @@ class Rotary(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer for positions [0, length), built by concatenation (autograd-safe).
+    """Keys and values of every layer for positions [0, length), in buffers preallocated for `capacity` positions
+    and written in place (a write past the capacity doubles it).
 
     A forward pass over a window of new positions starting at `start` attends to the cached keys
-    before the window, its own keys, and (Fast-dLLM's dual cache) the cached keys after it. `store`
-    new positions (from the window start) are written back: all of them when decoding
-    autoregressively, the finished clean block for block diffusion, none for an approximate cache
-    that is only refreshed once per block.
+    before the window, its own keys, and (Fast-dLLM's dual cache) the cached keys after it. The
+    window's keys replace the cached ones at its positions (Fast-dLLM's `replace_position`); its first
+    `store` positions also count as cached from then on: all of them when decoding autoregressively,
+    the finished clean block for block diffusion, none for an approximate cache that is only
+    refreshed once per block (whose window is recomputed at every step, so what it leaves is never read).
+    Under autograd the writes are out of place (`slice_scatter`), so gradients flow through the keys.
     """
 
-    def __init__(self, n_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_layers  # each (B, H, length, Dh)
+    def __init__(self, n_layers: int, capacity: int | None = None):
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
+            raise ValueError(f"KVCache capacity must be a positive int (positions) or None, got {capacity!r}")
+        self.capacity = capacity  # positions each buffer holds; None: sized by the first write
+        self.keys: list[torch.Tensor | None] = [None] * n_layers  # each (B, H, capacity, Dh)
         self.values: list[torch.Tensor | None] = [None] * n_layers
         self.length = 0  # cached positions
 
     def attend(self, layer: int, k, v, start: int, store: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """All keys/values a window's queries see (window keys at [start, start + l)); store a prefix of them."""
+        """All keys/values a window's queries see (window keys at [start, start + l)), each (B, H, Lk, Dh) with
+        Lk = max(length, start + l); store a prefix of them."""
+        if not 0 <= start <= self.length:
+            raise ValueError(f"a cached window must start within the cached positions [0, {self.length}], "
+                             f"got start {start}")
         end = start + k.shape[2]
-        if self.keys[layer] is None:
-            full_k, full_v = k, v
-        else:
-            past_k, past_v = self.keys[layer], self.values[layer]
-            full_k = torch.cat([past_k[:, :, :start], k, past_k[:, :, end:]], dim=2)
-            full_v = torch.cat([past_v[:, :, :start], v, past_v[:, :, end:]], dim=2)
-        if store:
-            keep = max(self.length, start + store)
-            self.keys[layer], self.values[layer] = full_k[:, :, :keep], full_v[:, :, :keep]
-        return full_k, full_v
+        self.keys[layer] = _write(self._room(self.keys[layer], k, end), k, start)
+        self.values[layer] = _write(self._room(self.values[layer], v, end), v, start)
+        seen = max(self.length, end)
+        return self.keys[layer][:, :, :seen], self.values[layer][:, :, :seen]
+
+    def _room(self, buffer: torch.Tensor | None, new: torch.Tensor, end: int) -> torch.Tensor:
+        """`buffer` (B, H, C, Dh) with C >= end: allocated at the first write, doubled when too short."""
+        if buffer is None:
+            B, H, _, Dh = new.shape
+            self.capacity = max(self.capacity or 0, end)
+            return new.new_zeros(B, H, self.capacity, Dh)
+        size = buffer.shape[2]
+        if end <= size:
+            return buffer
+        while size < end:
+            size *= 2
+        self.capacity = size
+        return torch.cat([buffer, buffer.new_zeros(*buffer.shape[:2], size - buffer.shape[2], buffer.shape[3])], 2)
 
     def repeat_interleave(self, repeats: int) -> None:
         """Repeat each batch row `repeats` times (rows b*repeats .. (b+1)*repeats - 1 copy row b): many
@@ -146,10 +164,18 @@ class KVCache:
         self.values = [None if v is None else v.repeat_interleave(repeats, 0) for v in self.values]
 
     def crop(self, length: int) -> None:
-        """Forget every position from `length` on."""
+        """Forget every position from `length` on (the buffers stay allocated)."""
         self.length = min(self.length, length)
-        self.keys = [None if k is None else k[:, :, :length] for k in self.keys]
-        self.values = [None if v is None else v[:, :, :length] for v in self.values]
+
+
+def _write(buffer: torch.Tensor, new: torch.Tensor, start: int) -> torch.Tensor:
+    """`new` (B, H, l, Dh) written into `buffer` (B, H, C, Dh) at [start, start + l): in place, or out of place
+    when autograd records (an in-place write would change tensors saved for an earlier pass's backward)."""
+    end = start + new.shape[2]
+    if torch.is_grad_enabled() and (new.requires_grad or buffer.requires_grad):
+        return buffer.slice_scatter(new.to(buffer.dtype), 2, start, end)
+    buffer[:, :, start:end] = new
+    return buffer
 
 
 @dataclass(frozen=True)
@@ -176,7 +202,7 @@ class Probe:
     def record(self, layer: int, q, k, v, mask, causal: bool, start: int) -> None:
         if layer not in self.layers:
             return
-        self.keys[layer], self.values[layer] = k.detach(), v.detach()
+        self.keys[layer], self.values[layer] = k.detach().clone(), v.detach().clone()  # not views of the cache
         if not self.attention:
             return
         if isinstance(mask, (BlockMask, SplitMask)):

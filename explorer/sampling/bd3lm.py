@@ -33,6 +33,7 @@ from explorer.sampling.common import (
     make_frame,
     record_hidden,
     step_seed,
+    wants_frame,
 )
 from explorer.sampling.mdlm import NOT_CONFIDENCES, REMASKING_RULES, rule_scores, schedule_counts, select_commits
 from explorer.sampling.trace import Frame
@@ -144,9 +145,10 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
                 window_start += stride
             if cache is not None:  # positions restart at the window: rebuild the cache from the visible blocks
                 cache, cached_upto = model.new_cache(), window_start
-        counts = schedule_counts(int((sequence[lo:hi] == mask_id).sum()), params.steps or (hi - max(lo, P)))
+        left = int((sequence[lo:hi] == mask_id).sum())  # the block's masks; a step commits only some of them
+        counts = schedule_counts(left, params.steps or (hi - max(lo, P)))
         block_step = 0
-        while bool((sequence[lo:hi] == mask_id).any()):
+        while left:
             count = counts[block_step] if block_step < len(counts) else 1
             if params.threshold is None and count == 0:  # more steps than tokens: skip, no network call
                 block_step += 1
@@ -175,26 +177,26 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
             chosen = select_commits(scores, torch.ones_like(scores, dtype=torch.bool), count, params.threshold, None)
             committed = rows[chosen] + lo
             sequence[committed] = tokens[chosen]
+            left -= len(committed)
+            block_step += 1
+            step += 1
+            reason = None if left else stop_reason(sequence[:hi], sequence[P:hi], params, model.eos_id)
+            final = not left and (reason is not None or block_no == last_block)
+            if not wants_frame(record, final):
+                continue
             gen_pos = (committed - P).cpu()
             confidence[gen_pos] = prob[chosen].cpu()
             proposal[(rows + lo - P).cpu()] = tokens.cpu()
-            block_step += 1
-            step += 1
-            block_done = not bool((sequence[lo:hi] == mask_id).any())
-            reason = stop_reason(sequence[:hi], sequence[P:hi], params, model.eos_id) if block_done else None
-            final = block_done and (reason is not None or block_no == last_block)
             shown = sequence[P:].cpu()
             if reason == "eos":
                 shown = shown[: int((sequence[P:hi] == model.eos_id).nonzero()[0])]
             elif reason == "entropy":
                 shown = shown[: hi - P]
-            frame = make_frame(record, final, step, shown, gen_pos.tolist(), nfe,
-                               t=round(float((shown == mask_id).float().mean()) if len(shown) else 0.0, 6),
-                               block=index, proposal=proposal[: len(shown)], confidence=confidence[: len(shown)],
-                               cache=cache_label, stop=(reason or "length") if final else None,
-                               hidden=None if states is None else states[: len(shown)], notes=notes)
-            if frame is not None:
-                yield frame
+            yield make_frame(record, final, step, shown, gen_pos.tolist(), nfe,
+                             t=round(float((shown == mask_id).float().mean()) if len(shown) else 0.0, 6),
+                             block=index, proposal=proposal[: len(shown)], confidence=confidence[: len(shown)],
+                             cache=cache_label, stop=(reason or "length") if final else None,
+                             hidden=None if states is None else states[: len(shown)], notes=notes)
             if final:
                 return
 

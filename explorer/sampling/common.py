@@ -141,6 +141,12 @@ def keep_states(states: torch.Tensor, hidden: torch.Tensor, start: int, prompt_l
     states[first : first + len(rows)] = rows.float().cpu()
 
 
+def wants_frame(record: str, final: bool) -> bool:
+    """Whether a step makes a Frame: every step above level "none", only the final one at "none" (so a sampler
+    skips building what the frame would show)."""
+    return record != "none" or final
+
+
 def make_frame(record: str, final: bool, step: int, canvas: torch.Tensor, committed, nfe: int, *,
                t=None, block=None, proposal=None, confidence=None, remasked=(), cache=None, stop=None,
                revised=None, hidden=None, notes: list[str] | None = None) -> Frame | None:
@@ -148,7 +154,7 @@ def make_frame(record: str, final: bool, step: int, canvas: torch.Tensor, commit
     `hidden` (G, d): latest hidden state per position, NaN rows where never computed (stored as None rows).
     `notes`: what the sampler has said since its last frame; a frame that is made takes them and empties the list
     (at level 'none' they wait for the final frame)."""
-    if record == "none" and not final:
+    if not wants_frame(record, final):
         return None
     full = record == "full"
     said = list(notes) if notes else None

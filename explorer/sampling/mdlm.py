@@ -37,6 +37,7 @@ from explorer.sampling.common import (
     make_frame,
     record_hidden,
     step_seed,
+    wants_frame,
 )
 from explorer.sampling.trace import Frame
 
@@ -360,13 +361,14 @@ def _masked_loop(model, prompt_ids, params, generator, record, rule_class, hidde
     if first is not None:
         yield first
     denoise = _Denoiser(model, params, P, rule.reuses_logits, want_hidden=states is not None)
+    full = record == "full"
     for block, (lo, hi) in enumerate(bounds):
         in_block = torch.zeros(P + R, dtype=torch.bool, device=device)
         in_block[lo:hi] = True
-        rule.start_block(int((canvas[lo:hi] == mask_id).sum()))
+        left = int((canvas[lo:hi] == mask_id).sum())  # the block's masks; a step commits only some of them
+        rule.start_block(left)
         block_step = 0
-        while bool((canvas[lo:hi] == mask_id).any()):
-            masked_now = canvas == mask_id
+        while left:
             plan = rule.plan(block_step)
             if plan == "end":
                 break
@@ -378,44 +380,44 @@ def _masked_loop(model, prompt_ids, params, generator, record, rule_class, hidde
                 keep_states(states, pass_hidden, offset, P)
             # Positions to sample: the current block's masked ones (all masked ones in the window when
             # recording proposals). Noise is indexed by position, so both give the same tokens in the block.
-            in_window = torch.zeros_like(masked_now)
-            in_window[offset : offset + len(logits)] = True
-            rows = (masked_now & (in_window if record == "full" else in_block)).nonzero().squeeze(-1)  # (M,)
+            sampled = in_block
+            if full:
+                sampled = torch.zeros_like(in_block)
+                sampled[offset : offset + len(logits)] = True
+            rows = ((canvas == mask_id) & sampled).nonzero().squeeze(-1)  # (M,)
             seed = step_seed(generator)
             tokens, prob, margin, entropy = kernels.sample_and_score(
                 logits, params.temperature, params.top_k, params.top_p, seed=seed,
                 offset=offset * logits.shape[-1], rows=rows - offset,
             )  # each (M,); noise indexed by absolute position
             chosen = rule.commit(block_step, Scores(rows, tokens, prob, margin, entropy, in_block[rows], seed))
-            committed = rows[chosen]
+            committed = rows[chosen]  # masked positions of the block
             canvas[committed] = tokens[chosen]
-            gen_pos = (committed - P).cpu()
-            confidence[gen_pos] = prob[chosen].cpu()
-            if record == "full":
+            left -= len(committed)
+            gen_pos = committed - P
+            step_conf = None
+            if full:  # confidences and proposals are shown at level "full" only
+                confidence[gen_pos.cpu()] = prob[chosen].cpu()
                 proposal = canvas[P:].clone().cpu()
                 proposal[(rows - P).cpu()] = tokens.cpu()
                 step_conf = confidence.clone()
                 step_conf[(rows - P).cpu()] = prob.cpu()
-            else:
-                step_conf = None
             block_step += 1
             step += 1
-            block_done = not bool((canvas[lo:hi] == mask_id).any())
-            stop = find_stop(model, canvas[P + I:hi]) if block_done and params.stop_at_eos else None
+            stop = find_stop(model, canvas[P + I:hi]) if not left and params.stop_at_eos else None
             if stop is not None:  # the answer has ended: pad the blocks left instead of computing them
                 stop = (stop[0] + I, stop[1])  # a region position
                 padding, fill = _pad_after_stop(model, canvas, P, stop[0])
-                gen_pos = torch.cat([gen_pos, padding.cpu()])
-                if record == "full":  # padding is placed, not proposed or scored
+                gen_pos = torch.cat([gen_pos, padding])
+                if full:  # padding is placed, not proposed or scored
                     proposal[padding.cpu()] = fill
                     step_conf[padding.cpu()] = float("nan")
-            done = stop is not None or (block == params.blocks - 1 and block_done)
-            frame = make_frame(record, done, step, canvas[P:], gen_pos.tolist(), denoise.nfe,
-                               t=_mask_rate(canvas[P:], mask_id), block=block, proposal=proposal,
-                               confidence=step_conf, cache=cache_label, stop=stop[1] if stop else None,
-                               hidden=states, notes=notes)
-            if frame is not None:
-                yield frame
+            done = stop is not None or (block == params.blocks - 1 and not left)
+            if wants_frame(record, done):
+                yield make_frame(record, done, step, canvas[P:], gen_pos.tolist(), denoise.nfe,
+                                 t=_mask_rate(canvas[P:], mask_id), block=block, proposal=proposal,
+                                 confidence=step_conf, cache=cache_label, stop=stop[1] if stop else None,
+                                 hidden=states, notes=notes)
             if stop is not None:
                 return
 
@@ -445,7 +447,8 @@ class _Denoiser:
         logits, used, hidden = guided_logits(self.model, canvas, self.prompt_len, self.cfg_scale,
                                              return_hidden=self.want_hidden, t=t)
         self.nfe += used
-        self.last = (canvas.clone(), logits, hidden)
+        if self.reuses:
+            self.last = (canvas.clone(), logits, hidden)
         return logits, 0, None, hidden
 
 

@@ -1,0 +1,99 @@
+"""Before / after a change, side by side in one process: `explorer_old` (an older commit) against `explorer`.
+
+Make the old package once (its imports renamed so both load in one process), then run a measurement:
+
+    git archive <commit> explorer | tar -x -C /tmp/old && mv /tmp/old/explorer /tmp/old/explorer_old
+    grep -rl explorer /tmp/old/explorer_old --include=*.py | xargs sed -i -E \\
+        's/\\bfrom explorer(\\.| import)/from explorer_old\\1/g; s/\\bimport explorer(\\.|$| )/import explorer_old\\1/g'
+    OMP_NUM_THREADS=1 EXPLORER_CHECKPOINTS=$PWD/checkpoints PYTHONPATH=$PWD:/tmp/old \\
+        python scripts/compare_before_after.py kv|dual|overhead [repeats]
+
+Rounds visit the variants in turn; times are process CPU time (single-threaded, so other jobs on a shared machine
+do not count), ratios are medians of per-round ratios. Each measurement first checks that old and new give
+identical tokens.
+"""
+
+import statistics
+import sys
+import time
+
+import torch
+from explorer_old.hub import load as load_old
+from explorer_old.sampling import generate as gen_old
+
+from explorer.eval import prompts_from_val
+from explorer.hub import load as load_new
+from explorer.sampling import generate as gen_new
+
+median = statistics.median
+
+
+def rounds(variants: dict, repeats: int) -> dict[str, list[float]]:
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            start = time.process_time()
+            run()
+            times[name].append(time.process_time() - start)
+    return times
+
+
+def ratio(times, slow: str, fast: str) -> float:
+    return median(s / f for s, f in zip(times[slow], times[fast]))
+
+
+def kv(repeats: int) -> None:
+    """bd3lm-tiny-b16, 256 tokens: the exact KV cache against recomputing the prefix (`bench block`'s case)."""
+    new, old = load_new("bd3lm-tiny-b16"), load_old("bd3lm-tiny-b16")
+    knobs = dict(gen_length=256, seed=0, record="none", stop_at_eos=False, min_entropy=0.0)
+    runs = {f"{tag} {'kv' if cache else 're'}": (lambda g=g, m=m, c=cache: g(m, "", kv_cache=c, **knobs))
+            for tag, g, m in (("new", gen_new, new), ("old", gen_old, old)) for cache in (True, False)}
+    assert len({tuple(run().final_tokens) for run in runs.values()}) == 1, "tokens differ"
+    t = rounds(runs, repeats)
+    print({k: round(median(v), 3) for k, v in t.items()}, "identical tokens |",
+          f"cache speed-up: old {ratio(t, 'old re', 'old kv'):.2f}x, new {ratio(t, 'new re', 'new kv'):.2f}x")
+
+
+def dual(repeats: int) -> None:
+    """mdlm-tiny-scratch, 8 prompts, blocks of 32: Fast-dLLM's caches against none (`bench block`'s case)."""
+    new, old = load_new("mdlm-tiny-scratch"), load_old("mdlm-tiny-scratch")
+    prompts = prompts_from_val(new.tokenizer, 8)
+    gen = (new.max_seq_len - len(prompts[0])) // 32 * 32
+
+    def run(g, m, cache):
+        return [g(m, p, "low_confidence", seed=i, gen_length=gen, steps=gen, block_length=32, temperature=0.0,
+                  record="none", cache=cache).final_tokens for i, p in enumerate(prompts)]
+
+    for cache in ("none", "prefix", "dual"):
+        assert run(gen_new, new, cache) == run(gen_old, old, cache), f"tokens differ with cache {cache}"
+    t = rounds({f"{tag} {cache}": (lambda g=g, m=m, c=cache: run(g, m, c))
+                for tag, g, m in (("new", gen_new, new), ("old", gen_old, old))
+                for cache in ("none", "prefix", "dual")}, repeats)
+    print({k: round(median(v), 3) for k, v in t.items()}, "identical tokens |",
+          f"dual: old {ratio(t, 'old none', 'old dual'):.2f}x, new {ratio(t, 'new none', 'new dual'):.2f}x |",
+          f"prefix: old {ratio(t, 'old none', 'old prefix'):.2f}x, new {ratio(t, 'new none', 'new prefix'):.2f}x")
+
+
+def overhead(repeats: int) -> None:
+    """mdlm-tiny-scratch, 128 tokens, record none: the sampler against its bare forward passes (`bench sampling`)."""
+    new, old = load_new("mdlm-tiny-scratch"), load_old("mdlm-tiny-scratch")
+    x = torch.full((1, 128), new.mask_id, dtype=torch.long)
+    for temperature in (0.0, 0.7):
+        knobs = dict(gen_length=128, steps=128, temperature=temperature, seed=0, record="none")
+        trace = gen_new(new, "", "low_confidence", **knobs)
+        assert trace.final_tokens == gen_old(old, "", "low_confidence", **knobs).final_tokens, "tokens differ"
+
+        @torch.no_grad()
+        def bare():
+            for _ in range(trace.stats["nfe"]):
+                new(x)
+
+        t = rounds({"new": lambda: gen_new(new, "", "low_confidence", **knobs),
+                    "old": lambda: gen_old(old, "", "low_confidence", **knobs), "bare": bare}, repeats)
+        print(f"T={temperature}: sampler new {median(t['new']):.3f}s, old {median(t['old']):.3f}s, bare forwards "
+              f"{median(t['bare']):.3f}s | overhead old {100 * (ratio(t, 'old', 'bare') - 1):+.1f}%, "
+              f"new {100 * (ratio(t, 'new', 'bare') - 1):+.1f}%")
+
+
+if __name__ == "__main__":
+    {"kv": kv, "dual": dual, "overhead": overhead}[sys.argv[1]](int(sys.argv[2]) if len(sys.argv) > 2 else 5)

@@ -1,0 +1,154 @@
+"""Where one sampling step's time goes, and how many FLOPs it does: `python scripts/profile_step.py`.
+
+Each case runs a whole generation (record "none", as the benchmarks do) with timers around the pieces a step is
+made of, each timer counting its own time only (a timed call inside another is subtracted from the outer one):
+
+  forward     the backbone (explorer.nn.Transformer / the DiT), attention and the LM head included
+  cache       KVCache.attend: writing new keys/values and handing attention the ones it sees
+  model       the model's wrapper around the backbone (masks, logits slicing, the mask-token -inf)
+  sampling    kernels.sample_and_score (Gumbel-max, softmax scores)
+  frames      make_frame (the recording level's Frame)
+  bookkeeping the rest: the sampler's loop (commit rules, canvas updates, stop rules) and building the Trace
+
+FLOPs come from torch.utils.flop_counter (matmuls and attention) over one untimed run of the same case; the
+bound of a cache is the FLOP ratio recompute / cached, and "reached" is the measured speed-up over that bound.
+Usage: python scripts/profile_step.py [--repeats 3] [--cases mdlm-none,mdlm-prefix,mdlm-dual,bd3lm-kv,bd3lm-recompute]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import explorer.kernels
+import explorer.sampling.bd3lm
+import explorer.sampling.mdlm
+from explorer.hub import load
+from explorer.models.bd3lm import BD3LMModel
+from explorer.models.mdlm import MDLMModel
+from explorer.nn import KVCache, Transformer
+from explorer.sampling import generate
+
+PARTS = ("forward", "cache", "model", "sampling", "frames", "bookkeeping")
+
+
+class Timers:
+    """Exclusive wall time per part: a timed call's time minus the timed calls made inside it."""
+
+    def __init__(self):
+        self.totals = dict.fromkeys(PARTS, 0.0)
+        self.stack: list[float] = []  # time spent in nested timed calls, per open call
+
+    def wrap(self, part: str, fn):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            self.stack.append(0.0)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - start
+                inner = self.stack.pop()
+                self.totals[part] += spent - inner
+                if self.stack:
+                    self.stack[-1] += spent
+        return timed
+
+
+def patch(timers: Timers) -> list[tuple[object, str, object]]:
+    """Wrap the pieces in place; returns what to restore."""
+    targets = [(Transformer, "forward", "forward"), (KVCache, "attend", "cache"),
+               (MDLMModel, "denoiser_logits", "model"), (BD3LMModel, "window_logits", "model"),
+               (explorer.kernels, "sample_and_score", "sampling"),
+               (explorer.sampling.mdlm, "make_frame", "frames"), (explorer.sampling.bd3lm, "make_frame", "frames")]
+    saved = []
+    for owner, name, part in targets:
+        original = getattr(owner, name)
+        saved.append((owner, name, original))
+        setattr(owner, name, timers.wrap(part, original))
+    return saved
+
+
+CASES = {  # name -> (checkpoint, sampler, knobs)
+    "mdlm-none": ("mdlm-tiny", "low_confidence", dict(gen_length=96, steps=96, block_length=32, cache="none")),
+    "mdlm-prefix": ("mdlm-tiny", "low_confidence", dict(gen_length=96, steps=96, block_length=32, cache="prefix")),
+    "mdlm-dual": ("mdlm-tiny", "low_confidence", dict(gen_length=96, steps=96, block_length=32, cache="dual")),
+    "bd3lm-kv": ("bd3lm-tiny-b16", None, dict(gen_length=256, kv_cache=True, stop_at_eos=False, min_entropy=0.0)),
+    "bd3lm-recompute": ("bd3lm-tiny-b16", None, dict(gen_length=256, kv_cache=False, stop_at_eos=False,
+                                                     min_entropy=0.0)),
+}
+PROMPT = "ROMEO:"  # mdlm cases: prompt + 96 tokens fill the 128-token context as `bench block` does
+
+
+def run_case(model, sampler, knobs):
+    prompt = PROMPT if model.family == "mdlm" else ""
+    return generate(model, prompt, sampler, seed=0, record="none", temperature=0.0 if sampler else 1.0, **knobs)
+
+
+def profile(name: str, repeats: int) -> dict:
+    checkpoint, sampler, knobs = CASES[name]
+    model = load(checkpoint)
+    trace = run_case(model, sampler, knobs)  # warm-up
+    with FlopCounterMode(display=False) as counter:
+        run_case(model, sampler, knobs)
+    runs = []
+    for _ in range(repeats):
+        timers = Timers()
+        saved = patch(timers)
+        try:
+            start = time.perf_counter()
+            run_case(model, sampler, knobs)
+            wall = time.perf_counter() - start
+        finally:
+            for owner, attr, original in saved:
+                setattr(owner, attr, original)
+        timers.totals["bookkeeping"] = wall - sum(v for k, v in timers.totals.items() if k != "bookkeeping")
+        untimed = timed_plain(model, sampler, knobs)  # the same run without timers (their cost is not ours)
+        runs.append(timers.totals | {"wall": wall, "plain": untimed})
+    nfe = trace.stats["nfe"]
+    row = {part: statistics.median(r[part] for r in runs) / nfe * 1e3 for part in (*PARTS, "wall", "plain")}  # ms
+    return {"case": name, "nfe": nfe, "flops_per_step": counter.get_total_flops() / nfe,
+            "tokens": trace.final_tokens, "ms": row}
+
+
+def timed_plain(model, sampler, knobs) -> float:
+    start = time.perf_counter()
+    run_case(model, sampler, knobs)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cases", default=",".join(CASES))
+    args = parser.parse_args()
+    names = args.cases.split(",")
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        parser.error(f"unknown cases {unknown}; known: {list(CASES)}")
+    results = {name: profile(name, args.repeats) for name in names}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per network step, median of "
+          f"{args.repeats} runs (record 'none')\n")
+    print("| case | NFE | " + " | ".join(PARTS) + " | step (timed) | step (untimed) | GFLOP / step |")
+    print("|---" * (len(PARTS) + 6) + "|")
+    for r in results.values():
+        ms = r["ms"]
+        print(f"| {r['case']} | {r['nfe']} | " + " | ".join(f"{ms[p]:.2f}" for p in PARTS)
+              + f" | {ms['wall']:.2f} | {ms['plain']:.2f} | {r['flops_per_step'] / 1e9:.4f} |")
+    for fast, slow in (("mdlm-prefix", "mdlm-none"), ("mdlm-dual", "mdlm-none"), ("bd3lm-kv", "bd3lm-recompute")):
+        if fast in results and slow in results:
+            a, b = results[fast], results[slow]
+            bound = (b["flops_per_step"] * b["nfe"]) / (a["flops_per_step"] * a["nfe"])
+            speedup = (b["ms"]["plain"] * b["nfe"]) / (a["ms"]["plain"] * a["nfe"])
+            same = "identical" if a["tokens"] == b["tokens"] else "different"
+            print(f"\n{fast} vs {slow}: FLOP bound {bound:.2f}x, measured {speedup:.2f}x "
+                  f"({100 * speedup / bound:.0f}% of the bound), {same} tokens")
+
+
+if __name__ == "__main__":
+    main()
