@@ -394,6 +394,23 @@ def test_live_runs_keep_every_kth_hidden_state_of_large_requests(tiny_mdlm, monk
     assert hidden_state_paths(unpacked(live.traces[0])).data  # the latent view still draws the run
 
 
+def test_hidden_rows_count_bd3lm_steps_per_block_and_diffusion_gemma_steps_per_canvas():
+    from types import SimpleNamespace
+
+    from explorer.page.memory import frames_per_run
+
+    def model(family, **sizes):
+        return SimpleNamespace(family=family, **sizes)
+
+    assert frames_per_run(model("mdlm"), {"gen_length": 16, "steps": 8}) == 8  # steps of the whole run
+    assert frames_per_run(model("ar"), {"gen_length": 16}) == 16
+    assert frames_per_run(model("bd3lm", block_size=16), {"gen_length": 32, "steps": 4}) == 4 * 3
+    assert frames_per_run(model("bd3lm", block_size=16), {"gen_length": 32, "steps": 4, "block_length": 8}) == 4 * 5
+    assert frames_per_run(model("bd3lm", block_size=16), {"gen_length": 32, "steps": None}) == 32
+    assert frames_per_run(model("bd3lm", block_size=16), {"gen_length": 32, "steps": 64}) == 16 * 3  # <= a token a step
+    assert frames_per_run(model("diffusion_gemma", canvas_length=4), {"gen_length": 10, "steps": 3}) == 3 * 3
+
+
 def test_live_runs_ar_counts_one_frame_per_token_for_hidden_rows(tiny_ar, monkeypatch):
     monkeypatch.setattr(memory, "HIDDEN_ROWS", 8 * 9 * 2 - 1)  # ar: gen_length x (gen_length + 1) x N = 144
     live = LiveRuns(tiny_ar, PROMPT, "ar", 0, 2, {"gen_length": 8, "temperature": 1.0})

@@ -165,6 +165,22 @@ def return_memory() -> None:
 
 # --- streaming N runs in lockstep -------------------------------------------------------------------------------
 
+def frames_per_run(model, knobs: dict) -> int:
+    """At most how many steps one run takes (each frame holds gen_length hidden states): `steps` counts per block
+    for bd3lm and per canvas for DiffusionGemma, for the whole run elsewhere; none given (ar, or one token per step)
+    is gen_length."""
+    gen_length = knobs["gen_length"]
+    steps = knobs.get("steps") or gen_length
+    if model.family == "diffusion_gemma":
+        return steps * -(-gen_length // model.canvas_length)
+    if model.family == "bd3lm" and knobs.get("steps"):
+        block = knobs.get("block_length") or model.block_size
+        # a block's step commits at least one token (steps past its tokens are skipped); + 1: the prompt's last block
+        # may hold generated positions
+        return min(steps, block) * (-(-gen_length // block) + 1)
+    return steps
+
+
 @dataclass
 class LiveRuns:
     """N runs of one sampler (seeds seed .. seed + N - 1) advanced one step each per update; frames are kept packed
@@ -184,7 +200,7 @@ class LiveRuns:
         streams = [stream(self.model, self.prompt, self.sampler, self.seed + k, record="full", **self.knobs)
                    for k in range(self.runs)]
         frames: list[list] = [[] for _ in streams]
-        rows = self.knobs["gen_length"] * (self.knobs.get("steps", self.knobs["gen_length"]) + 1) * self.runs
+        rows = self.knobs["gen_length"] * (frames_per_run(self.model, self.knobs) + 1) * self.runs
         stride = -(-rows // HIDDEN_ROWS)  # keep the hidden states of every stride-th frame
         if stride > 1 and self.model.family in ("ar", "mdlm", "bd3lm", "diffusion_gemma"):
             self.notices.append(f"hidden states are kept every {stride} steps (gen_length x steps x N = {rows:,} rows "
