@@ -34,20 +34,19 @@ def interleaved(a, b, repeats: int) -> tuple[float, float, float]:
             statistics.median(y / x for x, y in pairs))
 
 
-def counted_flops(run) -> int:
-    """FLOPs (matmuls and attention) of one call of `run`, by torch's FLOP counter."""
+def counted_flops(run):
+    """(what one call of `run` returns, its FLOPs (matmuls and attention) by torch's FLOP counter)."""
     with FlopCounterMode(display=False) as counter:
-        run()
-    return counter.get_total_flops()
+        out = run()
+    return out, counter.get_total_flops()
 
 
 def kv_cache_speed(model, repeats: int, gen_length: int = 256) -> dict:
     """The exact cache against recomputing the visible prefix: wall time, and the FLOP ratio that bounds it."""
     knobs = dict(gen_length=gen_length, seed=0, record="none", stop_at_eos=False, min_entropy=0.0)
-    cached = generate(model, "", kv_cache=True, **knobs)
-    fresh = generate(model, "", kv_cache=False, **knobs)
-    bound = (counted_flops(lambda: generate(model, "", kv_cache=False, **knobs))
-             / counted_flops(lambda: generate(model, "", kv_cache=True, **knobs)))
+    cached, cached_flops = counted_flops(lambda: generate(model, "", kv_cache=True, **knobs))
+    fresh, fresh_flops = counted_flops(lambda: generate(model, "", kv_cache=False, **knobs))
+    bound = fresh_flops / cached_flops
     cached_s, fresh_s, ratio = interleaved(lambda: generate(model, "", kv_cache=True, **knobs),
                                            lambda: generate(model, "", kv_cache=False, **knobs), repeats)
     return {"checkpoint": model.name, "gen_length": gen_length, "block_size": model.block_size,
