@@ -196,11 +196,11 @@ def reliability_diagram(trace: Trace, judge=None, bins: int = 10) -> go.Figure:
 # --- why caches work, and where they break -----------------------------------------------------------------------
 
 def _relative_change(new, old) -> float | None:
-    """||new - old|| / ||old|| of two vectors (None when either is unknown)."""
+    """`_relative` of two vectors given as lists: None when either is unknown or old is zero."""
     if new is None or old is None:
         return None
-    new, old = torch.as_tensor(new, dtype=torch.float64), torch.as_tensor(old, dtype=torch.float64)
-    return float((new - old).norm() / old.norm().clamp(min=1e-12))
+    change = float(_relative(torch.as_tensor(new, dtype=torch.float64), torch.as_tensor(old, dtype=torch.float64)))
+    return None if math.isnan(change) else change
 
 
 def hidden_drift(trace: Trace, states: list[list | None] | None = None) -> list[list[float | None]]:
