@@ -158,7 +158,14 @@ def brier_lm(model, split: str = "test", context: int = 64, max_windows: int | N
         else:
             drawn = sampled_continuations(model, prefixes, max(ORDERS), batch_seed, samples)  # (B, S, 4)
             per_prefix.append(torch.stack([sample_brier(drawn[..., :n], targets[:, :n]) for n in ORDERS], 1))
-    estimates = torch.cat(per_prefix).double()  # (N, 4)
+    return {"checkpoint": model.name, "family": model.family, "split": split, "estimator": estimator,
+            "samples": samples, "context": context, "stride": stride, "windows": int(len(windows)),
+            **summarize(torch.cat(per_prefix))}
+
+
+def summarize(estimates: torch.Tensor) -> dict:
+    """Brier-n, their standard errors, BrierLM and its standard error from per-prefix estimates (N, 4)."""
+    estimates = estimates.double()
     mean, se = estimates.mean(0), estimates.std(0) / math.sqrt(len(estimates))
     positive = bool((mean > 0).all())
     score = 100 * math.exp(float(mean.log().mean())) if positive else 0.0
@@ -166,8 +173,28 @@ def brier_lm(model, split: str = "test", context: int = 64, max_windows: int | N
     if positive and len(estimates) > 1:  # delta method: log BrierLM = mean_n log B_n, with the orders' covariance
         gradient = 1 / (len(ORDERS) * mean)
         score_se = score * math.sqrt(float(gradient @ torch.cov(estimates.T) @ gradient) / len(estimates))
-    return {"checkpoint": model.name, "family": model.family, "split": split, "estimator": estimator,
-            "samples": samples, "context": context, "stride": stride, "windows": int(len(windows)),
-            "brier": {str(n): round(float(v), 6) for n, v in zip(ORDERS, mean)},
+    return {"brier": {str(n): round(float(v), 6) for n, v in zip(ORDERS, mean)},
             "brier_se": {str(n): round(float(v), 6) for n, v in zip(ORDERS, se)},
             "brierlm": round(score, 4), "brierlm_se": round(score_se, 4)}
+
+
+def unigram_brier(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N, 4) exact Brier-n of the unigram model `probs` (V,) at each row of targets (N, 4): the next n tokens are
+    independent draws, so P(y_{1:n}) = prod_i p(y_i) and sum_z P(z)^2 = (sum_v p_v^2)^n."""
+    hit = probs.double()[targets].cumprod(1)  # (N, 4)
+    collision = probs.double().pow(2).sum() ** torch.tensor(ORDERS, dtype=torch.float64)  # (4,)
+    return 2 * hit - collision
+
+
+def unigram_baseline(tokenizer, split: str = "test", context: int = 64, stride: int = 8,
+                     corpus: str | None = None) -> dict:
+    """The floor a language model has to beat: the unigram model of the train split (token counts plus one),
+    scored exactly on the same windows as `brier_lm`, with its cross-entropy (nats per token) on the split."""
+    train = TokenStream(load_corpus(corpus), "train", tokenizer).ids
+    probs = (torch.bincount(train, minlength=tokenizer.get_vocab_size()) + 1).double()
+    probs /= probs.sum()
+    windows = brier_windows(tokenizer, split, context, None, stride, corpus)
+    test = TokenStream(load_corpus(corpus), split, tokenizer).ids
+    return {"checkpoint": "unigram", "split": split, "estimator": "exact", "context": context, "stride": stride,
+            "windows": int(len(windows)), "cross_entropy": round(float(-probs[test].log().mean()), 4),
+            **summarize(unigram_brier(probs, windows[:, context:]))}

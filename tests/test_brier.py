@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.bench.brier_study import pearson, spearman
-from explorer.brier import ORDERS, ar_continuations, brier_lm, sample_brier
+from explorer.bench.brier_study import beats, brier_vs_cross_entropy, pearson, spearman
+from explorer.brier import ORDERS, ar_continuations, brier_lm, sample_brier, unigram_brier
 
 
 def test_two_sample_estimate_is_unbiased_for_the_brier_score():
@@ -88,3 +88,46 @@ def test_continuations_of_one_prefix_share_its_pass(tiny_ar):
         copied = ar_continuations(tiny_ar, prefixes.repeat_interleave(3, 0), 4, seed=3, temperature=temperature)
         assert shared.shape == (6, 4) and torch.equal(shared, copied)
     assert not torch.equal(shared[0], shared[1]) or not torch.equal(shared[1], shared[2])  # T = 1: they differ
+
+
+def test_unigram_brier_is_the_exact_brier_n_of_independent_draws():
+    """Against brute force: every continuation z of n tokens enumerated, P(z) the product of its unigram
+    probabilities."""
+    import itertools
+
+    p = torch.tensor([0.5, 0.2, 0.2, 0.1], dtype=torch.float64)
+    targets = torch.tensor([[0, 1, 3, 2], [3, 3, 0, 1]])
+    got = unigram_brier(p, targets)  # (2, 4)
+    for n in ORDERS:
+        collision = sum(float(p[list(z)].prod()) ** 2 for z in itertools.product(range(4), repeat=n))
+        for row, y in enumerate(targets.tolist()):
+            assert float(got[row, n - 1]) == pytest.approx(2 * float(p[y[:n]].prod()) - collision, abs=1e-12)
+
+
+def test_the_brier_study_sets_every_checkpoint_against_the_unigram_floor(tiny_ar, tmp_path):
+    """Three random ar checkpoints: each row says whether it beats the train split's unigram model at every order
+    (random weights do not: their cross-entropy is above the unigram's), and the table and plot show the floor."""
+    folders = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = type(tiny_ar)(tiny_ar.config, tiny_ar.tokenizer)
+        folders.append(str(tmp_path / f"step-{seed}"))
+        model.save_pretrained(folders[-1], dtype=torch.float32)
+    result = brier_vs_cross_entropy(folders, str(tmp_path / "study.json"), context=16, stride=512, samples=4)
+    unigram = result["unigram"]
+    assert unigram["windows"] == result["rows"][0]["windows"] and 0 < unigram["brier"]["1"] < 0.05
+    assert all(row["beats_unigram"] is False and row["cross_entropy"] > unigram["cross_entropy"]
+               for row in result["rows"])
+    table = (tmp_path / "study.md").read_text()
+    assert "| unigram | - |" in table and table.count("| no |") == 3
+    assert (tmp_path / "study.png").stat().st_size > 0
+
+
+def test_beating_the_floor_needs_every_order_above_it_by_two_standard_errors():
+    floor = {"brier": {"1": 0.015, "2": 6e-4, "3": 8e-6, "4": -2e-8}, "brier_se": {"1": 6e-4, "2": 3e-5, "3": 1e-6,
+                                                                                    "4": 2e-9}}
+    good = {"brier": {"1": 0.16, "2": 0.047, "3": 0.01, "4": 0.0036},
+            "brier_se": {"1": 0.003, "2": 0.002, "3": 0.001, "4": 0.0004}}
+    assert beats(good, floor)
+    assert not beats({**good, "brier": {**good["brier"], "4": -1.7e-5}}, floor)  # calm-tiny-k1's Brier-4
+    assert not beats({**good, "brier": {**good["brier"], "4": 5e-4}}, floor)  # above, within two standard errors

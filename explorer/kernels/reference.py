@@ -33,10 +33,13 @@ def counter_bits(index: torch.Tensor, seed: int) -> torch.Tensor:
     Arithmetic is on int32, which wraps like uint32; `>>` on int32 is arithmetic, so each logical
     shift is followed by a mask. Bit-identical to the same hash on uint32 (the Triton kernels use it).
     """
-    x = index.to(torch.int32).mul_(_as_int32(0x9E3779B1)).add_(_as_int32(seed * 0x85EBCA77 + 0x27D4EB2F))
-    x.bitwise_xor_((x >> 16) & 0xFFFF).mul_(_as_int32(0x7FEB352D))
-    x.bitwise_xor_((x >> 15) & 0x1FFFF).mul_(_as_int32(0x846CA68B))
-    return x.bitwise_xor_((x >> 16) & 0xFFFF)
+    x = index.to(torch.int32, copy=True).mul_(_as_int32(0x9E3779B1)).add_(_as_int32(seed * 0x85EBCA77 + 0x27D4EB2F))
+    shifted = torch.empty_like(x)  # one scratch buffer for the three shift-and-mask steps (this is a hot loop)
+    for shift, mask, multiplier in ((16, 0xFFFF, 0x7FEB352D), (15, 0x1FFFF, 0x846CA68B), (16, 0xFFFF, None)):
+        x.bitwise_xor_(torch.bitwise_right_shift(x, shift, out=shifted).bitwise_and_(mask))
+        if multiplier is not None:
+            x.mul_(_as_int32(multiplier))
+    return x
 
 
 def counter_uniform(index: torch.Tensor, seed: int) -> torch.Tensor:
@@ -60,7 +63,9 @@ def counter_gumbel(index: torch.Tensor, seed: int) -> torch.Tensor:
     """
     u = counter_uniform(index, seed)
     w = 1.0 - u
-    log1p_neg_u = torch.where(w == 1.0, -u, w.log() * -u / (w - 1.0))  # log(1 - u), accurate for small u
+    exact_one = w == 1.0
+    log1p_neg_u = w.log().mul_(u).neg_().div_(w.sub_(1.0))  # log(w) * -u / (w - 1), in place: the same values
+    log1p_neg_u = torch.where(exact_one, u.neg_(), log1p_neg_u)  # log(1 - u), accurate for small u
     return log1p_neg_u.neg_().log_().neg_()
 
 
@@ -113,8 +118,10 @@ def sample_and_score(
             choice = chunk.argmax(-1)
         else:
             noisy = filter_top_k_top_p(chunk, top_k, top_p) / temperature
-            counters = (chunk_rows[:, None] * vocab + torch.arange(vocab, device=chunk.device)).view(-1)
-            gumbel = counter_gumbel(counters + offset, seed)
+            # the counters row * V + v + offset modulo 2**32 (all the hash reads), built in wrapping int32
+            first = (chunk_rows * vocab + offset).to(torch.int32)  # (c,)
+            counters = (first[:, None] + torch.arange(vocab, dtype=torch.int32, device=chunk.device)).view(-1)
+            gumbel = counter_gumbel(counters, seed)
             choice = noisy.add_(gumbel.view_as(noisy)).argmax(-1)
         shifted = (chunk - chunk.amax(-1, keepdim=True)).clamp_(min=-1e4)  # -inf logits: exp 0, finite products
         exp = shifted.exp()
