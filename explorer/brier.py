@@ -198,3 +198,9 @@ def unigram_baseline(tokenizer, split: str = "test", context: int = 64, stride: 
     return {"checkpoint": "unigram", "split": split, "estimator": "exact", "context": context, "stride": stride,
             "windows": int(len(windows)), "cross_entropy": round(float(-probs[test].log().mean()), 4),
             **summarize(unigram_brier(probs, windows[:, context:]))}
+
+
+def beats(score: dict, baseline: dict) -> bool:
+    """Whether every Brier-n of `score` is above the baseline's by more than two standard errors of the difference."""
+    return all(score["brier"][n] - baseline["brier"][n] > 2 * math.hypot(score["brier_se"][n], baseline["brier_se"][n])
+               for n in map(str, ORDERS))

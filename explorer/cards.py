@@ -518,12 +518,14 @@ def _calm_samples(model) -> str:
 
 def write_calm_card(folder: Path, model) -> Path:
     """A CALM language model: BrierLM (the many-sample estimator) on the test split, its autoencoder, training."""
-    from explorer.brier import brier_lm
+    from explorer.brier import beats, brier_lm, unigram_baseline
     from explorer.data import TokenStream, load_corpus
 
     config = read_config(folder)
     K = model.chunk
     score = brier_lm(model, "test", context=64, stride=8)
+    floor = unigram_baseline(model.tokenizer, "test", context=64, stride=8)
+    score["beats_unigram"] = beats(score, floor)
     chunks = TokenStream(load_corpus(), "val", model.tokenizer).windows(128)[:256].reshape(-1, K)
     ae = robustness(model.autoencoder, chunks)
     config["metrics"] = {"test": {"brierlm": score}, "autoencoder_val": ae}
@@ -547,7 +549,12 @@ def write_calm_card(folder: Path, model) -> Path:
 
 - BrierLM on the test split ({score['samples']}-sample estimator, {score['windows']:,} positions, context 64,
   chunk-aligned): **{score['brierlm']} ± {score['brierlm_se']}** (standard error; Brier-1 {b['1']:.4f}, Brier-2
-  {b['2']:.4f}, Brier-3 {b['3']:.4f}, Brier-4 {b['4']:.5f}).
+  {b['2']:.4f}, Brier-3 {b['3']:.4f}, Brier-4 {b['4']:.2e} ± {score['brier_se']['4']:.1e}). BrierLM is zero when
+  any Brier-n is not above zero.
+- The floor, the unigram model of the train split scored exactly on the same positions: Brier-1
+  {floor['brier']['1']:.4f}, Brier-2 {floor['brier']['2']:.4f}, Brier-3 {floor['brier']['3']:.2e}, Brier-4
+  {floor['brier']['4']:.2e} (BrierLM {floor['brierlm']}).
+  Above it at every order by two standard errors: **{'yes' if score['beats_unigram'] else 'no'}**.
 - Its autoencoder on the validation split: token accuracy {100 * ae['accuracy']:.3f}%, {100 *
 ae['accuracy_under_noise']['0.3']:.2f}% under noise sigma 0.3, {ae['collapsed_dims']} collapsed dimensions.
 - The K trade-off against `ar-tiny` (BrierLM, passes and FLOPs per token, tokens/s side by side):

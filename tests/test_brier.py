@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.bench.brier_study import beats, brier_vs_cross_entropy, pearson, spearman
-from explorer.brier import ORDERS, ar_continuations, brier_lm, sample_brier, unigram_brier
+from explorer.bench.brier_study import brier_vs_cross_entropy, pearson, spearman
+from explorer.brier import ORDERS, ar_continuations, beats, brier_lm, sample_brier, unigram_brier
 
 
 def test_two_sample_estimate_is_unbiased_for_the_brier_score():

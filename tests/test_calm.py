@@ -299,7 +299,10 @@ def test_autoencoder_then_calm_training_then_cards(tmp_path):
                                Autoencoder.from_pretrained(ae_dir).decode(torch.zeros(1, 8)), atol=1e-3, rtol=0)
     card = write_card(str(lm_dir)).read_text()
     assert "BrierLM on the test split" in card and "T = 1/3, batch approximation, N = 200" in card
-    assert json.loads((lm_dir / "config.json").read_text())["metrics"]["test"]["brierlm"]["brierlm"] >= 0
+    score = json.loads((lm_dir / "config.json").read_text())["metrics"]["test"]["brierlm"]
+    assert score["brierlm"] >= 0 and score["beats_unigram"] is False  # three steps of training do not
+    assert "The floor, the unigram model of the train split" in card
+    assert "Above it at every order by two standard errors: **no**" in card
 
 
 def test_choosing_a_calm_model_by_k_lists_the_trained_values(tiny_calm_checkpoints, monkeypatch, capsys):

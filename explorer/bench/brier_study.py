@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 import explorer
 from explorer.bench.measure import write_results
-from explorer.brier import DEFAULT_SAMPLES, ORDERS, brier_lm, unigram_baseline
+from explorer.brier import DEFAULT_SAMPLES, beats, brier_lm, unigram_baseline
 from explorer.eval import evaluate
 
 
@@ -88,12 +88,6 @@ def brier_vs_cross_entropy(checkpoints: list[str], out: str, split: str = "test"
     write_results(out, result, "\n".join(lines) + "\n")
     _plot_correlation(result, Path(out).with_suffix(".png"))
     return result
-
-
-def beats(score: dict, baseline: dict) -> bool:
-    """Whether every Brier-n of `score` is above the baseline's by more than two standard errors of the difference."""
-    return all(score["brier"][n] - baseline["brier"][n] > 2 * math.hypot(score["brier_se"][n], baseline["brier_se"][n])
-               for n in map(str, ORDERS))
 
 
 def _plot_correlation(result: dict, path) -> None:
