@@ -6,7 +6,7 @@ Make the old package once (its imports renamed so both load in one process), the
     grep -rl explorer /tmp/old/explorer_old --include=*.py | xargs sed -i -E \\
         's/\\bfrom explorer(\\.| import)/from explorer_old\\1/g; s/\\bimport explorer(\\.|$| )/import explorer_old\\1/g'
     OMP_NUM_THREADS=1 EXPLORER_CHECKPOINTS=$PWD/checkpoints PYTHONPATH=$PWD:/tmp/old \\
-        python scripts/compare_before_after.py kv|dual|overhead [repeats]
+        python scripts/compare_before_after.py kv|dual|overhead|kernel [repeats]
 
 Rounds visit the variants in turn; times are process CPU time (single-threaded, so other jobs on a shared machine
 do not count), ratios are medians of per-round ratios. Each measurement first checks that old and new give
@@ -95,5 +95,26 @@ def overhead(repeats: int) -> None:
               f"new {100 * (ratio(t, 'new', 'bare') - 1):+.1f}%")
 
 
+def kernel(repeats: int) -> None:
+    """The CPU sampling kernel alone on (64, 2,048) logits (a masked-diffusion step's rows): T = 0.7, with top-p 0.9,
+    and T = 0."""
+    from explorer_old.kernels import reference as old_kernels
+
+    from explorer.kernels import reference as new_kernels
+
+    logits = torch.randn(64, 2048, generator=torch.Generator().manual_seed(0)) * 3
+    for label, knobs in (("T=0.7", dict(temperature=0.7)), ("T=0.7 top-p 0.9", dict(temperature=0.7, top_p=0.9)),
+                         ("T=0", dict(temperature=0.0))):
+        calls = {tag: (lambda k=k: [k.sample_and_score(logits, seed=3, offset=i * logits.numel(), **knobs)
+                                    for i in range(50)])
+                 for tag, k in (("new", new_kernels), ("old", old_kernels))}
+        assert all(torch.equal(a, b) for new_out, old_out in zip(calls["new"](), calls["old"]())
+                   for a, b in zip(new_out, old_out)), f"outputs differ at {label}"
+        t = rounds(calls, repeats)
+        print(f"{label}: 50 calls, old {median(t['old']):.3f}s, new {median(t['new']):.3f}s, identical outputs | "
+              f"old / new {ratio(t, 'old', 'new'):.2f}x")
+
+
 if __name__ == "__main__":
-    {"kv": kv, "dual": dual, "overhead": overhead}[sys.argv[1]](int(sys.argv[2]) if len(sys.argv) > 2 else 5)
+    measurements = {"kv": kv, "dual": dual, "overhead": overhead, "kernel": kernel}
+    measurements[sys.argv[1]](int(sys.argv[2]) if len(sys.argv) > 2 else 5)

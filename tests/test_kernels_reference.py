@@ -53,6 +53,43 @@ def test_top_k_and_top_p_restrict_the_support():
     assert set(kernels.sample_and_score(logits, 1.0, top_p=0.8, seed=1)[0].tolist()) == {0, 1}
 
 
+def sorted_nucleus_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Holtzman et al.'s nucleus restated as first written here: sort with indices, drop the tokens whose preceding
+    mass already reaches top_p, scatter the decision back to vocabulary order."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    sorted_probs = sorted_logits.softmax(-1)
+    drop_sorted = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+    return torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+
+
+@pytest.mark.parametrize("vocab", [1, 5, 300, 2048])
+def test_the_nucleus_floor_drops_what_the_sorted_nucleus_drops(vocab):
+    """Values alone (numpy's sort) give the same nucleus as sorting with indices, for every top_p and scale,
+    after a top-k too; on bfloat16 (torch's sort, where equal logits are common) the same up to ties with the
+    last token kept, which the floor keeps as well."""
+    g = torch.Generator().manual_seed(vocab)
+    for scale in (0.1, 1.0, 3.0, 30.0):
+        logits = torch.randn(33, vocab, generator=g) * scale
+        for top_p in (0.01, 0.5, 0.9, 0.999):
+            dropped = reference.filter_top_k_top_p(logits, None, top_p) == float("-inf")
+            assert torch.equal(dropped, sorted_nucleus_mask(logits, top_p)), (scale, top_p)
+            after_k = reference.filter_top_k_top_p(logits, 3, None)
+            assert torch.equal(reference.filter_top_k_top_p(logits, 3, top_p) == float("-inf"),
+                               sorted_nucleus_mask(after_k, top_p) | (after_k == float("-inf")))
+    half = (torch.randn(8, vocab, generator=g) * 3).to(torch.bfloat16)
+    kept, kept_sorted = reference.filter_top_k_top_p(half, None, 0.9) > float("-inf"), ~sorted_nucleus_mask(half, 0.9)
+    floor = half.float().masked_fill(~kept_sorted, float("inf")).amin(-1, keepdim=True)
+    extra = kept & ~kept_sorted
+    assert torch.equal(extra, extra & (half.float() == floor)) and (kept_sorted <= kept).all()
+
+
+def test_the_nucleus_keeps_every_token_tied_with_its_last_one():
+    """As top-k keeps ties at its k-th value: the order among equal logits is no one's to choose."""
+    logits = torch.tensor([[2.0, 1.0, 1.0, 1.0, -3.0]])  # 0.53, then three of 0.19: 0.6 is reached inside the tie
+    kept = reference.filter_top_k_top_p(logits, None, 0.6) > float("-inf")
+    assert kept.tolist() == [[True, True, True, True, False]]
+
+
 def test_temperature_zero_is_argmax_and_low_precision_inputs_work():
     logits = torch.randn(4, 9, 64).to(torch.bfloat16)
     tokens = kernels.sample_and_score(logits, 0.0)[0]

@@ -140,7 +140,7 @@ def test_triton_rows_subset_and_tiling_do_not_change_samples():
     assert_same(sub, tuple(t[rows] for t in full))
 
 
-def test_triton_top_k_in_kernel_top_p_by_reference():
+def test_triton_top_k_and_top_p_in_kernel_equal_the_reference():
     logits = spiky_logits((6, 200), seed=4)
     for kw in ({"top_k": 3}, {"top_k": 200}, {"top_p": 0.7}, {"top_k": 5, "top_p": 0.9}, {"top_p": 1.0}):
         assert_same(TS.sample_and_score(logits, 1.0, seed=5, block_v=64, **kw),

@@ -29,9 +29,10 @@ def variants():
     from explorer.kernels import triton_embedding, triton_energy, triton_sample
 
     for dtype in ("fp32", "bf16"):
-        for sample, rows, topk in ((True, False, False), (False, True, False), (True, True, True)):
-            yield (f"sample_and_score[{dtype} sample={sample} rows={rows} top_k={topk}]", triton_sample._sample_kernel,
-                   {"logits_ptr": dtype}, {"SAMPLE": sample, "HAS_ROWS": rows, "HAS_TOPK": topk,
+        for sample, rows, floor in ((True, False, False), (False, True, False), (True, True, True)):
+            yield (f"sample_and_score[{dtype} sample={sample} rows={rows} top_k_or_p={floor}]",
+                   triton_sample._sample_kernel,
+                   {"logits_ptr": dtype}, {"SAMPLE": sample, "HAS_ROWS": rows, "HAS_FLOOR": floor,
                                            "BLOCK_R": 4, "BLOCK_V": 2048})
     for dtype, precision in (("fp32", "ieee"), ("bf16", "tf32")):
         for sample in (True, False):

@@ -16,9 +16,10 @@ writes its state, and `_merge_kernel` merges the states in split order (see `tri
 Noise is reference.counter_gumbel (lowbias32 hash, 32-bit uniform) of the counter row * V + v + offset, so
 the sampled token is the reference's (bit-identical on the interpreter; on a GPU `tl.log` may differ
 from torch's by an ulp, which can only matter for exact near-ties). Nothing of size (rows, V) is
-ever written. top-p needs the sorted distribution, which one streaming pass cannot give: those calls
-fall back to the reference (which runs on CUDA tensors too); top-k uses a per-row k-th largest logit
-computed beforehand with torch.topk in row chunks, then the single pass.
+ever written. top-k and top-p each keep the logits at least a per-row floor (the k-th largest; the nucleus's
+smallest, which needs the sorted values, not one streaming pass): the floors are computed beforehand in row
+chunks (`_floors`), then the single pass masks what is below them. The fused head's top-k / top-p calls still
+use the reference.
 
 These wrappers assume validated arguments (kernels/__init__.py validates); they take CPU tensors
 under TRITON_INTERPRET=1.
@@ -84,7 +85,7 @@ def _merge_gumbel(best, bi, bx, yb, yi, xb):
 @triton.jit
 def _update(x, start, row, V, offset, seedmix, temperature, kth,
             m, s, h, t2, i1, best, bi, bx,
-            SAMPLE: tl.constexpr, HAS_TOPK: tl.constexpr, BLOCK_V: tl.constexpr):
+            SAMPLE: tl.constexpr, HAS_FLOOR: tl.constexpr, BLOCK_V: tl.constexpr):
     """Merge a tile x (BLOCK_R, BLOCK_V) of float32 logits (columns start.., -inf padding) into the state."""
     local = tl.arange(0, BLOCK_V)
     # top-1 / top-2 of the raw logits; ties: the first index wins, and a repeated max is also the second
@@ -100,7 +101,7 @@ def _update(x, start, row, V, offset, seedmix, temperature, kth,
         cols = start + local
         counter = row[:, None] * V + cols[None, :] + offset
         xf = x
-        if HAS_TOPK:
+        if HAS_FLOOR:
             xf = tl.where(x < kth[:, None], NEG_INF, x)
         y = xf / temperature + _gumbel(counter, seedmix)
         y = tl.where(x == NEG_INF, NEG_INF, y)  # padding and -inf logits (a gumbel is finite anyway)
@@ -129,7 +130,7 @@ def _finish(r, r_ok, m, s, h, t2, i1, bi, bx, tok_ptr, prob_ptr, margin_ptr, ent
 @triton.jit
 def _sample_kernel(logits_ptr, stride_row, rows_ptr, kth_ptr, n_rows, V, offset, seedmix, temperature,
                    tok_ptr, prob_ptr, margin_ptr, ent_ptr,
-                   SAMPLE: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_TOPK: tl.constexpr,
+                   SAMPLE: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_FLOOR: tl.constexpr,
                    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_ok = r < n_rows
@@ -138,7 +139,7 @@ def _sample_kernel(logits_ptr, stride_row, rows_ptr, kth_ptr, n_rows, V, offset,
     else:
         row = r.to(tl.int64)
     kth = tl.full((BLOCK_R,), NEG_INF, tl.float32)
-    if HAS_TOPK:
+    if HAS_FLOOR:
         kth = tl.load(kth_ptr + r, mask=r_ok, other=NEG_INF)
     m, s, h, t2, i1, best, bi, bx = _init_state(BLOCK_R)
     base = logits_ptr + row * stride_row
@@ -147,7 +148,7 @@ def _sample_kernel(logits_ptr, stride_row, rows_ptr, kth_ptr, n_rows, V, offset,
         ok = r_ok[:, None] & (cols[None, :] < V)
         x = tl.load(base[:, None] + cols[None, :], mask=ok, other=NEG_INF).to(tl.float32)
         m, s, h, t2, i1, best, bi, bx = _update(x, start, row, V, offset, seedmix, temperature, kth,
-                                                m, s, h, t2, i1, best, bi, bx, SAMPLE, HAS_TOPK, BLOCK_V)
+                                                m, s, h, t2, i1, best, bi, bx, SAMPLE, HAS_FLOOR, BLOCK_V)
     _finish(r, r_ok, m, s, h, t2, i1, bi, bx, tok_ptr, prob_ptr, margin_ptr, ent_ptr, SAMPLE)
 
 
@@ -227,14 +228,20 @@ def _outputs(n: int, device) -> list[torch.Tensor]:
         torch.empty(n, dtype=torch.float32, device=device) for _ in range(3)]
 
 
-def _kth_largest(flat: torch.Tensor, index: torch.Tensor | None, k: int) -> torch.Tensor:
-    """The k-th largest logit of each processed row (float32), computed in row chunks."""
+def _floors(flat: torch.Tensor, index: torch.Tensor | None, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """The smallest logit each processed row keeps (float32): its k-th largest, then its nucleus's floor among
+    those (reference.filter_top_k_top_p keeps exactly the logits at least this), computed in row chunks."""
     n = flat.shape[0] if index is None else index.shape[0]
     out = torch.empty(n, dtype=torch.float32, device=flat.device)
     step = max(1, reference.CHUNK_ELEMENTS // flat.shape[1])
     for start in range(0, n, step):
-        chunk = flat[start : start + step] if index is None else flat[index[start : start + step]]
-        out[start : start + chunk.shape[0]] = chunk.float().topk(k, dim=-1).values[:, -1]
+        chunk = (flat[start : start + step] if index is None else flat[index[start : start + step]]).float()
+        floor = torch.full((chunk.shape[0], 1), float("-inf"), device=flat.device)
+        if top_k is not None and top_k < flat.shape[1]:
+            floor = chunk.topk(top_k, dim=-1).values[:, -1:]
+        if top_p is not None and top_p < 1.0:
+            floor = reference.nucleus_floor(chunk.masked_fill(chunk < floor, float("-inf")), top_p)
+        out[start : start + chunk.shape[0]] = floor[:, 0]
     return out
 
 
@@ -242,23 +249,21 @@ def sample_and_score(logits, temperature=1.0, top_k=None, top_p=None, seed=0, of
                      block_rows: int = 4, block_v: int | None = None):
     """Triton version of reference.sample_and_score (same arguments and results)."""
     vocab = logits.shape[-1]
-    if top_p is not None and top_p < 1.0 and temperature != 0:
-        return reference.sample_and_score(logits, temperature, top_k, top_p, seed=seed, offset=offset, rows=rows)
     flat = logits.reshape(-1, vocab)
     if flat.stride(1) != 1:
         flat = flat.contiguous()
     index = None if rows is None else rows.to(device=logits.device, dtype=torch.long).contiguous()
     n = flat.shape[0] if index is None else index.shape[0]
     sample = temperature != 0
-    has_topk = sample and top_k is not None and top_k < vocab
-    kth = _kth_largest(flat, index, top_k) if has_topk else None
+    has_floor = sample and ((top_k is not None and top_k < vocab) or (top_p is not None and top_p < 1.0))
+    kth = _floors(flat, index, top_k, top_p) if has_floor else None
     out = _outputs(n, logits.device)
     block_v = block_v or min(triton.next_power_of_2(vocab), 2048)
     if n:
         grid = (triton.cdiv(n, block_rows),)
         _sample_kernel[grid](flat, flat.stride(0), index, kth, n, vocab, offset, _seedmix(seed),
                              float(temperature) if sample else 1.0, *out,
-                             SAMPLE=sample, HAS_ROWS=index is not None, HAS_TOPK=has_topk,
+                             SAMPLE=sample, HAS_ROWS=index is not None, HAS_FLOOR=has_floor,
                              BLOCK_R=block_rows, BLOCK_V=block_v)
     shape = logits.shape[:-1] if rows is None else (n,)
     return tuple(o.view(shape) for o in out)
