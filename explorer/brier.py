@@ -109,6 +109,7 @@ def calm_continuations(model, prefixes: torch.Tensor, length: int, generator: to
 def sampled_continuations(model, prefixes: torch.Tensor, length: int, seed: int, samples: int) -> torch.Tensor:
     """(B, S, length) continuations, S = `samples` per prefix, at the family's plain sampling (temperature 1)."""
     from explorer.sampling import generate
+    from explorer.sampling.cdcd import CDCD_SAMPLER
 
     B = len(prefixes)
     if model.family in ("ar", "calm"):  # batched: S rows per prefix draw S different continuations
@@ -119,7 +120,7 @@ def sampled_continuations(model, prefixes: torch.Tensor, length: int, seed: int,
         return out.view(B, samples, length)
     knobs = {"mdlm": dict(sampler="ancestral", steps=length, temperature=1.0),
              "bd3lm": dict(temperature=1.0, top_p=1.0, stop_at_eos=False, min_entropy=0.0),
-             "cdcd": dict(steps=50, clamp=0.0, temperature=1.0)}[model.family]
+             "cdcd": dict(steps=50, **CDCD_SAMPLER)}[model.family]
     gen = length if model.family != "bd3lm" else -(-length // model.block_size) * model.block_size
     rows = [[generate(model, prefix, gen_length=gen, seed=(seed * 100_003 + i) * 131 + k, record="none",
                       **knobs).final_tokens[:length] for k in range(samples)]

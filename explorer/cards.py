@@ -287,12 +287,12 @@ def cdcd_metrics(model, judge, windows: int = 64, levels: int = 12, samples: int
     from explorer.data import TokenStream, load_corpus
     from explorer.models.cdcd import ce_per_noise_level
     from explorer.sampling import generate
+    from explorer.sampling.cdcd import CDCD_SAMPLER
 
     test = TokenStream(load_corpus(), "test", model.tokenizer).windows(model.max_seq_len)[:windows]
     curve = ce_per_noise_level(model, test, levels=levels, progress=True)
     prompts = prompts_from_val(model.tokenizer, samples)
-    traces = [generate(model, p, gen_length=64, steps=steps, seed=i, record="none", clamp=0.0,
-                       temperature=1.0)  # CDCD's plain ODE
+    traces = [generate(model, p, gen_length=64, steps=steps, seed=i, record="none", **CDCD_SAMPLER)
               for i, p in enumerate(tqdm(prompts, desc="samples", leave=False))]
     outs = [t.final_tokens for t in traces]
     return {"ce_per_noise_level": curve | {"split": "test", "windows": int(len(test))},

@@ -11,6 +11,7 @@ import explorer
 from explorer.eval import evaluate, generative_ppl, prompts_from_val
 from explorer.hub import describe, shipped
 from explorer.models.base import read_config
+from explorer.sampling.cdcd import CDCD_SAMPLER
 
 AR_TEST_PPL_MAX = 40.0  # measured 36.38 (card, whole test split)
 # mdlm-tiny (adapted from ar-tiny): n_t=2 on the first 128 test windows, and the four prompts below judged by ar-tiny;
@@ -26,7 +27,7 @@ BD3_GEN_PPL_MAX = 175.0  # measured 127.1 on seeds 0-15; 127-158 over four disjo
 # cdcd: 4 validation prompts, 64 tokens, 100 Euler steps, judged by ar-tiny (an untrained model: thousands)
 CDCD_GEN_PPL_MAX = 200.0  # measured 175.97 for cdcd-tiny (cdcd-tiny-nowarp: 403.5)
 CDCD_CLAMPED_GEN_PPL_MAX = 30.0  # measured 24.96 with Diffusion-LM clamping
-PLAIN = {"clamp": 0.0, "temperature": 1.0}  # CDCD's own sampler (the API's default clamps at temperature 0.6)
+PLAIN = CDCD_SAMPLER  # CDCD's own sampler, not the API's defaults
 
 
 @pytest.fixture(scope="module")

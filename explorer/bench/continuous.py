@@ -23,6 +23,7 @@ from explorer.bench.measure import timed, write_results
 from explorer.eval import prompts_from_val, sample_quality
 from explorer.hub import load
 from explorer.sampling import generate
+from explorer.sampling.cdcd import CDCD_SAMPLER
 
 STEP_COUNTS = (10, 20, 50, 100, 200)
 
@@ -43,7 +44,7 @@ def run_continuous_bench(checkpoints: list[str], masked_checkpoint: str = "mdlm-
     configs = {}
     for index, model in enumerate(models):
         own = "warped" if model.warp is not None else "log"
-        plain = {"clamp": 0.0, "temperature": 1.0}  # CDCD's sampler (the API's default clamps at temperature 0.6)
+        plain = CDCD_SAMPLER  # not the API's defaults, which read better on these models (docs/samplers.md)
         configs[f"{model.name} ({own} schedule)"] = (model, "cdcd", plain)
         if index == 0 and model.warp is not None:
             configs[f"{model.name} (log schedule)"] = (model, "cdcd", plain | {"schedule": "log"})

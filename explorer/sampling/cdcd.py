@@ -34,6 +34,9 @@ from explorer.sampling.common import (
 from explorer.sampling.trace import Frame
 
 SCHEDULES = ("auto", "warped", "log")
+# CDCD's own sampler, the plain probability-flow ODE: what the cards, BrierLM and `bench continuous` run, and what
+# these knobs restore over the API's defaults (which read better on the shipped models: docs/samplers.md)
+CDCD_SAMPLER = {"clamp": 0.0, "temperature": 1.0, "churn": 0.0}
 
 
 @dataclass(frozen=True)
