@@ -174,9 +174,14 @@ def summarize(estimates: torch.Tensor) -> dict:
     if positive and len(estimates) > 1:  # delta method: log BrierLM = mean_n log B_n, with the orders' covariance
         gradient = 1 / (len(ORDERS) * mean)
         score_se = score * math.sqrt(float(gradient @ torch.cov(estimates.T) @ gradient) / len(estimates))
-    return {"brier": {str(n): round(float(v), 6) for n, v in zip(ORDERS, mean)},
-            "brier_se": {str(n): round(float(v), 6) for n, v in zip(ORDERS, se)},
+    return {"brier": {str(n): significant(v) for n, v in zip(ORDERS, mean)},
+            "brier_se": {str(n): significant(v) for n, v in zip(ORDERS, se)},
             "brierlm": round(score, 4), "brierlm_se": round(score_se, 4)}
+
+
+def significant(value, digits: int = 4) -> float:
+    """`value` to `digits` significant digits: Brier-4 of small models is 1e-5 and the unigram floor's 1e-8."""
+    return float(f"{float(value):.{digits}g}")
 
 
 def unigram_brier(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
