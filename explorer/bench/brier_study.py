@@ -72,8 +72,15 @@ def brier_vs_cross_entropy(checkpoints: list[str], out: str, split: str = "test"
     result = {"split": split, "context": context, "stride": stride, "samples": samples, "rows": rows,
               "unigram": baseline, "pearson": _rounded(pearson(ce, br)), "spearman": _rounded(spearman(ce, br)),
               "published": {"pearson": -0.966, "spearman": -0.991}}
-    lines = [f"BrierLM (exact estimator, {samples} continuations per position for the collision term, "
-             f"{rows[0]['windows']} positions of the {split} split, context {context}) "
+    write_study(result, out)
+    return result
+
+
+def write_study(result: dict, out: str) -> None:
+    """The study's JSON at `out`, its markdown table beside it (.md) and its scatter plot (.png)."""
+    rows, baseline, split = result["rows"], result["unigram"], result["split"]
+    lines = [f"BrierLM (exact estimator, {result['samples']} continuations per position for the collision term, "
+             f"{rows[0]['windows']} positions of the {split} split, context {result['context']}) "
              f"against cross-entropy for {len(rows)} ar checkpoints: Pearson **{_shown(result['pearson'])}**, Spearman "
              f"**{_shown(result['spearman'])}** (CALM: -0.966 / -0.991). The last row is the floor: the unigram "
              "model of the train split, scored exactly on the same positions.", "",
@@ -87,7 +94,6 @@ def brier_vs_cross_entropy(checkpoints: list[str], out: str, split: str = "test"
                      f"{ {True: 'yes', False: 'no', None: '-'}[r.get('beats_unigram')] } |")
     write_results(out, result, "\n".join(lines) + "\n")
     _plot_correlation(result, Path(out).with_suffix(".png"))
-    return result
 
 
 def _plot_correlation(result: dict, path) -> None:
