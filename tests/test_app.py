@@ -697,13 +697,13 @@ def test_a_bad_upload_is_named_on_the_export_tab_by_its_base_name_and_the_denois
 
 
 def test_a_checkpoint_of_another_family_takes_its_own_defaults_and_ranges():
-    """cdcd-tiny's 200 steps and temperature do not carry over to ar-tiny; each slider's range is the checkpoint's."""
+    """cdcd-tiny's 400 steps and temperature do not carry over to ar-tiny; each slider's range is the checkpoint's."""
     from explorer.page.denoise import FAMILY_CONTROLS, family_controls
     from explorer.page.requests import SHOWCASE
     from explorer.sampling import sampler_for
 
     cdcd = dict(zip(FAMILY_CONTROLS, family_controls("cdcd-tiny")))
-    assert cdcd["steps"]["value"] == 200 and cdcd["gen_length"]["maximum"] == 128
+    assert cdcd["steps"]["value"] == 400 and cdcd["gen_length"]["maximum"] == 128
     ar = dict(zip(FAMILY_CONTROLS, family_controls("ar-tiny")))
     assert ar["temperature"]["value"] == SHOWCASE["ar"][1]["temperature"] != cdcd["temperature"]["value"]
     assert ar["steps"]["value"] == ar["gen_length"]["value"] == sampler_for("ar").default("gen_length")

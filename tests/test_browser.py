@@ -505,7 +505,7 @@ def test_the_gen_length_slider_stops_at_the_checkpoints_context(sized_page):
     page.wait_for_function("document.querySelector('#temperature').innerText.includes('not 0: greedy decoding "
                            "needs likelihoods')")  # its help says what 0 would mean
     pick_checkpoint(page, "cdcd-tiny")
-    slider_is(page, "steps", "value", "200")
+    slider_is(page, "steps", "value", "400")
     pick_checkpoint(page, "ar-tiny")  # cdcd's settings do not carry over
     slider_is(page, "temperature", "value", "0.7")  # ar starts at its SHOWCASE temperature (cdcd: 0.6)
     page.wait_for_selector("#steps", state="hidden")  # ar: one step per token

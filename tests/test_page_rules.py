@@ -562,7 +562,7 @@ def test_other_sliders_follow_the_family():
 
     mdlm = settings("mdlm-tiny")
     assert mdlm["steps"]["maximum"] == 128 and mdlm["block_length"]["maximum"] == 128  # more steps are skipped
-    assert settings("cdcd-tiny")["steps"] == {"minimum": 1, "maximum": 2 * MAX_LENGTH, "value": 200}
+    assert settings("cdcd-tiny")["steps"] == {"minimum": 1, "maximum": 2 * MAX_LENGTH, "value": 400}
     bd3lm = settings("bd3lm-tiny-b4")
     assert bd3lm["block_length"]["value"] == bd3lm["steps"]["value"] == 4  # the block size it was trained with
     assert bd3lm["block_length"]["maximum"] == bd3lm["steps"]["maximum"] == 128  # per block, within its context
@@ -571,12 +571,15 @@ def test_other_sliders_follow_the_family():
 
 
 def test_a_family_switch_takes_the_new_familys_registry_defaults():
-    """Each checkpoint's settings are the registry defaults of its family: cdcd-tiny's 200 steps and temperature do
+    """Each checkpoint's settings are the registry defaults of its family: cdcd-tiny's 400 steps and temperature do
     not reach ar-tiny (whose one step per token is its gen length), nor mdlm's 0 a cdcd run."""
     from explorer.sampling import sampler_for
 
     cdcd, ar, mdlm = settings("cdcd-tiny"), settings("ar-tiny"), settings("mdlm-tiny")
-    assert (cdcd["steps"]["value"], cdcd["temperature"]["value"]) == (200, sampler_for("cdcd").default("temperature"))
+    cdcd_defaults = sampler_for("cdcd")
+    assert (cdcd["steps"]["value"], cdcd["temperature"]["value"]) == (cdcd_defaults.default("steps"),
+                                                                      cdcd_defaults.default("temperature"))
+    assert cdcd["steps"]["value"] != mdlm["steps"]["value"]
     assert ar["temperature"]["value"] == sampler_for("ar").default("temperature")
     assert ar["steps"]["value"] == sampler_for("ar").default("gen_length") == ar["gen_length"]["value"]
     assert (mdlm["steps"]["value"], mdlm["temperature"]["value"]) == (64, 0.0)

@@ -42,15 +42,16 @@ CDCD_SAMPLER = {"clamp": 0.0, "temperature": 1.0, "churn": 0.0}
 @dataclass(frozen=True)
 class ContinuousParams(SamplerParams):
     gen_length: int = knob(64, "tokens to generate after the prompt")
-    steps: int = knob(200, "Euler steps (network evaluations without guidance)")
+    # defaults 400 steps, churn 2, clamping at temperature 0.6: the best generative perplexity at a reasonable unigram
+    # entropy on the shipped checkpoints (docs/samplers.md, bench_results/cdcd_churn*.md); CDCD_SAMPLER restores CDCD's
+    steps: int = knob(400, "Euler steps (network evaluations without guidance)")
     schedule: str = knob("auto", "step placement: warped (the learned warping CDF), log (even in log t), auto",
                          choices=SCHEDULES)
     temperature: float = knob(0.6, "softmax temperature inside score interpolation (< 1 sharpens E[x0]; 0 = argmax; "
                                    "1 = CDCD's; 0.6 with clamping reads best, `bench defaults`)")
-    churn: float = knob(0.0, "stochastic churn S_churn: 0 = the deterministic ODE")
+    churn: float = knob(2.0, "stochastic churn S_churn (fresh noise raises t by a factor 1 + S_churn / steps before "
+                             "each step): 0 = the deterministic ODE")
     cfg_scale: float = knob(0.0, "classifier-free guidance: uncond + (s + 1)(cond - uncond), uncond sees nothing clean")
-    # default 1 (with temperature 0.6): the best generative perplexity at a reasonable unigram entropy on the
-    # shipped checkpoints (`python -m explorer bench defaults`); clamp 0 and temperature 1 are CDCD's sampler
     clamp: float = knob(1.0, "Diffusion-LM clamping (snap E[x0] to the nearest embedding) over this last fraction of "
                              "the steps: 0 = never (CDCD's plain ODE), 1 (or True) = every step, 0.3 = the last 30%",
                         flag={"nargs": "?", "const": 1.0, "metavar": "FRACTION"})
