@@ -56,7 +56,7 @@ def test_stream_steps_run_without_autograd_and_leave_the_callers_grad_mode(reque
 
 
 def test_cli_samples_cdcd_with_grad_enabled(capsys):
-    """docs/cli.md: `sample --checkpoint cdcd-tiny --prompt "ROMEO:" --steps 200 [--clamp] [--churn 20]` (shrunk)."""
+    """docs/cli.md: `sample --checkpoint cdcd-tiny --prompt "ROMEO:" --steps 400 [--clamp 0] [--churn 0]` (shrunk)."""
     assert torch.is_grad_enabled()
     code = main(["sample", "--checkpoint", "cdcd-tiny", "--prompt", "ROMEO:", "--steps", "3", "--gen-length", "6",
                  "--clamp", "--churn", "20", "--schedule", "log"])
