@@ -226,6 +226,8 @@ def test_calm_cards_report_brierlm_the_autoencoder_samples_and_the_commands():
         folder = shipped()[f"calm-tiny-k{K}"]
         card, info = (folder / "README.md").read_text(), describe(folder)
         assert info["tokens_seen"] > 1_000_000 and f"K = {K} tokens per vector" in card
-        assert f"**{info['metrics']['test']['brierlm']['brierlm']}**" in card
+        score = info["metrics"]["test"]["brierlm"]
+        assert f"**{score['brierlm']}" in card and score["samples"] == 16 and score["windows"] == 10_877
+        assert "The floor, the unigram model of the train split" in card and "beats_unigram" in score
         assert "T = 1/2, batch approximation, N = 200" in card and "## Reproduce" in card
         assert f"--autoencoder checkpoints/autoencoders/calm-ae-k{K}" in card
