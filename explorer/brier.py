@@ -207,6 +207,13 @@ def unigram_baseline(tokenizer, split: str = "test", context: int = 64, stride: 
 
 
 def beats(score: dict, baseline: dict) -> bool:
-    """Whether every Brier-n of `score` is above the baseline's by more than two standard errors of the difference."""
-    return all(score["brier"][n] - baseline["brier"][n] > 2 * math.hypot(score["brier_se"][n], baseline["brier_se"][n])
-               for n in map(str, ORDERS))
+    """Whether every Brier-n of `score` is above the baseline's by more than two standard errors of the difference.
+    An order where no sample ever hit the truth or met another (estimate 0, standard error 0) was not measured: its
+    true value is somewhere below about 3 / (positions x samples), so it beats nothing."""
+    def above(n: str) -> bool:
+        if score["brier"][n] == 0 and score["brier_se"][n] == 0:
+            return False
+        gap = score["brier"][n] - baseline["brier"][n]
+        return gap > 2 * math.hypot(score["brier_se"][n], baseline["brier_se"][n])
+
+    return all(above(n) for n in map(str, ORDERS))

@@ -131,3 +131,5 @@ def test_beating_the_floor_needs_every_order_above_it_by_two_standard_errors():
     assert beats(good, floor)
     assert not beats({**good, "brier": {**good["brier"], "4": -1.7e-5}}, floor)  # calm-tiny-k1's Brier-4
     assert not beats({**good, "brier": {**good["brier"], "4": 5e-4}}, floor)  # above, within two standard errors
+    unseen = {"brier": {**good["brier"], "4": 0.0}, "brier_se": {**good["brier_se"], "4": 0.0}}  # calm-tiny-k8's
+    assert not beats(unseen, floor)  # no 4-gram hit or collision in any sample: not measured, not above the floor
