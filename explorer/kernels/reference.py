@@ -73,12 +73,20 @@ def counter_gumbel(index: torch.Tensor, seed: int) -> torch.Tensor:
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """Set logits outside the top-k and outside the nucleus of mass top_p to -inf (in that order). Both keep every
     logit at least their row's floor, so tokens tied with the last one kept are kept too."""
+    floor = keep_floor(logits, top_k, top_p)
+    return logits if floor is None else logits.masked_fill(logits < floor, float("-inf"))
+
+
+def keep_floor(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor | None:
+    """(..., 1) the smallest logit top-k then top-p keep in each row (None when neither filters): the k-th largest,
+    then the floor of the nucleus among those. The Triton sample kernel masks below the same floors."""
+    floor = None
     if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        floor = logits.topk(top_k, dim=-1).values[..., -1:]
     if top_p is not None and top_p < 1.0:
-        logits = logits.masked_fill(logits < nucleus_floor(logits, top_p), float("-inf"))
-    return logits
+        kept = logits if floor is None else logits.masked_fill(logits < floor, float("-inf"))
+        floor = nucleus_floor(kept, top_p)
+    return floor
 
 
 def nucleus_floor(logits: torch.Tensor, top_p: float) -> torch.Tensor:

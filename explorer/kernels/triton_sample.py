@@ -229,19 +229,13 @@ def _outputs(n: int, device) -> list[torch.Tensor]:
 
 
 def _floors(flat: torch.Tensor, index: torch.Tensor | None, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """The smallest logit each processed row keeps (float32): its k-th largest, then its nucleus's floor among
-    those (reference.filter_top_k_top_p keeps exactly the logits at least this), computed in row chunks."""
+    """reference.keep_floor of each processed row (float32; at least one of top_k / top_p filters), in row chunks."""
     n = flat.shape[0] if index is None else index.shape[0]
     out = torch.empty(n, dtype=torch.float32, device=flat.device)
     step = max(1, reference.CHUNK_ELEMENTS // flat.shape[1])
     for start in range(0, n, step):
         chunk = (flat[start : start + step] if index is None else flat[index[start : start + step]]).float()
-        floor = torch.full((chunk.shape[0], 1), float("-inf"), device=flat.device)
-        if top_k is not None and top_k < flat.shape[1]:
-            floor = chunk.topk(top_k, dim=-1).values[:, -1:]
-        if top_p is not None and top_p < 1.0:
-            floor = reference.nucleus_floor(chunk.masked_fill(chunk < floor, float("-inf")), top_p)
-        out[start : start + chunk.shape[0]] = floor[:, 0]
+        out[start : start + chunk.shape[0]] = reference.keep_floor(chunk, top_k, top_p)[:, 0]
     return out
 
 

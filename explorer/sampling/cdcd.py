@@ -43,7 +43,7 @@ CDCD_SAMPLER = {"clamp": 0.0, "temperature": 1.0, "churn": 0.0}
 class ContinuousParams(SamplerParams):
     gen_length: int = knob(64, "tokens to generate after the prompt")
     # defaults 400 steps, churn 2, clamping at temperature 0.6: the best generative perplexity at a reasonable unigram
-    # entropy on the shipped checkpoints (docs/samplers.md, bench_results/cdcd_churn*.md); CDCD_SAMPLER restores CDCD's
+    # entropy on the shipped checkpoints (docs/samplers.md, bench_results/cdcd_churn*.md)
     steps: int = knob(400, "Euler steps (network evaluations without guidance)")
     schedule: str = knob("auto", "step placement: warped (the learned warping CDF), log (even in log t), auto",
                          choices=SCHEDULES)
