@@ -94,7 +94,7 @@ class TrainConfig:
     snapshot_every: int = 0  # also keep the weights every N steps in OUT/snapshots/step-N (0 = never)
     corpus: str | None = None  # a .txt file or folder; None = the shipped Shakespeare corpus
     init: str | None = None  # start from this checkpoint's weights (name or folder), e.g. bd3lm from mdlm-tiny
-    shift: bool = False  # mdlm only: Dream's shift (output i predicts token i + 1), for a model adapted from ar
+    shift: bool = False  # mdlm, bd3lm: Dream's shift (output i predicts token i + 1), for a model adapted from ar
     anneal_steps: int = 0  # mdlm only: DiffuLLaMA's attention annealing, causal -> bidirectional over these steps
     block_size: int = 16  # bd3lm only: tokens per block L'
     clip: str = "published"  # bd3lm only: mask-rate window: "published", "search", "none" or "beta,omega"
@@ -128,8 +128,10 @@ class TrainConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         if self.family == "bd3lm":
             parse_clip(self.clip, self.block_size)
-        if self.family != "mdlm" and (self.shift or self.anneal_steps):
-            raise ValueError("shift and anneal_steps apply to the mdlm family only (adapting an ar model)")
+        if self.family not in ("mdlm", "bd3lm") and self.shift:
+            raise ValueError("shift applies to the mdlm and bd3lm families only (a model adapted from an ar one)")
+        if self.family != "mdlm" and self.anneal_steps:
+            raise ValueError("anneal_steps applies to the mdlm family only (adapting an ar model)")
         check_knob("anneal_steps", self.anneal_steps, 0, integer=True)
 
 
@@ -174,7 +176,7 @@ def build_model(cfg: TrainConfig, tokenizer):
         config = ARConfig(backbone=preset(cfg.preset, attention="causal", **overrides), direction=cfg.direction)
     elif cfg.family == "bd3lm":
         config = BD3LMConfig(backbone=preset(cfg.preset, attention="block_causal", **overrides),
-                             block_size=cfg.block_size)
+                             block_size=cfg.block_size, shift=cfg.shift)
         if cfg.seq_len % cfg.block_size:
             raise ValueError(f"seq_len ({cfg.seq_len}) must be a multiple of block_size ({cfg.block_size})")
     elif cfg.family == "calm":
@@ -228,7 +230,7 @@ def init_from(model, checkpoint: str) -> None:
         raise ValueError(f"init: {checkpoint} has a different backbone shape than this run")
     if getattr(source.config, "shift", False) and not getattr(model.config, "shift", False):
         raise ValueError(f"init: {checkpoint} was trained with Dream's shift (output i predicts token i + 1); a "
-                         f"{model.family} run without it would start misaligned: pass --shift (mdlm) or start from an "
+                         f"{model.family} run without it would start misaligned: pass --shift or start from an "
                          "unshifted checkpoint such as mdlm-tiny-scratch")
     model.backbone.load_state_dict(theirs)
 

@@ -1,5 +1,6 @@
 """Block diffusion: the masks, vectorized training, exact KV caching, stop rules, sliding windows."""
 
+import dataclasses
 import warnings
 
 import pytest
@@ -44,19 +45,20 @@ def test_block_causal_mask_sees_own_and_earlier_blocks():
     assert mask[0, 3] and mask[3, 0] and mask[5, 2] and not mask[2, 5]
 
 
-@pytest.fixture()
-def bd3(tokenizer):
+@pytest.fixture(params=[False, True], ids=["plain", "shifted"])
+def bd3(tokenizer, request):
+    """Unshifted and shifted (Dream's shift: output i predicts token i + 1)."""
     torch.manual_seed(0)
-    return BD3LMModel(BD3LMConfig(backbone=tiny_backbone("block_causal").with_(max_seq_len=32), block_size=4),
-                      tokenizer).eval()
+    return BD3LMModel(BD3LMConfig(backbone=tiny_backbone("block_causal").with_(max_seq_len=32), block_size=4,
+                                  shift=request.param), tokenizer).eval()
 
 
 def test_vectorized_pass_equals_two_passes_and_flex_equals_sdpa(bd3, tokenizer):
     x0 = torch.randint(4, 2048, (2, 32))
     rates = bd3.block_rates(2, 8, None, torch.Generator().manual_seed(0))
     x_t, _ = bd3.mask_blocks(x0, rates, None, torch.Generator().manual_seed(1))
-    flex_model = BD3LMModel(BD3LMConfig(backbone=bd3.config.backbone, block_size=4, attention_backend="flex"),
-                            tokenizer).eval()
+    flex_model = BD3LMModel(BD3LMConfig(backbone=bd3.config.backbone, block_size=4, attention_backend="flex",
+                                        shift=bd3.config.shift), tokenizer).eval()
     flex_model.load_state_dict(bd3.state_dict())
     with torch.no_grad():
         vectorized = bd3.noisy_logits(x_t, x0, vectorized=True)
@@ -71,6 +73,27 @@ def test_vectorized_pass_equals_two_passes_and_flex_equals_sdpa(bd3, tokenizer):
     with torch.no_grad():
         other = bd3.noisy_logits(x_tb, x0b)
     assert torch.allclose(vectorized[:, :28][finite[:, :28]], other[:, :28][finite[:, :28]], atol=1e-5)
+
+
+def test_each_block_is_denoised_from_its_clean_prefix_by_the_output_one_position_left(bd3):
+    """Restated one block at a time, as sampling sees it: block b's logits come from a block-causal pass over the
+    clean blocks before it and its noisy tokens; a shifted model reads position p at output p - 1 of that pass
+    (at a block's first position, the clean last token of the block before), position 0 its own output."""
+    x0 = torch.randint(4, 2048, (2, 32))
+    x_t, _ = bd3.mask_blocks(x0, torch.full((2, 8), 0.5), None, torch.Generator().manual_seed(1))
+    shift = int(bd3.config.shift)
+    with torch.no_grad():
+        vectorized = bd3.noisy_logits(x_t, x0)
+        for b in range(8):
+            lo, hi = 4 * b, 4 * b + 4
+            seen = torch.cat([x0[:, :lo], x_t[:, lo:hi]], dim=1)
+            pos = torch.arange(hi)
+            out = bd3.backbone(seen, mask=block_causal_mask(pos, pos, 4))  # (2, hi, V), unshifted
+            rows = [max(p - shift, 0) for p in range(lo, hi)]
+            expected = out[:, rows].index_fill(-1, torch.tensor([bd3.mask_id]), float("-inf"))
+            assert torch.allclose(vectorized[:, lo:hi], expected, atol=1e-5), b
+            window = bd3.window_logits(seen, 0, None, 0, logits_from=lo)  # the sampler's recompute path
+            assert torch.allclose(window, expected, atol=1e-5), b
 
 
 def test_flex_backend_refuses_to_train_on_cpu(bd3, tokenizer):
@@ -115,14 +138,27 @@ def test_block_size_must_divide_the_context():
 
 # --- sampling -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("prompt,gen_length", [("", 24), ("ROMEO: good", 70), ("a b c d e f g h i j", 40)])
-def test_kv_cache_gives_identical_tokens_to_recomputing_the_prefix(tiny_bd3lm, prompt, gen_length):
-    """Also beyond the 32-token context (sliding window) and with a prompt ending mid-block."""
+def shifted_copy(model: BD3LMModel) -> BD3LMModel:
+    """The same weights read with Dream's shift (output i predicts token i + 1)."""
+    shifted = BD3LMModel(dataclasses.replace(model.config, shift=True), model.tokenizer).eval()
+    shifted.load_state_dict(model.state_dict())
+    return shifted
+
+
+@pytest.mark.parametrize("shift", [False, True], ids=["plain", "shifted"])
+@pytest.mark.parametrize("prompt,gen_length", [("", 24), ("ROMEO: good", 70), ("a b c d e f g h i j", 40),
+                                               ("a b c d e f g h", 20)])
+def test_kv_cache_gives_identical_tokens_to_recomputing_the_prefix(tiny_bd3lm, prompt, gen_length, shift):
+    """Also beyond the 32-token context (sliding window), with a prompt ending mid-block or on a block's end,
+    and for a shifted model (whose cached steps rerun the clean position before the block)."""
+    model = shifted_copy(tiny_bd3lm) if shift else tiny_bd3lm
     knobs = dict(gen_length=gen_length, seed=3, min_entropy=0.0, stop_at_eos=False, record="full")
-    cached = generate(tiny_bd3lm, prompt, kv_cache=True, **knobs)
-    fresh = generate(tiny_bd3lm, prompt, kv_cache=False, **knobs)
+    cached = generate(model, prompt, kv_cache=True, **knobs)
+    fresh = generate(model, prompt, kv_cache=False, **knobs)
     assert cached.final_tokens == fresh.final_tokens
-    assert len(cached.final_tokens) == gen_length and tiny_bd3lm.mask_id not in cached.final_tokens
+    assert len(cached.final_tokens) == gen_length and model.mask_id not in cached.final_tokens
+    if shift:  # the shift changes what is sampled
+        assert cached.final_tokens != generate(tiny_bd3lm, prompt, kv_cache=True, **knobs).final_tokens
     assert [f.proposal for f in cached.frames] == [f.proposal for f in fresh.frames]
     assert {f.cache for f in cached.frames[1:]} == {"kv"} and {f.cache for f in fresh.frames[1:]} == {None}
     assert cached.frames[-1].stop == "length"

@@ -97,7 +97,12 @@ def test_sample_block_diffusion_with_and_without_the_kv_cache(tmp_path):
 def test_train_bd3lm_from_an_init_checkpoint_with_a_clip_search(tmp_path):
     out = tmp_path / "b4"
     shifted = cli("train", "--family", "bd3lm", "--init", "mdlm-tiny", "--out", str(tmp_path / "no"), check=False)
-    assert shifted.returncode == 2 and "shift" in shifted.stderr and "mdlm-tiny-scratch" in shifted.stderr
+    assert shifted.returncode == 2 and "--shift" in shifted.stderr and "mdlm-tiny-scratch" in shifted.stderr
+    cli("train", "--family", "bd3lm", "--init", "mdlm-tiny", "--shift", "--block-size", "4", "--steps", "1",
+        "--batch-size", "2", "--seq-len", "32", "--eval-every", "1", "--out", str(tmp_path / "shifted"))
+    assert json.loads((tmp_path / "shifted" / "config.json").read_text())["model"]["shift"] is True
+    annealed = cli("train", "--family", "bd3lm", "--anneal-steps", "5", "--out", str(tmp_path / "no"), check=False)
+    assert annealed.returncode == 2 and "anneal_steps" in annealed.stderr
     cli("train", "--family", "bd3lm", "--init", "mdlm-tiny-scratch", "--block-size", "4", "--clip", "search",
         "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--eval-every", "2", "--out", str(out))
     config = json.loads((out / "config.json").read_text())

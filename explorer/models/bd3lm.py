@@ -4,6 +4,12 @@ Training is vectorized: one pass over `x_t (+) x0` with the three-part mask of `
 (two backends: FlexAttention or a dense boolean SDPA mask); each block draws its own mask rate t and
 its loss is weighted 1/t. A clipped window [beta, omega] of mask rates (with block resampling) lowers
 the variance of training; evaluation always uses the unclipped schedule [eps, 1].
+
+With `shift=True` (a model fine-tuned from a shifted masked diffusion model, itself adapted from an AR one:
+Dream's shift, as Fast-dLLM v2 adapts Qwen2.5 to block diffusion) output i predicts token i + 1. A block's first
+position is then predicted from the last position of the block before it, as the clean context sees it (that
+output depends on the clean earlier blocks only); position 0 keeps its own output. Callers see ordinary
+per-position logits.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class BD3LMConfig:
     block_size: int = 16  # L': tokens per block (1 = autoregressive, max_seq_len = MDLM)
     eps: float = 1e-3  # smallest mask rate of the unclipped schedule
     attention_backend: str = "auto"  # training pass: "flex", "sdpa" (dense masks), "auto" = flex on CUDA
+    shift: bool = False  # Dream's shift: output i predicts token i + 1 (fine-tuned from a shifted model)
 
     def __post_init__(self):
         if self.backbone.attention != "block_causal":
@@ -58,6 +65,11 @@ class BD3LMModel(LanguageModel):
     @property
     def block_size(self) -> int:
         return self.config.block_size
+
+    @property
+    def logit_shift(self) -> int:
+        """1 when position i's logits come from output i - 1 (a window of logits needs one position before it)."""
+        return int(self.config.shift)
 
     def _backend(self, device) -> str:
         if self.config.attention_backend == "auto":
@@ -105,21 +117,33 @@ class BD3LMModel(LanguageModel):
         B, L = x_t.shape
         device = x_t.device
         positions = torch.arange(L, device=device)
-        # the clean tokens' last-layer outputs feed nothing: `outputs` stops them at their keys and values
+        shift = self.config.shift  # a shifted model also reads the clean outputs that end each block
+        # otherwise the clean tokens' last-layer outputs feed nothing: `outputs` stops them at their keys and values
         if vectorized:
             both = torch.cat([x_t, x0], dim=1)
             if self._backend(device) == "flex":  # the BlockMask spans all 2L queries, so the last layer does too
                 logits = self.backbone(both, mask=bd3_flex_mask(L, self.block_size, str(device)),
-                                       positions=positions.repeat(2), logits_for=slice(0, L))
+                                       positions=positions.repeat(2), logits_for=slice(0, 2 * L if shift else L))
             else:
                 logits = self.backbone(both, mask=bd3_split_mask(L, self.block_size, str(device)),
-                                       positions=positions.repeat(2), outputs=L)
-            return self._exclude_mask(logits)
-        cache = self.new_cache()
-        self.backbone(x0, cache=cache, mask=block_causal_mask(positions, positions, self.block_size), outputs=0)
-        logits = self.backbone(x_t, cache=cache, start=L, store=0, positions=positions,
-                               mask=two_pass_noisy_mask(L, self.block_size, str(device)))
-        return self._exclude_mask(logits)
+                                       positions=positions.repeat(2), outputs=2 * L if shift else L)
+            noisy, clean = logits[:, :L], logits[:, L:]
+        else:
+            cache = self.new_cache()
+            clean = self.backbone(x0, cache=cache, mask=block_causal_mask(positions, positions, self.block_size),
+                                  outputs=L if shift else 0)
+            noisy = self.backbone(x_t, cache=cache, start=L, store=0, positions=positions,
+                                  mask=two_pass_noisy_mask(L, self.block_size, str(device)))
+        if shift:
+            noisy = self._shift(noisy, clean)
+        return self._exclude_mask(noisy)
+
+    def _shift(self, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """Shifted logits (B, L, V): position i from noisy output i - 1 inside a block, from the clean output
+        i - 1 at a block's first position (the previous block as its context sees it), position 0 its own."""
+        shifted = torch.cat([noisy[:, :1], noisy[:, :-1]], dim=1)
+        firsts = torch.arange(self.block_size, noisy.shape[1], self.block_size, device=noisy.device)
+        return shifted.index_copy(1, firsts, clean[:, firsts - 1])
 
     def loss(self, batch: torch.Tensor, generator: torch.Generator | None = None, t: torch.Tensor | None = None,
              clip=None, vectorized: bool = True) -> dict:
@@ -147,7 +171,9 @@ class BD3LMModel(LanguageModel):
                       block_size: int | None = None, logits_from: int = 0, return_hidden: bool = False):
         """Logits (B, l - logits_from, V) of the tokens at positions start + logits_from .. start + l, which see
         everything before them (cached keys or, without a cache, `window` must start at 0), block-causally;
-        with `return_hidden` also the final hidden states (B, l, d) of the whole window."""
+        with `return_hidden` also the final hidden states (B, l, d) of the whole window. A shifted model reads
+        position p's logits at output p - 1: the window's first position keeps its own (start the window one
+        position earlier for its shifted logits)."""
         block_size = block_size or self.block_size
         device = window.device
         end = start + window.shape[1]
@@ -156,8 +182,11 @@ class BD3LMModel(LanguageModel):
         else:
             mask = block_causal_mask(torch.arange(start, end, device=device), torch.arange(end, device=device),
                                      block_size)
+        lead = min(logits_from, self.logit_shift)  # outputs needed before the first position asked for
         logits, hidden = self.backbone(window, cache=cache, mask=mask, start=start, store=store,
-                                       logits_for=slice(logits_from, None), return_hidden=True)
+                                       logits_for=slice(logits_from - lead, None), return_hidden=True)
+        if self.config.shift:
+            logits = logits[:, :-1] if lead else torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         logits = self._exclude_mask(logits)
         return (logits, hidden) if return_hidden else logits
 

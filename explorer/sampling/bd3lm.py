@@ -3,7 +3,9 @@
 A finished block is clean and never attends forward, so the keys/values of finished blocks are
 exact: with `kv_cache=True` each step runs only the current block (plus, at the first step of a
 block, the block finished just before it, whose keys are then stored); with `kv_cache=False`
-every step recomputes the whole visible prefix. Both give identical tokens.
+every step recomputes the whole visible prefix. Both give identical tokens. A shifted model (output i
+predicts token i + 1) reads a block's first position at the last token of the block before, so its cached
+steps also rerun that one clean position.
 
 Generation may run past the model's context with a sliding window: when the next block would not
 fit, the window start moves forward by half the context (whole blocks) and the cache is rebuilt
@@ -154,10 +156,11 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
                 block_step += 1
                 continue
             if cache is not None:  # the clean tokens not yet cached (finished blocks) ride along and are stored
-                ran_from = cached_upto
-                logits, ran = model.window_logits(sequence[None, cached_upto:hi], cached_upto - window_start, cache,
-                                                  store=lo - cached_upto, block_size=block,
-                                                  logits_from=lo - cached_upto, return_hidden=True)
+                lead = min(lo - window_start, model.logit_shift)  # a shifted model reads lo's logits at lo - 1
+                ran_from = min(cached_upto, lo - lead)  # lo - 1 is rerun (not restored) at a block's later steps
+                logits, ran = model.window_logits(sequence[None, ran_from:hi], ran_from - window_start, cache,
+                                                  store=lo - ran_from, block_size=block,
+                                                  logits_from=lo - ran_from, return_hidden=True)
                 cached_upto = lo
             else:
                 ran_from = window_start
