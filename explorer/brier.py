@@ -49,7 +49,11 @@ def sample_brier(samples: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def brier_windows(tokenizer, split: str, context: int, max_windows: int | None, stride: int = 8,
                   corpus: str | None = None) -> torch.Tensor:
     """(N, context + 4) windows of the split starting every `stride` tokens (targets at every stride-th position)."""
-    ids = TokenStream(load_corpus(corpus), split, tokenizer).ids
+    return windows_of(TokenStream(load_corpus(corpus), split, tokenizer).ids, context, max_windows, stride)
+
+
+def windows_of(ids: torch.Tensor, context: int, max_windows: int | None, stride: int) -> torch.Tensor:
+    """(N, context + 4) windows of a token stream (N,) starting every `stride` tokens."""
     length = context + max(ORDERS)
     starts = torch.arange(0, len(ids) - length + 1, stride)[:max_windows]
     return torch.stack([ids[s : s + length] for s in starts.tolist()])
@@ -199,8 +203,8 @@ def unigram_baseline(tokenizer, split: str = "test", context: int = 64, stride: 
     train = TokenStream(load_corpus(corpus), "train", tokenizer).ids
     probs = (torch.bincount(train, minlength=tokenizer.get_vocab_size()) + 1).double()
     probs /= probs.sum()
-    windows = brier_windows(tokenizer, split, context, None, stride, corpus)
     test = TokenStream(load_corpus(corpus), split, tokenizer).ids
+    windows = windows_of(test, context, None, stride)
     return {"checkpoint": "unigram", "split": split, "estimator": "exact", "context": context, "stride": stride,
             "windows": int(len(windows)), "cross_entropy": round(float(-probs[test].log().mean()), 4),
             **summarize(unigram_brier(probs, windows[:, context:]))}
