@@ -171,6 +171,12 @@ class LanguageModel(nn.Module):
             raise ValueError(f"{file}: {err}") from None
 
 
+def shift_right(logits: torch.Tensor) -> torch.Tensor:
+    """Dream's shift read back (B, L, V): position i gets output i - 1 (position 0 keeps its own), so a model whose
+    output i predicts token i + 1 gives ordinary per-position logits."""
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
 def config_int(value, file: Path | str, name: str, lo: int = 1, hi: int | None = None) -> int:
     """`value` when it is an integer in [lo, hi] (a bool is not), else a ValueError naming the file and field.
     `hi` defaults to the field's limit in INT_LIMITS, else MAX_SIZE."""

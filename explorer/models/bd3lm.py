@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from explorer.models.base import LanguageModel
+from explorer.models.base import LanguageModel, shift_right
 from explorer.models.mdlm import low_discrepancy_t
 from explorer.nn import KVCache, TransformerConfig, bd3_flex_mask, block_causal_mask
 from explorer.nn.masks import bd3_split_mask, two_pass_noisy_mask
@@ -141,7 +141,7 @@ class BD3LMModel(LanguageModel):
     def _shift(self, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         """Shifted logits (B, L, V): position i from noisy output i - 1 inside a block, from the clean output
         i - 1 at a block's first position (the previous block as its context sees it), position 0 its own."""
-        shifted = torch.cat([noisy[:, :1], noisy[:, :-1]], dim=1)
+        shifted = shift_right(noisy)
         firsts = torch.arange(self.block_size, noisy.shape[1], self.block_size, device=noisy.device)
         return shifted.index_copy(1, firsts, clean[:, firsts - 1])
 
@@ -186,7 +186,7 @@ class BD3LMModel(LanguageModel):
         logits, hidden = self.backbone(window, cache=cache, mask=mask, start=start, store=store,
                                        logits_for=slice(logits_from - lead, None), return_hidden=True)
         if self.config.shift:
-            logits = logits[:, :-1] if lead else torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+            logits = logits[:, :-1] if lead else shift_right(logits)
         logits = self._exclude_mask(logits)
         return (logits, hidden) if return_hidden else logits
 

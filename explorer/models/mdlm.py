@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from explorer.models.base import LanguageModel
+from explorer.models.base import LanguageModel, shift_right
 from explorer.nn import TransformerConfig
 
 
@@ -76,7 +76,7 @@ class MDLMModel(LanguageModel):
             backbone_args["time"] = t
         logits, hidden = self.backbone(x_t, return_hidden=True, **backbone_args)
         if self.config.shift:
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # (B, L, V): position i from output i - 1
+            logits = shift_right(logits)  # (B, L, V): position i from output i - 1
         logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
         return (logits, hidden) if return_hidden else logits
 

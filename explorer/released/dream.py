@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from explorer.data.tokenizer import load_tokenizer
-from explorer.models.base import config_float, config_int, read_config
+from explorer.models.base import config_float, config_int, read_config, shift_right
 from explorer.models.mdlm import MDLMModel
 from explorer.models.weights import INDEX, SINGLE, SafetensorsFolder
 from explorer.released.base import ReleasedModel
@@ -156,7 +156,7 @@ class DreamModel(ReleasedModel, nn.Module):
         out = self.network.model(input_ids=ids, attention_mask=self._attention_masks(), use_cache=False)
         hidden = out.last_hidden_state.to(ids.device)  # (B, L, d), back from the last layer's device (device maps)
         logits = self.network.lm_head(hidden).float().to(ids.device)  # (B, L, V)
-        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # shift right by one
+        logits = shift_right(logits)
         return (logits, hidden.float()) if return_hidden else logits
 
     def denoiser_logits(self, x_t: torch.Tensor, return_hidden: bool = False, t: float | None = None, **cache_args):
