@@ -144,7 +144,9 @@ Command: `python -m explorer card --checkpoint {folder.name}` (runs `python -m e
 ![training curve](training_curve.png)
 
 """
-    if training.get("train_config", {}).get("init") and family == "mdlm":
+    if training.get("train_config", {}).get("objective") == "certainty":
+        text += distillation_section(folder, config)
+    elif training.get("train_config", {}).get("init") and family == "mdlm":
         text += adaptation_section(folder, model, config)
     if training.get("train_config", {}).get("init") and family == "bd3lm":
         text += fine_tune_section(folder, model, config)
@@ -231,7 +233,7 @@ i + 1), so this model keeps it (`--shift`, `BD3LMConfig.shift`), as Fast-dLLM v2
 alignment when it adapts it to block diffusion: a masked position is read at the output one position to its left,
 and a block's first position at the last token of the block before it, computed as the clean context sees it (that
 output depends on the clean earlier blocks only, so nothing of the block leaks). Samplers and traces see ordinary
-per-position logits; the KV cache stays exact (a cached step reruns that one clean position).
+per-position logits; the KV cache stays exact (a block's first cached step runs that one clean position too).
 """)
     previous = PREVIOUS_BD3LM.get(model.block_size)
     before = ("" if previous is None else f"""
@@ -246,6 +248,77 @@ started from `{init}`'s weights (`--init {init}`).
 {shift}{before}
 Samples: 64 tokens after 4 validation prompts, the default sampler (first-hitting, top-p 0.9, blocks of \
 {model.block_size}), {samples}"""
+
+
+DISTILL_PROMPTS = 32  # validation prompts of the card's parallel-decoding comparison
+DISTILL_GRID = [("low_confidence", {"block_length": 32}),
+                *[("threshold", {"block_length": 32, "threshold": tau}) for tau in (0.9, 0.7, 0.5, 0.3)]]
+
+
+def distillation_section(folder: Path, config: dict) -> str:
+    """A certainty-forcing distillation (explorer/distill.py): the method, and the teacher and this model side by
+    side on Fast-dLLM's setting (blocks of 32, T = 0: the fixed schedule, then the threshold rule), as a table of
+    network evaluations and generative perplexity and as a plot (`parallel_decoding.json` / `.md` / `.png`)."""
+    from explorer.bench.defaults import run_defaults_bench
+
+    train_config = config["training"]["train_config"]
+    teacher = train_config["init"]
+    results = run_defaults_bench(samples=DISTILL_PROMPTS, json_path=folder / "parallel_decoding.json",
+                                 grid={teacher: DISTILL_GRID, folder.name: DISTILL_GRID})
+    plot_parallel_decoding(results, folder / "parallel_decoding.png")
+    rows = []
+    for name, c in results["checkpoints"].items():
+        for row in c["rows"]:
+            rule = (f"threshold {row['knobs']['threshold']}" if row["sampler"] == "threshold"
+                    else "fixed schedule (one token per evaluation)")
+            rows.append(f"| `{name}` | {rule} | {row['nfe']:.1f} | {row['gen_ppl']:.2f} | "
+                        f"{row['unigram_entropy']:.2f} |")
+    table = "\n".join(rows)
+    return f"""## Distilled for parallel decoding (certainty forcing)
+
+dParallel (Chen et al., arXiv:2509.26488) observed that a masked diffusion model grows confident about the tokens of
+a block one after another, left to right, so Fast-dLLM's threshold rule (arXiv:2505.22618) rarely commits more than
+one token per network evaluation. Its **certainty-forcing distillation** fine-tunes the model on its own greedy
+trajectories: `{teacher}` continued {int(train_config['teacher_prompts']):,} train-split prompts of {train_config['prompt_len']} tokens by {train_config['seq_len'] - train_config['prompt_len']} tokens (low-confidence remasking, blocks of {train_config['distill_block']}, T = 0); each training row keeps the prompt and a random number of blocks clean, masks half of the next block (and, in a second row, the other half) and everything after it, and
+the loss is the cross-entropy to the teacher's tokens plus twice the entropy of softmax(logits / 0.5) at the
+positions the model already predicts right (`--objective certainty`, `explorer/distill.py`). It trades likelihood
+(the bound above) for confidence where the model is right.
+
+{DISTILL_PROMPTS} validation prompts of 16 tokens, 64 generated tokens, blocks of 32, T = 0, judged by `ar-tiny`
+(`parallel_decoding.md`, written by the card command):
+
+| checkpoint | rule | network evaluations | gen. PPL | unigram entropy (nats) |
+|---|---|---|---|---|
+{table}
+
+![network evaluations against generative perplexity](parallel_decoding.png)
+
+"""
+
+
+def plot_parallel_decoding(results: dict, out: Path) -> Path:
+    """Network evaluations (x) against generative perplexity (y), one line per checkpoint over its settings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    for name, c in results["checkpoints"].items():
+        points = sorted((r["nfe"], r["gen_ppl"], r["knobs"].get("threshold")) for r in c["rows"])
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", markersize=4, label=name)
+        for nfe, ppl, tau in points:
+            ax.annotate("fixed" if tau is None else f"τ {tau}", (nfe, ppl), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xlabel("network evaluations for 64 tokens")
+    ax.set_ylabel("generative perplexity (ar-tiny)")
+    ax.set_title("Fast-dLLM's threshold rule, blocks of 32, T = 0")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
 
 
 def plot_validation(runs: dict[str, Path], out: Path) -> Path:

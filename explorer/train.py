@@ -67,6 +67,7 @@ from explorer.nn import preset
 # Knobs a resumed run may change: the schedule length (to extend or shorten a run) and bookkeeping.
 RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "snapshot_every", "precision"}
 PRECISIONS = ("fp32", "bf16")
+OBJECTIVES = ("standard", "certainty")  # the family's own loss, or dParallel's distillation (mdlm)
 MAX_SEED = 2**32 - 1  # seed * 1_000_003 + step must stay a valid torch seed (< 2**63)
 
 
@@ -96,6 +97,10 @@ class TrainConfig:
     init: str | None = None  # start from this checkpoint's weights (name or folder), e.g. bd3lm from mdlm-tiny
     shift: bool = False  # mdlm, bd3lm: Dream's shift (output i predicts token i + 1), for a model adapted from ar
     anneal_steps: int = 0  # mdlm only: DiffuLLaMA's attention annealing, causal -> bidirectional over these steps
+    objective: str = "standard"  # the family's own loss; mdlm only: "certainty" = dParallel's certainty-forcing distillation of --init
+    teacher_prompts: int = 2048  # certainty only: train-split prompts the teacher continues (explorer/distill.py)
+    prompt_len: int = 16  # certainty only: prompt tokens per teacher sequence; seq_len - prompt_len are generated
+    distill_block: int = 32  # certainty only: semi-autoregressive block of the teacher's sampler and of the masking
     block_size: int = 16  # bd3lm only: tokens per block L'
     clip: str = "published"  # bd3lm only: mask-rate window: "published", "search", "none" or "beta,omega"
     time_warping: bool = True  # cdcd only: draw noise levels through the learned loss CDF (False: uniform in log t)
@@ -133,6 +138,18 @@ class TrainConfig:
         if self.family != "mdlm" and self.anneal_steps:
             raise ValueError("anneal_steps applies to the mdlm family only (adapting an ar model)")
         check_knob("anneal_steps", self.anneal_steps, 0, integer=True)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "certainty":
+            if self.family != "mdlm" or not self.init:
+                raise ValueError("objective 'certainty' distils an mdlm checkpoint into itself: it needs --family mdlm "
+                                 "and --init (the teacher, e.g. mdlm-tiny)")
+            check_knob("teacher_prompts", self.teacher_prompts, 1, integer=True)
+            check_knob("prompt_len", self.prompt_len, 1, self.seq_len - 1, integer=True)
+            check_knob("distill_block", self.distill_block, 1, self.seq_len - self.prompt_len, integer=True)
+            if (self.seq_len - self.prompt_len) % self.distill_block:
+                raise ValueError(f"seq_len - prompt_len ({self.seq_len - self.prompt_len} generated tokens) must be a "
+                                 f"multiple of distill_block ({self.distill_block})")
 
 
 def check_knob(name: str, value, low: float, high: float = math.inf, low_open: bool = False,
@@ -564,7 +581,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, max_minutes: float | None,
     run = start_run(cfg, out, resume, dist, device)
     # DDP also broadcasts rank 0's weights, so every rank starts from the same state. No
     # find_unused_parameters: every trainable parameter of every family gets a gradient (see the docstring)
-    net = LossOf(run.model)
+    net = LossOf(run.model, cfg)
     if dist.active:
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[torch.device(device).index] if torch.device(device).type == "cuda" else None)
@@ -629,7 +646,10 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, dist: Dist, device: str
         tokenizer = tokenizer_for(cfg, works) if dist.main else None
         tokenizer = Tokenizer.from_str(broadcast(tokenizer.to_str() if dist.main else None, dist))
     model = build_model(cfg, tokenizer).to(device).train()
-    run = Run(cfg, out, dist, device, model, make_optimizer(model, cfg), TokenStream(works, "train", tokenizer),
+    train_stream = TokenStream(works, "train", tokenizer)
+    if cfg.objective == "certainty":
+        train_stream = distillation_data(cfg, out, train_stream, model, dist)
+    run = Run(cfg, out, dist, device, model, make_optimizer(model, cfg), train_stream,
               TokenStream(works, "val", tokenizer))
     if resume:
         meta, weights = load_state(run.state_dir, list(model.parameters()), run.optimizer, device)
@@ -648,6 +668,32 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, dist: Dist, device: str
                 run.clip_info = choose_clip(model, cfg, run.val_stream)
         run.clip_info = broadcast(run.clip_info, dist)
     return run
+
+
+def distillation_data(cfg: TrainConfig, out: Path, train_stream: TokenStream, model, dist: Dist):
+    """The teacher's sequences of a certainty-forcing run: read from OUT/teacher.safetensors when it was generated
+    with these settings (a resumed run), else generated by rank 0 from the --init checkpoint and saved there."""
+    from explorer.distill import (
+        TEACHER_FILE,
+        TeacherSequences,
+        load_teacher,
+        save_teacher,
+        teacher_meta,
+        teacher_prompts,
+        teacher_sequences,
+    )
+    from explorer.hub import load
+
+    path = out / TEACHER_FILE
+    meta = teacher_meta(cfg.init, cfg.teacher_prompts, cfg.prompt_len, cfg.seq_len, cfg.distill_block, cfg.seed)
+    if dist.main and not path.is_file():
+        teacher = load(cfg.init, device=model.device.type)
+        prompts = teacher_prompts(train_stream, cfg.teacher_prompts, cfg.prompt_len, cfg.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        save_teacher(path, teacher_sequences(teacher, prompts, cfg.seq_len - cfg.prompt_len, cfg.distill_block), meta)
+    if dist.active:
+        torch.distributed.barrier()  # rank 0's file is written before any rank reads it
+    return TeacherSequences(load_teacher(path, meta, model.tokenizer.get_vocab_size()))
 
 
 @dataclass
@@ -710,7 +756,7 @@ class Run:
             with (nullcontext() if sync else net.no_sync()), self.autocast():
                 out_loss = net(part, noise, loss_kwargs)
             (out_loss["loss"] / cfg.grad_accum).backward()  # DDP then averages over ranks
-            for key in ("loss", "warp_loss"):
+            for key in ("loss", "warp_loss", "ce", "entropy"):
                 if key in out_loss:
                     totals[key] = totals.get(key, 0.0) + out_loss[key].detach().float() / shards
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -739,8 +785,9 @@ class Run:
         record = {"step": self.step, "loss": round(totals["loss"].item(), 5), "lr": lr_at(self.cfg, self.step - 1),
                   "grad_norm": round(float(grad_norm), 4), "tokens_seen": self.tokens_seen,
                   "wall_s": round(self.wall, 2)}
-        if "warp_loss" in totals:
-            record["warp_loss"] = round(totals["warp_loss"].item(), 5)
+        for key in ("warp_loss", "ce", "entropy"):  # the cdcd warp's loss; the two terms of certainty forcing
+            if key in totals:
+                record[key] = round(totals[key].item(), 5)
         if val_loss is not None:
             record["val_loss"] = round(val_loss, 5)
         return record
@@ -776,11 +823,17 @@ class Run:
 
 
 class LossOf(torch.nn.Module):
-    """`model.loss` as a forward, so DDP sees (and reduces) the backward of the training loss."""
+    """The run's training loss as a forward, so DDP sees (and reduces) its backward: `model.loss`, or dParallel's
+    certainty-forcing loss on the teacher's sequences."""
 
-    def __init__(self, model):
+    def __init__(self, model, cfg: TrainConfig):
         super().__init__()
         self.model = model
+        self.cfg = cfg
 
     def forward(self, batch: torch.Tensor, generator: torch.Generator, loss_kwargs: dict) -> dict:
+        if self.cfg.objective == "certainty":
+            from explorer.distill import certainty_forcing_loss
+
+            return certainty_forcing_loss(self.model, batch, self.cfg.prompt_len, self.cfg.distill_block, generator)
         return self.model.loss(batch, generator=generator, **loss_kwargs)

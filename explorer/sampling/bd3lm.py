@@ -4,8 +4,8 @@ A finished block is clean and never attends forward, so the keys/values of finis
 exact: with `kv_cache=True` each step runs only the current block (plus, at the first step of a
 block, the block finished just before it, whose keys are then stored); with `kv_cache=False`
 every step recomputes the whole visible prefix. Both give identical tokens. A shifted model (output i
-predicts token i + 1) reads a block's first position at the last token of the block before, so its cached
-steps also rerun that one clean position.
+predicts token i + 1) reads a block's first position at the last token of the block before: the block's first
+cached step runs that clean position too and keeps its logits for the block's later steps.
 
 Generation may run past the model's context with a sliding window: when the next block would not
 fit, the window start moves forward by half the context (whole blocks) and the cache is rebuilt
@@ -150,6 +150,7 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
         left = int((sequence[lo:hi] == mask_id).sum())  # the block's masks; a step commits only some of them
         counts = schedule_counts(left, params.steps or (hi - max(lo, P)))
         block_step = 0
+        lead_logits = None  # a shifted model's logits of position lo (output lo - 1): clean, so fixed for the block
         while left:
             count = counts[block_step] if block_step < len(counts) else 1
             if params.threshold is None and count == 0:  # more steps than tokens: skip, no network call
@@ -157,10 +158,16 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
                 continue
             if cache is not None:  # the clean tokens not yet cached (finished blocks) ride along and are stored
                 lead = min(lo - window_start, model.logit_shift)  # a shifted model reads lo's logits at lo - 1
-                ran_from = min(cached_upto, lo - lead)  # lo - 1 is rerun (not restored) at a block's later steps
+                # the block's first step also runs lo - 1 (with the clean tokens not yet cached) and keeps its
+                # output; later steps run the block alone and put that row back
+                ran_from = lo if lead_logits is not None else min(cached_upto, lo - lead)
                 logits, ran = model.window_logits(sequence[None, ran_from:hi], ran_from - window_start, cache,
                                                   store=lo - ran_from, block_size=block,
                                                   logits_from=lo - ran_from, return_hidden=True)
+                if lead and lead_logits is None:
+                    lead_logits = logits[:, 0].clone()
+                elif lead:
+                    logits[:, 0] = lead_logits
                 cached_upto = lo
             else:
                 ran_from = window_start
