@@ -274,12 +274,16 @@ def distillation_section(folder: Path, config: dict) -> str:
             rows.append(f"| `{name}` | {rule} | {row['nfe']:.1f} | {row['gen_ppl']:.2f} | "
                         f"{row['unigram_entropy']:.2f} |")
     table = "\n".join(rows)
+    generated = train_config["seq_len"] - train_config["prompt_len"]
+    how = (f"{train_config['teacher_prompts']:,} train-split prompts of {train_config['prompt_len']} tokens by "
+           f"{generated} tokens (low-confidence remasking, blocks of {train_config['distill_block']}, T = 0)")
     return f"""## Distilled for parallel decoding (certainty forcing)
 
 dParallel (Chen et al., arXiv:2509.26488) observed that a masked diffusion model grows confident about the tokens of
 a block one after another, left to right, so Fast-dLLM's threshold rule (arXiv:2505.22618) rarely commits more than
 one token per network evaluation. Its **certainty-forcing distillation** fine-tunes the model on its own greedy
-trajectories: `{teacher}` continued {int(train_config['teacher_prompts']):,} train-split prompts of {train_config['prompt_len']} tokens by {train_config['seq_len'] - train_config['prompt_len']} tokens (low-confidence remasking, blocks of {train_config['distill_block']}, T = 0); each training row keeps the prompt and a random number of blocks clean, masks half of the next block (and, in a second row, the other half) and everything after it, and
+trajectories: `{teacher}` continued {how}; each training row keeps the prompt and a random number of blocks
+clean, masks half of the next block (and, in a second row, the other half) and everything after it, and
 the loss is the cross-entropy to the teacher's tokens plus twice the entropy of softmax(logits / 0.5) at the
 positions the model already predicts right (`--objective certainty`, `explorer/distill.py`). It trades likelihood
 (the bound above) for confidence where the model is right.

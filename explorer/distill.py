@@ -127,6 +127,7 @@ def certainty_forcing_loss(model, batch: torch.Tensor, prompt_len: int, block: i
     loss = ce.new_zeros(())
     for half in (rows, ~rows):
         t, r = target & half[:, None], right & half[:, None]
-        loss = loss + (ce * t).sum() / t.sum().clamp_min(1) + ENTROPY_WEIGHT * (entropy * r).sum() / r.sum().clamp_min(1)
+        certainty = (entropy * r).sum() / r.sum().clamp_min(1)
+        loss = loss + (ce * t).sum() / t.sum().clamp_min(1) + ENTROPY_WEIGHT * certainty
     return {"loss": loss, "ce": (ce * target).sum().detach() / target.sum(),
             "entropy": (entropy * right).sum().detach() / right.sum().clamp_min(1)}

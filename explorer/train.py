@@ -97,7 +97,7 @@ class TrainConfig:
     init: str | None = None  # start from this checkpoint's weights (name or folder), e.g. bd3lm from mdlm-tiny
     shift: bool = False  # mdlm, bd3lm: Dream's shift (output i predicts token i + 1), for a model adapted from ar
     anneal_steps: int = 0  # mdlm only: DiffuLLaMA's attention annealing, causal -> bidirectional over these steps
-    objective: str = "standard"  # the family's own loss; mdlm only: "certainty" = dParallel's certainty-forcing distillation of --init
+    objective: str = "standard"  # the family's loss; "certainty" (mdlm): dParallel's distillation of --init
     teacher_prompts: int = 2048  # certainty only: train-split prompts the teacher continues (explorer/distill.py)
     prompt_len: int = 16  # certainty only: prompt tokens per teacher sequence; seq_len - prompt_len are generated
     distill_block: int = 32  # certainty only: semi-autoregressive block of the teacher's sampler and of the masking
