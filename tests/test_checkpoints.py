@@ -26,6 +26,12 @@ ORDERING_WINDOWS = 384
 BD3_BOUND_MAX = {4: 53.0, 16: 54.0}  # measured 48.47 and 49.02 (ar-tiny 29.85, mdlm-tiny 49.85 there); the
 #                                      models fine-tuned from mdlm-tiny-scratch before them: 75.35 and 83.61 (whole)
 BD3_GEN_PPL_MAX = 90.0  # measured 66.1 on seeds 0-15 (the model before it: 127.1)
+# mdlm-tiny-dparallel (certainty-forcing distillation of mdlm-tiny): Fast-dLLM's threshold rule, blocks of 32, T = 0,
+# on DISTILL_PROMPTS validation prompts spread over the split; mdlm-tiny fails the evaluation bound
+DISTILL_PROMPTS = 8
+DISTILL_THRESHOLD = 0.9
+DISTILL_NFE_MAX = 38.0  # measured 33.1 (mdlm-tiny: 63.5 of 64)
+DISTILL_GEN_PPL_MAX = 11.0  # measured 7.35 (mdlm-tiny's fixed schedule: 9.70; + 15% = 11.15)
 # cdcd: 4 validation prompts, 64 tokens, 100 Euler steps, judged by ar-tiny (an untrained model: thousands)
 CDCD_GEN_PPL_MAX = 200.0  # measured 175.97 for cdcd-tiny (cdcd-tiny-nowarp: 403.5)
 CDCD_CLAMPED_GEN_PPL_MAX = 30.0  # measured 24.96 with Diffusion-LM clamping
@@ -53,7 +59,7 @@ def blocks():
 
 
 def test_shipped_checkpoints_come_with_cards_and_measured_metrics():
-    for name in ("ar-tiny", "mdlm-tiny", "mdlm-tiny-scratch", "bd3lm-tiny-b4", "bd3lm-tiny-b16"):
+    for name in ("ar-tiny", "mdlm-tiny", "mdlm-tiny-scratch", "mdlm-tiny-dparallel", "bd3lm-tiny-b4", "bd3lm-tiny-b16"):
         folder = shipped()[name]
         card = (folder / "README.md").read_text()
         info = describe(folder)
@@ -101,6 +107,27 @@ def test_mdlm_tiny_card_tells_how_it_was_adapted_from_ar_tiny(mdlm):
     assert "--init ar-tiny" in card and "Shift" in card and "annealing" in card and "unigram entropy" in card
     assert "mdlm-tiny-scratch" in card
     assert (shipped()["mdlm-tiny"] / "adaptation_curve.png").is_file()
+
+
+def threshold_run(model, judge) -> tuple[float, float]:
+    """Mean network evaluations and the judge's perplexity over DISTILL_PROMPTS validation prompts."""
+    prompts = prompts_from_val(model.tokenizer, DISTILL_PROMPTS)
+    traces = [explorer.generate(model, prompt, "threshold", gen_length=64, block_length=32,
+                                threshold=DISTILL_THRESHOLD, record="none") for prompt in prompts]
+    nfe = sum(t.stats["nfe"] for t in traces) / len(traces)
+    return nfe, generative_ppl(judge, prompts, [t.final_tokens for t in traces])
+
+
+def test_the_distilled_model_commits_several_tokens_per_evaluation_and_still_reads_well(ar, mdlm):
+    """dParallel's certainty forcing: on the distilled model the threshold rule needs far fewer than the 64
+    evaluations, at about the generative perplexity of its teacher's fixed schedule; the teacher saves almost none."""
+    distilled = explorer.load("mdlm-tiny-dparallel")
+    nfe, gen_ppl = threshold_run(distilled, ar)
+    assert nfe <= DISTILL_NFE_MAX and gen_ppl < DISTILL_GEN_PPL_MAX, (nfe, gen_ppl)
+    assert threshold_run(mdlm, ar)[0] > DISTILL_NFE_MAX
+    card = (shipped()["mdlm-tiny-dparallel"] / "README.md").read_text()
+    assert "certainty-forcing" in card and "--objective certainty" in card and "arXiv:2509.26488" in card
+    assert (shipped()["mdlm-tiny-dparallel"] / "parallel_decoding.png").is_file()
 
 
 def test_block_size_ordering_holds_on_the_test_split(ar, mdlm, blocks):
