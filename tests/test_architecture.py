@@ -26,7 +26,8 @@ LOWER = {
 BESIDE = {  # the wings that use the core and never the other way round
     "eval": {"data", "models", "hub", "sampling", "kernels", "api"},
     "brier": {"data", "models", "hub", "sampling", "kernels", "api", "eval"},
-    "train": {"data", "nn", "models", "hub"},
+    "distill": {"data", "sampling"},
+    "train": {"data", "nn", "models", "hub", "distill"},
     "train_autoencoder": {"data", "models", "train", "eval"},
     "bench": {"data", "nn", "models", "released", "hub", "sampling", "viz", "kernels", "api", "eval", "brier",
               "page"},
