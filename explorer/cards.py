@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from explorer.eval import evaluate, prompts_from_val, robustness, sample_quality
@@ -319,50 +320,49 @@ positions the model already predicts right (`--objective certainty`, `explorer/d
 
 def plot_parallel_decoding(results: dict, out: Path) -> Path:
     """Network evaluations (x) against generative perplexity (y), one line per checkpoint over its settings."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
-    for name, c in results["checkpoints"].items():
-        points = sorted((r["nfe"], r["gen_ppl"], r["knobs"].get("threshold")) for r in c["rows"])
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", markersize=4, label=name)
-        for nfe, ppl, tau in points:
-            ax.annotate("fixed" if tau is None else f"τ {tau}", (nfe, ppl), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-    ax.set_xlabel("network evaluations for 64 tokens")
-    ax.set_yscale("log")  # the lowest thresholds cost an order of magnitude
-    ax.set_ylabel("generative perplexity (ar-tiny, log)")
-    ax.set_title("Fast-dLLM's threshold rule, blocks of 32, T = 0")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    with _axes(out) as ax:
+        for name, c in results["checkpoints"].items():
+            points = sorted((r["nfe"], r["gen_ppl"], r["knobs"].get("threshold")) for r in c["rows"])
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", markersize=4, label=name)
+            for nfe, ppl, tau in points:
+                ax.annotate("fixed" if tau is None else f"τ {tau}", (nfe, ppl), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set_xlabel("network evaluations for 64 tokens")
+        ax.set_yscale("log")  # the lowest thresholds cost an order of magnitude
+        ax.set_ylabel("generative perplexity (ar-tiny, log)")
+        ax.set_title("Fast-dLLM's threshold rule, blocks of 32, T = 0")
     return out
 
 
 def plot_validation(runs: dict[str, Path], out: Path) -> Path:
     """Validation loss against tokens seen for several training runs (their train_log.jsonl)."""
+    with _axes(out) as ax:
+        for label, folder in runs.items():
+            log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line.strip()]
+            points = [(r["tokens_seen"] / 1e6, r["val_loss"]) for r in log if "val_loss" in r]
+            ax.plot(*zip(*points), "o-", markersize=3, label=label)
+        ax.set_xlabel("tokens seen (millions)")
+        ax.set_ylabel("validation loss (nats per token, bound)")
+    return out
+
+
+@contextmanager
+def _axes(out: Path):
+    """One off-screen matplotlib axes for a card's figure, saved to `out` with a grid and a legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
-    for label, folder in runs.items():
-        log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line.strip()]
-        points = [(r["tokens_seen"] / 1e6, r["val_loss"]) for r in log if "val_loss" in r]
-        ax.plot(*zip(*points), "o-", markersize=3, label=label)
-    ax.set_xlabel("tokens seen (millions)")
-    ax.set_ylabel("validation loss (nats per token, bound)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    try:
+        yield ax
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
 
 
 def reproduce_section(folder: Path) -> str:

@@ -115,3 +115,16 @@ def test_a_certainty_run_generates_its_teacher_once_and_resumes(corpus, tmp_path
                       prompt_len=8, distill_block=8, **small), out, resume=True, progress=False)
     assert (out / "teacher.safetensors").stat().st_mtime_ns == stamp  # read back, not generated again
     assert json.loads((out / "train_state" / "state.json").read_text())["step"] == 4
+
+
+def test_the_cards_plot_draws_network_evaluations_against_perplexity(tmp_path):
+    from PIL import Image
+
+    from explorer.cards import plot_parallel_decoding
+
+    rows = [{"nfe": nfe, "gen_ppl": ppl, "knobs": {"block_length": 32} | ({"threshold": tau} if tau else {})}
+            for nfe, ppl, tau in ((64, 6.2, None), (35, 7.1, 0.9), (9, 65.0, 0.5))]
+    out = plot_parallel_decoding({"checkpoints": {"teacher": {"rows": rows[:2]}, "student": {"rows": rows}}},
+                                 tmp_path / "plot.png")
+    pixels = Image.open(out).convert("L")
+    assert pixels.size[0] > 400 and len(set(pixels.getdata())) > 20  # drawn, not blank
