@@ -826,13 +826,13 @@ class LossOf(torch.nn.Module):
     """The run's training loss as a forward, so DDP sees (and reduces) its backward: `model.loss`, or dParallel's
     certainty-forcing loss on the teacher's sequences."""
 
-    def __init__(self, model, cfg: TrainConfig):
+    def __init__(self, model, cfg: TrainConfig | None = None):  # no cfg: the family's standard loss
         super().__init__()
         self.model = model
         self.cfg = cfg
 
     def forward(self, batch: torch.Tensor, generator: torch.Generator, loss_kwargs: dict) -> dict:
-        if self.cfg.objective == "certainty":
+        if self.cfg is not None and self.cfg.objective == "certainty":
             from explorer.distill import certainty_forcing_loss
 
             return certainty_forcing_loss(self.model, batch, self.cfg.prompt_len, self.cfg.distill_block, generator)
