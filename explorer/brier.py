@@ -200,10 +200,11 @@ def unigram_baseline(tokenizer, split: str = "test", context: int = 64, stride: 
                      corpus: str | None = None) -> dict:
     """The floor a language model has to beat: the unigram model of the train split (token counts plus one),
     scored exactly on the same windows as `brier_lm`, with its cross-entropy (nats per token) on the split."""
-    train = TokenStream(load_corpus(corpus), "train", tokenizer).ids
+    works = load_corpus(corpus)
+    train = TokenStream(works, "train", tokenizer).ids
     probs = (torch.bincount(train, minlength=tokenizer.get_vocab_size()) + 1).double()
     probs /= probs.sum()
-    test = TokenStream(load_corpus(corpus), split, tokenizer).ids
+    test = TokenStream(works, split, tokenizer).ids
     windows = windows_of(test, context, None, stride)
     return {"checkpoint": "unigram", "split": split, "estimator": "exact", "context": context, "stride": stride,
             "windows": int(len(windows)), "cross_entropy": round(float(-probs[test].log().mean()), 4),

@@ -123,8 +123,9 @@ def write_card(name: str, n_t: int = 8) -> Path:
     backbone = config["model"]["backbone"]
     rows = "\n".join(f"| {split} | {m['tokens']:,} | {m['nll_per_token']:.4f} | {m['ppl']:.2f}"
                      f"{' (bound)' if m['bound'] else ''} |" for split, m in metrics.items())
-    if training.get("train_config", {}).get("objective") == "certainty":
-        ratio = _distilled_line(training["train_config"]["init"], metrics["test"]["ppl"])
+    train_config = training.get("train_config", {})
+    if train_config.get("objective") == "certainty":
+        ratio = _distilled_line(train_config["init"], metrics["test"]["ppl"])
     elif family in ("ar", "mdlm"):
         ratio = _ratio_line(family, metrics["test"]["ppl"])
     else:
@@ -140,7 +141,7 @@ def write_card(name: str, n_t: int = 8) -> Path:
   byte-level BPE tokenizer with 2,048 entries.
 - Training: {training.get('steps_done')} steps, {training.get('tokens_seen', 0):,} tokens seen, \
 {training.get('wall_s', 0) / 60:.1f} minutes of wall time on a 2-core CPU in fp32 ({_threads(training)}), seed \
-{training.get('train_config', {}).get('seed')}. Weights stored in fp16, loaded as fp32.
+{train_config.get('seed')}. Weights stored in fp16, loaded as fp32.
 
 ## Measured perplexity
 
@@ -155,11 +156,11 @@ Command: `python -m explorer card --checkpoint {folder.name}` (runs `python -m e
 ![training curve](training_curve.png)
 
 """
-    if training.get("train_config", {}).get("objective") == "certainty":
+    if train_config.get("objective") == "certainty":
         text += distillation_section(folder, config)
-    elif training.get("train_config", {}).get("init") and family == "mdlm":
+    elif train_config.get("init") and family == "mdlm":
         text += adaptation_section(folder, model, config)
-    if training.get("train_config", {}).get("init") and family == "bd3lm":
+    if train_config.get("init") and family == "bd3lm":
         text += fine_tune_section(folder, model, config)
     return save_card(folder, text + reproduce_section(folder))
 
@@ -327,7 +328,7 @@ def plot_parallel_decoding(results: dict, out: Path) -> Path:
             for nfe, ppl, tau in points:
                 ax.annotate("fixed" if tau is None else f"τ {tau}", (nfe, ppl), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
-        ax.set_xlabel("network evaluations for 64 tokens")
+        ax.set_xlabel(f"network evaluations for {results['gen_length']} tokens")
         ax.set_yscale("log")  # the lowest thresholds cost an order of magnitude
         ax.set_ylabel("generative perplexity (ar-tiny, log)")
         ax.set_title("Fast-dLLM's threshold rule, blocks of 32, T = 0")

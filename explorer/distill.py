@@ -118,16 +118,17 @@ def certainty_forcing_loss(model, batch: torch.Tensor, prompt_len: int, block: i
     masked, target = masked.to(batch.device), target.to(batch.device)
     x0 = torch.cat([batch, batch])  # (2B, L)
     x_t = torch.where(masked, torch.full_like(x0, model.mask_id), x0)
-    logits = model.denoiser_logits(x_t)  # (2B, L, V)
-    ce = F.cross_entropy(logits.flatten(0, 1), x0.flatten(), reduction="none").view(2 * B, L)
+    logits = model.denoiser_logits(x_t)[target]  # (n, V): only the target positions enter the loss
+    labels = x0[target]  # (n,)
+    second = (torch.arange(2 * B, device=batch.device) >= B)[:, None].expand(2 * B, L)[target]  # (n,) which row
+    ce = F.cross_entropy(logits, labels, reduction="none")  # (n,)
     log_p = torch.log_softmax(logits / ENTROPY_TEMPERATURE, dim=-1)
-    entropy = -(log_p.exp() * log_p.masked_fill(log_p.isinf(), 0)).sum(-1)  # (2B, L); the mask token's p is 0
-    right = target & (logits.argmax(-1) == x0)
-    rows = torch.arange(2 * B, device=batch.device) < B  # which half (pass) each row belongs to
+    entropy = -(log_p.exp() * log_p.masked_fill(log_p.isinf(), 0)).sum(-1)  # (n,); the mask token's p is 0
+    right = logits.argmax(-1) == labels
     loss = ce.new_zeros(())
-    for half in (rows, ~rows):
-        t, r = target & half[:, None], right & half[:, None]
+    for half in (~second, second):
+        r = right & half
         certainty = (entropy * r).sum() / r.sum().clamp_min(1)
-        loss = loss + (ce * t).sum() / t.sum().clamp_min(1) + ENTROPY_WEIGHT * certainty
-    return {"loss": loss, "ce": (ce * target).sum().detach() / target.sum(),
-            "entropy": (entropy * right).sum().detach() / right.sum().clamp_min(1)}
+        loss = loss + ce[half].sum() / half.sum().clamp_min(1) + ENTROPY_WEIGHT * certainty
+    certain = (entropy * right).sum().detach() / right.sum().clamp_min(1)
+    return {"loss": loss, "ce": ce.detach().mean(), "entropy": certain}

@@ -124,7 +124,7 @@ def test_the_cards_plot_draws_network_evaluations_against_perplexity(tmp_path):
 
     rows = [{"nfe": nfe, "gen_ppl": ppl, "knobs": {"block_length": 32} | ({"threshold": tau} if tau else {})}
             for nfe, ppl, tau in ((64, 6.2, None), (35, 7.1, 0.9), (9, 65.0, 0.5))]
-    out = plot_parallel_decoding({"checkpoints": {"teacher": {"rows": rows[:2]}, "student": {"rows": rows}}},
-                                 tmp_path / "plot.png")
+    results = {"gen_length": 64, "checkpoints": {"teacher": {"rows": rows[:2]}, "student": {"rows": rows}}}
+    out = plot_parallel_decoding(results, tmp_path / "plot.png")
     pixels = Image.open(out).convert("L")
     assert pixels.size[0] > 400 and len(set(pixels.getdata())) > 20  # drawn, not blank
