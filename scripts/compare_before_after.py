@@ -6,7 +6,7 @@ Make the old package once (its imports renamed so both load in one process), the
     grep -rl explorer /tmp/old/explorer_old --include=*.py | xargs sed -i -E \\
         's/\\bfrom explorer(\\.| import)/from explorer_old\\1/g; s/\\bimport explorer(\\.|$| )/import explorer_old\\1/g'
     OMP_NUM_THREADS=1 EXPLORER_CHECKPOINTS=$PWD/checkpoints PYTHONPATH=$PWD:/tmp/old \\
-        python scripts/compare_before_after.py kv|dual|overhead|kernel [repeats]
+        python scripts/compare_before_after.py kv|dual|overhead|kernel|train [repeats]
 
 Rounds visit the variants in turn; times are process CPU time (single-threaded, so other jobs on a shared machine
 do not count), ratios are medians of per-round ratios. Each measurement first checks that old and new give
@@ -21,6 +21,7 @@ import torch
 from explorer_old.hub import load as load_old
 from explorer_old.sampling import generate as gen_old
 
+from explorer.bench.measure import time_inside_forwards
 from explorer.eval import prompts_from_val
 from explorer.hub import load as load_new
 from explorer.sampling import generate as gen_new
@@ -93,6 +94,14 @@ def overhead(repeats: int) -> None:
         print(f"T={temperature}: sampler new {median(t['new']):.3f}s, old {median(t['old']):.3f}s, bare forwards "
               f"{median(t['bare']):.3f}s | overhead old {100 * (ratio(t, 'old', 'bare') - 1):+.1f}%, "
               f"new {100 * (ratio(t, 'new', 'bare') - 1):+.1f}%")
+        # each run split into time inside the model's forward calls and the sampler's own (no between-run noise)
+        own = {tag: [] for tag in ("new", "old")}
+        for _ in range(repeats):
+            for tag, model, gen in (("new", new, gen_new), ("old", old, gen_old)):
+                total, inside = time_inside_forwards(model, lambda: gen(model, "", "low_confidence", **knobs))
+                own[tag].append(100 * (total / inside - 1))
+        print(f"T={temperature}: the sampler's own work over its forwards' time, old {median(own['old']):+.1f}%, "
+              f"new {median(own['new']):+.1f}%")
 
 
 def kernel(repeats: int) -> None:
@@ -115,6 +124,30 @@ def kernel(repeats: int) -> None:
               f"old / new {ratio(t, 'old', 'new'):.2f}x")
 
 
+def train(repeats: int) -> None:
+    """bd3lm-tiny-b16 (shifted), one training step (forward + backward, batch 16 x 128): vectorized and two passes."""
+    from explorer.data import TokenStream, load_corpus
+
+    new, old = load_new("bd3lm-tiny-b16").train(), load_old("bd3lm-tiny-b16").train()
+    batch = TokenStream(load_corpus(), "train", new.tokenizer).random_batch(16, 128, torch.Generator().manual_seed(0))
+
+    def step(model, vectorized):
+        torch.manual_seed(0)  # the same dropout
+        model.zero_grad(set_to_none=True)
+        loss = model.loss(batch, generator=torch.Generator().manual_seed(0), vectorized=vectorized)["loss"]
+        loss.backward()
+        return loss.detach()
+
+    for vectorized in (True, False):
+        assert torch.allclose(step(new, vectorized), step(old, vectorized), rtol=1e-5), "losses differ"
+    t = rounds({f"{tag} {'vec' if v else 'two'}": (lambda m=m, v=v: step(m, v))
+                for tag, m in (("new", new), ("old", old)) for v in (True, False)}, repeats)
+    print({k: round(median(v), 3) for k, v in t.items()}, "same losses |",
+          f"old / new: vectorized {ratio(t, 'old vec', 'new vec'):.2f}x, "
+          f"two passes {ratio(t, 'old two', 'new two'):.2f}x |",
+          f"two / vectorized: old {ratio(t, 'old two', 'old vec'):.2f}x, new {ratio(t, 'new two', 'new vec'):.2f}x")
+
+
 if __name__ == "__main__":
-    measurements = {"kv": kv, "dual": dual, "overhead": overhead, "kernel": kernel}
+    measurements = {"kv": kv, "dual": dual, "overhead": overhead, "kernel": kernel, "train": train}
     measurements[sys.argv[1]](int(sys.argv[2]) if len(sys.argv) > 2 else 5)

@@ -102,14 +102,21 @@ def test_outputs_refuses_masks_it_cannot_cut():
         model(ids, mask=bd3_flex_mask(8, 4), positions=torch.arange(8).repeat(2), outputs=8)
 
 
+@pytest.mark.parametrize("shift", [False, True], ids=["plain", "shifted"])
 @pytest.mark.parametrize("vectorized", [True, False])
-def test_training_step_flops_match_the_counted_matmuls(bd3, vectorized):
+def test_training_step_flops_match_the_counted_matmuls(tokenizer, vectorized, shift):
+    """A shifted model runs the clean half's last layer too, and the head on the 7 clean outputs that end a block
+    (not on all 32: counted, so the test fails if the head ran on every clean position)."""
+    torch.manual_seed(0)
+    backbone = tiny_backbone("block_causal").with_(max_seq_len=32, n_layers=2)
+    model = BD3LMModel(BD3LMConfig(backbone=backbone, block_size=4, shift=shift), tokenizer)
     batch = torch.randint(4, 2048, (3, 32))
     with FlopCounterMode(display=False) as counter:
-        bd3.loss(batch, torch.Generator().manual_seed(0), vectorized=vectorized)
-    flops = training_step_flops(bd3, 3, vectorized)
+        model.loss(batch, torch.Generator().manual_seed(0), vectorized=vectorized)
+    flops = training_step_flops(model, 3, vectorized)
     assert flops["linear"] + flops["head"] == counter.get_flop_counts()["Global"][torch.ops.aten.mm]
     assert flops["attention"] > flops["attention_needed"] > 0
+    assert flops["head"] == 2 * 3 * (32 + (7 if shift else 0)) * backbone.d_model * backbone.vocab_size
 
 
 def test_released_dit_backbone_cuts_its_last_layer_the_same_way(tmp_path):

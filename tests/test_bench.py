@@ -1,6 +1,7 @@
 import json
 import math
 
+import pytest
 import torch
 
 from explorer.bench.sampling import llada_generate, run_sampling_bench, sampling_table
@@ -23,6 +24,21 @@ def test_llada_reference_loop_samples_at_temperature(tiny_mdlm):
     assert a != b and tiny_mdlm.mask_id not in a
 
 
+def test_the_time_inside_forwards_counts_the_module_calls_only_and_leaves_no_hook():
+    from explorer.bench.measure import time_inside_forwards
+
+    layer = torch.nn.Linear(64, 64)
+    x = torch.randn(256, 64)
+    total, inside = time_inside_forwards(layer, lambda: [layer(x) for _ in range(20)])
+    assert 0 < inside <= total
+    total, inside = time_inside_forwards(layer, lambda: [x @ x.T for _ in range(20)])  # never called
+    assert inside == 0 and total > 0
+    assert not layer._forward_hooks and not layer._forward_pre_hooks
+    with pytest.raises(RuntimeError):
+        time_inside_forwards(layer, lambda: layer(torch.randn(3, 5)))  # a failing run still removes its hooks
+    assert not layer._forward_hooks and not layer._forward_pre_hooks
+
+
 def test_sampling_bench_runs_end_to_end_and_writes_json_and_markdown(tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "sampling.json"
@@ -32,6 +48,7 @@ def test_sampling_bench_runs_end_to_end_and_writes_json_and_markdown(tmp_path):
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(results))
     assert [row["record"] for row in saved["overhead"]] == ["none", "tokens", "full"] * 2
+    assert all(-100 < row["own_work_pct"] < 1000 for row in saved["overhead"])
     assert saved["vs_llada"]["identical_tokens_at_T0"] is True
     assert all(m["ours_mb"] < m["llada_mb"] for m in saved["step_memory"] if m["vocab"] > 100_000)
     assert saved["threshold"]["fixed"]["nfe_mean"] == 32

@@ -140,6 +140,46 @@ def test_counter_uniform_matches_a_uint32_definition():
         assert torch.equal(ours, expected)
 
 
+def test_the_int32_hash_other_devices_run_equals_the_numpy_hash_of_cpu_tensors():
+    counters = torch.cat([torch.arange(5000), torch.tensor([2**31 - 1, 2**31 + 5, 2**33 + 7, 2**40 + 3])])
+    for seed in (0, 7, 2**31 - 2):
+        assert torch.equal(reference._torch_bits(counters, seed), reference.counter_bits(counters, seed))
+        expected = [lowbias32_python(c, seed) for c in (0, 1, 2**33 + 7)]
+        got = reference._torch_bits(torch.tensor([0, 1, 2**33 + 7]), seed).to(torch.int64) & MASK32
+        assert got.tolist() == expected
+
+
+def test_row_argmax_is_the_first_largest_as_torch_gives_it():
+    x = torch.randn(6, 300)
+    x[0] = float("-inf")  # every entry -inf: index 0
+    x[1, 7] = x[1, 250] = x[1].max() + 1  # a tie: the first
+    x[2, 11] = float("nan")  # NaN counts as the largest
+    x[3] = torch.round(x[3])
+    assert torch.equal(reference.row_argmax(x), x.argmax(-1))
+    assert reference.row_argmax(x).dtype == torch.long
+
+
+def test_the_margin_and_prob_are_exactly_those_of_the_sorted_float32_softmax():
+    logits = spiky_scores(5, 41, 200)
+    for temperature in (0.0, 0.8):
+        tokens, prob, margin, entropy = reference.sample_and_score(logits, temperature, seed=3)
+        shifted = (logits - logits.amax(-1, keepdim=True)).clamp(min=-1e4)
+        p = shifted.exp() / shifted.exp().sum(-1, keepdim=True)
+        top2 = p.topk(2, dim=-1).values
+        assert torch.equal(margin, top2[..., 0] - top2[..., 1])
+        assert torch.equal(prob, p.gather(-1, tokens[..., None]).squeeze(-1))
+        assert torch.allclose(entropy, torch.special.entr(p).sum(-1), atol=1e-5)
+
+
+def spiky_scores(rows, ties_row, vocab):
+    """Logits with -inf entries, a row that is -inf but for one token, and a tie at the top of `ties_row`."""
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(1)) * 3
+    logits[0, : vocab // 3] = float("-inf")
+    logits[1, 1:] = float("-inf")
+    logits[2, ties_row] = logits[2, vocab - 1] = logits[2].max() + 1
+    return logits
+
+
 # hash values at the edges: 0, the 24-bit edge, and those whose float32 rounds up to 2**32 (u would be 1.0)
 EXTREME_BITS = [0, 1, 2**24 - 1, 2**24, 2**31, MASK32 - 128, MASK32 - 127, MASK32 - 1, MASK32]
 

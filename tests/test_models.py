@@ -33,6 +33,28 @@ def test_subs_mask_logit_is_minus_inf_and_unmasked_positions_carry_over(tiny_mdl
     assert torch.isfinite(logits[0, 1]).sum() == 2047  # a masked position: every token but [MASK]
 
 
+def test_subs_logits_equal_their_definition_with_gradients():
+    """SUBS written as the definition says (a one-hot carry where unmasked, the logits elsewhere), values and
+    gradients; on a non-contiguous input too."""
+    from explorer.models.mdlm import subs_logits
+
+    def definition(logits, x_t, mask_id):
+        carry = torch.full_like(logits, float("-inf")).scatter(-1, x_t[..., None], 0.0)
+        return torch.where((x_t != mask_id)[..., None], carry, logits)
+
+    g = torch.Generator().manual_seed(0)
+    for logits in (torch.randn(3, 17, 50, generator=g), torch.randn(17, 3, 50, generator=g).transpose(0, 1)):
+        logits.requires_grad_(True)
+        x_t = torch.randint(0, 50, (3, 17), generator=g)
+        x_t[torch.rand(3, 17, generator=g) < 0.5] = 49
+        weights = torch.randn(50, generator=g)
+        ours, theirs = subs_logits(logits, x_t, 49), definition(logits, x_t, 49)
+        assert torch.equal(ours, theirs)
+        grad_ours = torch.autograd.grad((ours.nan_to_num(neginf=0) * weights).sum(), logits)[0]
+        grad_theirs = torch.autograd.grad((theirs.nan_to_num(neginf=0) * weights).sum(), logits)[0]
+        assert torch.equal(grad_ours, grad_theirs)
+
+
 def test_mdlm_loss_is_masked_ce_weighted_by_one_over_t(tiny_mdlm):
     batch = torch.randint(4, 2048, (2, 16))
     t = torch.tensor([0.25, 0.75])

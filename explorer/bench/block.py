@@ -59,7 +59,8 @@ def training_step_flops(model, batch_size: int, vectorized: bool) -> dict[str, i
     """Forward FLOPs (2 per multiply-add) of one BD3-LM training pass over (batch_size, max_seq_len) tokens:
     `linear` (projections and SwiGLU), `attention` (scores and weighted sums as the dense SDPA calls compute them,
     masked entries included), `attention_needed` (the entries the mask keeps: what a block-sparse kernel would
-    compute), `head` (logits of the noisy half). A backward pass costs about twice as much again."""
+    compute), `head` (logits of the noisy half, and with Dream's shift of the clean outputs that end a block). A
+    backward pass costs about twice as much again."""
     c = model.config.backbone
     d, n, L = c.d_model, c.n_layers, c.max_seq_len
     qkv, rest = 3 * d * d, d * d + 3 * d * c.d_ff  # per token: queries/keys/values; output projection and SwiGLU
@@ -73,8 +74,12 @@ def training_step_flops(model, batch_size: int, vectorized: bool) -> dict[str, i
         qkv_tokens, rest_tokens = 2 * n * L, (n - 1) * L + n * L
         scores = (n - 1) * L * L + n * L * 2 * L
         kept = (n - 1) * clean_kept + n * noisy_kept
+    heads = L
+    if model.config.shift:  # both paths also run the clean half's last layer; the head reads its block ends
+        rest_tokens, scores, kept = rest_tokens + L, scores + L * L, kept + clean_kept
+        heads += L // model.block_size - 1
     macs = {"linear": qkv_tokens * qkv + rest_tokens * rest, "attention": scores * 2 * d,
-            "attention_needed": kept * 2 * d, "head": L * d * c.vocab_size}
+            "attention_needed": kept * 2 * d, "head": heads * d * c.vocab_size}
     return {part: 2 * batch_size * m for part, m in macs.items()}
 
 

@@ -23,6 +23,28 @@ def timed(fn, repeats: int, sync=lambda: None) -> tuple[float, object]:
     return statistics.median(times), result
 
 
+def time_inside_forwards(module, fn) -> tuple[float, float]:
+    """(seconds `fn()` took, seconds of it inside the torch module `module`'s forward calls): one run split into
+    the network's time and the caller's own, so that run-to-run noise does not enter the ratio of the two."""
+    inside, started = [0.0], [0.0]
+
+    def enter(*_):
+        started[0] = time.perf_counter()
+
+    def leave(*_):
+        inside[0] += time.perf_counter() - started[0]
+
+    hooks = [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    try:
+        start = time.perf_counter()
+        fn()
+        total = time.perf_counter() - start
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total, inside[0]
+
+
 def _status_kb(field: str) -> int:
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):

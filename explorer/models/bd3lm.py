@@ -118,32 +118,36 @@ class BD3LMModel(LanguageModel):
         device = x_t.device
         positions = torch.arange(L, device=device)
         shift = self.config.shift  # a shifted model also reads the clean outputs that end each block
-        # otherwise the clean tokens' last-layer outputs feed nothing: `outputs` stops them at their keys and values
+        # otherwise the clean tokens' last-layer outputs feed nothing: `outputs` stops them at their keys and values;
+        # of those a shifted model computes, only the block ends get logits (`ends`: one per block after the first)
+        ends = torch.arange(self.block_size - 1, L - 1, self.block_size, device=device)
         if vectorized:
             both = torch.cat([x_t, x0], dim=1)
+            heads = torch.cat([positions, L + ends]) if shift else slice(0, L)  # the outputs that need logits
             if self._backend(device) == "flex":  # the BlockMask spans all 2L queries, so the last layer does too
                 logits = self.backbone(both, mask=bd3_flex_mask(L, self.block_size, str(device)),
-                                       positions=positions.repeat(2), logits_for=slice(0, 2 * L if shift else L))
+                                       positions=positions.repeat(2), logits_for=heads)
             else:
                 logits = self.backbone(both, mask=bd3_split_mask(L, self.block_size, str(device)),
-                                       positions=positions.repeat(2), outputs=2 * L if shift else L)
-            noisy, clean = logits[:, :L], logits[:, L:]
+                                       positions=positions.repeat(2), outputs=2 * L if shift else L, logits_for=heads)
+            noisy, clean_ends = logits[:, :L], logits[:, L:]
         else:
             cache = self.new_cache()
-            clean = self.backbone(x0, cache=cache, mask=block_causal_mask(positions, positions, self.block_size),
-                                  outputs=L if shift else 0)
+            clean_ends = self.backbone(x0, cache=cache, mask=block_causal_mask(positions, positions, self.block_size),
+                                       outputs=L if shift else 0, logits_for=ends if shift else slice(0, 0))
             noisy = self.backbone(x_t, cache=cache, start=L, store=0, positions=positions,
                                   mask=two_pass_noisy_mask(L, self.block_size, str(device)))
         if shift:
-            noisy = self._shift(noisy, clean)
+            noisy = self._shift(noisy, clean_ends)
         return self._exclude_mask(noisy)
 
-    def _shift(self, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-        """Shifted logits (B, L, V): position i from noisy output i - 1 inside a block, from the clean output
-        i - 1 at a block's first position (the previous block as its context sees it), position 0 its own."""
+    def _shift(self, noisy: torch.Tensor, clean_ends: torch.Tensor) -> torch.Tensor:
+        """Shifted logits (B, L, V): position i from noisy output i - 1 inside a block; at a block's first position
+        from the clean output that ends the block before it (`clean_ends` (B, L / L' - 1, V): the previous block as
+        its context sees it); position 0 its own."""
         shifted = shift_right(noisy)
         firsts = torch.arange(self.block_size, noisy.shape[1], self.block_size, device=noisy.device)
-        return shifted.index_copy(1, firsts, clean[:, firsts - 1])
+        return shifted.index_copy(1, firsts, clean_ends)
 
     def loss(self, batch: torch.Tensor, generator: torch.Generator | None = None, t: torch.Tensor | None = None,
              clip=None, vectorized: bool = True) -> dict:

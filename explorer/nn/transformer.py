@@ -372,14 +372,16 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False,
                 mask=None, positions: torch.Tensor | None = None, start: int | None = None,
-                store: int | None = None, logits_for: slice = slice(None), embeds: torch.Tensor | None = None,
-                noise_feature: torch.Tensor | None = None, outputs: int | None = None):
+                store: int | None = None, logits_for: slice | torch.Tensor = slice(None),
+                embeds: torch.Tensor | None = None, noise_feature: torch.Tensor | None = None,
+                outputs: int | None = None):
         """`input_ids` (B, L), or `embeds` (B, L, d) given instead (continuous inputs; pass input_ids=None).
         `noise_feature` (B,): the noise level per row, required by (and only by) time-conditioned configs.
         `mask`: None (the config's mode), a boolean (Lq, Lk) tensor (True = may attend), a SplitMask or a BlockMask.
         `positions`: (L,) rotary positions, default start..start+L. With a cache, the window starts at
         `start` (default: after the cached positions) and its first `store` positions (default all)
-        are written back to the cache. `logits_for`: the positions that need logits (the head is skipped elsewhere).
+        are written back to the cache. `logits_for`: the positions that need logits, a slice or an index tensor
+        (the head is skipped elsewhere).
         `outputs`: only the first `outputs` positions go through the last block past their keys and values (the
         others only feed attention); logits and hidden states are then of those positions, `logits_for` indexes them."""
         B, L = input_ids.shape if embeds is None else embeds.shape[:2]
