@@ -35,7 +35,7 @@ def test_subs_mask_logit_is_minus_inf_and_unmasked_positions_carry_over(tiny_mdl
 
 def test_subs_logits_equal_their_definition_with_gradients():
     """SUBS written as the definition says (a one-hot carry where unmasked, the logits elsewhere), values and
-    gradients; on a non-contiguous input too."""
+    gradients; from a non-contiguous input too."""
     from explorer.models.mdlm import subs_logits
 
     def definition(logits, x_t, mask_id):
@@ -48,7 +48,7 @@ def test_subs_logits_equal_their_definition_with_gradients():
         x_t = torch.randint(0, 50, (3, 17), generator=g)
         x_t[torch.rand(3, 17, generator=g) < 0.5] = 49
         weights = torch.randn(50, generator=g)
-        ours, theirs = subs_logits(logits, x_t, 49), definition(logits, x_t, 49)
+        ours, theirs = subs_logits(logits * 1.0, x_t, 49), definition(logits, x_t, 49)  # not the leaf
         assert torch.equal(ours, theirs)
         grad_ours = torch.autograd.grad((ours.nan_to_num(neginf=0) * weights).sum(), logits)[0]
         grad_theirs = torch.autograd.grad((theirs.nan_to_num(neginf=0) * weights).sum(), logits)[0]

@@ -167,7 +167,7 @@ def sample_and_score(
     step = max(1, CHUNK_ELEMENTS // vocab)
     for start in range(0, n, step):
         chunk_rows = index[start : start + step]
-        chunk = (flat[chunk_rows] if rows is not None else flat[start : start + step]).float()  # (c, V)
+        chunk = (flat.index_select(0, chunk_rows) if rows is not None else flat[start : start + step]).float()  # (c, V)
         top = row_argmax(chunk)  # (c,) the most probable token: T = 0's choice, and margin's first
         if temperature == 0:
             choice = top

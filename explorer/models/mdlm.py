@@ -50,14 +50,14 @@ def annealed_mask(length: int, fraction: float, generator: torch.Generator | Non
 
 
 def subs_logits(logits: torch.Tensor, x_t: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """SUBS (B, L, V): masked positions keep the denoiser's logits; unmasked ones carry over (logit 0 for the
-    input token, -inf elsewhere)."""
-    out = logits.clone(memory_format=torch.contiguous_format)
-    flat = out.view(-1, out.shape[-1])  # (B * L, V)
+    """SUBS (B, L, V), in place where `logits` is contiguous (a copy otherwise): masked positions keep the
+    denoiser's logits; unmasked ones carry over (logit 0 for the input token, -inf elsewhere)."""
+    logits = logits.contiguous()
+    flat = logits.view(-1, logits.shape[-1])  # (B * L, V)
     rows = (x_t != mask_id).reshape(-1).nonzero().squeeze(-1)  # the unmasked positions: rows to overwrite
     flat.index_fill_(0, rows, float("-inf"))  # (writing only those rows is twice as fast as a select over all)
     flat[rows, x_t.reshape(-1)[rows]] = 0.0
-    return out
+    return logits
 
 
 class MDLMModel(LanguageModel):
@@ -80,7 +80,8 @@ class MDLMModel(LanguageModel):
         logits, hidden = self.backbone(x_t, return_hidden=True, **backbone_args)
         if self.config.shift:
             logits = shift_right(logits)  # (B, L, V): position i from output i - 1
-        logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
+        # in place: the head's output is this call's own (B, L, V) tensor, and a copy of it costs a pass over memory
+        logits = logits.contiguous().index_fill_(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
         return (logits, hidden) if return_hidden else logits
 
     def forward(self, x_t: torch.Tensor, return_hidden: bool = False, t: float | None = None):
