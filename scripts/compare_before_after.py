@@ -95,13 +95,15 @@ def overhead(repeats: int) -> None:
               f"{median(t['bare']):.3f}s | overhead old {100 * (ratio(t, 'old', 'bare') - 1):+.1f}%, "
               f"new {100 * (ratio(t, 'new', 'bare') - 1):+.1f}%")
         # each run split into time inside the model's forward calls and the sampler's own (no between-run noise)
-        own = {tag: [] for tag in ("new", "old")}
+        own, own_ms = {tag: [] for tag in ("new", "old")}, {tag: [] for tag in ("new", "old")}
         for _ in range(repeats):
             for tag, model, gen in (("new", new, gen_new), ("old", old, gen_old)):
                 total, inside = time_inside_forwards(model, lambda: gen(model, "", "low_confidence", **knobs))
                 own[tag].append(100 * (total / inside - 1))
+                own_ms[tag].append(1e3 * (total - inside) / trace.stats["nfe"])
         print(f"T={temperature}: the sampler's own work over its forwards' time, old {median(own['old']):+.1f}%, "
-              f"new {median(own['new']):+.1f}%")
+              f"new {median(own['new']):+.1f}%; per step old {median(own_ms['old']):.2f} ms, "
+              f"new {median(own_ms['new']):.2f} ms")
 
 
 def kernel(repeats: int) -> None:

@@ -6,13 +6,15 @@ made of, each timer counting its own time only (a timed call inside another is s
   forward     the backbone (explorer.nn.Transformer / the DiT), attention and the LM head included
   cache       KVCache.attend: writing new keys/values and handing attention the ones it sees
   model       the model's wrapper around the backbone (masks, logits slicing, the mask-token -inf)
-  sampling    kernels.sample_and_score (Gumbel-max, softmax scores)
+  sampling    kernels.sample_and_score (Gumbel-max, softmax scores), less its noise
+  noise       the Gumbel noise it draws over the vocabulary of every sampled row (reference.counter_gumbel)
   frames      make_frame (the recording level's Frame)
   bookkeeping the rest: the sampler's loop (commit rules, canvas updates, stop rules) and building the Trace
 
 FLOPs come from torch.utils.flop_counter (matmuls and attention) over one untimed run of the same case; the
 bound of a cache is the FLOP ratio recompute / cached, and "reached" is the measured speed-up over that bound.
-Usage: python scripts/profile_step.py [--repeats 3] [--cases mdlm-none,mdlm-prefix,mdlm-dual,bd3lm-kv,bd3lm-recompute]
+Usage: python scripts/profile_step.py [--repeats 3] [--cases mdlm-none,mdlm-prefix,mdlm-dual,bd3lm-kv,bd3lm-recompute,
+       overhead-T0,overhead-T0.7] (the last two: `bench sampling`'s overhead case, 128 tokens in one block, no prompt)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import explorer.kernels
+import explorer.kernels.reference
 import explorer.sampling.bd3lm
 import explorer.sampling.mdlm
 from explorer.hub import load
@@ -34,7 +37,7 @@ from explorer.models.mdlm import MDLMModel
 from explorer.nn import KVCache, Transformer
 from explorer.sampling import generate
 
-PARTS = ("forward", "cache", "model", "sampling", "frames", "bookkeeping")
+PARTS = ("forward", "cache", "model", "sampling", "noise", "frames", "bookkeeping")
 
 
 class Timers:
@@ -65,6 +68,7 @@ def patch(timers: Timers) -> list[tuple[object, str, object]]:
     targets = [(Transformer, "forward", "forward"), (KVCache, "attend", "cache"),
                (MDLMModel, "denoiser_logits", "model"), (BD3LMModel, "window_logits", "model"),
                (explorer.kernels, "sample_and_score", "sampling"),
+               (explorer.kernels.reference, "counter_gumbel", "noise"),
                (explorer.sampling.mdlm, "make_frame", "frames"), (explorer.sampling.bd3lm, "make_frame", "frames")]
     saved = []
     for owner, name, part in targets:
@@ -81,13 +85,15 @@ CASES = {  # name -> (checkpoint, sampler, knobs)
     "bd3lm-kv": ("bd3lm-tiny-b16", None, dict(gen_length=256, kv_cache=True, stop_at_eos=False, min_entropy=0.0)),
     "bd3lm-recompute": ("bd3lm-tiny-b16", None, dict(gen_length=256, kv_cache=False, stop_at_eos=False,
                                                      min_entropy=0.0)),
+    **{f"overhead-T{t:g}": ("mdlm-tiny", "low_confidence", dict(gen_length=128, steps=128, prompt="", temperature=t))
+       for t in (0.0, 0.7)},
 }
 PROMPT = "ROMEO:"  # mdlm cases: prompt + 96 tokens fill the 128-token context as `bench block` does
 
 
 def run_case(model, sampler, knobs):
-    prompt = PROMPT if model.family == "mdlm" else ""
-    return generate(model, prompt, sampler, seed=0, record="none", temperature=0.0 if sampler else 1.0, **knobs)
+    knobs = {"prompt": PROMPT if model.family == "mdlm" else "", "temperature": 0.0 if sampler else 1.0, **knobs}
+    return generate(model, knobs.pop("prompt"), sampler, seed=0, record="none", **knobs)
 
 
 def profile(name: str, repeats: int) -> dict:

@@ -29,19 +29,17 @@ UNIFORM_MAX = 1.0 - 2.0**-24  # the largest float32 below 1
 
 
 def counter_bits(index: torch.Tensor, seed: int) -> torch.Tensor:
-    """The lowbias32 hash of (counter * golden + seed mix), as int32 holding the uint32's 32 bits.
-
-    Arithmetic is on int32, which wraps like uint32; `>>` on int32 is arithmetic, so each logical
-    shift is followed by a mask. Bit-identical to the same hash on uint32 (the Triton kernels use it),
-    which is how CPU tensors are hashed: numpy has uint32 arithmetic, and is twice as fast here.
-    """
+    """The lowbias32 hash of (counter * golden + seed mix), as int32 holding the uint32's 32 bits: bit-identical to
+    the same hash on uint32 (the Triton kernels use it). CPU tensors are hashed in numpy's uint32 (about twice as
+    fast here); other devices in int32 (`_torch_bits`)."""
     if index.device.type == "cpu":
         return torch.from_numpy(_numpy_bits(index, seed).view(np.int32))
     return _torch_bits(index, seed)
 
 
 def _torch_bits(index: torch.Tensor, seed: int) -> torch.Tensor:
-    """counter_bits on any device, in int32 arithmetic."""
+    """counter_bits on any device: int32 arithmetic wraps like uint32; `>>` on int32 is arithmetic, so each logical
+    shift is followed by a mask."""
     x = index.to(torch.int32, copy=True).mul_(_as_int32(0x9E3779B1)).add_(_as_int32(seed * 0x85EBCA77 + 0x27D4EB2F))
     shifted = torch.empty_like(x)  # one scratch buffer for the three shift-and-mask steps (this is a hot loop)
     for shift, mask, multiplier in ((16, 0xFFFF, 0x7FEB352D), (15, 0x1FFFF, 0x846CA68B), (16, 0xFFFF, None)):
