@@ -166,7 +166,7 @@ def sample_and_score(
     for start in range(0, n, step):
         chunk_rows = index[start : start + step]
         chunk = (flat.index_select(0, chunk_rows) if rows is not None else flat[start : start + step]).float()  # (c, V)
-        top = row_argmax(chunk)  # (c,) the most probable token: T = 0's choice, and margin's first
+        top = row_argmax(chunk)[:, None]  # (c, 1) the most probable token: T = 0's choice, and margin's first
         if temperature == 0:
             choice = top
         else:
@@ -175,21 +175,22 @@ def sample_and_score(
             first = (chunk_rows * vocab + offset).to(torch.int32)  # (c,)
             counters = (first[:, None] + torch.arange(vocab, dtype=torch.int32, device=chunk.device)).view(-1)
             gumbel = counter_gumbel(counters, seed)
-            choice = row_argmax(noisy.add_(gumbel.view_as(noisy)))
-        shifted = (chunk - chunk.gather(-1, top[:, None])).clamp_(min=-1e4)  # -inf logits: exp 0, finite products
+            choice = row_argmax(noisy.add_(gumbel.view_as(noisy)))[:, None]
+        shifted = (chunk - chunk.gather(-1, top)).clamp_(min=-1e4)  # -inf logits: exp 0, finite products
         # the runner-up: the largest logit once the top one is set aside (in place, then put back)
-        top_shifted = shifted.gather(-1, top[:, None])
-        second = shifted.scatter_(-1, top[:, None], float("-inf")).amax(-1) if vocab > 1 else None
-        shifted.scatter_(-1, top[:, None], top_shifted)
+        top_shifted = shifted.gather(-1, top)
+        second = shifted.scatter_(-1, top, float("-inf")).amax(-1, keepdim=True) if vocab > 1 else None
+        shifted.scatter_(-1, top, top_shifted)
         exp = shifted.exp()
-        total = exp.sum(-1, keepdim=True)
+        total = exp.sum(-1, keepdim=True)  # (c, 1)
         p = exp.div_(total)  # softmax(logits)
+        chosen_p = p.gather(-1, choice)
+        first_p = chosen_p if choice is top else p.gather(-1, top)
         sl = slice(start, start + len(chunk_rows))
-        tokens[sl] = choice
-        prob[sl] = p.gather(-1, choice[:, None]).squeeze(-1)
-        first_p = p.gather(-1, top[:, None]).squeeze(-1)
-        margin[sl] = first_p - (second.exp().div_(total.squeeze(-1)) if second is not None else 0.0)
-        entropy[sl] = total.squeeze(-1).log() - p.mul_(shifted).sum(-1)  # -sum p log p, without a log per entry
+        tokens[sl] = choice[:, 0]
+        prob[sl] = chosen_p[:, 0]
+        margin[sl] = (first_p - second.exp_().div_(total) if second is not None else first_p)[:, 0]
+        entropy[sl] = (total.log() - p.mul_(shifted).sum(-1, keepdim=True))[:, 0]  # -sum p log p, no log per entry
     shape = logits.shape[:-1] if rows is None else index.shape
     return tokens.view(shape), prob.view(shape), margin.view(shape), entropy.view(shape)
 
