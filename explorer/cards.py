@@ -397,8 +397,7 @@ def _clip_section(config: dict) -> str:
 
 def _ratio_line(family: str, test_ppl: float) -> str:
     other = {"ar": "mdlm-tiny", "mdlm": "ar-tiny"}[family]  # mdlm-tiny: adapted from ar-tiny
-    path = shipped().get(other)
-    other_ppl = read_config(path).get("metrics", {}).get("test", {}).get("ppl") if path else None
+    other_ppl = _card_test_ppl(other)
     if not other_ppl:
         return ""
     mdlm, ar = (test_ppl, other_ppl) if family == "mdlm" else (other_ppl, test_ppl)
@@ -409,10 +408,15 @@ def _ratio_line(family: str, test_ppl: float) -> str:
             "`ar-tiny`).\n")
 
 
+def _card_test_ppl(name: str) -> float | None:
+    """The test perplexity (or bound) another checkpoint's card measured, if it has one."""
+    path = shipped().get(name) or resolve(name)
+    return read_config(path).get("metrics", {}).get("test", {}).get("ppl")
+
+
 def _distilled_line(teacher: str, test_ppl: float) -> str:
     """A distilled model's bound against its teacher's: what the distillation gave up in likelihood."""
-    path = shipped().get(teacher) or resolve(teacher)
-    teacher_ppl = read_config(path).get("metrics", {}).get("test", {}).get("ppl")
+    teacher_ppl = _card_test_ppl(teacher)
     if not teacher_ppl:
         return ""
     return (f"The distillation trades likelihood for confidence: the test bound rose from the teacher `{teacher}`'s "

@@ -72,7 +72,7 @@ def counter_uniform(index: torch.Tensor, seed: int) -> torch.Tensor:
     if index.device.type == "cpu":  # numpy converts uint32 to float32 directly
         u = torch.from_numpy(_numpy_bits(index, seed).astype(np.float32))
     else:
-        u = counter_bits(index, seed).to(torch.int64).bitwise_and_(_MASK32).to(torch.float32)
+        u = _torch_bits(index, seed).to(torch.int64).bitwise_and_(_MASK32).to(torch.float32)
     return u.add_(0.5).mul_(2.0**-32).clamp_(max=UNIFORM_MAX)
 
 
