@@ -73,7 +73,7 @@ def ar_continuations(model, prefixes: torch.Tensor, length: int, seed: int, temp
     out, probs = [], []
     for step in range(length):
         tokens, prob, *_ = kernels.sample_and_score(logits.float(), temperature, seed=seed,
-                                                    offset=step * logits.numel())
+                                                    offset=step * logits.numel(), margin=False, entropy=False)
         out.append(tokens.cpu())
         probs.append(prob.cpu())
         if step < length - 1:

@@ -76,8 +76,8 @@ def dual(repeats: int) -> None:
 
 
 def overhead(repeats: int) -> None:
-    """mdlm-tiny-scratch, 128 tokens, record none: the sampler against its bare forward passes (`bench sampling`)."""
-    new, old = load_new("mdlm-tiny-scratch"), load_old("mdlm-tiny-scratch")
+    """mdlm-tiny, 128 tokens, record none: the sampler against its network's bare passes (`bench sampling`)."""
+    new, old = load_new("mdlm-tiny"), load_old("mdlm-tiny")
     x = torch.full((1, 128), new.mask_id, dtype=torch.long)
     for temperature in (0.0, 0.7):
         knobs = dict(gen_length=128, steps=128, temperature=temperature, seed=0, record="none")
@@ -87,7 +87,7 @@ def overhead(repeats: int) -> None:
         @torch.no_grad()
         def bare():
             for _ in range(trace.stats["nfe"]):
-                new(x)
+                new.backbone(x)
 
         t = rounds({"new": lambda: gen_new(new, "", "low_confidence", **knobs),
                     "old": lambda: gen_old(old, "", "low_confidence", **knobs), "bare": bare}, repeats)
@@ -98,7 +98,8 @@ def overhead(repeats: int) -> None:
         own, own_ms = {tag: [] for tag in ("new", "old")}, {tag: [] for tag in ("new", "old")}
         for _ in range(repeats):
             for tag, model, gen in (("new", new, gen_new), ("old", old, gen_old)):
-                total, inside = time_inside_forwards(model, lambda: gen(model, "", "low_confidence", **knobs))
+                total, inside = time_inside_forwards(model.backbone,
+                                                     lambda: gen(model, "", "low_confidence", **knobs))
                 own[tag].append(100 * (total / inside - 1))
                 own_ms[tag].append(1e3 * (total - inside) / trace.stats["nfe"])
         print(f"T={temperature}: the sampler's own work over its forwards' time, old {median(own['old']):+.1f}%, "

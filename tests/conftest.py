@@ -29,7 +29,7 @@ from explorer.models import (
     MDLMModel,
 )
 from explorer.models.calm import AutoencoderConfig
-from support import MockDenoiser, tiny_backbone
+from support import tiny_backbone
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -120,11 +120,6 @@ def pickle_only_folder(tmp_path, monkeypatch):
         return folder
 
     return make
-
-
-@pytest.fixture
-def mock_model(tokenizer):
-    return MockDenoiser(tokenizer)
 
 
 @pytest.fixture(scope="session")

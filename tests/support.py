@@ -47,14 +47,16 @@ class MockDenoiser:
         self.mask_id = tokenizer.token_to_id("[MASK]")
         self.bos_id = tokenizer.token_to_id("<bos>")
 
-    def __call__(self, x: torch.Tensor, **_):
+    def denoiser_logits(self, x: torch.Tensor, return_hidden: bool = False, **_):
+        """Logits (B, L, V) with the mask token's at -inf, as every masked model's; hidden states (B, L, 8) of zeros."""
         self.calls += 1
         B, L = x.shape
         logits = torch.zeros(B, L, self.tokenizer.get_vocab_size())
         if self.peak:
             pos = torch.arange(L)
             logits[:, pos, pos % 50 + 10] = self.peak
-        return logits
+        logits[..., self.mask_id] = float("-inf")
+        return (logits, torch.zeros(B, L, 8)) if return_hidden else logits
 
     def num_parameters(self) -> int:
         return 0

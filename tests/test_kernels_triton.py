@@ -214,6 +214,37 @@ def test_nan_logits_are_reported(backend, monkeypatch):
         kernels.head_sample_and_score(hidden, torch.randn(30, 8))
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_scores_left_out_are_none_and_the_rest_unchanged(backend, monkeypatch):
+    """A caller that ranks by probability alone skips margin and entropy: they come back None, and tokens and
+    probabilities are bit-identical to the full call's (ties, -inf entries, top-k / top-p, a row subset)."""
+    monkeypatch.setattr(kernels, "_FORCE_TRITON", backend == "triton")
+    logits = spiky_logits((3, 5, 300), seed=4)
+    logits[0, 1, :] = logits[0, 1, 0]  # a row of ties
+    logits[1, 2, 50:] = float("-inf")
+    rows = torch.tensor([0, 1, 7, 14])
+    for knobs in (dict(temperature=0.0), dict(temperature=0.7, seed=9, offset=123), dict(temperature=1.0, top_k=5),
+                  dict(temperature=0.8, top_p=0.9), dict(temperature=0.5, rows=rows)):
+        full = kernels.sample_and_score(logits, **knobs)
+        for margin, entropy in ((False, False), (True, False), (False, True)):
+            part = kernels.sample_and_score(logits, margin=margin, entropy=entropy, **knobs)
+            for name, got, want, asked in zip(("tokens", "prob", "margin", "entropy"), part, full,
+                                              (True, True, margin, entropy)):
+                if not asked:
+                    assert got is None, name
+                else:
+                    assert torch.equal(got, want), (name, knobs, margin, entropy)
+    hidden, weight = torch.randn(2, 6, 16), torch.randn(300, 16)
+    full = kernels.head_sample_and_score(hidden, weight, temperature=0.0)
+    tokens, prob, margin, entropy = kernels.head_sample_and_score(hidden, weight, temperature=0.0, margin=False,
+                                                                  entropy=False)
+    assert margin is None and entropy is None
+    assert torch.equal(tokens, full[0]) and torch.equal(prob, full[1])
+    logits[2, 3, 11] = float("nan")  # NaN is still refused with the scores that used to reveal it left out
+    with pytest.raises(ValueError, match="NaN logits in row 13"):
+        kernels.sample_and_score(logits, 0.0, margin=False, entropy=False)
+
+
 def test_dispatch_routes_to_triton_when_forced(force_triton, monkeypatch):
     calls = []
     original = TS.sample_and_score

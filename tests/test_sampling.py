@@ -108,9 +108,9 @@ def test_cfg_runs_an_unconditional_pass_with_the_prompt_masked(tokenizer):
     seen = []
 
     class Spy(MockDenoiser):
-        def __call__(self, x, **kw):
+        def denoiser_logits(self, x, **kw):
             seen.append(x.clone())
-            return super().__call__(x, **kw)
+            return super().denoiser_logits(x, **kw)
 
     model = Spy(tokenizer)
     trace = generate(model, PROMPT, gen_length=4, steps=4, cfg_scale=1.5)

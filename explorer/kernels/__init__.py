@@ -2,6 +2,7 @@
 
     sample_and_score(logits, temperature, top_k, top_p, seed, offset, rows) -> tokens, prob, margin, entropy
     head_sample_and_score(hidden, weight, ...)                   -> the same from hidden states
+      (margin=False / entropy=False: that score comes back None, and the CPU path skips its passes)
     expected_embedding(logits, embedding, temperature)             -> mean (..., d), entropy (...)
     energy_score(samples (B, N, l), targets (B, M, l))             -> per-row energy loss (B,)
     counter_uniform(index, seed)                                   -> the counter-based uniform noise
@@ -93,9 +94,9 @@ def _check_rows(rows, n: int) -> None:
                          f"got values in [{int(rows.min())}, {int(rows.max())}]")
 
 
-def _report_nan_rows(name: str, flat: torch.Tensor, entropy: torch.Tensor, rows, shape) -> None:
+def _report_nan_rows(name: str, flat: torch.Tensor, prob: torch.Tensor, rows, shape) -> None:
     """Raise if a row whose scores came out NaN has NaN inputs (rows that are all -inf stay NaN, unreported)."""
-    bad = torch.isnan(entropy.reshape(-1)).nonzero().squeeze(-1)
+    bad = torch.isnan(prob.reshape(-1)).nonzero().squeeze(-1)
     if not len(bad):
         return
     index = bad if rows is None else rows.to(bad.device)[bad]
@@ -111,11 +112,20 @@ def _report_nan_rows(name: str, flat: torch.Tensor, entropy: torch.Tensor, rows,
 
 # --- public functions --------------------------------------------------------------------------
 
-def sample_and_score(logits, temperature=1.0, top_k=None, top_p=None, seed=0, offset=0, rows=None):
+def _without(result: tuple, margin: bool, entropy: bool) -> tuple:
+    """(tokens, prob, margin, entropy) with the scores the caller did not ask for as None, whichever backend ran."""
+    tokens, prob, margin_out, entropy_out = result
+    return tokens, prob, margin_out if margin else None, entropy_out if entropy else None
+
+
+def sample_and_score(logits, temperature=1.0, top_k=None, top_p=None, seed=0, offset=0, rows=None,
+                     margin=True, entropy=True):
     """Gumbel-max sample and scores per row of logits (..., V); see reference.sample_and_score.
 
     Returns (tokens, prob, margin, entropy), each logits.shape[:-1] (or (len(rows),)); prob, margin
-    and entropy are of softmax(logits) (untempered). Raises ValueError on bad arguments and on NaN logits.
+    and entropy are of softmax(logits) (untempered). `margin=False` / `entropy=False`: that score is None
+    (a caller that only ranks by probability saves the passes over the vocabulary it would cost on the CPU).
+    Raises ValueError on bad arguments and on NaN logits.
     """
     _check_tensor("logits", logits, "(..., V) with V >= 1")
     if logits.shape[-1] < 1:
@@ -128,12 +138,14 @@ def sample_and_score(logits, temperature=1.0, top_k=None, top_p=None, seed=0, of
         from explorer.kernels import triton_sample
         result = triton_sample.sample_and_score(logits, temperature, top_k, top_p, seed=seed, offset=offset, rows=rows)
     else:
-        result = reference.sample_and_score(logits, temperature, top_k, top_p, seed=seed, offset=offset, rows=rows)
-    _report_nan_rows("logits", logits.reshape(-1, logits.shape[-1]), result[3], rows, logits.shape[:-1])
-    return result
+        result = reference.sample_and_score(logits, temperature, top_k, top_p, seed=seed, offset=offset, rows=rows,
+                                            margin=margin, entropy=entropy)
+    _report_nan_rows("logits", logits.reshape(-1, logits.shape[-1]), result[1], rows, logits.shape[:-1])
+    return _without(result, margin, entropy)
 
 
-def head_sample_and_score(hidden, weight, temperature=1.0, top_k=None, top_p=None, seed=0, offset=0):
+def head_sample_and_score(hidden, weight, temperature=1.0, top_k=None, top_p=None, seed=0, offset=0,
+                          margin=True, entropy=True):
     """sample_and_score(hidden @ weight.T, ...) without materialising the logits.
 
     hidden (B, L, d) (any leading shape), weight (V, d): the output embedding / LM head. Computed in
@@ -151,12 +163,13 @@ def head_sample_and_score(hidden, weight, temperature=1.0, top_k=None, top_p=Non
         from explorer.kernels import triton_sample
         result = triton_sample.head_sample_and_score(hidden, weight, temperature, top_k, top_p, seed, offset)
     else:
-        result = reference.head_sample_and_score(hidden, weight, temperature, top_k, top_p, seed, offset)
-    if torch.isnan(result[3]).any():
-        _report_nan_rows("hidden", hidden.reshape(-1, hidden.shape[-1]), result[3], None, hidden.shape[:-1])
+        result = reference.head_sample_and_score(hidden, weight, temperature, top_k, top_p, seed, offset,
+                                                 margin=margin, entropy=entropy)
+    if torch.isnan(result[1]).any():
+        _report_nan_rows("hidden", hidden.reshape(-1, hidden.shape[-1]), result[1], None, hidden.shape[:-1])
         if torch.isnan(weight).any():
             raise ValueError("NaN in weight (V, d); refusing to sample from NaN logits")
-    return result
+    return _without(result, margin, entropy)
 
 
 def expected_embedding(logits, embedding, temperature=1.0):

@@ -143,7 +143,9 @@ def sample_and_score(
     seed: int = 0,
     offset: int = 0,
     rows: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    margin: bool = True,
+    entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Gumbel-max sample per position from logits (..., V), with scores of the model's distribution.
 
     Returns (tokens, prob, margin, entropy), each of shape logits.shape[:-1] (or (len(rows),)):
@@ -153,6 +155,8 @@ def sample_and_score(
     entropy - entropy (nats) of softmax(logits)
     `rows` (optional, int64) selects rows of the flattened (N, V) logits to process, without copying
     the others; the noise of a row depends only on its index, so a subset gets the same samples.
+    `margin=False` / `entropy=False` skip that score (None in its place): the runner-up's two passes over the
+    vocabulary, and the probabilities' normalisation and weighted sum.
     """
     vocab = logits.shape[-1]
     flat = logits.reshape(-1, vocab)
@@ -160,8 +164,8 @@ def sample_and_score(
     n = index.shape[0]
     tokens = torch.empty(n, dtype=torch.long, device=logits.device)
     prob = torch.empty(n, dtype=torch.float32, device=logits.device)
-    margin = torch.empty_like(prob)
-    entropy = torch.empty_like(prob)
+    margins = torch.empty_like(prob) if margin else None
+    entropies = torch.empty_like(prob) if entropy else None
     step = max(1, CHUNK_ELEMENTS // vocab)
     for start in range(0, n, step):
         chunk_rows = index[start : start + step]
@@ -176,23 +180,27 @@ def sample_and_score(
             counters = (first[:, None] + torch.arange(vocab, dtype=torch.int32, device=chunk.device)).view(-1)
             gumbel = counter_gumbel(counters, seed)
             choice = row_argmax(noisy.add_(gumbel.view_as(noisy)))[:, None]
-        shifted = (chunk - chunk.gather(-1, top)).clamp_(min=-1e4)  # -inf logits: exp 0, finite products
-        # the runner-up: the largest logit once the top one is set aside (in place, then put back)
-        top_shifted = shifted.gather(-1, top)
-        second = shifted.scatter_(-1, top, float("-inf")).amax(-1, keepdim=True) if vocab > 1 else None
-        shifted.scatter_(-1, top, top_shifted)
-        exp = shifted.exp()
+        shifted = chunk - chunk.gather(-1, top)  # (c, V), <= 0
+        if entropy:
+            shifted.clamp_(min=-1e4)  # -inf logits: exp 0 either way, but finite products p * shifted
+        second = None
+        if margin and vocab > 1:  # the runner-up: the largest logit once the top one is set aside (then put back)
+            top_shifted = shifted.gather(-1, top)
+            second = shifted.scatter_(-1, top, float("-inf")).amax(-1, keepdim=True)
+            shifted.scatter_(-1, top, top_shifted)
+        exp = shifted.exp() if entropy else shifted.exp_()  # entropy reads `shifted` again
         total = exp.sum(-1, keepdim=True)  # (c, 1)
-        p = exp.div_(total)  # softmax(logits)
-        chosen_p = p.gather(-1, choice)
-        first_p = chosen_p if choice is top else p.gather(-1, top)
+        chosen_p = exp.gather(-1, choice).div_(total)  # softmax(logits) at the choice
         sl = slice(start, start + len(chunk_rows))
         tokens[sl] = choice[:, 0]
         prob[sl] = chosen_p[:, 0]
-        margin[sl] = (first_p - second.exp_().div_(total) if second is not None else first_p)[:, 0]
-        entropy[sl] = (total.log() - p.mul_(shifted).sum(-1, keepdim=True))[:, 0]  # -sum p log p, no log per entry
+        if margin:
+            first_p = chosen_p if choice is top else exp.gather(-1, top).div_(total)
+            margins[sl] = (first_p - second.exp_().div_(total) if second is not None else first_p)[:, 0]
+        if entropy:  # -sum p log p with p = softmax(logits), no log per entry
+            entropies[sl] = (total.log() - exp.div_(total).mul_(shifted).sum(-1, keepdim=True))[:, 0]
     shape = logits.shape[:-1] if rows is None else index.shape
-    return tokens.view(shape), prob.view(shape), margin.view(shape), entropy.view(shape)
+    return tuple(None if out is None else out.view(shape) for out in (tokens, prob, margins, entropies))
 
 
 # --- the other hot spots: fused head + sample, expected embedding, energy score -----------------
@@ -205,7 +213,9 @@ def head_sample_and_score(
     top_p: float | None = None,
     seed: int = 0,
     offset: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    margin: bool = True,
+    entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """`sample_and_score(hidden @ weight.T, ...)` without materialising the (..., V) logits.
 
     Positions are taken in chunks of `c` rows with c * V <= HEAD_CHUNK_ELEMENTS; the (c, V) float32
@@ -217,7 +227,9 @@ def head_sample_and_score(
     vocab = weight.shape[0]
     flat = hidden.reshape(-1, d)
     n = flat.shape[0]
-    out = [torch.empty(n, dtype=dt, device=hidden.device) for dt in (torch.long,) + (torch.float32,) * 3]
+    wanted = (True, True, margin, entropy)
+    out = [torch.empty(n, dtype=dt, device=hidden.device) if want else None
+           for dt, want in zip((torch.long,) + (torch.float32,) * 3, wanted)]
     step = max(1, min(n, HEAD_CHUNK_ELEMENTS // vocab))
     vstep = vocab if weight.dtype == torch.float32 else max(1, CHUNK_ELEMENTS // max(d, 1))
     buf = torch.empty(step, vocab, dtype=torch.float32, device=hidden.device)
@@ -229,11 +241,13 @@ def head_sample_and_score(
         else:
             for vs in range(0, vocab, vstep):
                 logits[:, vs : vs + vstep] = h @ weight[vs : vs + vstep].float().T
-        results = sample_and_score(logits, temperature, top_k, top_p, seed=seed, offset=offset + start * vocab)
+        results = sample_and_score(logits, temperature, top_k, top_p, seed=seed, offset=offset + start * vocab,
+                                   margin=margin, entropy=entropy)
         for o, r in zip(out, results):
-            o[start : start + h.shape[0]] = r
+            if o is not None:
+                o[start : start + h.shape[0]] = r
     shape = hidden.shape[:-1]
-    return tuple(o.view(shape) for o in out)
+    return tuple(None if o is None else o.view(shape) for o in out)
 
 
 def _online_softmax_step(x, m, s, h):

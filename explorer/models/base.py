@@ -177,6 +177,12 @@ def shift_right(logits: torch.Tensor) -> torch.Tensor:
     return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
+def shifted_rows(length: int, device) -> torch.Tensor:
+    """(length,) the output row each position reads under `shift_right`: 0, 0, 1, ..., length - 2. As a backbone's
+    `logits_for` it shifts the (B, L, d) hidden states before the head instead of the (B, L, V) logits after it."""
+    return (torch.arange(length, device=device) - 1).clamp_(min=0)
+
+
 def config_int(value, file: Path | str, name: str, lo: int = 1, hi: int | None = None) -> int:
     """`value` when it is an integer in [lo, hi] (a bool is not), else a ValueError naming the file and field.
     `hi` defaults to the field's limit in INT_LIMITS, else MAX_SIZE."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from explorer.models.base import LanguageModel, shift_right
+from explorer.models.base import LanguageModel, shifted_rows
 from explorer.nn import TransformerConfig
 
 
@@ -77,9 +77,9 @@ class MDLMModel(LanguageModel):
         attention mask (training's causal-to-bidirectional annealing)."""
         if t is not None and self.time_conditioned:
             backbone_args["time"] = t
-        logits, hidden = self.backbone(x_t, return_hidden=True, **backbone_args)
-        if self.config.shift:
-            logits = shift_right(logits)  # (B, L, V): position i from output i - 1
+        if self.config.shift:  # position i reads output i - 1: the head runs on shifted hidden states
+            backbone_args["logits_for"] = shifted_rows(x_t.shape[1], x_t.device)
+        logits, hidden = self.backbone(x_t, return_hidden=True, **backbone_args)  # (B, L, V), (B, L, d) unshifted
         # in place: the head's output is this call's own (B, L, V) tensor, and a copy of it costs a pass over memory
         logits = logits.contiguous().index_fill_(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
         return (logits, hidden) if return_hidden else logits

@@ -66,7 +66,8 @@ def autoregressive(model, prompt_ids: list[int], params: ARParams, generator: to
     logits, state = logits[0, -1:], state[0, -1]  # (1, V), (d,): the backbone computes the state anyway
     for i in range(G):
         tokens, prob, _, _ = kernels.sample_and_score(
-            logits.float(), params.temperature, params.top_k, params.top_p, seed=step_seed(generator)
+            logits.float(), params.temperature, params.top_k, params.top_p, seed=step_seed(generator),
+            margin=False, entropy=False,
         )
         pos = G - 1 - i if backwards else i
         canvas[pos] = int(tokens[0])

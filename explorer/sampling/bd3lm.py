@@ -181,8 +181,8 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
             seed = step_seed(generator)
             tokens, prob, margin, entropy = kernels.sample_and_score(
                 logits, params.temperature, params.top_k, params.top_p, seed=seed, offset=lo * logits.shape[-1],
-                rows=rows,
-            )  # each (M,); noise indexed by absolute position
+                rows=rows, margin=params.remasking == "margin", entropy=params.remasking == "entropy",
+            )  # each (M,) (the scores the rule does not read: None); noise indexed by absolute position
             scores = rule_scores(params.remasking, prob, margin, entropy, seed, rows + lo)
             chosen = select_commits(scores, torch.ones_like(scores, dtype=torch.bool), count, params.threshold, None)
             committed = rows[chosen] + lo

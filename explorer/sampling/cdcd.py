@@ -109,7 +109,7 @@ def continuous_diffusion(model, prompt_ids: list[int], params: ContinuousParams,
 
     def nearest(points: torch.Tensor) -> torch.Tensor:
         """Rounding: argmax(points . E^T) over the vocabulary (the nearest embedding: rows of E share one norm)."""
-        return kernels.head_sample_and_score(points, E, temperature=0.0)[0]
+        return kernels.head_sample_and_score(points, E, temperature=0.0, margin=False, entropy=False)[0]
 
     noise = torch.randn(P + G, model.config.embed_dim, generator=generator).to(device)
     x = times[0] * noise  # (P + G, De)
@@ -154,7 +154,7 @@ def continuous_diffusion(model, prompt_ids: list[int], params: ContinuousParams,
             continue  # the fast path builds no frame
         mode, prob = None, None
         if record == "full":  # the softmax's argmax and its probability, in one pass over the vocabulary
-            mode, prob, _, _ = kernels.sample_and_score(logits[gen], temperature=0.0)
+            mode, prob, _, _ = kernels.sample_and_score(logits[gen], temperature=0.0, margin=False, entropy=False)
         yield _frame(record, final, k + 1, tokens[gen], x[gen], t_next, nfe, model, proposal=mode,
                      confidence=prob, entropy=entropy[gen],
                      revised=(tokens[gen] != previous[gen]).nonzero().squeeze(-1).tolist(),

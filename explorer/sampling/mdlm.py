@@ -146,28 +146,24 @@ def schedule_counts(masked: int, steps: int) -> list[int]:
 
 def guided_logits(model, canvas: torch.Tensor, prompt_len: int, cfg_scale: float, return_hidden: bool = False,
                   t: float | None = None):
-    """Logits (L, V) of the canvas with the mask token excluded, guided if cfg_scale > 0; the NFE used; and with
-    `return_hidden` the conditional pass's hidden states (L, d) (else None). `t`: the sampler's noise level, for
-    time-conditioned models (None: the sampler has no time)."""
+    """The denoiser's logits (L, V) of the canvas with the mask token excluded, guided if cfg_scale > 0; the NFE
+    used; and with `return_hidden` the conditional pass's hidden states (L, d) (else None). `t`: the sampler's noise
+    level, for time-conditioned models (None: the sampler has no time). Samplers read masked rows only, where SUBS
+    logits equal these, so the carry-over of the unmasked rows (`model.forward`) is not computed."""
     mask_id = model.mask_id
     time = {} if t is None else {"t": t}
-    if return_hidden:
-        logits, hidden = model(canvas[None], return_hidden=True, **time)
-        logits, hidden = logits[0], hidden[0]  # (L, V), (L, d)
-    else:
-        logits, hidden = model(canvas[None], **time)[0], None  # (L, V)
+    logits, hidden = model.denoiser_logits(canvas[None], return_hidden=True, **time)
+    logits, hidden = logits[0], hidden[0] if return_hidden else None  # (L, V), (L, d)
     if cfg_scale > 0 and prompt_len > 0:
         uncond_canvas = canvas.clone()
         uncond_canvas[:prompt_len] = mask_id
-        uncond = model(uncond_canvas[None], **time)[0]
+        uncond = model.denoiser_logits(uncond_canvas[None], **time)[0]
         logits[:, mask_id] = 0.0
         uncond[:, mask_id] = 0.0
         logits = uncond.lerp_(logits, cfg_scale + 1)  # uncond + (s + 1)(cond - uncond)
-        nfe = 2
-    else:
-        nfe = 1
-    logits[:, mask_id] = float("-inf")
-    return logits, nfe, hidden
+        logits[:, mask_id] = float("-inf")
+        return logits, 2, hidden
+    return logits, 1, hidden
 
 
 def _cached_logits(model, canvas: torch.Tensor, cache, refresh: bool, mode: str, lo: int, hi: int,
@@ -226,8 +222,8 @@ class Scores:
     rows: torch.Tensor  # (M,) canvas positions sampled this step
     tokens: torch.Tensor  # (M,) proposed tokens
     prob: torch.Tensor  # (M,) softmax probability of each proposal
-    margin: torch.Tensor  # (M,) top-1 minus top-2 probability
-    entropy: torch.Tensor  # (M,) entropy (nats)
+    margin: torch.Tensor | None  # (M,) top-1 minus top-2 probability (None unless the margin rule reads it)
+    entropy: torch.Tensor | None  # (M,) entropy (nats) (None unless the entropy rule reads it)
     eligible: torch.Tensor  # (M,) bool: inside the current block (may commit)
     seed: int  # the step's noise seed
 
@@ -242,6 +238,7 @@ class LLaDARule:
     def __init__(self, params: MaskedParams, steps_per_block: int):
         self.params, self.steps = params, steps_per_block
         self.fixed_schedule = params.threshold is None and params.factor is None
+        self.reads = {params.remasking}  # the scores `commit` ranks by (the kernel skips margin / entropy otherwise)
 
     def start_block(self, masked: int) -> None:
         self.counts = schedule_counts(masked, self.steps)
@@ -280,6 +277,7 @@ class AncestralRule:
     previous logits (no network call)."""
 
     reuses_logits = True
+    reads = frozenset()  # draws its own uniforms; reads no score
 
     def __init__(self, params: AncestralParams, steps_per_block: int):
         self.steps = steps_per_block
@@ -389,7 +387,8 @@ def _masked_loop(model, prompt_ids, params, generator, record, rule_class, hidde
             tokens, prob, margin, entropy = kernels.sample_and_score(
                 logits, params.temperature, params.top_k, params.top_p, seed=seed,
                 offset=offset * logits.shape[-1], rows=rows - offset,
-            )  # each (M,); noise indexed by absolute position
+                margin="margin" in rule.reads, entropy="entropy" in rule.reads,
+            )  # each (M,) (the scores the rule does not read: None); noise indexed by absolute position
             chosen = rule.commit(block_step, Scores(rows, tokens, prob, margin, entropy, in_block[rows], seed))
             committed = rows[chosen]  # masked positions of the block
             canvas[committed] = tokens[chosen]
