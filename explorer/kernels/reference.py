@@ -135,6 +135,18 @@ def row_argmax(x: torch.Tensor) -> torch.Tensor:
     return x.argmax(-1)
 
 
+def row_exp(x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """exp(x): on the CPU numpy's for float32 (twice as fast here as torch's, within 2 ulps of the exact value where
+    torch's is within 1: a GPU's fast exp is no closer), torch's elsewhere."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad:
+        with np.errstate(over="ignore", under="ignore"):
+            if in_place:
+                np.exp(x.numpy(), out=x.numpy())
+                return x
+            return torch.from_numpy(np.exp(x.numpy()))
+    return x.exp_() if in_place else x.exp()
+
+
 def sample_and_score(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -188,7 +200,7 @@ def sample_and_score(
             top_shifted = shifted.gather(-1, top)
             second = shifted.scatter_(-1, top, float("-inf")).amax(-1, keepdim=True)
             shifted.scatter_(-1, top, top_shifted)
-        exp = shifted.exp() if entropy else shifted.exp_()  # entropy reads `shifted` again
+        exp = row_exp(shifted, in_place=not entropy)  # entropy reads `shifted` again
         total = exp.sum(-1, keepdim=True)  # (c, 1)
         chosen_p = exp.gather(-1, choice).div_(total)  # softmax(logits) at the choice
         sl = slice(start, start + len(chunk_rows))
@@ -196,7 +208,8 @@ def sample_and_score(
         prob[sl] = chosen_p[:, 0]
         if margin:
             first_p = chosen_p if choice is top else exp.gather(-1, top).div_(total)
-            margins[sl] = (first_p - second.exp_().div_(total) if second is not None else first_p)[:, 0]
+            runner_up = row_exp(second, in_place=True).div_(total) if second is not None else 0.0
+            margins[sl] = (first_p - runner_up)[:, 0]
         if entropy:  # -sum p log p with p = softmax(logits), no log per entry
             entropies[sl] = (total.log() - exp.div_(total).mul_(shifted).sum(-1, keepdim=True))[:, 0]
     shape = logits.shape[:-1] if rows is None else index.shape
