@@ -21,7 +21,7 @@ import torch
 from explorer_old.hub import load as load_old
 from explorer_old.sampling import generate as gen_old
 
-from explorer.bench.measure import time_inside_forwards
+from explorer.bench.measure import time_inside_calls
 from explorer.eval import prompts_from_val
 from explorer.hub import load as load_new
 from explorer.sampling import generate as gen_new
@@ -87,7 +87,7 @@ def overhead(repeats: int) -> None:
         @torch.no_grad()
         def bare():
             for _ in range(trace.stats["nfe"]):
-                new.backbone(x)
+                new.denoiser_logits(x)
 
         t = rounds({"new": lambda: gen_new(new, "", "low_confidence", **knobs),
                     "old": lambda: gen_old(old, "", "low_confidence", **knobs), "bare": bare}, repeats)
@@ -98,8 +98,8 @@ def overhead(repeats: int) -> None:
         own, own_ms = {tag: [] for tag in ("new", "old")}, {tag: [] for tag in ("new", "old")}
         for _ in range(repeats):
             for tag, model, gen in (("new", new, gen_new), ("old", old, gen_old)):
-                total, inside = time_inside_forwards(model.backbone,
-                                                     lambda: gen(model, "", "low_confidence", **knobs))
+                total, inside = time_inside_calls(model, "denoiser_logits",
+                                                  lambda: gen(model, "", "low_confidence", **knobs))
                 own[tag].append(100 * (total / inside - 1))
                 own_ms[tag].append(1e3 * (total - inside) / trace.stats["nfe"])
         print(f"T={temperature}: the sampler's own work over its forwards' time, old {median(own['old']):+.1f}%, "

@@ -24,19 +24,19 @@ def test_llada_reference_loop_samples_at_temperature(tiny_mdlm):
     assert a != b and tiny_mdlm.mask_id not in a
 
 
-def test_the_time_inside_forwards_counts_the_module_calls_only_and_leaves_no_hook():
-    from explorer.bench.measure import time_inside_forwards
+def test_the_time_inside_calls_counts_that_method_only_and_leaves_no_wrapper():
+    from explorer.bench.measure import time_inside_calls
 
     layer = torch.nn.Linear(64, 64)
     x = torch.randn(256, 64)
-    total, inside = time_inside_forwards(layer, lambda: [layer(x) for _ in range(20)])
+    total, inside = time_inside_calls(layer, "forward", lambda: [layer(x) for _ in range(20)])
     assert 0 < inside <= total
-    total, inside = time_inside_forwards(layer, lambda: [x @ x.T for _ in range(20)])  # never called
+    total, inside = time_inside_calls(layer, "forward", lambda: [x @ x.T for _ in range(20)])  # never called
     assert inside == 0 and total > 0
-    assert not layer._forward_hooks and not layer._forward_pre_hooks
+    assert "forward" not in vars(layer)
     with pytest.raises(RuntimeError):
-        time_inside_forwards(layer, lambda: layer(torch.randn(3, 5)))  # a failing run still removes its hooks
-    assert not layer._forward_hooks and not layer._forward_pre_hooks
+        time_inside_calls(layer, "forward", lambda: layer(torch.randn(3, 5)))  # a failing run still unwraps
+    assert "forward" not in vars(layer) and layer(x).shape == (256, 64)
 
 
 def test_sampling_bench_runs_end_to_end_and_writes_json_and_markdown(tmp_path):
