@@ -37,7 +37,14 @@ from explorer.sampling.common import (
     step_seed,
     wants_frame,
 )
-from explorer.sampling.mdlm import NOT_CONFIDENCES, REMASKING_RULES, rule_scores, schedule_counts, select_commits
+from explorer.sampling.mdlm import (
+    NOT_CONFIDENCES,
+    REMASKING_RULES,
+    rule_scores,
+    schedule_counts,
+    score_switches,
+    select_commits,
+)
 from explorer.sampling.trace import Frame
 
 
@@ -181,7 +188,7 @@ def block_diffusion(model, prompt_ids: list[int], params: BlockParams, generator
             seed = step_seed(generator)
             tokens, prob, margin, entropy = kernels.sample_and_score(
                 logits, params.temperature, params.top_k, params.top_p, seed=seed, offset=lo * logits.shape[-1],
-                rows=rows, margin=params.remasking == "margin", entropy=params.remasking == "entropy",
+                rows=rows, **score_switches({params.remasking}),
             )  # each (M,) (the scores the rule does not read: None); noise indexed by absolute position
             scores = rule_scores(params.remasking, prob, margin, entropy, seed, rows + lo)
             chosen = select_commits(scores, torch.ones_like(scores, dtype=torch.bool), count, params.threshold, None)

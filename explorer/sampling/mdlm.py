@@ -187,6 +187,12 @@ def _cached_logits(model, canvas: torch.Tensor, cache, refresh: bool, mode: str,
     return logits, offset, label
 
 
+def score_switches(reads) -> dict[str, bool]:
+    """The kernel's `margin=` / `entropy=` for a rule that ranks by the scores named in `reads` (rule_scores' names):
+    the others come back None and cost nothing on the CPU."""
+    return {"margin": "margin" in reads, "entropy": "entropy" in reads}
+
+
 def rule_scores(rule: str, prob, margin, entropy, seed: int, rows: torch.Tensor) -> torch.Tensor:
     if rule == "low_confidence":
         return prob
@@ -387,7 +393,7 @@ def _masked_loop(model, prompt_ids, params, generator, record, rule_class, hidde
             tokens, prob, margin, entropy = kernels.sample_and_score(
                 logits, params.temperature, params.top_k, params.top_p, seed=seed,
                 offset=offset * logits.shape[-1], rows=rows - offset,
-                margin="margin" in rule.reads, entropy="entropy" in rule.reads,
+                **score_switches(rule.reads),
             )  # each (M,) (the scores the rule does not read: None); noise indexed by absolute position
             chosen = rule.commit(block_step, Scores(rows, tokens, prob, margin, entropy, in_block[rows], seed))
             committed = rows[chosen]  # masked positions of the block
