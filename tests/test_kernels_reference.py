@@ -214,6 +214,39 @@ def test_extreme_counters_give_noise_strictly_inside_the_interval_and_finite_gum
     assert torch.allclose(g, expected, rtol=1e-6, atol=0)
 
 
+def adversarial_logits(generator, trial: int) -> torch.Tensor:
+    """Rows of tempered logits at scales 1e-3..1e4, with ties, -inf (filtered), all--inf and +inf rows."""
+    c, vocab = (int(torch.randint(1, high, (1,), generator=generator)) for high in (24, 500))
+    z = torch.randn(c, vocab, generator=generator) * float(10 ** torch.empty(1).uniform_(-3, 4, generator=generator))
+    if trial % 5 == 0:
+        z = torch.zeros(c, vocab)  # every token tied
+    elif trial % 5 == 1:
+        z = z.round()
+    elif trial % 5 == 2:
+        z[torch.rand(c, vocab, generator=generator) < 0.7] = float("-inf")
+    if trial % 7 == 3:
+        z[0] = float("-inf")
+    if trial % 9 == 4:
+        z[-1, vocab // 2] = float("inf")
+    return z.t().contiguous().t() if trial % 4 == 3 else z  # column-major rows too
+
+
+def test_gumbel_argmax_picks_the_full_noisy_argmax_transforming_a_few_tokens(monkeypatch):
+    """The CPU skips the noise where a token cannot win; the winner must be row_argmax of every z + g, exactly."""
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        z = adversarial_logits(generator, trial)
+        counters = torch.arange(z.numel(), dtype=torch.int32) + int(torch.randint(0, 2**31 - 1, (1,)))
+        full = reference.row_argmax(z + reference.counter_gumbel(counters, trial).view_as(z))
+        assert torch.equal(reference.gumbel_argmax(z, counters, trial), full), trial
+    transformed = []
+    gumbel_of_uniform = reference.gumbel_of_uniform
+    monkeypatch.setattr(reference, "gumbel_of_uniform", lambda u: transformed.append(u.numel()) or gumbel_of_uniform(u))
+    z = torch.randn(64, 2048) * 3 / 0.7  # a model's spread of logits at T = 0.7
+    reference.gumbel_argmax(z, torch.arange(z.numel(), dtype=torch.int32), seed=1)
+    assert transformed[0] == 64 and sum(transformed[1:]) < 0.02 * z.numel()  # the bounds, then under 2% of tokens
+
+
 def test_the_old_24_bit_noise_reached_one_and_an_infinite_gumbel():
     """Why the uniform changed: (2**24 - 1 + 0.5) / 2**24 rounds to 1.0 in float32, and -log(-log 1) is +inf."""
     old = (torch.tensor(float(2**24 - 1)) + 0.5) * (1.0 / 2**24)

@@ -85,12 +85,39 @@ def counter_gumbel(index: torch.Tensor, seed: int) -> torch.Tensor:
     computed with plain logs (Kahan's trick: log(w) * -u / (w - 1) with w = 1 - u) so that the Triton
     kernel can do the same operations in the same order.
     """
-    u = counter_uniform(index, seed)
+    return gumbel_of_uniform(counter_uniform(index, seed))
+
+
+def gumbel_of_uniform(u: torch.Tensor) -> torch.Tensor:
+    """-log(-log(1 - u)) of uniforms u in (0, 1), as counter_gumbel computes it (u is overwritten)."""
     w = 1.0 - u
     exact_one = w == 1.0
     log1p_neg_u = w.log().mul_(u).neg_().div_(w.sub_(1.0))  # log(w) * -u / (w - 1), in place: the same values
     log1p_neg_u = torch.where(exact_one, u.neg_(), log1p_neg_u)  # log(1 - u), accurate for small u
     return log1p_neg_u.neg_().log_().neg_()
+
+
+def gumbel_argmax(z: torch.Tensor, counters: torch.Tensor, seed: int) -> torch.Tensor:
+    """(c,) row_argmax(z + counter_gumbel(counters, seed)) of z (c, V) (tempered, filtered logits; counters (c * V,)),
+    the same indices; on the CPU the noise's two logs are taken only where a token could win.
+
+    Each row's noisy value at its largest z, B = z_j + g_j, is a lower bound on the winner's; token i can reach it
+    only if g_i >= B - z_i, and -log(-log(1 - u)) >= c needs u <= 1 - exp(-exp(-c)) <= exp(-c). So only tokens with
+    u_i <= exp(z_i - B + slack) get their noise (a handful a row); the slack (1e-3 + 1e-5 |B|) is far above the
+    rounding of the float32 sums and logs. Everyone else is -inf in the comparison, which changes no argmax.
+    """
+    u = counter_uniform(counters, seed).view_as(z)  # (c, V)
+    if z.device.type != "cpu":  # a gather of candidates would cost a device sync: transform everything
+        return row_argmax(z + gumbel_of_uniform(u))
+    top = row_argmax(z)[:, None]  # (c, 1)
+    bound = z.gather(-1, top) + gumbel_of_uniform(u.gather(-1, top))  # (c, 1) z_j + g_j, as the full sum gives it
+    reach = row_exp(z - bound + (1e-3 + 1e-5 * bound.abs()), in_place=True)
+    candidate = (u <= reach).numpy()  # (c, V) bool; numpy finds the few True ones 5x faster than torch here
+    candidate[np.arange(len(top)), top[:, 0].numpy()] = True  # NaN or inf bounds keep only j
+    flat = torch.from_numpy(np.flatnonzero(candidate))
+    noisy = torch.full(z.shape, float("-inf"), dtype=z.dtype)  # contiguous, whatever z's strides
+    noisy.view(-1)[flat] = z.reshape(-1)[flat] + gumbel_of_uniform(u.view(-1)[flat])
+    return row_argmax(noisy)
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -190,8 +217,7 @@ def sample_and_score(
             # the counters row * V + v + offset modulo 2**32 (all the hash reads), built in wrapping int32
             first = (chunk_rows * vocab + offset).to(torch.int32)  # (c,)
             counters = (first[:, None] + torch.arange(vocab, dtype=torch.int32, device=chunk.device)).view(-1)
-            gumbel = counter_gumbel(counters, seed)
-            choice = row_argmax(noisy.add_(gumbel.view_as(noisy)))[:, None]
+            choice = gumbel_argmax(noisy, counters, seed)[:, None]
         shifted = chunk - chunk.gather(-1, top)  # (c, V), <= 0
         if entropy:
             shifted.clamp_(min=-1e4)  # -inf logits: exp 0 either way, but finite products p * shifted

@@ -98,7 +98,7 @@ def score_rows(logits: torch.Tensor, params: DreamParams, seed: int, offset: int
         p = z.softmax(-1)
         if params.temperature > 0:
             counters = (torch.arange(start, start + len(z), device=z.device)[:, None] + offset) * vocab
-            choice = (z + reference.counter_gumbel(counters + torch.arange(vocab, device=z.device), seed)).argmax(-1)
+            choice = reference.gumbel_argmax(z, counters + torch.arange(vocab, device=z.device), seed)
         else:
             choice = p.argmax(-1)
         chosen = p.gather(-1, choice[:, None]).squeeze(-1)
