@@ -26,6 +26,7 @@ def _as_int32(value: int) -> int:
 
 
 UNIFORM_MAX = 1.0 - 2.0**-24  # the largest float32 below 1
+PRUNED_GUMBEL_ELEMENTS = 1 << 16  # below this many logits (32 rows of 2,048) transforming all the noise is as fast
 
 
 def counter_bits(index: torch.Tensor, seed: int) -> torch.Tensor:
@@ -101,23 +102,25 @@ def gumbel_argmax(z: torch.Tensor, counters: torch.Tensor, seed: int) -> torch.T
     """(c,) row_argmax(z + counter_gumbel(counters, seed)) of z (c, V) (tempered, filtered logits; counters (c * V,)),
     the same indices; on the CPU the noise's two logs are taken only where a token could win.
 
-    Each row's noisy value at its largest z, B = z_j + g_j, is a lower bound on the winner's; token i can reach it
-    only if g_i >= B - z_i, and -log(-log(1 - u)) >= c needs u <= 1 - exp(-exp(-c)) <= exp(-c). So only tokens with
-    u_i <= exp(z_i - B + slack) get their noise (a handful a row); the slack (1e-3 + 1e-5 |B|) is far above the
-    rounding of the float32 sums and logs. Everyone else is -inf in the comparison, which changes no argmax.
+    With g(u) = -log(-log(1 - u)) and -log(1 - u) <= u / (1 - u), a row's noisy value at its largest z is at least
+    B = z_j + log((1 - u_j) / u_j). Token i can reach it only if g(u_i) >= B - z_i, which needs u_i <= exp(z_i - B).
+    So only tokens passing that test (plus a slack of 1e-3 + 1e-5 |z_j|, far above the rounding of float32 sums and
+    logs) get their noise, a few a row on a trained model; everyone else is -inf in the comparison, which changes no
+    argmax. Small inputs, and other devices (where gathering the candidates costs a sync), transform everything.
     """
     u = counter_uniform(counters, seed).view_as(z)  # (c, V)
-    if z.device.type != "cpu":  # a gather of candidates would cost a device sync: transform everything
-        return row_argmax(z + gumbel_of_uniform(u))
-    top = row_argmax(z)[:, None]  # (c, 1)
-    bound = z.gather(-1, top) + gumbel_of_uniform(u.gather(-1, top))  # (c, 1) z_j + g_j, as the full sum gives it
-    reach = row_exp(z - bound + (1e-3 + 1e-5 * bound.abs()), in_place=True)
-    candidate = (u <= reach).numpy()  # (c, V) bool; numpy finds the few True ones 5x faster than torch here
-    candidate[np.arange(len(top)), top[:, 0].numpy()] = True  # NaN or inf bounds keep only j
-    flat = torch.from_numpy(np.flatnonzero(candidate))
-    noisy = torch.full(z.shape, float("-inf"), dtype=z.dtype)  # contiguous, whatever z's strides
-    noisy.view(-1)[flat] = z.reshape(-1)[flat] + gumbel_of_uniform(u.view(-1)[flat])
-    return row_argmax(noisy)
+    if z.device.type == "cpu" and z.numel() >= PRUNED_GUMBEL_ELEMENTS:
+        top = row_argmax(z)[:, None]  # (c, 1)
+        z_top, u_top = z.gather(-1, top).numpy(), u.gather(-1, top).numpy()  # (c, 1) each; numpy: tiny arrays
+        if np.isfinite(z_top).all():  # else (a NaN, an all -inf or a +inf row) the plain sum below
+            bound = z_top + np.log((1 - u_top) / u_top) - (1e-3 + 1e-5 * np.abs(z_top))  # slack included
+            # the top token itself always passes: exp(z_j - bound) >= u_j / (1 - u_j)
+            candidate = (u <= row_exp(z - torch.from_numpy(bound), in_place=True)).numpy()  # (c, V) bool
+            flat = torch.from_numpy(np.flatnonzero(candidate))  # numpy finds the few True ones fast
+            noisy = torch.full(z.shape, float("-inf"), dtype=z.dtype)  # contiguous, whatever z's strides
+            noisy.view(-1)[flat] = z.reshape(-1)[flat] + gumbel_of_uniform(u.view(-1)[flat])
+            return row_argmax(noisy)
+    return row_argmax(z + gumbel_of_uniform(u))
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
