@@ -13,6 +13,7 @@ do not count), ratios are medians of per-round ratios. Each measurement first ch
 identical tokens.
 """
 
+import inspect
 import statistics
 import sys
 import time
@@ -123,6 +124,8 @@ def kernel(repeats: int) -> None:
                             for i in range(50)]
         calls = {"new": calls_of(new_kernels), "old": calls_of(old_kernels),
                  "new, prob only": calls_of(new_kernels, margin=False, entropy=False)}
+        if "margin" in inspect.signature(old_kernels.sample_and_score).parameters:  # old enough has no switches
+            calls["old, prob only"] = calls_of(old_kernels, margin=False, entropy=False)
         for new_out, old_out, prob_only in zip(calls["new"](), calls["old"](), calls["new, prob only"]()):
             assert torch.equal(new_out[0], old_out[0]), f"tokens differ at {label}"
             assert torch.equal(prob_only[0], old_out[0]), f"tokens differ at {label}"
@@ -132,6 +135,9 @@ def kernel(repeats: int) -> None:
         print(f"{label}: 50 calls, old {median(t['old']):.3f}s, new {median(t['new']):.3f}s, new prob only "
               f"{median(t['new, prob only']):.3f}s; identical tokens | old / new {ratio(t, 'old', 'new'):.2f}x, "
               f"old / new prob only {ratio(t, 'old', 'new, prob only'):.2f}x")
+        if "old, prob only" in t:
+            print(f"{label}: prob only, old {median(t['old, prob only']):.3f}s, new {median(t['new, prob only']):.3f}s"
+                  f" | old / new {ratio(t, 'old, prob only', 'new, prob only'):.2f}x")
 
 
 def train(repeats: int) -> None:

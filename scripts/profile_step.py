@@ -7,7 +7,8 @@ made of, each timer counting its own time only (a timed call inside another is s
   cache       KVCache.attend: writing new keys/values and handing attention the ones it sees
   model       the model's wrapper around the backbone (masks, logits slicing, the mask-token -inf)
   sampling    kernels.sample_and_score (Gumbel-max, softmax scores), less its noise
-  noise       the Gumbel noise it draws over the vocabulary of every sampled row (reference.counter_gumbel)
+  noise       its Gumbel-max draw over the vocabulary of every sampled row (reference.gumbel_argmax: the noise,
+              where a token can still win, and the argmax)
   frames      make_frame (the recording level's Frame)
   bookkeeping the rest: the sampler's loop (commit rules, canvas updates, stop rules) and building the Trace
 
@@ -15,6 +16,9 @@ FLOPs come from torch.utils.flop_counter (matmuls and attention) over one untime
 bound of a cache is the FLOP ratio recompute / cached, and "reached" is the measured speed-up over that bound.
 Usage: python scripts/profile_step.py [--repeats 3] [--cases mdlm-none,mdlm-prefix,mdlm-dual,bd3lm-kv,bd3lm-recompute,
        overhead-T0,overhead-T0.7] (the last two: `bench sampling`'s overhead case, 128 tokens in one block, no prompt)
+       python scripts/profile_step.py --passes [--repeats 100]: what one bd3lm-tiny-b16 pass costs at 16 positions
+       (a cached step) and at 128 (a full window), logits for the last 16: the whole pass, and its matmuls alone
+       (the model's 17 weight matrices in order, at the same row counts), so the rest is what a pass pays besides.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ def patch(timers: Timers) -> list[tuple[object, str, object]]:
     targets = [(Transformer, "forward", "forward"), (KVCache, "attend", "cache"),
                (MDLMModel, "denoiser_logits", "model"), (BD3LMModel, "window_logits", "model"),
                (explorer.kernels, "sample_and_score", "sampling"),
-               (explorer.kernels.reference, "counter_gumbel", "noise"),
+               (explorer.kernels.reference, "gumbel_argmax", "noise"),
                (explorer.sampling.mdlm, "make_frame", "frames"), (explorer.sampling.bd3lm, "make_frame", "frames")]
     saved = []
     for owner, name, part in targets:
@@ -128,11 +132,58 @@ def timed_plain(model, sampler, knobs) -> float:
     return time.perf_counter() - start
 
 
+@torch.no_grad()
+def pass_sizes(repeats: int) -> None:
+    """A cached bd3lm step's pass (16 positions after 112 cached) against a full 128-position window's, and the same
+    row counts through the model's matmuls alone; CPU time per pass, rounds alternating."""
+    model = load("bd3lm-tiny-b16")
+    tokens = torch.randint(0, model.tokenizer.get_vocab_size(), (1, 128), generator=torch.Generator().manual_seed(0))
+    cache = model.new_cache()
+    model.window_logits(tokens[:, :112], 0, cache, store=112, block_size=16)
+    weights = [w for block in model.backbone.blocks for w in (block.attn.qkv.weight, block.attn.out.weight,
+                                                               block.mlp.gate_up.weight, block.mlp.down.weight)]
+    head, head_input = model.backbone.head.weight, torch.randn(16, model.backbone.head.weight.shape[1])
+
+    def matmuls(xs):  # every position through the blocks' matmuls; the head only for the 16 that need logits
+        return [torch.nn.functional.linear(xs[w.shape[1]], w) for w in weights] + [
+            torch.nn.functional.linear(head_input, head)]
+
+    inputs = {rows: {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights} for rows in (16, 128)}
+    runs = {
+        "pass, 16 positions (cached step)": lambda: model.window_logits(tokens[:, 112:], 112, cache, store=0,
+                                                                         block_size=16, return_hidden=True),
+        "pass, 128 positions (full window)": lambda: model.window_logits(tokens, 0, None, 0, block_size=16,
+                                                                          logits_from=112, return_hidden=True),
+        **{f"matmuls alone, {rows} rows": functools.partial(matmuls, inputs[rows]) for rows in (16, 128)},
+    }
+    times = {name: [] for name in runs}
+    for _ in range(5):
+        for run in runs.values():
+            run()
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.process_time()
+            run()
+            times[name].append(time.process_time() - start)
+    ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; CPU ms per pass, median of {repeats}\n")
+    print("| rows | whole pass | matmuls alone | the rest |\n|---|---|---|---|")
+    for rows, whole in ((16, "pass, 16 positions (cached step)"), (128, "pass, 128 positions (full window)")):
+        gemm = ms[f"matmuls alone, {rows} rows"]
+        print(f"| {rows} | {ms[whole]:.2f} | {gemm:.2f} | {ms[whole] - gemm:.2f} |")
+    whole = ms["pass, 128 positions (full window)"] / ms["pass, 16 positions (cached step)"]
+    print(f"\n128 / 16 positions: whole pass {whole:.2f}x, matmuls "
+          f"{ms['matmuls alone, 128 rows'] / ms['matmuls alone, 16 rows']:.2f}x (8x the blocks' FLOPs)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--passes", action="store_true", help="time one pass at 16 and 128 positions instead")
     args = parser.parse_args()
+    if args.passes:
+        return pass_sizes(args.repeats)
     names = args.cases.split(",")
     unknown = [n for n in names if n not in CASES]
     if unknown:

@@ -123,3 +123,28 @@ def test_defaults_bench_marks_the_api_default_the_page_start_and_the_best(tmp_pa
     table = out.with_suffix(".md").read_text()
     assert "| API default |" in table and "page |" in table and "**best**" in table
     assert 2.0 < results["corpus"]["unigram_entropy"] <= math.log(16) + 1e-6  # 16 real tokens, mostly distinct
+
+
+def test_fast_dllm_times_on_its_prompts_and_judges_on_the_quality_prompts(tiny_mdlm, tiny_ar):
+    from explorer.bench.block import block_table, fast_dllm
+    from explorer.eval import generative_ppl
+
+    prompts = [[5, 6, 7, 8]]
+    quality = [[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]
+    result = fast_dllm(tiny_mdlm, tiny_ar, prompts, quality, block=8, repeats=1)
+    assert result["samples"] == 1 and result["quality_samples"] == 3
+    base = result["variants"]["no cache"]
+    assert base["nfe_mean"] == result["gen_length"] and base["gen_ppl_change_pct"] == 0.0
+    quality_ppl = generative_ppl(tiny_ar, quality, [generate(
+        tiny_mdlm, p, "low_confidence", seed=i, gen_length=result["gen_length"], steps=result["gen_length"],
+        block_length=8, temperature=0.0, record="none").final_tokens for i, p in enumerate(quality)])
+    assert base["gen_ppl"] == round(quality_ppl, 2)  # judged on the quality prompts, not the timed one
+    table = block_table({"torch_threads": 1, "torch": "x", "fast_dllm": result,
+                         "kv_cache": {"checkpoint": "c", "gen_length": 1, "block_size": 1, "nfe": 1, "speedup": 1.0,
+                                      "cached_s": 1.0, "recompute_s": 1.0, "identical_tokens": True,
+                                      "flop_bound": 2.0},
+                         "training_step": {"one_thread_cpu": {"speedup": 1.0, "vectorized_s": 1.0, "two_pass_s": 1.0},
+                                           "batch": "1x1", "speedup": 1.0, "vectorized_s": 1.0, "two_pass_s": 1.0,
+                                           "forward_gflops": {"vectorized": 1, "two_pass": 1}},
+                         "draft_refine": {"gen_length": 1, "samples": 1, "judge": "j", "methods": {}}})
+    assert "time: 1 prompts, median of 1 rounds; gen. PPL and NFE: 3 prompts" in table
