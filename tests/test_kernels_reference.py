@@ -252,6 +252,9 @@ def test_gumbel_argmax_picks_the_full_noisy_argmax_transforming_a_few_tokens(mon
     transformed.clear()
     reference.gumbel_argmax(z[:8], torch.arange(8 * 2048, dtype=torch.int32), seed=1)
     assert transformed == [8 * 2048]  # few rows: all of them (choosing would cost more)
+    wide = z.double()  # other dtypes take the plain sum too
+    assert torch.equal(reference.gumbel_argmax(wide, torch.arange(z.numel(), dtype=torch.int32), seed=1),
+                       reference.row_argmax(wide + reference.counter_gumbel(torch.arange(z.numel()), 1).view_as(z)))
 
 
 def test_the_old_24_bit_noise_reached_one_and_an_infinite_gumbel():

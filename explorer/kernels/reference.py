@@ -106,10 +106,11 @@ def gumbel_argmax(z: torch.Tensor, counters: torch.Tensor, seed: int) -> torch.T
     B = z_j + log((1 - u_j) / u_j). Token i can reach it only if g(u_i) >= B - z_i, which needs u_i <= exp(z_i - B).
     So only tokens passing that test (plus a slack of 1e-3 + 1e-5 |z_j|, far above the rounding of float32 sums and
     logs) get their noise, a few a row on a trained model; everyone else is -inf in the comparison, which changes no
-    argmax. Small inputs, and other devices (where gathering the candidates costs a sync), transform everything.
+    argmax. Small or non-float32 inputs, and other devices (where gathering the candidates costs a sync), transform
+    everything.
     """
     u = counter_uniform(counters, seed).view_as(z)  # (c, V)
-    if z.device.type == "cpu" and z.numel() >= PRUNED_GUMBEL_ELEMENTS:
+    if z.device.type == "cpu" and z.dtype == torch.float32 and z.numel() >= PRUNED_GUMBEL_ELEMENTS:
         top = row_argmax(z)[:, None]  # (c, 1)
         z_top, u_top = z.gather(-1, top).numpy(), u.gather(-1, top).numpy()  # (c, 1) each; numpy: tiny arrays
         if np.isfinite(z_top).all():  # else (a NaN, an all -inf or a +inf row) the plain sum below
