@@ -22,7 +22,8 @@ import torch
 from explorer_old.hub import load as load_old
 from explorer_old.sampling import generate as gen_old
 
-from explorer.bench.measure import time_inside_calls
+from explorer.bench.measure import alternating, time_inside_calls
+from explorer.bench.measure import median_ratio as ratio
 from explorer.eval import prompts_from_val
 from explorer.hub import load as load_new
 from explorer.sampling import generate as gen_new
@@ -31,17 +32,7 @@ median = statistics.median
 
 
 def rounds(variants: dict, repeats: int) -> dict[str, list[float]]:
-    times = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, run in variants.items():
-            start = time.process_time()
-            run()
-            times[name].append(time.process_time() - start)
-    return times
-
-
-def ratio(times, slow: str, fast: str) -> float:
-    return median(s / f for s, f in zip(times[slow], times[fast]))
+    return alternating(variants, repeats, clock=time.process_time)  # CPU time: other processes do not stretch it
 
 
 def kv(repeats: int) -> None:

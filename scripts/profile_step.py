@@ -35,6 +35,7 @@ import explorer.kernels
 import explorer.kernels.reference
 import explorer.sampling.bd3lm
 import explorer.sampling.mdlm
+from explorer.bench.measure import alternating
 from explorer.hub import load
 from explorer.models.bd3lm import BD3LMModel
 from explorer.models.mdlm import MDLMModel
@@ -156,15 +157,8 @@ def pass_sizes(repeats: int) -> None:
                                                                           logits_from=112, return_hidden=True),
         **{f"matmuls alone, {rows} rows": functools.partial(matmuls, inputs[rows]) for rows in (16, 128)},
     }
-    times = {name: [] for name in runs}
-    for _ in range(5):
-        for run in runs.values():
-            run()
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.process_time()
-            run()
-            times[name].append(time.process_time() - start)
+    alternating(runs, 5)  # warm up
+    times = alternating(runs, repeats, clock=time.process_time)
     ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; CPU ms per pass, median of {repeats}\n")
     print("| rows | whole pass | matmuls alone | the rest |\n|---|---|---|---|")

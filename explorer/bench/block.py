@@ -11,6 +11,7 @@ Every ratio comes from runs interleaved in one process (pairs alternate, the med
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -19,19 +20,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from explorer.bench.measure import timed, write_results
+from explorer.bench.measure import alternating, median_ratio, write_results
 from explorer.data import TokenStream, load_corpus
 from explorer.eval import generative_ppl, prompts_from_val, sample_quality
 from explorer.hub import load
 from explorer.nn import bd3_dense_mask
 from explorer.sampling import generate
-
-
-def interleaved(a, b, repeats: int) -> tuple[float, float, float]:
-    """(median seconds of a, of b, median of the per-pair ratios b / a); pairs alternate to share noise."""
-    pairs = [(timed(a, 1)[0], timed(b, 1)[0]) for _ in range(repeats)]
-    return (statistics.median(x for x, _ in pairs), statistics.median(y for _, y in pairs),
-            statistics.median(y / x for x, y in pairs))
 
 
 def counted_flops(run):
@@ -47,11 +41,13 @@ def kv_cache_speed(model, repeats: int, gen_length: int = 256) -> dict:
     cached, cached_flops = counted_flops(lambda: generate(model, "", kv_cache=True, **knobs))
     fresh, fresh_flops = counted_flops(lambda: generate(model, "", kv_cache=False, **knobs))
     bound = fresh_flops / cached_flops
-    cached_s, fresh_s, ratio = interleaved(lambda: generate(model, "", kv_cache=True, **knobs),
-                                           lambda: generate(model, "", kv_cache=False, **knobs), repeats)
+    times = alternating({"cached": lambda: generate(model, "", kv_cache=True, **knobs),
+                         "recompute": lambda: generate(model, "", kv_cache=False, **knobs)}, repeats)
     return {"checkpoint": model.name, "gen_length": gen_length, "block_size": model.block_size,
             "nfe": cached.stats["nfe"], "identical_tokens": cached.final_tokens == fresh.final_tokens,
-            "cached_s": round(cached_s, 3), "recompute_s": round(fresh_s, 3), "speedup": round(ratio, 2),
+            "cached_s": round(statistics.median(times["cached"]), 3),
+            "recompute_s": round(statistics.median(times["recompute"]), 3),
+            "speedup": round(median_ratio(times, "recompute", "cached"), 2),
             "flop_bound": round(bound, 2)}
 
 
@@ -83,6 +79,12 @@ def training_step_flops(model, batch_size: int, vectorized: bool) -> dict[str, i
     return {part: 2 * batch_size * m for part, m in macs.items()}
 
 
+def vectorized_vs_two_pass(times: dict[str, list[float]]) -> dict:
+    return {"vectorized_s": round(statistics.median(times["vectorized"]), 3),
+            "two_pass_s": round(statistics.median(times["two_pass"]), 3),
+            "speedup": round(median_ratio(times, "two_pass", "vectorized"), 2)}
+
+
 def training_step_speed(model, repeats: int, batch_size: int = 16) -> dict:
     model.train()
     batch = TokenStream(load_corpus(), "train", model.tokenizer).random_batch(
@@ -94,19 +96,16 @@ def training_step_speed(model, repeats: int, batch_size: int = 16) -> dict:
             model.loss(batch, generator=torch.Generator().manual_seed(0), vectorized=vectorized)["loss"].backward()
         return run
 
-    def cpu_seconds(fn) -> float:
-        start = time.thread_time()
-        fn()
-        return time.thread_time() - start
-
-    step(True)(), step(False)()  # warm up
-    vec_s, two_s, ratio = interleaved(step(True), step(False), repeats)
+    steps = {"vectorized": step(True), "two_pass": step(False)}
+    for run in steps.values():  # warm up
+        run()
+    wall = alternating(steps, repeats)
     # also the CPU time of one torch thread (the ops then run in this thread): on a shared machine other
     # processes stretch the wall time of every op, and of a 2-thread op whenever either thread waits
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        pairs = [(cpu_seconds(step(True)), cpu_seconds(step(False))) for _ in range(repeats)]
+        cpu = alternating(steps, repeats, clock=time.thread_time)
     finally:
         torch.set_num_threads(threads)
     model.zero_grad(set_to_none=True)
@@ -114,10 +113,8 @@ def training_step_speed(model, repeats: int, batch_size: int = 16) -> dict:
     flops = {name: training_step_flops(model, batch_size, vectorized)
              for name, vectorized in (("vectorized", True), ("two_pass", False))}
     return {"checkpoint": model.name, "batch": f"{batch_size}x{model.max_seq_len}",
-            "vectorized_s": round(vec_s, 3), "two_pass_s": round(two_s, 3), "speedup": round(ratio, 2),
-            "one_thread_cpu": {"vectorized_s": round(statistics.median(x for x, _ in pairs), 3),
-                               "two_pass_s": round(statistics.median(y for _, y in pairs), 3),
-                               "speedup": round(statistics.median(y / x for x, y in pairs), 2)},
+            **vectorized_vs_two_pass(wall),
+            "one_thread_cpu": vectorized_vs_two_pass(cpu),
             "forward_gflops": {name: round(sum(f[p] for p in ("linear", "attention", "head")) / 1e9, 2)
                                for name, f in flops.items()}}
 
@@ -137,15 +134,13 @@ def fast_dllm(model, judge, prompts, quality_prompts, block: int = 32, repeats: 
         knobs = dict(gen_length=gen, steps=gen, block_length=block, temperature=0.0, record="none", **extra)
         return [generate(model, p, "low_confidence", seed=i, **knobs) for i, p in enumerate(on)]
 
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in tqdm(range(repeats), desc="fast-dllm rounds", leave=False):
-        for name, extra in variants.items():
-            times[name].append(timed(lambda: run(extra, prompts), 1)[0])
+    times = alternating({name: functools.partial(run, extra, prompts) for name, extra in variants.items()}, repeats,
+                        progress="fast-dllm rounds")
     rows = {}
     for name, extra in tqdm(variants.items(), desc="fast-dllm quality", leave=False):
         traces = run(extra, quality_prompts)
         rows[name] = {"wall_s": round(statistics.median(times[name]), 3),
-                      "speedup": round(statistics.median(b / t for b, t in zip(times["no cache"], times[name])), 2),
+                      "speedup": round(median_ratio(times, "no cache", name), 2),
                       "nfe_mean": statistics.mean(t.stats["nfe"] for t in traces),
                       "gen_ppl": round(generative_ppl(judge, quality_prompts, [t.final_tokens for t in traces]), 2)}
     base = rows["no cache"]

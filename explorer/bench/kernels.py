@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from explorer import kernels
-from explorer.bench.measure import in_fresh_process, peak_extra_bytes, timed, write_results
+from explorer.bench.measure import alternating, in_fresh_process, peak_extra_bytes, timed, write_results
 
 LLADA_VOCAB = 126_464
 CASES = ("sample_and_score", "head_sample_and_score", "expected_embedding", "energy_score")
@@ -121,10 +121,7 @@ def run_kernels_bench(json_path: str | Path = "bench_results/kernels.json", repe
         inputs = make_inputs(case, sizes)
         for impl in ("kernels", "naive"):
             call(case, impl, _tiny(case, inputs))  # warm-up
-        times = {"kernels": [], "naive": []}
-        for _ in range(repeats):  # interleaved, so drifts of the machine hit both alike
-            for impl in times:
-                times[impl].append(timed(partial(call, case, impl, inputs), 1)[0])
+        times = alternating({impl: partial(call, case, impl, inputs) for impl in ("kernels", "naive")}, repeats)
         row = {"case": case, "device": "cpu", "ours": "chunked reference",
                "ours_s": round(statistics.median(times["kernels"]), 6),
                "naive_s": round(statistics.median(times["naive"]), 6)}

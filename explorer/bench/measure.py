@@ -9,6 +9,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
 
 
 def timed(fn, repeats: int, sync=lambda: None) -> tuple[float, object]:
@@ -21,6 +24,27 @@ def timed(fn, repeats: int, sync=lambda: None) -> tuple[float, object]:
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
+
+
+def alternating(runs: dict[str, Callable[[], object]], repeats: int, clock=time.perf_counter, sync=lambda: None,
+                progress: str | None = None) -> dict[str, list[float]]:
+    """Seconds of each run in each of `repeats` rounds; a round calls every run once, in turn, so that drifts of the
+    machine hit all of them alike. `clock`: time.perf_counter (wall), or time.process_time / time.thread_time (CPU
+    time, which other processes on a shared machine do not stretch). `progress`: a bar over the rounds, so named."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in tqdm(range(repeats), desc=progress, leave=False, disable=progress is None):
+        for name, run in runs.items():
+            sync()
+            start = clock()
+            run()
+            sync()
+            times[name].append(clock() - start)
+    return times
+
+
+def median_ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
+    """Median over the rounds of `slow` / `fast` seconds: the two of a round share that round's noise."""
+    return statistics.median(s / f for s, f in zip(times[slow], times[fast]))
 
 
 def time_inside_calls(owner, name: str, fn) -> tuple[float, float]:

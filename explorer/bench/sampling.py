@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from explorer import kernels
-from explorer.bench.measure import in_fresh_process, peak_extra_bytes, time_inside_calls, timed, write_results
+from explorer.bench.measure import (
+    alternating,
+    in_fresh_process,
+    median_ratio,
+    peak_extra_bytes,
+    time_inside_calls,
+    write_results,
+)
 from explorer.eval import generative_ppl, prompts_from_val
 from explorer.hub import load
 from explorer.sampling import generate
@@ -123,19 +130,18 @@ def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny
         for record in ("none", "tokens", "full"):
             kwargs = dict(gen_length=gen_length, steps=steps, temperature=temperature, seed=0, record=record)
             trace = generate(model, "", "low_confidence", **kwargs)  # warm-up
-            pairs = [(timed(lambda: generate(model, "", "low_confidence", **kwargs), 1)[0],
-                      timed(lambda: bare_forwards(model, gen_length, trace.stats["nfe"]), 1)[0])
-                     for _ in range(repeats)]
-            ratio = statistics.median(a / b for a, b in pairs)
+            times = alternating({"sampler": lambda: generate(model, "", "low_confidence", **kwargs),
+                                 "bare": lambda: bare_forwards(model, gen_length, trace.stats["nfe"])}, repeats)
             # the same run split: time outside the network's forward calls over time inside them
             splits = [time_inside_calls(model, "denoiser_logits",
                                         lambda: generate(model, "", "low_confidence", **kwargs))
                       for _ in range(repeats)]
             own = statistics.median(total / inside - 1 for total, inside in splits)
             rows.append({"record": record, "temperature": temperature,
-                         "sampler_s": round(statistics.median(a for a, _ in pairs), 4),
-                         "bare_forward_s": round(statistics.median(b for _, b in pairs), 4),
-                         "nfe": trace.stats["nfe"], "overhead_pct": round(100 * (ratio - 1), 1),
+                         "sampler_s": round(statistics.median(times["sampler"]), 4),
+                         "bare_forward_s": round(statistics.median(times["bare"]), 4),
+                         "nfe": trace.stats["nfe"],
+                         "overhead_pct": round(100 * (median_ratio(times, "sampler", "bare") - 1), 1),
                          "own_work_pct": round(100 * own, 1)})
     results["overhead"] = rows
     progress.update()
@@ -147,13 +153,13 @@ def run_sampling_bench(checkpoint: str = "mdlm-tiny", judge_name: str = "ar-tiny
     ours = generate(model, prompt, "low_confidence", gen_length=g, steps=g, block_length=block, temperature=0.0)
     theirs = llada_generate(model, prompt, g, g, block, 0.0, 0)
     kw = dict(gen_length=g, steps=g, block_length=block, temperature=0.7, seed=0, record="none")
-    pairs = [(timed(lambda: generate(model, prompt, "low_confidence", **kw), 1)[0],
-              timed(lambda: llada_generate(model, prompt, g, g, block, 0.7, 0), 1)[0]) for _ in range(repeats)]
+    times = alternating({"ours": lambda: generate(model, prompt, "low_confidence", **kw),
+                         "llada": lambda: llada_generate(model, prompt, g, g, block, 0.7, 0)}, repeats)
     results["vs_llada"] = {"gen_length": g, "block_length": block,
                            "identical_tokens_at_T0": ours.final_tokens == theirs,
-                           "ours_s_T0.7": round(statistics.median(a for a, _ in pairs), 4),
-                           "llada_s_T0.7": round(statistics.median(b for _, b in pairs), 4),
-                           "speedup": round(statistics.median(b / a for a, b in pairs), 2)}  # interleaved pairs
+                           "ours_s_T0.7": round(statistics.median(times["ours"]), 4),
+                           "llada_s_T0.7": round(statistics.median(times["llada"]), 4),
+                           "speedup": round(median_ratio(times, "llada", "ours"), 2)}
     progress.update()
 
     # 2c. peak memory of one sampling step, model vocabulary and LLaDA's vocabulary
