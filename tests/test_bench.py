@@ -39,6 +39,18 @@ def test_the_time_inside_calls_counts_that_method_only_and_leaves_no_wrapper():
     assert "forward" not in vars(layer) and layer(x).shape == (256, 64)
 
 
+def test_alternating_rounds_visit_every_run_in_turn_on_the_given_clock():
+    from explorer.bench.measure import alternating, median_ratio
+
+    calls, ticks = [], iter(range(100))
+    clock = lambda: next(ticks) ** 2  # noqa: E731  a fake clock: round r of run i spans a known interval
+    times = alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, clock=clock)
+    assert calls == ["a", "b"] * 3
+    assert times == {"a": [1, 9, 17], "b": [5, 13, 21]}  # (2k + 1)^2 - (2k)^2 for the k-th timed call
+    assert median_ratio(times, "b", "a") == 13 / 9
+    assert alternating({"a": lambda: None}, 0) == {"a": []}
+
+
 def test_sampling_bench_runs_end_to_end_and_writes_json_and_markdown(tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "sampling.json"
