@@ -229,3 +229,23 @@ def test_clamping_can_cover_only_the_last_part_of_the_trajectory(tiny_cdcd):
     assert runs[0.25].sampler["clamp"] == 0.25 and runs[True].sampler["clamp"] == 1.0
     with pytest.raises(ValueError, match=r"clamp must be in \[0, 1\]"):
         explorer.generate(tiny_cdcd, "ROMEO:", gen_length=8, steps=8, clamp=1.5)
+
+
+def test_self_conditioning_can_be_switched_off(tiny_cdcd, monkeypatch):
+    """self_condition=True feeds each step's E[x0] back (the first pass sees zeros); False gives every pass none."""
+    assert tiny_cdcd.config.self_conditioning > 0
+    seen = {}
+    forward = type(tiny_cdcd).forward
+
+    def spy(model, x, t, clean, self_cond=None, **kwargs):
+        seen.setdefault(run, []).append(None if self_cond is None else float(self_cond.abs().sum()))
+        return forward(model, x, t, clean, self_cond, **kwargs)
+
+    monkeypatch.setattr(type(tiny_cdcd), "forward", spy)
+    traces = {}
+    for run in (True, False):
+        traces[run] = explorer.generate(tiny_cdcd, "ROMEO:", gen_length=8, steps=4, self_condition=run, seed=0)
+    assert seen[True][0] == 0 and all(s > 0 for s in seen[True][1:]) and seen[False] == [None] * 4
+    assert traces[True].sampler["self_condition"] is True and traces[False].sampler["self_condition"] is False
+    with pytest.raises(ValueError, match="self_condition"):
+        explorer.generate(tiny_cdcd, gen_length=8, steps=2, self_condition="no")

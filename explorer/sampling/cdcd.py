@@ -26,6 +26,7 @@ from explorer.sampling.common import (
     MAX_STEPS,
     Sampler,
     SamplerParams,
+    check_flag,
     check_int,
     check_range,
     knob,
@@ -51,6 +52,8 @@ class ContinuousParams(SamplerParams):
                                    "1 = CDCD's; 0.6 with clamping reads best, `bench defaults`)")
     churn: float = knob(2.0, "stochastic churn S_churn (fresh noise raises t by a factor 1 + S_churn / steps before "
                              "each step): 0 = the deterministic ODE")
+    self_condition: bool = knob(True, "feed each step's E[x0] back as an input (self-conditioning) where the model "
+                                      "was trained with it; False = plain passes (far worse on cdcd-tiny)")
     cfg_scale: float = knob(0.0, "classifier-free guidance: uncond + (s + 1)(cond - uncond), uncond sees nothing clean")
     clamp: float = knob(1.0, "Diffusion-LM clamping (snap E[x0] to the nearest embedding) over this last fraction of "
                              "the steps: 0 = never (CDCD's plain ODE), 1 (or True) = every step, 0.3 = the last 30%",
@@ -68,6 +71,7 @@ class ContinuousParams(SamplerParams):
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         check_range("temperature", self.temperature, 0)
         check_range("churn", self.churn, 0)
+        check_flag("self_condition", self.self_condition)
         check_range("cfg_scale", self.cfg_scale, 0)
         check_range("clamp", self.clamp, 0, 1)
         vocab = model.tokenizer.get_vocab_size()
@@ -118,7 +122,7 @@ def continuous_diffusion(model, prompt_ids: list[int], params: ContinuousParams,
     first = _frame(record, False, 0, tokens[gen], x[gen], times[0], 0, model)
     if first is not None:
         yield first
-    self_cond = torch.zeros_like(x) if model.config.self_conditioning > 0 else None
+    self_cond = torch.zeros_like(x) if params.self_condition and model.config.self_conditioning > 0 else None
     gamma = min(params.churn / params.steps, math.sqrt(2) - 1)
     clamp_from = params.steps - round(params.clamp * params.steps)  # the first step that clamps
     nfe = 0
