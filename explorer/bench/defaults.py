@@ -40,10 +40,11 @@ GRID = {
                   ("low_confidence", {"block_length": 32}),
                   *[("threshold", {"block_length": 32, "threshold": tau}) for tau in (0.9, 0.7, 0.5, 0.3)],
                   *[("factor", {"block_length": 32, "factor": f}) for f in (1.0, 2.0)]],
-    # clamping and temperature on the deterministic ODE (churn 0, 200 steps), then the default: churn 2, 400 steps
+    # clamping and temperature on the deterministic ODE (churn 0, 200 steps), then the default (churn 2, 400 steps)
+    # and the default without self-conditioning
     "cdcd-tiny": [*[("euler", {"clamp": c, "temperature": t, "churn": 0.0, "steps": 200})
                     for c, t in ((0.0, 1.0), (0.25, 1.0), (0.5, 1.0), (1.0, 1.0), (0.0, 0.8), (0.5, 0.8), (1.0, 0.8),
-                                 (1.0, 0.6), (1.0, 0.4))], ("euler", {})],
+                                 (1.0, 0.6), (1.0, 0.4))], ("euler", {}), ("euler", {"self_condition": False})],
     "ar-tiny": [("ar", {}), ("ar", {"temperature": 0.8}), ("ar", {"temperature": 0.7})],
     "bd3lm-tiny-b4": [("first_hitting", {}), ("first_hitting", {"temperature": 0.8}),
                       ("low_confidence", {"temperature": 0.7})],
