@@ -286,7 +286,8 @@ def play(session, step, color_by, fps, method="pca", source="this run"):
     start = 0 if int(step) >= last else int(step) + 1
     for index in range(start, last + 1):
         yield show(session, index, color_by, method, source)
-        time.sleep(1.0 / max(float(fps), 0.5))
+        if index < last:  # no wait after the last frame: the event ends with it, so a colour switch right then is
+            time.sleep(1.0 / max(float(fps), 0.5))  # not overwritten by the run's closing update in the old colours
 
 
 def show_example(name, color_by, session, request: gr.Request = None):
