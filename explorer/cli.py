@@ -307,6 +307,10 @@ def _add_bench(sub):
     p.add_argument("--vocab", type=int, default=126_464, help="kernels: vocabulary V (LLaDA's by default)")
     p.add_argument("--d", type=int, default=512, help="kernels: hidden / embedding width")
     p.add_argument("--no-cpu", action="store_true", help="kernels: skip the CPU rows (time only the CUDA kernels)")
+    p.add_argument("--samples", type=int, default=8, help="defaults: validation prompts each setting continues")
+    p.add_argument("--grid", choices=["all", "continuous"], default="all",
+                   help="defaults: the settings (all: every family's; continuous: the continuous-diffusion default "
+                        "against mdlm-tiny's, and the knobs that lead to it)")
 
 
 def cmd_bench(args):
@@ -339,9 +343,11 @@ def cmd_bench(args):
         run_continuous_bench(args.continuous_checkpoint, args.checkpoint, args.judge, json_path=json_path)
         return
     if args.suite == "defaults":
-        from explorer.bench.defaults import run_defaults_bench
+        from explorer.bench.defaults import GRIDS, run_defaults_bench
+        from explorer.train import check_knob
 
-        run_defaults_bench(args.judge, json_path=json_path)
+        check_knob("samples", args.samples, 1, 100_000, integer=True)
+        run_defaults_bench(args.judge, args.samples, json_path, GRIDS[args.grid])
         return
     if args.suite == "calm":
         from explorer.bench.calm import run_calm_bench

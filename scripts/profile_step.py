@@ -16,9 +16,11 @@ FLOPs come from torch.utils.flop_counter (matmuls and attention) over one untime
 bound of a cache is the FLOP ratio recompute / cached, and "reached" is the measured speed-up over that bound.
 Usage: python scripts/profile_step.py [--repeats 3] [--cases mdlm-none,mdlm-prefix,mdlm-dual,bd3lm-kv,bd3lm-recompute,
        overhead-T0,overhead-T0.7] (the last two: `bench sampling`'s overhead case, 128 tokens in one block, no prompt)
-       python scripts/profile_step.py --passes [--repeats 100]: what one bd3lm-tiny-b16 pass costs at 16 positions
-       (a cached step) and at 128 (a full window), logits for the last 16: the whole pass, and its matmuls alone
-       (the model's 17 weight matrices in order, at the same row counts), so the rest is what a pass pays besides.
+       python scripts/profile_step.py --passes [bd3lm | mdlm-dual] [--repeats 100]: what one cached pass costs
+       against one full pass: bd3lm-tiny-b16 at 16 positions (a cached step) and at 128 (a full window, logits for
+       the last 16); mdlm-tiny's dual-cached step (33 rows of `bench block`'s 112) against a step without a cache.
+       Each: the whole pass, and its matmuls alone (the model's 17 weight matrices in order, at the same row
+       counts), so the rest is what a pass pays besides.
 """
 
 from __future__ import annotations
@@ -134,50 +136,80 @@ def timed_plain(model, sampler, knobs) -> float:
 
 
 @torch.no_grad()
-def pass_sizes(repeats: int) -> None:
-    """A cached bd3lm step's pass (16 positions after 112 cached) against a full 128-position window's, and the same
-    row counts through the model's matmuls alone; CPU time per pass, rounds alternating."""
+def bd3lm_passes():
+    """A cached bd3lm step (16 positions after 112 cached) and a full 128-position window (logits for the last 16)."""
     model = load("bd3lm-tiny-b16")
     tokens = torch.randint(0, model.tokenizer.get_vocab_size(), (1, 128), generator=torch.Generator().manual_seed(0))
     cache = model.new_cache()
     model.window_logits(tokens[:, :112], 0, cache, store=112, block_size=16)
+    small = functools.partial(model.window_logits, tokens[:, 112:], 112, cache, store=0, block_size=16,
+                              return_hidden=True)
+    full = functools.partial(model.window_logits, tokens, 0, None, 0, block_size=16, logits_from=112,
+                             return_hidden=True)
+    return model, ("cached step", small, 16, 16), ("full window", full, 128, 16)
+
+
+def mdlm_dual_passes():
+    """`bench block`'s Fast-dLLM geometry: a 16-token prompt and 96 generated tokens; a dual-cached step recomputes
+    the 32-position block (33 rows: the shifted model reads a block's logits one row early) against the cache, and a
+    step without a cache runs all 112 rows (logits for every one)."""
+    model = load("mdlm-tiny")
+    canvas = torch.randint(0, model.tokenizer.get_vocab_size(), (1, 112), generator=torch.Generator().manual_seed(0))
+    cache = model.new_cache()
+    model.denoiser_logits(canvas, cache=cache, start=0)  # the block start's refresh
+    lo, hi = 16 + 32, 16 + 64  # the second block
+    small = functools.partial(model.denoiser_logits, canvas[:, lo - 1:hi], return_hidden=True, cache=cache,
+                              start=lo - 1, store=0)
+    full = functools.partial(model.denoiser_logits, canvas, return_hidden=True)
+    return model, ("dual-cached step", small, 33, 33), ("no cache", full, 112, 112)
+
+
+PASSES = {"bd3lm": bd3lm_passes, "mdlm-dual": mdlm_dual_passes}
+
+
+def pass_sizes(case: str, repeats: int) -> None:
+    """A cached step's pass against a full one, and the same row counts through the model's matmuls alone (its 17
+    weight matrices in order; the head only for the rows that need logits); CPU time per pass, rounds alternating."""
+    model, *passes = PASSES[case]()
     weights = [w for block in model.backbone.blocks for w in (block.attn.qkv.weight, block.attn.out.weight,
                                                                block.mlp.gate_up.weight, block.mlp.down.weight)]
-    head, head_input = model.backbone.head.weight, torch.randn(16, model.backbone.head.weight.shape[1])
+    head = model.backbone.head.weight
 
-    def matmuls(xs):  # every position through the blocks' matmuls; the head only for the 16 that need logits
+    def matmuls(xs, head_input):
         return [torch.nn.functional.linear(xs[w.shape[1]], w) for w in weights] + [
             torch.nn.functional.linear(head_input, head)]
 
-    inputs = {rows: {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights} for rows in (16, 128)}
-    runs = {
-        "pass, 16 positions (cached step)": lambda: model.window_logits(tokens[:, 112:], 112, cache, store=0,
-                                                                         block_size=16, return_hidden=True),
-        "pass, 128 positions (full window)": lambda: model.window_logits(tokens, 0, None, 0, block_size=16,
-                                                                          logits_from=112, return_hidden=True),
-        **{f"matmuls alone, {rows} rows": functools.partial(matmuls, inputs[rows]) for rows in (16, 128)},
-    }
-    alternating(runs, 5)  # warm up
-    times = alternating(runs, repeats, clock=time.process_time)
+    runs = {}
+    for name, run, rows, head_rows in passes:
+        runs[f"pass, {rows} positions ({name})"] = run
+        inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+        runs[f"matmuls alone, {rows} rows"] = functools.partial(matmuls, inputs, torch.randn(head_rows, head.shape[1]))
+    with torch.no_grad():
+        alternating(runs, 5)  # warm up
+        times = alternating(runs, repeats, clock=time.process_time)
     ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; CPU ms per pass, median of {repeats}\n")
+    print(f"{model.name}; torch {torch.__version__}, {torch.get_num_threads()} threads; CPU ms per pass, median of "
+          f"{repeats}\n")
     print("| rows | whole pass | matmuls alone | the rest |\n|---|---|---|---|")
-    for rows, whole in ((16, "pass, 16 positions (cached step)"), (128, "pass, 128 positions (full window)")):
-        gemm = ms[f"matmuls alone, {rows} rows"]
-        print(f"| {rows} | {ms[whole]:.2f} | {gemm:.2f} | {ms[whole] - gemm:.2f} |")
-    whole = ms["pass, 128 positions (full window)"] / ms["pass, 16 positions (cached step)"]
-    print(f"\n128 / 16 positions: whole pass {whole:.2f}x, matmuls "
-          f"{ms['matmuls alone, 128 rows'] / ms['matmuls alone, 16 rows']:.2f}x (8x the blocks' FLOPs)")
+    for name, _, rows, _ in passes:
+        whole, gemm = ms[f"pass, {rows} positions ({name})"], ms[f"matmuls alone, {rows} rows"]
+        print(f"| {rows} ({name}) | {whole:.2f} | {gemm:.2f} | {whole - gemm:.2f} |")
+    (small, _, few, _), (full, _, many, _) = passes
+    whole = ms[f"pass, {many} positions ({full})"] / ms[f"pass, {few} positions ({small})"]
+    print(f"\n{many} / {few} positions: whole pass {whole:.2f}x, "
+          f"matmuls alone {ms[f'matmuls alone, {many} rows'] / ms[f'matmuls alone, {few} rows']:.2f}x")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--passes", action="store_true", help="time one pass at 16 and 128 positions instead")
+    parser.add_argument("--passes", nargs="?", const="bd3lm", choices=list(PASSES),
+                        help="time one cached and one full pass instead (bd3lm: 16 and 128 positions; mdlm-dual: "
+                             "33 and 112)")
     args = parser.parse_args()
     if args.passes:
-        return pass_sizes(args.repeats)
+        return pass_sizes(args.passes, args.repeats)
     names = args.cases.split(",")
     unknown = [n for n in names if n not in CASES]
     if unknown:

@@ -137,6 +137,30 @@ def test_defaults_bench_marks_the_api_default_the_page_start_and_the_best(tmp_pa
     assert 2.0 < results["corpus"]["unigram_entropy"] <= math.log(16) + 1e-6  # 16 real tokens, mostly distinct
 
 
+def test_defaults_bench_runs_a_named_grid_on_the_prompts_asked_for(tmp_path, monkeypatch, capsys):
+    """`bench defaults --grid continuous --samples N` is issue 21's comparison: the continuous default against
+    mdlm-tiny's API default. A bad --samples is refused before any work."""
+    from explorer.bench import defaults
+    from explorer.cli import build_parser, main
+
+    parser = build_parser()
+    assert parser.parse_args(["bench", "defaults"]).grid == "all"
+    assert all(parser.parse_args(["bench", "defaults", "--grid", name]).grid == name for name in defaults.GRIDS)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "defaults", "--grid", "everything"])
+    continuous = defaults.GRIDS["continuous"]
+    assert ("low_confidence", {}) in continuous["mdlm-tiny"] and ("euler", {}) in continuous["cdcd-tiny"]
+    calls = []
+    monkeypatch.setattr(defaults, "run_defaults_bench", lambda *args: calls.append(args))
+    out = tmp_path / "d.json"
+    assert main(["bench", "defaults", "--grid", "continuous", "--samples", "3", "--json", str(out)]) == 0
+    assert calls == [("ar-tiny", 3, str(out), continuous)]
+    for bad in ("0", "-2"):
+        assert main(["bench", "defaults", "--samples", bad, "--json", str(out)]) == 2
+        assert "samples (--samples) must be an integer in [1, 100000]" in capsys.readouterr().err
+    assert len(calls) == 1
+
+
 def test_fast_dllm_times_on_its_prompts_and_judges_on_the_quality_prompts(tiny_mdlm, tiny_ar):
     from explorer.bench.block import block_table, fast_dllm
     from explorer.eval import generative_ppl

@@ -49,6 +49,15 @@ GRID = {
     "bd3lm-tiny-b4": [("first_hitting", {}), ("first_hitting", {"temperature": 0.8}),
                       ("low_confidence", {"temperature": 0.7})],
 }
+# issue 21's goal for continuous diffusion: its API default against `mdlm-tiny`'s, with the knobs that lead from
+# CDCD's own sampler (the plain ODE) to that default, and the default without each of its departures
+CONTINUOUS_GRID = {
+    "mdlm-tiny": [("low_confidence", {})],
+    "cdcd-tiny": [*[("euler", {"clamp": c, "temperature": t, "churn": 0.0, "steps": 200})
+                    for c, t in ((0.0, 1.0), (0.5, 1.0), (1.0, 1.0), (1.0, 0.6))],
+                  ("euler", {}), ("euler", {"temperature": 0.0}), ("euler", {"self_condition": False})],
+}
+GRIDS = {"all": GRID, "continuous": CONTINUOUS_GRID}  # `bench defaults --grid NAME`
 
 
 def corpus_samples(tokenizer, count: int, gen_length: int = GEN_LENGTH) -> tuple[list[list[int]], list[list[int]]]:
