@@ -5,7 +5,8 @@ judges the outputs (generative perplexity: lower reads more like the corpus to i
 the outputs stands beside it, because repetitive text scores well on perplexity alone. The real continuations of
 the prompts are scored the same way (the `corpus` row): a setting counts as fluent only while its entropy stays
 within `ENTROPY_TOLERANCE` of the corpus's. Per checkpoint the table marks the best such setting and the one the
-API and the page use by default.
+API and the page use by default. `--grid continuous` runs `CONTINUOUS_GRID` instead (issue 21's comparison of the
+continuous-diffusion default with `mdlm-tiny`'s), and `--samples N` continues N prompts instead of 8.
 """
 
 from __future__ import annotations
