@@ -307,7 +307,8 @@ def _add_bench(sub):
     p.add_argument("--vocab", type=int, default=126_464, help="kernels: vocabulary V (LLaDA's by default)")
     p.add_argument("--d", type=int, default=512, help="kernels: hidden / embedding width")
     p.add_argument("--no-cpu", action="store_true", help="kernels: skip the CPU rows (time only the CUDA kernels)")
-    p.add_argument("--samples", type=int, default=8, help="defaults: validation prompts each setting continues")
+    p.add_argument("--samples", type=int, default=None, help="defaults: validation prompts each setting continues "
+                                                              "(default 8)")
     p.add_argument("--grid", choices=["all", "continuous"], default="all",
                    help="defaults: the settings (all: every family's; continuous: the continuous-diffusion default "
                         "against mdlm-tiny's, and the knobs that lead to it)")
@@ -346,8 +347,10 @@ def cmd_bench(args):
         from explorer.bench.defaults import GRIDS, run_defaults_bench
         from explorer.train import check_knob
 
-        check_knob("samples", args.samples, 1, 100_000, integer=True)
-        run_defaults_bench(args.judge, args.samples, json_path, GRIDS[args.grid])
+        given = {}  # --samples only when given: run_defaults_bench's default stands otherwise
+        if args.samples is not None:
+            given["samples"] = check_knob("samples", args.samples, 1, 100_000, integer=True)
+        run_defaults_bench(args.judge, json_path=json_path, grid=GRIDS[args.grid], **given)
         return
     if args.suite == "calm":
         from explorer.bench.calm import run_calm_bench

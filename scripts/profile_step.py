@@ -135,7 +135,6 @@ def timed_plain(model, sampler, knobs) -> float:
     return time.perf_counter() - start
 
 
-@torch.no_grad()
 def bd3lm_passes():
     """A cached bd3lm step (16 positions after 112 cached) and a full 128-position window (logits for the last 16)."""
     model = load("bd3lm-tiny-b16")
@@ -167,6 +166,7 @@ def mdlm_dual_passes():
 PASSES = {"bd3lm": bd3lm_passes, "mdlm-dual": mdlm_dual_passes}
 
 
+@torch.no_grad()
 def pass_sizes(case: str, repeats: int) -> None:
     """A cached step's pass against a full one, and the same row counts through the model's matmuls alone (its 17
     weight matrices in order; the head only for the rows that need logits); CPU time per pass, rounds alternating."""
@@ -184,9 +184,8 @@ def pass_sizes(case: str, repeats: int) -> None:
         runs[f"pass, {rows} positions ({name})"] = run
         inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
         runs[f"matmuls alone, {rows} rows"] = functools.partial(matmuls, inputs, torch.randn(head_rows, head.shape[1]))
-    with torch.no_grad():
-        alternating(runs, 5)  # warm up
-        times = alternating(runs, repeats, clock=time.process_time)
+    alternating(runs, 5)  # warm up
+    times = alternating(runs, repeats, clock=time.process_time)
     ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     print(f"{model.name}; torch {torch.__version__}, {torch.get_num_threads()} threads; CPU ms per pass, median of "
           f"{repeats}\n")

@@ -151,14 +151,16 @@ def test_defaults_bench_runs_a_named_grid_on_the_prompts_asked_for(tmp_path, mon
     continuous = defaults.GRIDS["continuous"]
     assert ("low_confidence", {}) in continuous["mdlm-tiny"] and ("euler", {}) in continuous["cdcd-tiny"]
     calls = []
-    monkeypatch.setattr(defaults, "run_defaults_bench", lambda *args: calls.append(args))
+    monkeypatch.setattr(defaults, "run_defaults_bench", lambda *args, **knobs: calls.append((args, knobs)))
     out = tmp_path / "d.json"
     assert main(["bench", "defaults", "--grid", "continuous", "--samples", "3", "--json", str(out)]) == 0
-    assert calls == [("ar-tiny", 3, str(out), continuous)]
+    assert main(["bench", "defaults", "--json", str(out)]) == 0  # the function's own default number of prompts
+    assert calls == [(("ar-tiny",), {"json_path": str(out), "grid": continuous, "samples": 3}),
+                     (("ar-tiny",), {"json_path": str(out), "grid": defaults.GRID})]
     for bad in ("0", "-2"):
         assert main(["bench", "defaults", "--samples", bad, "--json", str(out)]) == 2
         assert "samples (--samples) must be an integer in [1, 100000]" in capsys.readouterr().err
-    assert len(calls) == 1
+    assert len(calls) == 2
 
 
 def test_fast_dllm_times_on_its_prompts_and_judges_on_the_quality_prompts(tiny_mdlm, tiny_ar):
