@@ -181,9 +181,9 @@ def pass_sizes(case: str, repeats: int) -> None:
 
     runs = {}
     for name, run, rows, head_rows in passes:
-        runs[f"pass, {rows} positions ({name})"] = run
         inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
-        runs[f"matmuls alone, {rows} rows"] = functools.partial(matmuls, inputs, torch.randn(head_rows, head.shape[1]))
+        runs[name] = run
+        runs[f"{name}, matmuls"] = functools.partial(matmuls, inputs, torch.randn(head_rows, head.shape[1]))
     alternating(runs, 5)  # warm up
     times = alternating(runs, repeats, clock=time.process_time)
     ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
@@ -191,12 +191,11 @@ def pass_sizes(case: str, repeats: int) -> None:
           f"{repeats}\n")
     print("| rows | whole pass | matmuls alone | the rest |\n|---|---|---|---|")
     for name, _, rows, _ in passes:
-        whole, gemm = ms[f"pass, {rows} positions ({name})"], ms[f"matmuls alone, {rows} rows"]
-        print(f"| {rows} ({name}) | {whole:.2f} | {gemm:.2f} | {whole - gemm:.2f} |")
+        print(f"| {rows} ({name}) | {ms[name]:.2f} | {ms[f'{name}, matmuls']:.2f} | "
+              f"{ms[name] - ms[f'{name}, matmuls']:.2f} |")
     (small, _, few, _), (full, _, many, _) = passes
-    whole = ms[f"pass, {many} positions ({full})"] / ms[f"pass, {few} positions ({small})"]
-    print(f"\n{many} / {few} positions: whole pass {whole:.2f}x, "
-          f"matmuls alone {ms[f'matmuls alone, {many} rows'] / ms[f'matmuls alone, {few} rows']:.2f}x")
+    print(f"\n{many} / {few} positions: whole pass {ms[full] / ms[small]:.2f}x, "
+          f"matmuls alone {ms[f'{full}, matmuls'] / ms[f'{small}, matmuls']:.2f}x")
 
 
 def main():
